@@ -1,0 +1,33 @@
+"""polyalign: contrastive representation learning over any number of modalities."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polyalign.core.evaluate import evaluate
+from polyalign.core.hookspecs import hookimpl
+from polyalign.core.recipe import Recipe, load_recipe
+from polyalign.core.train import train
+
+__version__ = "0.1.0"
+
+
+def build(kind: str, name: str, **config: Any) -> Any:
+    """A registered component at its defaults plus ``config``, e.g. ``build("loss", "clip")``.
+
+    Context arguments a factory accepts (``modalities`` for losses, ``seed`` for datasets,
+    ``modality``/``example`` for encoders) may be passed too; they are not config fields.
+    """
+    from polyalign.core.plugins import default_plugins
+
+    plugins = default_plugins()
+    comp = plugins.registry.get(kind, name)
+    fields = set(comp.config.model_fields)
+    options = {k: v for k, v in config.items() if k in fields or k not in _CONTEXT_KEYS}
+    context = {k: v for k, v in config.items() if k in _CONTEXT_KEYS and k not in fields}
+    return comp.create(comp.make_config(options), **context)
+
+
+_CONTEXT_KEYS = {"modalities", "embed_dim", "seed", "modality", "example", "root", "run_dir"}
+
+__all__ = ["Recipe", "build", "evaluate", "hookimpl", "load_recipe", "train", "__version__"]

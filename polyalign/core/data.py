@@ -1,0 +1,122 @@
+"""Datasets: the plugin contract, loading raw values through encoders, data loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .batch import RESERVED_KEYS, Collator
+from .encoder import Input
+from .errors import PolyalignError
+
+SPLITS = ("train", "val", "test")
+Sample = dict[str, Any]
+
+
+class Dataset(Protocol):
+    """What a dataset plugin returns: modality names, a root folder and three splits."""
+
+    modalities: Sequence[str]
+    root: Path | None
+
+    def split(self, name: str) -> Sequence[Sample]:
+        """The samples of ``train``, ``val`` or ``test``."""
+        ...
+
+
+class DataError(PolyalignError):
+    """A raw value could not be loaded; the message names the split, row and value."""
+
+
+def sample_modalities(sample: Sample) -> list[str]:
+    """The modality keys of a sample (everything but the reserved keys)."""
+    return [k for k in sample if k not in RESERVED_KEYS]
+
+
+def describe_value(value: Any) -> str:
+    """A short printable form of a raw value for error messages."""
+    text = repr(value) if not isinstance(value, (str, Path)) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class TupleDataset(torch.utils.data.Dataset):
+    """Loads sample ``i`` of a split: ``(i, {modality: loaded value}, label)``."""
+
+    def __init__(self, samples: Sequence[Sample], loaders: dict[str, Callable[[Any, Path | None], Input]],
+                 root: Path | None, split: str, source: str = ""):
+        self.samples = samples
+        self.loaders = loaders
+        self.root = root
+        self.split = split
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[int, dict[str, Input], Any]:
+        sample = self.samples[i]
+        values = {}
+        for m, load in self.loaders.items():
+            raw = sample.get(m)
+            if raw is None:
+                continue
+            try:
+                values[m] = load(raw, self.root)
+            except PolyalignError as exc:
+                raise DataError(f"{self._where(i)}, modality {m!r} ({describe_value(raw)}): {exc}") from exc
+            except Exception as exc:
+                raise DataError(f"{self._where(i)}, modality {m!r} ({describe_value(raw)}): "
+                                f"{type(exc).__name__}: {exc}") from exc
+        return i, values, sample.get("label")
+
+    def _where(self, i: int) -> str:
+        src = f"{self.source}: " if self.source else ""
+        return f"{src}split {self.split!r}, row {i}"
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch that can start part-way (for exact mid-epoch resume)."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True,
+                 rank: int = 0, world: int = 1, drop_last: bool = False):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world = rank, world
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Use the order of ``epoch``, skipping its first ``start`` indices of this rank."""
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> list[int]:
+        """This rank's full index order for the current epoch."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            idx = torch.randperm(self.size, generator=g).tolist()
+        else:
+            idx = list(range(self.size))
+        if self.world > 1:
+            usable = (self.size // self.world) * self.world if self.drop_last else self.size
+            idx = idx[:usable]
+            if len(idx) % self.world:
+                idx += idx[: self.world - len(idx) % self.world]
+            idx = idx[self.rank::self.world]
+        return idx
+
+    def __iter__(self):
+        return iter(self.order()[self.start:])
+
+    def __len__(self) -> int:
+        return len(self.order()) - self.start
+
+
+def make_loader(dataset: TupleDataset, collator: Collator, batch_size: int, sampler: Sampler,
+                num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
+    """A DataLoader of :class:`Batch` objects over ``dataset`` in ``sampler`` order."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator,
+                      num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
+                      persistent_workers=False)

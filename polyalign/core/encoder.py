@@ -1,0 +1,54 @@
+"""The encoder contract: load one raw value, collate a list, map a batch to (B, width)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from .errors import PluginError
+
+Input = Union[torch.Tensor, dict[str, torch.Tensor]]
+
+
+class Encoder(nn.Module):
+    """Base class for encoder plugins.
+
+    Subclasses set ``width`` (the size of the output features), implement ``forward``
+    (collated batch -> ``(B, width)``) and ``load`` (one raw value from a sample -> tensor or
+    dict of tensors). The default ``collate`` stacks tensors (or each key of dicts).
+    """
+
+    width: int
+
+    def load(self, value: Any, root: Path | None) -> Input:
+        """Turn one raw value (a path relative to ``root``, a string, numbers) into a tensor."""
+        raise PluginError(f"encoder {type(self).__name__} does not define load(value, root)")
+
+    def collate(self, values: list[Input]) -> Input:
+        """Stack loaded values into one batch input."""
+        first = values[0]
+        if isinstance(first, dict):
+            return {k: torch.stack([v[k] for v in values]) for k in first}
+        return torch.stack(values)
+
+
+def batch_size_of(x: Input) -> int:
+    """Rows in a collated input."""
+    return next(iter(x.values())).shape[0] if isinstance(x, dict) else x.shape[0]
+
+
+def select_rows(x: Input, rows: torch.Tensor) -> Input:
+    """The given rows (index or bool mask) of a collated input."""
+    if isinstance(x, dict):
+        return {k: v[rows] for k, v in x.items()}
+    return x[rows]
+
+
+def to_device(x: Input, device: torch.device, non_blocking: bool = False) -> Input:
+    """Move a collated input to ``device``."""
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
+    return x.to(device, non_blocking=non_blocking)

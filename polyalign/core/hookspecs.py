@@ -1,0 +1,97 @@
+"""Every hook a polyalign plugin can implement.
+
+A plugin is a module (or object) with functions decorated by ``polyalign.hookimpl``.
+Hooks are called with keyword arguments only; an implementation may accept fewer
+arguments than the spec lists, so specs can grow without breaking plugins.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("polyalign")
+hookimpl = pluggy.HookimplMarker("polyalign")
+
+Register = Callable[..., None]
+
+
+@hookspec
+def register_encoders(register: Register) -> None:
+    """Register encoder plugins: ``register(name, factory, config=Model, help="...")``.
+
+    ``factory(config, **context)`` returns a :class:`polyalign.core.encoder.Encoder`
+    (an ``nn.Module`` mapping a collated batch to ``(B, width)``, which also knows how to
+    ``load`` one raw value and ``collate`` a list of loaded values). Context arguments the factory may accept (declare
+    only those you need): ``modality`` (the recipe's name for it), ``example`` (one raw value
+    from the train split, e.g. to infer an input size) and ``root`` (the dataset's folder).
+    """
+
+
+@hookspec
+def register_losses(register: Register) -> None:
+    """Register loss plugins: ``register(name, factory, config=Model, help="...")``.
+
+    ``factory(config, **context)`` returns a :class:`polyalign.core.loss.Loss` with
+    ``forward(embeddings, present) -> LossOutput`` and ``score(queries, candidates, target)``.
+    Context arguments the factory may accept: ``modalities`` (names) and ``embed_dim``.
+    """
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register dataset plugins: ``register(name, factory, config=Model, help="...")``.
+
+    ``factory(config, **context)`` returns a :class:`polyalign.core.data.Dataset`: an object
+    with ``modalities`` (names), ``root`` (folder relative paths resolve against, or None) and
+    ``split(name) -> list[dict]`` for ``train``, ``val`` and ``test``. A sample is a dict
+    ``modality -> raw value`` with missing modalities absent, plus optional ``label`` and ``id``.
+    Context argument the factory may accept: ``seed`` (the recipe's seed).
+    """
+
+
+@hookspec
+def register_evaluators(register: Register) -> None:
+    """Register evaluator plugins: ``register(name, factory, config=Model, help="...")``.
+
+    ``factory(config)`` returns a callable taking a :class:`polyalign.core.evaluate.EvalContext`
+    and returning rows ``{"task", "target", "query", "metric", "value"}`` (``query`` is a
+    sorted list of modality names; ``ci_low``/``ci_high`` may be added).
+    """
+
+
+@hookspec
+def register_loggers(register: Register) -> None:
+    """Register logger plugins: ``register(name, factory, config=Model, help="...")``.
+
+    ``factory(config, run_dir)`` returns an object with any of the event-hook methods
+    (``on_train_start``, ``on_step_end``, ``on_eval_end``, ``on_train_end``); the recipe's
+    ``logging`` list chooses which loggers a run uses.
+    """
+
+
+@hookspec
+def on_train_start(run_dir: Any, recipe: Any, model: Any, loss: Any, start_step: int) -> None:
+    """Called before the first step on the main process; ``start_step`` > 0 after a resume
+    (a logger should then forget what it logged past that step)."""
+
+
+@hookspec
+def on_step_end(step: int, epoch: int, metrics: dict, run_dir: Any) -> None:
+    """Called after each logged optimizer step with ``metrics`` (floats) on the main process."""
+
+
+@hookspec
+def on_epoch_end(epoch: int, step: int, metrics: dict, run_dir: Any) -> None:
+    """Called after each epoch (``epoch`` = epochs done) with ``train_loss``/``val_loss``."""
+
+
+@hookspec
+def on_eval_end(rows: list, run_dir: Any, split: str) -> None:
+    """Called with the evaluator rows after evaluation of ``split`` on the main process."""
+
+
+@hookspec
+def on_train_end(run_dir: Any, metrics: dict) -> None:
+    """Called once after training and evaluation finished on the main process."""

@@ -1,0 +1,99 @@
+"""MultiModalModel: per-modality encoder + projection + normalisation; dict in, dict out."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoder import Encoder, Input, batch_size_of, select_rows
+from .errors import PluginError
+
+Normalize = Literal["l2", "layernorm", "none"]
+MissingStrategy = Literal["drop", "learned"]
+
+
+class MultiModalModel(nn.Module):
+    """Encoders keyed by modality, each followed by a linear head to ``embed_dim``.
+
+    ``forward(inputs, present)`` embeds the modalities in ``inputs``. Rows whose ``present``
+    flag is False are not encoded: with ``missing="learned"`` they get a learned per-modality
+    embedding, with ``missing="drop"`` a zero row (the loss then masks them out).
+    """
+
+    def __init__(self, encoders: dict[str, Encoder], embed_dim: int,
+                 normalize: Normalize = "l2", missing: MissingStrategy = "drop",
+                 plugin_names: dict[str, str] | None = None):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.normalize = normalize
+        self.missing = missing
+        self.plugin_names = dict(plugin_names or {})
+        self.encoders = nn.ModuleDict(encoders)
+        self.heads = nn.ModuleDict({m: nn.Linear(int(e.width), embed_dim) for m, e in encoders.items()})
+        self.norms = nn.ModuleDict({m: nn.LayerNorm(embed_dim) for m in encoders}
+                                   if normalize == "layernorm" else {})
+        self.missing_embeddings = nn.ParameterDict(
+            {m: nn.Parameter(torch.randn(embed_dim) * 0.02) for m in encoders}
+            if missing == "learned" else {})
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modality names in recipe order."""
+        return list(self.encoders.keys())
+
+    def _post(self, m: str, h: torch.Tensor) -> torch.Tensor:
+        if self.normalize == "l2":
+            return F.normalize(h, dim=-1)
+        if self.normalize == "layernorm":
+            return self.norms[m](h)
+        return h
+
+    def encode(self, m: str, x: Input) -> torch.Tensor:
+        """Embed a batch of modality ``m`` (every row present) -> ``(B, embed_dim)``."""
+        n = batch_size_of(x)
+        feats = self.encoders[m](x)
+        if not isinstance(feats, torch.Tensor) or feats.dim() != 2 or feats.shape[0] != n:
+            got = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+            raise PluginError(
+                f"encoder plugin {self.plugin_names.get(m, '?')!r} (modality {m!r}) returned {got} "
+                f"for a batch of {n}; it must return a (batch, width) tensor with width "
+                f"{self.encoders[m].width}.")
+        return self._post(m, self.heads[m](feats))
+
+    def missing_rows(self, m: str, n: int, like: torch.Tensor) -> torch.Tensor:
+        """Embeddings for ``n`` rows where ``m`` is absent (learned or zeros)."""
+        if self.missing == "learned":
+            return self._post(m, self.missing_embeddings[m].to(like.dtype)).expand(n, -1)
+        return like.new_zeros(n, self.embed_dim)
+
+    def forward(self, inputs: dict[str, Input],
+                present: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Embed every modality of the model present in ``inputs`` or ``present``."""
+        present = present or {}
+        names = [m for m in self.modalities if m in inputs or m in present]
+        out: dict[str, torch.Tensor] = {}
+        n = next(batch_size_of(x) for x in inputs.values()) if inputs else next(
+            int(p.shape[0]) for p in present.values())
+        ref = next(self.parameters())
+        for m in names:
+            mask = present.get(m)
+            if m not in inputs:
+                out[m] = self.missing_rows(m, n, ref)
+                continue
+            if mask is None or bool(mask.all()):
+                out[m] = self.encode(m, inputs[m])
+                continue
+            rows = mask.nonzero(as_tuple=True)[0]
+            emb = self.missing_rows(m, n, ref).clone()
+            if rows.numel():
+                z = self.encode(m, select_rows(inputs[m], rows))
+                emb = emb.to(z.dtype).index_copy(0, rows, z)
+            out[m] = emb
+        return out
+
+    def loss_present(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """The masks a loss should see: none with learned placeholders, else ``present``."""
+        return None if self.missing == "learned" else present

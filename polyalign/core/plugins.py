@@ -1,0 +1,116 @@
+"""The plugin manager: built-ins and entry-point plugins, POLYALIGN_PLUGINS, listing."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata as md
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .registry import KINDS, Registry
+
+GROUP = "polyalign"
+BUILTIN_DIST = "polyalign"
+_REGISTER_HOOKS = {"encoder": "register_encoders", "loss": "register_losses",
+                   "dataset": "register_datasets", "evaluator": "register_evaluators",
+                   "logger": "register_loggers"}
+
+
+@dataclass
+class PluginInfo:
+    """A loaded (or failed) plugin, for ``polyalign plugins``."""
+
+    name: str
+    distribution: str
+    version: str
+    builtin: bool
+    error: str | None = None
+
+
+@dataclass
+class Plugins:
+    """A plugin manager together with the registry its registration hooks filled."""
+
+    pm: pluggy.PluginManager
+    registry: Registry
+    loaded: list[PluginInfo] = field(default_factory=list)
+
+    def build(self, kind: str, name: str, context: dict[str, Any] | None = None,
+              **config: Any) -> Any:
+        """Validate ``config`` with the component's model and create it."""
+        comp = self.registry.get(kind, name)
+        return comp.create(comp.make_config(config), **(context or {}))
+
+
+def _allowed_external() -> set[str] | None:
+    """Names from POLYALIGN_PLUGINS (None = load every external plugin)."""
+    raw = os.environ.get("POLYALIGN_PLUGINS")
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def _entry_points() -> list[md.EntryPoint]:
+    return sorted(md.entry_points(group=GROUP), key=lambda ep: (ep.dist.name if ep.dist else "", ep.name))
+
+
+def make_plugins(extra: list[Any] = ()) -> Plugins:
+    """A fresh plugin manager: built-ins, allowed entry-point plugins, then ``extra`` objects."""
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    allowed = _allowed_external()
+    loaded: list[PluginInfo] = []
+    for ep in _entry_points():
+        dist = ep.dist.name if ep.dist else "?"
+        version = ep.dist.version if ep.dist else "?"
+        builtin = dist == BUILTIN_DIST
+        if not builtin and allowed is not None and ep.name not in allowed and dist not in allowed:
+            continue
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not take down the others
+            loaded.append(PluginInfo(ep.name, dist, version, builtin,
+                                     error=f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}"))
+            continue
+        pm.register(obj, name=f"{dist}:{ep.name}" if not builtin else ep.name)
+        loaded.append(PluginInfo(ep.name, dist, version, builtin))
+    if not any(info.builtin for info in loaded):
+        raise PluginError("polyalign's built-in plugins were not found: the package is not "
+                          "installed. Run `pip install -e .` in the repository.")
+    for obj in extra:
+        pm.register(obj)
+        name = pm.get_name(obj)
+        loaded.append(PluginInfo(name, "(registered in code)", "", False))
+    pm.check_pending()
+    return Plugins(pm, _fill_registry(pm), loaded)
+
+
+def _fill_registry(pm: pluggy.PluginManager) -> Registry:
+    registry = Registry()
+    for kind, hook_name in _REGISTER_HOOKS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            def register(name: str, factory: Any, config: Any = None, help: str = "",
+                         _kind: str = kind, _plugin: str = impl.plugin_name) -> None:
+                registry.add(_kind, _plugin, name, factory, config=config, help=help)
+            impl.function(**{"register": register})
+    return registry
+
+
+@functools.lru_cache(maxsize=1)
+def default_plugins() -> Plugins:
+    """The process-wide plugins (built once; tests may call ``default_plugins.cache_clear()``)."""
+    return make_plugins()
+
+
+def describe(plugins: Plugins) -> dict[str, Any]:
+    """A JSON-ready listing of loaded plugins and every registered component."""
+    return {
+        "plugins": [info.__dict__ for info in plugins.loaded],
+        **{_REGISTER_HOOKS[kind][len("register_"):]: [{"name": c.name, "plugin": c.plugin, "help": c.help}
+                        for c in plugins.registry.components(kind)] for kind in KINDS},
+    }

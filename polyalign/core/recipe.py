@@ -1,0 +1,269 @@
+"""Recipes: YAML validated by pydantic, each ``plugin:`` node by its plugin's own model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import PluginError, RecipeError
+from .plugins import Plugins, default_plugins
+from .registry import unknown_name_message
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginNode(BaseModel):
+    """``{plugin: NAME, ...options}``; the options are validated by the plugin's config model."""
+
+    model_config = ConfigDict(extra="allow")
+    plugin: str
+
+    def options(self) -> dict[str, Any]:
+        """The plugin's own options (everything but ``plugin``)."""
+        return dict(self.model_extra or {})
+
+
+class LossNode(PluginNode):
+    """A loss plugin node with its weight in a sum of losses."""
+
+    weight: float = Field(1.0, ge=0)
+
+
+class ModalityNode(Strict):
+    encoder: PluginNode
+
+
+class ModelSection(Strict):
+    embed_dim: int = Field(64, gt=0)
+    normalize: Literal["l2", "layernorm", "none"] = "l2"
+
+
+class MissingSection(Strict):
+    strategy: Literal["drop", "learned"] = "drop"
+    train_rate: dict[str, float] = Field(default_factory=dict)
+
+    def model_post_init(self, _: Any) -> None:
+        for m, rate in self.train_rate.items():
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"train_rate for {m!r} must be in [0, 1), got {rate}")
+
+
+class TrainSection(Strict):
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float | None = Field(1.0, gt=0)
+    accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: str = "auto"
+    num_workers: int = Field(0, ge=0)
+    pin_memory: bool = False
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N steps")
+    keep_last: int = Field(1, ge=1, description="step checkpoints to keep")
+    deterministic: bool = True
+    gather: Literal["global", "local"] = "global"
+    compile: bool = False
+    on_nan: Literal["stop", "skip"] = "stop"
+    max_nan_skips: int = Field(10, ge=0)
+
+
+class Recipe(Strict):
+    """A whole training run."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = 0
+    data: PluginNode
+    modalities: dict[str, ModalityNode]
+    model: ModelSection = Field(default_factory=ModelSection)
+    loss: LossNode | list[LossNode]
+    missing: MissingSection = Field(default_factory=MissingSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: list[PluginNode] = Field(default_factory=list)
+    logging: list[str] = Field(default_factory=lambda: ["jsonl"])
+
+    @property
+    def losses(self) -> list[LossNode]:
+        """The loss nodes as a list (one plugin or a weighted sum)."""
+        return self.loss if isinstance(self.loss, list) else [self.loss]
+
+    def to_yaml(self) -> str:
+        """The resolved recipe (every default filled in) as YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _path(loc: tuple | list) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _pydantic_problems(exc: ValidationError, prefix: tuple = ()) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if p not in ("LossNode", "list[LossNode]")]
+        problems.append((_path(prefix + tuple(loc)), err["msg"]))
+    return problems
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[list[str], Any]]:
+    """``["train.lr=0.1", ...]`` -> ``[(["train", "lr"], 0.1), ...]`` (values parsed as YAML)."""
+    parsed = []
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError("command line", [(item, "an override must look like key.path=value")])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise RecipeError("command line", [(key, f"value {raw!r} is not valid YAML: {exc}")]) from None
+        parsed.append((key.strip().split("."), value))
+    return parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """Set each ``key.path=value`` in ``raw`` (list items by index), creating mappings as needed."""
+    for keys, value in parse_overrides(overrides):
+        node: Any = raw
+        for depth, key in enumerate(keys):
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise RecipeError("command line", [(".".join(keys), f"{'.'.join(keys[:depth]) or 'recipe'} "
+                                                        f"is a list of {len(node)}; {key!r} is not an index in it")])
+                key = int(key)
+            elif not isinstance(node, dict):
+                raise RecipeError("command line", [(".".join(keys), f"{'.'.join(keys[:depth])} is not a mapping")])
+            if last:
+                node[key] = value
+            else:
+                if isinstance(node, dict) and not isinstance(node.get(key), (dict, list)):
+                    node[key] = {}
+                node = node[key]
+    return raw
+
+
+def _plugin_nodes(raw: dict) -> list[tuple[str, tuple, Any]]:
+    """(kind, yaml path, node) for every plugin node found in a raw recipe."""
+    found: list[tuple[str, tuple, Any]] = []
+    if isinstance(raw.get("data"), dict):
+        found.append(("dataset", ("data",), raw["data"]))
+    if isinstance(raw.get("modalities"), dict):
+        for m, node in raw["modalities"].items():
+            if isinstance(node, dict) and isinstance(node.get("encoder"), dict):
+                found.append(("encoder", ("modalities", m, "encoder"), node["encoder"]))
+    loss = raw.get("loss")
+    if isinstance(loss, dict):
+        found.append(("loss", ("loss",), loss))
+    elif isinstance(loss, list):
+        found += [("loss", ("loss", i), n) for i, n in enumerate(loss) if isinstance(n, dict)]
+    if isinstance(raw.get("eval"), list):
+        found += [("evaluator", ("eval", i), n) for i, n in enumerate(raw["eval"]) if isinstance(n, dict)]
+    return found
+
+
+_NODE_KEYS = {"loss": ("plugin", "weight")}
+
+
+def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = None) -> Recipe:
+    """Validate a raw recipe mapping; raise :class:`RecipeError` listing every problem."""
+    plugins = plugins or default_plugins()
+    if not isinstance(raw, dict):
+        raise RecipeError(source, [("", f"a recipe must be a YAML mapping, got {type(raw).__name__}")])
+    problems: list[tuple[str, str]] = []
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        recipe = None
+        problems += _pydantic_problems(exc)
+    resolved: dict[tuple, dict] = {}  # yaml path -> the node with every default filled in
+    for kind, loc, node in _plugin_nodes(raw):
+        name = node.get("plugin")
+        if not isinstance(name, str):
+            continue  # reported by the schema above
+        try:
+            comp = plugins.registry.get(kind, name)
+        except PluginError:
+            problems.append((_path(loc + ("plugin",)), unknown_name_message(kind, name, plugins.registry.names(kind))))
+            continue
+        reserved = _NODE_KEYS.get(kind, ("plugin",))
+        options = {k: v for k, v in node.items() if k not in reserved}
+        try:
+            validated = comp.make_config(options).model_dump(mode="json")
+            resolved[loc] = {**{k: node[k] for k in reserved if k in node}, **validated}
+        except ValidationError as exc:
+            problems += _pydantic_problems(exc, loc)
+    if isinstance(raw.get("logging"), list):
+        names = plugins.registry.names("logger")
+        problems += [(f"logging.{i}", unknown_name_message("logger", n, names))
+                     for i, n in enumerate(raw["logging"]) if isinstance(n, str) and n not in names]
+    if recipe is not None and not problems:
+        problems += _cross_checks(recipe)
+    if problems:
+        raise RecipeError(source, problems)
+    assert recipe is not None
+    return _with_resolved_options(recipe, resolved)
+
+
+def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
+    """Checks that span sections: modality names used by losses, evaluators and `missing`."""
+    names = list(recipe.modalities)
+    problems = []
+    if len(names) < 2:
+        problems.append(("modalities", f"contrastive learning needs at least 2 modalities, got {len(names)}"))
+
+    def check(path: str, value: Any) -> None:
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, str) and v not in names and v != "all":
+                problems.append((path, f"modality {v!r} is not in modalities ({', '.join(names)})"))
+
+    for i, node in enumerate(recipe.losses):
+        prefix = "loss" if not isinstance(recipe.loss, list) else f"loss.{i}"
+        for key in ("anchor",):
+            if node.options().get(key) is not None:
+                check(f"{prefix}.{key}", node.options()[key])
+    for i, node in enumerate(recipe.eval):
+        for key in ("target", "targets", "query"):
+            if node.options().get(key) is not None:
+                check(f"eval.{i}.{key}", node.options()[key])
+    for m in recipe.missing.train_rate:
+        check(f"missing.train_rate.{m}", m)
+    return problems
+
+
+def _with_resolved_options(recipe: Recipe, resolved: dict[tuple, dict]) -> Recipe:
+    raw = recipe.model_dump(mode="json")
+    for loc, full_node in resolved.items():
+        node = raw
+        for key in loc:
+            node = node[key]
+        node.clear()
+        node.update(full_node)
+    return Recipe.model_validate(raw)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None,
+                plugins: Plugins | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``key.path=value`` overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(str(path), [("", "file not found; `polyalign recipes` lists the shipped recipes")])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(str(path), [("", f"not valid YAML: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(str(path), [("", f"not a UTF-8 text file: {exc}")]) from None
+    if isinstance(raw, dict):
+        raw.setdefault("name", path.stem)
+    return validate_recipe(apply_overrides(raw, overrides) if isinstance(raw, dict) else raw,
+                           str(path), plugins)

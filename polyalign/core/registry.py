@@ -1,0 +1,89 @@
+"""Named components: a factory, its pydantic config model and a help line, per kind."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import PluginError
+
+KINDS = ("encoder", "loss", "dataset", "evaluator", "logger")
+
+
+class NoConfig(BaseModel):
+    """Config model for components that take no options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered component."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    config: type[BaseModel]
+    help: str
+    plugin: str
+
+    def make_config(self, options: dict[str, Any]) -> BaseModel:
+        """Validate ``options`` with this component's config model (raises ValidationError)."""
+        return self.config.model_validate(options)
+
+    def create(self, config: BaseModel, **context: Any) -> Any:
+        """Call the factory with ``config`` and the context arguments it accepts."""
+        params = inspect.signature(self.factory).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            context = {k: v for k, v in context.items() if k in params}
+        return self.factory(config, **context)
+
+
+class Registry:
+    """All components, keyed by kind then name."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
+
+    def add(self, kind: str, plugin: str, name: str, factory: Callable[..., Any],
+            config: type[BaseModel] | None = None, help: str = "") -> None:
+        """Register ``name``; a name already taken is an error naming both plugins."""
+        if config is not None and not (isinstance(config, type) and issubclass(config, BaseModel)):
+            raise PluginError(f"plugin {plugin!r}: config for {kind} {name!r} must be a pydantic "
+                              f"BaseModel subclass, got {config!r}")
+        existing = self._items[kind].get(name)
+        if existing is not None:
+            raise PluginError(
+                f"{kind} {name!r} is registered twice: by plugin {existing.plugin!r} and by "
+                f"plugin {plugin!r}. Rename one, or disable one plugin with POLYALIGN_PLUGINS.")
+        self._items[kind][name] = Component(kind, name, factory, config or NoConfig,
+                                            help.strip().splitlines()[0] if help.strip() else "",
+                                            plugin)
+
+    def get(self, kind: str, name: str) -> Component:
+        """The component, or an error listing the available names and the closest match."""
+        if kind not in self._items:
+            raise PluginError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")
+        try:
+            return self._items[kind][name]
+        except KeyError:
+            raise PluginError(unknown_name_message(kind, name, self.names(kind))) from None
+
+    def names(self, kind: str) -> list[str]:
+        """Sorted names registered for ``kind``."""
+        return sorted(self._items[kind])
+
+    def components(self, kind: str) -> list[Component]:
+        """Components of ``kind``, sorted by name."""
+        return [self._items[kind][n] for n in self.names(kind)]
+
+
+def unknown_name_message(kind: str, name: Any, available: list[str]) -> str:
+    """'unknown loss 'clpi'; did you mean 'clip'? available: ...'."""
+    close = difflib.get_close_matches(str(name), available, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} Available: {', '.join(available) or '(none)'}"

@@ -1,0 +1,33 @@
+"""The run directory: ``runs/<name>-<timestamp>/`` with the resolved recipe inside."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from .checkpoint import atomic_write_text
+from .errors import PolyalignError
+from .recipe import Recipe
+
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.jsonl"
+
+
+def new_run_dir(base: Path, recipe: Recipe) -> Path:
+    """Create ``base/<name>-<timestamp>`` (suffixed if taken) holding ``recipe.yaml``."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        run_dir = base / f"{recipe.name}-{stamp}"
+        n = 1
+        while True:
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                run_dir = base / f"{recipe.name}-{stamp}-{n}"
+    except OSError as exc:
+        raise PolyalignError(f"cannot create a run directory under {base}: {exc.strerror or exc}") from None
+    atomic_write_text(run_dir / RECIPE_FILE, f"# polyalign train {RECIPE_FILE} (resolved)\n" + recipe.to_yaml())
+    return run_dir

@@ -1,0 +1,36 @@
+"""The recipes shipped in the repository's ``recipes/`` folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> path of every shipped recipe (empty if the folder is not there)."""
+    if not RECIPES_DIR.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def recipe_summary(path: Path) -> tuple[str, str]:
+    """(command line, description) from a recipe's opening comment and ``description`` field."""
+    text = path.read_text(encoding="utf-8")
+    first = text.splitlines()[0] if text else ""
+    command = first.lstrip("# ").strip() if first.startswith("#") else ""
+    try:
+        description = (yaml.safe_load(text) or {}).get("description", "")
+    except yaml.YAMLError:
+        description = "(not valid YAML)"
+    return command, description
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A path as given if it exists, else the shipped recipe of that name."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    return shipped_recipes().get(name_or_path, path)

@@ -1,0 +1,1 @@
+"""Built-in loss, dataset, evaluator and logger plugins."""

@@ -1,0 +1,91 @@
+"""Evaluator ``zero_shot``: rank candidates of a target modality from query modalities."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from polyalign.core.errors import PolyalignError
+from polyalign.core.evaluate import EvalContext, ranks_of_correct, retrieval_metrics, value_key
+
+
+class ZeroShotConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: str = Field(description="modality to predict")
+    query: list[str] | None = Field(None, description="query modalities (default: all but the target)")
+    candidates: Literal["unique", "split"] = Field(
+        "unique", description="unique = each distinct target value once; split = every target in the split")
+    match: Literal["index", "label"] = Field(
+        "index", description="index = the query's own target is correct; label = any candidate with its label")
+    top_k: list[int] = Field(default_factory=lambda: [1, 5], description="k of the top-k accuracies")
+
+
+def candidate_set(ctx: EvalContext, target: str, mode: str, match: str,
+                  query_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate rows of the split and the (queries x candidates) correctness matrix."""
+    samples = ctx.samples
+    _, present = ctx.embeddings()
+    have = present[target].nonzero(as_tuple=True)[0].tolist()
+    if match == "label":
+        missing = [i for i in have if samples[i].get("label") is None]
+        if missing:
+            raise PolyalignError(f"zero_shot match: label needs a label on every sample; row {missing[0]} "
+                                 f"of split {ctx.split!r} has none")
+        key = lambda i: samples[i]["label"]  # noqa: E731
+    else:
+        key = lambda i: value_key(samples[i][target])  # noqa: E731
+    if mode == "unique":
+        first: dict[Any, int] = {}
+        for i in have:
+            first.setdefault(value_key(samples[i][target]), i)
+        cand = list(first.values())
+    else:
+        cand = have
+    cand_keys = [key(i) for i in cand]
+    if mode == "split" and match == "index":
+        correct = torch.tensor([[c == q for c in cand] for q in query_rows.tolist()], dtype=torch.bool)
+    else:
+        correct = torch.tensor([[ck == key(q) for ck in cand_keys] for q in query_rows.tolist()],
+                               dtype=torch.bool)
+    return torch.tensor(cand, dtype=torch.long), correct
+
+
+def zero_shot_rows(ctx: EvalContext, target: str, query: list[str], candidates: str = "unique",
+                   match: str = "index", top_k: list[int] = (1, 5), task: str = "zero_shot",
+                   rows_mask: torch.Tensor | None = None) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """Rows for one (target, query) pair and the per-query ranks (for resampling)."""
+    emb, present = ctx.embeddings()
+    mask = present[target].clone()
+    for q in query:
+        mask &= present[q]
+    if rows_mask is not None:
+        mask &= rows_mask
+    rows = mask.nonzero(as_tuple=True)[0]
+    if rows.numel() == 0:
+        return [], torch.empty(0)
+    cand, correct = candidate_set(ctx, target, candidates, match, rows)
+    scores = ctx.score({q: emb[q][rows].to(ctx.device) for q in query},
+                       emb[target][cand].to(ctx.device), target).float().cpu()
+    ranks = ranks_of_correct(scores, correct)
+    metrics = retrieval_metrics(ranks, top_k)
+    base = {"task": task, "target": target, "query": sorted(query), "n": int(rows.numel()),
+            "candidates": int(cand.numel())}
+    return [{**base, "metric": k, "value": v} for k, v in metrics.items()], ranks
+
+
+class ZeroShot:
+    """Zero-shot prediction of ``target`` from ``query`` modalities with the loss's score."""
+
+    def __init__(self, config: ZeroShotConfig):
+        self.config = config
+
+    def __call__(self, ctx: EvalContext) -> list[dict[str, Any]]:
+        cfg = self.config
+        if cfg.target not in ctx.modalities:
+            raise PolyalignError(f"zero_shot target {cfg.target!r} is not a modality of the model "
+                                 f"({', '.join(ctx.modalities)})")
+        query = cfg.query or [m for m in ctx.modalities if m != cfg.target]
+        rows, _ = zero_shot_rows(ctx, cfg.target, query, cfg.candidates, cfg.match, cfg.top_k)
+        return rows

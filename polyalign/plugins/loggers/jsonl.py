@@ -1,0 +1,38 @@
+"""Logger ``jsonl``: one JSON object per logged step and epoch in ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from polyalign.core.checkpoint import atomic_write_text
+from polyalign.core.hookspecs import hookimpl
+from polyalign.core.run_dir import METRICS_FILE
+
+
+class JsonlLogger:
+    """Appends to ``<run_dir>/metrics.jsonl``; after a resume, drops rows past the resumed step."""
+
+    def __init__(self, config: Any, run_dir: Path):
+        self.path = Path(run_dir) / METRICS_FILE
+
+    def _append(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    @hookimpl
+    def on_train_start(self, start_step: int) -> None:
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= start_step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+
+    @hookimpl
+    def on_step_end(self, step: int, epoch: int, metrics: dict) -> None:
+        self._append({"kind": "step", "step": step, "epoch": epoch, **metrics})
+
+    @hookimpl
+    def on_epoch_end(self, epoch: int, step: int, metrics: dict) -> None:
+        self._append({"kind": "epoch", "step": step, "epoch": epoch, **metrics})
