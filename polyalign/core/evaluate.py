@@ -86,12 +86,17 @@ def ranks_of_correct(scores: torch.Tensor, correct: torch.Tensor) -> torch.Tenso
     return rivals.sum(dim=1) + 1
 
 
+def per_query_metrics(ranks: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, torch.Tensor]:
+    """Per-query hits at each k (``accuracy`` for k = 1, ``top5``...) and reciprocal rank (``mrr``), float64."""
+    ranks = ranks.double()
+    out = {("accuracy" if k == 1 else f"top{k}"): (ranks <= k).double() for k in ks}
+    out["mrr"] = 1.0 / ranks
+    return out
+
+
 def retrieval_metrics(ranks: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Top-k accuracy (``accuracy`` for k = 1, ``top5``...) and MRR from ranks."""
-    ranks = ranks.double()
-    out = {("accuracy" if k == 1 else f"top{k}"): float((ranks <= k).double().mean()) for k in ks}
-    out["mrr"] = float((1.0 / ranks).mean())
-    return out
+    return {name: float(v.mean()) for name, v in per_query_metrics(ranks, ks).items()}
 
 
 def value_key(value: Any) -> Any:

@@ -72,9 +72,11 @@ def register_loggers(register: Register) -> None:
 
 
 @hookspec
-def on_train_start(run_dir: Any, recipe: Any, model: Any, loss: Any, start_step: int) -> None:
-    """Called before the first step on the main process; ``start_step`` > 0 after a resume
-    (a logger should then forget what it logged past that step)."""
+def on_train_start(run_dir: Any, recipe: Any, model: Any, loss: Any, start_step: int,
+                   start_epoch: int) -> None:
+    """Called before the first step on the main process. After a resume ``start_step`` and
+    ``start_epoch`` (epochs done) say where the checkpoint was; a logger should forget what it
+    logged past them."""
 
 
 @hookspec

@@ -77,14 +77,16 @@ def make_plugins(extra: list[Any] = ()) -> Plugins:
             loaded.append(PluginInfo(ep.name, dist, version, builtin,
                                      error=f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}"))
             continue
-        pm.register(obj, name=f"{dist}:{ep.name}" if not builtin else ep.name)
+        pm.register(obj, name=f"{dist}:{ep.name}")
         loaded.append(PluginInfo(ep.name, dist, version, builtin))
     if not any(info.builtin for info in loaded):
         raise PluginError("polyalign's built-in plugins were not found: the package is not "
                           "installed. Run `pip install -e .` in the repository.")
     for obj in extra:
-        pm.register(obj)
-        name = pm.get_name(obj)
+        name = getattr(obj, "__name__", type(obj).__name__)
+        while pm.has_plugin(name):
+            name += "_"
+        pm.register(obj, name=name)
         loaded.append(PluginInfo(name, "(registered in code)", "", False))
     pm.check_pending()
     return Plugins(pm, _fill_registry(pm), loaded)

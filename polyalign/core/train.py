@@ -171,6 +171,8 @@ class Trainer:
         self.batch_in_epoch = 0
         self.best_val = math.inf
         self.nan_skips = 0
+        self.epoch_loss = 0.0  # sum of this epoch's step losses so far (part of the resumable state)
+        self.epoch_steps = 0
         if resume:
             self._restore()
 
@@ -178,6 +180,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "best_val": self.best_val, "nan_skips": self.nan_skips,
+                "epoch_loss": self.epoch_loss, "epoch_steps": self.epoch_steps,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state()}
 
@@ -195,6 +198,7 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch, self.best_val = state["batch_in_epoch"], state["best_val"]
         self.nan_skips = state["nan_skips"]
+        self.epoch_loss, self.epoch_steps = state["epoch_loss"], state["epoch_steps"]
         set_rng_state(state["rng"])
 
     # ----------------------------------------------------------------- steps
@@ -279,7 +283,7 @@ class Trainer:
         hook = self.plugins.pm.hook
         if self.dist.is_main:
             hook.on_train_start(run_dir=self.run_dir, recipe=self.recipe, model=self.model,
-                                loss=self.loss_fn, start_step=self.step)
+                                loss=self.loss_fn, start_step=self.step, start_epoch=self.epoch)
         self.model.train()
         self.loss_fn.train()
         last: dict[str, float] = {}
@@ -299,9 +303,9 @@ class Trainer:
         hook = self.plugins.pm.hook
         per_rank_batch = cfg.batch_size
         self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * per_rank_batch)
+        self.train_loader.generator.manual_seed(self.recipe.seed * 100003 + self.epoch)
         micro = 0
         window_loss, window_n, t0, samples = 0.0, 0, time.perf_counter(), 0
-        epoch_loss, epoch_n = 0.0, 0
         for batch in self.train_loader:
             batch = batch.to(self.device, non_blocking=True)
             try:
@@ -326,8 +330,8 @@ class Trainer:
                 self._handle_nan(exc)
                 continue
             self.step += 1
-            epoch_loss += window_loss / window_n
-            epoch_n += 1
+            self.epoch_loss += window_loss / window_n
+            self.epoch_steps += 1
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 elapsed = time.perf_counter() - t0
                 metrics = mean_across_ranks({"loss": window_loss / window_n, **out.metrics})
@@ -347,11 +351,11 @@ class Trainer:
             if self.step >= self.total_steps:
                 break
         val = self.validate()
-        metrics = {"train_loss": epoch_loss / max(epoch_n, 1)}
+        metrics = {"train_loss": self.epoch_loss / max(self.epoch_steps, 1)}
         if val is not None:
             metrics["val_loss"] = val
         self.epoch += 1
-        self.batch_in_epoch = 0
+        self.batch_in_epoch, self.epoch_loss, self.epoch_steps = 0, 0.0, 0
         if self.dist.is_main:
             hook.on_epoch_end(epoch=self.epoch, step=self.step, metrics=metrics, run_dir=self.run_dir)
         if val is not None and val < self.best_val:

@@ -22,11 +22,12 @@ class JsonlLogger:
             fh.write(json.dumps(row) + "\n")
 
     @hookimpl
-    def on_train_start(self, start_step: int) -> None:
+    def on_train_start(self, start_step: int, start_epoch: int) -> None:
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= start_step]
+        rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        keep = [json.dumps(r) for r in rows
+                if (r["epoch"] <= start_epoch if r["kind"] == "epoch" else r["step"] <= start_step)]
         atomic_write_text(self.path, "".join(line + "\n" for line in keep))
 
     @hookimpl
