@@ -8,6 +8,7 @@ from polyalign.core.evaluate import evaluate
 from polyalign.core.hookspecs import hookimpl
 from polyalign.core.recipe import Recipe, load_recipe
 from polyalign.core.train import train
+from polyalign.core.trained import TrainedModel, load
 
 __version__ = "0.1.0"
 
@@ -30,4 +31,4 @@ def build(kind: str, name: str, **config: Any) -> Any:
 
 _CONTEXT_KEYS = {"modalities", "embed_dim", "seed", "modality", "example", "root", "run_dir"}
 
-__all__ = ["Recipe", "build", "evaluate", "hookimpl", "load_recipe", "train", "__version__"]
+__all__ = ["Recipe", "TrainedModel", "build", "evaluate", "hookimpl", "load", "load_recipe", "train", "__version__"]

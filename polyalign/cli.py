@@ -1,4 +1,4 @@
-"""The ``polyalign`` command line: train, eval, validate, plugins, recipes."""
+"""The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, search, export, plot."""
 
 from __future__ import annotations
 
@@ -19,17 +19,19 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 
-def _rows_table(rows: list[dict], title: str) -> Table:
-    from polyalign.core.evaluate import format_value
+def _rows_tables(rows: list[dict], title: str) -> list[Table]:
+    """One table per task: a line per (target, query, ...) and a column per metric."""
+    from polyalign.core.report_table import pivot_rows
 
-    table = Table(title=title)
-    cols = ["task", "target", "query", "metric", "value"]
-    cols += sorted({k for r in rows for k in r} - set(cols))
-    for c in cols:
-        table.add_column(c, justify="right" if c in ("value", "n", "candidates", "ci_low", "ci_high") else "left")
-    for r in rows:
-        table.add_row(*["+".join(r[c]) if c == "query" else format_value(r.get(c, "")) for c in cols])
-    return table
+    tables = []
+    for pivot in pivot_rows(rows):
+        table = Table(title=escape(f"{title}: {pivot.task}"), caption=escape(pivot.caption()) or None)
+        for i, c in enumerate(pivot.header):
+            table.add_column(escape(c), justify="left" if i < pivot.n_ids else "right")
+        for line in pivot.lines:
+            table.add_row(*map(escape, line))
+        tables.append(table)
+    return tables
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -52,7 +54,8 @@ def _print_report(run_dir: Path) -> None:
     if report.is_file():
         rows = json.loads(report.read_text())
         if rows:
-            out.print(_rows_table(rows, f"evaluation ({run_dir.name})"))
+            for table in _rows_tables(rows, f"evaluation ({run_dir.name})"):
+                out.print(table)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -61,6 +64,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     polyalign.evaluate(args.run_dir, checkpoint=args.checkpoint)
     _print_report(Path(args.run_dir))
     out.print(f"report: {Path(args.run_dir) / 'eval' / 'report.md'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from polyalign.core.compare import compare_runs
+
+    result = compare_runs(args.run_dirs, args.out, args.metric)
+    table = Table(title="comparison", caption="value [bootstrap interval]; — = no such row in that run")
+    for i, c in enumerate(result.header):
+        table.add_column(escape(c), justify="right" if i >= len(result.header) - len(result.runs) else "left")
+    for line in result.lines:
+        table.add_row(*map(escape, line))
+    out.print(table)
+    for run in result.runs:
+        out.print(f"{escape(run.label)}: {run.run_dir}")
+    out.print(f"table: {result.markdown}" + (f"\nplot: {result.figure}" if result.figure else ""))
     return 0
 
 
@@ -128,6 +147,54 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    import polyalign
+    from polyalign.core.retrieval import embed_to_file
+
+    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    path, n = embed_to_file(model, args.modality, args.input, args.out, args.batch_size)
+    out.print(f"embedded {n} {escape(args.modality)} value(s) from {escape(str(args.input))} -> "
+              f"{escape(str(path))} ({n} x {model.embed_dim}; ids in the file's metadata)")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import polyalign
+    from polyalign.core.retrieval import search_sources
+
+    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    result = search_sources(model, args.query, args.candidates, args.top)
+    query = ", ".join(f"{m}={v}" for m, v in result.query.items())
+    table = Table(title=escape(f"{result.target} for {query}"),
+                  caption=escape(f"top {len(result.hits)} of {result.n_candidates} candidates; "
+                                 f"score: {type(model.loss).__name__}.score"))
+    table.add_column("rank", justify="right")
+    table.add_column("id")
+    table.add_column("score", justify="right")
+    for hit in result.hits:
+        table.add_row(str(hit.rank), escape(str(hit.id)), f"{hit.score:.4f}")
+    out.print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from polyalign.core.export import export_model
+
+    dest = export_model(args.run_dir, args.dest, checkpoint=args.checkpoint)
+    out.print(f"exported {escape(str(args.run_dir))} ({args.checkpoint} checkpoint) to {escape(str(dest))}: "
+              f"model.safetensors, recipe.yaml, MODEL_CARD.md; load it with polyalign.load({str(dest)!r})")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from polyalign.core.training_plots import plot_runs
+
+    default = Path(args.run_dirs[0]) / "training.png" if len(args.run_dirs) == 1 else Path("training.png")
+    path = plot_runs(args.run_dirs, args.out or default)
+    out.print(f"plot: {escape(str(path))}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``polyalign``."""
     p = argparse.ArgumentParser(prog="polyalign", description="Contrastive learning over any number of modalities.")
@@ -145,6 +212,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default="last", choices=["last", "best"])
     e.set_defaults(func=cmd_eval)
 
+    c = sub.add_parser("compare", help="compare the evaluation reports of several runs: one table, one plot")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--out", default=".", help="folder for compare.md and compare.png (default: current folder)")
+    c.add_argument("--metric", action="append", help="only this metric (repeatable; default: every metric)")
+    c.set_defaults(func=cmd_compare)
+
     v = sub.add_parser("validate", help="check a recipe and report every problem at once")
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*")
@@ -160,6 +233,45 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("name", nargs="?")
     r.add_argument("dest", nargs="?")
     r.set_defaults(func=cmd_recipes)
+
+    use = {"checkpoint": dict(default="last", choices=["last", "best"],
+                              help="weights of a run directory (default: last, the ones its evaluation used)"),
+           "device": dict(default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1...")}
+    em = sub.add_parser("embed", help="embed a folder, manifest or array of one modality with a trained model")
+    em.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a folder written by `polyalign export`")
+    em.add_argument("--modality", required=True)
+    em.add_argument("--input", required=True, metavar="SOURCE",
+                    help="a folder of files, a manifest (.csv/.jsonl), a .npy array of rows or a .txt file of lines")
+    em.add_argument("--out", required=True, metavar="FILE.safetensors",
+                    help="embeddings (tensor 'embeddings'); ids, modality and model in its metadata")
+    em.add_argument("--batch-size", type=int, default=None)
+    for name, kw in use.items():
+        em.add_argument(f"--{name}", **kw)
+    em.set_defaults(func=cmd_embed)
+
+    se = sub.add_parser("search", help="rank candidates of one modality for a query of others")
+    se.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a folder written by `polyalign export`")
+    se.add_argument("--query", action="append", default=[], metavar="MODALITY=VALUE",
+                    help="a path, inline text or [numbers]; repeat for several query modalities")
+    se.add_argument("--candidates", required=True, metavar="MODALITY=SOURCE",
+                    help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines or an embeddings file "
+                         "from `polyalign embed`")
+    se.add_argument("--top", type=int, default=5)
+    for name, kw in use.items():
+        se.add_argument(f"--{name}", **kw)
+    se.set_defaults(func=cmd_search)
+
+    ex = sub.add_parser("export", help="write a self-contained model folder: weights, recipe, model card")
+    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("dest", metavar="DIR", help="a new (or empty) folder")
+    ex.add_argument("--checkpoint", **use["checkpoint"])
+    ex.set_defaults(func=cmd_export)
+
+    pt = sub.add_parser("plot", help="plot loss, temperature, learning rate and evaluation of runs (PNG)")
+    pt.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more runs, overlaid")
+    pt.add_argument("--out", metavar="FILE.png",
+                    help="default: RUN_DIR/training.png for one run, ./training.png for several")
+    pt.set_defaults(func=cmd_plot)
     return p
 
 

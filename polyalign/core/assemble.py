@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 
 from .batch import Collator
 from .data import Dataset, TupleDataset
-from .errors import PolyalignError
+from .errors import PluginError, PolyalignError
 from .loss import Loss, WeightedLoss
 from .model import MultiModalModel
 from .plugins import Plugins, default_plugins
@@ -22,11 +27,15 @@ class Assembled:
     dataset: Dataset
     model: MultiModalModel
     loss: Loss
+    loss_name: str = ""  # the recipe's loss plugin name(s), for error messages
 
     def tuples(self, split: str, source: str = "") -> TupleDataset:
         """A torch dataset loading ``split`` through the model's encoders."""
         loaders = {m: enc.load for m, enc in self.model.encoders.items()}
-        return TupleDataset(self.dataset.split(split), loaders, self.dataset.root, split, source)
+        locate = getattr(self.dataset, "locate", None)
+        return TupleDataset(self.dataset.split(split), loaders, self.dataset.root, split, source,
+                            on_error=getattr(self.dataset, "on_error", "raise"),
+                            locate=functools.partial(locate, split) if locate is not None else None)
 
     def collator(self) -> Collator:
         """The collate function for this model's modalities."""
@@ -38,7 +47,20 @@ class Assembled:
                 **{f"loss.{k}": v for k, v in self.loss.state_dict().items()}}
 
     def load_state_dict(self, weights: dict[str, torch.Tensor]) -> None:
-        """Load weights written by :meth:`state_dict` (strict)."""
+        """Load weights written by :meth:`state_dict` (strict; a mismatch is a clear error)."""
+        mine = self.state_dict()
+        missing = [k for k in mine if k not in weights]
+        unexpected = [k for k in weights if k not in mine]
+        resized = [f"{k} is {tuple(weights[k].shape)} in the checkpoint but {tuple(v.shape)} here"
+                   for k, v in mine.items() if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
+        if missing or unexpected or resized:
+            parts = ([f"missing: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"] if missing else [])
+            parts += ([f"not in this model: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"]
+                      if unexpected else [])
+            parts += resized[:5]
+            raise PolyalignError("the checkpoint does not fit the model built from the recipe ("
+                                 + "; ".join(parts) + "). Was model.embed_dim, a modality, an encoder option "
+                                 "or the loss changed since it was trained? Use the run's own recipe.yaml.")
         self.model.load_state_dict({k[6:]: v for k, v in weights.items() if k.startswith("model.")})
         self.loss.load_state_dict({k[5:]: v for k, v in weights.items() if k.startswith("loss.")})
 
@@ -62,21 +84,75 @@ def assemble(recipe: Recipe, plugins: Plugins | None = None) -> Assembled:
     plugins = plugins or default_plugins()
     torch.manual_seed(recipe.seed)
     data_comp = plugins.registry.get("dataset", recipe.data.plugin)
-    dataset = data_comp.create(data_comp.make_config(recipe.data.options()), seed=recipe.seed)
+    with _plugin_context("data", recipe.data.plugin):
+        dataset = data_comp.create(data_comp.make_config(recipe.data.options()), seed=recipe.seed)
     lacking = [m for m in recipe.modalities if m not in dataset.modalities]
     if lacking:
         raise PolyalignError(
             f"modalities.{lacking[0]}: the dataset ({recipe.data.plugin}) has no modality "
             f"{lacking[0]!r}; it provides: {', '.join(dataset.modalities)}. Rename the modality "
             f"in the recipe or change data.")
-    encoders, plugin_names = {}, {}
     train = dataset.split("train")
+    examples = {m: next((s[m] for s in train if s.get(m) is not None), None) for m in recipe.modalities}
+    model = build_model(recipe, plugins, examples, dataset.root)
+    check_encoders_load(recipe, model, train, dataset.root)
+    loss_name = "+".join(n.plugin for n in recipe.losses)
+    with _plugin_context("loss", loss_name):
+        loss = build_loss(recipe, plugins)
+    return Assembled(dataset, model, loss, loss_name)
+
+
+@contextmanager
+def _plugin_context(where: str, plugin: str) -> Iterator[None]:
+    """Prefix errors a plugin factory raises with the recipe path of its node."""
+    try:
+        yield
+    except PolyalignError as exc:
+        raise type(exc)(f"{where} ({plugin}): {exc}") if type(exc) in (PolyalignError, PluginError) else exc
+    except Exception as exc:
+        raise PluginError(f"{where}: plugin {plugin!r} failed to build: {type(exc).__name__}: {exc}") from exc
+
+
+def check_encoders_load(recipe: Recipe, model: MultiModalModel, train: Any, root: Path | None,
+                        tries: int = 5) -> None:
+    """Load the first train values of each modality with its encoder: a recipe that does not
+    fit its data (a vector ``dim`` the data does not have...) fails now, naming the recipe path,
+    not rows later. One unreadable file among ``tries`` values is left to the data loader."""
+    for m, node in recipe.modalities.items():
+        errors = []
+        for value in itertools.islice((s[m] for s in train if s.get(m) is not None), tries):
+            try:
+                model.encoders[m].load(value, root)
+                break
+            except Exception as exc:  # noqa: BLE001 - reported below with the recipe path
+                errors.append(f"{type(exc).__name__}: {exc}" if not isinstance(exc, PolyalignError) else str(exc))
+        else:
+            if errors:
+                raise PolyalignError(
+                    f"modalities.{m}.encoder ({node.encoder.plugin}): none of the first {len(errors)} "
+                    f"train value(s) of {m!r} can be loaded with these options: {errors[0]}. Check the "
+                    f"encoder options against the data.")
+
+
+def build_model(recipe: Recipe, plugins: Plugins, examples: dict[str, Any] | None = None,
+                root: Path | None = None) -> MultiModalModel:
+    """The recipe's encoders and heads; ``examples`` (one raw value per modality) let encoders
+    infer options the recipe leaves open."""
+    encoders, plugin_names = {}, {}
     for m, node in recipe.modalities.items():
         comp = plugins.registry.get("encoder", node.encoder.plugin)
-        example = next((s[m] for s in train if s.get(m) is not None), None)
-        encoders[m] = comp.create(comp.make_config(node.encoder.options()), modality=m,
-                                  example=example, root=dataset.root)
+        with _plugin_context(f"modalities.{m}.encoder", node.encoder.plugin):
+            encoders[m] = comp.create(comp.make_config(node.encoder.options()), modality=m,
+                                      example=(examples or {}).get(m), root=root)
         plugin_names[m] = node.encoder.plugin
-    model = MultiModalModel(encoders, recipe.model.embed_dim, recipe.model.normalize,
-                            recipe.missing.strategy, plugin_names)
-    return Assembled(dataset, model, build_loss(recipe, plugins))
+    return MultiModalModel(encoders, recipe.model.embed_dim, recipe.model.normalize,
+                           recipe.missing.strategy, plugin_names)
+
+
+def with_rebuild_options(recipe: Recipe, model: MultiModalModel) -> Recipe:
+    """``recipe`` with each encoder's inferred options (:meth:`Encoder.rebuild_options`) written
+    into its ``modalities.<m>.encoder`` node, so the model can be rebuilt without the data."""
+    raw = recipe.model_dump(mode="json")
+    for m, encoder in model.encoders.items():
+        raw["modalities"][m]["encoder"].update(encoder.rebuild_options())
+    return Recipe.model_validate(raw)

@@ -17,7 +17,12 @@ Sample = dict[str, Any]
 
 
 class Dataset(Protocol):
-    """What a dataset plugin returns: modality names, a root folder and three splits."""
+    """What a dataset plugin returns: modality names, a root folder and three splits.
+
+    Optional attributes the core uses when present: ``on_error`` (``"raise"`` or ``"skip"``:
+    what to do with a row whose value fails to load) and ``locate(split, index) -> str`` (where
+    a row comes from, e.g. a manifest file and line, for error messages).
+    """
 
     modalities: Sequence[str]
     root: Path | None
@@ -46,17 +51,33 @@ class TupleDataset(torch.utils.data.Dataset):
     """Loads sample ``i`` of a split: ``(i, {modality: loaded value}, label)``."""
 
     def __init__(self, samples: Sequence[Sample], loaders: dict[str, Callable[[Any, Path | None], Input]],
-                 root: Path | None, split: str, source: str = ""):
+                 root: Path | None, split: str, source: str = "", on_error: str = "raise",
+                 locate: Callable[[int], str] | None = None):
         self.samples = samples
         self.loaders = loaders
         self.root = root
         self.split = split
         self.source = source
+        self.locate = locate
+        # on_error=skip marks failed rows here; shared memory, so marks made in DataLoader workers
+        # reach the main process. A skipped row is returned with every modality absent.
+        self.skipped = torch.zeros(len(samples), dtype=torch.bool).share_memory_() if on_error == "skip" else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[int, dict[str, Input], Any]:
+        try:
+            values = self.load_values(i)
+        except DataError:
+            if self.skipped is None:
+                raise
+            self.skipped[i] = True
+            values = {}
+        return i, values, self.samples[i].get("label")
+
+    def load_values(self, i: int) -> dict[str, Input]:
+        """``{modality: loaded value}`` of row ``i``; a value that fails raises :class:`DataError`."""
         sample = self.samples[i]
         values = {}
         for m, load in self.loaders.items():
@@ -70,11 +91,37 @@ class TupleDataset(torch.utils.data.Dataset):
             except Exception as exc:
                 raise DataError(f"{self._where(i)}, modality {m!r} ({describe_value(raw)}): "
                                 f"{type(exc).__name__}: {exc}") from exc
-        return i, values, sample.get("label")
+        return values
+
+    def take_skipped(self) -> list[str]:
+        """The errors of the rows skipped since the last call (``on_error=skip``), then forget them."""
+        if self.skipped is None:
+            return []
+        rows = self.skipped.nonzero(as_tuple=True)[0].tolist()
+        self.skipped.zero_()
+        messages = []
+        for i in rows:  # reloaded here to recover the message (workers cannot send it back)
+            try:
+                self.load_values(i)
+                messages.append(f"{self._where(i)}: failed to load in a DataLoader worker, loads now")
+            except DataError as exc:
+                messages.append(str(exc))
+        return messages
 
     def _where(self, i: int) -> str:
+        if self.locate is not None:
+            return f"{self.locate(i)} (split {self.split!r}, row {i})"
         src = f"{self.source}: " if self.source else ""
         return f"{src}split {self.split!r}, row {i}"
+
+
+def skip_summary(split: str, messages: list[str], limit: int = 10) -> str:
+    """'skipped N row(s) of split ...' with the first ``limit`` errors, one per line."""
+    lines = [f"skipped {len(messages)} row(s) of split {split!r} that failed to load (data.on_error=skip):"]
+    lines += [f"  {m}" for m in messages[:limit]]
+    if len(messages) > limit:
+        lines.append(f"  ... and {len(messages) - limit} more")
+    return "\n".join(lines)
 
 
 class EpochSampler(Sampler[int]):

@@ -36,17 +36,72 @@ def init_distributed(device_kind: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums the gradient over ranks and keeps this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # works on gloo too, unlike reduce_scatter
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0, keeping the gradient path to each rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    """Concatenate ``x`` from every rank along dim 0, keeping the gradient path to each rank.
+
+    Every rank must pass the same number of rows (the trainer's sampler pads to ensure it).
+    """
+    if not _active():
         return x
-    from torch.distributed.nn.functional import all_gather
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _GatherWithGrad.apply(x)
+
+
+def gather_batch(embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """Every rank's embeddings (with gradient) and masks, so negatives span the global batch.
+
+    Each rank then computes the loss of the whole global batch; the gather's backward sums the
+    ranks' identical gradients and DDP's averaging undoes that sum, so parameter gradients equal
+    those of one process holding the whole batch.
+    """
+    if not _active():
+        return embeddings, present
+    emb = {m: gather_with_grad(z) for m, z in embeddings.items()}
+    return emb, None if present is None else {m: gather_no_grad(p) for m, p in present.items()}
+
+
+def all_reduce_mean_grads(module: torch.nn.Module) -> None:
+    """Average the gradients of ``module``'s parameters over ranks (for parameters outside DDP)."""
+    if not _active():
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
+def finish_distributed() -> None:
+    """Wait for every rank, then leave the process group (no-op in one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` (e.g. masks) from every rank along dim 0."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _active():
         return x
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
@@ -55,7 +110,7 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
 
 def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     """Average float metrics over ranks (identity in one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not values:
+    if not _active() or not values:
         return values
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
@@ -66,7 +121,7 @@ def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
 
 def broadcast_path(path: "os.PathLike | None") -> "os.PathLike":
     """Rank 0's ``path`` on every rank (identity in one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _active():
         return path
     box = [path]
     dist.broadcast_object_list(box, src=0)

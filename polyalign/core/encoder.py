@@ -27,6 +27,16 @@ class Encoder(nn.Module):
         """Turn one raw value (a path relative to ``root``, a string, numbers) into a tensor."""
         raise PluginError(f"encoder {type(self).__name__} does not define load(value, root)")
 
+    def rebuild_options(self) -> dict[str, Any]:
+        """Config options this encoder inferred from its ``example`` (e.g. an input size).
+
+        polyalign writes them into the run's ``recipe.yaml`` so that the model can be rebuilt
+        without the training data (``polyalign.load``, ``polyalign export``). Override it when
+        the factory infers anything from ``example``; each key must be a field of the
+        encoder's config model.
+        """
+        return {}
+
     def collate(self, values: list[Input]) -> Input:
         """Stack loaded values into one batch input."""
         first = values[0]

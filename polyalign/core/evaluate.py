@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,7 +14,7 @@ import torch
 from .assemble import Assembled
 from .checkpoint import atomic_write_text
 from .errors import PluginError
-from .data import EpochSampler, Sample, make_loader
+from .data import EpochSampler, Sample, make_loader, skip_summary
 from .plugins import Plugins
 from .recipe import Recipe
 
@@ -50,10 +51,14 @@ class EvalContext:
         """The loss's scoring rule, checked for shape."""
         out = self.parts.loss.score(queries, candidates, target)
         n_q = next(iter(queries.values())).shape[0]
+        name = self.parts.loss_name or type(self.parts.loss).__name__
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n_q, candidates.shape[0]):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise PluginError(f"loss {type(self.parts.loss).__name__}.score() returned {got}; "
+            raise PluginError(f"loss plugin {name!r}: score() returned {got}; "
                               f"expected ({n_q}, {candidates.shape[0]}) (queries x candidates)")
+        if torch.isnan(out).any():
+            raise PluginError(f"loss plugin {name!r}: score() returned NaN scores for target {target!r} "
+                              f"(ranks computed from them would be meaningless)")
         return out
 
 
@@ -75,6 +80,9 @@ def embed_split(parts: Assembled, split: str, device: torch.device,
             embs[m].append(out[m].float().cpu())
             pres[m].append(batch.present[m].cpu())
     model.train(was_training)
+    skipped = data.take_skipped()  # data.on_error=skip: those rows count as absent
+    if skipped:
+        warnings.warn(skip_summary(split, skipped), stacklevel=2)
     return ({m: torch.cat(v) for m, v in embs.items()}, {m: torch.cat(v) for m, v in pres.items()})
 
 
@@ -138,11 +146,16 @@ def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation") -> st
 
 
 def write_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write ``eval/report.json`` and ``eval/report.md``; return the folder."""
+    """Write ``eval/report.json``, ``eval/report.md`` and the PNG plots; return the folder."""
+    from .report_plots import write_plots
+
     out = Path(run_dir) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.json", json.dumps(rows, indent=2) + "\n")
-    atomic_write_text(out / "report.md", report_markdown(rows, f"Evaluation of {Path(run_dir).name}"))
+    plots = write_plots(out, rows, Path(run_dir).name)
+    markdown = report_markdown(rows, f"Evaluation of {Path(run_dir).name}")
+    markdown += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
+    atomic_write_text(out / "report.md", markdown)
     return out
 
 

@@ -26,6 +26,8 @@ def register_encoders(register: Register) -> None:
     ``load`` one raw value and ``collate`` a list of loaded values). Context arguments the factory may accept (declare
     only those you need): ``modality`` (the recipe's name for it), ``example`` (one raw value
     from the train split, e.g. to infer an input size) and ``root`` (the dataset's folder).
+    An encoder that infers options from ``example`` returns them from ``rebuild_options()``,
+    so a trained model can be rebuilt without its data (``polyalign.load``).
     """
 
 

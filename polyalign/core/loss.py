@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from .errors import PluginError
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -73,6 +76,31 @@ class Loss(nn.Module):
         raise TypeError(f"loss {type(self).__name__} does not define score()")
 
 
+def check_loss_output(out: Any, plugin: str) -> LossOutput:
+    """``out`` if it keeps the loss contract (a :class:`LossOutput` holding a scalar floating
+    tensor and number metrics), else a :class:`PluginError` naming ``plugin`` and what it returned."""
+    def fail(got: str) -> PluginError:
+        return PluginError(f"loss plugin {plugin!r} returned {got}; forward() must return "
+                           f"LossOutput(loss=<0-dim float tensor>, metrics={{name: float}})")
+
+    if not isinstance(out, LossOutput):
+        raise fail(f"a {type(out).__name__}")
+    loss = out.loss
+    if not isinstance(loss, torch.Tensor):
+        raise fail(f"a loss of type {type(loss).__name__}")
+    if loss.dim() != 0:
+        raise fail(f"a loss of shape {tuple(loss.shape)} (reduce it to a scalar, e.g. with .mean())")
+    if not loss.is_floating_point():
+        raise fail(f"a loss of dtype {loss.dtype}")
+    if not isinstance(out.metrics, dict):
+        raise fail(f"metrics of type {type(out.metrics).__name__}")
+    for key, value in out.metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(f"metric {key!r} = {type(value).__name__} {str(value)[:40]} (metrics must be Python "
+                       f"numbers: use float(t.detach()))")
+    return out
+
+
 def full_present(embeddings: dict[str, torch.Tensor],
                  present: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     """``present`` with an all-True mask for every modality it leaves out."""
@@ -96,7 +124,7 @@ class WeightedLoss(Loss):
         total = 0.0
         metrics: dict[str, float] = {}
         for name, term in self.terms.items():
-            out = term(embeddings, present)
+            out = check_loss_output(term(embeddings, present), name)
             total = total + self.weights[name] * out.loss
             metrics[f"{name}/loss"] = float(out.loss.detach())
             metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})

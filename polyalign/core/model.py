@@ -55,12 +55,15 @@ class MultiModalModel(nn.Module):
         """Embed a batch of modality ``m`` (every row present) -> ``(B, embed_dim)``."""
         n = batch_size_of(x)
         feats = self.encoders[m](x)
-        if not isinstance(feats, torch.Tensor) or feats.dim() != 2 or feats.shape[0] != n:
-            got = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+        width = int(self.encoders[m].width)
+        if (not isinstance(feats, torch.Tensor) or feats.dim() != 2 or tuple(feats.shape) != (n, width)
+                or not feats.is_floating_point()):
+            got = (f"{tuple(feats.shape)} {feats.dtype}" if isinstance(feats, torch.Tensor)
+                   else type(feats).__name__)
             raise PluginError(
                 f"encoder plugin {self.plugin_names.get(m, '?')!r} (modality {m!r}) returned {got} "
-                f"for a batch of {n}; it must return a (batch, width) tensor with width "
-                f"{self.encoders[m].width}.")
+                f"for a batch of {n}; it must return a floating (batch, width) tensor with width "
+                f"{width}.")
         return self._post(m, self.heads[m](feats))
 
     def missing_rows(self, m: str, n: int, like: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,7 @@ def make_plugins(extra: list[Any] = ()) -> Plugins:
     pm.add_hookspecs(hookspecs)
     allowed = _allowed_external()
     loaded: list[PluginInfo] = []
+    by_pm_name: dict[str, PluginInfo] = {}
     for ep in _entry_points():
         dist = ep.dist.name if ep.dist else "?"
         version = ep.dist.version if ep.dist else "?"
@@ -77,8 +78,13 @@ def make_plugins(extra: list[Any] = ()) -> Plugins:
             loaded.append(PluginInfo(ep.name, dist, version, builtin,
                                      error=f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}"))
             continue
-        pm.register(obj, name=f"{dist}:{ep.name}")
+        try:
+            pm.register(obj, name=f"{dist}:{ep.name}")
+        except pluggy.PluginValidationError as exc:  # a hook with arguments the spec does not have
+            loaded.append(PluginInfo(ep.name, dist, version, builtin, error=f"invalid hook: {exc}"))
+            continue
         loaded.append(PluginInfo(ep.name, dist, version, builtin))
+        by_pm_name[f"{dist}:{ep.name}"] = loaded[-1]
     if not any(info.builtin for info in loaded):
         raise PluginError("polyalign's built-in plugins were not found: the package is not "
                           "installed. Run `pip install -e .` in the repository.")
@@ -88,18 +94,49 @@ def make_plugins(extra: list[Any] = ()) -> Plugins:
             name += "_"
         pm.register(obj, name=name)
         loaded.append(PluginInfo(name, "(registered in code)", "", False))
-    pm.check_pending()
-    return Plugins(pm, _fill_registry(pm), loaded)
+        by_pm_name[name] = loaded[-1]
+    _drop_misspelt_hooks(pm, by_pm_name)
+    return Plugins(pm, _fill_registry(pm, by_pm_name), loaded)
 
 
-def _fill_registry(pm: pluggy.PluginManager) -> Registry:
+def _drop_misspelt_hooks(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
+    """``check_pending``: an entry-point plugin implementing a hook that does not exist (a typo)
+    is unloaded and reported; in code (``extra``) it is an error."""
+    while True:
+        try:
+            pm.check_pending()
+            return
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin)
+            info = infos.get(name)
+            if info is None or info.distribution == "(registered in code)":
+                raise PluginError(f"plugin {name!r}: {exc}") from None
+            pm.unregister(exc.plugin)
+            info.error = f"not loaded: {exc}"
+
+
+def _fill_registry(pm: pluggy.PluginManager, infos: dict[str, PluginInfo] | None = None) -> Registry:
+    """Call every registration hook; one that raises is reported on its plugin (its components
+    are left out) without stopping the others."""
     registry = Registry()
+    infos = infos or {}
     for kind, hook_name in _REGISTER_HOOKS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            def register(name: str, factory: Any, config: Any = None, help: str = "",
-                         _kind: str = kind, _plugin: str = impl.plugin_name) -> None:
-                registry.add(_kind, _plugin, name, factory, config=config, help=help)
-            impl.function(**{"register": register})
+            calls: list[tuple[tuple, dict]] = []
+            try:
+                impl.function(register=lambda *a, _calls=calls, **k: _calls.append((a, k)))
+            except Exception as exc:
+                info = infos.get(impl.plugin_name)
+                if info is None:
+                    raise
+                info.error = f"{hook_name} failed: {type(exc).__name__}: {exc}"
+                continue
+            for args, kwargs in calls:
+                try:
+                    registry.add(kind, impl.plugin_name, *args, **kwargs)
+                except TypeError as exc:
+                    raise PluginError(f"plugin {impl.plugin_name!r}: bad call in {hook_name}: {exc}; the form is "
+                                      f"register(name, factory, config=Model, help='...')") from None
     return registry
 
 

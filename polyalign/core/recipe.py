@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import PluginError, RecipeError
 from .plugins import Plugins, default_plugins
@@ -47,10 +48,13 @@ class MissingSection(Strict):
     strategy: Literal["drop", "learned"] = "drop"
     train_rate: dict[str, float] = Field(default_factory=dict)
 
-    def model_post_init(self, _: Any) -> None:
-        for m, rate in self.train_rate.items():
+    @field_validator("train_rate")
+    @classmethod
+    def _rates_in_range(cls, rates: dict[str, float]) -> dict[str, float]:
+        for m, rate in rates.items():
             if not 0.0 <= rate < 1.0:
-                raise ValueError(f"train_rate for {m!r} must be in [0, 1), got {rate}")
+                raise ValueError(f"the rate for {m!r} must be in [0, 1), got {rate}")
+        return rates
 
 
 class TrainSection(Strict):
@@ -106,12 +110,53 @@ def _path(loc: tuple | list) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _pydantic_problems(exc: ValidationError, prefix: tuple = ()) -> list[tuple[str, str]]:
+_LOSS_BRANCHES = ("LossNode", "list[LossNode]")
+
+
+def _pydantic_problems(exc: ValidationError, prefix: tuple = (), raw: Any = None) -> list[tuple[str, str]]:
+    """(yaml path, message) per pydantic error; for ``loss`` only the errors of the form used
+    (one node or a list of nodes) are kept."""
+    loss = raw.get("loss") if isinstance(raw, dict) else None
+    branch = "list[LossNode]" if isinstance(loss, list) else "LossNode" if isinstance(loss, dict) else None
     problems = []
     for err in exc.errors():
-        loc = [p for p in err["loc"] if p not in ("LossNode", "list[LossNode]")]
-        problems.append((_path(prefix + tuple(loc)), err["msg"]))
+        loc = tuple(err["loc"])
+        if not prefix and len(loc) > 1 and loc[0] == "loss" and loc[1] in _LOSS_BRANCHES:
+            if branch is None:
+                problems.append(("loss", "must be a plugin node {plugin: NAME, ...} or a list of them"))
+                continue
+            if loc[1] != branch:
+                continue
+        loc = tuple(p for p in loc if p not in _LOSS_BRANCHES)
+        problems.append((_path(prefix + loc), re.sub(r" or instance of \w+", "", err["msg"])))
     return problems
+
+
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+
+def _check_structure(raw: Any) -> list[tuple[str, str]]:
+    """Problems with the shape of the YAML tree itself: cycles (``&a [*a]``), nesting deeper than
+    MAX_DEPTH, or more than MAX_NODES values counting aliases each time they are used."""
+    count = 0
+    stack: list[tuple[Any, tuple, frozenset]] = [(raw, (), frozenset())]
+    while stack:
+        node, loc, ancestors = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            return [(_path(loc), f"the recipe has more than {MAX_NODES} values (YAML aliases count each "
+                                 f"time they are used); a recipe is a small configuration file")]
+        if not isinstance(node, (dict, list)):
+            continue
+        if id(node) in ancestors:
+            return [(_path(loc), "this value contains itself (a YAML alias that refers to its own anchor)")]
+        if len(loc) >= MAX_DEPTH:
+            return [(_path(loc), f"nested more than {MAX_DEPTH} levels deep")]
+        inner = ancestors | {id(node)}
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        stack.extend((v, loc + (k,), inner) for k, v in items)
+    return []
 
 
 def parse_overrides(overrides: list[str] | None) -> list[tuple[list[str], Any]]:
@@ -125,6 +170,8 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[list[str], Any]]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise RecipeError("command line", [(key, f"value {raw!r} is not valid YAML: {exc}")]) from None
+        except RecursionError:
+            raise RecipeError("command line", [(key, "the value is nested too deeply")]) from None
         parsed.append((key.strip().split("."), value))
     return parsed
 
@@ -178,12 +225,15 @@ def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = 
     plugins = plugins or default_plugins()
     if not isinstance(raw, dict):
         raise RecipeError(source, [("", f"a recipe must be a YAML mapping, got {type(raw).__name__}")])
+    structure = _check_structure(raw)
+    if structure:
+        raise RecipeError(source, structure)
     problems: list[tuple[str, str]] = []
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         recipe = None
-        problems += _pydantic_problems(exc)
+        problems += _pydantic_problems(exc, raw=raw)
     resolved: dict[tuple, dict] = {}  # yaml path -> the node with every default filled in
     for kind, loc, node in _plugin_nodes(raw):
         name = node.get("plugin")
@@ -192,7 +242,8 @@ def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = 
         try:
             comp = plugins.registry.get(kind, name)
         except PluginError:
-            problems.append((_path(loc + ("plugin",)), unknown_name_message(kind, name, plugins.registry.names(kind))))
+            problems.append((_path(loc + ("plugin",)),
+                             unknown_name_message(kind, name, plugins.registry.names(kind)) + _failed_note(plugins)))
             continue
         reserved = _NODE_KEYS.get(kind, ("plugin",))
         options = {k: v for k, v in node.items() if k not in reserved}
@@ -201,6 +252,7 @@ def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = 
             resolved[loc] = {**{k: node[k] for k in reserved if k in node}, **validated}
         except ValidationError as exc:
             problems += _pydantic_problems(exc, loc)
+        problems += _unknown_options(comp.config, options, loc, kind, name)
     if isinstance(raw.get("logging"), list):
         names = plugins.registry.names("logger")
         problems += [(f"logging.{i}", unknown_name_message("logger", n, names))
@@ -208,9 +260,27 @@ def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = 
     if recipe is not None and not problems:
         problems += _cross_checks(recipe)
     if problems:
-        raise RecipeError(source, problems)
+        raise RecipeError(source, list(dict.fromkeys(problems)))
     assert recipe is not None
     return _with_resolved_options(recipe, resolved)
+
+
+def _failed_note(plugins: Plugins) -> str:
+    """A note naming the plugins that failed to load (one of them may provide the name)."""
+    failed = [f"{i.distribution} ({i.name}): {i.error}" for i in plugins.loaded if i.error]
+    return f". Note: {len(failed)} plugin(s) failed to load: {'; '.join(failed)}" if failed else ""
+
+
+def _unknown_options(config: type[BaseModel], options: dict, loc: tuple, kind: str,
+                     name: str) -> list[tuple[str, str]]:
+    """Options a plugin's config model would silently ignore (models that neither forbid nor
+    explicitly allow extra keys): a typo must not pass unnoticed."""
+    if config.model_config.get("extra") in ("forbid", "allow"):
+        return []
+    known = set(config.model_fields) | {f.alias for f in config.model_fields.values() if f.alias}
+    return [(_path(loc + (k,)), f"unknown option for {kind} {name!r}; its options are: "
+                                f"{', '.join(sorted(config.model_fields)) or '(none)'}")
+            for k in options if k not in known]
 
 
 def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
@@ -263,6 +333,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
         raise RecipeError(str(path), [("", f"not valid YAML: {exc}")]) from None
     except UnicodeDecodeError as exc:
         raise RecipeError(str(path), [("", f"not a UTF-8 text file: {exc}")]) from None
+    except RecursionError:
+        raise RecipeError(str(path), [("", f"nested too deeply to be a recipe (more than {MAX_DEPTH} "
+                                           f"levels are refused)")]) from None
+    except OSError as exc:
+        raise RecipeError(str(path), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
     if isinstance(raw, dict):
         raw.setdefault("name", path.stem)
     return validate_recipe(apply_overrides(raw, overrides) if isinstance(raw, dict) else raw,

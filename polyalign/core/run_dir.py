@@ -29,5 +29,10 @@ def new_run_dir(base: Path, recipe: Recipe) -> Path:
                 run_dir = base / f"{recipe.name}-{stamp}-{n}"
     except OSError as exc:
         raise PolyalignError(f"cannot create a run directory under {base}: {exc.strerror or exc}") from None
-    atomic_write_text(run_dir / RECIPE_FILE, f"# polyalign train {RECIPE_FILE} (resolved)\n" + recipe.to_yaml())
+    write_recipe(run_dir, recipe)
     return run_dir
+
+
+def write_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """Write the resolved ``recipe.yaml`` of a run (atomically)."""
+    atomic_write_text(Path(run_dir) / RECIPE_FILE, f"# polyalign train {RECIPE_FILE} (resolved)\n" + recipe.to_yaml())

@@ -14,16 +14,17 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .assemble import Assembled, assemble
+from .assemble import Assembled, assemble, with_rebuild_options
 from .batch import Batch
-from .data import EpochSampler, make_loader
-from .distributed import DistInfo, broadcast_path, gather_no_grad, gather_with_grad, init_distributed, mean_across_ranks
+from .data import EpochSampler, make_loader, skip_summary
+from .distributed import (DistInfo, all_reduce_mean_grads, broadcast_path, finish_distributed, gather_batch,
+                          init_distributed, mean_across_ranks)
 from .errors import PolyalignError
 from .evaluate import run_evaluators, write_report
-from .loss import LossOutput, Temperature, clamp_temperatures
+from .loss import LossOutput, Temperature, check_loss_output, clamp_temperatures
 from .plugins import Plugins, default_plugins
 from .recipe import Recipe, load_recipe
-from .run_dir import RECIPE_FILE, new_run_dir
+from .run_dir import RECIPE_FILE, new_run_dir, write_recipe
 
 TIMING_KEYS = ("samples_per_s", "step_time_s")
 
@@ -141,9 +142,16 @@ class Trainer:
         self.model = self.parts.model.to(self.device)
         self.loss_fn = self.parts.loss.to(self.device)
         self.forward_model: nn.Module = self.model
-        if self.dist.enabled:
+        if cfg.batch_size % dist.world:
+            raise PolyalignError(f"train.batch_size: {cfg.batch_size} is the global batch and must divide "
+                                 f"evenly over {dist.world} processes")
+        self.rank_batch = cfg.batch_size // dist.world
+        if self.dist.enabled:  # an encoder goes unused when its modality is absent from a rank's batch
+            holes = any(rate > 0 for rate in recipe.missing.train_rate.values()) or any(
+                s.get(m) is None for s in self.parts.dataset.split("train") for m in recipe.modalities)
             self.forward_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=holes)
         if cfg.compile:
             self.forward_model = torch.compile(self.forward_model)
         self.train_set = self.parts.tuples("train", recipe.data.plugin)
@@ -154,9 +162,9 @@ class Trainer:
                                     self.dist.world, drop_last=True)
         collator = self.parts.collator()
         pin = cfg.pin_memory and self.device.type == "cuda"
-        self.train_loader = make_loader(self.train_set, collator, cfg.batch_size, self.sampler,
-                                        cfg.num_workers, pin, drop_last=len(self.sampler) >= cfg.batch_size)
-        self.val_loader = make_loader(self.val_set, collator, cfg.batch_size,
+        self.train_loader = make_loader(self.train_set, collator, self.rank_batch, self.sampler,
+                                        cfg.num_workers, pin, drop_last=len(self.sampler) >= self.rank_batch)
+        self.val_loader = make_loader(self.val_set, collator, self.rank_batch,
                                       EpochSampler(len(self.val_set), 0, False, self.dist.rank, self.dist.world),
                                       cfg.num_workers, pin) if len(self.val_set) else None
         self.batches_per_epoch = len(self.train_loader)
@@ -184,13 +192,29 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state()}
 
-    def save(self, name: str) -> None:
-        """Write ``checkpoints/<name>`` (main process only)."""
-        if self.dist.is_main:
-            ckpt.save_checkpoint(self.run_dir / "checkpoints" / name, self.parts.state_dict(), self._state())
+    def save(self, best: bool = False) -> None:
+        """Checkpoint the current state (main process only) as ``last`` (and ``best`` when asked).
+
+        With ``checkpoint_every`` the state is first written as ``step-XXXXXXXX`` (the newest
+        ``keep_last`` of them are kept) and ``best``/``last`` are hard-linked copies of it.
+        ``last`` is always swapped in last, so a kill at any point resumes from a complete state.
+        """
+        if not self.dist.is_main:
+            return
+        cfg = self.recipe.train
+        root = self.run_dir / "checkpoints"
+        names = ([ckpt.step_checkpoint_name(self.step)] if cfg.checkpoint_every else []) + \
+            (["best"] if best else []) + ["last"]
+        ckpt.save_checkpoint(root / names[0], self.parts.state_dict(), self._state())
+        for name in names[1:]:
+            ckpt.link_checkpoint(root / names[0], root / name)
+        if cfg.checkpoint_every:
+            ckpt.prune_step_checkpoints(root, cfg.keep_last)
 
     def _restore(self) -> None:
-        directory = self.run_dir / "checkpoints" / "last"
+        directory = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        if directory is None:
+            return  # killed before its first checkpoint: the run starts over from step 0
         self.parts.load_state_dict(ckpt.load_weights(directory))
         state = ckpt.load_state(directory)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -209,38 +233,48 @@ class Trainer:
             emb = self.forward_model(batch.inputs, present)
         emb = {m: z.float() for m, z in emb.items()}
         loss_present = self.model.loss_present(present)
-        if self.dist.enabled and self.recipe.train.gather == "global":
-            emb = {m: gather_with_grad(z) for m, z in emb.items()}
-            if loss_present is not None:
-                loss_present = {m: gather_no_grad(p) for m, p in loss_present.items()}
-        out = self.loss_fn(emb, loss_present)
-        if not isinstance(out, LossOutput) or out.loss.dim() != 0:
-            got = tuple(out.loss.shape) if isinstance(out, LossOutput) else type(out).__name__
-            raise PolyalignError(f"loss plugin {self.recipe.losses[0].plugin!r} returned {got}; "
-                                 f"forward() must return LossOutput with a scalar loss")
+        if self.recipe.train.gather == "global":
+            emb, loss_present = gather_batch(emb, loss_present)
+        out = check_loss_output(self.loss_fn(emb, loss_present), "+".join(n.plugin for n in self.recipe.losses))
+        if train and torch.is_grad_enabled() and not out.loss.requires_grad:
+            raise PolyalignError(f"loss plugin {'+'.join(n.plugin for n in self.recipe.losses)!r} returned a "
+                                 f"loss that does not depend on the embeddings (no gradient): keep it a "
+                                 f"tensor computed from them (no .item(), .detach() or torch.tensor(...))")
         if not torch.isfinite(out.loss):
             bad = [m for m, z in emb.items() if not torch.isfinite(z).all()]
+            bad_in = [m for m, x in batch.inputs.items()
+                      if any(t.is_floating_point() and not torch.isfinite(t).all()
+                             for t in (x.values() if isinstance(x, dict) else [x]))]
+            where = f"step {self.step + 1}" if train else f"validation after step {self.step}"
             raise NonFiniteError(
-                f"step {self.step}: the loss is {float(out.loss)} (terms: "
-                f"{ {k: round(v, 4) for k, v in out.metrics.items()} }); non-finite embeddings in: "
-                f"{', '.join(bad) or 'none'}")
+                f"{where}: the loss is {float(out.loss)} (terms: "
+                f"{ {k: round(float(v), 4) for k, v in out.metrics.items()} }); non-finite embeddings in: "
+                f"{', '.join(bad) or 'none'}; non-finite input values in: {', '.join(bad_in) or 'none'}")
         return out
 
-    def _optimizer_step(self) -> bool:
+    def _nonfinite_grads(self) -> str:
+        """Names of the parameters whose gradient holds NaN/Inf (with their modalities)."""
+        named = [(f"model.{n}", p) for n, p in self.model.named_parameters()]
+        named += [(f"loss.{n}", p) for n, p in self.loss_fn.named_parameters()]
+        bad = [n for n, p in named if p.grad is not None and not torch.isfinite(p.grad).all()]
+        mods = sorted({n.split(".")[2] for n in bad
+                       if n.startswith(("model.encoders.", "model.heads.", "model.norms."))})
+        shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+        return f"{shown or 'none'} (modalities: {', '.join(mods) or 'none'})"
+
+    def _optimizer_step(self, terms: dict[str, float]) -> bool:
         cfg = self.recipe.train
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if self.dist.enabled:  # DDP averages the model's gradients; the loss's are identical on every rank
-            for p in self.loss_fn.parameters():
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= self.dist.world
-        if cfg.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        else:
-            norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params))
+        all_reduce_mean_grads(self.loss_fn)  # DDP averages only the model's gradients
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if not torch.isfinite(norm):
+            where = self._nonfinite_grads()
             self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteError(f"step {self.step}: the gradient norm is {float(norm)}")
+            raise NonFiniteError(f"step {self.step + 1}: the gradient norm is {float(norm)} (loss terms: "
+                                 f"{ {k: round(float(v), 4) for k, v in terms.items()} }); non-finite "
+                                 f"gradients in: {where}")
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -249,14 +283,20 @@ class Trainer:
 
     def _handle_nan(self, exc: NonFiniteError) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        if self.recipe.train.on_nan == "skip" and self.nan_skips < self.recipe.train.max_nan_skips:
+        cfg = self.recipe.train
+        if cfg.on_nan == "skip" and self.nan_skips < cfg.max_nan_skips:
             self.nan_skips += 1
-            self.plugins.pm.hook.on_step_end(step=self.step, epoch=self.epoch, run_dir=self.run_dir,
-                                             metrics={"nan_skipped": float(self.nan_skips)})
+            if self.dist.is_main:
+                self.plugins.pm.hook.on_step_end(step=self.step, epoch=self.epoch, run_dir=self.run_dir,
+                                                 metrics={"nan_skipped": float(self.nan_skips)})
             return
-        raise NonFiniteError(f"{exc}. Training stopped; the last good checkpoint is in "
-                             f"{self.run_dir / 'checkpoints'}. Lower train.lr, raise the "
-                             f"temperature, or set train.on_nan=skip.") from None
+        last = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        kept = (f"the last good checkpoint ({last}) is kept" if last is not None
+                else "no checkpoint had been written yet")
+        limit = (f" ({self.nan_skips} step(s) already skipped; train.max_nan_skips={cfg.max_nan_skips})"
+                 if cfg.on_nan == "skip" else "")
+        raise NonFiniteError(f"{exc}. Training stopped{limit}; {kept}. Lower train.lr, raise the "
+                             f"temperature, check the data, or set train.on_nan=skip.") from None
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -301,8 +341,7 @@ class Trainer:
     def _epoch(self, progress: Any, bar: Any) -> dict[str, float]:
         cfg = self.recipe.train
         hook = self.plugins.pm.hook
-        per_rank_batch = cfg.batch_size
-        self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * per_rank_batch)
+        self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.rank_batch)
         self.train_loader.generator.manual_seed(self.recipe.seed * 100003 + self.epoch)
         micro = 0
         window_loss, window_n, t0, samples = 0.0, 0, time.perf_counter(), 0
@@ -311,10 +350,10 @@ class Trainer:
             try:
                 out = self.compute_loss(batch, train=True)
                 (out.loss / cfg.accumulate).backward()
-            except NonFiniteError as exc:
+            except NonFiniteError as exc:  # the whole accumulation window is dropped
                 self._handle_nan(exc)
                 self.batch_in_epoch += 1
-                micro = 0
+                micro, window_loss, window_n = 0, 0.0, 0
                 continue
             micro += 1
             self.batch_in_epoch += 1
@@ -325,9 +364,10 @@ class Trainer:
                 continue
             micro = 0
             try:
-                self._optimizer_step()
+                self._optimizer_step(out.metrics)
             except NonFiniteError as exc:
                 self._handle_nan(exc)
+                window_loss, window_n = 0.0, 0
                 continue
             self.step += 1
             self.epoch_loss += window_loss / window_n
@@ -347,21 +387,26 @@ class Trainer:
                 t0, samples = time.perf_counter(), 0
             window_loss, window_n = 0.0, 0
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                self.save("last")
+                self.save()
             if self.step >= self.total_steps:
                 break
         val = self.validate()
         metrics = {"train_loss": self.epoch_loss / max(self.epoch_steps, 1)}
         if val is not None:
             metrics["val_loss"] = val
+        for name, data in (("train", self.train_set), ("val", self.val_set)):
+            skipped = data.take_skipped()  # data.on_error=skip: report what was left out
+            if skipped and self.dist.is_main:
+                metrics[f"skipped_{name}"] = float(len(skipped))
+                progress.console.print(skip_summary(name, skipped), style="yellow", markup=False)
         self.epoch += 1
         self.batch_in_epoch, self.epoch_loss, self.epoch_steps = 0, 0.0, 0
         if self.dist.is_main:
             hook.on_epoch_end(epoch=self.epoch, step=self.step, metrics=metrics, run_dir=self.run_dir)
-        if val is not None and val < self.best_val:
+        is_best = val is not None and val < self.best_val
+        if is_best:
             self.best_val = val
-            self.save("best")
-        self.save("last")
+        self.save(best=is_best)
         return metrics
 
 
@@ -387,12 +432,15 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
         plugins.pm.register(logger)
     try:
         trainer = Trainer(recipe, run_dir, plugins, dist, resume=resume is not None)
+        if resume is None and trainer.dist.is_main:  # record inferred encoder options (load without data)
+            write_recipe(run_dir, with_rebuild_options(recipe, trainer.model))
         metrics = trainer.fit()
         if trainer.dist.is_main:
             rows = run_evaluators(recipe, trainer.parts, plugins, trainer.device, split="test")
             write_report(run_dir, rows)
             plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split="test")
             plugins.pm.hook.on_train_end(run_dir=run_dir, metrics=metrics)
+        finish_distributed()
     finally:
         for logger in loggers:
             plugins.pm.unregister(logger)

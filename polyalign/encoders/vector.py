@@ -43,6 +43,9 @@ class VectorEncoder(Encoder):
         self.net = nn.Sequential(*layers)
         self.width = hidden[-1] if hidden else dim
 
+    def rebuild_options(self) -> dict[str, Any]:
+        return {"dim": self.dim}
+
     def load(self, value: Any, root: Path | None) -> torch.Tensor:
         x = load_vector(value, root)
         if x.numel() != self.dim:

@@ -5,7 +5,13 @@ from polyalign.core.hookspecs import hookimpl
 
 @hookimpl
 def register_datasets(register):
+    from .demo import DemoConfig, build_demo
+    from .manifest import ManifestConfig, build_manifest
     from .xor import XorConfig, build_xor
 
     register("xor", build_xor, config=XorConfig,
              help="Symile paper's binary XOR: c = a XOR b with probability p_hat, else c = a (3 modalities)")
+    register("manifest", build_manifest, config=ManifestConfig,
+             help="JSON Lines or CSV manifests per split: one row per tuple, one column per modality (paths or inline)")
+    register("demo", build_demo, config=DemoConfig,
+             help="Image + audio + ECG + text files sharing a class, generated into a cache folder on first use")

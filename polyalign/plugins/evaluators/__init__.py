@@ -5,7 +5,11 @@ from polyalign.core.hookspecs import hookimpl
 
 @hookimpl
 def register_evaluators(register):
+    from .missing_modality import MissingModalityConfig, build_missing_modality
     from .zero_shot import ZeroShotConfig, ZeroShot
 
     register("zero_shot", ZeroShot, config=ZeroShotConfig,
              help="Predict a target modality from query modalities among candidates; top-k accuracy and MRR")
+    register("missing_modality", build_missing_modality, config=MissingModalityConfig,
+             help="Zero-shot scores from every subset of query modalities, and test-time dropout curves "
+                  "with bootstrap intervals")

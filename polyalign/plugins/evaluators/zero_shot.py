@@ -43,13 +43,29 @@ def candidate_set(ctx: EvalContext, target: str, mode: str, match: str,
         cand = list(first.values())
     else:
         cand = have
-    cand_keys = [key(i) for i in cand]
+    cand_t = torch.tensor(cand, dtype=torch.long)
     if mode == "split" and match == "index":
-        correct = torch.tensor([[c == q for c in cand] for q in query_rows.tolist()], dtype=torch.bool)
-    else:
-        correct = torch.tensor([[ck == key(q) for ck in cand_keys] for q in query_rows.tolist()],
-                               dtype=torch.bool)
-    return torch.tensor(cand, dtype=torch.long), correct
+        return cand_t, query_rows[:, None] == cand_t[None, :]
+    ids: dict[Any, int] = {}  # each distinct key as a small integer, so correctness is one comparison
+    cand_ids = torch.tensor([ids.setdefault(key(i), len(ids)) for i in cand], dtype=torch.long)
+    query_ids = torch.tensor([ids.setdefault(key(q), len(ids)) for q in query_rows.tolist()], dtype=torch.long)
+    return cand_t, query_ids[:, None] == cand_ids[None, :]
+
+
+def query_embeddings(ctx: EvalContext, target: str, query: list[str],
+                     rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Query embeddings at ``rows``; a model with learned placeholders (``missing.strategy:
+    learned``) also gets its placeholder for every other non-target modality, as in training."""
+    emb, _ = ctx.embeddings()
+    out = {q: emb[q][rows] for q in query}
+    model = ctx.parts.model
+    if model.missing == "learned":
+        ref = next(model.parameters())
+        with torch.no_grad():
+            for m in ctx.modalities:
+                if m != target and m not in out:
+                    out[m] = model.missing_rows(m, int(rows.numel()), ref).float().cpu()
+    return out
 
 
 def zero_shot_rows(ctx: EvalContext, target: str, query: list[str], candidates: str = "unique",
@@ -66,7 +82,8 @@ def zero_shot_rows(ctx: EvalContext, target: str, query: list[str], candidates: 
     if rows.numel() == 0:
         return [], torch.empty(0)
     cand, correct = candidate_set(ctx, target, candidates, match, rows)
-    scores = ctx.score({q: emb[q][rows].to(ctx.device) for q in query},
+    queries = query_embeddings(ctx, target, query, rows)
+    scores = ctx.score({q: z.to(ctx.device) for q, z in queries.items()},
                        emb[target][cand].to(ctx.device), target).float().cpu()
     ranks = ranks_of_correct(scores, correct)
     metrics = retrieval_metrics(ranks, top_k)
@@ -87,5 +104,9 @@ class ZeroShot:
             raise PolyalignError(f"zero_shot target {cfg.target!r} is not a modality of the model "
                                  f"({', '.join(ctx.modalities)})")
         query = cfg.query or [m for m in ctx.modalities if m != cfg.target]
+        bad = [q for q in query if q == cfg.target or q not in ctx.modalities]
+        if bad:
+            raise PolyalignError(f"zero_shot query {bad[0]!r}: a query must be a modality of the model other "
+                                 f"than the target {cfg.target!r} (modalities: {', '.join(ctx.modalities)})")
         rows, _ = zero_shot_rows(ctx, cfg.target, query, cfg.candidates, cfg.match, cfg.top_k)
         return rows

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.core.checkpoint import atomic_write_text
+from polyalign.core.errors import PolyalignError
 from polyalign.core.hookspecs import hookimpl
 from polyalign.core.run_dir import METRICS_FILE
 
@@ -18,14 +19,24 @@ class JsonlLogger:
         self.path = Path(run_dir) / METRICS_FILE
 
     def _append(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        except OSError as exc:
+            raise PolyalignError(f"could not append to {self.path}: {exc.strerror or exc}. Free some space, "
+                                 f"then continue with `polyalign train --resume {self.path.parent}` (the rows "
+                                 f"past the last checkpoint are rewritten).") from None
 
     @hookimpl
     def on_train_start(self, start_step: int, start_epoch: int) -> None:
         if not self.path.exists():
             return
-        rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a row torn by a kill mid-write; the resumed run logs it again
+                continue
         keep = [json.dumps(r) for r in rows
                 if (r["epoch"] <= start_epoch if r["kind"] == "epoch" else r["step"] <= start_step)]
         atomic_write_text(self.path, "".join(line + "\n" for line in keep))

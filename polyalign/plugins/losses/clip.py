@@ -1,30 +1,31 @@
-"""Loss ``clip``: pairwise InfoNCE (CLIP / CMC) over a full or star pair graph."""
+"""Loss ``clip``: pairwise InfoNCE (CLIP / CMC) over a full or star pair graph.
+
+Missing modalities: each pair term uses the rows where both modalities are present; the loss
+is the mean over the pair terms that have at least two such rows.
+"""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
 
-from .pairwise import PairGraph, pair_graph, paired_rows, sum_of_cosines
+from .pairwise import PairGraph, pair_graph, paired_rows, sum_of_cosines, symmetric_info_nce
+from .rows import zero_loss
 
 
 class ClipConfig(LossConfig):
     pairs: PairGraph = Field("full", description="full = every pair; star = pairs with the anchor")
     anchor: str | None = Field(None, description="anchor modality of the star graph (default: first)")
-
-
-def info_nce(zm: torch.Tensor, zn: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE of matched rows: ``½(CE(S) + CE(Sᵀ))`` with ``S = scale·zm znᵀ``."""
-    logits = scale * zm @ zn.T
-    labels = torch.arange(zm.shape[0], device=zm.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    chunk_size: int | None = Field(None, ge=1, description="rows per block (memory linear in the batch); "
+                                                           "default: the dense N x N logits")
 
 
 class ClipLoss(Loss):
     """Mean over pairs of symmetric InfoNCE; each pair uses the rows where both are present."""
+
+    exclude_positive = False
 
     def __init__(self, config: ClipConfig):
         super().__init__()
@@ -39,13 +40,12 @@ class ClipLoss(Loss):
         for m, n in pair_graph(list(embeddings), self.config.pairs, self.config.anchor):
             rows = paired_rows(present, m, n)
             if rows.numel() >= 2:
-                terms[f"{m}-{n}"] = info_nce(embeddings[m][rows], embeddings[n][rows], scale)
-        if terms:
-            loss = torch.stack(list(terms.values())).mean()
-        else:  # no pair has two rows: a zero that keeps the graph connected
-            loss = sum(z.sum() for z in embeddings.values()) * 0.0
+                terms[f"{m}-{n}"] = symmetric_info_nce(embeddings[m][rows], embeddings[n][rows], scale,
+                                                       self.config.chunk_size, self.exclude_positive)
+        loss = torch.stack(list(terms.values())).mean() if terms else zero_loss(embeddings)
         metrics = {f"loss_{k}": float(v.detach()) for k, v in terms.items()}
         metrics["logit_scale"] = float(scale.detach())
+        metrics["temperature"] = 1.0 / metrics["logit_scale"]
         return LossOutput(loss, metrics)
 
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:

@@ -1,13 +1,16 @@
-"""Shared machinery of pairwise objectives: the pair graph and masked row selection."""
+"""Shared machinery of pairwise objectives: the pair graph, masked rows, symmetric InfoNCE."""
 
 from __future__ import annotations
 
+import math
 from itertools import combinations
 from typing import Literal
 
 import torch
 
 from polyalign.core.errors import PolyalignError
+
+from .blockwise import Reductions, reduce_blockwise
 
 PairGraph = Literal["full", "star"]
 
@@ -30,3 +33,32 @@ def paired_rows(present: dict[str, torch.Tensor], m: str, n: str) -> torch.Tenso
 def sum_of_cosines(queries: dict[str, torch.Tensor], candidates: torch.Tensor) -> torch.Tensor:
     """Pairwise scoring rule: ``Σ_q z_q · z_t`` -> ``(Q, C)``."""
     return sum(q @ candidates.T for q in queries.values())
+
+
+def _pair_logits(exclude_positive: bool):
+    def block(start: int, stop: int, zm: torch.Tensor, zn: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        logits = scale * zm[start:stop] @ zn.T
+        if exclude_positive:
+            r = torch.arange(stop - start, device=logits.device)
+            logits = logits.index_put((r, r + start), logits.new_tensor(-math.inf))
+        return logits
+    return block
+
+
+def symmetric_info_nce(zm: torch.Tensor, zn: torch.Tensor, scale: torch.Tensor, chunk_size: int | None = None,
+                       exclude_positive: bool = False) -> torch.Tensor:
+    """``½(CE(S) + CE(Sᵀ))`` with ``S = scale·zm znᵀ`` and row i's positive at column i.
+
+    ``exclude_positive`` leaves the positive out of each denominator (decoupled contrastive
+    loss). ``chunk_size`` computes it ``chunk_size`` rows at a time (memory linear in N).
+    """
+    n = zm.shape[0]
+    pos = scale * (zm * zn).sum(-1)
+    block = _pair_logits(exclude_positive)
+    if chunk_size is None or chunk_size >= n:
+        logits = block(0, n, zm, zn, scale)
+        row, col = logits.logsumexp(1), logits.logsumexp(0)
+    else:
+        row, col, _, _ = reduce_blockwise(block, n, chunk_size, (zm, zn, scale),
+                                          Reductions(row_lse=True, col_lse=True))
+    return 0.5 * ((row - pos).mean() + (col - pos).mean())

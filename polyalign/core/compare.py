@@ -1,0 +1,237 @@
+"""Compare runs: their evaluation rows side by side in one table and one figure."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .checkpoint import atomic_write_text
+from .errors import PolyalignError
+from .report_plots import (METRIC_LABEL, common_chance, curve_rows, heatmap_rows, modality_order,
+                           new_figure, query_text, save_figure, subset_sort_key)
+from .report_table import cell_text, hashable, identity_fields, metric_cell
+from .run_dir import RECIPE_FILE
+
+COMPARE_MD = "compare.md"
+COMPARE_PNG = "compare.png"
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+LINESTYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D"]
+
+
+@dataclass
+class RunReport:
+    """One run's evaluation rows and the column name it gets."""
+
+    run_dir: Path
+    label: str
+    rows: list[dict[str, Any]]
+
+
+@dataclass
+class Comparison:
+    """The aligned table (``header``, ``lines`` of cell strings) and the files written."""
+
+    runs: list[RunReport]
+    header: list[str]
+    lines: list[list[str]]
+    markdown: Path
+    figure: Path | None
+
+
+def run_label(run_dir: Path) -> str:
+    """'<recipe name> (<loss plugins>)' from the run's resolved recipe."""
+    path = Path(run_dir) / RECIPE_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PolyalignError(f"{run_dir}: cannot read {RECIPE_FILE} ({exc}); is this a run directory?") from None
+    if not isinstance(raw, dict):
+        raise PolyalignError(f"{path}: not a recipe mapping")
+    loss = raw.get("loss")
+    nodes = loss if isinstance(loss, list) else [loss]
+    plugins = "+".join(str(n.get("plugin", "?")) for n in nodes if isinstance(n, dict)) or "?"
+    return f"{raw.get('name', Path(run_dir).name)} ({plugins})"
+
+
+def load_run(run_dir: str | Path) -> RunReport:
+    """A run's ``eval/report.json`` rows and its label."""
+    run_dir = Path(run_dir)
+    report = run_dir / "eval" / "report.json"
+    if not report.is_file():
+        raise PolyalignError(f"{run_dir}: no eval/report.json; run `polyalign eval {run_dir}` first")
+    try:
+        rows = json.loads(report.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PolyalignError(f"{report}: not valid JSON ({exc}); re-run `polyalign eval {run_dir}`") from None
+    return RunReport(run_dir, run_label(run_dir), rows)
+
+
+def unique_labels(runs: list[RunReport]) -> None:
+    """Make column names distinct: repeated labels get '#1', '#2'... in run order."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.label] = counts.get(r.label, 0) + 1
+    seen: dict[str, int] = {}
+    for r in runs:
+        if counts[r.label] > 1:
+            seen[r.label] = seen.get(r.label, 0) + 1
+            r.label = f"{r.label} #{seen[r.label]}"
+
+
+def aligned_table(runs: list[RunReport], metrics: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Rows aligned by (task, target, query, other identity fields, metric): a value column per run."""
+    all_rows = [r for run in runs for r in run.rows if metrics is None or r.get("metric") in metrics]
+    ids = identity_fields(all_rows)
+    order: dict[tuple, list[str]] = {}
+    cells: dict[tuple, dict[int, str]] = {}
+    for i, run in enumerate(runs):
+        for r in run.rows:
+            if metrics is not None and r.get("metric") not in metrics:
+                continue
+            key = tuple(hashable(r.get(k)) for k in ids) + (r.get("metric"),)
+            order.setdefault(key, [cell_text(r.get(k)) for k in ids] + [str(r.get("metric", ""))])
+            cells.setdefault(key, {})[i] = metric_cell(r)
+    header = ids + ["metric"] + [run.label for run in runs]
+    lines = [order[k] + [cells[k].get(i, "—") for i in range(len(runs))] for k in order]
+    return header, lines
+
+
+def compare_markdown(runs: list[RunReport], header: list[str], lines: list[list[str]], figure: str | None) -> str:
+    """The comparison as Markdown: which run is which column, then the aligned table."""
+    out = ["# Comparison", "", "| column | run directory |", "|---|---|"]
+    out += [f"| {run.label} | {run.run_dir} |" for run in runs]
+    out += ["", "Cells: value [bootstrap interval] where the evaluator resampled; — = no such row.", ""]
+    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    if figure:
+        out += ["", f"![comparison]({figure})"]
+    return "\n".join(out) + "\n"
+
+
+def _collect(runs: list[RunReport]) -> tuple[list[tuple], dict[tuple, dict[int, dict]], dict[str, dict[int, list]]]:
+    """Bar keys (task, target, query) in display order, bar rows per key and run, curve rows per
+    panel and run."""
+    all_rows = [r for run in runs for r in run.rows]
+    order = modality_order(all_rows)
+    one_task = len({task for task, _ in curve_rows(all_rows)}) == 1
+    bars: dict[tuple, dict[int, dict[str, Any]]] = {}
+    curves: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for i, run in enumerate(runs):
+        for task, rows in heatmap_rows(run.rows).items():
+            for r in rows:
+                bars.setdefault((task, r["target"], tuple(r["query"])), {})[i] = r
+        for (task, target), rows in curve_rows(run.rows).items():
+            curves.setdefault(target if one_task else f"{target} ({task})", {})[i] = rows
+    keys = sorted(bars, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order),
+                                      subset_sort_key(k[2], order)))
+    return keys, bars, curves
+
+
+def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tuple, dict[int, dict]]) -> None:
+    width = 0.8 / len(runs)
+    for i, run in enumerate(runs):
+        xs, ys, lo, hi = [], [], [], []
+        for j, key in enumerate(keys):
+            r = bars[key].get(i)
+            if r is None:
+                continue
+            v = float(r["value"])
+            xs.append(j - 0.4 + width * (i + 0.5))
+            ys.append(v)
+            lo.append(v - float(r.get("ci_low", v)))
+            hi.append(float(r.get("ci_high", v)) - v)
+        ax.bar(xs, ys, width=width, color=COLORS[i % len(COLORS)], label=run.label,
+               yerr=[lo, hi] if any(lo) or any(hi) else None, capsize=2, error_kw={"linewidth": 0.8})
+    multi_task = len({k[0] for k in keys}) > 1
+    tilt = len(keys) > 6
+    ax.set_xticks(range(len(keys)), labels=[(f"{k[0]}: " if multi_task else "") + f"{k[1]} ← {query_text(k[2])}"
+                                            for k in keys],
+                  rotation=30 if tilt else 0, ha="right" if tilt else "center", fontsize=8)
+    chance = common_chance([r for d in bars.values() for r in d.values()])
+    if chance is not None:
+        ax.axhline(chance, color="gray", linestyle=":", linewidth=1.2, label=f"chance ({chance:.3f})")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("target ← query modalities")
+    ax.set_ylabel(METRIC_LABEL)
+    ax.set_title("Zero-shot accuracy from each query subset (error bars: bootstrap interval)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def _curve_panel(ax: Any, runs: list[RunReport], target: str, per_run: dict[int, list[dict[str, Any]]]) -> None:
+    dropped_names: list[str] = []
+    for i, rows in per_run.items():
+        lines: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            lines.setdefault(str(r.get("dropped", "")), []).append(r)
+        for name, line in lines.items():
+            if name not in dropped_names:
+                dropped_names.append(name)
+            k = dropped_names.index(name)
+            line.sort(key=lambda r: float(r["rate"]))
+            x = [float(r["rate"]) for r in line]
+            color = COLORS[i % len(COLORS)]
+            ax.plot(x, [float(r["value"]) for r in line], color=color, linestyle=LINESTYLES[k % len(LINESTYLES)],
+                    marker=MARKERS[k % len(MARKERS)], markersize=4, label=f"{runs[i].label}, drop {name}")
+            if all("ci_low" in r for r in line):
+                ax.fill_between(x, [r["ci_low"] for r in line], [r["ci_high"] for r in line],
+                                color=color, alpha=0.10, linewidth=0)
+    ax.set_title(f"target {target}: accuracy vs test-time dropout", fontsize=10)
+    ax.set_xlabel("test-time dropout rate")
+    ax.set_ylabel(METRIC_LABEL)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+
+
+def plot_comparison(runs: list[RunReport], path: Path) -> Path | None:
+    """Grouped bars of accuracy per (target, query subset), and accuracy-vs-dropout curves per
+    target, one colour per run (line style and marker: the dropped modality)."""
+    keys, bars, curves = _collect(runs)
+    if not keys and not curves:
+        return None
+    ncols = max(1, min(3, len(curves)))
+    crow = math.ceil(len(curves) / ncols)
+    parts = ([("bars", 3.6)] if keys else []) + ([("curves", 3.4 * crow)] if curves else [])
+    width = max(7.0, 0.3 * len(keys) * len(runs) + 2.5, 4.0 * ncols + 1.0)
+    fig = new_figure(width, sum(h for _, h in parts) + 0.8)
+    subfigs = fig.subfigures(len(parts), 1, height_ratios=[h for _, h in parts], squeeze=False)[:, 0]
+    for sub, (kind, _) in zip(subfigs, parts):
+        if kind == "bars":
+            _bar_panel(sub.subplots(), runs, keys, bars)
+            continue
+        axes = sub.subplots(crow, ncols, squeeze=False).ravel()
+        for ax, (target, per_run) in zip(axes, curves.items()):
+            _curve_panel(ax, runs, target, per_run)
+        for ax in axes[len(curves):]:
+            ax.set_visible(False)
+    fig.suptitle("Run comparison: " + " vs ".join(run.label for run in runs), fontsize=11)
+    return save_figure(fig, path)
+
+
+def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = ".",
+                 metrics: list[str] | None = None) -> Comparison:
+    """Load each run's report, align the rows, write ``compare.md`` and ``compare.png`` to ``out_dir``."""
+    if len(run_dirs) < 2:
+        raise PolyalignError(f"compare needs at least two run directories, got {len(run_dirs)}")
+    runs = [load_run(d) for d in run_dirs]
+    unique_labels(runs)
+    header, lines = aligned_table(runs, metrics)
+    if not lines:
+        wanted = f" with metric {', '.join(metrics)}" if metrics else ""
+        raise PolyalignError(f"the runs' reports have no rows{wanted} to compare")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PolyalignError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+    figure = plot_comparison(runs, out / COMPARE_PNG)
+    markdown = out / COMPARE_MD
+    atomic_write_text(markdown, compare_markdown(runs, header, lines, figure.name if figure else None))
+    return Comparison(runs, header, lines, markdown, figure)

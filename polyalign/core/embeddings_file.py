@@ -1,0 +1,67 @@
+"""Embeddings files: one safetensors tensor plus the ids and the model that made it, in its metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from .checkpoint import atomic_write_bytes
+from .errors import PolyalignError
+from .trained import TrainedModel
+
+FORMAT = "polyalign.embeddings/1"
+TENSOR = "embeddings"
+
+
+@dataclass
+class EmbeddingsFile:
+    """What an embeddings file holds: ``embeddings`` (N, E), one id per row, and provenance."""
+
+    embeddings: torch.Tensor
+    ids: list[Any]
+    modality: str
+    metadata: dict[str, str]
+
+
+def save_embeddings(path: str | Path, model: TrainedModel, modality: str, embeddings: torch.Tensor,
+                    ids: list[Any], source: str = "") -> Path:
+    """Write ``embeddings`` with their ``ids`` (safetensors metadata ``ids``, a JSON list)."""
+    if len(ids) != embeddings.shape[0]:
+        raise PolyalignError(f"{len(ids)} ids for {embeddings.shape[0]} embeddings")
+    metadata = {"format": FORMAT, "modality": modality, "ids": json.dumps(ids),
+                "model": model.recipe.name, "model_path": str(model.source), "checkpoint": model.checkpoint,
+                "weights_sha256": model.weights_sha256, "embed_dim": str(model.embed_dim), "input": source}
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise PolyalignError(f"--out {path}: an embeddings file must end in .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save({TENSOR: embeddings.detach().float().cpu().contiguous()}, metadata))
+    return path
+
+
+def read_embeddings(path: str | Path) -> EmbeddingsFile:
+    """An embeddings file written by :func:`save_embeddings` (``polyalign embed``)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            if metadata.get("format") != FORMAT or TENSOR not in fh.keys():
+                raise PolyalignError(f"{path} is not an embeddings file written by `polyalign embed`")
+            tensor = fh.get_tensor(TENSOR)
+    except (OSError, SafetensorError) as exc:
+        raise PolyalignError(f"cannot read {path} as a safetensors file: {exc}") from None
+    return EmbeddingsFile(tensor, json.loads(metadata["ids"]), metadata["modality"], metadata)
+
+
+def check_same_model(saved: EmbeddingsFile, model: TrainedModel, path: str | Path) -> None:
+    """Refuse embeddings made by another model (compared by the SHA-256 of the weights)."""
+    if saved.metadata.get("weights_sha256") != model.weights_sha256:
+        raise PolyalignError(f"{path} was embedded by another model ({saved.metadata.get('model_path')}, "
+                             f"checkpoint {saved.metadata.get('checkpoint')}); embed the candidates again "
+                             f"with this one: polyalign embed {model.source} --modality {saved.modality} ...")

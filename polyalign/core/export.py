@@ -1,0 +1,97 @@
+"""``polyalign export``: a self-contained folder with weights, resolved recipe and model card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .assemble import build_model, with_rebuild_options
+from .checkpoint import WEIGHTS, CheckpointError, atomic_write_text, load_state
+from .errors import PolyalignError
+from .evaluate import REPORT_DIR, report_markdown
+from .model_card import CARD_FILE, requirements
+from .plugins import Plugins, default_plugins
+from .run_dir import RECIPE_FILE
+from .trained import TrainedModel, load
+
+
+def _progress(weights_file: Path) -> dict[str, int]:
+    """Step and epoch of the checkpoint holding ``weights_file`` (empty if it has no state)."""
+    try:
+        state = load_state(weights_file.parent)
+    except CheckpointError:
+        return {}
+    return {"step": int(state["step"]), "epoch": int(state["epoch"])}
+
+
+def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The model card: a YAML header ``polyalign.load`` checks, then a page for people."""
+    recipe = model.recipe
+    losses = " + ".join(f"{n.weight:g} × {n.plugin}" if len(recipe.losses) > 1 else n.plugin
+                        for n in recipe.losses)
+    trained = f"step {header['step']}, epoch {header['epoch']}" if "step" in header else "unknown step"
+    lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
+             f"# {recipe.name}", ""]
+    if recipe.description:
+        lines += [recipe.description, ""]
+    lines += [f"Exported by polyalign {header['polyalign_version']} from run `{header['source_run']}`, "
+              f"checkpoint `{header['checkpoint']}` ({trained}). Weights: `{WEIGHTS}` (safetensors, "
+              f"SHA-256 `{header['weights_sha256'][:16]}…`); the resolved training recipe: `{RECIPE_FILE}`.", "",
+              "## Model", "",
+              "| modality | encoder | encoder output width | embedding size |", "|---|---|---|---|"]
+    for m, encoder in model.model.encoders.items():
+        lines.append(f"| {m} | {recipe.modalities[m].encoder.plugin} | {encoder.width} | {model.embed_dim} |")
+    lines += ["", f"Normalisation: {recipe.model.normalize}; missing modalities: {recipe.missing.strategy}. "
+              f"Loss and scoring rule: {losses} (`{type(model.loss).__name__}.score`). "
+              f"Trained on the `{recipe.data.plugin}` dataset.", ""]
+    table = report_markdown(rows, "Evaluation").splitlines()
+    lines += ["## Evaluation", "",
+              f"From the run's `{REPORT_DIR}/report.json` (the test split, measured when the run was "
+              f"evaluated).", ""] + (table[2:] if rows else ["The run has no evaluation report."])
+    lines += ["", "## Plugins this model needs", "",
+              "| kind | name | plugin | distribution | version |", "|---|---|---|---|---|"]
+    lines += [f"| {r['kind']} | {r['name']} | {r['plugin']} | {r['distribution']} | {r['version']} |"
+              for r in header["requires"]]
+    lines += ["", "`polyalign.load` refuses this folder, naming them, when one of these is not installed.",
+              "", "## Use", "", "```python", "import polyalign", "",
+              "model = polyalign.load(\"path/to/this/folder\")",
+              f"z = model.embed({{\"{model.modalities[0]}\": [...]}})   # raw values: paths, text, numbers",
+              f"hits = model.search({{\"{model.modalities[0]}\": [...]}}, "
+              f"{{\"{model.modalities[-1]}\": [...]}}, top_k=5)",
+              "```", ""]
+    return "\n".join(lines)
+
+
+def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last",
+                 plugins: Plugins | None = None) -> Path:
+    """Write ``dest``: the checkpoint's weights, the resolved recipe and ``MODEL_CARD.md``."""
+    import polyalign
+
+    plugins = plugins or default_plugins()
+    run_dir, dest = Path(run_dir), Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise PolyalignError(f"{dest} exists and is not an empty folder; give a new folder to export into")
+    model = load(run_dir, checkpoint=checkpoint, device="cpu", plugins=plugins)
+    recipe = with_rebuild_options(model.recipe, model.model)
+    try:
+        build_model(recipe, plugins)
+    except PolyalignError as exc:
+        raise PolyalignError(f"cannot export {run_dir}: its model cannot be rebuilt without the training "
+                             f"data ({exc}). The encoder that infers this option should return it from "
+                             f"rebuild_options().") from exc
+    report = run_dir / REPORT_DIR / "report.json"
+    rows = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else []
+    header = {"polyalign_version": polyalign.__version__, "name": recipe.name,
+              "source_run": run_dir.resolve().name, "checkpoint": model.checkpoint,
+              **_progress(model.weights_file), "modalities": model.modalities,
+              "embed_dim": model.embed_dim, "weights_sha256": model.weights_sha256,
+              "requires": requirements(recipe, plugins)}
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model.weights_file, dest / WEIGHTS)
+    atomic_write_text(dest / RECIPE_FILE, f"# exported from {run_dir.resolve().name} (resolved)\n" + recipe.to_yaml())
+    atomic_write_text(dest / CARD_FILE, card_markdown(model, header, rows))
+    return dest

@@ -1,0 +1,70 @@
+"""``polyalign embed`` and ``polyalign search``: a trained model over folders, manifests and arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .embeddings_file import check_same_model, read_embeddings, save_embeddings
+from .errors import PolyalignError
+from .sources import query_value, read_source, split_assignment
+from .trained import Hit, TrainedModel, rank_hits
+
+
+def embed_source(model: TrainedModel, modality: str, source: str | Path,
+                 batch_size: int | None = None) -> tuple[torch.Tensor, list[Any]]:
+    """Embeddings ``(N, E)`` and ids of every ``modality`` value in ``source`` (folder, manifest, ...)."""
+    found = read_source(source, modality)
+    model.check_modality(modality)
+    return model.embed({modality: found.values}, root=found.root, batch_size=batch_size)[modality], found.ids
+
+
+def embed_to_file(model: TrainedModel, modality: str, source: str | Path, out: str | Path,
+                  batch_size: int | None = None) -> tuple[Path, int]:
+    """Embed ``source`` and write the embeddings with their ids to ``out`` (.safetensors)."""
+    embeddings, ids = embed_source(model, modality, source, batch_size)
+    return save_embeddings(out, model, modality, embeddings, ids, str(source)), len(ids)
+
+
+def candidate_bank(model: TrainedModel, modality: str, source: str | Path) -> tuple[torch.Tensor, list[Any]]:
+    """Candidate embeddings and ids: from an embeddings file of this model, or embedded from ``source``."""
+    if str(source).endswith(".safetensors"):
+        saved = read_embeddings(source)
+        if saved.modality != modality:
+            raise PolyalignError(f"{source} holds {saved.modality!r} embeddings, not {modality!r}")
+        check_same_model(saved, model, source)
+        return saved.embeddings.to(model.device), saved.ids
+    return embed_source(model, modality, source)
+
+
+@dataclass
+class SearchResult:
+    """The ranked candidates of one query tuple."""
+
+    target: str
+    query: dict[str, Any]
+    hits: list[Hit]
+    n_candidates: int
+
+
+def search_sources(model: TrainedModel, queries: list[str], candidates: str, top_k: int = 5) -> SearchResult:
+    """Rank ``candidates`` (``MODALITY=SOURCE``) for one query tuple (``["MODALITY=VALUE", ...]``).
+
+    Query values are inline text, ``[numbers]`` or paths relative to the current directory.
+    """
+    query: dict[str, Any] = {}
+    for item in queries:
+        m, value = split_assignment(item, "--query")
+        if m in query:
+            raise PolyalignError(f"--query {m}= is given twice; one query tuple has one value per modality")
+        query[m] = query_value(value)
+    if not query:
+        raise PolyalignError("give at least one --query MODALITY=VALUE")
+    target, source = split_assignment(candidates, "--candidates")
+    model.check_modality(target)
+    bank, ids = candidate_bank(model, target, source)
+    scores = model.score_embeddings(model.embed({m: [v] for m, v in query.items()}), bank, target)
+    return SearchResult(target, query, rank_hits(scores, top_k, ids)[0], int(bank.shape[0]))

@@ -1,0 +1,265 @@
+"""A trained model, loaded from a run or an export: embed raw values, score and search."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+from pydantic import ValidationError
+
+from .assemble import Assembled, assemble, build_loss, build_model
+from .checkpoint import WEIGHTS, CheckpointError, load_weights, resolve_checkpoint
+from .data import describe_value
+from .encoder import Input, to_device
+from .errors import PluginError, PolyalignError, RecipeError
+from .model_card import CARD_FILE, check_card
+from .plugins import Plugins, default_plugins
+from .recipe import Recipe
+from .run_dir import RECIPE_FILE
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One ranked candidate of a search: its position in the candidate list, its id and score."""
+
+    rank: int
+    index: int
+    id: Any
+    score: float
+
+
+def read_recipe_file(path: Path) -> Recipe:
+    """A resolved ``recipe.yaml`` (schema only: the data and evaluator plugins need not be installed)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RecipeError(str(path), [("", f"cannot read the recipe: {exc}")]) from None
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems = [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
+        raise RecipeError(str(path), problems) from None
+
+
+def values_list(modality: str, values: Any) -> list[Any]:
+    """The raw values given for ``modality`` as a list (rows of an array or tensor count as values)."""
+    if isinstance(values, (str, Path, dict)):
+        raise PolyalignError(f"modality {modality!r}: expected a list of values, got a single "
+                             f"{type(values).__name__} ({describe_value(values)}); wrap it in a list")
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    if isinstance(values, np.ndarray):
+        if values.ndim == 0:
+            raise PolyalignError(f"modality {modality!r}: expected a list of values, got a scalar")
+        return list(values)
+    try:
+        return list(values)
+    except TypeError:
+        raise PolyalignError(f"modality {modality!r}: expected a list of values, got "
+                             f"{type(values).__name__}") from None
+
+
+def rank_hits(scores: torch.Tensor, top_k: int, ids: Sequence[Any] | None = None) -> list[list[Hit]]:
+    """The ``top_k`` best candidates of each query row of ``scores`` (Q, C); ties keep list order."""
+    if top_k < 1:
+        raise PolyalignError(f"top_k must be at least 1, got {top_k}")
+    n = scores.shape[1]
+    if ids is not None and len(ids) != n:
+        raise PolyalignError(f"{len(ids)} ids for {n} candidates; give one id per candidate")
+    order = torch.sort(scores.detach().float().cpu(), dim=1, descending=True, stable=True)
+    hits = []
+    for values, indices in zip(order.values[:, :top_k].tolist(), order.indices[:, :top_k].tolist()):
+        hits.append([Hit(r + 1, i, ids[i] if ids is not None else i, v)
+                     for r, (v, i) in enumerate(zip(values, indices))])
+    return hits
+
+
+class TrainedModel:
+    """The model and loss of a run, in eval mode on one device, for use after training.
+
+    ``embed`` turns raw values (paths, strings, numbers, loaded through each modality's encoder)
+    into embeddings; ``score`` and ``search`` rank candidates of one modality from queries of
+    others with the run's own loss scoring rule (the one its evaluators used).
+    """
+
+    def __init__(self, parts: Assembled, recipe: Recipe, device: torch.device, source: Path,
+                 checkpoint: str, weights_file: Path):
+        self.parts, self.recipe, self.device = parts, recipe, device
+        self.source, self.checkpoint, self.weights_file = source, checkpoint, weights_file
+        self.model = parts.model.to(device).eval()
+        self.loss = parts.loss.to(device).eval()
+        self.batch_size = recipe.train.batch_size
+        self._sha256: str | None = None
+
+    def __repr__(self) -> str:
+        return (f"TrainedModel({self.recipe.name!r}, modalities={self.modalities}, "
+                f"embed_dim={self.embed_dim}, loss={type(self.loss).__name__}, device={self.device})")
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modality names in recipe order."""
+        return self.model.modalities
+
+    @property
+    def embed_dim(self) -> int:
+        """Size of every embedding."""
+        return self.model.embed_dim
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights file: identifies the model that made an embeddings file."""
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            with open(self.weights_file, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            self._sha256 = digest.hexdigest()
+        return self._sha256
+
+    def check_modality(self, modality: str) -> None:
+        """Raise a clear error unless ``modality`` is one of the model's."""
+        if modality not in self.model.encoders:
+            raise PolyalignError(f"{modality!r} is not a modality of this model; it has: "
+                                 f"{', '.join(self.modalities)}")
+
+    def _load(self, modality: str, value: Any, root: Path, index: int) -> Input:
+        try:
+            return self.model.encoders[modality].load(value, root)
+        except PolyalignError as exc:
+            raise PolyalignError(f"modality {modality!r}, value {index} ({describe_value(value)}): {exc}") from exc
+        except Exception as exc:
+            raise PolyalignError(f"modality {modality!r}, value {index} ({describe_value(value)}): "
+                                 f"{type(exc).__name__}: {exc}") from exc
+
+    @torch.no_grad()
+    def embed(self, values: dict[str, Any], root: str | Path | None = None,
+              batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        """``{modality: [raw values]}`` -> ``{modality: (N, embed_dim)}`` on the model's device.
+
+        Relative paths resolve against ``root`` (default: the current directory). Values are
+        loaded and embedded ``batch_size`` at a time (default: the recipe's batch size).
+        """
+        root = Path(root) if root is not None else Path.cwd()
+        size = batch_size or self.batch_size
+        out: dict[str, torch.Tensor] = {}
+        for m, given in values.items():
+            self.check_modality(m)
+            items = values_list(m, given)
+            encoder = self.model.encoders[m]
+            chunks = [self.model.encode(m, to_device(encoder.collate(
+                [self._load(m, v, root, start + i) for i, v in enumerate(items[start:start + size])]),
+                self.device)).float() for start in range(0, len(items), size)]
+            out[m] = torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim, device=self.device)
+        return out
+
+    @torch.no_grad()
+    def score_embeddings(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
+                         target: str) -> torch.Tensor:
+        """Scores ``(Q, C)`` of embedded candidates of ``target`` for embedded query tuples."""
+        self.check_modality(target)
+        if not queries:
+            raise PolyalignError("no query modality given; give at least one, e.g. {'a': [...]}")
+        for m in queries:
+            self.check_modality(m)
+        if target in queries:
+            raise PolyalignError(f"{target!r} is both a query modality and the candidates' modality; "
+                                 f"query with the other modalities")
+        sizes = {m: int(z.shape[0]) for m, z in queries.items()}
+        if len(set(sizes.values())) != 1:
+            raise PolyalignError(f"every query modality needs one value per query; got {sizes}")
+        q = {m: z.to(self.device) for m, z in queries.items()}
+        if self.model.missing == "learned":  # as in training: a placeholder for each absent modality
+            ref = next(self.model.parameters())
+            n = next(iter(sizes.values()))
+            for m in self.modalities:
+                if m != target and m not in q:
+                    q[m] = self.model.missing_rows(m, n, ref).float()
+        scores = self.loss.score(q, candidates.to(self.device), target)
+        expected = (next(iter(sizes.values())), int(candidates.shape[0]))
+        if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
+            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise PluginError(f"loss {type(self.loss).__name__}.score() returned {got}; expected "
+                              f"{expected} (queries x candidates)")
+        return scores.float()
+
+    def score(self, queries: dict[str, Any], candidates: dict[str, Any],
+              root: str | Path | None = None) -> torch.Tensor:
+        """Scores ``(Q, C)``: query tuples ``{modality: [Q values]}`` against ``{target: [C values]}``."""
+        if len(candidates) != 1:
+            raise PolyalignError(f"candidates must hold exactly one modality (the target), got "
+                                 f"{list(candidates) or 'none'}")
+        (target, values), = candidates.items()
+        self.check_modality(target)
+        bank = self.embed({target: values}, root)[target]
+        return self.score_embeddings(self.embed(queries, root), bank, target)
+
+    def search(self, queries: dict[str, Any], candidates: dict[str, Any], top_k: int = 5,
+               ids: Sequence[Any] | None = None, root: str | Path | None = None) -> list[list[Hit]]:
+        """The ``top_k`` candidates of each query tuple, best first (``ids`` name the candidates)."""
+        return rank_hits(self.score(queries, candidates, root), top_k, ids)
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``polyalign export``."""
+    return (path / CARD_FILE).is_file() and (path / WEIGHTS).is_file()
+
+
+def build_parts(recipe: Recipe, plugins: Plugins, allow_data: bool) -> Assembled:
+    """The recipe's model and loss, built without its data when the recipe fixes every shape.
+
+    With ``allow_data`` a run whose recipe leaves an encoder option to be inferred from the data
+    (an encoder that does not report ``rebuild_options``) is built through its dataset instead.
+    """
+    try:
+        return Assembled(None, build_model(recipe, plugins), build_loss(recipe, plugins))  # type: ignore[arg-type]
+    except PluginError:
+        raise
+    except PolyalignError as exc:
+        if not allow_data:
+            raise PolyalignError(f"cannot rebuild the model from its recipe: {exc}") from exc
+        try:
+            return assemble(recipe, plugins)
+        except PolyalignError as exc2:
+            raise PolyalignError(f"cannot rebuild the model from its recipe ({exc}), nor from its "
+                                 f"dataset ({exc2})") from exc2
+
+
+def load(path: str | Path, checkpoint: str = "last", device: str = "auto",
+         plugins: Plugins | None = None) -> TrainedModel:
+    """A run directory (``checkpoints/<checkpoint>``) or an exported folder as a :class:`TrainedModel`.
+
+    ``checkpoint`` is ``last`` (the weights the run's evaluation used) or ``best`` (lowest
+    validation loss); an exported folder holds one set of weights and ignores it.
+    """
+    from .train import pick_device
+
+    plugins = plugins or default_plugins()
+    path = Path(path)
+    if is_export(path):
+        card = check_card(path / CARD_FILE, plugins)
+        recipe = read_recipe_file(path / RECIPE_FILE)
+        weights_dir, checkpoint = path, str(card.get("checkpoint", "last"))
+    elif (path / RECIPE_FILE).is_file():
+        recipe = read_recipe_file(path / RECIPE_FILE)
+        weights_dir = path / "checkpoints" / checkpoint
+        if not weights_dir.is_dir() and not weights_dir.with_name(f".{checkpoint}.old").is_dir():
+            found = sorted(p.name for p in (path / "checkpoints").glob("[!.]*")) if (path / "checkpoints").is_dir() else []
+            raise CheckpointError(f"{path}: no checkpoint {checkpoint!r}; it has: {', '.join(found) or 'none'} "
+                                  f"(a run saves 'best' only when it has a validation split)")
+    else:
+        raise PolyalignError(f"{path} is neither a run directory ({RECIPE_FILE} + checkpoints/) nor an "
+                             f"exported model ({CARD_FILE} + {WEIGHTS}); give the folder `polyalign "
+                             f"train` printed or one `polyalign export` wrote")
+    parts = build_parts(recipe, plugins, allow_data=not is_export(path))
+    weights_file = resolve_checkpoint(weights_dir) / WEIGHTS
+    try:
+        parts.load_state_dict(load_weights(weights_dir))
+    except RuntimeError as exc:
+        raise CheckpointError(f"the weights in {weights_file} do not fit the model built from "
+                              f"{path / RECIPE_FILE}: {' '.join(str(exc).split())[:600]}") from None
+    return TrainedModel(parts, recipe, pick_device(device), path, checkpoint, weights_file)

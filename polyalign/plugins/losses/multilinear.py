@@ -1,0 +1,136 @@
+"""The multilinear inner product and the logsumexp over all its combinations, streamed in blocks.
+
+For ``M`` modalities of ``N`` rows the logit tensor ``T[i1, ..., iM] = s · MIP(z1[i1], ..., zM[iM])``
+has ``N^M`` entries and is the same whichever modality is the anchor. :func:`anchor_logsumexps`
+returns, for every modality ``m`` and row ``i``, ``A[m, i] = logsumexp of T over every index but
+the m-th fixed at i`` -- the log-denominators of Symile's all-combinations (``n_squared``)
+objective for all ``M`` anchors at once -- without ever materialising ``T`` or the
+``N^(M-1) x d`` candidate bank of the reference implementation.
+
+How: the first ``M-2`` modalities are flattened into one "lead" index ``b`` (``N^(M-2)`` values);
+a block of ``B`` lead rows gives ``P = z1[i1] ⊙ ... ⊙ z(M-2)[i(M-2)]`` (``B x d``) and
+``T_blk = ((P ⊙ y) @ zᵀ)`` (``B x N x N``) with ``y, z`` the last two modalities. Each block feeds
+every anchor's logsumexp (lead anchors through the per-lead-row logsumexp, ``y`` and ``z``
+through running ``logaddexp``). Backward recomputes each block and forms the gradient of all
+anchors' terms from one ``B x N x N`` weight tensor: three block matmuls.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+BLOCK_ELEMENTS = 1 << 22
+"""Default block size in logit entries (about 16 MB in float32)."""
+
+
+def mip(*zs: torch.Tensor) -> torch.Tensor:
+    """Row-wise multilinear inner product ``Σ_k Π_m z_m[:, k]`` of equally shaped ``(N, d)`` tensors."""
+    prod = zs[0]
+    for z in zs[1:]:
+        prod = prod * z
+    return prod.sum(-1)
+
+
+def default_chunk(n: int, d: int) -> int:
+    """Lead rows per block so that one block holds about :data:`BLOCK_ELEMENTS` numbers."""
+    return max(1, BLOCK_ELEMENTS // (n * (n + d)))
+
+
+def _lead_indices(start: int, stop: int, n: int, n_lead: int, device: torch.device) -> list[torch.Tensor]:
+    """Row index of each lead modality for flat lead rows ``start..stop`` (row-major)."""
+    flat = torch.arange(start, stop, device=device)
+    out = []
+    for m in range(n_lead):
+        out.append(torch.div(flat, n ** (n_lead - 1 - m), rounding_mode="floor") % n)
+    return out
+
+
+def _lead_product(lead: list[torch.Tensor], idx: list[torch.Tensor], like: torch.Tensor,
+                  rows: int, skip: int | None = None) -> torch.Tensor:
+    """``Π_m lead[m][idx[m]]`` (leaving out ``skip``), or ones when there is nothing to multiply."""
+    prod = None
+    for m, (z, i) in enumerate(zip(lead, idx)):
+        if m != skip:
+            prod = z[i] if prod is None else prod * z[i]
+    return like.new_ones(rows, like.shape[1]) if prod is None else prod
+
+
+class _AnchorLogsumexps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, chunk: int, scale: torch.Tensor, *zs: torch.Tensor) -> torch.Tensor:
+        lead, y, z = list(zs[:-2]), zs[-2], zs[-1]
+        n, d = y.shape
+        n_lead = len(lead)
+        rows = n ** n_lead
+        r = y.new_empty(rows)  # logsumexp over (j, k) per lead row
+        a_y = y.new_full((n,), -math.inf)
+        a_z = y.new_full((n,), -math.inf)
+        for start in range(0, rows, chunk):
+            stop = min(start + chunk, rows)
+            idx = _lead_indices(start, stop, n, n_lead, y.device)
+            p = _lead_product(lead, idx, y, stop - start)
+            t = scale * (p[:, None, :] * y[None]).reshape(-1, d).matmul(z.T).view(stop - start, n, n)
+            r[start:stop] = t.logsumexp((1, 2))
+            a_y = torch.logaddexp(a_y, t.logsumexp((0, 2)))
+            a_z = torch.logaddexp(a_z, t.logsumexp((0, 1)))
+        grid = r.view((n,) * n_lead) if n_lead else r
+        a_lead = [grid.logsumexp([k for k in range(n_lead) if k != m]) if n_lead > 1 else grid
+                  for m in range(n_lead)]
+        out = torch.stack([*a_lead, a_y, a_z])
+        ctx.chunk = chunk
+        ctx.save_for_backward(scale, r, out, *zs)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        scale, r, out, *zs = ctx.saved_tensors
+        lead, y, z = zs[:-2], zs[-2], zs[-1]
+        n, d = y.shape
+        n_lead = len(lead)
+        rows, chunk = n ** n_lead, ctx.chunk
+        g_lead, g_y, g_z = grad[:n_lead], grad[-2], grad[-1]
+        a_lead, a_y, a_z = out[:n_lead], out[-2], out[-1]
+        grads = [torch.zeros_like(x) for x in zs]
+        grad_scale = torch.zeros_like(scale)
+        for start in range(0, rows, chunk):
+            stop = min(start + chunk, rows)
+            b = stop - start
+            idx = _lead_indices(start, stop, n, n_lead, y.device)
+            p = _lead_product(lead, idx, y, b)
+            py = p[:, None, :] * y[None]
+            t = scale * py.reshape(-1, d).matmul(z.T).view(b, n, n)
+            # d(Σ_m g_m · A_m)/dT = Σ_m g_m[i_m] · exp(T - A_m[i_m]); lead anchors share exp(T - r_b)
+            rb = r[start:stop]
+            g = (g_y[None, :, None] * torch.exp(t - a_y[None, :, None])
+                 + g_z[None, None, :] * torch.exp(t - a_z[None, None, :]))
+            if n_lead:
+                coef = sum(g_lead[m][idx[m]] * torch.exp(rb - a_lead[m][idx[m]]) for m in range(n_lead))
+                g += coef[:, None, None] * torch.exp(t - rb[:, None, None])
+            grad_scale += (g * t).sum() / scale
+            g = (g * scale).view(b * n, n)
+            w = g.matmul(z).view(b, n, d)  # Σ_k g[b, j, k] z_k
+            grads[-1] += g.T.matmul(py.reshape(-1, d))
+            grads[-2] += (w * p[:, None, :]).sum(0)
+            if n_lead:
+                grad_p = (w * y[None]).sum(1)
+                for m in range(n_lead):
+                    grads[m].index_add_(0, idx[m], grad_p * _lead_product(lead, idx, y, b, skip=m))
+        return (None, grad_scale, *grads)
+
+
+def anchor_logsumexps(zs: list[torch.Tensor], scale: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """``A[m, i] = logsumexp over all (i_1..i_M) with i_m = i of s·MIP(z_1[i_1], ..., z_M[i_M])``.
+
+    ``zs``: ``M >= 2`` tensors of shape ``(N, d)``; ``scale``: the scalar ``s``; ``chunk``: lead
+    rows per block (default: about 4M logits a block). Returns ``(M, N)``, differentiable in
+    ``zs`` and ``scale``; memory ``O(chunk · N² + N^(M-2))``.
+    """
+    if len(zs) < 2:
+        raise ValueError(f"anchor_logsumexps needs at least 2 modalities, got {len(zs)}")
+    n, d = zs[0].shape
+    chunk = chunk or default_chunk(n, d)
+    return _AnchorLogsumexps.apply(chunk, scale.to(zs[0].dtype), *zs)
