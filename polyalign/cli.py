@@ -24,10 +24,10 @@ def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     from polyalign.core.report_table import pivot_rows
 
     tables = []
-    for pivot in pivot_rows(rows):
+    for pivot in pivot_rows(rows, interval_metrics={"accuracy"}):  # one interval per line keeps it narrow
         table = Table(title=escape(f"{title}: {pivot.task}"), caption=escape(pivot.caption()) or None)
         for i, c in enumerate(pivot.header):
-            table.add_column(escape(c), justify="left" if i < pivot.n_ids else "right")
+            table.add_column(escape(c), justify="left" if i < pivot.n_ids else "right", overflow="fold")
         for line in pivot.lines:
             table.add_row(*map(escape, line))
         tables.append(table)
@@ -40,6 +40,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.recipe is None and args.resume is None:
         raise PolyalignError("train needs a RECIPE (a path or a name from `polyalign recipes`) or --resume RUN_DIR")
+    if args.recipe is not None and args.resume is not None:
+        raise PolyalignError(f"--resume continues {args.resume} with its own recipe.yaml; give no RECIPE "
+                             f"({args.recipe}), only key.path=value overrides if needed")
     recipe = None if args.recipe is None else polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
     run_dir = polyalign.train(recipe, out=args.out, resume=args.resume,
                               overrides=args.overrides if args.resume else None)
@@ -58,10 +61,27 @@ def _print_report(run_dir: Path) -> None:
                 out.print(table)
 
 
+def _evaluator_node(text: str) -> dict:
+    """``--add`` value: an evaluator name, or a YAML mapping with a ``plugin`` key."""
+    import yaml
+
+    try:
+        node = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolyalignError(f"--add {text!r}: not valid YAML ({exc})") from None
+    if isinstance(node, str):
+        node = {"plugin": node}
+    if not isinstance(node, dict) or not isinstance(node.get("plugin"), str):
+        raise PolyalignError(f"--add {text!r}: give an evaluator name or a mapping like "
+                             "'{plugin: missing_modality, targets: all}'")
+    return node
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import polyalign
 
-    polyalign.evaluate(args.run_dir, checkpoint=args.checkpoint)
+    added = [_evaluator_node(a) for a in args.add or []]
+    polyalign.evaluate(args.run_dir, checkpoint=args.checkpoint, evaluators=added)
     _print_report(Path(args.run_dir))
     out.print(f"report: {Path(args.run_dir) / 'eval' / 'report.md'}")
     return 0
@@ -73,7 +93,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare_runs(args.run_dirs, args.out, args.metric)
     table = Table(title="comparison", caption="value [bootstrap interval]; — = no such row in that run")
     for i, c in enumerate(result.header):
-        table.add_column(escape(c), justify="right" if i >= len(result.header) - len(result.runs) else "left")
+        table.add_column(escape(c), justify="right" if i >= len(result.header) - len(result.runs) else "left",
+                         overflow="fold")
     for line in result.lines:
         table.add_row(*map(escape, line))
     out.print(table)
@@ -147,6 +168,19 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from polyalign.plugins.datasets.demo import write_demo
+
+    folder = Path(args.dir)
+    if folder.exists() and any(folder.iterdir()):
+        raise PolyalignError(f"{folder} is not empty; give a new or empty folder for the demo data")
+    write_demo(folder, args.classes, args.n_train, args.n_val, args.n_test, args.missing_rate, args.seed,
+               args.flip_rate)
+    out.print(f"wrote the demo dataset to {folder} (manifests train/val/test.jsonl). Train on it with:\n"
+              f"  polyalign train demo-multimodal data.plugin=manifest data.path={folder}")
+    return 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import polyalign
     from polyalign.core.retrieval import embed_to_file
@@ -160,19 +194,22 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.core.retrieval import search_sources
+    from polyalign.core.retrieval import search_sources, show_value
 
     model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     result = search_sources(model, args.query, args.candidates, args.top)
-    query = ", ".join(f"{m}={v}" for m, v in result.query.items())
-    table = Table(title=escape(f"{result.target} for {query}"),
-                  caption=escape(f"top {len(result.hits)} of {result.n_candidates} candidates; "
-                                 f"score: {type(model.loss).__name__}.score"))
+    out.print(escape("query: " + ", ".join(f"{m}={show_value(v)}" for m, v in result.query.items())))
+    show_values = result.values is not None and [str(v) for v in result.values] != [str(h.id) for h in result.hits]
+    table = Table(title=escape(f"best {result.target} of {result.n_candidates}"),
+                  caption=escape(f"score: {type(model.loss).__name__}.score, the run's own scoring rule"))
     table.add_column("rank", justify="right")
     table.add_column("id")
+    if show_values:
+        table.add_column("value")
     table.add_column("score", justify="right")
-    for hit in result.hits:
-        table.add_row(str(hit.rank), escape(str(hit.id)), f"{hit.score:.4f}")
+    for i, hit in enumerate(result.hits):
+        value = [escape(show_value(result.values[i]))] if show_values else []
+        table.add_row(str(hit.rank), escape(str(hit.id)), *value, f"{hit.score:.4f}")
     out.print(table)
     return 0
 
@@ -210,6 +247,9 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run directory with its recipe's evaluators")
     e.add_argument("run_dir")
     e.add_argument("--checkpoint", default="last", choices=["last", "best"])
+    e.add_argument("--add", action="append", metavar="EVALUATOR",
+                   help="also run this evaluator (a name or a YAML mapping, e.g. "
+                        "'{plugin: missing_modality, targets: all}'); repeatable")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("compare", help="compare the evaluation reports of several runs: one table, one plot")
@@ -233,6 +273,17 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("name", nargs="?")
     r.add_argument("dest", nargs="?")
     r.set_defaults(func=cmd_recipes)
+
+    dd = sub.add_parser("demo-data", help="write the demo dataset (PNG, WAV, .npy ECG, .txt + manifests) to DIR")
+    dd.add_argument("dir", metavar="DIR")
+    dd.add_argument("--classes", type=int, default=4, help="classes shared by the modalities (2-8)")
+    dd.add_argument("--n-train", type=int, default=600)
+    dd.add_argument("--n-val", type=int, default=100)
+    dd.add_argument("--n-test", type=int, default=200)
+    dd.add_argument("--missing-rate", type=float, default=0.1, help="chance a train modality is left out")
+    dd.add_argument("--seed", type=int, default=0)
+    dd.add_argument("--flip-rate", type=float, default=0.15, help="chance a modality shows another class")
+    dd.set_defaults(func=cmd_demo_data)
 
     use = {"checkpoint": dict(default="last", choices=["last", "best"],
                               help="weights of a run directory (default: last, the ones its evaluation used)"),
@@ -278,8 +329,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one message and exit 2."""
     args = parser().parse_args(argv)
-    if getattr(args, "overrides", None) and args.command == "train" and args.recipe and "=" in args.recipe:
-        args.overrides.insert(0, args.recipe)
+    if args.command == "train" and args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
+        args.overrides.insert(0, args.recipe)  # `train --resume RUN key=value`: no recipe, only overrides
         args.recipe = None
     try:
         return args.func(args)

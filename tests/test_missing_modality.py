@@ -375,25 +375,31 @@ def test_train_rate_drops_only_that_modality_and_only_in_training(tmp_path):
 
 
 def test_polyalign_eval_writes_json_markdown_and_both_plots(tmp_path, tiny_xor, capsys):
-    run = polyalign.train(RECIPES / "xor-clip.yaml", out=tmp_path, overrides=tiny_xor + [
-        "train.epochs=1", "eval=[{plugin: missing_modality, resamples: 50}]"])
+    run = polyalign.train(RECIPES / "xor-clip.yaml", out=tmp_path, overrides=tiny_xor + ["train.epochs=1"])
     eval_dir = run / "eval"
     for f in eval_dir.iterdir():
         f.unlink()
     capsys.readouterr()
-    assert main(["eval", str(run)]) == 0
+    # the recipe has only zero_shot; --add runs missing_modality on the trained run as well
+    assert main(["eval", str(run), "--add", "{plugin: missing_modality, resamples: 50}"]) == 0
     shown = capsys.readouterr().out
     assert "missing_modality" in shown and "dropout_curve" in shown and "accuracy" in shown
     rows = json.loads((eval_dir / "report.json").read_text())
+    assert len(rows_of(rows, task="zero_shot")) == 3
     assert len(rows_of(rows, task="missing_modality")) == 3 * 3 * 3  # targets x subsets x metrics
     assert len(rows_of(rows, task="dropout_curve")) == 3 * 3 * 4 * 3  # targets x lines x rates x metrics
     markdown = (eval_dir / "report.md").read_text()
     assert "| missing_modality | b | a+c | accuracy |" in markdown
     assert "![heatmap](heatmap.png)" in markdown and "![dropout_curve](dropout_curve.png)" in markdown
-    for name, min_size in (("heatmap.png", (500, 300)), ("dropout_curve.png", (900, 300))):
+    for name, min_size in (("heatmap.png", (600, 300)), ("dropout_curve.png", (900, 300))):
         with Image.open(eval_dir / name) as img:
             assert img.format == "PNG" and img.size[0] >= min_size[0] and img.size[1] >= min_size[1]
-            assert len(img.getcolors(1 << 20) or range(1 << 20)) > 50  # a real figure, not a blank page
+            assert len(img.convert("RGB").getcolors(1 << 20)) > 50  # a real figure, not a blank page
+    assert main(["eval", str(run), "--add", "{plugin: missing_modality, rates: [2]}"]) == 2
+    assert "eval.1.rates" in capsys.readouterr().err
+    # evaluating again without --add: no dropout rows, so the stale curve is removed
+    assert main(["eval", str(run)]) == 0
+    assert (eval_dir / "heatmap.png").is_file() and not (eval_dir / "dropout_curve.png").exists()
 
 
 # ---------------------------------------------------------------- Symile on XOR
@@ -406,8 +412,8 @@ def _has_loss(name: str) -> bool:
 @pytest.mark.skipif(not _has_loss("symile"), reason="the symile loss plugin is not registered yet")
 def test_symile_predicts_b_from_a_and_c_jointly_and_from_either_alone_at_chance(tmp_path):
     run = polyalign.train(RECIPES / "xor-symile-missing.yaml", out=tmp_path,
-                          overrides=["data.n_train=4000", "data.n_test=1000", "data.n_val=200", "train.epochs=8",
-                                     "eval.0.resamples=200", "eval.0.rates=[0.0, 0.5]"])
+                          overrides=["data.n_train=3000", "data.n_val=100", "data.n_test=500", "train.epochs=8",
+                                     "train.lr=0.03", "eval.0.resamples=200", "eval.0.rates=[0.0, 0.5]"])
     rows = json.loads((run / "eval" / "report.json").read_text())
     target_b = rows_of(rows, task="missing_modality", target="b", metric="accuracy")
     by_query = {"+".join(r["query"]): r for r in target_b}

@@ -170,4 +170,4 @@ def make_loader(dataset: TupleDataset, collator: Collator, batch_size: int, samp
     """
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator,
                       num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
-                      persistent_workers=False, generator=torch.Generator().manual_seed(0))
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0))

@@ -160,8 +160,9 @@ def write_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | None = None,
-             split: str = "test") -> list[dict[str, Any]]:
-    """Re-run a finished run's evaluators from its checkpoint and rewrite its report."""
+             split: str = "test", evaluators: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Re-run a finished run's evaluators (plus ``evaluators``, extra ``{plugin: ...}`` nodes)
+    from its checkpoint and rewrite its report."""
     from .assemble import assemble
     from .checkpoint import load_weights
     from .plugins import default_plugins
@@ -172,6 +173,12 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
     plugins = plugins or default_plugins()
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / RECIPE_FILE, plugins=plugins)
+    if evaluators:
+        from .recipe import validate_recipe
+
+        raw = recipe.model_dump(mode="json")
+        raw["eval"] = raw["eval"] + list(evaluators)
+        recipe = validate_recipe(raw, f"{run_dir / RECIPE_FILE} with the added evaluators", plugins)
     parts = assemble(recipe, plugins)
     parts.load_state_dict(load_weights(run_dir / "checkpoints" / checkpoint))
     device = pick_device(recipe.train.device)

@@ -26,7 +26,7 @@ class LossOutput:
 class LossConfig(BaseModel):
     """Options every loss shares: the initial temperature and whether it is learned."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     temperature: float = Field(0.07, gt=0, description="initial temperature τ")
     learn_temperature: bool = Field(True, description="learn log(1/τ) with the model")
 

@@ -15,7 +15,7 @@ from .registry import unknown_name_message
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PluginNode(BaseModel):
@@ -32,7 +32,7 @@ class PluginNode(BaseModel):
 class LossNode(PluginNode):
     """A loss plugin node with its weight in a sum of losses."""
 
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, allow_inf_nan=False)
 
 
 class ModalityNode(Strict):
@@ -69,6 +69,18 @@ class TrainSection(Strict):
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, name: str) -> str:
+        if name != "auto":
+            import torch
+
+            try:
+                torch.device(name)
+            except (RuntimeError, ValueError) as exc:
+                raise ValueError(f"{name!r} is not a device: {exc}; use auto, cpu, cuda or cuda:N") from None
+        return name
     num_workers: int = Field(0, ge=0)
     pin_memory: bool = False
     log_every: int = Field(10, ge=1)
@@ -86,7 +98,7 @@ class Recipe(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     data: PluginNode
     modalities: dict[str, ModalityNode]
     model: ModelSection = Field(default_factory=ModelSection)

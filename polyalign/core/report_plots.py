@@ -104,7 +104,7 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path, title: str) -> Path | N
     width = sum(1.6 + 1.0 * len(p[1]) for p in panels) + 1.6
     height = 1.9 + 0.42 * max(len(p[2]) for p in panels)
     fig = new_figure(max(width, 4.8), max(height, 3.0))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=[len(p[1]) + 0.8 for p in panels])[0]
     image = None
     for ax, (task, targets, queries, grid, chance) in zip(axes, panels):
         masked = np.ma.masked_invalid(grid)
@@ -155,7 +155,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> Path | No
             x = [float(r["rate"]) for r in line]
             y = [float(r["value"]) for r in line]
             color = colors[k % len(colors)]
-            ax.plot(x, y, marker="o", color=color, label=label,
+            # distinct markers, shrinking, so lines that coincide stay visible
+            ax.plot(x, y, marker="osD^vP"[k % 6], markersize=max(3, 8 - 1.5 * k), color=color, label=label,
                     linestyle="--" if label == "drop all" else "-")
             if all("ci_low" in r for r in line):
                 ax.fill_between(x, [r["ci_low"] for r in line], [r["ci_high"] for r in line],

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection
 
 STAT_KEYS = ("value", "ci_low", "ci_high", "chance")  # vary with the metric
 COUNT_KEYS = ("n", "candidates", "resamples")  # one value per line, shown once
 LEAD_KEYS = ("task", "target", "query")
+CHANCE = "chance accuracy"  # the accuracy of random guesses, shown once per line
 
 
 @dataclass
@@ -21,13 +22,13 @@ class PivotTable:
     lines: list[list[str]]
     n_ids: int
     constants: dict[str, Any] = field(default_factory=dict)
-    intervals: bool = False
+    intervals: list[str] = field(default_factory=list)
 
     def caption(self) -> str:
-        """'n=256, candidates=32' plus a note on intervals when there are any."""
+        """'n=256, candidates=32' plus a note on which cells show intervals."""
         text = ", ".join(f"{k}={v}" for k, v in self.constants.items())
         if self.intervals:
-            text += ("; " if text else "") + "[low, high] = bootstrap interval"
+            text += ("; " if text else "") + f"[low, high] = bootstrap interval ({', '.join(self.intervals)})"
         return text
 
 
@@ -55,23 +56,27 @@ def hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def metric_cell(row: dict[str, Any]) -> str:
-    """'0.974 [0.962, 0.983]' with an interval, else '0.974'."""
+def metric_cell(row: dict[str, Any], interval: bool = True) -> str:
+    """'0.974 [0.962, 0.983]' with an interval (when the row has one and ``interval``), else '0.974'."""
     text = f"{float(row['value']):.3f}"
-    if "ci_low" in row and "ci_high" in row:
+    if interval and "ci_low" in row and "ci_high" in row:
         text += f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
     return text
 
 
-def pivot_rows(rows: list[dict[str, Any]]) -> list[PivotTable]:
-    """One :class:`PivotTable` per task, in the order tasks first appear."""
+def pivot_rows(rows: list[dict[str, Any]], interval_metrics: Collection[str] | None = None) -> list[PivotTable]:
+    """One :class:`PivotTable` per task, in the order tasks first appear; cells of
+    ``interval_metrics`` (default: every metric) show their bootstrap interval."""
     tasks: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         tasks.setdefault(str(r.get("task", "")), []).append(r)
-    return [_pivot_task(task, task_rows) for task, task_rows in tasks.items()]
+    return [_pivot_task(task, task_rows, interval_metrics) for task, task_rows in tasks.items()]
 
 
-def _pivot_task(task: str, rows: list[dict[str, Any]]) -> PivotTable:
+def _pivot_task(task: str, rows: list[dict[str, Any]], interval_metrics: Collection[str] | None) -> PivotTable:
+    def shown(metric: str) -> bool:
+        return interval_metrics is None or metric in interval_metrics
+
     ids = [k for k in identity_fields(rows) if k != "task"]
     metrics: list[str] = []
     lines: dict[tuple, dict[str, Any]] = {}
@@ -81,11 +86,13 @@ def _pivot_task(task: str, rows: list[dict[str, Any]]) -> PivotTable:
             metrics.append(metric)
         line = lines.setdefault(tuple(hashable(r.get(k)) for k in ids),
                                 {"ids": [r.get(k) for k in ids], "metrics": {}, "counts": {}})
-        line["metrics"][metric] = metric_cell(r)
+        line["metrics"][metric] = metric_cell(r, shown(metric))
         for k in COUNT_KEYS:
             if k in r:
                 line["counts"].setdefault(k, r[k])
-    counts = [k for k in COUNT_KEYS if any(k in line["counts"] for line in lines.values())]
+        if metric == "accuracy" and "chance" in r:
+            line["counts"][CHANCE] = f"{float(r['chance']):.3f}"
+    counts = [k for k in (*COUNT_KEYS, CHANCE) if any(k in line["counts"] for line in lines.values())]
     constants = {}
     for k in counts:
         values = {line["counts"].get(k) for line in lines.values()}
@@ -95,5 +102,5 @@ def _pivot_task(task: str, rows: list[dict[str, Any]]) -> PivotTable:
     header = ids + metrics + varying
     body = [[cell_text(v) for v in line["ids"]] + [line["metrics"].get(m, "") for m in metrics]
             + [cell_text(line["counts"].get(k)) for k in varying] for line in lines.values()]
-    intervals = any("ci_low" in r for r in rows)
+    intervals = [m for m in metrics if shown(m) and any("ci_low" in r and r.get("metric") == m for r in rows)]
     return PivotTable(task, header, body, len(ids), constants, intervals)

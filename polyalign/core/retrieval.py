@@ -6,38 +6,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from .data import describe_value
 from .embeddings_file import check_same_model, read_embeddings, save_embeddings
 from .errors import PolyalignError
-from .sources import query_value, read_source, split_assignment
+from .sources import Values, query_value, read_source, split_assignment
 from .trained import Hit, TrainedModel, rank_hits
 
 
 def embed_source(model: TrainedModel, modality: str, source: str | Path,
-                 batch_size: int | None = None) -> tuple[torch.Tensor, list[Any]]:
-    """Embeddings ``(N, E)`` and ids of every ``modality`` value in ``source`` (folder, manifest, ...)."""
-    found = read_source(source, modality)
+                 batch_size: int | None = None) -> tuple[torch.Tensor, Values]:
+    """Embeddings ``(N, E)`` of every ``modality`` value in ``source`` (folder, manifest, ...), and the values."""
     model.check_modality(modality)
-    return model.embed({modality: found.values}, root=found.root, batch_size=batch_size)[modality], found.ids
+    found = read_source(source, modality)
+    return model.embed({modality: found.values}, root=found.root, batch_size=batch_size)[modality], found
 
 
 def embed_to_file(model: TrainedModel, modality: str, source: str | Path, out: str | Path,
                   batch_size: int | None = None) -> tuple[Path, int]:
     """Embed ``source`` and write the embeddings with their ids to ``out`` (.safetensors)."""
-    embeddings, ids = embed_source(model, modality, source, batch_size)
-    return save_embeddings(out, model, modality, embeddings, ids, str(source)), len(ids)
+    embeddings, found = embed_source(model, modality, source, batch_size)
+    return save_embeddings(out, model, modality, embeddings, found.ids, str(source)), len(found.ids)
 
 
-def candidate_bank(model: TrainedModel, modality: str, source: str | Path) -> tuple[torch.Tensor, list[Any]]:
-    """Candidate embeddings and ids: from an embeddings file of this model, or embedded from ``source``."""
+def candidate_bank(model: TrainedModel, modality: str,
+                   source: str | Path) -> tuple[torch.Tensor, list[Any], list[Any] | None]:
+    """Candidate embeddings, ids and raw values (None from an embeddings file of this model)."""
     if str(source).endswith(".safetensors"):
         saved = read_embeddings(source)
         if saved.modality != modality:
             raise PolyalignError(f"{source} holds {saved.modality!r} embeddings, not {modality!r}")
         check_same_model(saved, model, source)
-        return saved.embeddings.to(model.device), saved.ids
-    return embed_source(model, modality, source)
+        return saved.embeddings.to(model.device), saved.ids, None
+    embeddings, found = embed_source(model, modality, source)
+    return embeddings, found.ids, found.values
+
+
+def show_value(value: Any) -> str:
+    """A short printable form of a raw value (arrays as plain lists of numbers)."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        value = np.asarray(value).round(4).tolist()
+    return describe_value(value)
 
 
 @dataclass
@@ -48,6 +59,7 @@ class SearchResult:
     query: dict[str, Any]
     hits: list[Hit]
     n_candidates: int
+    values: list[Any] | None = None  # the hits' raw values, when the candidates were not pre-embedded
 
 
 def search_sources(model: TrainedModel, queries: list[str], candidates: str, top_k: int = 5) -> SearchResult:
@@ -65,6 +77,8 @@ def search_sources(model: TrainedModel, queries: list[str], candidates: str, top
         raise PolyalignError("give at least one --query MODALITY=VALUE")
     target, source = split_assignment(candidates, "--candidates")
     model.check_modality(target)
-    bank, ids = candidate_bank(model, target, source)
+    bank, ids, values = candidate_bank(model, target, source)
     scores = model.score_embeddings(model.embed({m: [v] for m, v in query.items()}), bank, target)
-    return SearchResult(target, query, rank_hits(scores, top_k, ids)[0], int(bank.shape[0]))
+    hits = rank_hits(scores, top_k, ids)[0]
+    return SearchResult(target, query, hits, int(bank.shape[0]),
+                        None if values is None else [values[h.index] for h in hits])

@@ -19,7 +19,7 @@ from .batch import Batch
 from .data import EpochSampler, make_loader, skip_summary
 from .distributed import (DistInfo, all_reduce_mean_grads, broadcast_path, finish_distributed, gather_batch,
                           init_distributed, mean_across_ranks)
-from .errors import PolyalignError
+from .errors import PluginError, PolyalignError
 from .evaluate import run_evaluators, write_report
 from .loss import LossOutput, Temperature, check_loss_output, clamp_temperatures
 from .plugins import Plugins, default_plugins
@@ -179,6 +179,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.best_val = math.inf
         self.nan_skips = 0
+        self.saved_step: int | None = None  # step of the newest checkpoint (for messages)
         self.epoch_loss = 0.0  # sum of this epoch's step losses so far (part of the resumable state)
         self.epoch_steps = 0
         if resume:
@@ -199,6 +200,7 @@ class Trainer:
         ``keep_last`` of them are kept) and ``best``/``last`` are hard-linked copies of it.
         ``last`` is always swapped in last, so a kill at any point resumes from a complete state.
         """
+        self.saved_step = self.step
         if not self.dist.is_main:
             return
         cfg = self.recipe.train
@@ -224,6 +226,7 @@ class Trainer:
         self.nan_skips = state["nan_skips"]
         self.epoch_loss, self.epoch_steps = state["epoch_loss"], state["epoch_steps"]
         set_rng_state(state["rng"])
+        self.saved_step = self.step
 
     # ----------------------------------------------------------------- steps
     def compute_loss(self, batch: Batch, train: bool) -> LossOutput:
@@ -237,7 +240,7 @@ class Trainer:
             emb, loss_present = gather_batch(emb, loss_present)
         out = check_loss_output(self.loss_fn(emb, loss_present), "+".join(n.plugin for n in self.recipe.losses))
         if train and torch.is_grad_enabled() and not out.loss.requires_grad:
-            raise PolyalignError(f"loss plugin {'+'.join(n.plugin for n in self.recipe.losses)!r} returned a "
+            raise PluginError(f"loss plugin {'+'.join(n.plugin for n in self.recipe.losses)!r} returned a "
                                  f"loss that does not depend on the embeddings (no gradient): keep it a "
                                  f"tensor computed from them (no .item(), .detach() or torch.tensor(...))")
         if not torch.isfinite(out.loss):
@@ -247,7 +250,7 @@ class Trainer:
                              for t in (x.values() if isinstance(x, dict) else [x]))]
             where = f"step {self.step + 1}" if train else f"validation after step {self.step}"
             raise NonFiniteError(
-                f"{where}: the loss is {float(out.loss)} (terms: "
+                f"{where}: the loss is {float(out.loss.detach())} (terms: "
                 f"{ {k: round(float(v), 4) for k, v in out.metrics.items()} }); non-finite embeddings in: "
                 f"{', '.join(bad) or 'none'}; non-finite input values in: {', '.join(bad_in) or 'none'}")
         return out
@@ -290,9 +293,8 @@ class Trainer:
                 self.plugins.pm.hook.on_step_end(step=self.step, epoch=self.epoch, run_dir=self.run_dir,
                                                  metrics={"nan_skipped": float(self.nan_skips)})
             return
-        last = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
-        kept = (f"the last good checkpoint ({last}) is kept" if last is not None
-                else "no checkpoint had been written yet")
+        kept = (f"the last good checkpoint ({self.run_dir / 'checkpoints' / 'last'}, step {self.saved_step}) "
+                f"is kept" if self.saved_step is not None else "no checkpoint had been written yet")
         limit = (f" ({self.nan_skips} step(s) already skipped; train.max_nan_skips={cfg.max_nan_skips})"
                  if cfg.on_nan == "skip" else "")
         raise NonFiniteError(f"{exc}. Training stopped{limit}; {kept}. Lower train.lr, raise the "
@@ -358,7 +360,7 @@ class Trainer:
             micro += 1
             self.batch_in_epoch += 1
             samples += len(batch) * self.dist.world
-            window_loss += float(out.loss.detach())
+            window_loss += out.loss.detach()  # a tensor: no host-device sync until logging
             window_n += 1
             if micro < cfg.accumulate:
                 continue
@@ -370,11 +372,11 @@ class Trainer:
                 window_loss, window_n = 0.0, 0
                 continue
             self.step += 1
-            self.epoch_loss += window_loss / window_n
+            self.epoch_loss += float(window_loss) / window_n
             self.epoch_steps += 1
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 elapsed = time.perf_counter() - t0
-                metrics = mean_across_ranks({"loss": window_loss / window_n, **out.metrics})
+                metrics = mean_across_ranks({"loss": float(window_loss) / window_n, **out.metrics})
                 metrics.update({"lr": self.scheduler.get_last_lr()[0],
                                 "samples_per_s": samples / max(elapsed, 1e-9)})
                 tau = temperature_of(self.loss_fn)

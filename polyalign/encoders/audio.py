@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,15 +35,33 @@ class AudioConfig(BaseModel):
     freeze: bool = Field(False, description="keep the backbone fixed (eval mode, no gradients)")
 
 
+def truncated_chunk(log: str) -> str | None:
+    """The line of libsndfile's header log saying a chunk is shorter than its header announces
+    (``data : 32000 (should be 15978)``), i.e. a truncated file; None when there is none. The
+    sizes 0 and 0xFFFFFFFF are placeholders of streamed files and are not counted."""
+    for line in log.splitlines():
+        match = re.match(r"\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", line)
+        if match:
+            announced, present = int(match.group(2)), int(match.group(3))
+            if present < announced and announced not in (0, 0xFFFFFFFF):
+                return line.strip()
+    return None
+
+
 def read_audio(path: Path) -> tuple[torch.Tensor, int]:
     """A mono float32 waveform and its sample rate, read with soundfile."""
     import soundfile as sf
 
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as fh:
+            short = truncated_chunk(fh.extra_info)
+            data, rate = fh.read(dtype="float32", always_2d=True), fh.samplerate
     except Exception as exc:
         raise PolyalignError(f"cannot read audio file {path}: {exc}. polyalign reads WAV, FLAC and "
                              f"other formats libsndfile knows.") from exc
+    if short:
+        raise PolyalignError(f"audio file {path} is truncated: its header announces more data than the "
+                             f"file holds (libsndfile: {short!r}). Re-export or re-download it.")
     if data.shape[0] == 0:
         raise PolyalignError(f"audio file {path} holds no samples")
     return torch.from_numpy(data.mean(axis=1)), int(rate)
@@ -116,6 +135,7 @@ class AudioEncoder(Encoder):
         super().__init__()
         self.config = config
         self.length = max(1, round(config.clip_seconds * config.sample_rate))
+        self.resamplers: dict[int, nn.Module] = {}  # source rate -> resampler; a plain dict: not weights
         if config.backbone == "cnn":
             hop = config.hop_length or max(1, config.sample_rate // 100)
             self.backbone: nn.Module = LogMelCNN(config.sample_rate, config.n_fft, hop, config.n_mels,
@@ -143,7 +163,9 @@ class AudioEncoder(Encoder):
         path = resolve_file(value, root, "audio")
         wave, rate = read_audio(path)
         if rate != self.config.sample_rate:
-            wave = torchaudio.functional.resample(wave, rate, self.config.sample_rate)
+            if rate not in self.resamplers:  # building the filter costs far more than applying it
+                self.resamplers[rate] = torchaudio.transforms.Resample(rate, self.config.sample_rate)
+            wave = self.resamplers[rate](wave)
         extra = max(0, wave.shape[0] - self.length)
         crop = self.config.crop
         if crop == "random" and self.training:

@@ -13,6 +13,8 @@ from torch import nn
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
 
+from .files import resolve_file
+
 
 class VectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -24,7 +26,11 @@ class VectorConfig(BaseModel):
 def load_vector(value: Any, root: Path | None) -> torch.Tensor:
     """A list/array of numbers, or a ``.npy`` path relative to ``root``, as a float32 vector."""
     if isinstance(value, (str, Path)):
-        arr = np.load(Path(root or ".") / value, allow_pickle=False)
+        path = resolve_file(value, root, "vector .npy")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise PolyalignError(f"cannot read vector file {path}: {type(exc).__name__}: {exc}") from exc
     else:
         arr = value
     return torch.as_tensor(np.asarray(arr, dtype=np.float32)).reshape(-1)

@@ -1,10 +1,12 @@
 """Dataset ``demo``: a small multimodal dataset of real files whose tuples share a class.
 
-Each tuple has a class ``k`` (0..classes-1) that drives every modality:
+Each tuple has a class ``k`` (0..classes-1) that drives every modality (each modality
+independently shows another class with probability ``flip_rate``: a noisy view, so that
+combining modalities helps):
 
 * ``image``: a 32x32 PNG of a shape in a colour (both set by ``k``) at a random place and size,
   on a noisy background;
-* ``audio``: a WAV tone (11025 Hz) whose pitch is set by ``k``, with random length, loudness,
+* ``audio``: a WAV tone (16 kHz) whose pitch is set by ``k``, with random length, loudness,
   vibrato and noise;
 * ``ecg``: a 12-lead ``.npy`` recording (500 samples, 100 Hz) whose heart rate is set by ``k``,
   with random lead gains, baseline wander and noise;
@@ -30,7 +32,7 @@ from polyalign.core.errors import PolyalignError
 
 from .manifest import ManifestConfig, ManifestDataset, OnError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MODALITIES = ("image", "audio", "ecg", "text")
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (235, 210, 40),
            "magenta": (210, 50, 200), "cyan": (40, 200, 210), "orange": (245, 140, 30), "white": (245, 245, 245)}
@@ -42,7 +44,7 @@ SHAPE_WORDS = {"circle": ("circle", "round disc", "dot"), "square": ("square", "
 PITCHES_HZ = (262.0, 330.0, 392.0, 494.0, 587.0, 698.0, 880.0, 1047.0)
 HEART_RATES = (45.0, 62.0, 80.0, 98.0, 116.0, 134.0, 152.0, 170.0)
 MAX_CLASSES = len(SHAPES)
-IMAGE_SIZE, AUDIO_RATE, ECG_RATE, ECG_SAMPLES, ECG_LEADS = 32, 11025, 100, 500, 12
+IMAGE_SIZE, AUDIO_RATE, ECG_RATE, ECG_SAMPLES, ECG_LEADS = 32, 16000, 100, 500, 12
 
 
 def draw_image(k: int, rng: np.random.Generator) -> tuple[np.ndarray, str, str]:
@@ -126,11 +128,12 @@ def describe(k: int, size_word: str, place: str, rng: np.random.Generator) -> st
 
 
 def write_demo(folder: str | Path, classes: int = 4, n_train: int = 600, n_val: int = 100,
-               n_test: int = 200, missing_rate: float = 0.1, seed: int = 0) -> Path:
+               n_test: int = 200, missing_rate: float = 0.1, seed: int = 0, flip_rate: float = 0.15) -> Path:
     """Write the demo files and ``train/val/test.jsonl`` manifests into ``folder``; return it.
 
-    In the train split each modality is left out with probability ``missing_rate`` (every
-    row keeps at least two); val and test are complete.
+    ``label`` is the tuple's class; each modality shows another class with probability
+    ``flip_rate``. In the train split each modality is left out with probability
+    ``missing_rate`` (every row keeps at least two); val and test are complete.
     """
     import soundfile as sf
     from PIL import Image
@@ -145,12 +148,16 @@ def write_demo(folder: str | Path, classes: int = 4, n_train: int = 600, n_val: 
         rows = []
         for i in range(n):
             k = i % classes
+            shown = {m: (int(rng.integers(1, classes)) + k) % classes if rng.random() < flip_rate else k
+                     for m in MODALITIES}
             name = f"{split}-{i:05d}"
-            pixels, size_word, place = draw_image(k, rng)
+            pixels, size_word, place = draw_image(shown["image"], rng)
             Image.fromarray(pixels).save(folder / "image" / f"{name}.png")
-            sf.write(folder / "audio" / f"{name}.wav", synth_audio(k, rng), AUDIO_RATE, subtype="PCM_16")
-            np.save(folder / "ecg" / f"{name}.npy", synth_ecg(k, rng))
-            (folder / "text" / f"{name}.txt").write_text(describe(k, size_word, place, rng) + "\n", encoding="utf-8")
+            sf.write(folder / "audio" / f"{name}.wav", synth_audio(shown["audio"], rng), AUDIO_RATE,
+                     subtype="PCM_16")
+            np.save(folder / "ecg" / f"{name}.npy", synth_ecg(shown["ecg"], rng))
+            caption = describe(shown["text"], size_word, place, rng)
+            (folder / "text" / f"{name}.txt").write_text(caption + "\n", encoding="utf-8")
             row = {"id": name, "label": k, "image": f"image/{name}.png", "audio": f"audio/{name}.wav",
                    "ecg": f"ecg/{name}.npy", "text": f"text/{name}.txt"}
             if split == "train" and missing_rate > 0:
@@ -162,9 +169,10 @@ def write_demo(folder: str | Path, classes: int = 4, n_train: int = 600, n_val: 
         (folder / f"{split}.jsonl").write_text(lines, encoding="utf-8")
     (folder / "README.md").write_text(
         f"# polyalign demo data\n\nWritten by polyalign (demo format {FORMAT_VERSION}): {classes} classes, "
-        f"{n_train}/{n_val}/{n_test} train/val/test tuples, seed {seed}.\nEach row of `train/val/test.jsonl` "
-        f"is one tuple: a PNG image, a WAV tone, a 12-lead `.npy` ECG and a `.txt` caption sharing the "
-        f"class in `label`.\nTrain on it with `data: {{plugin: manifest, path: {folder}}}`.\n", encoding="utf-8")
+        f"{n_train}/{n_val}/{n_test} train/val/test tuples, flip rate {flip_rate}, seed {seed}.\nEach row of "
+        f"`train/val/test.jsonl` is one tuple: a PNG image, a WAV tone, a 12-lead `.npy` ECG and a `.txt` "
+        f"caption sharing the class in `label` (each shows another class with probability {flip_rate}).\n"
+        f"Train on it with `data: {{plugin: manifest, path: <this folder>}}`.\n", encoding="utf-8")
     return folder
 
 
@@ -176,6 +184,7 @@ class DemoConfig(BaseModel):
     n_val: int = Field(100, ge=0)
     n_test: int = Field(200, ge=0)
     missing_rate: float = Field(0.1, ge=0, lt=1, description="chance a train modality is left out")
+    flip_rate: float = Field(0.15, ge=0, lt=1, description="chance a modality shows another class (noisy view)")
     seed: int = Field(0, description="data seed (fixed, so every run sees the same files)")
     on_error: OnError = Field("raise", description="raise or skip rows whose files fail to load")
 
@@ -191,7 +200,7 @@ def cache_root() -> Path:
 def ensure_demo(config: DemoConfig) -> Path:
     """The folder holding the demo data, generated first if needed (atomically, by rename)."""
     params = (FORMAT_VERSION, config.classes, config.n_train, config.n_val, config.n_test,
-              config.missing_rate, config.seed)
+              config.missing_rate, config.seed, config.flip_rate)
     if config.path is not None:
         folder = Path(config.path).expanduser()
     else:
@@ -206,7 +215,7 @@ def ensure_demo(config: DemoConfig) -> Path:
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         write_demo(tmp, config.classes, config.n_train, config.n_val, config.n_test, config.missing_rate,
-                   config.seed)
+                   config.seed, config.flip_rate)
         folder.parent.mkdir(parents=True, exist_ok=True)
         if folder.exists():
             folder.rmdir()

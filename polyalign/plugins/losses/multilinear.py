@@ -25,6 +25,9 @@ from torch.autograd.function import once_differentiable
 BLOCK_ELEMENTS = 1 << 22
 """Default block size in logit entries (about 16 MB in float32)."""
 
+KEEP_SHIFTS = 1 << 23
+"""Forward keeps its per-row logsumexps for backward (``2·N^(M-1)`` numbers) up to this size."""
+
 
 def mip(*zs: torch.Tensor) -> torch.Tensor:
     """Row-wise multilinear inner product ``Σ_k Π_m z_m[:, k]`` of equally shaped ``(N, d)`` tensors."""
@@ -58,36 +61,61 @@ def _lead_product(lead: list[torch.Tensor], idx: list[torch.Tensor], like: torch
     return like.new_ones(rows, like.shape[1]) if prod is None else prod
 
 
+def _block_logits(lead, idx, y, z, scale, rows):
+    """``(P, P ⊙ y, T)`` of one block: lead products ``(B, d)``, ``(B, N, d)`` and logits ``(B, N, N)``."""
+    n, d = y.shape
+    p = _lead_product(lead, idx, y, rows)
+    py = p[:, None, :] * y[None]
+    return p, py, scale * py.reshape(-1, d).matmul(z.T).view(rows, n, n)
+
+
+def _shifted_exp(t: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``exp(t - shift)`` written into ``out`` (one pass, no new allocation)."""
+    torch.sub(t, shift, out=out)
+    return out.exp_()
+
+
 class _AnchorLogsumexps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, chunk: int, scale: torch.Tensor, *zs: torch.Tensor) -> torch.Tensor:
         lead, y, z = list(zs[:-2]), zs[-2], zs[-1]
-        n, d = y.shape
+        n = y.shape[0]
         n_lead = len(lead)
         rows = n ** n_lead
         r = y.new_empty(rows)  # logsumexp over (j, k) per lead row
         a_y = y.new_full((n,), -math.inf)
         a_z = y.new_full((n,), -math.inf)
+        keep = 2 * rows * n <= KEEP_SHIFTS
+        u_all = y.new_empty(rows, n) if keep else y.new_empty(0)
+        v_all = y.new_empty(rows, n) if keep else y.new_empty(0)
+        buf = None
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)
             idx = _lead_indices(start, stop, n, n_lead, y.device)
-            p = _lead_product(lead, idx, y, stop - start)
-            t = scale * (p[:, None, :] * y[None]).reshape(-1, d).matmul(z.T).view(stop - start, n, n)
-            r[start:stop] = t.logsumexp((1, 2))
-            a_y = torch.logaddexp(a_y, t.logsumexp((0, 2)))
-            a_z = torch.logaddexp(a_z, t.logsumexp((0, 1)))
+            _, _, t = _block_logits(lead, idx, y, z, scale, stop - start)
+            buf = torch.empty_like(t) if buf is None or buf.shape != t.shape else buf
+            # exact logsumexps along k and along j, each shifted by its own maximum
+            m = t.amax(2, keepdim=True)
+            u = _shifted_exp(t, m, buf).sum(2).log_() + m[..., 0]  # (B, N): LSE over k
+            m = t.amax(1, keepdim=True)
+            v = _shifted_exp(t, m, buf).sum(1).log_() + m[:, 0]  # (B, N): LSE over j
+            if keep:
+                u_all[start:stop], v_all[start:stop] = u, v
+            r[start:stop] = u.logsumexp(1)
+            a_y = torch.logaddexp(a_y, u.logsumexp(0))
+            a_z = torch.logaddexp(a_z, v.logsumexp(0))
         grid = r.view((n,) * n_lead) if n_lead else r
         a_lead = [grid.logsumexp([k for k in range(n_lead) if k != m]) if n_lead > 1 else grid
                   for m in range(n_lead)]
         out = torch.stack([*a_lead, a_y, a_z])
         ctx.chunk = chunk
-        ctx.save_for_backward(scale, r, out, *zs)
+        ctx.save_for_backward(scale, r, out, u_all, v_all, *zs)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        scale, r, out, *zs = ctx.saved_tensors
+        scale, r, out, u_all, v_all, *zs = ctx.saved_tensors
         lead, y, z = zs[:-2], zs[-2], zs[-1]
         n, d = y.shape
         n_lead = len(lead)
@@ -96,27 +124,36 @@ class _AnchorLogsumexps(torch.autograd.Function):
         a_lead, a_y, a_z = out[:n_lead], out[-2], out[-1]
         grads = [torch.zeros_like(x) for x in zs]
         grad_scale = torch.zeros_like(scale)
+        buf = None
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)
             b = stop - start
             idx = _lead_indices(start, stop, n, n_lead, y.device)
-            p = _lead_product(lead, idx, y, b)
-            py = p[:, None, :] * y[None]
-            t = scale * py.reshape(-1, d).matmul(z.T).view(b, n, n)
-            # d(Σ_m g_m · A_m)/dT = Σ_m g_m[i_m] · exp(T - A_m[i_m]); lead anchors share exp(T - r_b)
+            p, py, t = _block_logits(lead, idx, y, z, scale, b)
+            buf = torch.empty_like(t) if buf is None or buf.shape != t.shape else buf
+            # dΣ_m g_m·A_m / dT = Σ_m g_m[i_m]·exp(T − A_m[i_m]). Shift by m_bj (max or LSE of T
+            # over k) and m_bk (over j): both are >= the entries they shift and <= every A they
+            # are paired with, so each term is a factor <= 1 times exp(T − m_bj) or exp(T − m_bk):
+            # nothing overflows, and what underflows is below 1e-38 of a softmax summing to 1.
             rb = r[start:stop]
-            g = (g_y[None, :, None] * torch.exp(t - a_y[None, :, None])
-                 + g_z[None, None, :] * torch.exp(t - a_z[None, None, :]))
+            if u_all.numel():
+                m_bj, m_bk = u_all[start:stop], v_all[start:stop]
+            else:
+                m_bj, m_bk = t.amax(2), t.amax(1)
+            coef_j = g_y[None, :] * torch.exp(m_bj - a_y[None, :])
             if n_lead:
-                coef = sum(g_lead[m][idx[m]] * torch.exp(rb - a_lead[m][idx[m]]) for m in range(n_lead))
-                g += coef[:, None, None] * torch.exp(t - rb[:, None, None])
-            grad_scale += (g * t).sum() / scale
-            g = (g * scale).view(b * n, n)
+                coef_lead = sum(g_lead[m][idx[m]] * torch.exp(rb - a_lead[m][idx[m]]) for m in range(n_lead))
+                coef_j = coef_j + coef_lead[:, None] * torch.exp(m_bj - rb[:, None])
+            coef_k = g_z[None, :] * torch.exp(m_bk - a_z[None, :])
+            g = torch.exp(t - m_bj[:, :, None]).mul_(coef_j[:, :, None])
+            g += _shifted_exp(t, m_bk[:, None, :], buf).mul_(coef_k[:, None, :])
+            g = g.view(b * n, n)  # dL/dT
             w = g.matmul(z).view(b, n, d)  # Σ_k g[b, j, k] z_k
-            grads[-1] += g.T.matmul(py.reshape(-1, d))
-            grads[-2] += (w * p[:, None, :]).sum(0)
+            grad_scale += (py * w).sum()  # Σ dL/dT · MIP
+            grads[-1] += scale * g.T.matmul(py.reshape(-1, d))
+            grads[-2] += scale * (w * p[:, None, :]).sum(0)
             if n_lead:
-                grad_p = (w * y[None]).sum(1)
+                grad_p = scale * (w * y[None]).sum(1)
                 for m in range(n_lead):
                     grads[m].index_add_(0, idx[m], grad_p * _lead_product(lead, idx, y, b, skip=m))
         return (None, grad_scale, *grads)

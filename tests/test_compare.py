@@ -1,0 +1,75 @@
+"""`polyalign compare`: several runs' reports aligned in one table and one figure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import polyalign
+from polyalign import cli
+from polyalign.cli import main
+from polyalign.core.compare import compare_runs, load_run
+from polyalign.core.errors import PolyalignError
+from polyalign.core.report_table import cell_text
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.batch_size=64", "train.epochs=1",
+        "train.warmup_steps=0", "eval=[{plugin: missing_modality, targets: [b], rates: [0.0, 0.5], resamples: 30}]"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A fully observed CLIP run and one trained with `a` dropped half the time (learned placeholder)."""
+    out = tmp_path_factory.mktemp("runs")
+    full = polyalign.train(RECIPES / "xor-clip.yaml", out=out, overrides=TINY)
+    holes = polyalign.train(RECIPES / "xor-clip.yaml", out=out, overrides=TINY + [
+        "name=xor-clip-holes", "missing={strategy: learned, train_rate: {a: 0.5}}"])
+    return full, holes
+
+
+def test_compare_aligns_rows_and_writes_table_and_plot(two_runs, tmp_path):
+    full, holes = two_runs
+    result = compare_runs([full, holes], tmp_path / "cmp")
+    assert result.header[-2:] == ["xor-clip (clip)", "xor-clip-holes (clip)"]
+    reports = [json.loads((r / "eval" / "report.json").read_text()) for r in (full, holes)]
+    assert len(result.lines) == len(reports[0]) == len(reports[1])  # same evaluator: every row aligned
+    by_key = {tuple(line[:-2]): line[-2:] for line in result.lines}
+    ids = result.header[:-2]
+    for column, rows in enumerate(reports):
+        for r in rows:
+            key = tuple(cell_text(r.get(k)) for k in ids)
+            assert by_key[key][column] == f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+    markdown = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| xor-clip (clip) | " in markdown and str(holes) in markdown
+    assert "| missing_modality | b | a+c |" in markdown and "![comparison](compare.png)" in markdown
+    with Image.open(tmp_path / "cmp" / "compare.png") as img:
+        assert img.format == "PNG" and img.size[0] > 700 and img.size[1] > 500
+
+
+def test_compare_cli_prints_the_table_and_filters_metrics(two_runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.out, "width", 200)
+    assert main(["compare", str(two_runs[0]), str(two_runs[1]), "--metric", "accuracy"]) == 0
+    shown = capsys.readouterr().out
+    assert "xor-clip-holes (clip)" in shown and "dropout_curve" in shown
+    lines = (tmp_path / "compare.md").read_text().splitlines()
+    table = [line for line in lines if line.startswith("| missing_modality") or line.startswith("| dropout_curve")]
+    assert table and all(" accuracy |" in line for line in table)
+    assert (tmp_path / "compare.png").is_file()
+
+
+def test_same_recipe_twice_gets_distinct_columns(two_runs, tmp_path):
+    result = compare_runs([two_runs[0], two_runs[0]], tmp_path)
+    assert result.header[-2:] == ["xor-clip (clip) #1", "xor-clip (clip) #2"]
+
+
+def test_compare_errors_say_what_to_do(two_runs, tmp_path, capsys):
+    with pytest.raises(PolyalignError, match="at least two"):
+        compare_runs([two_runs[0]], tmp_path)
+    with pytest.raises(PolyalignError, match="polyalign eval"):
+        load_run(tmp_path)
+    assert main(["compare", str(two_runs[0]), str(tmp_path)]) == 2
+    assert "no eval/report.json" in capsys.readouterr().err

@@ -1,0 +1,130 @@
+"""Symile: the all-combinations loss against the PyPI reference, a dense einsum and CLIP."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+import torch
+import torch.nn.functional as F
+from symile import Symile
+
+import polyalign
+from polyalign.plugins.losses.multilinear import anchor_logsumexps
+
+D64 = torch.float64
+
+
+def unit(n: int, d: int, m: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [F.normalize(torch.randn(n, d, generator=g, dtype=D64), dim=1).requires_grad_() for _ in range(m)]
+
+
+def symile_loss(**config):
+    return polyalign.build("loss", "symile", **config).double()
+
+
+def grads(value: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(value, inputs))
+
+
+@pytest.mark.parametrize("m", [3, 4])
+def test_n_squared_equals_reference_package(m):
+    zs = unit(6, 5, m, seed=m)
+    loss = symile_loss(negatives="n_squared", temperature=0.3)
+    names = list(string.ascii_lowercase[:m])
+    ours = loss(dict(zip(names, zs))).loss
+    ref = Symile("n_squared")(zs, loss.temperature.scale.detach())
+    assert torch.allclose(ours, ref, rtol=1e-10, atol=0)
+    for g_ours, g_ref in zip(grads(ours, zs), grads(ref, zs)):
+        assert torch.allclose(g_ours, g_ref, rtol=1e-10, atol=1e-14)
+
+
+def dense_anchor_logsumexps(zs: list[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+    m = len(zs)
+    letters = string.ascii_lowercase[:m]
+    t = scale * torch.einsum(",".join(f"{c}z" for c in letters) + "->" + letters, *zs)
+    return torch.stack([t.logsumexp([k for k in range(m) if k != a]) for a in range(m)])
+
+
+@pytest.mark.parametrize("m,chunk", [(2, None), (3, 1), (3, 5), (3, None), (4, 3), (4, 100), (5, 7)])
+def test_blockwise_equals_dense_einsum(m, chunk):
+    zs = unit(5, 4, m, seed=10 + m)
+    scale = torch.tensor(2.5, dtype=D64, requires_grad=True)
+    weights = torch.randn(m, 5, dtype=D64)
+    ours = anchor_logsumexps(zs, scale, chunk)
+    dense = dense_anchor_logsumexps(zs, scale)
+    assert torch.allclose(ours, dense, rtol=1e-12)
+    for g_ours, g_dense in zip(grads((ours * weights).sum(), zs + [scale]),
+                               grads((dense * weights).sum(), zs + [scale])):
+        assert torch.allclose(g_ours, g_dense, rtol=1e-10, atol=1e-13)
+
+
+def test_blockwise_is_stable_at_large_scale_in_float32():
+    zs = [z.detach().float() for z in unit(64, 8, 3, seed=3)]
+    scale = torch.tensor(100.0)
+    ours = anchor_logsumexps(zs, scale, chunk=7)
+    dense = dense_anchor_logsumexps([z.double() for z in zs], scale.double())
+    assert torch.isfinite(ours).all()
+    assert torch.allclose(ours.double(), dense, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("negatives", ["n", "n_squared"])
+def test_two_modalities_is_clip_with_the_dot_product(negatives):
+    x, y = unit(7, 4, 2, seed=1)
+    loss = symile_loss(negatives=negatives, temperature=0.2)
+    ours = loss({"x": x, "y": y}).loss
+    logits = x @ y.T / 0.2
+    labels = torch.arange(7)
+    dense = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    clip = polyalign.build("loss", "clip", temperature=0.2).double()({"x": x, "y": y}).loss
+    assert torch.allclose(ours, dense, rtol=1e-12) and torch.allclose(ours, clip, rtol=1e-12)
+
+
+def test_n_negatives_follow_the_shuffled_bank():
+    zs = unit(6, 4, 3, seed=4)
+    loss = symile_loss(negatives="n", temperature=0.5)
+    torch.manual_seed(123)
+    ours = loss(dict(zip("abc", zs))).loss
+    torch.manual_seed(123)  # the same permutations, drawn in the same order: per anchor, per other modality
+    terms = []
+    for k in range(3):
+        others = [z for j, z in enumerate(zs) if j != k]
+        bank = others[0][torch.randperm(6)] * others[1][torch.randperm(6)]
+        logits = 2.0 * zs[k] @ bank.T
+        pos = 2.0 * (zs[0] * zs[1] * zs[2]).sum(1)
+        logits[torch.arange(6), torch.arange(6)] = pos
+        terms.append(F.cross_entropy(logits, torch.arange(6)))
+    assert torch.allclose(ours, torch.stack(terms).mean(), rtol=1e-12)
+
+
+def test_missing_rows_use_complete_tuples_only():
+    zs = unit(8, 4, 3, seed=5)
+    present = {"a": torch.tensor([1, 1, 0, 1, 1, 1, 1, 1], dtype=torch.bool),
+               "b": torch.tensor([1, 1, 1, 1, 0, 1, 1, 1], dtype=torch.bool),
+               "c": torch.ones(8, dtype=torch.bool)}
+    keep = torch.tensor([0, 1, 3, 5, 6, 7])
+    loss = symile_loss(temperature=0.3)
+    masked = loss(dict(zip("abc", zs)), present).loss
+    subset = loss({m: z[keep] for m, z in zip("abc", zs)}).loss
+    assert torch.allclose(masked, subset, rtol=1e-12)
+
+
+def test_dim_scale_starts_from_the_same_logits_and_raises_the_ceiling():
+    zs = unit(6, 16, 3, seed=6)
+    plain = symile_loss(temperature=0.1)
+    scaled = symile_loss(temperature=0.1, scale="dim", modalities=["a", "b", "c"], embed_dim=16)
+    emb = dict(zip("abc", zs))
+    assert torch.allclose(plain(emb).loss, scaled(emb).loss, rtol=1e-12)
+    assert torch.isclose(scaled.temperature.scale, torch.tensor(10.0 / 16, dtype=D64))
+    with pytest.raises(polyalign.core.errors.PolyalignError, match="embed_dim"):
+        polyalign.build("loss", "symile", scale="dim")
+
+
+def test_score_is_the_product_of_queries_against_candidates():
+    a, b, c = unit(5, 4, 3, seed=7)
+    cand = unit(9, 4, 1, seed=8)[0]
+    scores = symile_loss().score({"a": a, "c": c}, cand, "b")
+    assert scores.shape == (5, 9)
+    assert torch.allclose(scores[2, 4], (a[2] * c[2] * cand[4]).sum())
+

@@ -1,0 +1,208 @@
+"""Numerical faults: NaN/Inf losses, embeddings, inputs and gradients stop the run with a message
+naming the step, the loss terms and the modality (or are skipped up to a limit), and the last good
+checkpoint is kept."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import Field
+
+import polyalign
+from polyalign.cli import main
+from polyalign.core import checkpoint as ckpt
+from polyalign.core import recipe as recipe_module
+from polyalign.core import train as train_module
+from polyalign.core.plugins import make_plugins
+from polyalign.core.train import NonFiniteError
+from polyalign.encoders.vector import VectorConfig, VectorEncoder, load_vector
+from polyalign.plugins.datasets.xor import XorConfig, XorDataset
+from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
+
+ROOT = Path(__file__).resolve().parents[1]
+XOR = ROOT / "recipes" / "xor-clip.yaml"
+# 8 steps per epoch, 16 in all
+TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.batch_size=32", "train.epochs=2",
+        "train.warmup_steps=0", "train.log_every=1", "train.checkpoint_every=2", "train.keep_last=1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class FaultyClipConfig(ClipConfig):
+    nan_at: list[int] = Field(default_factory=list, description="training calls (1-based) whose loss is NaN")
+    grad_nan_at: list[int] = Field(default_factory=list, description="calls whose gradient for 'a' is NaN")
+    nan_in_eval: bool = False
+
+
+class FaultyClip(ClipLoss):
+    """CLIP that turns NaN on chosen training calls (or in validation)."""
+
+    def __init__(self, config: FaultyClipConfig):
+        super().__init__(config)
+        self.calls = 0
+
+    def forward(self, embeddings, present=None):
+        out = super().forward(embeddings, present)
+        if not self.training:
+            if self.config.nan_in_eval:
+                out.loss = out.loss * math.nan
+            return out
+        self.calls += 1
+        if self.calls in self.config.nan_at:
+            out.loss = out.loss * math.nan
+        if self.calls in self.config.grad_nan_at:  # finite value, NaN gradient: d sqrt(x)/dx at 0 is inf
+            out.loss = out.loss + torch.sqrt(embeddings["a"].sum() * 0.0)
+        return out
+
+
+class FaultyVectorConfig(VectorConfig):
+    nan_at: list[int] = Field(default_factory=list, description="training calls whose features are NaN")
+
+
+class FaultyVector(VectorEncoder):
+    def __init__(self, config: FaultyVectorConfig, dim: int):
+        super().__init__(dim, config.hidden)
+        self.nan_at = config.nan_at
+        self.calls = 0
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.training:
+            self.calls += 1
+            if self.calls in self.nan_at:
+                return out * math.nan
+        return out
+
+
+class NanDataConfig(XorConfig):
+    nan_row: int = 0
+
+
+class NanData(XorDataset):
+    """XOR with a NaN in modality c of one training row."""
+
+    def __init__(self, config: NanDataConfig, seed: int):
+        super().__init__(config, seed)
+        self._splits["train"][config.nan_row]["c"] = self._splits["train"][config.nan_row]["c"].copy()
+        self._splits["train"][config.nan_row]["c"][0] = math.nan
+
+
+class Faults:
+    @polyalign.hookimpl
+    def register_losses(self, register):
+        register("faulty_clip", FaultyClip, config=FaultyClipConfig, help="clip with NaN on chosen calls")
+
+    @polyalign.hookimpl
+    def register_encoders(self, register):
+        register("faulty_vector", lambda cfg, example=None: FaultyVector(cfg, load_vector(example, None).numel()),
+                 config=FaultyVectorConfig, help="vector with NaN features on chosen calls")
+
+    @polyalign.hookimpl
+    def register_datasets(self, register):
+        register("nan_xor", NanData, config=NanDataConfig, help="xor with one NaN value")
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    return make_plugins(extra=[Faults()])
+
+
+def _train(tmp_path, plugins, *overrides):
+    return polyalign.train(XOR, out=tmp_path, overrides=TINY + list(overrides), plugins=plugins)
+
+
+def _run(tmp_path) -> Path:
+    (run,) = list(tmp_path.iterdir())
+    return run
+
+
+def _steps(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
+
+
+def test_nan_loss_stops_with_step_terms_and_keeps_last_checkpoint(tmp_path, plugins):
+    with pytest.raises(NonFiniteError) as info:
+        _train(tmp_path, plugins, "loss={plugin: faulty_clip, nan_at: [5]}")
+    msg = str(info.value)
+    run = _run(tmp_path)
+    assert "step 5: the loss is nan" in msg
+    assert "'loss_a-b':" in msg and "'loss_b-c':" in msg and "'logit_scale':" in msg  # the terms
+    assert "non-finite embeddings in: none" in msg
+    assert f"the last good checkpoint ({run / 'checkpoints' / 'last'}, step 4) is kept" in msg
+    assert "train.on_nan=skip" in msg
+    state = ckpt.load_state(run / "checkpoints" / "last")
+    assert state["step"] == 4
+    weights = ckpt.load_weights(run / "checkpoints" / "last")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert [r["step"] for r in _steps(run)] == [1, 2, 3, 4]
+
+
+def test_nan_embeddings_name_the_modality(tmp_path, plugins):
+    with pytest.raises(NonFiniteError) as info:
+        _train(tmp_path, plugins, "modalities.b.encoder={plugin: faulty_vector, nan_at: [3]}")
+    msg = str(info.value)
+    assert "step 3: the loss is nan" in msg and "non-finite embeddings in: b;" in msg
+    assert "non-finite input values in: none" in msg
+    assert "step 2) is kept" in msg
+
+
+def test_nan_input_data_names_the_modality(tmp_path, plugins):
+    with pytest.raises(NonFiniteError) as info:
+        _train(tmp_path, plugins, "data={plugin: nan_xor, n_train: 256, n_val: 64, n_test: 64, nan_row: 7}")
+    msg = str(info.value)
+    assert "non-finite embeddings in: c;" in msg and "non-finite input values in: c" in msg
+
+
+def test_nan_gradient_names_parameters_and_modality(tmp_path, plugins):
+    with pytest.raises(NonFiniteError) as info:
+        _train(tmp_path, plugins, "loss={plugin: faulty_clip, grad_nan_at: [4]}")
+    msg = str(info.value)
+    assert "step 4: the gradient norm is nan" in msg
+    assert "non-finite gradients in: model.heads.a.weight, model.heads.a.bias (modalities: a)" in msg
+    assert "'loss_a-c':" in msg  # the loss terms of that step
+    assert ckpt.load_state(_run(tmp_path) / "checkpoints" / "last")["step"] == 2
+
+
+def test_nan_in_validation_says_so(tmp_path, plugins):
+    with pytest.raises(NonFiniteError, match=r"validation after step 8: the loss is nan"):
+        _train(tmp_path, plugins, "loss={plugin: faulty_clip, nan_in_eval: true}")
+
+
+def test_skip_drops_bad_steps_up_to_the_limit(tmp_path, plugins):
+    run = _train(tmp_path, plugins, "loss={plugin: faulty_clip, nan_at: [3, 10], grad_nan_at: [6]}",
+                 "train.on_nan=skip", "train.max_nan_skips=3")
+    steps = _steps(run)
+    assert [r["nan_skipped"] for r in steps if "nan_skipped" in r] == [1.0, 2.0, 3.0]
+    assert [r["step"] for r in steps if "nan_skipped" not in r] == list(range(1, 14))  # 16 batches - 3
+    state = ckpt.load_state(run / "checkpoints" / "last")
+    assert state["step"] == 13 and state["nan_skips"] == 3
+    assert all(torch.isfinite(w).all() for w in ckpt.load_weights(run / "checkpoints" / "last").values())
+    assert (run / "eval" / "report.json").is_file()
+
+
+def test_skip_limit_exceeded_stops(tmp_path, plugins):
+    with pytest.raises(NonFiniteError) as info:
+        _train(tmp_path, plugins, "loss={plugin: faulty_clip, nan_at: [2, 3, 5]}", "train.on_nan=skip",
+               "train.max_nan_skips=2")
+    msg = str(info.value)
+    assert "step 3: the loss is nan" in msg  # the third bad batch; steps 1 and 2 were done
+    assert "2 step(s) already skipped; train.max_nan_skips=2" in msg
+
+
+def test_cli_prints_the_nan_message_without_traceback(tmp_path, plugins, monkeypatch, capsys):
+    monkeypatch.setattr(recipe_module, "default_plugins", lambda: plugins)
+    monkeypatch.setattr(train_module, "default_plugins", lambda: plugins)
+    code = main(["train", str(XOR), *TINY, "loss={plugin: faulty_clip, nan_at: [5]}", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err and "step 5: the loss is nan" in err and "is kept" in err

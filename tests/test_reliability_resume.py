@@ -1,0 +1,308 @@
+"""Crash and resume: a real SIGKILL, kills in the middle of a save, a full disk, torn log rows.
+
+Every test compares against one uninterrupted run of the same recipe: the resumed run must end
+with bit-identical weights and the same metrics.jsonl rows (timing keys aside).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import polyalign
+from polyalign.cli import main
+from polyalign.core import checkpoint as ckpt
+from polyalign.core.checkpoint import CheckpointError
+from polyalign.core.plugins import make_plugins
+from polyalign.core.train import TIMING_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+XOR = ROOT / "recipes" / "xor-clip.yaml"
+# 16 batches of 32 per epoch, 2 batches per step: 8 steps per epoch, 16 in all
+KILL_RECIPE = ["data.n_train=512", "data.n_val=64", "data.n_test=64", "train.batch_size=32",
+               "train.accumulate=2", "train.epochs=2", "train.warmup_steps=3", "train.log_every=1",
+               "train.checkpoint_every=3", "train.keep_last=2", "missing.train_rate={a: 0.2}"]
+# 8 batches of 32 per epoch: 8 steps per epoch, 16 in all
+SMALL_RECIPE = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.batch_size=32",
+                "train.epochs=2", "train.warmup_steps=2", "train.log_every=1",
+                "train.checkpoint_every=3", "train.keep_last=2", "missing.train_rate={b: 0.3}"]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: no ``except Exception``/``except OSError`` handler runs."""
+
+
+def _rows(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    for name in ("last", "best"):
+        wa = load_file(str(a / "checkpoints" / name / ckpt.WEIGHTS))
+        wb = load_file(str(b / "checkpoints" / name / ckpt.WEIGHTS))
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), f"{name}: {k} differs"
+    assert _rows(a) == _rows(b)
+    assert json.loads((a / "eval" / "report.json").read_text()) == \
+        json.loads((b / "eval" / "report.json").read_text())
+
+
+def _only_run(folder: Path) -> Path:
+    (run,) = [p for p in folder.iterdir() if p.is_dir()]
+    return run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine tiny ops run 3x faster than with two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_reference(tmp_path_factory) -> Path:
+    """The uninterrupted run every in-process crash test compares against."""
+    return polyalign.train(XOR, out=tmp_path_factory.mktemp("ref"), overrides=SMALL_RECIPE)
+
+
+# --------------------------------------------------------------------------- SIGKILL
+SLOW_PLUGIN = """
+    import time
+    import polyalign
+
+    @polyalign.hookimpl
+    def on_step_end(step):
+        time.sleep(0.04)  # slows the run down so that a kill lands mid-training
+"""
+
+
+def _slow_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a subprocess that loads a plugin (entry point) slowing each step."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "polyalign_slow.py").write_text(textwrap.dedent(SLOW_PLUGIN))
+    info = site / "polyalign_slow-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: polyalign-slow\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[polyalign]\nslow = polyalign_slow\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same arithmetic as this process
+
+
+def _logged_step(out: Path) -> int:
+    """The highest step in metrics.jsonl of the single run under ``out`` (0 if none yet)."""
+    best = 0
+    for metrics in out.glob("*/metrics.jsonl"):
+        for line in metrics.read_text().splitlines():
+            try:
+                best = max(best, json.loads(line).get("step", 0))
+            except ValueError:
+                pass
+    return best
+
+
+def _kill_when(cmd: list[str], env: dict, out: Path, at_step: int) -> None:
+    """Run ``cmd``; SIGKILL it once metrics.jsonl shows step ``at_step``; check it was killed."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    deadline = time.monotonic() + 240
+    try:
+        while _logged_step(out) < at_step:
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended (rc {proc.returncode}) before step {at_step}: "
+                            f"{proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("timed out waiting for the run to reach the kill step")
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_sigkill_then_resume_twice_matches_uninterrupted_run(tmp_path):
+    full = polyalign.train(XOR, out=tmp_path / "full", overrides=KILL_RECIPE)
+    cut_out = tmp_path / "cut"
+    # a real SIGKILL mid-epoch, between step checkpoints, with a half-full accumulation window
+    _kill_when([sys.executable, "-m", "polyalign", "train", str(XOR), *KILL_RECIPE, "--out", str(cut_out)],
+               _slow_env(tmp_path), cut_out, at_step=5)
+    cut = _only_run(cut_out)
+    first = ckpt.load_state(cut / "checkpoints" / "last")
+    assert 0 < first["step"] < 8 and first["step"] % 3 == 0
+    assert _logged_step(cut_out) > first["step"]  # rows past the checkpoint, dropped on resume
+
+    class DieAtStep14:
+        @polyalign.hookimpl
+        def on_step_end(self, step):
+            if step == 14:
+                raise Killed
+
+    # the resumed run dies too (in the next epoch), and is resumed again through the CLI
+    with pytest.raises(Killed):
+        polyalign.train(None, resume=cut, plugins=make_plugins(extra=[DieAtStep14()]))
+    assert ckpt.load_state(cut / "checkpoints" / "last")["step"] == 12
+    assert main(["train", "--resume", str(cut)]) == 0
+    _assert_same_run(full, cut)
+    # step checkpoints: the keep_last=2 newest, complete; no leftovers of interrupted saves
+    steps = ckpt.step_checkpoints(cut / "checkpoints")
+    assert [s for s, _ in steps] == [15, 16]
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["best", "last", "step-00000015",
+                                                                        "step-00000016"]
+    last = load_file(str(cut / "checkpoints" / "last" / ckpt.WEIGHTS))
+    newest = load_file(str(steps[-1][1] / ckpt.WEIGHTS))
+    assert all(torch.equal(last[k], newest[k]) for k in last)
+    assert ckpt.load_state(cut / "checkpoints" / "last")["step"] == 16
+
+
+# --------------------------------------------------------------------------- kills during a save
+def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, small_reference):
+    real = ckpt.save_file
+    calls = []
+
+    def dies_on_third_save(tensors, filename, *a, **k):
+        calls.append(filename)
+        if len(calls) == 3:  # step 8 (end of epoch 1): half a weights file, then the process dies
+            Path(filename).write_bytes(b"\x00" * 100)
+            raise Killed
+        return real(tensors, filename, *a, **k)
+
+    monkeypatch.setattr(ckpt, "save_file", dies_on_third_save)
+    with pytest.raises(Killed):
+        polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE)
+    monkeypatch.setattr(ckpt, "save_file", real)
+    run = _only_run(tmp_path)
+    assert (run / "checkpoints" / ".step-00000008.tmp").is_dir()  # the torn save
+    assert ckpt.load_state(ckpt.latest_checkpoint(run / "checkpoints"))["step"] == 6
+    polyalign.train(None, resume=run)
+    _assert_same_run(small_reference, run)
+    assert not list((run / "checkpoints").glob(".*"))  # leftovers cleaned by later saves
+
+
+def test_kill_between_the_two_renames_of_the_swap(tmp_path, monkeypatch, small_reference):
+    real = os.replace
+    swaps = []
+
+    def dies_in_second_rename(src, dst, *a, **k):
+        if Path(src).name == ".last.tmp":  # the old `last` is already `.last.old`
+            swaps.append(src)
+            if len(swaps) == 2:
+                raise Killed
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(ckpt.os, "replace", dies_in_second_rename)
+    with pytest.raises(Killed):
+        polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE)
+    monkeypatch.setattr(ckpt.os, "replace", real)
+    run = _only_run(tmp_path)
+    root = run / "checkpoints"
+    assert not (root / "last").exists() and (root / ".last.old").is_dir()
+    assert ckpt.load_state(root / "last")["step"] == 3  # resolved to the previous version
+    assert ckpt.load_weights(root / "last")
+    polyalign.train(None, resume=run)
+    _assert_same_run(small_reference, run)
+
+
+def test_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys, small_reference):
+    real = ckpt.save_file
+    calls = []
+
+    def disk_fills_up(tensors, filename, *a, **k):
+        calls.append(filename)
+        if len(calls) >= 2:
+            Path(filename).write_bytes(b"\x00" * 10)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        return real(tensors, filename, *a, **k)
+
+    monkeypatch.setattr(ckpt, "save_file", disk_fills_up)
+    overrides = SMALL_RECIPE
+    assert main(["train", str(XOR), *overrides, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "No space left on device" in err and "--resume" in err and "last complete checkpoint is kept" in err
+    assert "step-00000006" in err  # the checkpoint it could not write
+    run = _only_run(tmp_path)
+    assert ckpt.load_state(run / "checkpoints" / "last")["step"] == 3
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    # space is freed: resume and finish as if nothing happened
+    monkeypatch.setattr(ckpt, "save_file", real)
+    assert main(["train", "--resume", str(run)]) == 0
+    _assert_same_run(small_reference, run)
+
+
+def test_atomic_write_on_full_disk_leaves_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "report.json"
+    ckpt.atomic_write_text(target, "old\n")
+
+    class FullFile:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("builtins.open", FullFile)
+    with pytest.raises(CheckpointError, match="No space left on device.*free some space"):
+        ckpt.atomic_write_text(target, "new\n")
+    monkeypatch.undo()
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path, small_reference):
+    class DieAtStepTwo:
+        @polyalign.hookimpl
+        def on_step_end(self, step):
+            if step == 2:
+                raise Killed
+
+    with pytest.raises(Killed):
+        polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE, plugins=make_plugins(extra=[DieAtStepTwo()]))
+    run = _only_run(tmp_path)
+    assert ckpt.latest_checkpoint(run / "checkpoints") is None and _rows(run)
+    polyalign.train(None, resume=run)
+    _assert_same_run(small_reference, run)
+
+
+def test_torn_last_row_of_metrics_is_dropped_on_resume(tmp_path, small_reference):
+    class DieAfterStepFive:
+        @polyalign.hookimpl
+        def on_step_end(self, step, run_dir):
+            if step == 5:
+                with open(Path(run_dir) / "metrics.jsonl", "a") as fh:
+                    fh.write('{"kind": "step", "step": 6, "lo')  # killed in the middle of a row
+                raise Killed
+
+    with pytest.raises(Killed):
+        polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE, plugins=make_plugins(extra=[DieAfterStepFive()]))
+    run = _only_run(tmp_path)
+    polyalign.train(None, resume=run)
+    _assert_same_run(small_reference, run)
+
+
+def test_step_checkpoints_are_pruned_to_keep_last(small_reference):
+    root = small_reference / "checkpoints"
+    assert [s for s, _ in ckpt.step_checkpoints(root)] == [15, 16]  # every 3 steps + each epoch end
+    for name in ("last", "best"):
+        assert ckpt.load_state(root / name)["step"] in (8, 16)
+    assert ckpt.load_state(root / "last")["step"] == 16
