@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -142,6 +141,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    from polyalign.core.checkpoint import atomic_write_text
     from polyalign.core.shipped import recipe_summary, shipped_recipes
 
     recipes = shipped_recipes()
@@ -154,7 +154,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             dest = dest / f"{args.name}.yaml"
         if dest.exists():
             raise PolyalignError(f"{dest} exists; not overwriting it")
-        shutil.copyfile(recipes[args.name], dest)
+        atomic_write_text(dest, recipes[args.name].read_text(encoding="utf-8"))
         out.print(f"copied {args.name} to {dest}")
         return 0
     table = Table(title="shipped recipes")
@@ -198,10 +198,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     result = search_sources(model, args.query, args.candidates, args.top)
-    out.print(escape("query: " + ", ".join(f"{m}={show_value(v)}" for m, v in result.query.items())))
+    out.print(escape("query: " + ", ".join(f"{m}={show_value(v)}" for m, v in result.query.items())
+                     + f" (scored by {type(model.loss).__name__}.score, the run's own rule)"))
     show_values = result.values is not None and [str(v) for v in result.values] != [str(h.id) for h in result.hits]
-    table = Table(title=escape(f"best {result.target} of {result.n_candidates}"),
-                  caption=escape(f"score: {type(model.loss).__name__}.score, the run's own scoring rule"))
+    table = Table(title=escape(f"best {result.target} of {result.n_candidates}"))
     table.add_column("rank", justify="right")
     table.add_column("id")
     if show_values:
@@ -336,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except PolyalignError as exc:
         err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
+        return 2
+    except OSError as exc:  # the machine, not the code: a full disk, a missing permission...
+        from polyalign.core.checkpoint import describe_os_error
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[bold red]error:[/bold red] {escape(where + describe_os_error(exc))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,23 @@ def test_tensorboard_missing_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(PolyalignError, match=r"logger 'tensorboard' needs the tensorboard package.*pip install tensorboard"):
         make_plugins().build("logger", "tensorboard", {"run_dir": tmp_path})
+
+
+def documented_logger_module() -> types.ModuleType:
+    """The complete logger plugin of docs/loggers.md, imported as its own module."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "loggers.md").read_text()
+    code = text.split("`polyalign_console_log/__init__.py`:", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    module = types.ModuleType("polyalign_console_log")
+    exec(compile(code, "docs/loggers.md", "exec"), module.__dict__)
+    return module
+
+
+def test_the_documented_third_party_logger_works(tmp_path, capsys):
+    plugins = make_plugins(extra=[documented_logger_module()])
+    assert "console" in plugins.registry.names("logger")
+    overrides = OVERRIDES[:-1] + ["train.epochs=1", "logging=[console]"]
+    run = polyalign.train(RECIPE, out=tmp_path, overrides=overrides, plugins=plugins)
+    err = capsys.readouterr().err
+    assert f"[{run.name}] epoch 1 (step 8): train_loss=" in err
+    assert "test: b from a+c accuracy=" in err
+    assert not (run / "metrics.jsonl").exists()  # only the chosen logger ran

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,14 @@ from polyalign.plugins.losses.volume import det_adj, tuple_gram, volume_sq
 
 D64 = torch.float64
 NAMES = "abcde"
+
+def build64(name: str, temperature: float = 0.07, **config):
+    """The loss in float64 with ``1/τ`` exactly ``1/temperature`` (the parameter starts in float32)."""
+    loss = polyalign.build("loss", name, temperature=temperature, **config).double()
+    with torch.no_grad():
+        loss.temperature.log_scale.fill_(math.log(1.0 / temperature))
+    return loss
+
 
 
 def unit(n: int, d: int, m: int, seed: int = 0) -> list[torch.Tensor]:
@@ -44,7 +53,7 @@ def brute_gram_loss(zs: list[torch.Tensor], tau: float, smoothing: float = 0.0,
 @pytest.mark.parametrize("m", [2, 3, 4, 5])
 def test_loss_equals_brute_force_determinants(m):
     zs = unit(5, 6, m, seed=m)
-    loss = polyalign.build("loss", "gram", temperature=0.2, label_smoothing=0.1).double()
+    loss = build64("gram", 0.2, label_smoothing=0.1)
     ours = loss(dict(zip(NAMES, zs))).loss
     ref = brute_gram_loss(zs, 0.2, 0.1)
     assert torch.allclose(ours, ref, rtol=1e-10)
@@ -82,7 +91,7 @@ def test_missing_non_anchor_vectors_drop_out_of_the_volume():
     present = {"a": torch.tensor([1, 1, 1, 1, 0], dtype=torch.bool),
                "b": torch.tensor([1, 0, 1, 1, 1], dtype=torch.bool),
                "c": torch.tensor([1, 1, 1, 0, 1], dtype=torch.bool)}
-    loss = polyalign.build("loss", "gram", temperature=0.3).double()
+    loss = build64("gram", 0.3)
     ours = loss(dict(zip("abc", zs)), present).loss
     keep = [0, 1, 2, 3]  # row 4 lacks the anchor
     flags = [[bool(present["b"][j]), bool(present["c"][j])] for j in keep]
@@ -92,7 +101,7 @@ def test_missing_non_anchor_vectors_drop_out_of_the_volume():
 
 def test_anchor_is_configurable():
     zs = unit(5, 6, 3, seed=31)
-    loss = polyalign.build("loss", "gram", anchor="c", temperature=0.3).double()
+    loss = build64("gram", 0.3, anchor="c")
     ours = loss(dict(zip("abc", zs))).loss
     assert torch.allclose(ours, brute_gram_loss([zs[2], zs[0], zs[1]], 0.3), rtol=1e-10)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import string
 
 import pytest
@@ -15,13 +16,17 @@ from polyalign.plugins.losses.multilinear import anchor_logsumexps
 D64 = torch.float64
 
 
+def build64(name: str, temperature: float = 0.07, **config):
+    """The loss in float64 with ``1/τ`` exactly ``1/temperature`` (the parameter starts in float32)."""
+    loss = polyalign.build("loss", name, temperature=temperature, **config).double()
+    with torch.no_grad():
+        loss.temperature.log_scale.fill_(math.log(1.0 / temperature))
+    return loss
+
+
 def unit(n: int, d: int, m: int, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [F.normalize(torch.randn(n, d, generator=g, dtype=D64), dim=1).requires_grad_() for _ in range(m)]
-
-
-def symile_loss(**config):
-    return polyalign.build("loss", "symile", **config).double()
 
 
 def grads(value: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -31,7 +36,7 @@ def grads(value: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]
 @pytest.mark.parametrize("m", [3, 4])
 def test_n_squared_equals_reference_package(m):
     zs = unit(6, 5, m, seed=m)
-    loss = symile_loss(negatives="n_squared", temperature=0.3)
+    loss = build64("symile", 0.3, negatives="n_squared")
     names = list(string.ascii_lowercase[:m])
     ours = loss(dict(zip(names, zs))).loss
     ref = Symile("n_squared")(zs, loss.temperature.scale.detach())
@@ -60,6 +65,13 @@ def test_blockwise_equals_dense_einsum(m, chunk):
         assert torch.allclose(g_ours, g_dense, rtol=1e-10, atol=1e-13)
 
 
+def test_backward_without_kept_shifts_recomputes_them(monkeypatch):
+    from polyalign.plugins.losses import multilinear
+
+    monkeypatch.setattr(multilinear, "KEEP_SHIFTS", 0)  # what large M·N does: no per-row state kept
+    test_blockwise_equals_dense_einsum(4, 5)
+
+
 def test_blockwise_is_stable_at_large_scale_in_float32():
     zs = [z.detach().float() for z in unit(64, 8, 3, seed=3)]
     scale = torch.tensor(100.0)
@@ -72,18 +84,18 @@ def test_blockwise_is_stable_at_large_scale_in_float32():
 @pytest.mark.parametrize("negatives", ["n", "n_squared"])
 def test_two_modalities_is_clip_with_the_dot_product(negatives):
     x, y = unit(7, 4, 2, seed=1)
-    loss = symile_loss(negatives=negatives, temperature=0.2)
+    loss = build64("symile", 0.2, negatives=negatives)
     ours = loss({"x": x, "y": y}).loss
     logits = x @ y.T / 0.2
     labels = torch.arange(7)
     dense = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-    clip = polyalign.build("loss", "clip", temperature=0.2).double()({"x": x, "y": y}).loss
+    clip = build64("clip", 0.2)({"x": x, "y": y}).loss
     assert torch.allclose(ours, dense, rtol=1e-12) and torch.allclose(ours, clip, rtol=1e-12)
 
 
 def test_n_negatives_follow_the_shuffled_bank():
     zs = unit(6, 4, 3, seed=4)
-    loss = symile_loss(negatives="n", temperature=0.5)
+    loss = build64("symile", 0.5, negatives="n")
     torch.manual_seed(123)
     ours = loss(dict(zip("abc", zs))).loss
     torch.manual_seed(123)  # the same permutations, drawn in the same order: per anchor, per other modality
@@ -104,7 +116,7 @@ def test_missing_rows_use_complete_tuples_only():
                "b": torch.tensor([1, 1, 1, 1, 0, 1, 1, 1], dtype=torch.bool),
                "c": torch.ones(8, dtype=torch.bool)}
     keep = torch.tensor([0, 1, 3, 5, 6, 7])
-    loss = symile_loss(temperature=0.3)
+    loss = build64("symile", 0.3)
     masked = loss(dict(zip("abc", zs)), present).loss
     subset = loss({m: z[keep] for m, z in zip("abc", zs)}).loss
     assert torch.allclose(masked, subset, rtol=1e-12)
@@ -112,11 +124,12 @@ def test_missing_rows_use_complete_tuples_only():
 
 def test_dim_scale_starts_from_the_same_logits_and_raises_the_ceiling():
     zs = unit(6, 16, 3, seed=6)
-    plain = symile_loss(temperature=0.1)
-    scaled = symile_loss(temperature=0.1, scale="dim", modalities=["a", "b", "c"], embed_dim=16)
+    plain = build64("symile", 0.1)
+    scaled = polyalign.build("loss", "symile", temperature=0.1, scale="dim", modalities=["a", "b", "c"],
+                             embed_dim=16).double()
     emb = dict(zip("abc", zs))
-    assert torch.allclose(plain(emb).loss, scaled(emb).loss, rtol=1e-12)
-    assert torch.isclose(scaled.temperature.scale, torch.tensor(10.0 / 16, dtype=D64))
+    assert torch.allclose(plain(emb).loss, scaled(emb).loss, rtol=1e-6)  # τ is stored in float32
+    assert torch.isclose(scaled.temperature.scale, torch.tensor(10.0 / 16, dtype=D64), rtol=1e-6)
     with pytest.raises(polyalign.core.errors.PolyalignError, match="embed_dim"):
         polyalign.build("loss", "symile", scale="dim")
 
@@ -124,7 +137,7 @@ def test_dim_scale_starts_from_the_same_logits_and_raises_the_ceiling():
 def test_score_is_the_product_of_queries_against_candidates():
     a, b, c = unit(5, 4, 3, seed=7)
     cand = unit(9, 4, 1, seed=8)[0]
-    scores = symile_loss().score({"a": a, "c": c}, cand, "b")
+    scores = build64("symile").score({"a": a, "c": c}, cand, "b")
     assert scores.shape == (5, 9)
     assert torch.allclose(scores[2, 4], (a[2] * c[2] * cand[4]).sum())
 

@@ -413,7 +413,8 @@ def _has_loss(name: str) -> bool:
 def test_symile_predicts_b_from_a_and_c_jointly_and_from_either_alone_at_chance(tmp_path):
     run = polyalign.train(RECIPES / "xor-symile-missing.yaml", out=tmp_path,
                           overrides=["data.n_train=3000", "data.n_val=100", "data.n_test=500", "train.epochs=8",
-                                     "train.lr=0.03", "eval.0.resamples=200", "eval.0.rates=[0.0, 0.5]"])
+                                     "train.lr=0.03", "eval.0.targets=[b]", "eval.0.resamples=200",
+                                     "eval.0.rates=[0.0, 0.5]"])
     rows = json.loads((run / "eval" / "report.json").read_text())
     target_b = rows_of(rows, task="missing_modality", target="b", metric="accuracy")
     by_query = {"+".join(r["query"]): r for r in target_b}

@@ -6,6 +6,7 @@ with bit-identical weights and the same metrics.jsonl rows (timing keys aside).
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -269,6 +270,29 @@ def test_atomic_write_on_full_disk_leaves_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
+def test_full_disk_while_logging_is_a_clear_error(tmp_path, monkeypatch, capsys, small_reference):
+    real_open = open
+
+    def full_when_appending(file, mode="r", *a, **k):
+        if "a" in mode and str(file).endswith(("metrics.csv", "metrics.jsonl")) and Path(file).is_file() and \
+                len(Path(file).read_text().splitlines()) >= 7:  # full after 7 lines
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr("builtins.open", full_when_appending)
+    for logging in ("jsonl", "csv"):
+        out = tmp_path / logging
+        assert main(["train", str(XOR), *SMALL_RECIPE, f"logging=[{logging}]", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "No space left on device" in err and "--resume" in err, err
+        assert f"metrics.{logging}" in err
+        assert ckpt.load_state(_only_run(out) / "checkpoints" / "last")["step"] == 6
+    monkeypatch.undo()
+    run = _only_run(tmp_path / "jsonl")
+    assert main(["train", "--resume", str(run)]) == 0
+    _assert_same_run(small_reference, run)
+
+
 def test_resume_before_the_first_checkpoint_starts_over(tmp_path, small_reference):
     class DieAtStepTwo:
         @polyalign.hookimpl
@@ -284,20 +308,28 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path, small_referenc
     _assert_same_run(small_reference, run)
 
 
-def test_torn_last_row_of_metrics_is_dropped_on_resume(tmp_path, small_reference):
+def test_torn_last_rows_of_metrics_files_are_dropped_on_resume(tmp_path, small_reference):
     class DieAfterStepFive:
         @polyalign.hookimpl
         def on_step_end(self, step, run_dir):
-            if step == 5:
+            if step == 5:  # killed in the middle of writing a row to each log
                 with open(Path(run_dir) / "metrics.jsonl", "a") as fh:
-                    fh.write('{"kind": "step", "step": 6, "lo')  # killed in the middle of a row
+                    fh.write('{"kind": "step", "step": 6, "lo')
+                with open(Path(run_dir) / "metrics.csv", "a") as fh:
+                    fh.write("step,")  # the step number is cut off
                 raise Killed
 
+    overrides = SMALL_RECIPE + ["logging=[jsonl, csv]"]
     with pytest.raises(Killed):
-        polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE, plugins=make_plugins(extra=[DieAfterStepFive()]))
+        polyalign.train(XOR, out=tmp_path, overrides=overrides, plugins=make_plugins(extra=[DieAfterStepFive()]))
     run = _only_run(tmp_path)
     polyalign.train(None, resume=run)
     _assert_same_run(small_reference, run)
+    with open(run / "metrics.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    rows = _rows(run)
+    assert [(r["kind"], int(r["step"])) for r in table] == [(r["kind"], r["step"]) for r in rows]
+    assert [float(r["loss"]) for r in table if r["kind"] == "step"] == [r["loss"] for r in rows if r["kind"] == "step"]
 
 
 def test_step_checkpoints_are_pruned_to_keep_last(small_reference):

@@ -57,6 +57,7 @@ def finished_run(tmp_path_factory) -> Path:
     return polyalign.train(XOR, out=tmp_path_factory.mktemp("run"), overrides=TINY)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("craft, proof", [
     (_torch_payload, lambda p: torch.load(p, weights_only=False)),
     (_raw_pickle_payload, lambda p: pickle.loads(p.read_bytes())),
@@ -75,6 +76,16 @@ def test_state_file_with_code_is_refused_and_not_run(craft, proof, finished_run,
     err = capsys.readouterr().err
     assert code == 2 and "refused to load" in err and "Traceback" not in err
     assert not marker.exists()
+
+
+def test_state_file_of_the_wrong_shape_is_refused(finished_run, tmp_path, capsys):
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    state = ckpt.load_state(run / "checkpoints" / "last")
+    del state["rng"]
+    torch.save(state, run / "checkpoints" / "last" / ckpt.STATE)
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume from" in err and "KeyError: 'rng'" in err and "Traceback" not in err
 
 
 def test_eval_reads_only_safetensors_weights(finished_run, tmp_path, capsys):
@@ -110,17 +121,25 @@ def test_recipe_cannot_name_python(tmp_path):
     assert not marker.exists()
 
 
+def _call_arguments(text: str, open_paren: int) -> str:
+    """The text between the parenthesis at ``open_paren`` and its matching close."""
+    depth = 0
+    for i in range(open_paren, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[open_paren + 1:i]
+    return text[open_paren + 1:]
+
+
 def test_source_loads_nothing_unsafely():
     """A guard on the code base: every unpickling is weights-only, every YAML load is safe."""
     bad = []
     for path in sorted((ROOT / "polyalign").rglob("*.py")):
         text = path.read_text(encoding="utf-8")
-        for match in re.finditer(r"torch\.load\(([^)]*)\)", text):
-            if "weights_only=True" not in match.group(1):
-                bad.append(f"{path.name}: torch.load without weights_only=True")
-        for match in re.finditer(r"np\.load\(([^)]*)\)", text):
-            if "allow_pickle=False" not in match.group(1):
-                bad.append(f"{path.name}: np.load without allow_pickle=False")
+        for call, needed in (("torch.load", "weights_only=True"), ("np.load", "allow_pickle=False")):
+            for match in re.finditer(re.escape(call) + r"\(", text):
+                if needed not in _call_arguments(text, match.end() - 1):
+                    bad.append(f"{path.name}: {call} without {needed}")
         for pattern in (r"\bpickle\.loads?\(", r"yaml\.(unsafe_|full_)?load\(", r"(?<![\w.])eval\(",
                         r"(?<![\w.])exec\(", r"__import__\(", r"import_module\(", r"trust_remote_code\s*=\s*True",
                         r"yaml\.(Unsafe)?Loader"):

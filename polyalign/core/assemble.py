@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from pydantic import ValidationError
 
 from .batch import Collator
 from .data import Dataset, TupleDataset
@@ -149,10 +150,18 @@ def build_model(recipe: Recipe, plugins: Plugins, examples: dict[str, Any] | Non
                            recipe.missing.strategy, plugin_names)
 
 
-def with_rebuild_options(recipe: Recipe, model: MultiModalModel) -> Recipe:
+def with_rebuild_options(recipe: Recipe, model: MultiModalModel, plugins: Plugins) -> Recipe:
     """``recipe`` with each encoder's inferred options (:meth:`Encoder.rebuild_options`) written
     into its ``modalities.<m>.encoder`` node, so the model can be rebuilt without the data."""
     raw = recipe.model_dump(mode="json")
     for m, encoder in model.encoders.items():
-        raw["modalities"][m]["encoder"].update(encoder.rebuild_options())
+        node = raw["modalities"][m]["encoder"]
+        comp = plugins.registry.get("encoder", node["plugin"])
+        options = {**{k: v for k, v in node.items() if k != "plugin"}, **encoder.rebuild_options()}
+        try:  # validated, and made plain YAML values, by the encoder's own config model
+            resolved = comp.make_config(options).model_dump(mode="json")
+        except ValidationError as exc:
+            raise PluginError(f"modalities.{m}.encoder ({node['plugin']}): rebuild_options() returned "
+                              f"options its config rejects: {exc}") from None
+        raw["modalities"][m]["encoder"] = {"plugin": node["plugin"], **resolved}
     return Recipe.model_validate(raw)

@@ -25,7 +25,7 @@ class CheckpointError(PolyalignError):
     """A checkpoint could not be written or read."""
 
 
-def _reason(exc: OSError) -> str:
+def describe_os_error(exc: OSError) -> str:
     """The OS error in words, with what to do when the disk is full."""
     text = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -65,7 +65,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         _fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write {path}: {_reason(exc)}. The previous "
+        raise CheckpointError(f"could not write {path}: {describe_os_error(exc)}. The previous "
                               f"version of the file, if any, is unchanged.") from exc
 
 
@@ -114,7 +114,7 @@ def save_checkpoint(directory: Path, weights: dict[str, torch.Tensor], state: di
     except (OSError, CheckpointError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         cause = exc.__cause__ if isinstance(exc, CheckpointError) and isinstance(exc.__cause__, OSError) else exc
-        reason = _reason(cause) if isinstance(cause, OSError) else str(cause)
+        reason = describe_os_error(cause) if isinstance(cause, OSError) else str(cause)
         raise CheckpointError(f"could not save checkpoint {directory}: {reason}. "
                               f"The last complete checkpoint is kept.") from exc
 
@@ -138,7 +138,7 @@ def link_checkpoint(source: Path, directory: Path) -> None:
         _swap_in(tmp, directory)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint {directory} (from {source}): {_reason(exc)}. "
+        raise CheckpointError(f"could not write checkpoint {directory} (from {source}): {describe_os_error(exc)}. "
                               f"The last complete checkpoint is kept.") from exc
 
 

@@ -76,7 +76,7 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise PolyalignError(f"{dest} exists and is not an empty folder; give a new folder to export into")
     model = load(run_dir, checkpoint=checkpoint, device="cpu", plugins=plugins)
-    recipe = with_rebuild_options(model.recipe, model.model)
+    recipe = with_rebuild_options(model.recipe, model.model, plugins)
     try:
         build_model(recipe, plugins)
     except PolyalignError as exc:

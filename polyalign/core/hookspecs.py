@@ -49,6 +49,9 @@ def register_datasets(register: Register) -> None:
     with ``modalities`` (names), ``root`` (folder relative paths resolve against, or None) and
     ``split(name) -> list[dict]`` for ``train``, ``val`` and ``test``. A sample is a dict
     ``modality -> raw value`` with missing modalities absent, plus optional ``label`` and ``id``.
+    The object may also have ``on_error`` (``"raise"`` or ``"skip"``: what to do with a row
+    whose value fails to load) and ``locate(split, index) -> str`` (where a row comes from,
+    e.g. ``manifest data/train.jsonl, line 7``, used in error messages).
     Context argument the factory may accept: ``seed`` (the recipe's seed).
     """
 

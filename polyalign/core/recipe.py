@@ -84,13 +84,15 @@ class TrainSection(Strict):
     num_workers: int = Field(0, ge=0)
     pin_memory: bool = False
     log_every: int = Field(10, ge=1)
-    checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N steps")
-    keep_last: int = Field(1, ge=1, description="step checkpoints to keep")
+    checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N steps, as "
+                                         "checkpoints/step-XXXXXXXX (plus last); default: each epoch end only")
+    keep_last: int = Field(1, ge=1, description="step-XXXXXXXX checkpoints to keep (the newest)")
     deterministic: bool = True
     gather: Literal["global", "local"] = "global"
     compile: bool = False
-    on_nan: Literal["stop", "skip"] = "stop"
-    max_nan_skips: int = Field(10, ge=0)
+    on_nan: Literal["stop", "skip"] = Field("stop", description="on a NaN/Inf loss or gradient: stop, or "
+                                            "skip that step (up to max_nan_skips)")
+    max_nan_skips: int = Field(10, ge=0, description="skipped steps allowed in a run with on_nan: skip")
 
 
 class Recipe(Strict):
@@ -157,14 +159,14 @@ def _check_structure(raw: Any) -> list[tuple[str, str]]:
         node, loc, ancestors = stack.pop()
         count += 1
         if count > MAX_NODES:
-            return [(_path(loc), f"the recipe has more than {MAX_NODES} values (YAML aliases count each "
+            return [(_path(loc[:1]), f"the recipe has more than {MAX_NODES} values (YAML aliases count each "
                                  f"time they are used); a recipe is a small configuration file")]
         if not isinstance(node, (dict, list)):
             continue
         if id(node) in ancestors:
             return [(_path(loc), "this value contains itself (a YAML alias that refers to its own anchor)")]
         if len(loc) >= MAX_DEPTH:
-            return [(_path(loc), f"nested more than {MAX_DEPTH} levels deep")]
+            return [(_path(loc[:1]), f"nested more than {MAX_DEPTH} levels deep")]
         inner = ancestors | {id(node)}
         items = node.items() if isinstance(node, dict) else enumerate(node)
         stack.extend((v, loc + (k,), inner) for k, v in items)

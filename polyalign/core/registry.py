@@ -85,5 +85,5 @@ class Registry:
 def unknown_name_message(kind: str, name: Any, available: list[str]) -> str:
     """'unknown loss 'clpi'; did you mean 'clip'? available: ...'."""
     close = difflib.get_close_matches(str(name), available, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = f"; did you mean {close[0]!r}?" if close else "."
     return f"unknown {kind} {name!r}{hint} Available: {', '.join(available) or '(none)'}"

@@ -219,13 +219,19 @@ class Trainer:
             return  # killed before its first checkpoint: the run starts over from step 0
         self.parts.load_state_dict(ckpt.load_weights(directory))
         state = ckpt.load_state(directory)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch = state["step"], state["epoch"]
-        self.batch_in_epoch, self.best_val = state["batch_in_epoch"], state["best_val"]
-        self.nan_skips = state["nan_skips"]
-        self.epoch_loss, self.epoch_steps = state["epoch_loss"], state["epoch_steps"]
-        set_rng_state(state["rng"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step, self.epoch = int(state["step"]), int(state["epoch"])
+            self.batch_in_epoch, self.best_val = int(state["batch_in_epoch"]), float(state["best_val"])
+            self.nan_skips = int(state["nan_skips"])
+            self.epoch_loss, self.epoch_steps = float(state["epoch_loss"]), int(state["epoch_steps"])
+            set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ckpt.CheckpointError(
+                f"cannot resume from {directory / ckpt.STATE}: it does not hold this run's training state "
+                f"({type(exc).__name__}: {exc}). Was it written by another polyalign version or for "
+                f"another recipe?") from exc
         self.saved_step = self.step
 
     # ----------------------------------------------------------------- steps
@@ -400,7 +406,7 @@ class Trainer:
             skipped = data.take_skipped()  # data.on_error=skip: report what was left out
             if skipped and self.dist.is_main:
                 metrics[f"skipped_{name}"] = float(len(skipped))
-                progress.console.print(skip_summary(name, skipped), style="yellow", markup=False)
+                progress.console.print(skip_summary(name, skipped), style="yellow", markup=False, soft_wrap=True)
         self.epoch += 1
         self.batch_in_epoch, self.epoch_loss, self.epoch_steps = 0, 0.0, 0
         if self.dist.is_main:
@@ -435,7 +441,7 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
     try:
         trainer = Trainer(recipe, run_dir, plugins, dist, resume=resume is not None)
         if resume is None and trainer.dist.is_main:  # record inferred encoder options (load without data)
-            write_recipe(run_dir, with_rebuild_options(recipe, trainer.model))
+            write_recipe(run_dir, with_rebuild_options(recipe, trainer.model, plugins))
         metrics = trainer.fit()
         if trainer.dist.is_main:
             rows = run_evaluators(recipe, trainer.parts, plugins, trainer.device, split="test")

@@ -216,7 +216,8 @@ def build_parts(recipe: Recipe, plugins: Plugins, allow_data: bool) -> Assembled
     (an encoder that does not report ``rebuild_options``) is built through its dataset instead.
     """
     try:
-        return Assembled(None, build_model(recipe, plugins), build_loss(recipe, plugins))  # type: ignore[arg-type]
+        return Assembled(None, build_model(recipe, plugins), build_loss(recipe, plugins),  # type: ignore[arg-type]
+                         "+".join(n.plugin for n in recipe.losses))
     except PluginError:
         raise
     except PolyalignError as exc:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .checkpoint import atomic_write_bytes
 from .errors import PolyalignError
 from .run_dir import METRICS_FILE
 
@@ -180,5 +181,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     if out.suffix.lower() != ".png":
         raise PolyalignError(f"--out {out}: the plot is a PNG; give a file name ending in .png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    buf = io.BytesIO()  # rendered in memory, then written by rename: never a half-written PNG
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(out, buf.getvalue())
     return out

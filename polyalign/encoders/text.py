@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError

@@ -97,7 +97,8 @@ def synth_audio(k: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(wave, -1, 1).astype(np.float32)
 
 
-LEAD_GAINS = np.random.default_rng(12345).normal(0, 1, size=(ECG_LEADS, 5)) * 0.3 + np.array([0.15, -0.1, 1.0, -0.25, 0.3])
+LEAD_GAINS = (np.random.default_rng(12345).normal(0, 1, size=(ECG_LEADS, 5)) * 0.3
+              + np.array([0.15, -0.1, 1.0, -0.25, 0.3]))  # fixed per-lead mix of the P, Q, R, S, T waves
 WAVE_TIMES = np.array([0.10, 0.18, 0.20, 0.22, 0.42])  # P, Q, R, S, T peaks after beat onset (s)
 WAVE_WIDTHS = np.array([0.025, 0.008, 0.010, 0.008, 0.045])
 

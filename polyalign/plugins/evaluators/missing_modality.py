@@ -254,4 +254,5 @@ class MissingModality:
 
 
 def build_missing_modality(config: MissingModalityConfig) -> MissingModality:
+    """Factory for ``missing_modality``."""
     return MissingModality(config)

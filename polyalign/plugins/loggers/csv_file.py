@@ -54,6 +54,10 @@ class CsvLogger:
 
     @hookimpl
     def on_train_start(self, start_step: int, start_epoch: int) -> None:
+        if self.path.exists():
+            text = self.path.read_text(encoding="utf-8")
+            if text and not text.endswith("\n"):  # a row torn by a kill mid-write: drop it
+                atomic_write_text(self.path, text[: text.rfind("\n") + 1])
         rows = self._read()
         if not rows:
             return

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.checkpoint import atomic_write_text
+from polyalign.core.checkpoint import atomic_write_text, describe_os_error
 from polyalign.core.errors import PolyalignError
 from polyalign.core.hookspecs import hookimpl
 from polyalign.core.run_dir import METRICS_FILE
@@ -23,9 +23,8 @@ class JsonlLogger:
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
         except OSError as exc:
-            raise PolyalignError(f"could not append to {self.path}: {exc.strerror or exc}. Free some space, "
-                                 f"then continue with `polyalign train --resume {self.path.parent}` (the rows "
-                                 f"past the last checkpoint are rewritten).") from None
+            raise PolyalignError(f"could not append to {self.path}: {describe_os_error(exc)}; the rows past "
+                                 f"the last checkpoint are rewritten on resume") from None
 
     @hookimpl
     def on_train_start(self, start_step: int, start_epoch: int) -> None:

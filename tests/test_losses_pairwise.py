@@ -1,0 +1,103 @@
+"""Pairwise losses (clip, dcl, siglip, align_uniform) against dense formulas and open_clip."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss as OpenClipLoss
+from open_clip.loss import SigLipLoss as OpenSigLipLoss
+
+import polyalign
+
+D64 = torch.float64
+
+
+def unit(n: int, d: int, m: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [F.normalize(torch.randn(n, d, generator=g, dtype=D64), dim=1).requires_grad_() for _ in range(m)]
+
+
+def build64(name: str, temperature: float, **config):
+    """The loss in float64 with every ``1/τ`` exactly ``1/temperature``."""
+    loss = polyalign.build("loss", name, temperature=temperature, **config).double()
+    with torch.no_grad():
+        for module in loss.modules():
+            if hasattr(module, "log_scale"):
+                module.log_scale.fill_(math.log(1.0 / temperature))
+    return loss
+
+
+def test_clip_equals_two_line_infonce_and_open_clip():
+    x, y = unit(9, 5, 2, seed=1)
+    ours = build64("clip", 0.1)({"x": x, "y": y}).loss
+    logits, labels = x @ y.T / 0.1, torch.arange(9)
+    dense = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    reference = OpenClipLoss()(x, y, torch.tensor(10.0, dtype=D64))
+    assert torch.allclose(ours, dense, rtol=1e-12) and torch.allclose(ours, reference, rtol=1e-12)
+    for g_ours, g_ref in zip(torch.autograd.grad(ours, [x, y]), torch.autograd.grad(reference, [x, y])):
+        assert torch.allclose(g_ours, g_ref, rtol=1e-10, atol=1e-14)
+
+
+def test_clip_is_the_mean_over_pairs_of_the_graph():
+    a, b, c = unit(6, 4, 3, seed=2)
+    pair = lambda x, y: build64("clip", 0.2)({"x": x, "y": y}).loss  # noqa: E731
+    full = build64("clip", 0.2)({"a": a, "b": b, "c": c}).loss
+    star = build64("clip", 0.2, pairs="star", anchor="b")({"a": a, "b": b, "c": c}).loss
+    assert torch.allclose(full, (pair(a, b) + pair(a, c) + pair(b, c)) / 3, rtol=1e-12)
+    assert torch.allclose(star, (pair(b, a) + pair(b, c)) / 2, rtol=1e-12)
+
+
+def test_dcl_leaves_the_positive_out_of_the_denominator():
+    x, y = unit(7, 4, 2, seed=3)
+    ours = build64("dcl", 0.2)({"x": x, "y": y}).loss
+    terms = []
+    for s in (x @ y.T / 0.2, y @ x.T / 0.2):
+        for i in range(7):
+            neg = torch.stack([s[i, j] for j in range(7) if j != i])
+            terms.append(torch.logsumexp(neg, 0) - s[i, i])
+    assert torch.allclose(ours, torch.stack(terms).mean(), rtol=1e-12)
+
+
+def test_siglip_equals_open_clip_sigmoid_loss_per_pair():
+    a, b, c = unit(8, 4, 3, seed=4)
+    loss = build64("siglip", 0.1, modalities=["a", "b", "c"], bias=-3.0)
+    with torch.no_grad():
+        loss.biases["a-c"].fill_(-1.5)
+        loss.scales["b-c"].log_scale.fill_(math.log(4.0))
+    ours = loss({"a": a, "b": b, "c": c}).loss
+    ref = OpenSigLipLoss()
+    t = lambda v: torch.tensor(v, dtype=D64)  # noqa: E731
+    expected = (ref(a, b, t(10.0), t(-3.0)) + ref(a, c, t(10.0), t(-1.5)) + ref(b, c, t(4.0), t(-3.0))) / 3
+    assert torch.allclose(ours, expected, rtol=1e-12)
+    assert {k for k, _ in loss.named_parameters()} >= {"biases.a-b", "scales.b-c.log_scale"}
+
+
+def test_siglip_needs_the_modalities():
+    with pytest.raises(polyalign.core.errors.PolyalignError, match="modalities"):
+        polyalign.build("loss", "siglip")
+
+
+def test_align_uniform_equals_wang_isola_definitions():
+    x, y = unit(6, 3, 2, seed=5)
+    out = polyalign.build("loss", "align_uniform", align_weight=0.5, uniform_weight=2.0).double()({"x": x, "y": y})
+    align = (x - y).norm(dim=1).pow(2).mean()
+    uniform = lambda z: torch.pdist(z, p=2).pow(2).mul(-2).exp().mean().log()  # noqa: E731
+    expected = 0.5 * align + 2.0 * (uniform(x) + uniform(y)) / 2
+    assert torch.allclose(out.loss, expected, rtol=1e-12)
+    assert set(out.metrics) == {"align_x-y", "uniform_x", "uniform_y"}
+
+
+def test_align_uniform_adds_to_another_loss_in_a_recipe(xor_clip):
+    recipe = polyalign.load_recipe(xor_clip, ["loss=[{plugin: clip}, {plugin: align_uniform, weight: 0.1}]"])
+    from polyalign.core.assemble import build_loss
+    from polyalign.core.plugins import default_plugins
+
+    loss = build_loss(recipe, default_plugins()).double()
+    zs = dict(zip("abc", unit(5, 4, 3, seed=6)))
+    out = loss(zs)
+    parts = build64("clip", 0.07)(zs).loss + 0.1 * polyalign.build("loss", "align_uniform").double()(zs).loss
+    assert torch.allclose(out.loss, parts, rtol=1e-6)  # τ of the recipe's clip is stored in float32
+    assert "align_uniform/align_a-b" in out.metrics
