@@ -14,6 +14,7 @@ import sys
 import tomllib
 
 import pytest
+import torch
 
 import polyalign
 from polyalign.core.plugins import default_plugins, describe
@@ -21,6 +22,15 @@ from polyalign.core.plugins import default_plugins, describe
 from conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "polyalign-imu"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread, above all on a shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
