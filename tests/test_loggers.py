@@ -104,11 +104,11 @@ def test_tensorboard_missing_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def documented_logger_module() -> types.ModuleType:
-    """The complete logger plugin of docs/loggers.md, imported as its own module."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "loggers.md").read_text()
+    """The complete logger plugin of the plugin guide, imported as its own module."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "writing-a-plugin.md").read_text()
     code = text.split("`polyalign_console_log/__init__.py`:", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     module = types.ModuleType("polyalign_console_log")
-    exec(compile(code, "docs/loggers.md", "exec"), module.__dict__)
+    exec(compile(code, "docs/writing-a-plugin.md", "exec"), module.__dict__)
     return module
 
 

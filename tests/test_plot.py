@@ -67,11 +67,13 @@ def test_figure_overlays_runs_with_labelled_axes(tmp_path):
     # evaluation bars, one per (run, row): the real run reports accuracy, top5 and mrr of b from
     # a+c; the hand run accuracy of b from a+c and mrr of a from b
     report = json.loads((real / "eval" / "report.json").read_text())
-    heights = np.array([p.get_height() for p in evaluation.patches])
-    assert heights.shape == (8,)
-    assert np.allclose(heights[:3], [r["value"] for r in report]) and np.isnan(heights[3])
-    assert np.allclose(heights[4:], [0.75, np.nan, np.nan, 0.5], equal_nan=True)
-    assert evaluation.get_xticklabels()[3].get_text() == "a from b\nmrr"
+    widths = np.array([p.get_width() for p in evaluation.patches])
+    assert widths.shape == (8,)
+    assert np.allclose(widths[:3], [r["value"] for r in report]) and np.isnan(widths[3])
+    assert np.allclose(widths[4:], [0.75, np.nan, np.nan, 0.5], equal_nan=True)
+    assert [t.get_text() for t in evaluation.get_yticklabels()] == [
+        "b from a+c · accuracy", "b from a+c · top5", "b from a+c · mrr", "a from b · mrr"]
+    assert evaluation.get_xlabel() == "value (fraction of queries; 1 = perfect)"
 
 
 def test_cli_plot_writes_a_png(tmp_path, capsys):

@@ -81,41 +81,43 @@ def read_run(run_dir: str | Path) -> RunCurves:
 
 def _eval_label(row: dict[str, Any], with_task: bool) -> str:
     query = "+".join(row.get("query") or [])
-    task = f"{row.get('task')}\n" if with_task else ""
-    return f"{task}{row.get('target')} from {query}\n{row.get('metric')}"
+    task = f"{row.get('task')}: " if with_task else ""
+    return f"{task}{row.get('target')} from {query} · {row.get('metric')}"
 
 
 def _plot_eval(ax: Any, runs: list[RunCurves], colors: list[Any]) -> None:
-    tasks = {r.get("task") for run in runs for r in run.eval_rows}
-    labels: list[str] = []
-    values: dict[tuple[int, str], float] = {}
-    for i, run in enumerate(runs):
-        for row in run.eval_rows:
-            value = _number(row.get("value"))
-            if value is None:
-                continue
-            label = _eval_label(row, len(tasks) > 1)
-            if label not in labels:
-                labels.append(label)
-            values[(i, label)] = value
-    ax.set_title("Evaluation (test split)")
-    if not labels:
+    """Horizontal bars, one per (run, evaluator row); only the first metric when there are many rows."""
+    rows = [(i, row, _number(row.get("value"))) for i, run in enumerate(runs) for row in run.eval_rows]
+    rows = [(i, row, v) for i, row, v in rows if v is not None]
+    title = "Evaluation (test split)"
+    if not rows:
+        ax.set_title(title)
         ax.text(0.5, 0.5, "no evaluation report", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
-    shown = labels[:MAX_EVAL_GROUPS]
-    if len(labels) > len(shown):
-        ax.set_title(f"Evaluation (test split; first {len(shown)} of {len(labels)} rows)")
-    width = 0.8 / len(runs)
-    x = np.arange(len(shown))
+    with_task = len({row.get("task") for _, row, _ in rows}) > 1
+    labels = list(dict.fromkeys(_eval_label(row, with_task) for _, row, _ in rows))
+    if len(labels) > MAX_EVAL_GROUPS:
+        metric = rows[0][1].get("metric")
+        rows = [r for r in rows if r[1].get("metric") == metric]
+        labels = list(dict.fromkeys(_eval_label(row, with_task) for _, row, _ in rows))
+        title = f"Evaluation (test split): {metric} only"
+    if len(labels) > MAX_EVAL_GROUPS:
+        title += f", first {MAX_EVAL_GROUPS} of {len(labels)} rows"
+        labels = labels[:MAX_EVAL_GROUPS]
+    ax.set_title(title)
+    values = {(i, _eval_label(row, with_task)): v for i, row, v in rows}
+    height = 0.8 / len(runs)
+    y = np.arange(len(labels))
     for i, run in enumerate(runs):
-        heights = [values.get((i, label), np.nan) for label in shown]
-        bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, heights, width, color=colors[i], label=run.name)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-    ax.set_xticks(x, shown, fontsize=7)
-    ax.set_ylabel("value (fraction; 1 = perfect)")
-    ax.set_ylim(0, 1.05)
-    ax.grid(axis="y", alpha=0.3)
+        widths = [values.get((i, label), np.nan) for label in labels]
+        bars = ax.barh(y + (i - (len(runs) - 1) / 2) * height, widths, height, color=colors[i], label=run.name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("value (fraction of queries; 1 = perfect)")
+    ax.set_xlim(0, 1.1)
+    ax.grid(axis="x", alpha=0.3)
 
 
 def _plot_lines(ax: Any, runs: list[RunCurves], colors: list[Any], key: str, title: str,
