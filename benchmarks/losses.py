@@ -54,7 +54,7 @@ def estimate(variant: str, n: int, m: int, d: int) -> tuple[float, float]:
         per_anchor = 2 * n ** (m - 1) * d + 2 * n ** m
         return m * per_anchor * f32, m * n ** m * (2 * d / 2e10 + 3e-8)
     if name == "symile" and config.get("negatives") == "n_squared":
-        return 2 * (1 << 22) * f32 + 2 * n ** (m - 1) * f32, n ** m * (8 * d / 3e10 + 2.5e-8)
+        return 4 * (1 << 22) * f32 + 2 * n ** (m - 1) * f32, n ** m * (8 * d / 1.5e11 + 1.5e-9)
     rows = n * m if name.startswith("mv_") else n
     pairs = m * (m - 1) // 2
     chunk = config.get("chunk_size")

@@ -61,12 +61,25 @@ def _lead_product(lead: list[torch.Tensor], idx: list[torch.Tensor], like: torch
     return like.new_ones(rows, like.shape[1]) if prod is None else prod
 
 
-def _block_logits(lead, idx, y, z, scale, rows):
-    """``(P, P ⊙ y, T)`` of one block: lead products ``(B, d)``, ``(B, N, d)`` and logits ``(B, N, N)``."""
-    n, d = y.shape
-    p = _lead_product(lead, idx, y, rows)
-    py = p[:, None, :] * y[None]
-    return p, py, scale * py.reshape(-1, d).matmul(z.T).view(rows, n, n)
+class _Workspace:
+    """Block-sized buffers reused across blocks: fresh multi-MB tensors per block cost page faults
+    that take longer than the arithmetic on them."""
+
+    def __init__(self, chunk: int, n: int, d: int, like: torch.Tensor, backward: bool):
+        self.py = like.new_empty(chunk, n, d)
+        self.t = like.new_empty(chunk, n, n)
+        self.buf = like.new_empty(chunk, n, n)
+        self.g = like.new_empty(chunk, n, n) if backward else None
+        self.w = like.new_empty(chunk, n, d) if backward else None
+        self.tmp = like.new_empty(chunk, n, d) if backward else None
+
+    def logits(self, p: torch.Tensor, y: torch.Tensor, zt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P ⊙ y, T)`` of a block: ``(B, N, d)`` and ``T = (P ⊙ y) @ zt`` ``(B, N, N)``."""
+        b, (n, d) = p.shape[0], y.shape
+        py = torch.mul(p[:, None, :], y[None], out=self.py[:b])
+        t = self.t[:b]
+        torch.mm(py.view(b * n, d), zt, out=t.view(b * n, n))
+        return py, t
 
 
 def _shifted_exp(t: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -79,21 +92,23 @@ class _AnchorLogsumexps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, chunk: int, scale: torch.Tensor, *zs: torch.Tensor) -> torch.Tensor:
         lead, y, z = list(zs[:-2]), zs[-2], zs[-1]
-        n = y.shape[0]
+        n, d = y.shape
         n_lead = len(lead)
         rows = n ** n_lead
+        chunk = min(chunk, rows)
+        zt = (scale * z).T.contiguous()  # T = s·MIP comes straight out of the matmul
         r = y.new_empty(rows)  # logsumexp over (j, k) per lead row
         a_y = y.new_full((n,), -math.inf)
         a_z = y.new_full((n,), -math.inf)
         keep = 2 * rows * n <= KEEP_SHIFTS
         u_all = y.new_empty(rows, n) if keep else y.new_empty(0)
         v_all = y.new_empty(rows, n) if keep else y.new_empty(0)
-        buf = None
+        ws = _Workspace(chunk, n, d, y, backward=False)
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)
             idx = _lead_indices(start, stop, n, n_lead, y.device)
-            _, _, t = _block_logits(lead, idx, y, z, scale, stop - start)
-            buf = torch.empty_like(t) if buf is None or buf.shape != t.shape else buf
+            _, t = ws.logits(_lead_product(lead, idx, y, stop - start), y, zt)
+            buf = ws.buf[:stop - start]
             # exact logsumexps along k and along j, each shifted by its own maximum
             m = t.amax(2, keepdim=True)
             u = _shifted_exp(t, m, buf).sum(2).log_() + m[..., 0]  # (B, N): LSE over k
@@ -122,15 +137,17 @@ class _AnchorLogsumexps(torch.autograd.Function):
         rows, chunk = n ** n_lead, ctx.chunk
         g_lead, g_y, g_z = grad[:n_lead], grad[-2], grad[-1]
         a_lead, a_y, a_z = out[:n_lead], out[-2], out[-1]
+        s = float(scale)
+        zt = (scale * z).T.contiguous()
         grads = [torch.zeros_like(x) for x in zs]
         grad_scale = torch.zeros_like(scale)
-        buf = None
+        ws = _Workspace(chunk, n, d, y, backward=True)
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)
             b = stop - start
             idx = _lead_indices(start, stop, n, n_lead, y.device)
-            p, py, t = _block_logits(lead, idx, y, z, scale, b)
-            buf = torch.empty_like(t) if buf is None or buf.shape != t.shape else buf
+            p = _lead_product(lead, idx, y, b)
+            py, t = ws.logits(p, y, zt)
             # dΣ_m g_m·A_m / dT = Σ_m g_m[i_m]·exp(T − A_m[i_m]). Shift by m_bj (max or LSE of T
             # over k) and m_bk (over j): both are >= the entries they shift and <= every A they
             # are paired with, so each term is a factor <= 1 times exp(T − m_bj) or exp(T − m_bk):
@@ -145,15 +162,17 @@ class _AnchorLogsumexps(torch.autograd.Function):
                 coef_lead = sum(g_lead[m][idx[m]] * torch.exp(rb - a_lead[m][idx[m]]) for m in range(n_lead))
                 coef_j = coef_j + coef_lead[:, None] * torch.exp(m_bj - rb[:, None])
             coef_k = g_z[None, :] * torch.exp(m_bk - a_z[None, :])
-            g = torch.exp(t - m_bj[:, :, None]).mul_(coef_j[:, :, None])
-            g += _shifted_exp(t, m_bk[:, None, :], buf).mul_(coef_k[:, None, :])
-            g = g.view(b * n, n)  # dL/dT
-            w = g.matmul(z).view(b, n, d)  # Σ_k g[b, j, k] z_k
-            grad_scale += (py * w).sum()  # Σ dL/dT · MIP
-            grads[-1] += scale * g.T.matmul(py.reshape(-1, d))
-            grads[-2] += scale * (w * p[:, None, :]).sum(0)
+            g = _shifted_exp(t, m_bj[:, :, None], ws.g[:b]).mul_(coef_j[:, :, None])
+            g += _shifted_exp(t, m_bk[:, None, :], ws.buf[:b]).mul_(coef_k[:, None, :])  # g = dL/dT
+            g2 = g.view(b * n, n)
+            w = ws.w[:b]
+            torch.mm(g2, z, out=w.view(b * n, d))  # w[b, j] = Σ_k g[b, j, k] z_k
+            grad_scale += torch.dot(py.reshape(-1), w.reshape(-1))  # Σ dL/dT · MIP
+            grads[-1].addmm_(g2.T, py.view(b * n, d), alpha=s)
+            tmp = ws.tmp[:b]
+            grads[-2].add_(torch.mul(w, p[:, None, :], out=tmp).sum(0), alpha=s)
             if n_lead:
-                grad_p = scale * (w * y[None]).sum(1)
+                grad_p = torch.mul(w, y[None], out=tmp).sum(1).mul_(s)
                 for m in range(n_lead):
                     grads[m].index_add_(0, idx[m], grad_p * _lead_product(lead, idx, y, b, skip=m))
         return (None, grad_scale, *grads)
