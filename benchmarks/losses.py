@@ -110,6 +110,22 @@ def run_one(spec: dict) -> dict:
     return {"seconds": statistics.median(times), "runs": len(times), "peak_mb": peak_mb, "value": value}
 
 
+def matmul_rate(threads: int, n: int = 512, d: int = 128, rows: int = 12) -> float:
+    """FLOP/s of the block matmul Symile's n_squared runs: ``(rows·N, d) @ (d, N)``, output reused."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(rows * n, d), torch.randn(d, n)
+    out = torch.empty(rows * n, n)
+    torch.mm(a, b, out=out)
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        times.append(time.perf_counter() - t0)
+    return 2 * rows * n * n * d / statistics.median(times)
+
+
 def _status_kb(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -173,10 +189,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-gb", type=float, default=None, help="skip configurations estimated larger "
                                                                    "(default: 70%% of available memory)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--matmul-rate", action="store_true",
+                        help="only print the machine's matmul rate and the n_squared floor at d, M = 3")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
+        return
+    if args.matmul_rate:
+        rate = matmul_rate(args.threads, d=args.dim)
+        print(f"matmul rate: {rate / 1e9:.0f} GFLOP/s with {args.threads} thread(s)")
+        for n in args.batches:  # the issue's floor: five passes of 2·N³·d flops
+            print(f"symile n_squared floor at N={n}, M=3, d={args.dim}: {5 * 2 * n ** 3 * args.dim / rate:.3g} s")
         return
     max_bytes = (args.max_gb * 1e9) if args.max_gb else 0.7 * _mem_available()
     results = []
