@@ -2,12 +2,14 @@
 
     python benchmarks/losses.py                      # batches 256..2048, M = 2, 3, 4, d = 128
     python benchmarks/losses.py --batches 256 512 --modalities 3
+    python benchmarks/losses.py --matmul-rate        # the machine's matmul rate and Symile's floor
 
 Each configuration runs in its own subprocess on the same inputs (seed 0, L2-normalised
-float32 embeddings of width d, τ = 0.07): one warm-up on a batch of 8, then one measured
-forward+backward whose peak memory is the rise of the process's peak resident set size
-(``VmHWM``, reset through ``/proc/self/clear_refs`` just before) above the resident size with the
-inputs allocated, then more timed repeats while the total stays short; the time is the median.
+float32 embeddings of width d, τ = 0.07): one warm-up on a small batch through the same code
+path, then one measured forward+backward whose peak memory is the rise of the process's peak
+resident set size (``VmHWM``, reset through ``/proc/self/clear_refs`` just before) above the
+resident size with the inputs allocated, then more timed repeats while the total stays short;
+the time is the median.
 Configurations whose estimated memory or time exceed the limits are skipped and say why.
 Prints a Markdown table and writes ``benchmarks/results/losses.json``.
 """
@@ -98,7 +100,7 @@ def run_one(spec: dict) -> dict:
         value.backward()
         return time.perf_counter() - t0, float(value.detach())
 
-    step(inputs(8))
+    step(inputs(2 * config.get("chunk_size", 4) + 1))  # warm-up on the same code path (blockwise if chunked)
     zs = inputs(n)
     Path("/proc/self/clear_refs").write_text("5")
     base = _status_kb("VmRSS")

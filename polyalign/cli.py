@@ -90,7 +90,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from polyalign.core.compare import compare_runs
 
     result = compare_runs(args.run_dirs, args.out, args.metric)
-    table = Table(title="comparison", caption="value [bootstrap interval]; — = no such row in that run")
+    table = Table(title="comparison", caption=escape("value [bootstrap interval]; — = no such row in that run"))
     for i, c in enumerate(result.header):
         table.add_column(escape(c), justify="right" if i >= len(result.header) - len(result.runs) else "left",
                          overflow="fold")

@@ -271,6 +271,21 @@ def test_config_is_validated():
     assert MissingModalityConfig(rates=[0.5, 0.0, 0.5]).rates == [0.0, 0.5]
 
 
+def test_report_table_has_a_line_per_query_and_a_column_per_metric(known):
+    from polyalign.core.report_table import pivot_rows
+
+    rows = MissingModality(MissingModalityConfig(target="b", rates=[0.0, 0.5], resamples=50))(hand_made_context(known))
+    subsets, curve = pivot_rows(rows, interval_metrics={"accuracy"})
+    assert subsets.task == "missing_modality" and curve.task == "dropout_curve"
+    assert subsets.header == ["target", "query", "accuracy", "top5", "mrr"]
+    assert [line[:2] for line in subsets.lines] == [["b", "a"], ["b", "c"], ["b", "a+c"]]
+    perfect = rows_of(rows, task="missing_modality", query=["a"], metric="accuracy")[0]
+    assert subsets.lines[0][2] == f"{perfect['value']:.3f} [{perfect['ci_low']:.3f}, {perfect['ci_high']:.3f}]"
+    assert "[" not in subsets.lines[0][3]  # intervals only where asked
+    assert subsets.constants == {"n": 40, "candidates": 40, "resamples": 50, "chance accuracy": "0.025"}
+    assert curve.header[:4] == ["target", "query", "dropped", "rate"] and len(curve.lines) == 3 * 2
+
+
 # ---------------------------------------------------------------- training with holes
 
 
