@@ -110,8 +110,8 @@ def main() -> None:
            "overhead_pct": 100.0 * (fw - hw) / hw, "threads": torch.get_num_threads(),
            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
            "torch": torch.__version__}
-    print(f"| steps | batch | hidden | polyalign samples/s | hand-written samples/s | overhead |")
-    print(f"|---|---|---|---|---|---|")
+    print("| steps | batch | hidden | polyalign samples/s | hand-written samples/s | overhead |")
+    print("|---|---|---|---|---|---|")
     print(f"| {args.steps} | {args.batch} | {args.hidden} | {row['polyalign_samples_per_s']:.0f} | "
           f"{row['hand_written_samples_per_s']:.0f} | {row['overhead_pct']:+.1f}% |")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

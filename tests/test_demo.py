@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import soundfile as sf
 from PIL import Image
 
@@ -24,13 +23,6 @@ TINY_DEMO = ["data.n_train=48", "data.n_val=16", "data.n_test=16", "data.classes
              "train.warmup_steps=0", "train.log_every=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, above all on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_files_show_their_class(tmp_path):

@@ -14,7 +14,6 @@ import sys
 import tomllib
 
 import pytest
-import torch
 
 import polyalign
 from polyalign.core.plugins import default_plugins, describe
@@ -24,13 +23,6 @@ from conftest import ROOT
 EXAMPLE = ROOT / "examples" / "polyalign-imu"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, above all on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

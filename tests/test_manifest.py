@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import soundfile as sf
 import yaml
 from PIL import Image
@@ -26,13 +25,6 @@ ENCODERS = {"image": {"plugin": "image", "model": "test_resnet", "image_size": 1
             "lab": {"plugin": "tabular", "hidden": [8]}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, above all on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _write_files(folder, n: int) -> list[dict]:

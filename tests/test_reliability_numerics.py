@@ -30,12 +30,6 @@ TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.batch_size
         "train.warmup_steps=0", "train.log_every=1", "train.checkpoint_every=2", "train.keep_last=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class FaultyClipConfig(ClipConfig):

@@ -24,12 +24,6 @@ XOR = ROOT / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=128", "data.n_val=32", "data.n_test=32", "train.batch_size=32", "train.epochs=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 LossFault = Literal["vector", "tuple", "float", "int", "tensor_metric", "detached", "score_shape", "score_list",

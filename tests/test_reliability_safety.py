@@ -26,12 +26,6 @@ XOR = ROOT / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=128", "data.n_val=32", "data.n_test=32", "train.batch_size=32", "train.epochs=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Payload:
@@ -115,7 +109,7 @@ def test_recipe_cannot_name_python(tmp_path):
     marker = tmp_path / "PWNED"
     for overrides in (["loss.plugin=os.system"], ["data.plugin=subprocess.run"],
                       [f"name=!!python/object/apply:os.system ['touch {marker}']"],
-                      [f"loss={{plugin: !!python/name:os.system }}"]):
+                      ["loss={plugin: !!python/name:os.system }"]):
         with pytest.raises(RecipeError):
             polyalign.load_recipe(XOR, overrides)
     assert not marker.exists()
