@@ -56,7 +56,8 @@ def estimate(variant: str, n: int, m: int, d: int) -> tuple[float, float]:
         per_anchor = 2 * n ** (m - 1) * d + 2 * n ** m
         return m * per_anchor * f32, m * n ** m * (2 * d / 2e10 + 3e-8)
     if name == "symile" and config.get("negatives") == "n_squared":
-        return 4 * (1 << 22) * f32 + 2 * n ** (m - 1) * f32, n ** m * (8 * d / 1.5e11 + 1.5e-9)
+        kept = 2 * n ** (m - 1) if 2 * n ** (m - 1) <= (1 << 23) else 0  # per-row shifts kept for backward
+        return (4 * (1 << 22) + n ** (m - 2) + kept) * f32, n ** m * (8 * d / 1.5e11 + 1.5e-9)
     rows = n * m if name.startswith("mv_") else n
     pairs = m * (m - 1) // 2
     chunk = config.get("chunk_size")
@@ -173,7 +174,7 @@ def table(results: list[dict], batches: list[int]) -> str:
             elif "error" in r:
                 cells.append(f"failed: {r['error']}")
             else:
-                cells.append(f"{r['seconds']:.3g} s / {r['peak_mb']:.0f} MB")
+                cells.append(f"{r['seconds']:.3g} s / {max(r['peak_mb'], 0.0):.0f} MB")
         lines.append(f"| {variant} | {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                 if need_bytes > max_bytes:
                     row["skipped"] = f"needs ~{need_bytes / 1e9:.0f} GB"
                 elif need_s > args.max_seconds:
-                    row["skipped"] = f"~{need_s / 60:.0f} min"
+                    row["skipped"] = f"~{need_s / 60:.0f} min" if need_s < 7200 else f"~{need_s / 3600:.0f} h"
                 else:
                     proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
                                           capture_output=True, text=True)

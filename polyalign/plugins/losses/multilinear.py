@@ -183,7 +183,8 @@ def anchor_logsumexps(zs: list[torch.Tensor], scale: torch.Tensor, chunk: int | 
 
     ``zs``: ``M >= 2`` tensors of shape ``(N, d)``; ``scale``: the scalar ``s``; ``chunk``: lead
     rows per block (default: about 4M logits a block). Returns ``(M, N)``, differentiable in
-    ``zs`` and ``scale``; memory ``O(chunk · N² + N^(M-2))``.
+    ``zs`` and ``scale``; memory ``O(chunk · N² + N^(M-2))`` plus, when it is at most
+    :data:`KEEP_SHIFTS`, ``2·N^(M-1)`` per-row logsumexps kept for backward.
     """
     if len(zs) < 2:
         raise ValueError(f"anchor_logsumexps needs at least 2 modalities, got {len(zs)}")
