@@ -32,11 +32,12 @@ class Assembled:
 
     def tuples(self, split: str, source: str = "") -> TupleDataset:
         """A torch dataset loading ``split`` through the model's encoders."""
-        loaders = {m: enc.load for m, enc in self.model.encoders.items()}
+        encoders = self.model.encoders.items()
         locate = getattr(self.dataset, "locate", None)
-        return TupleDataset(self.dataset.split(split), loaders, self.dataset.root, split, source,
-                            on_error=getattr(self.dataset, "on_error", "raise"),
-                            locate=functools.partial(locate, split) if locate is not None else None)
+        return TupleDataset(self.dataset.split(split), {m: enc.load for m, enc in encoders}, self.dataset.root,
+                            split, source, on_error=getattr(self.dataset, "on_error", "raise"),
+                            locate=functools.partial(locate, split) if locate is not None else None,
+                            batch_loaders={m: enc.load_batch for m, enc in encoders})
 
     def collator(self) -> Collator:
         """The collate function for this model's modalities."""

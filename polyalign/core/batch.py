@@ -56,24 +56,43 @@ def _scatter(collated: Input, rows: torch.Tensor, size: int) -> Input:
     return full
 
 
+@dataclass
+class LoadedColumns:
+    """A batch loaded column by column: per modality, the batch rows that have it and their
+    collated input (what :meth:`TupleDataset.__getitems__` returns on its fast path)."""
+
+    index: list[int]
+    columns: dict[str, tuple[list[int], Input]]
+    labels: list[Any]
+
+
 class Collator:
-    """Collates loaded samples ``(index, {modality: value}, label)`` into a :class:`Batch`."""
+    """Collates loaded samples ``(index, {modality: value}, label)``, or a whole
+    :class:`LoadedColumns`, into a :class:`Batch`."""
 
     def __init__(self, collate_fns: dict[str, Callable[[list[Input]], Input]]):
         self.collate_fns = collate_fns
 
-    def __call__(self, items: list[tuple[int, dict[str, Input], Any]]) -> Batch:
-        size = len(items)
-        inputs: dict[str, Input] = {}
-        present: dict[str, torch.Tensor] = {}
+    def columns(self, items: list[tuple[int, dict[str, Input], Any]]) -> LoadedColumns:
+        """Per-row loaded samples regrouped (and collated) per modality."""
+        columns = {}
         for m, collate in self.collate_fns.items():
             rows = [i for i, (_, values, _) in enumerate(items) if m in values]
+            if rows:
+                columns[m] = (rows, collate([items[i][1][m] for i in rows]))
+        return LoadedColumns([idx for idx, _, _ in items], columns, [lab for _, _, lab in items])
+
+    def __call__(self, items: list[tuple[int, dict[str, Input], Any]] | LoadedColumns) -> Batch:
+        loaded = items if isinstance(items, LoadedColumns) else self.columns(items)
+        size = len(loaded.index)
+        inputs: dict[str, Input] = {}
+        present: dict[str, torch.Tensor] = {}
+        for m in self.collate_fns:
             present[m] = torch.zeros(size, dtype=torch.bool)
-            if not rows:
-                continue
-            present[m][rows] = True
-            collated = collate([items[i][1][m] for i in rows])
-            inputs[m] = _scatter(collated, torch.tensor(rows), size)
-        labels = [lab for _, _, lab in items]
+            if m in loaded.columns:
+                rows, collated = loaded.columns[m]
+                present[m][rows] = True
+                inputs[m] = _scatter(collated, torch.tensor(rows), size)
+        labels = loaded.labels
         label = (torch.tensor(labels) if all(isinstance(lab, int) for lab in labels) else None)
-        return Batch(inputs, present, torch.tensor([idx for idx, _, _ in items]), label)
+        return Batch(inputs, present, torch.tensor(loaded.index), label)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .batch import RESERVED_KEYS, Collator
+from .batch import RESERVED_KEYS, Collator, LoadedColumns
 from .encoder import Input
 from .errors import PolyalignError
 
@@ -52,9 +52,11 @@ class TupleDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: Sequence[Sample], loaders: dict[str, Callable[[Any, Path | None], Input]],
                  root: Path | None, split: str, source: str = "", on_error: str = "raise",
-                 locate: Callable[[int], str] | None = None):
+                 locate: Callable[[int], str] | None = None,
+                 batch_loaders: dict[str, Callable[[list[Any], Path | None], Input]] | None = None):
         self.samples = samples
         self.loaders = loaders
+        self.batch_loaders = batch_loaders
         self.root = root
         self.split = split
         self.source = source
@@ -75,6 +77,22 @@ class TupleDataset(torch.utils.data.Dataset):
             self.skipped[i] = True
             values = {}
         return i, values, self.samples[i].get("label")
+
+    def __getitems__(self, indices: list[int]) -> LoadedColumns | list[tuple[int, dict[str, Input], Any]]:
+        """Load a batch column by column (one ``load_batch`` call per modality); if anything
+        fails, load it row by row instead, which names the failing row and honours on_error."""
+        if self.batch_loaders is None:
+            return [self[i] for i in indices]
+        samples = [self.samples[i] for i in indices]
+        columns = {}
+        try:
+            for m, load_batch in self.batch_loaders.items():
+                rows = [k for k, s in enumerate(samples) if s.get(m) is not None]
+                if rows:
+                    columns[m] = (rows, load_batch([samples[k][m] for k in rows], self.root))
+        except Exception:
+            return [self[i] for i in indices]
+        return LoadedColumns(list(indices), columns, [s.get("label") for s in samples])
 
     def load_values(self, i: int) -> dict[str, Input]:
         """``{modality: loaded value}`` of row ``i``; a value that fails raises :class:`DataError`."""

@@ -37,6 +37,12 @@ class Encoder(nn.Module):
         """
         return {}
 
+    def load_batch(self, values: list[Any], root: Path | None) -> Input:
+        """Load and collate several raw values at once; override with a vectorised version when
+        loading one value at a time is the bottleneck (any error makes the caller retry row by
+        row, so messages still name the failing row)."""
+        return self.collate([self.load(v, root) for v in values])
+
     def collate(self, values: list[Input]) -> Input:
         """Stack loaded values into one batch input."""
         first = values[0]

@@ -58,6 +58,15 @@ class VectorEncoder(Encoder):
             raise PolyalignError(f"expected a vector of {self.dim} numbers, got {x.numel()}")
         return x
 
+    def load_batch(self, values: list[Any], root: Path | None) -> torch.Tensor:
+        """In-memory vectors stacked in one NumPy call (files go through :meth:`load`)."""
+        if any(isinstance(v, (str, Path)) for v in values):
+            return super().load_batch(values, root)
+        x = torch.as_tensor(np.asarray(values, dtype=np.float32)).reshape(len(values), -1)
+        if x.shape[1] != self.dim:
+            raise PolyalignError(f"expected vectors of {self.dim} numbers, got {x.shape[1]}")
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
