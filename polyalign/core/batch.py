@@ -49,8 +49,6 @@ def _scatter(collated: Input, rows: torch.Tensor, size: int) -> Input:
     """Place ``collated`` (one row per present sample) at ``rows`` of a zero tensor of ``size`` rows."""
     if isinstance(collated, dict):
         return {k: _scatter(v, rows, size) for k, v in collated.items()}
-    if collated.shape[0] == size:
-        return collated
     full = collated.new_zeros((size, *collated.shape[1:]))
     full[rows] = collated
     return full
@@ -91,8 +89,13 @@ class Collator:
             present[m] = torch.zeros(size, dtype=torch.bool)
             if m in loaded.columns:
                 rows, collated = loaded.columns[m]
-                present[m][rows] = True
-                inputs[m] = _scatter(collated, torch.tensor(rows), size)
+                if len(rows) == size:  # the common case: no holes, nothing to scatter
+                    present[m][:] = True
+                    inputs[m] = collated
+                    continue
+                rows_t = torch.tensor(rows)
+                present[m][rows_t] = True
+                inputs[m] = _scatter(collated, rows_t, size)
         labels = loaded.labels
         label = (torch.tensor(labels) if all(isinstance(lab, int) for lab in labels) else None)
         return Batch(inputs, present, torch.tensor(loaded.index), label)

@@ -60,7 +60,7 @@ class VectorEncoder(Encoder):
 
     def load_batch(self, values: list[Any], root: Path | None) -> torch.Tensor:
         """In-memory vectors stacked in one NumPy call (files go through :meth:`load`)."""
-        if any(isinstance(v, (str, Path)) for v in values):
+        if isinstance(values[0], (str, Path)):  # a mix of files and arrays fails below and falls back
             return super().load_batch(values, root)
         x = torch.as_tensor(np.asarray(values, dtype=np.float32)).reshape(len(values), -1)
         if x.shape[1] != self.dim:
