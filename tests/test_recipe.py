@@ -54,6 +54,7 @@ def test_several_errors_are_reported_at_once(xor_clip):
     assert {"train.batch_size", "data.d_v", "loss.tempreature", "model.normalize"} <= paths
     text = str(info.value)
     assert "Extra inputs are not permitted" in text and "greater than or equal to 1" in text
+    assert "loss.tempreature: Extra inputs are not permitted; did you mean 'temperature'?" in text
 
 
 def test_cross_checks_after_schema(xor_clip):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -127,9 +128,27 @@ def _path(loc: tuple | list) -> str:
 _LOSS_BRANCHES = ("LossNode", "list[LossNode]")
 
 
-def _pydantic_problems(exc: ValidationError, prefix: tuple = (), raw: Any = None) -> list[tuple[str, str]]:
+_SECTION_MODELS: dict[tuple, type[BaseModel]] = {
+    (): Recipe, ("model",): ModelSection, ("missing",): MissingSection, ("train",): TrainSection}
+
+
+def _unknown_key_hint(err: dict, models: dict[tuple, type[BaseModel]]) -> str:
+    """For an unknown key: the closest valid key of the section it is in, or all of them."""
+    if err["type"] != "extra_forbidden":
+        return ""
+    model = models.get(tuple(err["loc"][:-1]))
+    if model is None:
+        return ""
+    fields = list(model.model_fields)
+    close = difflib.get_close_matches(str(err["loc"][-1]), fields, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
+
+
+def _pydantic_problems(exc: ValidationError, prefix: tuple = (), raw: Any = None,
+                       models: dict[tuple, type[BaseModel]] | None = None) -> list[tuple[str, str]]:
     """(yaml path, message) per pydantic error; for ``loss`` only the errors of the form used
-    (one node or a list of nodes) are kept."""
+    (one node or a list of nodes) are kept. ``models`` maps a location to the model whose keys
+    an unknown key there is compared with."""
     loss = raw.get("loss") if isinstance(raw, dict) else None
     branch = "list[LossNode]" if isinstance(loss, list) else "LossNode" if isinstance(loss, dict) else None
     problems = []
@@ -142,7 +161,8 @@ def _pydantic_problems(exc: ValidationError, prefix: tuple = (), raw: Any = None
             if loc[1] != branch:
                 continue
         loc = tuple(p for p in loc if p not in _LOSS_BRANCHES)
-        problems.append((_path(prefix + loc), re.sub(r" or instance of \w+", "", err["msg"])))
+        message = re.sub(r" or instance of \w+", "", err["msg"]) + _unknown_key_hint(err, models or {})
+        problems.append((_path(prefix + loc), message))
     return problems
 
 
@@ -247,7 +267,7 @@ def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = 
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         recipe = None
-        problems += _pydantic_problems(exc, raw=raw)
+        problems += _pydantic_problems(exc, raw=raw, models=_SECTION_MODELS)
     resolved: dict[tuple, dict] = {}  # yaml path -> the node with every default filled in
     for kind, loc, node in _plugin_nodes(raw):
         name = node.get("plugin")
@@ -265,7 +285,7 @@ def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = 
             validated = comp.make_config(options).model_dump(mode="json")
             resolved[loc] = {**{k: node[k] for k in reserved if k in node}, **validated}
         except ValidationError as exc:
-            problems += _pydantic_problems(exc, loc)
+            problems += _pydantic_problems(exc, loc, models={(): comp.config})
         problems += _unknown_options(comp.config, options, loc, kind, name)
     if isinstance(raw.get("logging"), list):
         names = plugins.registry.names("logger")
