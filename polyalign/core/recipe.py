@@ -86,8 +86,8 @@ class TrainSection(Strict):
     pin_memory: bool = False
     log_every: int = Field(10, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N steps, as "
-                                         "checkpoints/step-XXXXXXXX (plus last); default: each epoch end only")
-    keep_last: int = Field(1, ge=1, description="step-XXXXXXXX checkpoints to keep (the newest)")
+                                         "checkpoints/step-NNNNNNNN (plus last); default: each epoch end only")
+    keep_last: int = Field(1, ge=1, description="step-NNNNNNNN checkpoints to keep (the newest)")
     deterministic: bool = True
     gather: Literal["global", "local"] = "global"
     compile: bool = False

@@ -196,7 +196,7 @@ class Trainer:
     def save(self, best: bool = False) -> None:
         """Checkpoint the current state (main process only) as ``last`` (and ``best`` when asked).
 
-        With ``checkpoint_every`` the state is first written as ``step-XXXXXXXX`` (the newest
+        With ``checkpoint_every`` the state is first written as ``step-NNNNNNNN`` (the newest
         ``keep_last`` of them are kept) and ``best``/``last`` are hard-linked copies of it.
         ``last`` is always swapped in last, so a kill at any point resumes from a complete state.
         """
