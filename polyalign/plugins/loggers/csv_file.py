@@ -9,6 +9,7 @@ from typing import Any
 
 from polyalign.core.checkpoint import atomic_write_text
 from polyalign.core.hookspecs import hookimpl
+from polyalign.core.run_dir import logged_before
 
 CSV_FILE = "metrics.csv"
 KEY_COLUMNS = ["kind", "step", "epoch"]
@@ -61,8 +62,7 @@ class CsvLogger:
         rows = self._read()
         if not rows:
             return
-        keep = [r for r in rows if (int(r["epoch"]) <= start_epoch if r["kind"] == "epoch"
-                                    else int(r["step"]) <= start_step)]
+        keep = [r for r in rows if logged_before(r, start_step, start_epoch)]
         self._rewrite(keep)
 
     @hookimpl

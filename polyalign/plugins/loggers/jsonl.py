@@ -9,7 +9,7 @@ from typing import Any
 from polyalign.core.checkpoint import atomic_write_text, describe_os_error
 from polyalign.core.errors import PolyalignError
 from polyalign.core.hookspecs import hookimpl
-from polyalign.core.run_dir import METRICS_FILE
+from polyalign.core.run_dir import METRICS_FILE, logged_before
 
 
 class JsonlLogger:
@@ -36,8 +36,7 @@ class JsonlLogger:
                 rows.append(json.loads(line))
             except ValueError:  # a row torn by a kill mid-write; the resumed run logs it again
                 continue
-        keep = [json.dumps(r) for r in rows
-                if (r["epoch"] <= start_epoch if r["kind"] == "epoch" else r["step"] <= start_step)]
+        keep = [json.dumps(r) for r in rows if logged_before(r, start_step, start_epoch)]
         atomic_write_text(self.path, "".join(line + "\n" for line in keep))
 
     @hookimpl
