@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from .errors import PolyalignError
+from .manifest_file import SUFFIXES, parse_cell, read_manifest
 
-MANIFEST_SUFFIXES = (".csv", ".jsonl")
 SOURCE_KINDS = "a folder of files, a manifest (.csv or .jsonl, one column per modality), a .npy array " \
                "(one row per value) or a .txt file (one value per line)"
 
@@ -27,59 +24,14 @@ class Values:
     root: Path | None
 
 
-def cell_value(cell: Any, where: str = "") -> Any:
-    """A manifest cell as a raw value, read as the ``manifest`` dataset reads it: text starting
-    with ``[`` or ``{`` is JSON (inline numbers or a row), blank text is missing (None)."""
-    if not isinstance(cell, str):
-        return cell
-    text = cell.strip()
-    if not text:
-        return None
-    if text[0] in "[{":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PolyalignError(f"{where or 'value'}: text starting with {text[0]!r} must be JSON "
-                                 f"({exc.msg}); quote text that is not") from None
-    return cell
-
-
-def _manifest_rows(path: Path) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolyalignError(f"cannot read the manifest {path}: {exc}") from None
-    if path.suffix == ".csv":
-        return list(csv.DictReader(io.StringIO(text, newline="")))
-    rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PolyalignError(f"{path}, line {n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise PolyalignError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
-def read_manifest(path: Path, modality: str) -> Values:
+def read_manifest_column(path: Path, modality: str) -> Values:
     """The ``modality`` column of a manifest; rows without it are skipped; ids from ``id`` or the row number."""
-    rows = _manifest_rows(path)
-    columns = sorted({k for r in rows for k in r})
+    samples, _ = read_manifest(path)
+    columns = sorted({k for r in samples for k in r})
     if modality not in columns:
         raise PolyalignError(f"{path} has no column {modality!r}; its columns are: {', '.join(columns) or 'none'}")
-    values, ids = [], []
-    for i, row in enumerate(rows):
-        value = cell_value(row.get(modality), f"{path}, row {i}, column {modality!r}")
-        if value is None:
-            continue
-        ident = row.get("id")
-        values.append(value)
-        ids.append(str(ident).strip() if ident is not None and str(ident).strip() else i)
-    return Values(values, ids, path.parent)
+    rows = [(i, s) for i, s in enumerate(samples) if modality in s]
+    return Values([s[modality] for _, s in rows], [s.get("id", i) for i, s in rows], path.parent)
 
 
 def read_folder(path: Path) -> Values:
@@ -99,8 +51,8 @@ def read_source(source: str | Path, modality: str) -> Values:
         return found
     if not path.is_file():
         raise PolyalignError(f"{path} does not exist; give {SOURCE_KINDS}")
-    if path.suffix in MANIFEST_SUFFIXES:
-        return read_manifest(path, modality)
+    if path.suffix in SUFFIXES:
+        return read_manifest_column(path, modality)
     if path.suffix == ".npy":
         try:
             rows = np.load(path, allow_pickle=False)
@@ -126,4 +78,4 @@ def split_assignment(text: str, option: str) -> tuple[str, str]:
 def query_value(text: str) -> Any:
     """A command-line query value: ``[0, 1, ...]`` or ``{...}`` is JSON, anything else stays text
     (a path or an inline string, as the modality's encoder reads it)."""
-    return cell_value(text, "--query") if text.strip()[:1] in ("[", "{") else text
+    return parse_cell(text, "--query")

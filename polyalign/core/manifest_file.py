@@ -1,0 +1,121 @@
+"""Manifest files: one JSON Lines or CSV file, one row per tuple, one column per modality.
+
+Read by the ``manifest`` dataset plugin and by ``polyalign embed``/``search`` alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from .batch import RESERVED_KEYS
+from .data import Sample
+from .errors import PolyalignError
+
+SUFFIXES = (".jsonl", ".csv")
+
+
+class ManifestError(PolyalignError):
+    """A manifest file is missing or malformed; the message names the file and line."""
+
+
+def is_missing(value: Any) -> bool:
+    """None or an empty/blank string."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def parse_label(value: Any, where: str) -> Any:
+    """Integer-like labels as ``int``; other strings as they are."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ManifestError(f"{where}: label must be a number or a string, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        return int(text) if text.lstrip("+-").isdigit() else text
+    return value
+
+
+def clean_row(row: dict[str, Any], where: str) -> Sample:
+    """Drop missing cells; normalise ``label`` and ``id``."""
+    sample: Sample = {}
+    for key, value in row.items():
+        if key is None:
+            raise ManifestError(f"{where}: the row has more cells than the header has columns")
+        key = key.strip()
+        if is_missing(value):
+            continue
+        if key == "label":
+            sample[key] = parse_label(value, where)
+        elif key == "id":
+            sample[key] = str(value)
+        else:
+            sample[key] = value
+    return sample
+
+
+def read_jsonl(path: Path) -> tuple[list[Sample], list[int]]:
+    """One JSON object per non-blank line; also each sample's line number."""
+    samples, numbers = [], []
+    for n, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path}, line {n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"{path}, line {n}: expected a JSON object {{modality: value, ...}}, "
+                                f"got {type(row).__name__}")
+        samples.append(clean_row(row, f"{path}, line {n}"))
+        numbers.append(n)
+    return samples, numbers
+
+
+def parse_cell(text: str, where: str) -> Any:
+    """A CSV cell: JSON when it starts with ``[`` or ``{`` (inline numbers), else the text."""
+    stripped = text.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{where}: a cell starting with {stripped[0]!r} must be JSON "
+                                f"({exc.msg}); quote text that is not") from None
+    return text
+
+
+def read_csv(path: Path) -> tuple[list[Sample], list[int]]:
+    """A header row, then one tuple per row; also each sample's line number."""
+    lines = read_lines(path)
+    reader = csv.DictReader(lines)
+    if not reader.fieldnames:
+        raise ManifestError(f"{path}: empty CSV file; the first row must name the columns")
+    samples, numbers = [], []
+    for row in reader:
+        where = f"{path}, line {reader.line_num}"
+        if not any(not is_missing(v) for v in row.values() if isinstance(v, str)):
+            continue
+        parsed = {k: (parse_cell(v, f"{where}, column {k!r}") if isinstance(v, str) and k not in RESERVED_KEYS
+                      else v) for k, v in row.items()}
+        samples.append(clean_row(parsed, where))
+        numbers.append(reader.line_num)
+    return samples, numbers
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a leading BOM is ignored)."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not a UTF-8 text file ({exc})") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+
+
+def read_manifest(path: Path) -> tuple[list[Sample], list[int]]:
+    """The samples of one ``.jsonl`` or ``.csv`` manifest and their line numbers."""
+    if path.suffix not in SUFFIXES:
+        raise ManifestError(f"{path}: a manifest must be a .jsonl or .csv file")
+    return read_jsonl(path) if path.suffix == ".jsonl" else read_csv(path)
