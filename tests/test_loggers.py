@@ -14,6 +14,8 @@ import polyalign
 from polyalign.core.errors import PolyalignError
 from polyalign.core.plugins import make_plugins
 
+from crash_plugin import Crash, CrashAtEndOfEpochTwo
+
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
 OVERRIDES = ["data.n_train=512", "data.n_val=128", "data.n_test=128", "train.batch_size=64",
              "train.epochs=3", "train.warmup_steps=0", "train.log_every=2",
@@ -67,19 +69,6 @@ def test_tensorboard_events_read_back(run):
     report = json.loads((run / "eval" / "report.json").read_text())
     accuracy = next(r["value"] for r in report if r["metric"] == "accuracy")
     assert tags["eval/test/zero_shot/b_from_a+c/accuracy"] == [(24, pytest.approx(accuracy, rel=1e-6))]
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAtEndOfEpochTwo:
-    """Raises after epoch 2 is logged but before its checkpoint: the resume redoes epoch 2."""
-
-    @polyalign.hookimpl
-    def on_epoch_end(self, epoch):
-        if epoch == 2:
-            raise Crash
 
 
 def test_resume_drops_what_it_redoes(run, tmp_path):

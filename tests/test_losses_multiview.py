@@ -6,25 +6,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import polyalign
 
-D64 = torch.float64
+from float64_losses import build64, unit
+
 NAMES = "abcdefgh"
-
-def build64(name: str, temperature: float = 0.07, **config):
-    """The loss in float64 with ``1/τ`` exactly ``1/temperature`` (the parameter starts in float32)."""
-    loss = polyalign.build("loss", name, temperature=temperature, **config).double()
-    with torch.no_grad():
-        loss.temperature.log_scale.fill_(math.log(1.0 / temperature))
-    return loss
-
-
-
-def unit(n: int, d: int, m: int, seed: int = 0, dtype=D64) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1).requires_grad_() for _ in range(m)]
 
 
 def all_true(n: int, m: int) -> list[list[bool]]:

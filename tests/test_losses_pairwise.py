@@ -12,22 +12,7 @@ from open_clip.loss import SigLipLoss as OpenSigLipLoss
 
 import polyalign
 
-D64 = torch.float64
-
-
-def unit(n: int, d: int, m: int, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [F.normalize(torch.randn(n, d, generator=g, dtype=D64), dim=1).requires_grad_() for _ in range(m)]
-
-
-def build64(name: str, temperature: float, **config):
-    """The loss in float64 with every ``1/τ`` exactly ``1/temperature``."""
-    loss = polyalign.build("loss", name, temperature=temperature, **config).double()
-    with torch.no_grad():
-        for module in loss.modules():
-            if hasattr(module, "log_scale"):
-                module.log_scale.fill_(math.log(1.0 / temperature))
-    return loss
+from float64_losses import D64, build64, unit
 
 
 def test_clip_equals_two_line_infonce_and_open_clip():

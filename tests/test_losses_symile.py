@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import string
 
 import pytest
@@ -13,20 +12,7 @@ from symile import Symile
 import polyalign
 from polyalign.plugins.losses.multilinear import anchor_logsumexps
 
-D64 = torch.float64
-
-
-def build64(name: str, temperature: float = 0.07, **config):
-    """The loss in float64 with ``1/τ`` exactly ``1/temperature`` (the parameter starts in float32)."""
-    loss = polyalign.build("loss", name, temperature=temperature, **config).double()
-    with torch.no_grad():
-        loss.temperature.log_scale.fill_(math.log(1.0 / temperature))
-    return loss
-
-
-def unit(n: int, d: int, m: int, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [F.normalize(torch.randn(n, d, generator=g, dtype=D64), dim=1).requires_grad_() for _ in range(m)]
+from float64_losses import D64, build64, unit
 
 
 def grads(value: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

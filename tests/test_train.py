@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 import polyalign
 from polyalign.core.plugins import make_plugins
 
+from crash_plugin import Crash, CrashAtEndOfEpochTwo
+
 
 def _rows(run, kind):
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
@@ -31,19 +33,6 @@ def test_xor_clip_writes_run_directory_and_loss_falls(tmp_path, xor_clip, tiny_x
     assert "| zero_shot | b | a+c | accuracy |" in (run / "eval" / "report.md").read_text()
     # re-evaluating the run from its checkpoint gives the same rows
     assert polyalign.evaluate(run) == report
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAtEndOfEpochTwo:
-    """Raises after epoch 2 is logged but before its checkpoint: the last save is epoch 1's."""
-
-    @polyalign.hookimpl
-    def on_epoch_end(self, epoch):
-        if epoch == 2:
-            raise Crash
 
 
 @pytest.mark.parametrize("extra", [[], ["train.accumulate=2", "train.checkpoint_every=3"]])
