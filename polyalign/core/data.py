@@ -8,7 +8,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .batch import RESERVED_KEYS, Collator, LoadedColumns
+from .batch import Collator, LoadedColumns
 from .encoder import Input
 from .errors import PolyalignError
 
@@ -34,11 +34,6 @@ class Dataset(Protocol):
 
 class DataError(PolyalignError):
     """A raw value could not be loaded; the message names the split, row and value."""
-
-
-def sample_modalities(sample: Sample) -> list[str]:
-    """The modality keys of a sample (everything but the reserved keys)."""
-    return [k for k in sample if k not in RESERVED_KEYS]
 
 
 def describe_value(value: Any) -> str:
