@@ -22,7 +22,8 @@ import polyalign
 from polyalign.core.assemble import assemble
 from polyalign.core.loss import clamp_temperatures
 from polyalign.core.plugins import make_plugins
-from polyalign.core.train import lr_lambda, param_groups, seed_everything
+from polyalign.training.optim import lr_lambda, param_groups
+from polyalign.training.state import seed_everything
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
 RESULTS = Path(__file__).resolve().parent / "results" / "trainer.json"

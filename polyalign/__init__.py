@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
-from polyalign.core.evaluate import evaluate
 from polyalign.core.hookspecs import hookimpl
 from polyalign.core.recipe import Recipe, load_recipe
-from polyalign.core.train import train
-from polyalign.core.trained import TrainedModel, load
+from polyalign.evaluation.evaluate import evaluate
+from polyalign.inference.trained import TrainedModel, load
+from polyalign.run import train
 
-__version__ = "0.1.0"
+__version__ = version("polyalign")  # pyproject.toml is the one place the version is set
 
 
 def build(kind: str, name: str, **config: Any) -> Any:

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from polyalign.core.errors import PolyalignError
+from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -20,7 +21,7 @@ out = Console(highlight=False)
 
 def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     """One table per task: a line per (target, query, ...) and a column per metric."""
-    from polyalign.core.report_table import pivot_rows
+    from polyalign.evaluation.report_table import pivot_rows
 
     tables = []
     for pivot in pivot_rows(rows, interval_metrics={"accuracy"}):  # one interval per line keeps it narrow
@@ -35,7 +36,7 @@ def _rows_tables(rows: list[dict], title: str) -> list[Table]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.core.shipped import resolve_recipe_path
+    from polyalign.shipped import resolve_recipe_path
 
     if args.recipe is None and args.resume is None:
         raise PolyalignError("train needs a RECIPE (a path or a name from `polyalign recipes`) or --resume RUN_DIR")
@@ -52,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_report(run_dir: Path) -> None:
-    report = Path(run_dir) / "eval" / "report.json"
+    report = Path(run_dir) / REPORT_DIR / REPORT_JSON
     if report.is_file():
         rows = json.loads(report.read_text())
         if rows:
@@ -82,12 +83,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     added = [_evaluator_node(a) for a in args.add or []]
     polyalign.evaluate(args.run_dir, checkpoint=args.checkpoint, evaluators=added)
     _print_report(Path(args.run_dir))
-    out.print(f"report: {Path(args.run_dir) / 'eval' / 'report.md'}")
+    out.print(f"report: {Path(args.run_dir) / REPORT_DIR / REPORT_MD}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from polyalign.core.compare import compare_runs
+    from polyalign.evaluation.compare import compare_runs
 
     result = compare_runs(args.run_dirs, args.out, args.metric)
     table = Table(title="comparison", caption=escape("value [bootstrap interval]; — = no such row in that run"))
@@ -105,7 +106,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.core.shipped import resolve_recipe_path
+    from polyalign.shipped import resolve_recipe_path
 
     recipe = polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
     if args.print:
@@ -141,8 +142,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from polyalign.core.checkpoint import atomic_write_text
-    from polyalign.core.shipped import recipe_summary, shipped_recipes
+    from polyalign.core.atomic import atomic_write_text
+    from polyalign.shipped import recipe_summary, shipped_recipes
 
     recipes = shipped_recipes()
     if args.action == "cp":
@@ -183,7 +184,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.core.retrieval import embed_to_file
+    from polyalign.inference.retrieval import embed_to_file
 
     model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     path, n = embed_to_file(model, args.modality, args.input, args.out, args.batch_size)
@@ -194,7 +195,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.core.retrieval import search_sources, show_value
+    from polyalign.inference.retrieval import search_sources, show_value
 
     model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     result = search_sources(model, args.query, args.candidates, args.top)
@@ -215,7 +216,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from polyalign.core.export import export_model
+    from polyalign.inference.export import export_model
 
     dest = export_model(args.run_dir, args.dest, checkpoint=args.checkpoint)
     out.print(f"exported {escape(str(args.run_dir))} ({args.checkpoint} checkpoint) to {escape(str(dest))}: "
@@ -224,7 +225,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from polyalign.core.training_plots import plot_runs
+    from polyalign.evaluation.training_plots import plot_runs
 
     default = Path(args.run_dirs[0]) / "training.png" if len(args.run_dirs) == 1 else Path("training.png")
     path = plot_runs(args.run_dirs, args.out or default)
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
         return 2
     except OSError as exc:  # the machine, not the code: a full disk, a missing permission...
-        from polyalign.core.checkpoint import describe_os_error
+        from polyalign.core.atomic import describe_os_error
 
         where = f"{exc.filename}: " if exc.filename else ""
         err.print(f"[bold red]error:[/bold red] {escape(where + describe_os_error(exc))}", soft_wrap=True)

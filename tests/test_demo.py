@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import RECIPES
 from PIL import Image
 
 import polyalign
 from polyalign.cli import main
 from polyalign.plugins.datasets.demo import AUDIO_RATE, COLOURS, PITCHES_HZ, write_demo
-
-from conftest import RECIPES
 
 TINY_DEMO = ["data.n_train=48", "data.n_val=16", "data.n_test=16", "data.classes=2",
              "modalities.image.encoder.model=test_resnet", "modalities.image.encoder.image_size=16",

@@ -16,8 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import polyalign
-from polyalign.core.distributed import all_reduce_mean_grads, gather_batch
 from polyalign.core.plugins import default_plugins
+from polyalign.training.distributed import all_reduce_mean_grads, gather_batch
 
 MODALITIES = ["a", "b", "c"]
 BATCH, DIM = 8, 6

@@ -11,14 +11,13 @@ import importlib.metadata
 import json
 import runpy
 import sys
-import tomllib
 
 import pytest
+import tomllib
+from conftest import ROOT
 
 import polyalign
 from polyalign.core.plugins import default_plugins, describe
-
-from conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "polyalign-imu"
 

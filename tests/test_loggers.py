@@ -9,12 +9,11 @@ import types
 from pathlib import Path
 
 import pytest
+from crash_plugin import Crash, CrashAtEndOfEpochTwo
 
 import polyalign
 from polyalign.core.errors import PolyalignError
 from polyalign.core.plugins import make_plugins
-
-from crash_plugin import Crash, CrashAtEndOfEpochTwo
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
 OVERRIDES = ["data.n_train=512", "data.n_val=128", "data.n_test=128", "train.batch_size=64",

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from float64_losses import D64, build64, unit
 
 import polyalign
 from polyalign.plugins.losses.volume import det_adj, tuple_gram, volume_sq
-
-from float64_losses import D64, build64, unit
 
 NAMES = "abcde"
 

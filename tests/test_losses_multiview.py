@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
+from float64_losses import build64, unit
 
 import polyalign
-
-from float64_losses import build64, unit
 
 NAMES = "abcdefgh"
 

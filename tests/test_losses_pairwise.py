@@ -7,12 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from float64_losses import D64, build64, unit
 from open_clip.loss import ClipLoss as OpenClipLoss
 from open_clip.loss import SigLipLoss as OpenSigLipLoss
 
 import polyalign
-
-from float64_losses import D64, build64, unit
 
 
 def test_clip_equals_two_line_infonce_and_open_clip():

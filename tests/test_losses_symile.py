@@ -7,12 +7,11 @@ import string
 import pytest
 import torch
 import torch.nn.functional as F
+from float64_losses import D64, build64, unit
 from symile import Symile
 
 import polyalign
 from polyalign.plugins.losses.multilinear import anchor_logsumexps
-
-from float64_losses import D64, build64, unit
 
 
 def grads(value: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -16,13 +16,13 @@ from PIL import Image
 import polyalign
 from polyalign.cli import main
 from polyalign.core.assemble import Assembled, assemble
-from polyalign.core.evaluate import EvalContext
+from polyalign.core.evaluator import EvalContext
 from polyalign.core.model import MultiModalModel
 from polyalign.core.plugins import make_plugins
 from polyalign.core.recipe import validate_recipe
 from polyalign.encoders.vector import VectorEncoder
-from polyalign.plugins.evaluators.missing_modality import (
-    MissingModality, MissingModalityConfig, chance_metrics, query_subsets, resample_means)
+from polyalign.plugins.evaluators.missing_modality import (MissingModality, MissingModalityConfig,
+                                                           chance_metrics, query_subsets, resample_means)
 from polyalign.plugins.evaluators.zero_shot import ZeroShot, ZeroShotConfig
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 
@@ -272,7 +272,7 @@ def test_config_is_validated():
 
 
 def test_report_table_has_a_line_per_query_and_a_column_per_metric(known):
-    from polyalign.core.report_table import pivot_rows
+    from polyalign.evaluation.report_table import pivot_rows
 
     rows = MissingModality(MissingModalityConfig(target="b", rates=[0.0, 0.5], resamples=50))(hand_made_context(known))
     subsets, curve = pivot_rows(rows, interval_metrics={"accuracy"})

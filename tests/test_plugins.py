@@ -14,8 +14,8 @@ import torch
 from pydantic import BaseModel
 
 import polyalign
-from polyalign.core.errors import PluginError
 from polyalign.core.encoder import Encoder
+from polyalign.core.errors import PluginError
 from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature
 from polyalign.core.plugins import make_plugins
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import polyalign
 from polyalign.cli import main
 from polyalign.core.data import DataError, TupleDataset
-from polyalign.core.shipped import shipped_recipes
+from polyalign.shipped import shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 XOR = ROOT / "recipes" / "xor-clip.yaml"

@@ -13,15 +13,15 @@ import torch
 from pydantic import Field
 
 import polyalign
+from polyalign import run as run_module
 from polyalign.cli import main
-from polyalign.core import checkpoint as ckpt
 from polyalign.core import recipe as recipe_module
-from polyalign.core import train as train_module
 from polyalign.core.plugins import make_plugins
-from polyalign.core.train import NonFiniteError
+from polyalign.core.weights import load_state, load_weights
 from polyalign.encoders.vector import VectorConfig, VectorEncoder, load_vector
 from polyalign.plugins.datasets.xor import XorConfig, XorDataset
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
+from polyalign.training.step import NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
 XOR = ROOT / "recipes" / "xor-clip.yaml"
@@ -134,9 +134,9 @@ def test_nan_loss_stops_with_step_terms_and_keeps_last_checkpoint(tmp_path, plug
     assert "non-finite embeddings in: none" in msg
     assert f"the last good checkpoint ({run / 'checkpoints' / 'last'}, step 4) is kept" in msg
     assert "train.on_nan=skip" in msg
-    state = ckpt.load_state(run / "checkpoints" / "last")
+    state = load_state(run / "checkpoints" / "last")
     assert state["step"] == 4
-    weights = ckpt.load_weights(run / "checkpoints" / "last")
+    weights = load_weights(run / "checkpoints" / "last")
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert [r["step"] for r in _steps(run)] == [1, 2, 3, 4]
 
@@ -164,7 +164,7 @@ def test_nan_gradient_names_parameters_and_modality(tmp_path, plugins):
     assert "step 4: the gradient norm is nan" in msg
     assert "non-finite gradients in: model.heads.a.weight, model.heads.a.bias (modalities: a)" in msg
     assert "'loss_a-c':" in msg  # the loss terms of that step
-    assert ckpt.load_state(_run(tmp_path) / "checkpoints" / "last")["step"] == 2
+    assert load_state(_run(tmp_path) / "checkpoints" / "last")["step"] == 2
 
 
 def test_nan_in_validation_says_so(tmp_path, plugins):
@@ -178,9 +178,9 @@ def test_skip_drops_bad_steps_up_to_the_limit(tmp_path, plugins):
     steps = _steps(run)
     assert [r["nan_skipped"] for r in steps if "nan_skipped" in r] == [1.0, 2.0, 3.0]
     assert [r["step"] for r in steps if "nan_skipped" not in r] == list(range(1, 14))  # 16 batches - 3
-    state = ckpt.load_state(run / "checkpoints" / "last")
+    state = load_state(run / "checkpoints" / "last")
     assert state["step"] == 13 and state["nan_skips"] == 3
-    assert all(torch.isfinite(w).all() for w in ckpt.load_weights(run / "checkpoints" / "last").values())
+    assert all(torch.isfinite(w).all() for w in load_weights(run / "checkpoints" / "last").values())
     assert (run / "eval" / "report.json").is_file()
 
 
@@ -195,7 +195,7 @@ def test_skip_limit_exceeded_stops(tmp_path, plugins):
 
 def test_cli_prints_the_nan_message_without_traceback(tmp_path, plugins, monkeypatch, capsys):
     monkeypatch.setattr(recipe_module, "default_plugins", lambda: plugins)
-    monkeypatch.setattr(train_module, "default_plugins", lambda: plugins)
+    monkeypatch.setattr(run_module, "default_plugins", lambda: plugins)
     code = main(["train", str(XOR), *TINY, "loss={plugin: faulty_clip, nan_at: [5]}", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2

@@ -10,9 +10,9 @@ import torch
 from pydantic import BaseModel
 
 import polyalign
+from polyalign import run as run_module
 from polyalign.cli import main
 from polyalign.core import recipe as recipe_module
-from polyalign.core import train as train_module
 from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.loss import LossOutput
 from polyalign.core.plugins import make_plugins
@@ -175,7 +175,7 @@ def test_factory_that_crashes_is_named_with_its_recipe_path(tmp_path):
 
 def test_cli_reports_a_misbehaving_plugin_without_traceback(tmp_path, plugins, monkeypatch, capsys):
     monkeypatch.setattr(recipe_module, "default_plugins", lambda: plugins)
-    monkeypatch.setattr(train_module, "default_plugins", lambda: plugins)
+    monkeypatch.setattr(run_module, "default_plugins", lambda: plugins)
     code = main(["train", str(XOR), *TINY, "modalities.a.encoder={plugin: bad_encoder, fault: half_batch}",
                  "--out", str(tmp_path)])
     err = capsys.readouterr().err

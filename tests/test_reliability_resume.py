@@ -23,10 +23,11 @@ from safetensors.torch import load_file
 
 import polyalign
 from polyalign.cli import main
-from polyalign.core import checkpoint as ckpt
-from polyalign.core.checkpoint import CheckpointError
+from polyalign.core.atomic import WriteError, atomic_write_text
 from polyalign.core.plugins import make_plugins
-from polyalign.core.train import TIMING_KEYS
+from polyalign.core.weights import WEIGHTS, load_state, load_weights
+from polyalign.training import checkpoint as ckpt
+from polyalign.training.loop import TIMING_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 XOR = ROOT / "recipes" / "xor-clip.yaml"
@@ -51,8 +52,8 @@ def _rows(run: Path) -> list[dict]:
 
 def _assert_same_run(a: Path, b: Path) -> None:
     for name in ("last", "best"):
-        wa = load_file(str(a / "checkpoints" / name / ckpt.WEIGHTS))
-        wb = load_file(str(b / "checkpoints" / name / ckpt.WEIGHTS))
+        wa = load_file(str(a / "checkpoints" / name / WEIGHTS))
+        wb = load_file(str(b / "checkpoints" / name / WEIGHTS))
         assert wa.keys() == wb.keys()
         for k in wa:
             assert torch.equal(wa[k], wb[k]), f"{name}: {k} differs"
@@ -136,7 +137,7 @@ def test_sigkill_then_resume_twice_matches_uninterrupted_run(tmp_path):
     _kill_when([sys.executable, "-m", "polyalign", "train", str(XOR), *KILL_RECIPE, "--out", str(cut_out)],
                _slow_env(tmp_path), cut_out, at_step=5)
     cut = _only_run(cut_out)
-    first = ckpt.load_state(cut / "checkpoints" / "last")
+    first = load_state(cut / "checkpoints" / "last")
     assert 0 < first["step"] < 8 and first["step"] % 3 == 0
     assert _logged_step(cut_out) > first["step"]  # rows past the checkpoint, dropped on resume
 
@@ -149,7 +150,7 @@ def test_sigkill_then_resume_twice_matches_uninterrupted_run(tmp_path):
     # the resumed run dies too (in the next epoch), and is resumed again through the CLI
     with pytest.raises(Killed):
         polyalign.train(None, resume=cut, plugins=make_plugins(extra=[DieAtStep14()]))
-    assert ckpt.load_state(cut / "checkpoints" / "last")["step"] == 12
+    assert load_state(cut / "checkpoints" / "last")["step"] == 12
     assert main(["train", "--resume", str(cut)]) == 0
     _assert_same_run(full, cut)
     # step checkpoints: the keep_last=2 newest, complete; no leftovers of interrupted saves
@@ -157,10 +158,10 @@ def test_sigkill_then_resume_twice_matches_uninterrupted_run(tmp_path):
     assert [s for s, _ in steps] == [15, 16]
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["best", "last", "step-00000015",
                                                                         "step-00000016"]
-    last = load_file(str(cut / "checkpoints" / "last" / ckpt.WEIGHTS))
-    newest = load_file(str(steps[-1][1] / ckpt.WEIGHTS))
+    last = load_file(str(cut / "checkpoints" / "last" / WEIGHTS))
+    newest = load_file(str(steps[-1][1] / WEIGHTS))
     assert all(torch.equal(last[k], newest[k]) for k in last)
-    assert ckpt.load_state(cut / "checkpoints" / "last")["step"] == 16
+    assert load_state(cut / "checkpoints" / "last")["step"] == 16
 
 
 # --------------------------------------------------------------------------- kills during a save
@@ -181,7 +182,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
     monkeypatch.setattr(ckpt, "save_file", real)
     run = _only_run(tmp_path)
     assert (run / "checkpoints" / ".step-00000008.tmp").is_dir()  # the torn save
-    assert ckpt.load_state(ckpt.latest_checkpoint(run / "checkpoints"))["step"] == 6
+    assert load_state(ckpt.latest_checkpoint(run / "checkpoints"))["step"] == 6
     polyalign.train(None, resume=run)
     _assert_same_run(small_reference, run)
     assert not list((run / "checkpoints").glob(".*"))  # leftovers cleaned by later saves
@@ -205,8 +206,8 @@ def test_kill_between_the_two_renames_of_the_swap(tmp_path, monkeypatch, small_r
     run = _only_run(tmp_path)
     root = run / "checkpoints"
     assert not (root / "last").exists() and (root / ".last.old").is_dir()
-    assert ckpt.load_state(root / "last")["step"] == 3  # resolved to the previous version
-    assert ckpt.load_weights(root / "last")
+    assert load_state(root / "last")["step"] == 3  # resolved to the previous version
+    assert load_weights(root / "last")
     polyalign.train(None, resume=run)
     _assert_same_run(small_reference, run)
 
@@ -230,7 +231,7 @@ def test_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monk
     assert "No space left on device" in err and "--resume" in err and "last complete checkpoint is kept" in err
     assert "step-00000006" in err  # the checkpoint it could not write
     run = _only_run(tmp_path)
-    assert ckpt.load_state(run / "checkpoints" / "last")["step"] == 3
+    assert load_state(run / "checkpoints" / "last")["step"] == 3
     assert not list((run / "checkpoints").glob(".*.tmp"))
     # space is freed: resume and finish as if nothing happened
     monkeypatch.setattr(ckpt, "save_file", real)
@@ -240,7 +241,7 @@ def test_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monk
 
 def test_atomic_write_on_full_disk_leaves_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / "report.json"
-    ckpt.atomic_write_text(target, "old\n")
+    atomic_write_text(target, "old\n")
 
     class FullFile:
         def __init__(self, *a, **k):
@@ -256,8 +257,8 @@ def test_atomic_write_on_full_disk_leaves_the_old_file(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr("builtins.open", FullFile)
-    with pytest.raises(CheckpointError, match="No space left on device.*free some space"):
-        ckpt.atomic_write_text(target, "new\n")
+    with pytest.raises(WriteError, match="No space left on device.*free some space"):
+        atomic_write_text(target, "new\n")
     monkeypatch.undo()
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
@@ -279,7 +280,7 @@ def test_full_disk_while_logging_is_a_clear_error(tmp_path, monkeypatch, capsys,
         err = capsys.readouterr().err
         assert "Traceback" not in err and "No space left on device" in err and "--resume" in err, err
         assert f"metrics.{logging}" in err
-        assert ckpt.load_state(_only_run(out) / "checkpoints" / "last")["step"] == 6
+        assert load_state(_only_run(out) / "checkpoints" / "last")["step"] == 6
     monkeypatch.undo()
     run = _only_run(tmp_path / "jsonl")
     assert main(["train", "--resume", str(run)]) == 0
@@ -329,5 +330,5 @@ def test_step_checkpoints_are_pruned_to_keep_last(small_reference):
     root = small_reference / "checkpoints"
     assert [s for s, _ in ckpt.step_checkpoints(root)] == [15, 16]  # every 3 steps + each epoch end
     for name in ("last", "best"):
-        assert ckpt.load_state(root / name)["step"] in (8, 16)
-    assert ckpt.load_state(root / "last")["step"] == 16
+        assert load_state(root / name)["step"] in (8, 16)
+    assert load_state(root / "last")["step"] == 16

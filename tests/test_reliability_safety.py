@@ -16,10 +16,9 @@ import torch
 
 import polyalign
 from polyalign.cli import main
-from polyalign.core import checkpoint as ckpt
-from polyalign.core.checkpoint import CheckpointError
 from polyalign.core.errors import PolyalignError, RecipeError
 from polyalign.core.plugins import describe, make_plugins
+from polyalign.core.weights import STATE, WEIGHTS, CheckpointError, load_state
 
 ROOT = Path(__file__).resolve().parents[1]
 XOR = ROOT / "recipes" / "xor-clip.yaml"
@@ -63,9 +62,9 @@ def test_state_file_with_code_is_refused_and_not_run(craft, proof, finished_run,
     assert (tmp_path / "PROOF").exists()
     run = Path(shutil.copytree(finished_run, tmp_path / "run"))
     marker = tmp_path / "PWNED"
-    craft(run / "checkpoints" / "last" / ckpt.STATE, marker)
+    craft(run / "checkpoints" / "last" / STATE, marker)
     with pytest.raises(CheckpointError, match="refused to load .*state.pt.*never pickled code"):
-        ckpt.load_state(run / "checkpoints" / "last")
+        load_state(run / "checkpoints" / "last")
     code = main(["train", "--resume", str(run)])
     err = capsys.readouterr().err
     assert code == 2 and "refused to load" in err and "Traceback" not in err
@@ -74,9 +73,9 @@ def test_state_file_with_code_is_refused_and_not_run(craft, proof, finished_run,
 
 def test_state_file_of_the_wrong_shape_is_refused(finished_run, tmp_path, capsys):
     run = Path(shutil.copytree(finished_run, tmp_path / "run"))
-    state = ckpt.load_state(run / "checkpoints" / "last")
+    state = load_state(run / "checkpoints" / "last")
     del state["rng"]
-    torch.save(state, run / "checkpoints" / "last" / ckpt.STATE)
+    torch.save(state, run / "checkpoints" / "last" / STATE)
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "cannot resume from" in err and "KeyError: 'rng'" in err and "Traceback" not in err
@@ -85,14 +84,14 @@ def test_state_file_of_the_wrong_shape_is_refused(finished_run, tmp_path, capsys
 def test_eval_reads_only_safetensors_weights(finished_run, tmp_path, capsys):
     run = Path(shutil.copytree(finished_run, tmp_path / "run"))
     marker = tmp_path / "PWNED"
-    _torch_payload(run / "checkpoints" / "last" / ckpt.STATE, marker)
+    _torch_payload(run / "checkpoints" / "last" / STATE, marker)
     assert main(["eval", str(run)]) == 0  # evaluation never opens state.pt
     assert not marker.exists()
     # a weights file that is not safetensors (here: a pickle) is refused with its path
-    _torch_payload(run / "checkpoints" / "last" / ckpt.WEIGHTS, marker)
+    _torch_payload(run / "checkpoints" / "last" / WEIGHTS, marker)
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err
-    assert f"{run / 'checkpoints' / 'last' / ckpt.WEIGHTS} is not a valid safetensors file" in err
+    assert f"{run / 'checkpoints' / 'last' / WEIGHTS} is not a valid safetensors file" in err
     assert not marker.exists()
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from crash_plugin import Crash, CrashAtEndOfEpochTwo
 from safetensors.torch import load_file
 
 import polyalign
 from polyalign.core.plugins import make_plugins
-
-from crash_plugin import Crash, CrashAtEndOfEpochTwo
 
 
 def _rows(run, kind):

@@ -17,10 +17,11 @@ import yaml
 import polyalign
 from polyalign.cli import main
 from polyalign.core.assemble import assemble
-from polyalign.core.embeddings_file import read_embeddings
 from polyalign.core.errors import PluginError, PolyalignError
-from polyalign.core.evaluate import embed_split, ranks_of_correct, retrieval_metrics
-from polyalign.core.sources import read_source
+from polyalign.core.evaluator import embed_split, ranks_of_correct, retrieval_metrics
+from polyalign.inference.embeddings_file import read_embeddings
+from polyalign.inference.export import export_model
+from polyalign.inference.sources import read_source
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # CLIP on XOR with p_hat = 0: c = a always, so searching c from a has one right answer
@@ -103,7 +104,7 @@ def test_bad_calls_say_what_to_do(run, model):
         polyalign.load(run / "eval")
 
 
-def test_export_then_load_in_a_fresh_process_gives_identical_scores(run, model, tmp_path):
+def test_export_then_load_in_a_fresh_process_gives_the_same_scores(run, model, tmp_path):
     dest = tmp_path / "exported"
     assert main(["export", str(run), str(dest)]) == 0
     assert sorted(p.name for p in dest.iterdir()) == ["MODEL_CARD.md", "model.safetensors", "recipe.yaml"]
@@ -120,13 +121,18 @@ def test_export_then_load_in_a_fresh_process_gives_identical_scores(run, model, 
     """)
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=120)
     fresh = torch.load(tmp_path / "scores.pt", weights_only=True)
-    assert torch.equal(fresh, model.score({"a": ALL_BITS[:9]}, {"c": ALL_BITS}))
+    here = model.score({"a": ALL_BITS[:9]}, {"c": ALL_BITS})
+    # The promise is the same scores up to float rounding, not the same bits: the fresh process
+    # runs on the machine's default thread count, this one on one thread, and sums may round apart.
+    torch.testing.assert_close(fresh, here, rtol=1e-5, atol=1e-6)
+    assert torch.equal(fresh.argsort(dim=1, descending=True, stable=True)[:, :3],
+                       here.argsort(dim=1, descending=True, stable=True)[:, :3])
     with pytest.raises(PolyalignError, match="not an empty folder"):
-        polyalign.core.export.export_model(run, dest)
+        export_model(run, dest)
 
 
 def test_load_refuses_a_card_whose_plugins_are_missing(run, tmp_path):
-    dest = polyalign.core.export.export_model(run, tmp_path / "exported")
+    dest = export_model(run, tmp_path / "exported")
     card = (dest / "MODEL_CARD.md").read_text()
     extra = ("- kind: loss\n  name: hyperbolic\n  plugin: polyalign-hyper:losses\n"
              "  distribution: polyalign-hyper\n  version: 0.3.1\n")

@@ -60,7 +60,7 @@ def register_datasets(register: Register) -> None:
 def register_evaluators(register: Register) -> None:
     """Register evaluator plugins: ``register(name, factory, config=Model, help="...")``.
 
-    ``factory(config)`` returns a callable taking a :class:`polyalign.core.evaluate.EvalContext`
+    ``factory(config)`` returns a callable taking a :class:`polyalign.core.evaluator.EvalContext`
     and returning rows ``{"task", "target", "query", "metric", "value"}`` (``query`` is a
     sorted list of modality names; ``ci_low``/``ci_high`` may be added).
     """

@@ -6,7 +6,7 @@ from polyalign.core.hookspecs import hookimpl
 @hookimpl
 def register_evaluators(register):
     from .missing_modality import MissingModalityConfig, build_missing_modality
-    from .zero_shot import ZeroShotConfig, ZeroShot
+    from .zero_shot import ZeroShot, ZeroShotConfig
 
     register("zero_shot", ZeroShot, config=ZeroShotConfig,
              help="Predict a target modality from query modalities among candidates; top-k accuracy and MRR")

@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluate import EvalContext, per_query_metrics
+from polyalign.core.evaluator import EvalContext, per_query_metrics
 
 from .zero_shot import candidate_set, zero_shot_rows
 

@@ -8,7 +8,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluate import EvalContext, ranks_of_correct, retrieval_metrics, value_key
+from polyalign.core.evaluator import EvalContext, ranks_of_correct, retrieval_metrics, value_key
 
 
 class ZeroShotConfig(BaseModel):

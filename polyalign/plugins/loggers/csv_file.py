@@ -7,9 +7,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.checkpoint import atomic_write_text
+from polyalign.core.atomic import atomic_write_text
 from polyalign.core.hookspecs import hookimpl
-from polyalign.core.run_dir import logged_before
+from polyalign.core.run_files import logged_before
 
 CSV_FILE = "metrics.csv"
 KEY_COLUMNS = ["kind", "step", "epoch"]

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.checkpoint import atomic_write_text, describe_os_error
+from polyalign.core.atomic import atomic_write_text, describe_os_error
 from polyalign.core.errors import PolyalignError
 from polyalign.core.hookspecs import hookimpl
-from polyalign.core.run_dir import METRICS_FILE, logged_before
+from polyalign.core.run_files import METRICS_FILE, logged_before
 
 
 class JsonlLogger:

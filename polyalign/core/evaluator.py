@@ -1,24 +1,20 @@
-"""Evaluation: embed a split once, score with the loss's own rule, write the report."""
+"""The evaluator contract: what an evaluator gets (:class:`EvalContext`), the rows it returns,
+and the ranking metrics the built-in evaluators share."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .assemble import Assembled
-from .checkpoint import atomic_write_text
-from .errors import PluginError
 from .data import EpochSampler, Sample, make_loader, skip_summary
-from .plugins import Plugins
-from .recipe import Recipe
+from .errors import PluginError
 
-REPORT_DIR = "eval"
+ROW_KEYS = ("task", "target", "query", "metric", "value")
 
 
 @dataclass
@@ -115,17 +111,6 @@ def value_key(value: Any) -> Any:
     return (arr.dtype.str, arr.shape, arr.tobytes())
 
 
-def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: torch.device,
-                   split: str = "test") -> list[dict[str, Any]]:
-    """Run every evaluator of the recipe on ``split``; return all rows."""
-    ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed)
-    rows: list[dict[str, Any]] = []
-    for node in recipe.eval:
-        evaluator = plugins.build("evaluator", node.plugin, **node.options())
-        rows += evaluator(ctx)
-    return rows
-
-
 def format_value(value: Any) -> str:
     """Numbers to 4 decimals; everything else as text."""
     return f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -135,7 +120,7 @@ def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation") -> st
     """The rows as a Markdown table (query lists joined with '+')."""
     if not rows:
         return f"# {title}\n\nNo evaluators in the recipe.\n"
-    cols = ["task", "target", "query", "metric", "value"]
+    cols = list(ROW_KEYS)
     extra = sorted({k for r in rows for k in r} - set(cols))
     cols += extra
     lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -143,48 +128,3 @@ def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation") -> st
         cells = ["+".join(r[c]) if c == "query" else format_value(r.get(c, "")) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write ``eval/report.json``, ``eval/report.md`` and the PNG plots; return the folder."""
-    from .report_plots import write_plots
-
-    out = Path(run_dir) / REPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "report.json", json.dumps(rows, indent=2) + "\n")
-    plots = write_plots(out, rows, Path(run_dir).name)
-    markdown = report_markdown(rows, f"Evaluation of {Path(run_dir).name}")
-    markdown += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
-    atomic_write_text(out / "report.md", markdown)
-    return out
-
-
-def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | None = None,
-             split: str = "test", evaluators: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Re-run a finished run's evaluators (plus ``evaluators``, extra ``{plugin: ...}`` nodes)
-    from its checkpoint and rewrite its report."""
-    from .assemble import assemble
-    from .checkpoint import load_weights
-    from .plugins import default_plugins
-    from .recipe import load_recipe
-    from .run_dir import RECIPE_FILE
-    from .train import pick_device
-
-    plugins = plugins or default_plugins()
-    run_dir = Path(run_dir)
-    recipe = load_recipe(run_dir / RECIPE_FILE, plugins=plugins)
-    if evaluators:
-        from .recipe import validate_recipe
-
-        raw = recipe.model_dump(mode="json")
-        raw["eval"] = raw["eval"] + list(evaluators)
-        recipe = validate_recipe(raw, f"{run_dir / RECIPE_FILE} with the added evaluators", plugins)
-    parts = assemble(recipe, plugins)
-    parts.load_state_dict(load_weights(run_dir / "checkpoints" / checkpoint))
-    device = pick_device(recipe.train.device)
-    parts.model.to(device)
-    parts.loss.to(device)
-    rows = run_evaluators(recipe, parts, plugins, device, split)
-    write_report(run_dir, rows)
-    plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split=split)
-    return rows

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PolyalignError
-from .manifest_file import SUFFIXES, parse_cell, read_manifest
+from polyalign.core.errors import PolyalignError
+from polyalign.core.manifest_file import SUFFIXES, parse_cell, read_manifest
 
 SOURCE_KINDS = "a folder of files, a manifest (.csv or .jsonl, one column per modality), a .npy array " \
                "(one row per value) or a .txt file (one value per line)"

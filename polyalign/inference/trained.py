@@ -12,15 +12,17 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from .assemble import Assembled, assemble, build_loss, build_model
-from .checkpoint import WEIGHTS, CheckpointError, load_weights, resolve_checkpoint
-from .data import describe_value
-from .encoder import Input, to_device
-from .errors import PluginError, PolyalignError, RecipeError
+from polyalign.core.assemble import Assembled, assemble, build_loss, build_model
+from polyalign.core.data import describe_value
+from polyalign.core.device import pick_device
+from polyalign.core.encoder import Input, to_device
+from polyalign.core.errors import PluginError, PolyalignError, RecipeError
+from polyalign.core.plugins import Plugins, default_plugins
+from polyalign.core.recipe import Recipe
+from polyalign.core.run_files import CHECKPOINTS_DIR, RECIPE_FILE
+from polyalign.core.weights import WEIGHTS, CheckpointError, load_weights, resolve_checkpoint
+
 from .model_card import CARD_FILE, check_card
-from .plugins import Plugins, default_plugins
-from .recipe import Recipe
-from .run_dir import RECIPE_FILE
 
 
 @dataclass(frozen=True)
@@ -237,8 +239,6 @@ def load(path: str | Path, checkpoint: str = "last", device: str = "auto",
     ``checkpoint`` is ``last`` (the weights the run's evaluation used) or ``best`` (lowest
     validation loss); an exported folder holds one set of weights and ignores it.
     """
-    from .train import pick_device
-
     plugins = plugins or default_plugins()
     path = Path(path)
     if is_export(path):
@@ -247,9 +247,9 @@ def load(path: str | Path, checkpoint: str = "last", device: str = "auto",
         weights_dir, checkpoint = path, str(card.get("checkpoint", "last"))
     elif (path / RECIPE_FILE).is_file():
         recipe = read_recipe_file(path / RECIPE_FILE)
-        weights_dir = path / "checkpoints" / checkpoint
+        weights_dir = path / CHECKPOINTS_DIR / checkpoint
         if not weights_dir.is_dir() and not weights_dir.with_name(f".{checkpoint}.old").is_dir():
-            found = sorted(p.name for p in (path / "checkpoints").glob("[!.]*")) if (path / "checkpoints").is_dir() else []
+            found = sorted(p.name for p in (path / CHECKPOINTS_DIR).glob("[!.]*")) if (path / CHECKPOINTS_DIR).is_dir() else []
             raise CheckpointError(f"{path}: no checkpoint {checkpoint!r}; it has: {', '.join(found) or 'none'} "
                                   f"(a run saves 'best' only when it has a validation split)")
     else:
@@ -263,4 +263,4 @@ def load(path: str | Path, checkpoint: str = "last", device: str = "auto",
     except RuntimeError as exc:
         raise CheckpointError(f"the weights in {weights_file} do not fit the model built from "
                               f"{path / RECIPE_FILE}: {' '.join(str(exc).split())[:600]}") from None
-    return TrainedModel(parts, recipe, pick_device(device), path, checkpoint, weights_file)
+    return TrainedModel(parts, recipe, pick_device(device, option="device"), path, checkpoint, weights_file)

@@ -1,4 +1,7 @@
-"""Checkpoints: safetensors weights + training state, written atomically, loaded safely."""
+"""Writing checkpoints: safetensors weights + training state, swapped in atomically, pruned.
+
+Reading them back safely is :mod:`polyalign.core.weights`, shared with evaluation and inference.
+"""
 
 from __future__ import annotations
 
@@ -11,67 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .errors import PolyalignError
+from polyalign.core.atomic import WriteError, atomic_write_bytes, describe_os_error, fsync_dir, fsync_file
+from polyalign.core.weights import STATE, WEIGHTS, CheckpointError, has_checkpoint, resolve_checkpoint
 
-WEIGHTS = "model.safetensors"
-STATE = "state.pt"
 STEP_PREFIX = "step-"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
-
-
-class CheckpointError(PolyalignError):
-    """A checkpoint could not be written or read."""
-
-
-def describe_os_error(exc: OSError) -> str:
-    """The OS error in words, with what to do when the disk is full."""
-    text = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        text += " (the disk or quota is full: free some space, then continue with `polyalign train --resume RUN_DIR`)"
-    return text
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write {path}: {describe_os_error(exc)}. The previous "
-                              f"version of the file, if any, is unchanged.") from exc
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,12 +34,12 @@ def _swap_in(tmp: Path, directory: Path) -> None:
     :func:`resolve_checkpoint` falls back to, so a kill at any instant leaves one loadable.
     """
     old = directory.with_name(f".{directory.name}.old")
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
     os.replace(tmp, directory)
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -106,14 +55,14 @@ def save_checkpoint(directory: Path, weights: dict[str, torch.Tensor], state: di
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(_contiguous(weights), str(tmp / WEIGHTS))
-        _fsync_file(tmp / WEIGHTS)
+        fsync_file(tmp / WEIGHTS)
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(tmp / STATE, buf.getvalue())
         _swap_in(tmp, directory)
-    except (OSError, CheckpointError) as exc:
+    except (OSError, WriteError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        cause = exc.__cause__ if isinstance(exc, CheckpointError) and isinstance(exc.__cause__, OSError) else exc
+        cause = exc.__cause__ if isinstance(exc, WriteError) and isinstance(exc.__cause__, OSError) else exc
         reason = describe_os_error(cause) if isinstance(cause, OSError) else str(cause)
         raise CheckpointError(f"could not save checkpoint {directory}: {reason}. "
                               f"The last complete checkpoint is kept.") from exc
@@ -134,7 +83,7 @@ def link_checkpoint(source: Path, directory: Path) -> None:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.ENOENT):
                     raise
                 shutil.copy2(source / name, tmp / name)
-                _fsync_file(tmp / name)
+                fsync_file(tmp / name)
         _swap_in(tmp, directory)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -169,15 +118,6 @@ def prune_step_checkpoints(root: Path, keep: int) -> list[Path]:
     return doomed
 
 
-def has_checkpoint(directory: Path) -> bool:
-    """Whether ``directory`` (or its previous version kept mid-swap) holds a checkpoint."""
-    try:
-        resolve_checkpoint(directory)
-        return True
-    except CheckpointError:
-        return False
-
-
 def latest_checkpoint(root: Path) -> Path | None:
     """The checkpoint a resume continues from: ``last`` (or its previous version kept
     mid-swap), else the newest ``step-*`` one; None when the run saved none."""
@@ -186,37 +126,3 @@ def latest_checkpoint(root: Path) -> Path | None:
         return resolve_checkpoint(root / "last")
     steps = step_checkpoints(root)
     return steps[-1][1] if steps else None
-
-
-def resolve_checkpoint(directory: Path) -> Path:
-    """``directory``, or its previous version if a crash interrupted the swap."""
-    directory = Path(directory)
-    if (directory / WEIGHTS).is_file():
-        return directory
-    old = directory.with_name(f".{directory.name}.old")
-    if (old / WEIGHTS).is_file():
-        return old
-    raise CheckpointError(f"no checkpoint at {directory} (expected {WEIGHTS} inside)")
-
-
-def load_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """The safetensors weights of a checkpoint directory."""
-    path = resolve_checkpoint(directory) / WEIGHTS
-    try:
-        return load_file(str(path))
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from exc
-
-
-def load_state(directory: Path) -> dict[str, Any]:
-    """The training state of a checkpoint (``weights_only`` unpickling: no code can run)."""
-    path = resolve_checkpoint(directory) / STATE
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing: cannot resume from this checkpoint") from None
-    except Exception as exc:
-        raise CheckpointError(
-            f"refused to load {path}: it is not a plain training-state file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}). polyalign only loads tensors and plain "
-            f"values, never pickled code.") from exc

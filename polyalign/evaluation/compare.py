@@ -10,12 +10,13 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import atomic_write_text
-from .errors import PolyalignError
-from .report_plots import (METRIC_LABEL, common_chance, curve_rows, heatmap_rows, modality_order,
-                           new_figure, query_text, save_figure, subset_sort_key)
+from polyalign.core.atomic import atomic_write_text
+from polyalign.core.errors import PolyalignError
+from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
+
+from .report_plots import (METRIC_LABEL, common_chance, curve_rows, heatmap_rows, modality_order, new_figure,
+                           query_text, save_figure, subset_sort_key)
 from .report_table import cell_text, hashable, identity_fields, metric_cell
-from .run_dir import RECIPE_FILE
 
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
@@ -62,7 +63,7 @@ def run_label(run_dir: Path) -> str:
 def load_run(run_dir: str | Path) -> RunReport:
     """A run's ``eval/report.json`` rows and its label."""
     run_dir = Path(run_dir)
-    report = run_dir / "eval" / "report.json"
+    report = run_dir / REPORT_DIR / REPORT_JSON
     if not report.is_file():
         raise PolyalignError(f"{run_dir}: no eval/report.json; run `polyalign eval {run_dir}` first")
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def shipped_recipes() -> dict[str, Path]:

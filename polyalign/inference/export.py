@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import shutil
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .assemble import build_model, with_rebuild_options
-from .checkpoint import WEIGHTS, CheckpointError, atomic_write_text, load_state
-from .errors import PolyalignError
-from .evaluate import REPORT_DIR, report_markdown
+from polyalign.core.assemble import build_model, with_rebuild_options
+from polyalign.core.atomic import atomic_write_text
+from polyalign.core.errors import PolyalignError
+from polyalign.core.evaluator import report_markdown
+from polyalign.core.plugins import Plugins, default_plugins
+from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
+from polyalign.core.weights import WEIGHTS, CheckpointError, load_state
+
 from .model_card import CARD_FILE, requirements
-from .plugins import Plugins, default_plugins
-from .run_dir import RECIPE_FILE
 from .trained import TrainedModel, load
 
 
@@ -50,7 +53,7 @@ def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[s
               f"Trained on the `{recipe.data.plugin}` dataset.", ""]
     table = report_markdown(rows, "Evaluation").splitlines()
     lines += ["## Evaluation", "",
-              f"From the run's `{REPORT_DIR}/report.json` (the test split, measured when the run was "
+              f"From the run's `{REPORT_DIR}/{REPORT_JSON}` (the test split, measured when the run was "
               f"evaluated).", ""] + (table[2:] if rows else ["The run has no evaluation report."])
     lines += ["", "## Plugins this model needs", "",
               "| kind | name | plugin | distribution | version |", "|---|---|---|---|---|"]
@@ -69,8 +72,6 @@ def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[s
 def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last",
                  plugins: Plugins | None = None) -> Path:
     """Write ``dest``: the checkpoint's weights, the resolved recipe and ``MODEL_CARD.md``."""
-    import polyalign
-
     plugins = plugins or default_plugins()
     run_dir, dest = Path(run_dir), Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -83,9 +84,9 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
         raise PolyalignError(f"cannot export {run_dir}: its model cannot be rebuilt without the training "
                              f"data ({exc}). The encoder that infers this option should return it from "
                              f"rebuild_options().") from exc
-    report = run_dir / REPORT_DIR / "report.json"
+    report = run_dir / REPORT_DIR / REPORT_JSON
     rows = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else []
-    header = {"polyalign_version": polyalign.__version__, "name": recipe.name,
+    header = {"polyalign_version": version("polyalign"), "name": recipe.name,
               "source_run": run_dir.resolve().name, "checkpoint": model.checkpoint,
               **_progress(model.weights_file), "modalities": model.modalities,
               "embed_dim": model.embed_dim, "weights_sha256": model.weights_sha256,

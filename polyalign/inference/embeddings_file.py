@@ -11,8 +11,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from .checkpoint import atomic_write_bytes
-from .errors import PolyalignError
+from polyalign.core.atomic import atomic_write_bytes
+from polyalign.core.errors import PolyalignError
+
 from .trained import TrainedModel
 
 FORMAT = "polyalign.embeddings/1"

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import describe_value
+from polyalign.core.data import describe_value
+from polyalign.core.errors import PolyalignError
+
 from .embeddings_file import check_same_model, read_embeddings, save_embeddings
-from .errors import PolyalignError
 from .sources import Values, query_value, read_source, split_assignment
 from .trained import Hit, TrainedModel, rank_hits
 

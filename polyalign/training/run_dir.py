@@ -5,12 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
-from .errors import PolyalignError
-from .recipe import Recipe
-
-RECIPE_FILE = "recipe.yaml"
-METRICS_FILE = "metrics.jsonl"
+from polyalign.core.atomic import atomic_write_text
+from polyalign.core.errors import PolyalignError
+from polyalign.core.recipe import Recipe
+from polyalign.core.run_files import RECIPE_FILE
 
 
 def new_run_dir(base: Path, recipe: Recipe) -> Path:
@@ -36,11 +34,3 @@ def new_run_dir(base: Path, recipe: Recipe) -> Path:
 def write_recipe(run_dir: Path, recipe: Recipe) -> None:
     """Write the resolved ``recipe.yaml`` of a run (atomically)."""
     atomic_write_text(Path(run_dir) / RECIPE_FILE, f"# polyalign train {RECIPE_FILE} (resolved)\n" + recipe.to_yaml())
-
-
-def logged_before(row: dict, start_step: int, start_epoch: int) -> bool:
-    """Whether a logged ``step``/``epoch`` row precedes a checkpoint at (``start_step``,
-    ``start_epoch``): rows after it are logged again by the resumed run and must be dropped."""
-    if row["kind"] == "epoch":
-        return int(row["epoch"]) <= start_epoch
-    return int(row["step"]) <= start_step

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from .errors import PluginError, PolyalignError
-from .plugins import Plugins, describe
-from .recipe import Recipe
+from polyalign.core.errors import PluginError, PolyalignError
+from polyalign.core.plugins import Plugins, describe
+from polyalign.core.recipe import Recipe
 
 CARD_FILE = "MODEL_CARD.md"
 _LISTING_KEY = {"encoder": "encoders", "loss": "losses"}

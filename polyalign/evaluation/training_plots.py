@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes
-from .errors import PolyalignError
-from .run_dir import METRICS_FILE
+from polyalign.core.atomic import atomic_write_bytes
+from polyalign.core.errors import PolyalignError
+from polyalign.core.run_files import METRICS_FILE, REPORT_DIR, REPORT_JSON
 
 CSV_FILE = "metrics.csv"
 MAX_EVAL_GROUPS = 12
@@ -73,7 +73,7 @@ def read_run(run_dir: str | Path) -> RunCurves:
     else:
         raise PolyalignError(f"{run_dir} has no {METRICS_FILE} or {CSV_FILE}; plot needs a run trained with "
                              f"the jsonl or csv logger (the recipe's `logging:` list)")
-    report = run_dir / "eval" / "report.json"
+    report = run_dir / REPORT_DIR / REPORT_JSON
     eval_rows = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else []
     return RunCurves(run_dir.name, [r for r in rows if r.get("kind") == "step"],
                      [r for r in rows if r.get("kind") == "epoch"], eval_rows)

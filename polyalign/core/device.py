@@ -1,0 +1,34 @@
+"""Choosing the device and the autocast precision of a run."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .errors import PolyalignError
+
+
+def pick_device(name: str, option: str = "train.device") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device.
+
+    ``option`` names where the value came from (a recipe key or a command-line flag) in errors.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise PolyalignError(f"{option}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PolyalignError(f"{option}: 'cuda' was asked for but no CUDA device is available; "
+                             "use auto or cpu")
+    return device
+
+
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``bf16`` (or ``auto`` on CUDA); nothing for fp32."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

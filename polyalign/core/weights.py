@@ -1,0 +1,65 @@
+"""Reading a checkpoint safely: safetensors weights, ``weights_only`` state, no pickled code.
+
+Training, evaluation and inference all read checkpoints through these functions; writing them
+(and pruning them) is the trainer's business, in the training room (``training/checkpoint.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from .errors import PolyalignError
+
+WEIGHTS = "model.safetensors"
+STATE = "state.pt"
+
+
+class CheckpointError(PolyalignError):
+    """A checkpoint could not be written or read."""
+
+
+def resolve_checkpoint(directory: Path) -> Path:
+    """``directory``, or its previous version if a crash interrupted the swap."""
+    directory = Path(directory)
+    if (directory / WEIGHTS).is_file():
+        return directory
+    old = directory.with_name(f".{directory.name}.old")
+    if (old / WEIGHTS).is_file():
+        return old
+    raise CheckpointError(f"no checkpoint at {directory} (expected {WEIGHTS} inside)")
+
+
+def has_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` (or its previous version kept mid-swap) holds a checkpoint."""
+    try:
+        resolve_checkpoint(directory)
+        return True
+    except CheckpointError:
+        return False
+
+
+def load_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The safetensors weights of a checkpoint directory."""
+    path = resolve_checkpoint(directory) / WEIGHTS
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from exc
+
+
+def load_state(directory: Path) -> dict[str, Any]:
+    """The training state of a checkpoint (``weights_only`` unpickling: no code can run)."""
+    path = resolve_checkpoint(directory) / STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: cannot resume from this checkpoint") from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"refused to load {path}: it is not a plain training-state file ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). polyalign only loads tensors and plain "
+            f"values, never pickled code.") from exc

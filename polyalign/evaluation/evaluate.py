@@ -1,0 +1,65 @@
+"""Evaluation of a run: its recipe's evaluators on a split, the report files and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polyalign.core.assemble import Assembled, assemble
+from polyalign.core.atomic import atomic_write_text
+from polyalign.core.device import pick_device
+from polyalign.core.evaluator import EvalContext, report_markdown
+from polyalign.core.plugins import Plugins, default_plugins
+from polyalign.core.recipe import Recipe, load_recipe, validate_recipe
+from polyalign.core.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
+from polyalign.core.weights import load_weights
+
+from .report_plots import write_plots
+
+
+def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: torch.device,
+                   split: str = "test") -> list[dict[str, Any]]:
+    """Run every evaluator of the recipe on ``split``; return all rows."""
+    ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed)
+    rows: list[dict[str, Any]] = []
+    for node in recipe.eval:
+        evaluator = plugins.build("evaluator", node.plugin, **node.options())
+        rows += evaluator(ctx)
+    return rows
+
+
+def write_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write ``eval/report.json``, ``eval/report.md`` and the PNG plots; return the folder."""
+    out = Path(run_dir) / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / REPORT_JSON, json.dumps(rows, indent=2) + "\n")
+    plots = write_plots(out, rows, Path(run_dir).name)
+    markdown = report_markdown(rows, f"Evaluation of {Path(run_dir).name}")
+    markdown += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
+    atomic_write_text(out / REPORT_MD, markdown)
+    return out
+
+
+def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | None = None,
+             split: str = "test", evaluators: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Re-run a finished run's evaluators (plus ``evaluators``, extra ``{plugin: ...}`` nodes)
+    from its checkpoint and rewrite its report."""
+    plugins = plugins or default_plugins()
+    run_dir = Path(run_dir)
+    recipe = load_recipe(run_dir / RECIPE_FILE, plugins=plugins)
+    if evaluators:
+        raw = recipe.model_dump(mode="json")
+        raw["eval"] = raw["eval"] + list(evaluators)
+        recipe = validate_recipe(raw, f"{run_dir / RECIPE_FILE} with the added evaluators", plugins)
+    parts = assemble(recipe, plugins)
+    parts.load_state_dict(load_weights(run_dir / CHECKPOINTS_DIR / checkpoint))
+    device = pick_device(recipe.train.device)
+    parts.model.to(device)
+    parts.loss.to(device)
+    rows = run_evaluators(recipe, parts, plugins, device, split)
+    write_report(run_dir, rows)
+    plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split=split)
+    return rows
