@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -19,6 +21,10 @@ Sample = dict[str, Any]
 class Dataset(Protocol):
     """What a dataset plugin returns: modality names, a root folder and three splits.
 
+    A split is either a sequence of samples (the map form: ``manifest``, ``xor``) or a
+    :class:`polyalign.core.stream.StreamSplit` (the iterable form: samples read from shards
+    front to back, for data too large to hold, e.g. ``webdataset``).
+
     Optional attributes the core uses when present: ``on_error`` (``"raise"`` or ``"skip"``:
     what to do with a row whose value fails to load) and ``locate(split, index) -> str`` (where
     a row comes from, e.g. a manifest file and line, for error messages).
@@ -27,9 +33,43 @@ class Dataset(Protocol):
     modalities: Sequence[str]
     root: Path | None
 
-    def split(self, name: str) -> Sequence[Sample]:
-        """The samples of ``train``, ``val`` or ``test``."""
+    def split(self, name: str) -> Any:
+        """The samples of ``train``, ``val`` or ``test``: a sequence, or a stream of shards."""
         ...
+
+
+@dataclass(frozen=True)
+class FileBytes:
+    """A file held in memory (a member of a shard): read it as you would read a ``Path``.
+
+    ``name`` says where it came from (``shard.tar:key.png``) and ends with the file's
+    extension, so ``suffix`` and error messages work as they do for a path.
+    """
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def suffix(self) -> str:
+        """The extension, with its dot (``.png``), as :attr:`pathlib.Path.suffix`."""
+        return Path(self.name).suffix
+
+    def open(self, mode: str = "rb") -> io.BytesIO:
+        """A binary file object over the bytes (only reading is possible)."""
+        if mode != "rb":
+            raise ValueError(f"{self.name}: a file held in memory opens only for reading ('rb')")
+        return io.BytesIO(self.data)
+
+    def read_bytes(self) -> bytes:
+        """The file's bytes."""
+        return self.data
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        """The file's text (raises UnicodeDecodeError if it is not ``encoding``)."""
+        return self.data.decode(encoding)
 
 
 class DataError(PolyalignError):
@@ -38,20 +78,64 @@ class DataError(PolyalignError):
 
 def describe_value(value: Any) -> str:
     """A short printable form of a raw value for error messages."""
-    text = repr(value) if not isinstance(value, (str, Path)) else str(value)
+    text = repr(value) if not isinstance(value, (str, Path, FileBytes)) else str(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+Loader = Callable[[Any, Path | None], Input]
+
+
+class RowLoader:
+    """Loads raw samples through each modality's loader (its encoder's ``load``)."""
+
+    def __init__(self, loaders: dict[str, Loader], root: Path | None,
+                 batch_loaders: dict[str, Callable[[list[Any], Path | None], Input]] | None = None):
+        self.loaders = loaders
+        self.batch_loaders = batch_loaders
+        self.root = root
+
+    def row(self, sample: Sample, where: Callable[[], str]) -> dict[str, Input]:
+        """``{modality: loaded value}`` of one sample; a value that fails raises :class:`DataError`
+        whose message starts with ``where()``."""
+        values = {}
+        for m, load in self.loaders.items():
+            raw = sample.get(m)
+            if raw is None:
+                continue
+            try:
+                values[m] = load(raw, self.root)
+            except PolyalignError as exc:
+                raise DataError(f"{where()}, modality {m!r} ({describe_value(raw)}): {exc}") from exc
+            except Exception as exc:
+                raise DataError(f"{where()}, modality {m!r} ({describe_value(raw)}): "
+                                f"{type(exc).__name__}: {exc}") from exc
+        return values
+
+    def columns(self, samples: Sequence[Sample]) -> dict[str, tuple[list[int], Input]] | None:
+        """Per modality, the rows that have it and their values loaded in one ``load_batch`` call;
+        None when there are no batch loaders or any value fails (then load row by row)."""
+        if self.batch_loaders is None:
+            return None
+        columns = {}
+        try:
+            for m, load_batch in self.batch_loaders.items():
+                rows = [k for k, s in enumerate(samples) if s.get(m) is not None]
+                if rows:
+                    columns[m] = (rows, load_batch([samples[k][m] for k in rows], self.root))
+        except Exception:
+            return None
+        return columns
 
 
 class TupleDataset(torch.utils.data.Dataset):
     """Loads sample ``i`` of a split: ``(i, {modality: loaded value}, label)``."""
 
-    def __init__(self, samples: Sequence[Sample], loaders: dict[str, Callable[[Any, Path | None], Input]],
+    def __init__(self, samples: Sequence[Sample], loaders: dict[str, Loader],
                  root: Path | None, split: str, source: str = "", on_error: str = "raise",
                  locate: Callable[[int], str] | None = None,
                  batch_loaders: dict[str, Callable[[list[Any], Path | None], Input]] | None = None):
         self.samples = samples
-        self.loaders = loaders
-        self.batch_loaders = batch_loaders
+        self.rows = RowLoader(loaders, root, batch_loaders)
         self.root = root
         self.split = split
         self.source = source
@@ -76,35 +160,15 @@ class TupleDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> LoadedColumns | list[tuple[int, dict[str, Input], Any]]:
         """Load a batch column by column (one ``load_batch`` call per modality); if anything
         fails, load it row by row instead, which names the failing row and honours on_error."""
-        if self.batch_loaders is None:
-            return [self[i] for i in indices]
         samples = [self.samples[i] for i in indices]
-        columns = {}
-        try:
-            for m, load_batch in self.batch_loaders.items():
-                rows = [k for k, s in enumerate(samples) if s.get(m) is not None]
-                if rows:
-                    columns[m] = (rows, load_batch([samples[k][m] for k in rows], self.root))
-        except Exception:
+        columns = self.rows.columns(samples)
+        if columns is None:
             return [self[i] for i in indices]
         return LoadedColumns(list(indices), columns, [s.get("label") for s in samples])
 
     def load_values(self, i: int) -> dict[str, Input]:
         """``{modality: loaded value}`` of row ``i``; a value that fails raises :class:`DataError`."""
-        sample = self.samples[i]
-        values = {}
-        for m, load in self.loaders.items():
-            raw = sample.get(m)
-            if raw is None:
-                continue
-            try:
-                values[m] = load(raw, self.root)
-            except PolyalignError as exc:
-                raise DataError(f"{self._where(i)}, modality {m!r} ({describe_value(raw)}): {exc}") from exc
-            except Exception as exc:
-                raise DataError(f"{self._where(i)}, modality {m!r} ({describe_value(raw)}): "
-                                f"{type(exc).__name__}: {exc}") from exc
-        return values
+        return self.rows.row(self.samples[i], lambda: self._where(i))
 
     def take_skipped(self) -> list[str]:
         """The errors of the rows skipped since the last call (``on_error=skip``), then forget them."""

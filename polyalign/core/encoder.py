@@ -17,15 +17,47 @@ class Encoder(nn.Module):
     """Base class for encoder plugins.
 
     Subclasses set ``width`` (the size of the output features), implement ``forward``
-    (collated batch -> ``(B, width)``) and ``load`` (one raw value from a sample -> tensor or
-    dict of tensors). The default ``collate`` stacks tensors (or each key of dicts).
+    (collated batch -> ``(B, width)``) and say how one raw value from a sample (a path, a
+    :class:`~polyalign.core.data.FileBytes`, a string, numbers) becomes a tensor or dict of
+    tensors: either ``load``, or the pair ``decode`` + ``finish``. The default ``collate``
+    stacks tensors (or each key of dicts).
+
+    **Decode once, finish on every use.** The input cache (``cache.inputs``) keeps what
+    ``decode`` returned and calls ``finish`` on it at each use, so ``decode`` must be
+    deterministic (file reading, resampling, tokenising) and everything random belongs in
+    ``finish(x, train)`` (train-time augmentation: random crops, flips; and, for ``train=False``,
+    whatever must happen after decoding in evaluation, e.g. a centre crop). ``load`` is
+    ``finish(decode(value, root), self.training)``. An encoder that overrides ``load`` alone
+    is cached as it is: one whose ``load`` draws random numbers must set ``random_load = True``,
+    and polyalign then refuses the input cache for it with a message.
     """
 
     width: int
+    random_load: bool = False
 
     def load(self, value: Any, root: Path | None) -> Input:
         """Turn one raw value (a path relative to ``root``, a string, numbers) into a tensor."""
-        raise PluginError(f"encoder {type(self).__name__} does not define load(value, root)")
+        if type(self).decode is Encoder.decode:
+            raise PluginError(f"encoder {type(self).__name__} defines neither load(value, root) nor "
+                              f"decode(value, root)")
+        return self.finish(self.decode(value, root), self.training)
+
+    def decode(self, value: Any, root: Path | None) -> Input:
+        """The deterministic part of :meth:`load`: what the input cache keeps (default: ``load``)."""
+        return self.load(value, root)
+
+    def finish(self, x: Input, train: bool) -> Input:
+        """The part of :meth:`load` done at every use of a decoded value (default: nothing)."""
+        return x
+
+    def load_options(self) -> dict[str, Any] | None:
+        """The options that change what :meth:`decode` returns, for the input cache's key.
+
+        None (the default) keys the cache on every option of the encoder's recipe node, which is
+        always safe; return the few that matter so that changing another option (a hidden width)
+        keeps the cached inputs.
+        """
+        return None
 
     def rebuild_options(self) -> dict[str, Any]:
         """Config options this encoder inferred from its ``example`` (e.g. an input size).

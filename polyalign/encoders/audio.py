@@ -10,10 +10,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from polyalign.core.data import FileBytes
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
 
 from .files import load_weights_into, local_weights_file, resolve_file
+from .resample import resample
 
 Wav2Vec2Arch = Literal["base", "large", "large_lv60k", "tiny"]
 
@@ -48,12 +50,12 @@ def truncated_chunk(log: str) -> str | None:
     return None
 
 
-def read_audio(path: Path) -> tuple[torch.Tensor, int]:
+def read_audio(path: Path | FileBytes) -> tuple[torch.Tensor, int]:
     """A mono float32 waveform and its sample rate, read with soundfile."""
     import soundfile as sf
 
     try:
-        with sf.SoundFile(str(path)) as fh:
+        with path.open("rb") as raw, sf.SoundFile(raw) as fh:
             short = truncated_chunk(fh.extra_info)
             data, rate = fh.read(dtype="float32", always_2d=True), fh.samplerate
     except Exception as exc:
@@ -135,7 +137,6 @@ class AudioEncoder(Encoder):
         super().__init__()
         self.config = config
         self.length = max(1, round(config.clip_seconds * config.sample_rate))
-        self.resamplers: dict[int, nn.Module] = {}  # source rate -> resampler; a plain dict: not weights
         if config.backbone == "cnn":
             hop = config.hop_length or max(1, config.sample_rate // 100)
             self.backbone: nn.Module = LogMelCNN(config.sample_rate, config.n_fft, hop, config.n_mels,
@@ -156,24 +157,29 @@ class AudioEncoder(Encoder):
             self.backbone.eval()
         return self
 
-    def load(self, value: Any, root: Path | None) -> torch.Tensor:
-        """Read, mix to mono, resample and crop/pad one file -> ``(clip samples,)``."""
-        import torchaudio
+    def load_options(self) -> dict[str, Any]:
+        return {"sample_rate": self.config.sample_rate, "clip_seconds": self.config.clip_seconds,
+                "crop": self.config.crop}
 
-        path = resolve_file(value, root, "audio")
-        wave, rate = read_audio(path)
-        if rate != self.config.sample_rate:
-            if rate not in self.resamplers:  # building the filter costs far more than applying it
-                self.resamplers[rate] = torchaudio.transforms.Resample(rate, self.config.sample_rate)
-            wave = self.resamplers[rate](wave)
+    def decode(self, value: Any, root: Path | None) -> torch.Tensor:
+        """Read, mix to mono and resample one file; cropped or padded to the clip length too,
+        unless the crop is random (then :meth:`finish` cuts it at each use)."""
+        wave, rate = read_audio(resolve_file(value, root, "audio"))
+        wave = resample(wave, rate, self.config.sample_rate)
+        return wave if self.config.crop == "random" else self._cut(wave, self.config.crop)
+
+    def finish(self, wave: torch.Tensor, train: bool) -> torch.Tensor:
+        """The clip of a decoded wave (a random window in training with ``crop: random``)."""
+        if self.config.crop != "random":
+            return wave
+        return self._cut(wave, "random" if train else "center")
+
+    def _cut(self, wave: torch.Tensor, crop: str) -> torch.Tensor:
         extra = max(0, wave.shape[0] - self.length)
-        crop = self.config.crop
-        if crop == "random" and self.training:
+        if crop == "random":
             offset = int(torch.randint(0, extra + 1, ()))
-        elif crop == "start":
-            offset = 0
         else:
-            offset = extra // 2
+            offset = 0 if crop == "start" else extra // 2
         return fit_length(wave, self.length, offset)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:

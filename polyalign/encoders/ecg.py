@@ -10,10 +10,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from polyalign.core.data import FileBytes
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
 
-from .files import resolve_file
+from .files import FILE_VALUES, resolve_file
+from .resample import resample
 
 Layout = Literal["auto", "leads_first", "time_first"]
 
@@ -53,22 +55,24 @@ def read_wfdb(path: Path, lead_names: list[str] | None, sample_rate: int | None)
                                  f"it has {', '.join(record.sig_name)}")
         signal = signal[:, [record.sig_name.index(n) for n in lead_names]]
     if sample_rate is not None and int(round(record.fs)) != sample_rate:
-        import torchaudio
-
         wave = torch.from_numpy(np.ascontiguousarray(signal.T, dtype=np.float32))
-        signal = torchaudio.functional.resample(wave, int(round(record.fs)), sample_rate).numpy().T
+        signal = resample(wave, int(round(record.fs)), sample_rate).numpy().T
     return np.asarray(signal, dtype=np.float32)
 
 
 def read_ecg_array(value: Any, root: Path | None, config: EcgConfig) -> np.ndarray:
     """The raw array of a value: a ``.npy`` file, a WFDB record (``.hea``/``.dat``/no suffix) or numbers."""
-    if not isinstance(value, (str, Path)):
+    if not isinstance(value, FILE_VALUES):
         return np.asarray(value, dtype=np.float32)
     text = str(value)
+    if isinstance(value, FileBytes) and not text.endswith(".npy"):
+        raise PolyalignError(f"ECG {text}: a recording held in memory (a shard member) must be a .npy array; "
+                             f"a WFDB record is two files (.hea + .dat), so convert it to .npy first")
     if text.endswith(".npy"):
-        path = resolve_file(text, root, "ECG .npy")
+        path = resolve_file(value, root, "ECG .npy")
         try:
-            return np.load(path, allow_pickle=False).astype(np.float32)
+            with path.open("rb") as fh:
+                return np.load(fh, allow_pickle=False).astype(np.float32)
         except Exception as exc:
             raise PolyalignError(f"cannot read ECG array {path}: {type(exc).__name__}: {exc}") from exc
     header = Path(text).with_suffix(".hea") if Path(text).suffix in (".hea", ".dat") else Path(text + ".hea")
@@ -97,7 +101,7 @@ def to_leads_first(arr: np.ndarray, leads: int, layout: Layout, name: str) -> np
 
 def read_recording(value: Any, root: Path | None, config: EcgConfig) -> np.ndarray:
     """The recording of a value as ``(leads, samples)`` (any length), unstandardised."""
-    name = str(value) if isinstance(value, (str, Path)) else "value"
+    name = str(value) if isinstance(value, FILE_VALUES) else "value"
     return to_leads_first(read_ecg_array(value, root, config), config.leads, config.layout, name)
 
 
@@ -161,18 +165,33 @@ class EcgEncoder(Encoder):
     def rebuild_options(self) -> dict[str, Any]:
         return {"length": self.length}
 
-    def load(self, value: Any, root: Path | None) -> torch.Tensor:
-        """One recording -> ``(leads, length)``: standardised per lead, cropped or zero-padded."""
-        x = read_recording(value, root, self.config)
+    def load_options(self) -> dict[str, Any]:
+        cfg = self.config
+        return {"leads": cfg.leads, "length": self.length, "layout": cfg.layout, "crop": cfg.crop,
+                "sample_rate": cfg.sample_rate, "lead_names": cfg.lead_names}
+
+    def decode(self, value: Any, root: Path | None) -> torch.Tensor:
+        """One recording -> ``(leads, length)``, standardised per lead and cropped or zero-padded;
+        with ``crop: random`` the whole recording, which :meth:`finish` cuts at each use."""
+        x = torch.from_numpy(np.ascontiguousarray(read_recording(value, root, self.config)))
+        return x if self.config.crop == "random" else self._cut(x, self.config.crop)
+
+    def finish(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """The window of a decoded recording (a random one in training with ``crop: random``)."""
+        if self.config.crop != "random":
+            return x
+        return self._cut(x, "random" if train else "center")
+
+    def _cut(self, x: torch.Tensor, crop: str) -> torch.Tensor:
         extra = max(0, x.shape[1] - self.length)
-        if self.config.crop == "random" and self.training:
+        if crop == "random":
             offset = int(torch.randint(0, extra + 1, ()))
         else:
-            offset = 0 if self.config.crop == "start" else extra // 2
-        x = standardize_leads(x[:, offset: offset + self.length])
-        if x.shape[1] < self.length:
-            x = np.pad(x, ((0, 0), (0, self.length - x.shape[1])))
-        return torch.from_numpy(np.ascontiguousarray(x))
+            offset = 0 if crop == "start" else extra // 2
+        window = standardize_leads(x[:, offset: offset + self.length].numpy())
+        if window.shape[1] < self.length:
+            window = np.pad(window, ((0, 0), (0, self.length - window.shape[1])))
+        return torch.from_numpy(np.ascontiguousarray(window))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from polyalign.core.data import FileBytes
 from polyalign.core.errors import PolyalignError
 
+FILE_VALUES = (str, Path, FileBytes)  # raw values that name (or hold) a file
 
-def resolve_file(value: Any, root: Path | None, what: str) -> Path:
-    """The existing file a raw value names (relative paths resolve against ``root``)."""
+
+def resolve_file(value: Any, root: Path | None, what: str) -> Path | FileBytes:
+    """The existing file a raw value names (relative paths resolve against ``root``), or the
+    file itself when the value holds it in memory (a shard member). Both read alike:
+    ``open("rb")``, ``read_bytes()``, ``read_text()``, ``suffix``."""
+    if isinstance(value, FileBytes):
+        return value
     if not isinstance(value, (str, Path)) or not str(value).strip():
         raise PolyalignError(f"expected a path to {what} file, got {type(value).__name__} {value!r}")
     path = Path(str(value)).expanduser()

@@ -103,28 +103,50 @@ class ImageEncoder(Encoder):
             self.backbone.eval()
         return self
 
-    def load(self, value: Any, root: Path | None) -> torch.Tensor:
-        """Decode a PNG/JPEG file into a normalised ``(C, S, S)`` float tensor."""
+    def load_options(self) -> dict[str, Any]:
+        return {"image_size": self.config.image_size, "channels": self.config.channels,
+                "mean": self.pixel_mean.flatten().tolist(), "std": self.pixel_std.flatten().tolist(),
+                "augment": self.config.augment}
+
+    def decode(self, value: Any, root: Path | None) -> torch.Tensor:
+        """Decode a PNG/JPEG file: a normalised ``(C, S, S)`` float tensor, or with ``augment``
+        the image as it is (``(C, H, W)`` uint8), which :meth:`finish` crops at each use."""
         from PIL import Image, UnidentifiedImageError
-        from torchvision.transforms.v2 import RandomResizedCrop
         from torchvision.transforms.v2 import functional as TF
 
         path = resolve_file(value, root, "image")
         try:
-            with Image.open(path) as img:
+            with path.open("rb") as fh, Image.open(fh) as img:
                 img.load()
                 img = img.convert("RGB" if self.config.channels == 3 else "L")
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise PolyalignError(f"cannot decode image {path}: {exc}. Is it a valid PNG or JPEG file?") from exc
         x = TF.pil_to_tensor(img)
+        return x if self.config.augment else self._normalize(self._center(x))
+
+    def finish(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """With ``augment``: a random resized crop and flip in training, the centre crop otherwise."""
+        if not self.config.augment:
+            return x
+        from torchvision.transforms.v2 import RandomResizedCrop
+        from torchvision.transforms.v2 import functional as TF
+
+        if not train:
+            return self._normalize(self._center(x))
         size = [self.config.image_size, self.config.image_size]
-        if self.config.augment and self.training:
-            top, left, h, w = RandomResizedCrop.get_params(x, scale=[0.5, 1.0], ratio=[3 / 4, 4 / 3])
-            x = TF.resized_crop(x, top, left, h, w, size, antialias=True)
-            if torch.rand(()) < 0.5:
-                x = TF.horizontal_flip(x)
-        else:
-            x = TF.center_crop(TF.resize(x, size[0], antialias=True), size)
+        top, left, h, w = RandomResizedCrop.get_params(x, scale=[0.5, 1.0], ratio=[3 / 4, 4 / 3])
+        x = TF.resized_crop(x, top, left, h, w, size, antialias=True)
+        if torch.rand(()) < 0.5:
+            x = TF.horizontal_flip(x)
+        return self._normalize(x)
+
+    def _center(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        size = self.config.image_size
+        return TF.center_crop(TF.resize(x, size, antialias=True), [size, size])
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255.0 - self.pixel_mean) / self.pixel_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch import nn
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
 
-from .files import resolve_file
+from .files import FILE_VALUES, resolve_file
 
 
 class TabularConfig(BaseModel):
@@ -43,17 +43,18 @@ def is_missing(entry: Any) -> bool:
 
 
 def read_row(value: Any, root: Path | None) -> Any:
-    """A row as a list or dict: inline, or from a ``.npy``/``.json`` file."""
-    if isinstance(value, (str, Path)):
+    """A row as a list or dict: inline, or from a ``.npy``/``.json`` file (or shard member)."""
+    if isinstance(value, FILE_VALUES):
         text = str(value)
         if text.endswith(".npy"):
-            path = resolve_file(text, root, "tabular .npy")
+            path = resolve_file(value, root, "tabular .npy")
             try:
-                return np.load(path, allow_pickle=False).astype(np.float64).reshape(-1).tolist()
+                with path.open("rb") as fh:
+                    return np.load(fh, allow_pickle=False).astype(np.float64).reshape(-1).tolist()
             except Exception as exc:
                 raise PolyalignError(f"cannot read table row {path}: {type(exc).__name__}: {exc}") from exc
         if text.endswith(".json"):
-            path = resolve_file(text, root, "tabular .json")
+            path = resolve_file(value, root, "tabular .json")
             try:
                 return json.loads(path.read_text(encoding="utf-8"))
             except (ValueError, UnicodeDecodeError) as exc:

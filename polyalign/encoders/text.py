@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from polyalign.core.data import FileBytes
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
 
@@ -18,7 +19,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spie
 
 
 def read_text(value: Any, root: Path | None) -> str:
-    """Inline text, or the contents of a ``.txt`` file (path relative to ``root``)."""
+    """Inline text, or the contents of a ``.txt`` file (a path relative to ``root``, or a shard member)."""
+    if isinstance(value, FileBytes):
+        try:
+            return value.read_text()
+        except UnicodeDecodeError as exc:
+            raise PolyalignError(f"text {value} is not UTF-8 text: {exc}") from exc
     if not isinstance(value, str):
         raise PolyalignError(f"expected text (a string, or the path of a .txt file), got "
                              f"{type(value).__name__} {value!r}")

@@ -13,7 +13,7 @@ from torch import nn
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
 
-from .files import resolve_file
+from .files import FILE_VALUES, resolve_file
 
 
 class VectorConfig(BaseModel):
@@ -24,11 +24,13 @@ class VectorConfig(BaseModel):
 
 
 def load_vector(value: Any, root: Path | None) -> torch.Tensor:
-    """A list/array of numbers, or a ``.npy`` path relative to ``root``, as a float32 vector."""
-    if isinstance(value, (str, Path)):
+    """A list/array of numbers, or a ``.npy`` file (a path relative to ``root``, or a shard
+    member), as a float32 vector."""
+    if isinstance(value, FILE_VALUES):
         path = resolve_file(value, root, "vector .npy")
         try:
-            arr = np.load(path, allow_pickle=False)
+            with path.open("rb") as fh:
+                arr = np.load(fh, allow_pickle=False)
         except Exception as exc:
             raise PolyalignError(f"cannot read vector file {path}: {type(exc).__name__}: {exc}") from exc
     else:
@@ -60,7 +62,7 @@ class VectorEncoder(Encoder):
 
     def load_batch(self, values: list[Any], root: Path | None) -> torch.Tensor:
         """In-memory vectors stacked in one NumPy call (files go through :meth:`load`)."""
-        if isinstance(values[0], (str, Path)):  # a mix of files and arrays fails below and falls back
+        if isinstance(values[0], FILE_VALUES):  # a mix of files and arrays fails below and falls back
             return super().load_batch(values, root)
         x = torch.as_tensor(np.asarray(values, dtype=np.float32)).reshape(len(values), -1)
         if x.shape[1] != self.dim:
