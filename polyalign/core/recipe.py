@@ -82,7 +82,16 @@ class TrainSection(Strict):
             except (RuntimeError, ValueError) as exc:
                 raise ValueError(f"{name!r} is not a device: {exc}; use auto, cpu, cuda or cuda:N") from None
         return name
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes per training process; auto = 0 when the data is "
+                            "numbers already in memory, else one per CPU of the process less one, at most 8")
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError(f"must be auto or a number of worker processes (0 or more), got {value!r}")
     pin_memory: bool = False
     log_every: int = Field(10, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N steps, as "
@@ -94,6 +103,16 @@ class TrainSection(Strict):
     on_nan: Literal["stop", "skip"] = Field("stop", description="on a NaN/Inf loss or gradient: stop, or "
                                             "skip that step (up to max_nan_skips)")
     max_nan_skips: int = Field(10, ge=0, description="skipped steps allowed in a run with on_nan: skip")
+
+
+class CacheSection(Strict):
+    inputs: Literal["none", "memory", "disk"] = Field(
+        "none", description="keep what each encoder decoded so later epochs skip decoding: memory (this run) "
+                            "or disk (cache.dir, reused by later runs until a file or an encoder option changes)")
+    features: bool = Field(False, description="compute the output of every frozen encoder (freeze: true) once "
+                                              "per sample, in eval mode, and train only the rest")
+    dir: str | None = Field(None, description="folder of the disk caches (default: $POLYALIGN_CACHE, else "
+                                              "$XDG_CACHE_HOME/polyalign or ~/.cache/polyalign)")
 
 
 class Recipe(Strict):
@@ -108,6 +127,7 @@ class Recipe(Strict):
     loss: LossNode | list[LossNode]
     missing: MissingSection = Field(default_factory=MissingSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    cache: CacheSection = Field(default_factory=CacheSection)
     eval: list[PluginNode] = Field(default_factory=list)
     logging: list[str] = Field(default_factory=lambda: ["jsonl"])
 
@@ -129,7 +149,8 @@ _LOSS_BRANCHES = ("LossNode", "list[LossNode]")
 
 
 _SECTION_MODELS: dict[tuple, type[BaseModel]] = {
-    (): Recipe, ("model",): ModelSection, ("missing",): MissingSection, ("train",): TrainSection}
+    (): Recipe, ("model",): ModelSection, ("missing",): MissingSection, ("train",): TrainSection,
+    ("cache",): CacheSection}
 
 
 def _unknown_key_hint(err: dict, models: dict[tuple, type[BaseModel]]) -> str:

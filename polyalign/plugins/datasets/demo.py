@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from polyalign.core.cache_dir import cache_root
 from polyalign.core.errors import PolyalignError
 
 from .manifest import ManifestConfig, ManifestDataset, OnError
@@ -188,14 +189,6 @@ class DemoConfig(BaseModel):
     flip_rate: float = Field(0.15, ge=0, lt=1, description="chance a modality shows another class (noisy view)")
     seed: int = Field(0, description="data seed (fixed, so every run sees the same files)")
     on_error: OnError = Field("raise", description="raise or skip rows whose files fail to load")
-
-
-def cache_root() -> Path:
-    """``$POLYALIGN_CACHE``, else ``$XDG_CACHE_HOME/polyalign``, else ``~/.cache/polyalign``."""
-    if os.environ.get("POLYALIGN_CACHE"):
-        return Path(os.environ["POLYALIGN_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "polyalign"
 
 
 def ensure_demo(config: DemoConfig) -> Path:
