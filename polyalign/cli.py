@@ -1,4 +1,5 @@
-"""The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, search, export, plot."""
+"""The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, search, export, plot,
+demo-data, shards, cache."""
 
 from __future__ import annotations
 
@@ -182,6 +183,44 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    from polyalign.plugins.datasets.shards import write_shards
+
+    written = write_shards(args.data_dir, args.out_dir, args.shard_size, args.seed, shuffle=not args.no_shuffle)
+    table = Table(title=escape(f"shards in {args.out_dir}"))
+    for c in ("split", "tuples", "shards", "pattern"):
+        table.add_column(c, justify="right" if c in ("tuples", "shards") else "left", overflow="fold")
+    for split in written:
+        table.add_row(split.split, str(split.samples), str(len(split.shards)), escape(split.pattern))
+    out.print(table)
+    extensions: dict[str, set[str]] = {}
+    for split in written:
+        for m, exts in split.extensions.items():
+            extensions.setdefault(m, set()).update(exts)
+    modalities = ", ".join(f"{m}: {';'.join(sorted(e))}" for m, e in extensions.items())
+    lines = ["data:", "  plugin: webdataset"] + [f"  {s.split}: {s.pattern}" for s in written]
+    lines.append(f"  modalities: {{{modalities}}}")
+    out.print("put this in a recipe (or give data.path=" + escape(str(args.out_dir)) + " in place of the patterns):\n"
+              + escape("\n".join(lines)))
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    import polyalign
+    from polyalign.shipped import resolve_recipe_path
+    from polyalign.training.cache_fill import fill_caches
+
+    recipe = polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
+    filled = fill_caches(recipe)
+    table = Table(title=escape(f"caches of {recipe.name}"))
+    for c in ("cache", "modality", "computed now", "entries", "folder"):
+        table.add_column(c, justify="right" if c in ("computed now", "entries") else "left", overflow="fold")
+    for f in filled:
+        table.add_row(f.kind, escape(f.modality), str(f.computed), str(f.entries), escape(str(f.folder)))
+    out.print(table)
+    return 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import polyalign
     from polyalign.inference.retrieval import embed_to_file
@@ -285,6 +324,19 @@ def parser() -> argparse.ArgumentParser:
     dd.add_argument("--seed", type=int, default=0)
     dd.add_argument("--flip-rate", type=float, default=0.15, help="chance a modality shows another class")
     dd.set_defaults(func=cmd_demo_data)
+
+    sh = sub.add_parser("shards", help="write a manifest folder as webdataset tar shards (one set per split)")
+    sh.add_argument("data_dir", metavar="DATA_DIR", help="a folder with train/val/test .jsonl or .csv manifests")
+    sh.add_argument("out_dir", metavar="OUT_DIR", help="a new (or empty) folder for the shards and sizes.json")
+    sh.add_argument("--shard-size", type=int, default=1000, metavar="N", help="tuples per shard (default 1000)")
+    sh.add_argument("--seed", type=int, default=0, help="seed of the shuffle of the train tuples")
+    sh.add_argument("--no-shuffle", action="store_true", help="keep the train manifest's order")
+    sh.set_defaults(func=cmd_shards)
+
+    ca = sub.add_parser("cache", help="fill a recipe's feature cache (frozen encoders) and disk input cache")
+    ca.add_argument("recipe", help="recipe file or shipped recipe name (with cache.features or cache.inputs=disk)")
+    ca.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    ca.set_defaults(func=cmd_cache)
 
     use = {"checkpoint": dict(default="last", choices=["last", "best"],
                               help="weights of a run directory (default: last, the ones its evaluation used)"),

@@ -41,7 +41,7 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
     try:
         trainer = Trainer(recipe, run_dir, plugins, dist, resume=resume is not None)
         if resume is None and dist.is_main:  # record inferred encoder options (load without data)
-            write_recipe(run_dir, with_rebuild_options(recipe, trainer.model, plugins))
+            write_recipe(run_dir, with_rebuild_options(trainer.recipe, trainer.model, plugins))
         metrics = trainer.fit()
         if dist.is_main:
             rows = run_evaluators(recipe, trainer.parts, plugins, trainer.device, split="test")

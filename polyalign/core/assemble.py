@@ -5,20 +5,23 @@ from __future__ import annotations
 import functools
 import itertools
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from pydantic import ValidationError
 
 from .batch import Collator
-from .data import Dataset, TupleDataset
+from .data import Dataset, Loader, Sample, TupleDataset
 from .errors import PluginError, PolyalignError
 from .loss import Loss, WeightedLoss
 from .model import MultiModalModel
 from .plugins import Plugins, default_plugins
 from .recipe import Recipe
+from .stream import is_stream
+
+HEAD = 1000  # samples of a streamed train split looked at before training (examples, load checks)
 
 
 @dataclass
@@ -29,15 +32,32 @@ class Assembled:
     model: MultiModalModel
     loss: Loss
     loss_name: str = ""  # the recipe's loss plugin name(s), for error messages
+    _read: dict[str, tuple[list[str], list[Sample]]] = field(default_factory=dict, repr=False)
 
-    def tuples(self, split: str, source: str = "") -> TupleDataset:
-        """A torch dataset loading ``split`` through the model's encoders."""
+    def samples(self, split: str) -> Sequence[Sample]:
+        """The samples of ``split`` as a sequence; a streamed split is read whole (once), so keep
+        the streamed val and test splits to a size that fits in memory."""
+        data = self.dataset.split(split)
+        if not is_stream(data):
+            return data
+        if split not in self._read:
+            entries = list(data.entries())
+            self._read[split] = ([w for w, _ in entries], [s for _, s in entries])
+        return self._read[split][1]
+
+    def tuples(self, split: str, source: str = "", loaders: dict[str, Loader] | None = None) -> TupleDataset:
+        """A torch dataset loading ``split`` through the model's encoders (or through ``loaders``,
+        one per modality, e.g. the input cache's)."""
         encoders = self.model.encoders.items()
-        locate = getattr(self.dataset, "locate", None)
-        return TupleDataset(self.dataset.split(split), {m: enc.load for m, enc in encoders}, self.dataset.root,
-                            split, source, on_error=getattr(self.dataset, "on_error", "raise"),
-                            locate=functools.partial(locate, split) if locate is not None else None,
-                            batch_loaders={m: enc.load_batch for m, enc in encoders})
+        samples = self.samples(split)
+        locate: Callable[[int], str] | None = None
+        if split in self._read:
+            locate = self._read[split][0].__getitem__
+        elif hasattr(self.dataset, "locate"):
+            locate = functools.partial(self.dataset.locate, split)
+        return TupleDataset(samples, loaders or {m: enc.load for m, enc in encoders}, self.dataset.root,
+                            split, source, on_error=getattr(self.dataset, "on_error", "raise"), locate=locate,
+                            batch_loaders=None if loaders else {m: enc.load_batch for m, enc in encoders})
 
     def collator(self) -> Collator:
         """The collate function for this model's modalities."""
@@ -95,6 +115,8 @@ def assemble(recipe: Recipe, plugins: Plugins | None = None) -> Assembled:
             f"{lacking[0]!r}; it provides: {', '.join(dataset.modalities)}. Rename the modality "
             f"in the recipe or change data.")
     train = dataset.split("train")
+    if is_stream(train):
+        train = list(itertools.islice(train, HEAD))
     examples = {m: next((s[m] for s in train if s.get(m) is not None), None) for m in recipe.modalities}
     model = build_model(recipe, plugins, examples, dataset.root)
     check_encoders_load(recipe, model, train, dataset.root)

@@ -21,6 +21,8 @@ class MultiModalModel(nn.Module):
     ``forward(inputs, present)`` embeds the modalities in ``inputs``. Rows whose ``present``
     flag is False are not encoded: with ``missing="learned"`` they get a learned per-modality
     embedding, with ``missing="drop"`` a zero row (the loss then masks them out).
+    The inputs of the modalities in ``feature_inputs`` are their encoder's output already
+    (``(B, width)`` features from the feature cache): only the head runs on them.
     """
 
     def __init__(self, encoders: dict[str, Encoder], embed_dim: int,
@@ -31,6 +33,7 @@ class MultiModalModel(nn.Module):
         self.normalize = normalize
         self.missing = missing
         self.plugin_names = dict(plugin_names or {})
+        self.feature_inputs: frozenset[str] = frozenset()
         self.encoders = nn.ModuleDict(encoders)
         self.heads = nn.ModuleDict({m: nn.Linear(int(e.width), embed_dim) for m, e in encoders.items()})
         self.norms = nn.ModuleDict({m: nn.LayerNorm(embed_dim) for m in encoders}
@@ -54,7 +57,7 @@ class MultiModalModel(nn.Module):
     def encode(self, m: str, x: Input) -> torch.Tensor:
         """Embed a batch of modality ``m`` (every row present) -> ``(B, embed_dim)``."""
         n = batch_size_of(x)
-        feats = self.encoders[m](x)
+        feats = x if m in self.feature_inputs else self.encoders[m](x)
         width = int(self.encoders[m].width)
         if (not isinstance(feats, torch.Tensor) or feats.dim() != 2 or tuple(feats.shape) != (n, width)
                 or not feats.is_floating_point()):

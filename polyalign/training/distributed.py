@@ -92,6 +92,12 @@ def all_reduce_mean_grads(module: torch.nn.Module) -> None:
             p.grad /= dist.get_world_size()
 
 
+def barrier() -> None:
+    """Wait for every process of the run (a no-op in a single-process run)."""
+    if _active():
+        dist.barrier()
+
+
 def finish_distributed() -> None:
     """Wait for every rank, then leave the process group (no-op in one process)."""
     if dist.is_available() and dist.is_initialized():

@@ -10,14 +10,16 @@ import torch
 from torch import nn
 
 from polyalign.core.assemble import Assembled, assemble
-from polyalign.core.data import EpochSampler, make_loader, skip_summary
+from polyalign.core.data import skip_summary
 from polyalign.core.device import pick_device
 from polyalign.core.errors import PolyalignError
 from polyalign.core.plugins import Plugins
 from polyalign.core.recipe import Recipe
 from polyalign.core.run_files import CHECKPOINTS_DIR
+from polyalign.core.stream import is_stream
 
 from .distributed import DistInfo, mean_across_ranks
+from .loaders import TrainingData
 from .optim import build_optimizer
 from .state import TrainProgress, restore_state, save_state, seed_everything
 from .step import NonFiniteError, Stepper, temperature_of
@@ -46,7 +48,11 @@ class Trainer:
             raise PolyalignError(f"train.batch_size: {cfg.batch_size} is the global batch and must divide "
                                  f"evenly over {dist.world} processes")
         self.rank_batch = cfg.batch_size // dist.world
-        self._make_loaders()
+        self.data = TrainingData(recipe, self.parts, dist, self.device, show_progress=dist.is_main)
+        self.train_loader, self.val_loader = self.data.train, self.data.val
+        if cfg.num_workers == "auto":  # recorded, so that a resumed run reads its stream the same way
+            self.recipe = recipe = recipe.model_copy(
+                update={"train": cfg.model_copy(update={"num_workers": self.data.workers})})
         self.batches_per_epoch = len(self.train_loader)
         self.steps_per_epoch = max(1, self.batches_per_epoch // cfg.accumulate)
         total = self.steps_per_epoch * cfg.epochs
@@ -61,35 +67,34 @@ class Trainer:
             restored = restore_state(self.run_dir / CHECKPOINTS_DIR, self.parts, self.optimizer, self.scheduler)
             if restored is not None:  # else killed before its first checkpoint: start over from step 0
                 self.progress, self.saved_step = restored, restored.step
+                self._check_layout()
+        self.progress.data_layout = self.data.layout
+
+    def _check_layout(self) -> None:
+        """A streamed epoch continues mid-way only with the layout it was cut with; else go on
+        from the start of the next epoch."""
+        progress = self.progress
+        if progress.batch_in_epoch and progress.data_layout != self.data.layout:
+            if self.dist.is_main:
+                print(f"note: the checkpoint was written mid-epoch with {progress.data_layout or '?'} "
+                      f"(processes x DataLoader workers) reading the shards, this run has {self.data.layout}; "
+                      f"a streamed epoch cannot be continued with another layout, so training goes on from "
+                      f"the start of epoch {progress.epoch + 1} (the rest of epoch {progress.epoch} is not seen)")
+            progress.next_epoch()
 
     def _forward_model(self) -> nn.Module:
         """The model as the steps call it: wrapped in DDP across processes, compiled when asked."""
         forward: nn.Module = self.model
         if self.dist.enabled:  # an encoder goes unused when its modality is absent from a rank's batch
-            holes = any(rate > 0 for rate in self.recipe.missing.train_rate.values()) or any(
-                s.get(m) is None for s in self.parts.dataset.split("train") for m in self.recipe.modalities)
+            train = self.parts.dataset.split("train")
+            holes = any(rate > 0 for rate in self.recipe.missing.train_rate.values()) or is_stream(train) or any(
+                s.get(m) is None for s in train for m in self.recipe.modalities)
             forward = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=holes)
         if self.recipe.train.compile:
             forward = torch.compile(forward)
         return forward
-
-    def _make_loaders(self) -> None:
-        recipe, cfg = self.recipe, self.recipe.train
-        self.train_set = self.parts.tuples("train", recipe.data.plugin)
-        self.val_set = self.parts.tuples("val", recipe.data.plugin)
-        if len(self.train_set) == 0:
-            raise PolyalignError(f"data: the {recipe.data.plugin!r} dataset's train split is empty")
-        self.sampler = EpochSampler(len(self.train_set), recipe.seed, True, self.dist.rank,
-                                    self.dist.world, drop_last=True)
-        collator = self.parts.collator()
-        pin = cfg.pin_memory and self.device.type == "cuda"
-        self.train_loader = make_loader(self.train_set, collator, self.rank_batch, self.sampler,
-                                        cfg.num_workers, pin, drop_last=len(self.sampler) >= self.rank_batch)
-        self.val_loader = make_loader(self.val_set, collator, self.rank_batch,
-                                      EpochSampler(len(self.val_set), 0, False, self.dist.rank, self.dist.world),
-                                      cfg.num_workers, pin) if len(self.val_set) else None
 
     def save(self, best: bool = False) -> None:
         """Checkpoint the current state (main process only) as ``last`` (and ``best`` when asked)."""
@@ -147,18 +152,22 @@ class Trainer:
                        TextColumn("{task.completed}/{task.total} steps"),
                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
                        TimeRemainingColumn(), disable=not self.dist.is_main, transient=False)
-        with bar:
-            task = bar.add_task("train", total=self.total_steps, completed=progress.step,
-                                epoch=progress.epoch, loss="-", speed="")
-            while progress.epoch < cfg.epochs and progress.step < self.total_steps:
-                last = self._epoch(bar, task)
+        self.model.feature_inputs = frozenset(self.data.features)  # cached features in, heads only
+        try:
+            with bar:
+                task = bar.add_task("train", total=self.total_steps, completed=progress.step,
+                                    epoch=progress.epoch, loss="-", speed="")
+                while progress.epoch < cfg.epochs and progress.step < self.total_steps:
+                    last = self._epoch(bar, task)
+        finally:
+            self.model.feature_inputs = frozenset()
         return last
 
     def _epoch(self, bar: Any, task: Any) -> dict[str, float]:
         cfg, progress = self.recipe.train, self.progress
         hook = self.plugins.pm.hook
-        self.sampler.set_epoch(progress.epoch, start=progress.batch_in_epoch * self.rank_batch)
-        self.train_loader.generator.manual_seed(self.recipe.seed * 100003 + progress.epoch)
+        self.train_loader.set_epoch(progress.epoch, progress.batch_in_epoch,
+                                    seed=self.recipe.seed * 100003 + progress.epoch)
         micro = 0
         window_loss, window_n, t0, samples = 0.0, 0, time.perf_counter(), 0
         for batch in self.train_loader:
@@ -211,8 +220,7 @@ class Trainer:
         metrics = {"train_loss": progress.epoch_loss / max(progress.epoch_steps, 1)}
         if val is not None:
             metrics["val_loss"] = val
-        for name, data in (("train", self.train_set), ("val", self.val_set)):
-            skipped = data.take_skipped()  # data.on_error=skip: report what was left out
+        for name, skipped in self.data.take_skipped().items():  # data.on_error=skip: report what was left out
             if skipped and self.dist.is_main:
                 metrics[f"skipped_{name}"] = float(len(skipped))
                 bar.console.print(skip_summary(name, skipped), style="yellow", markup=False, soft_wrap=True)

@@ -27,7 +27,8 @@ from .checkpoint import (latest_checkpoint, link_checkpoint, prune_step_checkpoi
 @dataclass
 class TrainProgress:
     """Where a run is: optimizer steps and epochs done, the position inside the epoch, the best
-    validation loss, skipped NaN steps and the running sum of this epoch's step losses."""
+    validation loss, skipped NaN steps, the running sum of this epoch's step losses, and the
+    layout a streamed epoch was cut with (processes x workers; see ``TrainingData.layout``)."""
 
     step: int = 0
     epoch: int = 0
@@ -36,6 +37,7 @@ class TrainProgress:
     nan_skips: int = 0
     epoch_loss: float = 0.0
     epoch_steps: int = 0
+    data_layout: str = ""
 
     def next_epoch(self) -> None:
         """Count an epoch as done and reset the within-epoch counters."""
@@ -47,7 +49,7 @@ class TrainProgress:
         """The counters saved in a ``state.pt`` (raises KeyError/TypeError/ValueError if absent)."""
         return cls(int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"]),
                    float(state["best_val"]), int(state["nan_skips"]), float(state["epoch_loss"]),
-                   int(state["epoch_steps"]))
+                   int(state["epoch_steps"]), str(state.get("data_layout", "")))
 
 
 def seed_everything(seed: int) -> None:

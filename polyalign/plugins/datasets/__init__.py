@@ -7,6 +7,7 @@ from polyalign.core.hookspecs import hookimpl
 def register_datasets(register):
     from .demo import DemoConfig, build_demo
     from .manifest import ManifestConfig, build_manifest
+    from .webdataset import WebDatasetConfig, build_webdataset
     from .xor import XorConfig, build_xor
 
     register("xor", build_xor, config=XorConfig,
@@ -15,3 +16,5 @@ def register_datasets(register):
              help="JSON Lines or CSV manifests per split: one row per tuple, one column per modality (paths or inline)")
     register("demo", build_demo, config=DemoConfig,
              help="Image + audio + ECG + text files sharing a class, generated into a cache folder on first use")
+    register("webdataset", build_webdataset, config=WebDatasetConfig,
+             help="Tuples streamed from tar shards (webdataset format; `polyalign shards` writes them from manifests)")

@@ -1,0 +1,114 @@
+"""Write a manifest folder as webdataset tar shards (``polyalign shards``).
+
+Each tuple becomes the members ``<key>.<modality>.<ext>`` of one sample: files are copied as
+bytes (their extension kept), inline text becomes ``.txt`` and other inline values (numbers)
+``.json``; the label goes to ``<key>.cls`` and the id to ``<key>.id``. The key is the tuple's
+row number in its manifest (``00000017``). Train tuples are shuffled (seeded) before they are
+cut into shards, since a shard is read front to back; val and test keep their order. Beside
+the shards, ``sizes.json`` gives each shard's number of samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polyalign.core.atomic import atomic_write_text
+from polyalign.core.data import SPLITS, Sample
+from polyalign.core.errors import PolyalignError
+
+from .manifest import ManifestConfig, ManifestDataset
+from .webdataset import ID_EXT, LABEL_EXT, SIZES_FILE, load_webdataset
+
+
+@dataclass
+class SplitShards:
+    """What was written for one split."""
+
+    split: str
+    samples: int
+    shards: list[Path]
+    extensions: dict[str, set[str]] = field(default_factory=dict)  # modality -> member extensions
+
+    @property
+    def pattern(self) -> str:
+        """The brace pattern naming the split's shards."""
+        first, last = self.shards[0].name, self.shards[-1].name
+        if len(self.shards) == 1:
+            return str(self.shards[0])
+        start, stop = first[len(self.split) + 1: -4], last[len(self.split) + 1: -4]
+        return str(self.shards[0].parent / f"{self.split}-{{{start}..{stop}}}.tar")
+
+
+def member(value: Any, modality: str, root: Path | None, where: str) -> tuple[str, bytes]:
+    """The member extension (after the key) and bytes of one raw value."""
+    if isinstance(value, str):
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() or root is None else root / path
+        if path.is_file():
+            suffix = path.suffix.lower().lstrip(".")
+            if suffix in ("", "hea", "dat"):
+                raise PolyalignError(f"{where}, {modality!r}: {path} has no single-file format (a WFDB record is "
+                                     f"a .hea and a .dat file); convert it to .npy before writing shards")
+            return f"{modality}.{suffix}", path.read_bytes()
+        if Path(value).suffix.lower() in (".png", ".jpg", ".jpeg", ".wav", ".flac", ".npy", ".txt", ".json"):
+            raise PolyalignError(f"{where}, {modality!r}: file {path} not found")
+        return f"{modality}.txt", value.encode("utf-8")
+    return f"{modality}.json", json.dumps(value).encode("utf-8")
+
+
+def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, seed: int = 0,
+                 shuffle: bool = True) -> list[SplitShards]:
+    """Write the manifests of ``data_dir`` as shards of ``shard_size`` tuples in ``out_dir``."""
+    wds = load_webdataset()
+    if shard_size < 1:
+        raise PolyalignError(f"--shard-size must be at least 1, got {shard_size}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise PolyalignError(f"{out} is not empty; give a new or empty folder for the shards")
+    data = ManifestDataset(ManifestConfig(path=str(data_dir)))
+    out.mkdir(parents=True, exist_ok=True)
+    sizes: dict[str, int] = {}
+    written = []
+    for split in SPLITS:
+        samples: list[Sample] = data.split(split)
+        if not samples:
+            continue
+        order = list(range(len(samples)))
+        if shuffle and split == "train":
+            random.Random(seed).shuffle(order)
+        result = SplitShards(split, len(samples), [])
+        for start in range(0, len(order), shard_size):
+            path = out / f"{split}-{len(result.shards):06d}.tar"
+            tmp = path.with_name(f".{path.name}.tmp")
+            with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:
+                for row in order[start:start + shard_size]:
+                    tar.write({"__key__": f"{row:08d}", **sample_members(samples[row], data, split, row, result)})
+            os.replace(tmp, path)
+            sizes[path.name] = len(order[start:start + shard_size])
+            result.shards.append(path)
+        written.append(result)
+    atomic_write_text(out / SIZES_FILE, json.dumps(sizes, indent=1) + "\n")
+    return written
+
+
+def sample_members(sample: Sample, data: ManifestDataset, split: str, row: int,
+                   result: SplitShards) -> dict[str, bytes]:
+    """The members of one tuple; records each modality's extension in ``result``."""
+    where = data.locate(split, row)
+    members = {}
+    for m in data.modalities:
+        if sample.get(m) is None:
+            continue
+        ext, blob = member(sample[m], m, data.root, where)
+        members[ext] = blob
+        result.extensions.setdefault(m, set()).add(ext)
+    if "label" in sample:
+        members[LABEL_EXT] = str(sample["label"]).encode("utf-8")
+    if "id" in sample:
+        members[ID_EXT] = str(sample["id"]).encode("utf-8")
+    return members

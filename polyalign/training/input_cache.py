@@ -1,0 +1,253 @@
+"""The decode-once input cache (recipe ``cache.inputs``).
+
+What each encoder's ``decode`` returned for a value is kept after its first use, so later
+epochs skip reading and decoding; the encoder's ``finish`` (random crops, flips) still runs at
+every use. Encoders whose ``load`` is random and not split that way are refused.
+
+* ``memory``: kept by the training process for this run. DataLoader workers decode in the
+  first epoch and send what they decoded back with each batch; the workers are started afresh
+  each epoch (not persistent), so from the second epoch on they see the whole cache (forked
+  with the process, not copied) and only finish and collate. Map-form (manifest) splits only.
+* ``disk``: safetensors files under ``cache.dir/inputs/<encoder>-<hash of its load options>/``,
+  keyed by the value: a file's absolute path, size, inode and modification time, a shard
+  member's bytes, or an inline value itself. A changed file or load option is therefore
+  decoded again (the stale entries are never read), and later runs reuse the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from polyalign.core.batch import Batch, Collator
+from polyalign.core.cache_dir import cache_root
+from polyalign.core.data import FileBytes
+from polyalign.core.encoder import Encoder, Input
+from polyalign.core.errors import PolyalignError
+from polyalign.core.recipe import Recipe
+
+from .state import rng_state, set_rng_state
+from .tensor_store import TensorStore
+
+CACHE_FORMAT = 1  # bump when what a cache file means changes
+
+
+def value_key(value: Any, root: Path | None) -> str:
+    """A key naming a raw value and, for a file, its state (path, size, inode, modification time)."""
+    digest = hashlib.blake2b(digest_size=16)
+    if isinstance(value, FileBytes):
+        digest.update(b"bytes\0" + value.data)
+    elif isinstance(value, (str, Path)):
+        path = os.path.expanduser(str(value))
+        if not os.path.isabs(path) and root is not None:
+            path = os.path.join(root, path)
+        try:
+            st = os.stat(path)
+            digest.update(f"file\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_ino}\0{st.st_mtime_ns}".encode())
+        except OSError:  # inline text (or a file that is not there: decode then says so)
+            digest.update(b"text\0" + str(value).encode("utf-8", "surrogatepass"))
+    else:
+        arr = np.asarray(value)
+        if arr.dtype == object:
+            digest.update(b"repr\0" + repr(value).encode())
+        else:
+            digest.update(f"array\0{arr.dtype.str}\0{arr.shape}\0".encode() + arr.tobytes())
+    return digest.hexdigest()
+
+
+def options_key(recipe: Recipe, modality: str, encoder: Encoder, *extra: Any) -> str:
+    """The folder name of one encoder's entries: its class and a hash of what shapes its output."""
+    node = recipe.modalities[modality].encoder
+    options = encoder.load_options()
+    if options is None:
+        options = node.options()
+    text = json.dumps([CACHE_FORMAT, node.plugin, type(encoder).__qualname__, options, *extra],
+                      sort_keys=True, default=str)
+    return f"{type(encoder).__name__}-{hashlib.blake2b(text.encode(), digest_size=8).hexdigest()}"
+
+
+def cache_dir(recipe: Recipe, kind: str) -> Path:
+    """``cache.dir/<kind>`` (default: the polyalign cache folder)."""
+    return (Path(recipe.cache.dir).expanduser() if recipe.cache.dir else cache_root()) / kind
+
+
+def check_deterministic(encoder: Encoder, modality: str, plugin: str, value: Any, root: Path | None) -> None:
+    """Refuse the input cache for an encoder whose decoded values are random: it says so
+    (``random_load``), or decoding ``value`` twice under different seeds gives different tensors."""
+    advice = ("Set cache.inputs: none for this recipe, or give the encoder a deterministic decode() and "
+              "put the random part in finish() (see polyalign.core.encoder.Encoder).")
+    if encoder.random_load:
+        raise PolyalignError(f"cache.inputs: the {plugin!r} encoder of modality {modality!r} loads values at "
+                             f"random (random_load = True): a cached value would repeat one draw. {advice}")
+    if value is None:
+        return
+    saved, was_training = rng_state(), encoder.training
+    try:
+        encoder.train()
+        draws = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            draws.append(encoder.decode(value, root))
+    finally:
+        encoder.train(was_training)
+        set_rng_state(saved)
+    a, b = draws
+    same = (a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)) if isinstance(a, dict) \
+        else torch.equal(a, b)
+    if not same:
+        raise PolyalignError(f"cache.inputs: the {plugin!r} encoder of modality {modality!r} decoded the same "
+                             f"value ({value}) to different tensors under different random seeds, so its "
+                             f"decoded values cannot be cached. {advice}")
+
+
+class MemoryStore:
+    """Decoded values of one modality kept by the training process (``cache.inputs: memory``).
+
+    In a DataLoader worker, new values go to an outbox that travels back with the batch
+    (:class:`CacheCollate`); the main process keeps them (:meth:`receive`).
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, Input] = {}
+        self.outbox: list[tuple[str, Input]] = []
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def get(self, key: str) -> Input | None:
+        return self.values.get(key)
+
+    def put(self, key: str, value: Input) -> None:
+        if get_worker_info() is None:
+            self.values[key] = value
+        else:
+            self.outbox.append((key, value))
+
+    def flush(self) -> list[tuple[str, Input]]:
+        """The values decoded since the last call in this worker (sent to the main process)."""
+        out, self.outbox = self.outbox, []
+        return out
+
+    def receive(self, items: list[tuple[str, Input]]) -> None:
+        """Keep values a worker decoded."""
+        self.values.update(items)
+
+
+Store = MemoryStore | TensorStore
+
+
+class CachedDecode:
+    """A modality's loader through the input cache: decode once per value, finish at every use."""
+
+    def __init__(self, encoder: Encoder, store: Store):
+        self.encoder, self.store = encoder, store
+
+    def __call__(self, value: Any, root: Path | None) -> Input:
+        key = value_key(value, root)
+        x = self.store.get(key)
+        if x is None:
+            x = self.encoder.decode(value, root)
+            self.store.put(key, x)
+        return self.encoder.finish(x, self.encoder.training)
+
+
+class CacheCollate:
+    """Collates a batch, then writes what was decoded for it (disk) or sends it along with the
+    batch as ``(batch, {modality: [(key, value)]})`` (memory)."""
+
+    def __init__(self, collator: Callable[[Any], Batch], stores: dict[str, Store]):
+        self.collator, self.stores = collator, stores
+
+    def __call__(self, items: Any) -> Batch | tuple[Batch, dict[str, list[tuple[str, Input]]]]:
+        batch = self.collator(items)
+        sent = {m: s.flush() for m, s in self.stores.items()}
+        if any(isinstance(s, MemoryStore) for s in self.stores.values()):
+            return batch, {m: v for m, v in sent.items() if v}
+        return batch
+
+
+class MemoryCacheLoader:
+    """A training loader whose batches carry newly decoded values: keeps them, yields the batches."""
+
+    def __init__(self, loader: Any, stores: dict[str, Store]):
+        self.loader, self.stores = loader, stores
+
+    def set_epoch(self, epoch: int, start_batch: int = 0, seed: int = 0) -> None:
+        self.loader.set_epoch(epoch, start_batch, seed)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        for batch, decoded in self.loader:
+            for m, items in decoded.items():
+                self.stores[m].receive(items)  # type: ignore[union-attr]
+            yield batch
+
+    def take_skipped(self) -> list[str]:
+        return self.loader.take_skipped()
+
+
+def input_stores(recipe: Recipe, encoders: dict[str, Encoder], examples: dict[str, Any],
+                 root: Path | None, streamed: bool) -> dict[str, Store]:
+    """One store per modality for ``cache.inputs`` (none: no stores), after checking that each
+    encoder's decoded values can be cached (``examples``: one raw value per modality)."""
+    mode = recipe.cache.inputs
+    if mode == "none":
+        return {}
+    if mode == "memory" and streamed:
+        raise PolyalignError("cache.inputs: memory keeps a whole split in memory, but this train split is "
+                             "streamed from shards; use cache.inputs: disk")
+    stores: dict[str, Store] = {}
+    for m, encoder in encoders.items():
+        check_deterministic(encoder, m, recipe.modalities[m].encoder.plugin, examples.get(m), root)
+        stores[m] = MemoryStore() if mode == "memory" else \
+            TensorStore(cache_dir(recipe, "inputs") / options_key(recipe, m, encoder))
+    return stores
+
+
+def cached_collator(collator: Collator, stores: dict[str, Store]) -> Callable[[Any], Any]:
+    """The collate function to use with the input cache's loaders."""
+    return CacheCollate(collator, stores) if stores else collator
+
+
+def fill_inputs(recipe: Recipe, parts: Any, stores: dict[str, Store], show_progress: bool = True) -> dict[str, int]:
+    """Decode the train and val values missing from each disk store; return how many per modality."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from polyalign.core.data import DataError, describe_value
+
+    from .feature_cache import SPLITS, split_values
+
+    root, done = parts.dataset.root, {}
+    skip = getattr(parts.dataset, "on_error", "raise") == "skip"
+    with Progress(TextColumn("inputs {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), disable=not show_progress, transient=False) as bar:
+        for m, store in stores.items():
+            encoder, done[m] = parts.model.encoders[m], 0
+            for split in SPLITS:
+                task = bar.add_task(f"{m} ({split})", total=len(parts.dataset.split(split)))
+                for where, value in split_values(parts, split, m):
+                    bar.advance(task)
+                    key = value_key(value, root)
+                    if store.get(key) is not None:
+                        continue
+                    try:
+                        store.put(key, encoder.decode(value, root))
+                    except Exception as exc:
+                        if skip:
+                            continue
+                        raise DataError(f"{where}, modality {m!r} ({describe_value(value)}): {exc}") from exc
+                    done[m] += 1
+                    if len(store.pending) >= recipe.train.batch_size:  # type: ignore[union-attr]
+                        store.flush()
+            store.flush()
+    return done

@@ -1,0 +1,125 @@
+"""The trainer's data: train and validation loaders over map-form or streamed splits, through
+the input and feature caches, with a number of DataLoader workers chosen from the machine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polyalign.core.assemble import HEAD, Assembled
+from polyalign.core.batch import Collator
+from polyalign.core.data import EpochLoader, EpochSampler, FileBytes, Loader, RowLoader, make_loader
+from polyalign.core.errors import PolyalignError
+from polyalign.core.recipe import Recipe
+from polyalign.core.stream import StreamLoader, StreamTuples, is_stream
+
+from .distributed import DistInfo, barrier
+from .feature_cache import FeatureLookup, feature_stores, fill_features
+from .input_cache import CachedDecode, MemoryCacheLoader, MemoryStore, cached_collator, input_stores
+
+MAX_WORKERS = 8
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(first: dict[str, Any], streamed: bool) -> int:
+    """``train.num_workers: auto``: 0 when the first train tuple holds only numbers (nothing to
+    read or decode, so workers would only add overhead); otherwise one per CPU this process may
+    use (shared among the processes of this machine, ``LOCAL_WORLD_SIZE``), less one for the
+    main process, at most 8."""
+    reads = streamed or any(isinstance(v, (str, Path, FileBytes)) for k, v in first.items() if k not in ("label", "id"))
+    if not reads:
+        return 0
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(MAX_WORKERS, usable_cpus() // max(1, local) - 1))
+
+
+def first_values(parts: Assembled, modalities: list[str]) -> dict[str, Any]:
+    """One raw train value per modality (the first found among the first samples)."""
+    train = parts.dataset.split("train")
+    found: dict[str, Any] = {}
+    for i, sample in enumerate(train):
+        for m in modalities:
+            if m not in found and sample.get(m) is not None:
+                found[m] = sample[m]
+        if len(found) == len(modalities) or i >= HEAD:
+            break
+    return found
+
+
+class TrainingData:
+    """The loaders of one training process, built from the recipe's data and cache sections.
+
+    ``train`` and ``val`` (or None) yield :class:`~polyalign.core.batch.Batch` objects; ``train``
+    also has ``set_epoch(epoch, start_batch, seed)``, ``len`` (batches per epoch) and
+    ``take_skipped()``. ``layout`` names what a streamed epoch's order depends on besides the seed
+    (processes x workers; empty for map-form data, whose order does not depend on them).
+    """
+
+    def __init__(self, recipe: Recipe, parts: Assembled, dist: DistInfo, device: torch.device,
+                 show_progress: bool = True):
+        cfg = recipe.train
+        train = parts.dataset.split("train")
+        self.streamed = is_stream(train)
+        if not self.streamed and len(train) == 0:
+            raise PolyalignError(f"data: the {recipe.data.plugin!r} dataset's train split is empty")
+        encoders = parts.model.encoders
+        first = next(iter(train), {})
+        self.workers = default_workers(first, self.streamed) if cfg.num_workers == "auto" else cfg.num_workers
+        self.layout = f"{dist.world}x{self.workers}" if self.streamed else ""
+        self.rank_batch = cfg.batch_size // dist.world
+        root = parts.dataset.root
+
+        self.features = feature_stores(recipe, parts)
+        if self.features:
+            if dist.is_main:
+                fill_features(recipe, parts, self.features, device, show_progress)
+            barrier()
+            for store in self.features.values():
+                store.refresh()
+        rest = {m: enc for m, enc in encoders.items() if m not in self.features}
+        self.inputs = input_stores(recipe, rest, first_values(parts, list(rest)), root, self.streamed)
+        loaders: dict[str, Loader] | None = None
+        if self.features or self.inputs:
+            loaders = {m: FeatureLookup(self.features[m], m) if m in self.features else
+                       CachedDecode(enc, self.inputs[m]) if m in self.inputs else enc.load
+                       for m, enc in encoders.items()}
+        collator = Collator({m: torch.stack if m in self.features else enc.collate for m, enc in encoders.items()})
+        collate = cached_collator(collator, self.inputs)
+        memory = any(isinstance(s, MemoryStore) for s in self.inputs.values())
+        pin = cfg.pin_memory and device.type == "cuda"
+        on_error = getattr(parts.dataset, "on_error", "raise")
+
+        if self.streamed:
+            rows = RowLoader(loaders or {m: enc.load for m, enc in encoders.items()}, root,
+                             None if loaders else {m: enc.load_batch for m, enc in encoders.items()})
+            tuples = StreamTuples(train, rows, collate, self.rank_batch, recipe.seed, dist.rank, dist.world,
+                                  "train", on_error)
+            if tuples.batches == 0:
+                raise PolyalignError(f"data: the train split has {len(train)} samples, fewer than one batch of "
+                                     f"{cfg.batch_size} (train.batch_size)")
+            self.train: Any = StreamLoader(tuples, self.workers, pin)
+        else:
+            self.train = EpochLoader(parts.tuples("train", recipe.data.plugin, loaders), collate, self.rank_batch,
+                                     recipe.seed, dist.rank, dist.world, self.workers, pin, persistent=not memory)
+            if memory:
+                self.train = MemoryCacheLoader(self.train, self.inputs)
+
+        self.val_set = parts.tuples("val", recipe.data.plugin, loaders)
+        self.val: Any = None
+        if len(self.val_set):
+            self.val = make_loader(self.val_set, collate, self.rank_batch,
+                                   EpochSampler(len(self.val_set), 0, False, dist.rank, dist.world),
+                                   self.workers, pin, persistent=not memory)
+            if memory:
+                self.val = MemoryCacheLoader(self.val, self.inputs)
+
+    def take_skipped(self) -> dict[str, list[str]]:
+        """Per split, the errors of the rows skipped since the last call (``on_error: skip``)."""
+        return {"train": self.train.take_skipped(), "val": self.val_set.take_skipped()}
