@@ -197,11 +197,12 @@ def cmd_shards(args: argparse.Namespace) -> int:
     for split in written:
         for m, exts in split.extensions.items():
             extensions.setdefault(m, set()).update(exts)
-    modalities = ", ".join(f"{m}: {';'.join(sorted(e))}" for m, e in extensions.items())
+    modalities = ", ".join(f"{m}: {';'.join(sorted(e))}" for m, e in extensions.items() if e)
     lines = ["data:", "  plugin: webdataset"] + [f"  {s.split}: {s.pattern}" for s in written]
     lines.append(f"  modalities: {{{modalities}}}")
-    out.print("put this in a recipe (or give data.path=" + escape(str(args.out_dir)) + " in place of the patterns):\n"
-              + escape("\n".join(lines)))
+    out.print(f"put this in a recipe (or data.path: {args.out_dir} in place of the patterns):", markup=False,
+              soft_wrap=True)
+    out.print("\n".join(lines), markup=False, soft_wrap=True, highlight=False)
     return 0
 
 

@@ -238,6 +238,36 @@ class EpochSampler(Sampler[int]):
         return len(self.order()) - self.start
 
 
+def worker_error(exc: PolyalignError) -> PolyalignError:
+    """A polyalign error raised in a DataLoader worker reaches the main process as an error of
+    the same type whose message is the worker's whole traceback; this is the error with its own
+    message only, as the CLI should print it."""
+    text = str(exc)
+    marker = f"\n{type(exc).__module__}.{type(exc).__qualname__}: "
+    if not text.startswith("Caught ") or marker not in text:
+        return exc
+    message = text.rsplit(marker, 1)[1].rstrip("\n")
+    try:
+        return type(exc)(message)
+    except Exception:  # an error type built from something else than a message
+        return PolyalignError(message)
+
+
+class BatchLoader(DataLoader):
+    """A DataLoader whose polyalign errors raised in workers keep their own message."""
+
+    def __iter__(self) -> Any:
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except PolyalignError as exc:
+                raise worker_error(exc) from None
+            yield batch
+
+
 def make_loader(dataset: TupleDataset, collator: Callable[[Any], Any], batch_size: int, sampler: Sampler,
                 num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
                 persistent: bool = True) -> DataLoader:
@@ -248,7 +278,7 @@ def make_loader(dataset: TupleDataset, collator: Callable[[Any], Any], batch_siz
     ``persistent=False`` starts the workers afresh each epoch (they then see what the main
     process holds at that time, e.g. the input cache).
     """
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator,
+    return BatchLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator,
                       num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
                       persistent_workers=persistent and num_workers > 0,
                       generator=torch.Generator().manual_seed(0))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .assemble import Assembled
-from .data import EpochSampler, Sample, make_loader, skip_summary
+from .data import EpochSampler, FileBytes, Sample, make_loader, skip_summary
 from .errors import PluginError
 
 ROW_KEYS = ("task", "target", "query", "metric", "value")
@@ -30,7 +30,7 @@ class EvalContext:
 
     @property
     def samples(self) -> Sequence[Sample]:
-        return self.parts.dataset.split(self.split)
+        return self.parts.samples(self.split)
 
     @property
     def modalities(self) -> list[str]:
@@ -107,6 +107,8 @@ def value_key(value: Any) -> Any:
     """A hashable key for a raw value (to find the distinct candidates of a split)."""
     if isinstance(value, (str, int, float, bool)):
         return value
+    if isinstance(value, FileBytes):  # a shard member: the same bytes are the same candidate
+        return value.data
     arr = np.asarray(value)
     return (arr.dtype.str, arr.shape, arr.tobytes())
 

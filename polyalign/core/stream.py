@@ -12,14 +12,14 @@ per process and batch:
 * each rank takes K = N // (R·B) batches: a contiguous range of K·B samples of that sequence
   (the last N − R·K·B samples are left out of this epoch, as ``drop_last`` does; the order
   changes every epoch, so they are not always the same ones);
-* batch j of a rank comes from worker j mod W, the order in which the DataLoader asks its
-  workers; each worker reads one contiguous piece of its rank's range, so it opens only the
-  shards that overlap it;
-* each worker shuffles its piece through a buffer of ``shuffle_buffer`` samples seeded by
-  (seed, epoch, rank, worker).
+* batch j of a rank comes from lane j mod W, read by one worker (the DataLoader asks its
+  workers in turn); each lane is one contiguous piece of its rank's range, so a worker opens
+  only the shards that overlap it;
+* each lane is shuffled through a buffer of ``shuffle_buffer`` samples seeded by
+  (seed, epoch, rank, lane).
 
 So in each epoch every sample is read by exactly one worker of one rank, and the stream of
-batches depends only on (seed, epoch, R, W). To resume at batch b of an epoch, each worker reads
+batches depends only on (seed, epoch, R, W). To resume at batch b of an epoch, each lane reads
 past (without decoding) the samples of the batches it had delivered and goes on from there.
 
 With ``resampled: true`` each worker draws its samples instead: for each one, a source with
@@ -37,10 +37,10 @@ from itertools import islice
 from typing import Any, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from .batch import Batch, Collator, LoadedColumns
-from .data import DataError, RowLoader, Sample
+from .data import BatchLoader, DataError, RowLoader, Sample
 from .errors import PolyalignError
 
 @dataclass(frozen=True)
@@ -103,9 +103,9 @@ def rank_batches(total: int, world: int, batch: int) -> int:
     return total // (world * batch)
 
 
-def worker_batches(k: int, worker: int, workers: int) -> int:
-    """Batches worker ``worker`` delivers out of a rank's ``k`` (batch j goes to worker j mod W)."""
-    return len(range(worker, k, workers))
+def worker_batches(k: int, lane: int, lanes: int) -> int:
+    """Batches of lane ``lane`` among a rank's first ``k`` (batch j belongs to lane j mod W)."""
+    return len(range(lane, k, lanes))
 
 
 def read_range(split: StreamSplit, order: list[int], start: int, count: int) -> Iterator[tuple[str, Sample]]:
@@ -180,31 +180,34 @@ class StreamTuples(IterableDataset):
         """Read the order of ``epoch``, from this rank's batch ``start_batch`` on."""
         self.position[0], self.position[1] = epoch, start_batch
 
-    def records(self, epoch: int, worker: int, workers: int) -> Iterator[tuple[str, Sample]]:
-        """The raw samples worker ``worker`` of this rank turns into batches in ``epoch``, in order."""
+    def records(self, epoch: int, lane: int, lanes: int) -> Iterator[tuple[str, Sample]]:
+        """The raw samples of lane ``lane`` of ``lanes`` (one per worker) of this rank in ``epoch``."""
         k, b = self.batches, self.batch_size
-        count = worker_batches(k, worker, workers) * b
-        lane = f"{self.seed}/{epoch}/{self.rank}/{worker}"
+        count = worker_batches(k, lane, lanes) * b
+        seed = f"{self.seed}/{epoch}/{self.rank}/{lane}"
         if self.split.resampled:
-            records = draw_records(self.split, random.Random(f"{lane}/draw"), count)
+            records = draw_records(self.split, random.Random(f"{seed}/draw"), count)
         else:
             order = list(range(len(self.split.shards)))
             random.Random(f"{self.seed}/{epoch}/shards").shuffle(order)
-            before = sum(worker_batches(k, w, workers) for w in range(worker)) * b
+            before = sum(worker_batches(k, other, lanes) for other in range(lane)) * b
             records = read_range(self.split, order, self.rank * k * b + before, count)
         if self.split.shuffle_buffer > 1:
-            records = buffer_shuffle(records, self.split.shuffle_buffer, random.Random(f"{lane}/shuffle"))
+            records = buffer_shuffle(records, self.split.shuffle_buffer, random.Random(f"{seed}/shuffle"))
         return records
 
     def __iter__(self) -> Iterator[tuple[Batch, list[str]]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         epoch, start = (int(v) for v in self.position.tolist())
-        done = worker_batches(start, worker, workers)  # batches this worker delivered before the resume point
-        records = islice(self.records(epoch, worker, workers), done * self.batch_size, None)
-        for i in range(done, worker_batches(self.batches, worker, workers)):
+        # The DataLoader asks worker 0 first: after a resume at batch `start`, worker w reads the
+        # lane of batch start + w, so that the batches still come in order.
+        lane = (worker + start) % workers
+        done = worker_batches(start, lane, workers)  # batches of this lane delivered before `start`
+        records = islice(self.records(epoch, lane, workers), done * self.batch_size, None)
+        for i in range(done, worker_batches(self.batches, lane, workers)):
             chunk = list(islice(records, self.batch_size))
-            yield self.load(chunk, (i * workers + worker) * self.batch_size)
+            yield self.load(chunk, (i * workers + lane) * self.batch_size)
 
     def load(self, chunk: list[tuple[str, Sample]], first: int) -> tuple[Batch, list[str]]:
         """One batch of raw samples loaded and collated (rows numbered from ``first``), and the
@@ -238,7 +241,7 @@ class StreamLoader:
     def __init__(self, tuples: StreamTuples, num_workers: int = 0, pin_memory: bool = False):
         self.tuples = tuples
         self.generator = torch.Generator().manual_seed(0)  # worker seeds, reseeded each epoch
-        self.loader = DataLoader(tuples, batch_size=None, collate_fn=_as_is, num_workers=num_workers,
+        self.loader = BatchLoader(tuples, batch_size=None, collate_fn=_as_is, num_workers=num_workers,
                                  pin_memory=pin_memory, persistent_workers=num_workers > 0,
                                  generator=self.generator)
         self.skipped: list[str] = []

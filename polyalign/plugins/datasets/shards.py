@@ -81,7 +81,7 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
         order = list(range(len(samples)))
         if shuffle and split == "train":
             random.Random(seed).shuffle(order)
-        result = SplitShards(split, len(samples), [])
+        result = SplitShards(split, len(samples), [], {m: set() for m in data.modalities})
         for start in range(0, len(order), shard_size):
             path = out / f"{split}-{len(result.shards):06d}.tar"
             tmp = path.with_name(f".{path.name}.tmp")
