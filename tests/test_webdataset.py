@@ -180,7 +180,7 @@ def _collect_rank(rank: int, world: int, folder: str) -> None:
 
 def test_two_processes_with_two_workers_cover_every_sample_once(tmp_path):
     stream = vector_stream(tmp_path, [7, 3, 12, 5, 9, 11, 1])  # 48 = 2 ranks x 6 batches x 4 rows
-    mp.spawn(_collect_rank, args=(2, str(tmp_path)), nprocs=2, join=True)
+    mp.start_processes(_collect_rank, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for epoch in (0, 1):
         batches = ranks[0][epoch] + ranks[1][epoch]

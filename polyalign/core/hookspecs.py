@@ -47,8 +47,11 @@ def register_datasets(register: Register) -> None:
 
     ``factory(config, **context)`` returns a :class:`polyalign.core.data.Dataset`: an object
     with ``modalities`` (names), ``root`` (folder relative paths resolve against, or None) and
-    ``split(name) -> list[dict]`` for ``train``, ``val`` and ``test``. A sample is a dict
-    ``modality -> raw value`` with missing modalities absent, plus optional ``label`` and ``id``.
+    ``split(name)`` for ``train``, ``val`` and ``test``: a list of samples, or, for data too large
+    to hold, a :class:`polyalign.core.stream.StreamSplit` (shards with their sizes and a reader;
+    the core splits them over processes and workers). A sample is a dict ``modality -> raw value``
+    (a path, a :class:`~polyalign.core.data.FileBytes`, text, numbers) with missing modalities
+    absent, plus optional ``label`` and ``id``.
     The object may also have ``on_error`` (``"raise"`` or ``"skip"``: what to do with a row
     whose value fails to load) and ``locate(split, index) -> str`` (where a row comes from,
     e.g. ``manifest data/train.jsonl, line 7``, used in error messages).

@@ -44,7 +44,7 @@ def weights_digest(encoder: Encoder) -> str:
     for name, tensor in encoder.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
