@@ -37,12 +37,17 @@ class AudioConfig(BaseModel):
     freeze: bool = Field(False, description="keep the backbone fixed (eval mode, no gradients)")
 
 
+SHORT_CHUNK = re.compile(r"\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)")
+
+
 def truncated_chunk(log: str) -> str | None:
     """The line of libsndfile's header log saying a chunk is shorter than its header announces
     (``data : 32000 (should be 15978)``), i.e. a truncated file; None when there is none. The
     sizes 0 and 0xFFFFFFFF are placeholders of streamed files and are not counted."""
+    if "should be" not in log:
+        return None
     for line in log.splitlines():
-        match = re.match(r"\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", line)
+        match = SHORT_CHUNK.match(line)
         if match:
             announced, present = int(match.group(2)), int(match.group(3))
             if present < announced and announced not in (0, 0xFFFFFFFF):
