@@ -269,18 +269,15 @@ class BatchLoader(DataLoader):
 
 
 def make_loader(dataset: TupleDataset, collator: Callable[[Any], Any], batch_size: int, sampler: Sampler,
-                num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
-                persistent: bool = True) -> DataLoader:
+                num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
     """A DataLoader of :class:`Batch` objects over ``dataset`` in ``sampler`` order.
 
     It has its own generator (for worker seeds), so creating an iterator never draws from the
     global RNG: a run resumed mid-epoch sees the same random numbers as an uninterrupted one.
-    ``persistent=False`` starts the workers afresh each epoch (they then see what the main
-    process holds at that time, e.g. the input cache).
     """
     return BatchLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator,
                       num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
-                      persistent_workers=persistent and num_workers > 0,
+                      persistent_workers=num_workers > 0,
                       generator=torch.Generator().manual_seed(0))
 
 
@@ -289,12 +286,11 @@ class EpochLoader:
     (:class:`EpochSampler`, last partial batch dropped) that can start part-way."""
 
     def __init__(self, tuples: TupleDataset, collator: Callable[[Any], Any], batch_size: int, seed: int,
-                 rank: int = 0, world: int = 1, num_workers: int = 0, pin_memory: bool = False,
-                 persistent: bool = True):
+                 rank: int = 0, world: int = 1, num_workers: int = 0, pin_memory: bool = False):
         self.tuples, self.batch_size = tuples, batch_size
         self.sampler = EpochSampler(len(tuples), seed, True, rank, world, drop_last=True)
         self.loader = make_loader(tuples, collator, batch_size, self.sampler, num_workers, pin_memory,
-                                  drop_last=len(self.sampler) >= batch_size, persistent=persistent)
+                                  drop_last=len(self.sampler) >= batch_size)
         self.batches = len(self.loader)
 
     def set_epoch(self, epoch: int, start_batch: int = 0, seed: int = 0) -> None:

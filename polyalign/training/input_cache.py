@@ -5,9 +5,9 @@ epochs skip reading and decoding; the encoder's ``finish`` (random crops, flips)
 every use. Encoders whose ``load`` is random and not split that way are refused.
 
 * ``memory``: kept by the training process for this run. DataLoader workers decode in the
-  first epoch and send what they decoded back with each batch; the workers are started afresh
-  each epoch (not persistent), so from the second epoch on they see the whole cache (forked
-  with the process, not copied) and only finish and collate. Map-form (manifest) splits only.
+  first epoch and send what they decoded back with each batch; when the cache has grown, the
+  next epoch starts new workers, which see the whole cache (forked with the process, not
+  copied) and only finish and collate. Map-form (manifest) splits only.
 * ``disk``: safetensors files under ``cache.dir/inputs/<encoder>-<hash of its load options>/``,
   keyed by the value: a file's absolute path, size, inode and modification time, a shard
   member's bytes, or an inline value itself. A changed file or load option is therefore
@@ -175,18 +175,34 @@ class CacheCollate:
 
 
 class MemoryCacheLoader:
-    """A training loader whose batches carry newly decoded values: keeps them, yields the batches."""
+    """A loader whose batches carry newly decoded values: keeps them and yields the batches.
 
-    def __init__(self, loader: Any, stores: dict[str, Store]):
-        self.loader, self.stores = loader, stores
+    ``build()`` makes the underlying loader; it is made again (new workers, forked with the
+    cache as it is then) at the start of an iteration when the cache has grown since its
+    workers started, so that workers decode a value only until the main process holds it.
+    """
+
+    def __init__(self, build: Callable[[], Any], stores: dict[str, Store], workers: int):
+        self.build, self.stores, self.workers = build, stores, workers
+        self.loader = build()
+        self.forked_with: int | None = None  # entries the cache held when the workers started
+        self.epoch: tuple[int, int, int] | None = None
 
     def set_epoch(self, epoch: int, start_batch: int = 0, seed: int = 0) -> None:
+        self.epoch = (epoch, start_batch, seed)
         self.loader.set_epoch(epoch, start_batch, seed)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Any:
+        held = sum(len(s) for s in self.stores.values())
+        if self.workers and self.forked_with is not None and held > self.forked_with:
+            self.loader = self.build()
+            if self.epoch is not None:
+                self.loader.set_epoch(*self.epoch)
+        if self.forked_with is None or held > self.forked_with:
+            self.forked_with = held
         for batch, decoded in self.loader:
             for m, items in decoded.items():
                 self.stores[m].receive(items)  # type: ignore[union-attr]

@@ -106,19 +106,21 @@ class TrainingData:
                                      f"{cfg.batch_size} (train.batch_size)")
             self.train: Any = StreamLoader(tuples, self.workers, pin)
         else:
-            self.train = EpochLoader(parts.tuples("train", recipe.data.plugin, loaders), collate, self.rank_batch,
-                                     recipe.seed, dist.rank, dist.world, self.workers, pin, persistent=not memory)
-            if memory:
-                self.train = MemoryCacheLoader(self.train, self.inputs)
+            train_set = parts.tuples("train", recipe.data.plugin, loaders)
+
+            def train_loader() -> EpochLoader:
+                return EpochLoader(train_set, collate, self.rank_batch, recipe.seed, dist.rank, dist.world,
+                                   self.workers, pin)
+            self.train = MemoryCacheLoader(train_loader, self.inputs, self.workers) if memory else train_loader()
 
         self.val_set = parts.tuples("val", recipe.data.plugin, loaders)
         self.val: Any = None
         if len(self.val_set):
-            self.val = make_loader(self.val_set, collate, self.rank_batch,
+            def val_loader() -> Any:
+                return make_loader(self.val_set, collate, self.rank_batch,
                                    EpochSampler(len(self.val_set), 0, False, dist.rank, dist.world),
-                                   self.workers, pin, persistent=not memory)
-            if memory:
-                self.val = MemoryCacheLoader(self.val, self.inputs)
+                                   self.workers, pin)
+            self.val = MemoryCacheLoader(val_loader, self.inputs, self.workers) if memory else val_loader()
 
     def take_skipped(self) -> dict[str, list[str]]:
         """Per split, the errors of the rows skipped since the last call (``on_error: skip``)."""
