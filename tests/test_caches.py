@@ -234,3 +234,30 @@ def test_feature_cache_needs_a_frozen_encoder(data, tmp_path):
                     show_progress=False)
     with pytest.raises(PolyalignError, match="no disk cache to fill"):
         fill_caches(polyalign.load_recipe(XOR, _recipe(data)), show_progress=False)
+
+
+# --------------------------------------------------------------------------- random transforms stay reproducible
+class _StopAtStep:
+    def __init__(self, step: int):
+        self.step = step
+
+    @polyalign.hookimpl
+    def on_step_end(self, step):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_augmentation_does_not_depend_on_workers_cache_or_resume(data, tmp_path):
+    """Each batch draws its random crops from a seed of (run seed, epoch, batch), whichever
+    process loads it, from a cache or not, before or after a resume."""
+    aug = _recipe(data, "modalities.image.encoder.augment=true")
+    reference = polyalign.train(XOR, out=tmp_path / "w0", overrides=aug)
+    for name, extra in (("w1", ["train.num_workers=1"]),
+                        ("memory", ["train.num_workers=1", "cache.inputs=memory"]),
+                        ("disk", ["cache.inputs=disk", f"cache.dir={tmp_path / 'cache'}"])):
+        _assert_weights_equal(reference, polyalign.train(XOR, out=tmp_path / name, overrides=aug + extra))
+    with pytest.raises(KeyboardInterrupt):  # stopped mid-epoch 2 (3 batches per epoch), then resumed
+        polyalign.train(XOR, out=tmp_path / "cut", overrides=aug + ["train.num_workers=1", "train.checkpoint_every=1", "train.log_every=1"],
+                        plugins=make_plugins(extra=[_StopAtStep(4)]))
+    (cut,) = (tmp_path / "cut").iterdir()
+    _assert_weights_equal(reference, polyalign.train(None, resume=cut))

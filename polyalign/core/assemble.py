@@ -45,9 +45,10 @@ class Assembled:
             self._read[split] = ([w for w, _ in entries], [s for _, s in entries])
         return self._read[split][1]
 
-    def tuples(self, split: str, source: str = "", loaders: dict[str, Loader] | None = None) -> TupleDataset:
-        """A torch dataset loading ``split`` through the model's encoders (or through ``loaders``,
-        one per modality, e.g. the input cache's)."""
+    def tuples(self, split: str, source: str = "", loaders: dict[str, Loader] | None = None,
+               batch_loaders: dict[str, Callable[[list[Any], Path | None], Any]] | None = None) -> TupleDataset:
+        """A torch dataset loading ``split`` through the model's encoders (or through ``loaders``
+        and ``batch_loaders``, one per modality, e.g. the input cache's)."""
         encoders = self.model.encoders.items()
         samples = self.samples(split)
         locate: Callable[[int], str] | None = None
@@ -57,7 +58,7 @@ class Assembled:
             locate = functools.partial(self.dataset.locate, split)
         return TupleDataset(samples, loaders or {m: enc.load for m, enc in encoders}, self.dataset.root,
                             split, source, on_error=getattr(self.dataset, "on_error", "raise"), locate=locate,
-                            batch_loaders=None if loaders else {m: enc.load_batch for m, enc in encoders})
+                            batch_loaders=batch_loaders if loaders else {m: enc.load_batch for m, enc in encoders})
 
     def collator(self) -> Collator:
         """The collate function for this model's modalities."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -85,6 +86,16 @@ def describe_value(value: Any) -> str:
 Loader = Callable[[Any, Path | None], Input]
 
 
+class BatchOf:
+    """A ``load_batch`` made of a per-value loader and a collate function."""
+
+    def __init__(self, load: Loader, collate: Callable[[list[Input]], Input]):
+        self.load, self.collate = load, collate
+
+    def __call__(self, values: list[Any], root: Path | None) -> Input:
+        return self.collate([self.load(v, root) for v in values])
+
+
 class RowLoader:
     """Loads raw samples through each modality's loader (its encoder's ``load``)."""
 
@@ -127,6 +138,23 @@ class RowLoader:
         return columns
 
 
+@contextmanager
+def seeded(base: int, position: int) -> Iterator[None]:
+    """Inside, torch's random numbers come from a seed of ``(base, position)``; the caller's
+    generator is left as it was. ``base < 0``: no change.
+
+    Training loaders seed each batch from (run seed, epoch, the batch's place in the epoch), so
+    the random draws of loading (augmentation) do not depend on which process loads the batch:
+    not on ``train.num_workers``, not on a resume, not on the input cache.
+    """
+    if base < 0:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((base * 1_000_003 + position) % 2**63)
+        yield
+
+
 class TupleDataset(torch.utils.data.Dataset):
     """Loads sample ``i`` of a split: ``(i, {modality: loaded value}, label)``."""
 
@@ -143,6 +171,8 @@ class TupleDataset(torch.utils.data.Dataset):
         # on_error=skip marks failed rows here; shared memory, so marks made in DataLoader workers
         # reach the main process. A skipped row is returned with every modality absent.
         self.skipped = torch.zeros(len(samples), dtype=torch.bool).share_memory_() if on_error == "skip" else None
+        # the seed of this epoch's loading (set by EpochLoader; -1: none), shared with the workers
+        self.seed = torch.full((1,), -1, dtype=torch.long).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -161,9 +191,10 @@ class TupleDataset(torch.utils.data.Dataset):
         """Load a batch column by column (one ``load_batch`` call per modality); if anything
         fails, load it row by row instead, which names the failing row and honours on_error."""
         samples = [self.samples[i] for i in indices]
-        columns = self.rows.columns(samples)
-        if columns is None:
-            return [self[i] for i in indices]
+        with seeded(int(self.seed), indices[0] if indices else 0):
+            columns = self.rows.columns(samples)
+            if columns is None:
+                return [self[i] for i in indices]
         return LoadedColumns(list(indices), columns, [s.get("label") for s in samples])
 
     def load_values(self, i: int) -> dict[str, Input]:
@@ -294,9 +325,10 @@ class EpochLoader:
         self.batches = len(self.loader)
 
     def set_epoch(self, epoch: int, start_batch: int = 0, seed: int = 0) -> None:
-        """Deliver ``epoch``'s batches from ``start_batch`` on; ``seed`` seeds the workers' RNGs."""
+        """Deliver ``epoch``'s batches from ``start_batch`` on; ``seed`` seeds their loading."""
         self.sampler.set_epoch(epoch, start=start_batch * self.batch_size)
         self.loader.generator.manual_seed(seed)
+        self.tuples.seed[0] = seed
 
     def __len__(self) -> int:
         return self.batches

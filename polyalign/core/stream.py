@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .batch import Batch, Collator, LoadedColumns
-from .data import BatchLoader, DataError, RowLoader, Sample
+from .data import BatchLoader, DataError, RowLoader, Sample, seeded
 from .errors import PolyalignError
 
 @dataclass(frozen=True)
@@ -173,12 +173,13 @@ class StreamTuples(IterableDataset):
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.name, self.on_error = name, on_error
         self.batches = rank_batches(len(split), world, batch_size)
-        # epoch and first batch; in shared memory so that persistent workers see set_epoch
-        self.position = torch.zeros(2, dtype=torch.long).share_memory_()
+        # epoch, first batch and loading seed; in shared memory so that persistent workers see set_epoch
+        self.position = torch.tensor([0, 0, -1], dtype=torch.long).share_memory_()
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Read the order of ``epoch``, from this rank's batch ``start_batch`` on."""
-        self.position[0], self.position[1] = epoch, start_batch
+    def set_epoch(self, epoch: int, start_batch: int = 0, seed: int = -1) -> None:
+        """Read the order of ``epoch``, from this rank's batch ``start_batch`` on; ``seed`` seeds
+        the loading of each batch (see :func:`polyalign.core.data.seeded`)."""
+        self.position[0], self.position[1], self.position[2] = epoch, start_batch, seed
 
     def records(self, epoch: int, lane: int, lanes: int) -> Iterator[tuple[str, Sample]]:
         """The raw samples of lane ``lane`` of ``lanes`` (one per worker) of this rank in ``epoch``."""
@@ -199,7 +200,7 @@ class StreamTuples(IterableDataset):
     def __iter__(self) -> Iterator[tuple[Batch, list[str]]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        epoch, start = (int(v) for v in self.position.tolist())
+        epoch, start, seed = (int(v) for v in self.position.tolist())
         # The DataLoader asks worker 0 first: after a resume at batch `start`, worker w reads the
         # lane of batch start + w, so that the batches still come in order.
         lane = (worker + start) % workers
@@ -207,7 +208,10 @@ class StreamTuples(IterableDataset):
         records = islice(self.records(epoch, lane, workers), done * self.batch_size, None)
         for i in range(done, worker_batches(self.batches, lane, workers)):
             chunk = list(islice(records, self.batch_size))
-            yield self.load(chunk, (i * workers + lane) * self.batch_size)
+            first = (i * workers + lane) * self.batch_size
+            with seeded(seed, first):
+                item = self.load(chunk, first)
+            yield item
 
     def load(self, chunk: list[tuple[str, Sample]], first: int) -> tuple[Batch, list[str]]:
         """One batch of raw samples loaded and collated (rows numbered from ``first``), and the
@@ -247,8 +251,8 @@ class StreamLoader:
         self.skipped: list[str] = []
 
     def set_epoch(self, epoch: int, start_batch: int = 0, seed: int = 0) -> None:
-        """Deliver ``epoch``'s batches from ``start_batch`` on; ``seed`` seeds the workers' RNGs."""
-        self.tuples.set_epoch(epoch, start_batch)
+        """Deliver ``epoch``'s batches from ``start_batch`` on; ``seed`` seeds their loading."""
+        self.tuples.set_epoch(epoch, start_batch, seed)
         self.generator.manual_seed(seed)
 
     def __len__(self) -> int:

@@ -11,7 +11,7 @@ import torch
 
 from polyalign.core.assemble import HEAD, Assembled
 from polyalign.core.batch import Collator
-from polyalign.core.data import EpochLoader, EpochSampler, FileBytes, Loader, RowLoader, make_loader
+from polyalign.core.data import BatchOf, EpochLoader, EpochSampler, FileBytes, Loader, RowLoader, make_loader
 from polyalign.core.errors import PolyalignError
 from polyalign.core.recipe import Recipe
 from polyalign.core.stream import StreamLoader, StreamTuples, is_stream
@@ -85,20 +85,23 @@ class TrainingData:
                 store.refresh()
         rest = {m: enc for m, enc in encoders.items() if m not in self.features}
         self.inputs = input_stores(recipe, rest, first_values(parts, list(rest)), root, self.streamed)
-        loaders: dict[str, Loader] | None = None
+        collate_fns = {m: torch.stack if m in self.features else enc.collate for m, enc in encoders.items()}
         if self.features or self.inputs:
-            loaders = {m: FeatureLookup(self.features[m], m) if m in self.features else
-                       CachedDecode(enc, self.inputs[m]) if m in self.inputs else enc.load
-                       for m, enc in encoders.items()}
-        collator = Collator({m: torch.stack if m in self.features else enc.collate for m, enc in encoders.items()})
+            loaders: dict[str, Loader] = {
+                m: FeatureLookup(self.features[m], m) if m in self.features else
+                CachedDecode(enc, self.inputs[m]) if m in self.inputs else enc.load for m, enc in encoders.items()}
+            batch_loaders = {m: BatchOf(load, collate_fns[m]) for m, load in loaders.items()}
+        else:
+            loaders = {m: enc.load for m, enc in encoders.items()}
+            batch_loaders = {m: enc.load_batch for m, enc in encoders.items()}
+        collator = Collator(collate_fns)
         collate = cached_collator(collator, self.inputs)
         memory = any(isinstance(s, MemoryStore) for s in self.inputs.values())
         pin = cfg.pin_memory and device.type == "cuda"
         on_error = getattr(parts.dataset, "on_error", "raise")
 
         if self.streamed:
-            rows = RowLoader(loaders or {m: enc.load for m, enc in encoders.items()}, root,
-                             None if loaders else {m: enc.load_batch for m, enc in encoders.items()})
+            rows = RowLoader(loaders, root, batch_loaders)
             tuples = StreamTuples(train, rows, collate, self.rank_batch, recipe.seed, dist.rank, dist.world,
                                   "train", on_error)
             if tuples.batches == 0:
@@ -106,14 +109,14 @@ class TrainingData:
                                      f"{cfg.batch_size} (train.batch_size)")
             self.train: Any = StreamLoader(tuples, self.workers, pin)
         else:
-            train_set = parts.tuples("train", recipe.data.plugin, loaders)
+            train_set = parts.tuples("train", recipe.data.plugin, loaders, batch_loaders)
 
             def train_loader() -> EpochLoader:
                 return EpochLoader(train_set, collate, self.rank_batch, recipe.seed, dist.rank, dist.world,
                                    self.workers, pin)
             self.train = MemoryCacheLoader(train_loader, self.inputs, self.workers) if memory else train_loader()
 
-        self.val_set = parts.tuples("val", recipe.data.plugin, loaders)
+        self.val_set = parts.tuples("val", recipe.data.plugin, loaders, batch_loaders)
         self.val: Any = None
         if len(self.val_set):
             def val_loader() -> Any:
