@@ -307,9 +307,8 @@ def make_loader(dataset: TupleDataset, collator: Callable[[Any], Any], batch_siz
     global RNG: a run resumed mid-epoch sees the same random numbers as an uninterrupted one.
     """
     return BatchLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator,
-                      num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
-                      persistent_workers=num_workers > 0,
-                      generator=torch.Generator().manual_seed(0))
+                       num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
+                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0))
 
 
 class EpochLoader:

@@ -99,6 +99,7 @@ class TrainingData:
         memory = any(isinstance(s, MemoryStore) for s in self.inputs.values())
         pin = cfg.pin_memory and device.type == "cuda"
         on_error = getattr(parts.dataset, "on_error", "raise")
+        batch, workers = self.rank_batch, self.workers  # the loader builders below must not hold self (a cycle)
 
         if self.streamed:
             rows = RowLoader(loaders, root, batch_loaders)
@@ -112,18 +113,21 @@ class TrainingData:
             train_set = parts.tuples("train", recipe.data.plugin, loaders, batch_loaders)
 
             def train_loader() -> EpochLoader:
-                return EpochLoader(train_set, collate, self.rank_batch, recipe.seed, dist.rank, dist.world,
-                                   self.workers, pin)
-            self.train = MemoryCacheLoader(train_loader, self.inputs, self.workers) if memory else train_loader()
+                return EpochLoader(train_set, collate, batch, recipe.seed, dist.rank, dist.world, workers, pin)
+            self.train = MemoryCacheLoader(train_loader, self.inputs, workers) if memory else train_loader()
 
-        self.val_set = parts.tuples("val", recipe.data.plugin, loaders, batch_loaders)
+        self.val_set = val_set = parts.tuples("val", recipe.data.plugin, loaders, batch_loaders)
         self.val: Any = None
-        if len(self.val_set):
+        if len(val_set):
             def val_loader() -> Any:
-                return make_loader(self.val_set, collate, self.rank_batch,
-                                   EpochSampler(len(self.val_set), 0, False, dist.rank, dist.world),
-                                   self.workers, pin)
+                return make_loader(val_set, collate, batch, EpochSampler(len(val_set), 0, False, dist.rank, dist.world),
+                                   workers, pin)
             self.val = MemoryCacheLoader(val_loader, self.inputs, self.workers) if memory else val_loader()
+
+    def close(self) -> None:
+        """Let the DataLoader workers go now (else they live until the loaders are garbage-collected,
+        which, in a process that trains again, may happen in a forked worker of the next run)."""
+        self.train = self.val = None
 
     def take_skipped(self) -> dict[str, list[str]]:
         """Per split, the errors of the rows skipped since the last call (``on_error: skip``)."""

@@ -161,6 +161,8 @@ class Trainer:
                     last = self._epoch(bar, task)
         finally:
             self.model.feature_inputs = frozenset()
+            self.data.close()
+            self.train_loader = self.val_loader = None
         return last
 
     def _epoch(self, bar: Any, task: Any) -> dict[str, float]:
