@@ -18,8 +18,8 @@ runs from the previous epoch's last step (or the start of training) to its own l
 it includes starting the epoch's DataLoader workers and the previous epoch-end checkpoint.
 
 Memory: a synthetic set of tuples (an 8-number vector and a short text each): the peak resident
-set size of ``polyalign train`` (2 steps, no workers) started from a manifest and from shards,
-for each size in ``--rss-tuples``, each in a fresh process.
+set size (``VmHWM``) of ``polyalign train`` (2 steps, no workers) started from a manifest and
+from shards, for each size in ``--rss-tuples``, each in a fresh process.
 
     python benchmarks/data.py [--n-train 512] [--repeats 3] [--rss-tuples 100000 1000000]
 
@@ -170,17 +170,21 @@ def speed(args: argparse.Namespace, work: Path) -> dict:
             "variants": rows}
 
 
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec from the parent
 RSS_SCRIPT = """
-import resource, sys
+import re, sys
 from polyalign.cli import main
 code = main(sys.argv[1:])
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+status = open("/proc/self/status").read()
+print("MAXRSS_KB", re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
 sys.exit(code)
 """
 
 
 def synthetic(folder: Path, n: int) -> Path:
     """A manifest folder of ``n`` train tuples (an 8-number vector and a short text) plus small val/test."""
+    if (folder / "test.jsonl").is_file():
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     for split, size in (("train", n), ("val", 256), ("test", 256)):
         with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as fh:
@@ -191,7 +195,7 @@ def synthetic(folder: Path, n: int) -> Path:
 
 
 def peak_rss(data: list[str], work: Path) -> float:
-    """Peak RSS (MB) of a fresh ``polyalign train`` process taking 2 steps on ``data``."""
+    """Peak resident set (VmHWM, MB) of a fresh ``polyalign train`` process taking 2 steps on ``data``."""
     recipe = ["modalities={v: {encoder: {plugin: vector, hidden: [16]}}, t: {encoder: {plugin: byte_text, dim: 16, "
               "layers: 1, heads: 2, max_length: 32}}}", "loss={plugin: clip}", "eval=[]", "logging=[]",
               "train.max_steps=2", "train.batch_size=256", "train.num_workers=0", *data]
@@ -210,17 +214,17 @@ def memory(args: argparse.Namespace, work: Path) -> dict:
     for n in args.rss_tuples:
         folder = synthetic(work / f"synthetic-{n}", n)
         shards = work / f"synthetic-{n}-shards"
-        t0 = time.perf_counter()
+        written = None  # seconds to write the shards (None: written by an earlier run in --work)
         if not (shards / "sizes.json").is_file():
+            t0 = time.perf_counter()
             write_shards(folder, shards, 10000)
-        written = time.perf_counter() - t0
+            written = time.perf_counter() - t0
         manifest_mb = peak_rss([f"data={{plugin: manifest, path: '{folder}'}}"], work)
         shards_mb = peak_rss([f"data={{plugin: webdataset, path: '{shards}', modalities: {{v: v.json, t: t.txt}}}}"],
                              work)
         rows[str(n)] = {"manifest_peak_rss_mb": manifest_mb, "shards_peak_rss_mb": shards_mb,
                         "write_shards_seconds": written}
-        print(f"{n} tuples: peak RSS manifest {manifest_mb:.0f} MB, shards {shards_mb:.0f} MB "
-              f"(shards written in {written:.0f} s)", flush=True)
+        print(f"{n} tuples: peak RSS manifest {manifest_mb:.0f} MB, shards {shards_mb:.0f} MB", flush=True)
     return rows
 
 

@@ -341,3 +341,16 @@ def test_resume_with_another_layout_goes_on_from_the_next_epoch(tmp_path, capsys
         " ".join(capsys.readouterr().out.split())
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in epochs if r["kind"] == "epoch"] == [2]  # epoch 1 was cut short, epoch 2 ran whole
+
+
+def test_auto_workers_are_chosen_from_the_data_and_machine_and_recorded(tmp_path, tiny_xor):
+    import yaml
+
+    from polyalign.training.loaders import MAX_WORKERS, usable_cpus
+
+    numbers = polyalign.train(XOR, out=tmp_path / "xor", overrides=tiny_xor + ["eval=[]"])
+    assert yaml.safe_load((numbers / "recipe.yaml").read_text())["train"]["num_workers"] == 0  # nothing to decode
+    overrides = _shard_recipe(_xor_shards(tmp_path))[:1] + ["train.batch_size=64", "train.epochs=1", "eval=[]"]
+    streamed = polyalign.train(XOR, out=tmp_path / "shards", overrides=overrides)
+    expected = max(0, min(MAX_WORKERS, usable_cpus() - 1))
+    assert yaml.safe_load((streamed / "recipe.yaml").read_text())["train"]["num_workers"] == expected
