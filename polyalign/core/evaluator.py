@@ -12,7 +12,7 @@ import torch
 
 from .assemble import Assembled
 from .data import EpochSampler, Sample, make_loader, skip_summary
-from .errors import PluginError
+from .loss import score_candidates
 
 ROW_KEYS = ("task", "target", "query", "metric", "value")
 
@@ -42,20 +42,15 @@ class EvalContext:
             self._cache["emb"] = embed_split(self.parts, self.split, self.device, self.batch_size)
         return self._cache["emb"]
 
-    @torch.no_grad()
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
-        """The loss's scoring rule, checked for shape."""
-        out = self.parts.loss.score(queries, candidates, target)
-        n_q = next(iter(queries.values())).shape[0]
-        name = self.parts.loss_name or type(self.parts.loss).__name__
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n_q, candidates.shape[0]):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise PluginError(f"loss plugin {name!r}: score() returned {got}; "
-                              f"expected ({n_q}, {candidates.shape[0]}) (queries x candidates)")
-        if torch.isnan(out).any():
-            raise PluginError(f"loss plugin {name!r}: score() returned NaN scores for target {target!r} "
-                              f"(ranks computed from them would be meaningless)")
-        return out
+        """The loss's scores ``(Q, C)`` of the candidates of ``target``, checked for shape and NaN."""
+        return self.score_tuples(queries, {target: candidates})
+
+    @torch.no_grad()
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss's scores ``(Q, C)`` of candidates made of one or more modalities, checked."""
+        return score_candidates(self.parts.loss, queries, candidates,
+                                self.parts.loss_name or type(self.parts.loss).__name__)
 
 
 @torch.no_grad()

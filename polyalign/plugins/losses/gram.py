@@ -28,7 +28,7 @@ from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_
 
 from .blockwise import Reductions, reduce_blockwise
 from .rows import zero_loss
-from .volume import det_adj, safe_sqrt, tuple_gram, volume_sq, volume_sq_paired
+from .volume import det_adj, safe_sqrt, tuple_gram, union_volume_sq, volume_sq, volume_sq_paired
 
 
 class GramConfig(LossConfig):
@@ -96,10 +96,10 @@ class GramLoss(Loss):
                         "positive_volume": float((-pos / scale).detach().mean())})
         return LossOutput(0.5 * (rows_ce + cols_ce), metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
-        o = torch.stack(list(queries.values()), 1)  # (Q, k, d)
-        det, adj = det_adj(tuple_gram(o))
-        return -safe_sqrt(volume_sq(candidates, o, det, adj)).T
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        left = torch.stack(list(queries.values()), 1)  # (Q, k, d)
+        right = torch.stack(list(candidates.values()), 1)  # (C, l, d)
+        return -safe_sqrt(union_volume_sq(left, right))
 
 
 def build_gram(config: GramConfig, modalities: list[str] | None = None) -> GramLoss:

@@ -80,7 +80,7 @@ class MvDhelLoss(Loss):
         metrics["positives_lse"] = float(num.detach().mean())
         return LossOutput((den - num).mean(), metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum_of_cosines(queries, candidates)
 
 

@@ -72,7 +72,7 @@ class MvInfoNceLoss(Loss):
         metrics.update({"positives_lse": float(num.detach().mean()), "all_lse": float(den.detach().mean())})
         return LossOutput((den - num).mean(), metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum_of_cosines(queries, candidates)
 
 
