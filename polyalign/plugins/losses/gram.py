@@ -1,7 +1,9 @@
 """Loss ``gram``: contrastive learning with the Gram-matrix volume (Cicchetti et al., ICLR 2025).
 
 ``logit[i, j] = −Vol(z[a]_i, z[m]_j for every m ≠ a) / τ`` for an anchor modality ``a``;
-loss ``½·(CE(logit) + CE(logitᵀ))`` with optional label smoothing (the paper uses 0.1).
+loss ``½·(CE(logit) + CE(logitᵀ))`` with label smoothing. The defaults are the paper's recipe
+(its reference code, ``ispamm/GRAM``): label smoothing 0.1 and the text modality as the anchor
+(the modality named ``text``; without one, the first modality: set ``anchor`` to your text).
 ``Vol = sqrt(det G)`` of the Gram matrix of the vectors: 0 when they are linearly dependent
 (aligned), 1 when orthonormal. It is computed in the Schur-complement form of
 :mod:`.volume`: ``det(H_j)·‖a_i‖² − b_ijᵀ adj(H_j) b_ij``, O(N²·M·d), polynomial in the
@@ -32,8 +34,10 @@ from .volume import det_adj, safe_sqrt, tuple_gram, union_volume_sq, volume_sq, 
 
 
 class GramConfig(LossConfig):
-    anchor: str | None = Field(None, description="anchor modality (default: the first modality)")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of both cross-entropies")
+    anchor: str | None = Field(None, description="anchor modality (default: 'text' if there is one, as in the "
+                                                 "paper, else the first modality)")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of both cross-entropies "
+                                                                "(0.1, the paper's)")
     chunk_size: int | None = Field(None, ge=1, description="anchor rows per block (memory linear in the "
                                                            "batch); default: the dense N x N logits")
 
@@ -45,19 +49,24 @@ def _volume_logits(present: torch.Tensor | None):
     return block
 
 
+def default_anchor(names: list[str]) -> str:
+    """The paper's anchor, the text modality: ``text`` if it is a name, else the first name."""
+    return "text" if "text" in names else names[0]
+
+
 class GramLoss(Loss):
     """Symmetric cross-entropy of negative volumes between anchor rows and the other modalities' tuples."""
 
     def __init__(self, config: GramConfig, modalities: list[str] | None = None):
         super().__init__()
         self.config = config
-        self.anchor = config.anchor or (modalities[0] if modalities else None)
+        self.anchor = config.anchor or (default_anchor(modalities) if modalities else None)
         self.temperature = Temperature(config.temperature, config.learn_temperature)
 
     def forward(self, embeddings: dict[str, torch.Tensor],
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:
         names = list(embeddings)
-        anchor = self.anchor or names[0]
+        anchor = self.anchor or default_anchor(names)
         if anchor not in embeddings:
             raise PolyalignError(f"gram anchor {anchor!r} is not among the embedded modalities "
                                  f"({', '.join(names)}); set loss.anchor to one of them")
