@@ -98,6 +98,16 @@ def retrieval_metrics(ranks: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[s
     return {name: float(v.mean()) for name, v in per_query_metrics(ranks, ks).items()}
 
 
+def recall_and_rank(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Retrieval's summary of ranks: ``R@k`` (share of queries with a correct candidate in the
+    top k), ``median_rank`` (the middle two averaged) and ``mean_rank`` of the best correct candidate."""
+    ranks = ranks.double()
+    out = {f"R@{k}": float((ranks <= k).double().mean()) for k in ks}
+    out["median_rank"] = float(ranks.quantile(0.5))
+    out["mean_rank"] = float(ranks.mean())
+    return out
+
+
 def value_key(value: Any) -> Any:
     """A hashable key for a raw value (to find the distinct candidates of a split)."""
     if isinstance(value, (str, int, float, bool)):

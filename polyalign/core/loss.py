@@ -119,7 +119,7 @@ def score_candidates(loss: nn.Module, queries: dict[str, torch.Tensor], candidat
         out = loss.score(queries, candidates[target], target)
     else:
         method = "score_tuples()"
-        if getattr(type(loss), "score_tuples", Loss.score_tuples) is Loss.score_tuples:
+        if not can_rank_tuples(loss):
             raise PluginError(cannot_rank_tuples(plugin, list(candidates)))
         out = loss.score_tuples(queries, candidates)
     expected = (int(next(iter(queries.values())).shape[0]), int(next(iter(candidates.values())).shape[0]))
@@ -191,3 +191,10 @@ class WeightedLoss(Loss):
                      candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         name, first = next(iter(self.terms.items()))
         return score_candidates(first, queries, candidates, name)
+
+
+def can_rank_tuples(loss: nn.Module) -> bool:
+    """Whether the loss's scoring rule ranks candidates made of several modalities (``score_tuples``)."""
+    if isinstance(loss, WeightedLoss):
+        return can_rank_tuples(next(iter(loss.terms.values())))
+    return getattr(type(loss), "score_tuples", Loss.score_tuples) is not Loss.score_tuples
