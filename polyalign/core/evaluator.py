@@ -36,11 +36,20 @@ class EvalContext:
     def modalities(self) -> list[str]:
         return self.parts.model.modalities
 
-    def embeddings(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``(embeddings, present)`` for every sample of the split (CPU, float32), computed once."""
-        if "emb" not in self._cache:
-            self._cache["emb"] = embed_split(self.parts, self.split, self.device, self.batch_size)
-        return self._cache["emb"]
+    def embeddings(self, split: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(embeddings, present)`` for every sample of ``split`` (default: the one evaluated; a
+        linear probe also fits on ``train`` and ``val``), CPU float32, computed once per split."""
+        split = split or self.split
+        key = "emb" if split == self.split else f"emb:{split}"
+        if key not in self._cache:
+            self._cache[key] = embed_split(self.parts, split, self.device, self.batch_size)
+        return self._cache[key]
+
+    def embed_values(self, modality: str, values: Sequence[Any]) -> torch.Tensor:
+        """Raw values of ``modality`` (e.g. class prompts for the text encoder) embedded by the
+        model -> ``(N, E)`` CPU float32; relative paths resolve against the dataset's root."""
+        return self.parts.model.embed_values(modality, values, self.parts.dataset.root, self.device,
+                                             self.batch_size).float().cpu()
 
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
         """The loss's scores ``(Q, C)`` of the candidates of ``target``, checked for shape and NaN."""
