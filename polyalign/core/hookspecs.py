@@ -36,7 +36,10 @@ def register_losses(register: Register) -> None:
     """Register loss plugins: ``register(name, factory, config=Model, help="...")``.
 
     ``factory(config, **context)`` returns a :class:`polyalign.core.loss.Loss` with
-    ``forward(embeddings, present) -> LossOutput`` and ``score(queries, candidates, target)``.
+    ``forward(embeddings, present) -> LossOutput`` and a scoring rule: ``score(queries,
+    candidates, target)`` ranks candidates of one modality; ``score_tuples(queries, candidates)``
+    (optional, ``candidates`` a dict of modalities) also ranks tuples; define it and ``score``
+    follows (docs/losses.md).
     Context arguments the factory may accept: ``modalities`` (names) and ``embed_dim``.
     """
 

@@ -2,6 +2,8 @@
 
 Missing modalities: each pair term uses the rows where both modalities are present; the loss
 is the mean over the pair terms that have at least two such rows.
+
+Score: ``Σ_q Σ_c z_q·z_c`` over every (query, candidate) pair of modalities (docs/losses.md).
 """
 
 from __future__ import annotations

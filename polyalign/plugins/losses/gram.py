@@ -16,7 +16,7 @@ and at least one other modality are present; an absent non-anchor vector is repl
 vector orthogonal to everything else (its row and column of the Gram matrix become those of the
 identity), which leaves the volume of the present vectors unchanged.
 
-Score: ``−Vol(query vectors, z_t)`` over the query modalities given plus the target.
+Score: ``−Vol`` of the query and candidate vectors together (text -> (video, audio): ``−Vol(t, v, a)``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ pairs, the denominator over its present modalities, each against the present row
 modality. A modality with fewer than two present rows in the batch has no negatives and is
 left out; tuples with fewer than two usable modalities add no term.
 
-Score: the sum of cosines of the target to each query modality, as for pairwise CLIP.
+Score: as for pairwise CLIP, ``Σ_q Σ_c z_q·z_c`` over every (query, candidate) pair of modalities.
 """
 
 from __future__ import annotations

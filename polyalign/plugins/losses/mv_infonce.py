@@ -10,7 +10,7 @@ Missing modalities: each tuple uses its present modalities; absent entries are n
 nor negatives. Tuples with fewer than two present modalities have no positive pair and add no
 term (the loss is the mean over the others).
 
-Score: the sum of cosines of the target to each query modality, as for pairwise CLIP.
+Score: as for pairwise CLIP, ``Σ_q Σ_c z_q·z_c`` over every (query, candidate) pair of modalities.
 """
 
 from __future__ import annotations
