@@ -162,3 +162,11 @@ def test_eval_add_retrieval_on_a_run_whose_recipe_lacks_it(tmp_path, tiny_xor, c
     assert {r["metric"] for r in rows if r["task"] == "retrieval"} == {"R@1", "R@5", "R@10", "median_rank",
                                                                       "mean_rank"}
     assert "evaluation" in capsys.readouterr().out and "retrieval" in (run / "eval" / "report.md").read_text()
+
+
+def test_the_new_evaluators_are_listed_with_help():
+    from polyalign.core.plugins import default_plugins
+
+    comps = {c.name: c for c in default_plugins().registry.components("evaluator")}
+    assert {"retrieval", "zero_shot_classification", "linear_probe"} <= set(comps)
+    assert all(comps[n].help for n in ("retrieval", "zero_shot_classification", "linear_probe"))
