@@ -10,7 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .errors import PluginError
+from .errors import PluginError, PolyalignError
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -119,12 +119,28 @@ class WeightedLoss(Loss):
         self.terms = nn.ModuleDict(terms)
         self.weights = dict(weights)
 
+    @property
+    def scorer(self) -> str:
+        """The name of the term whose ``score`` this sum uses (the first)."""
+        return next(iter(self.terms))
+
     def forward(self, embeddings: dict[str, torch.Tensor],
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:
         total = 0.0
         metrics: dict[str, float] = {}
+        needs_grad = torch.is_grad_enabled() and any(z.requires_grad for z in embeddings.values())
         for name, term in self.terms.items():
-            out = check_loss_output(term(embeddings, present), name)
+            try:
+                raw = term(embeddings, present)
+            except Exception as exc:
+                detail = str(exc) if isinstance(exc, PolyalignError) else f"{type(exc).__name__}: {exc}"
+                raise PluginError(f"loss term {name!r} of the weighted sum {' + '.join(self.terms)} failed: "
+                                  f"{detail}") from exc
+            out = check_loss_output(raw, name)
+            if needs_grad and not out.loss.requires_grad:
+                raise PluginError(f"loss term {name!r} returned a loss that does not depend on the embeddings (no "
+                                  f"gradient): keep it a tensor computed from them (no .item(), .detach() or "
+                                  f"torch.tensor(...))")
             total = total + self.weights[name] * out.loss
             metrics[f"{name}/loss"] = float(out.loss.detach())
             metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
