@@ -13,7 +13,6 @@ import torch
 from .assemble import Assembled
 from .data import EpochSampler, Sample, make_loader, skip_summary
 from .errors import PluginError
-from .loss import WeightedLoss
 
 ROW_KEYS = ("task", "target", "query", "metric", "value")
 
@@ -46,18 +45,15 @@ class EvalContext:
     @torch.no_grad()
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
         """The loss's scoring rule, checked for shape."""
-        loss = self.parts.loss
-        out = loss.score(queries, candidates, target)
+        out = self.parts.loss.score(queries, candidates, target)
         n_q = next(iter(queries.values())).shape[0]
-        name = repr(self.parts.loss_name or type(loss).__name__)
-        if isinstance(loss, WeightedLoss):
-            name = f"{loss.scorer!r} (the term of {self.parts.loss_name} that scores)"
+        name = self.parts.loss_name or type(self.parts.loss).__name__
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n_q, candidates.shape[0]):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise PluginError(f"loss plugin {name}: score() returned {got}; "
+            raise PluginError(f"loss plugin {name!r}: score() returned {got}; "
                               f"expected ({n_q}, {candidates.shape[0]}) (queries x candidates)")
         if torch.isnan(out).any():
-            raise PluginError(f"loss plugin {name}: score() returned NaN scores for target {target!r} "
+            raise PluginError(f"loss plugin {name!r}: score() returned NaN scores for target {target!r} "
                               f"(ranks computed from them would be meaningless)")
         return out
 

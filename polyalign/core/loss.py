@@ -119,11 +119,6 @@ class WeightedLoss(Loss):
         self.terms = nn.ModuleDict(terms)
         self.weights = dict(weights)
 
-    @property
-    def scorer(self) -> str:
-        """The name of the term whose ``score`` this sum uses (the first)."""
-        return next(iter(self.terms))
-
     def forward(self, embeddings: dict[str, torch.Tensor],
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:
         total = 0.0
