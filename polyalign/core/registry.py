@@ -66,7 +66,7 @@ class Component:
         for p in named:
             if p.name not in valid:
                 close = difflib.get_close_matches(p.name, valid, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = f"; did you mean {close[0]!r}?" if close else "."
                 raise PluginError(f"{where} asks for {p.name!r}, which polyalign does not provide{hint} The context "
                                   f"arguments of {self.kind} factories are: {', '.join(valid) or '(none)'} "
                                   f"(the first argument is the validated config)")
