@@ -27,7 +27,7 @@ import torch
 
 from polyalign.core.batch import Collator
 from polyalign.core.data import describe_value
-from polyalign.core.encoder import Encoder, Input, batch_size_of, encoder_width, select_rows
+from polyalign.core.encoder import Encoder, Input, encoder_width
 from polyalign.core.errors import PolyalignError
 from polyalign.core.loss import Loss, LossOutput, check_loss_output
 from polyalign.core.model import MultiModalModel
@@ -184,7 +184,8 @@ def _collate(enc: Encoder, who: str, loaded: list[Input], skipped: set[str]) -> 
     try:
         batch = enc.collate(loaded)
     except Exception as exc:
-        raise _fail(who, "collate", f"collate of {len(loaded)} loaded values raised {type(exc).__name__}: {exc}") from exc
+        raise _fail(who, "collate", f"collate of {len(loaded)} loaded values raised {type(exc).__name__}: "
+                                    f"{exc}") from exc
     if not _is_input(batch):
         raise _fail(who, "collate", f"collate returned a {type(batch).__name__}; it must return a tensor or a dict "
                                     f"of tensors")
@@ -363,9 +364,9 @@ class _LossCheck:
             again = self.call(reverse, None, "modality order")
             if not self.close(again.loss, out.loss):
                 raise self.fail("modality order", f"the loss is {float(out.loss.detach()):.6g} for modalities "
-                                f"{', '.join(self.names)} and {float(again.loss.detach()):.6g} for the same embeddings in "
-                                f"reverse order; use modality names, not positions (a loss drawing random "
-                                f"numbers must not tie its draws to positions either)")
+                                f"{', '.join(self.names)} and {float(again.loss.detach()):.6g} for the same "
+                                f"embeddings in reverse order; use modality names, not positions (a loss drawing "
+                                f"random numbers must not tie its draws to positions either)")
         if "missing rows" not in self.skipped:
             self.check_missing(emb, out)
         with torch.no_grad():
@@ -408,9 +409,9 @@ class _LossCheck:
         everyone = {m: torch.ones(self.n, dtype=torch.bool) for m in self.names}
         same = self.call(emb, everyone, "missing rows")
         if not self.close(same.loss, out.loss):
-            raise self.fail("missing rows", f"all-True present masks give {float(same.loss.detach()):.6g} but present=None "
-                                            f"gives {float(out.loss.detach()):.6g} (None means every row is present: "
-                                            f"use full_present)")
+            raise self.fail("missing rows", f"all-True present masks give {float(same.loss.detach()):.6g} but "
+                                            f"present=None gives {float(out.loss.detach()):.6g} (None means every "
+                                            f"row is present: use full_present)")
         present = self.masks()
         holes = self.call(emb, present, "missing rows")
         if "finite" not in self.skipped:
@@ -419,8 +420,8 @@ class _LossCheck:
         other = self.call(garbage, present, "missing rows")
         if not self.close(other.loss, holes.loss):
             raise self.fail("missing rows", f"changing only the absent rows (present=False) changes the loss from "
-                                            f"{float(holes.loss.detach()):.6g} to {float(other.loss.detach()):.6g}: absent rows must "
-                                            f"be left out")
+                                            f"{float(holes.loss.detach()):.6g} to {float(other.loss.detach()):.6g}: "
+                                            f"absent rows must be left out")
         if holes.loss.requires_grad:
             grads = torch.autograd.grad(holes.loss, [emb[m] for m in self.names], allow_unused=True)
             for m, g in zip(self.names, grads):

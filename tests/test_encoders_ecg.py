@@ -10,8 +10,8 @@ import wfdb
 import polyalign
 from polyalign.core.batch import Collator
 from polyalign.core.errors import PolyalignError
-from polyalign.testing import check_encoder
 from polyalign.encoders.ecg import BasicBlock1d
+from polyalign.testing import check_encoder
 
 
 def _recording(leads: int = 12, samples: int = 600, seed: int = 0) -> np.ndarray:

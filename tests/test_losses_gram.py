@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from float64_losses import D64, build64, unit
 
 import polyalign
-from polyalign.testing import check_loss
 from polyalign.plugins.losses.volume import det_adj, tuple_gram, volume_sq
+from polyalign.testing import check_loss
 
 NAMES = "abcde"
 

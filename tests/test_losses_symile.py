@@ -11,8 +11,8 @@ from float64_losses import D64, build64, unit
 from symile import Symile
 
 import polyalign
-from polyalign.testing import check_loss
 from polyalign.plugins.losses.multilinear import anchor_logsumexps
+from polyalign.testing import check_loss
 
 
 def grads(value: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

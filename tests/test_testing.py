@@ -12,7 +12,7 @@ from polyalign.core import plugins as plugins_module
 from polyalign.core.encoder import Encoder, pad_with_mask
 from polyalign.core.loss import LossOutput
 from polyalign.core.plugins import make_plugins
-from polyalign.encoders.vector import VectorConfig, VectorEncoder, load_vector
+from polyalign.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 from polyalign.testing import ConformanceError, check_encoder, check_loss
 

@@ -21,7 +21,8 @@ class Encoder(nn.Module):
 
     Subclasses set ``width`` (the size of the output features), implement ``forward``
     (collated batch -> ``(B, width)``) and ``load`` (one raw value from a sample -> tensor or
-    dict of tensors). The default ``collate`` stacks tensors (or each key of dicts).
+    dict of tensors). The default ``collate`` stacks tensors (or each key of dicts); values of
+    different lengths need :func:`pad_with_mask`, and values naming files :func:`resolve_file`.
     """
 
     width: int

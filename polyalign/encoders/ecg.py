@@ -13,7 +13,6 @@ from torch import nn
 from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
 
-
 Layout = Literal["auto", "leads_first", "time_first"]
 
 

@@ -20,7 +20,6 @@ from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
 
 
-
 class TabularConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     columns: list[str] | None = Field(None, min_length=1, description="column names (for rows given as "

@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from polyalign.core.encoder import Encoder, pad_with_mask, resolve_file
 from polyalign.core.errors import PolyalignError
 
-
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model")
 
 

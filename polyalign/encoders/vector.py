@@ -14,7 +14,6 @@ from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
 
 
-
 class VectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dim: int | None = Field(None, gt=0, description="input size; default: from the data")
