@@ -237,7 +237,7 @@ def _check_holes(enc: Encoder, who: str, loaded: list[Input], feats: torch.Tenso
                                          f"{exc}") from exc
     direct = model.heads[MODALITY](feats)
     rows = torch.tensor([i for i, p in enumerate(expected) if p])
-    if not torch.allclose(with_hole[rows], direct, rtol=1e-4, atol=1e-5) or with_hole[1].abs().sum() != 0:
+    if not torch.allclose(with_hole[rows], direct, rtol=1e-4, atol=1e-5) or float(with_hole[1].abs().sum()) != 0:
         raise _fail(who, "missing rows", f"embeddings of the present rows differ by up to "
                                          f"{_max_diff(with_hole[rows], direct):.3g} from the batch without the hole "
                                          f"(the missing row's embedding: {with_hole[1].abs().sum():.3g} away from 0)")
