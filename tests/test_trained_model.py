@@ -200,11 +200,12 @@ def test_cli_embed_arrays_as_rows_or_as_one_value(run, model, tmp_path, capsys):
     assert main(["embed", str(run), "--modality", "c", "--value", "[0, 1, 1, 0, 1]", "--out", str(out)]) == 0
     assert torch.allclose(read_embeddings(out).embeddings, expected[[13]])
     assert main(["embed", str(run), "--modality", "c", "--input", one, "--out", str(out)]) == 2
-    assert f"{one} holds an array of shape (5,), which is one value, not rows of values; embed it with --value" \
+    assert f"{one} holds an array of shape (5,), which is one value, not rows of values (a .npy source holds one " \
+           f"value per row of its first axis); embed a file holding one value with `polyalign embed --value {one}`" \
         in capsys.readouterr().err
     np.save(tmp_path / "wide.npy", np.zeros((4, 10), np.float32))
     assert main(["embed", str(run), "--modality", "c", "--input", str(tmp_path / "wide.npy"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "expected a vector of 5 numbers, got 10" in err
     assert f"was read as 4 value(s), one per row of its first axis; if the file holds one value, embed it with " \
-           f"--value {tmp_path / 'wide.npy'}" in err
+           f"`polyalign embed --value {tmp_path / 'wide.npy'}`)" in err

@@ -55,6 +55,7 @@ def check_data(recipe: Recipe, plugins: Plugins | None = None, rows: int = 4) ->
 def _check_split(parts: Assembled, recipe: Recipe, split: str, n: int, problems: list[str]) -> str:
     """Load, collate and embed the first ``n`` rows of ``split``; one line saying what was checked."""
     data = parts.tuples(split)
+    known = len(problems)
     items: list[tuple[int, dict[str, Any], Any]] = []
     for i in range(n):
         try:
@@ -84,7 +85,7 @@ def _check_split(parts: Assembled, recipe: Recipe, split: str, n: int, problems:
                 problems.append(f"{where}: embedding the collated batch failed: {_detail(exc)}")
         line = (f"{split}: rows 0-{n - 1} loaded, collated and embedded ("
                 + ", ".join(f"{m} {k}/{n}" for m, k in present.items()) + " present)")
-        if split == "train" and not problems:
+        if split == "train" and len(problems) == known:
             batch = parts.collator()(items)
             emb = parts.model(batch.inputs, batch.present)
             try:

@@ -119,7 +119,7 @@ def _drop_misspelt_hooks(pm: pluggy.PluginManager, infos: dict[str, PluginInfo])
 
 def _closest_hook(pm: pluggy.PluginManager, plugin: Any) -> str:
     """'; did you mean register_encoders?' for a plugin's hook that has no spec, else ''."""
-    specs = [name for name in vars(hookspecs) if hasattr(getattr(hookspecs, name), "polyalign_spec")]
+    specs = [caller.name for caller in vars(pm.hook).values() if getattr(caller, "spec", None) is not None]
     for caller in pm.get_hookcallers(plugin) or []:
         if caller.spec is None:
             close = difflib.get_close_matches(caller.name, specs, n=1)

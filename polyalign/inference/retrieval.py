@@ -29,7 +29,8 @@ def embed_source(model: TrainedModel, modality: str, source: str | Path, batch_s
         if single or Path(source).suffix != ".npy":
             raise
         raise PolyalignError(f"{exc} ({source} was read as {len(found.values)} value(s), one per row of its first "
-                             f"axis; if the file holds one value, embed it with --value {source})") from exc
+                             f"axis; if the file holds one value, embed it with `polyalign embed --value "
+                             f"{source}`)") from exc
 
 
 def embed_to_file(model: TrainedModel, modality: str, source: str | Path, out: str | Path,

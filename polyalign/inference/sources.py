@@ -60,8 +60,8 @@ def read_source(source: str | Path, modality: str) -> Values:
             raise PolyalignError(f"cannot read {path} as a NumPy array: {exc}") from None
         if rows.ndim < 2:
             raise PolyalignError(f"{path} holds an array of shape {rows.shape}, which is one value, not rows of "
-                                 f"values; embed it with --value {path} (a .npy source holds one value per row of "
-                                 f"its first axis)")
+                                 f"values (a .npy source holds one value per row of its first axis); embed a file "
+                                 f"holding one value with `polyalign embed --value {path}`")
         return Values(list(rows), list(range(len(rows))), None)
     if path.suffix == ".txt":
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
