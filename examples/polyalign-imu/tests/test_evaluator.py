@@ -4,8 +4,6 @@ import json
 import runpy
 from pathlib import Path
 
-import torch
-
 import polyalign
 
 EXAMPLE = Path(__file__).resolve().parents[1]
