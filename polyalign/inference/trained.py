@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from polyalign.core.assemble import Assembled, assemble, build_loss, build_model
 from polyalign.core.data import describe_value
 from polyalign.core.device import pick_device
-from polyalign.core.loss import score_candidates
 from polyalign.core.errors import PluginError, PolyalignError, RecipeError
+from polyalign.core.loss import score_candidates
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe
 from polyalign.core.run_files import CHECKPOINTS_DIR, RECIPE_FILE
