@@ -36,7 +36,7 @@ class LinearProbeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     features: list[list[str]] | None = Field(
         None, description="modality sets whose embeddings are concatenated (default: each alone, then all)")
-    cs: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0],
+    cs: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0],
                             description="inverse regularisation strengths tried; the best on val is kept")
     shots: list[int] = Field(default_factory=list, description="few-shot probes: k train rows per class")
     draws: int = Field(3, ge=1, description="random draws of the few-shot rows, averaged")
