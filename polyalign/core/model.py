@@ -97,6 +97,19 @@ class MultiModalModel(nn.Module):
             self.train(was_training)
         return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim, device=device)
 
+    @torch.no_grad()
+    def with_placeholders(self, queries: dict[str, torch.Tensor], skip: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``queries`` plus, with learned placeholders (``missing="learned"``), the placeholder of
+        every other modality not in ``skip`` (the candidates), as training saw absent ones."""
+        if self.missing != "learned":
+            return queries
+        first = next(iter(queries.values()))
+        out = dict(queries)
+        for m in self.modalities:
+            if m not in skip and m not in out:
+                out[m] = self.missing_rows(m, int(first.shape[0]), first).to(first.device, first.dtype)
+        return out
+
     def missing_rows(self, m: str, n: int, like: torch.Tensor) -> torch.Tensor:
         """Embeddings for ``n`` rows where ``m`` is absent (learned or zeros)."""
         if self.missing == "learned":

@@ -162,13 +162,7 @@ class TrainedModel:
         if both:
             raise PolyalignError(f"{both[0]!r} is both a query modality and a candidates' modality; "
                                  f"query with the other modalities")
-        q = {m: z.to(self.device) for m, z in queries.items()}
-        if self.model.missing == "learned":  # as in training: a placeholder for each absent modality
-            ref = next(self.model.parameters())
-            n = int(next(iter(q.values())).shape[0])
-            for m in self.modalities:
-                if m not in candidates and m not in q:
-                    q[m] = self.model.missing_rows(m, n, ref).float()
+        q = self.model.with_placeholders({m: z.to(self.device) for m, z in queries.items()}, list(candidates))
         plugin = self.parts.loss_name or type(self.loss).__name__
         return score_candidates(self.loss, q, {m: z.to(self.device) for m, z in candidates.items()}, plugin).float()
 

@@ -76,16 +76,7 @@ def query_embeddings(ctx: EvalContext, target: str | Sequence[str], query: list[
     """Query embeddings at ``rows``; a model with learned placeholders (``missing.strategy:
     learned``) also gets its placeholder for every modality neither queried nor a target, as in training."""
     emb, _ = ctx.embeddings()
-    out = {q: emb[q][rows] for q in query}
-    model = ctx.parts.model
-    if model.missing == "learned":
-        targets = as_list(target)
-        ref = next(model.parameters())
-        with torch.no_grad():
-            for m in ctx.modalities:
-                if m not in targets and m not in out:
-                    out[m] = model.missing_rows(m, int(rows.numel()), ref).float().cpu()
-    return out
+    return ctx.parts.model.with_placeholders({q: emb[q][rows] for q in query}, as_list(target))
 
 
 def rank_queries(ctx: EvalContext, target: str | Sequence[str], query: list[str], candidates: str = "unique",
