@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import PolyalignError, shown
 from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 
 err = Console(stderr=True, highlight=False)
@@ -63,16 +63,13 @@ def _print_report(run_dir: Path) -> None:
 
 def _evaluator_node(text: str) -> dict:
     """``--add`` value: an evaluator name, or a YAML mapping with a ``plugin`` key."""
-    import yaml
+    from polyalign.core.yaml_file import parse_yaml
 
-    try:
-        node = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolyalignError(f"--add {text!r}: not valid YAML ({exc})") from None
+    node = parse_yaml(text, f"--add {shown(text)}")
     if isinstance(node, str):
         node = {"plugin": node}
     if not isinstance(node, dict) or not isinstance(node.get("plugin"), str):
-        raise PolyalignError(f"--add {text!r}: give an evaluator name or a mapping like "
+        raise PolyalignError(f"--add {shown(text)}: give an evaluator name or a mapping like "
                              "'{plugin: missing_modality, targets: all}'")
     return node
 

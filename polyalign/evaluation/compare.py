@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
 from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
+from polyalign.core.yaml_file import YamlError, read_yaml
 
 from .report_plots import (METRIC_LABEL, common_chance, curve_rows, heatmap_rows, modality_order, new_figure,
                            query_text, save_figure, subset_sort_key)
@@ -49,9 +48,9 @@ def run_label(run_dir: Path) -> str:
     """'<recipe name> (<loss plugins>)' from the run's resolved recipe."""
     path = Path(run_dir) / RECIPE_FILE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise PolyalignError(f"{run_dir}: cannot read {RECIPE_FILE} ({exc}); is this a run directory?") from None
+        raw = read_yaml(path)
+    except YamlError as exc:
+        raise PolyalignError(f"{exc}; is {run_dir} a run directory?") from None
     if not isinstance(raw, dict):
         raise PolyalignError(f"{path}: not a recipe mapping")
     loss = raw.get("loss")

@@ -9,18 +9,18 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import yaml
 from pydantic import ValidationError
 
 from polyalign.core.assemble import Assembled, assemble, build_loss, build_model
 from polyalign.core.data import describe_value
 from polyalign.core.device import pick_device
 from polyalign.core.encoder import Input, to_device
-from polyalign.core.errors import PluginError, PolyalignError, RecipeError
+from polyalign.core.errors import PluginError, PolyalignError, RecipeError, cut
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe
 from polyalign.core.run_files import CHECKPOINTS_DIR, RECIPE_FILE
 from polyalign.core.weights import WEIGHTS, CheckpointError, load_weights, resolve_checkpoint
+from polyalign.core.yaml_file import YamlError, read_yaml
 
 from .model_card import CARD_FILE, check_card
 
@@ -38,13 +38,13 @@ class Hit:
 def read_recipe_file(path: Path) -> Recipe:
     """A resolved ``recipe.yaml`` (schema only: the data and evaluator plugins need not be installed)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RecipeError(str(path), [("", f"cannot read the recipe: {exc}")]) from None
+        raw = read_yaml(path)
+    except YamlError as exc:
+        raise RecipeError(str(path), [(exc.path, exc.reason)]) from None
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        problems = [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
+        problems = [(".".join(cut(str(p), 60) for p in e["loc"]), e["msg"]) for e in exc.errors()]
         raise RecipeError(str(path), problems) from None
 
 

@@ -45,7 +45,7 @@ class ClipLoss(Loss):
         loss = torch.stack(list(terms.values())).mean() if terms else zero_loss(embeddings)
         metrics = {f"loss_{k}": float(v.detach()) for k, v in terms.items()}
         metrics["logit_scale"] = float(scale.detach())
-        metrics["temperature"] = 1.0 / metrics["logit_scale"]
+        metrics["temperature"] = self.temperature.tau
         return LossOutput(loss, metrics)
 
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
