@@ -6,17 +6,50 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from polyalign.core.errors import PolyalignError, shown
+from polyalign.core.errors import MAX_MESSAGE_CHARS, PolyalignError, cut, shown
 from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors cut (they echo the value given, which may be huge)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        super().error(cut(message, 2000))
+
+
+def _count(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {shown(text)}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _rate(text: str) -> float:
+    """An argparse type: a probability in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {shown(text)}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
 
 
 def _rows_tables(rows: list[dict], title: str) -> list[Table]:
@@ -53,12 +86,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_report(run_dir: Path) -> None:
-    report = Path(run_dir) / REPORT_DIR / REPORT_JSON
-    if report.is_file():
-        rows = json.loads(report.read_text())
-        if rows:
-            for table in _rows_tables(rows, f"evaluation ({run_dir.name})"):
-                out.print(table)
+    from polyalign.core.evaluator import read_report
+
+    rows = read_report(Path(run_dir) / REPORT_DIR / REPORT_JSON, missing_ok=True)
+    for table in _rows_tables(rows, f"evaluation ({Path(run_dir).name})"):
+        out.print(table)
 
 
 def _evaluator_node(text: str) -> dict:
@@ -96,7 +128,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         table.add_row(*map(escape, line))
     out.print(table)
     for run in result.runs:
-        out.print(f"{escape(run.label)}: {run.run_dir}")
+        out.print(f"{escape(run.label)}: {escape(str(run.run_dir))}")
+    for reason in result.skipped:
+        err.print(f"[yellow]skipped:[/yellow] {escape(reason)}", soft_wrap=True)
     out.print(f"table: {result.markdown}" + (f"\nplot: {result.figure}" if result.figure else ""))
     return 0
 
@@ -179,11 +213,18 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(name: str) -> str:
+    """The ``--device`` value, checked here so that its errors name the flag."""
+    from polyalign.core.device import pick_device
+
+    return str(pick_device(name, option="--device"))
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import polyalign
     from polyalign.inference.retrieval import embed_to_file
 
-    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=_device(args.device))
     path, n = embed_to_file(model, args.modality, args.input, args.out, args.batch_size)
     out.print(f"embedded {n} {escape(args.modality)} value(s) from {escape(str(args.input))} -> "
               f"{escape(str(path))} ({n} x {model.embed_dim}; ids in the file's metadata)")
@@ -194,7 +235,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     import polyalign
     from polyalign.inference.retrieval import search_sources, show_value
 
-    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=_device(args.device))
     result = search_sources(model, args.query, args.candidates, args.top)
     out.print(escape("query: " + ", ".join(f"{m}={show_value(v)}" for m, v in result.query.items())
                      + f" (scored by {type(model.loss).__name__}.score, the run's own rule)"))
@@ -232,7 +273,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``polyalign``."""
-    p = argparse.ArgumentParser(prog="polyalign", description="Contrastive learning over any number of modalities.")
+    p = _Parser(prog="polyalign", description="Contrastive learning over any number of modalities.")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a recipe, then evaluate it")
@@ -274,13 +316,13 @@ def parser() -> argparse.ArgumentParser:
 
     dd = sub.add_parser("demo-data", help="write the demo dataset (PNG, WAV, .npy ECG, .txt + manifests) to DIR")
     dd.add_argument("dir", metavar="DIR")
-    dd.add_argument("--classes", type=int, default=4, help="classes shared by the modalities (2-8)")
-    dd.add_argument("--n-train", type=int, default=600)
-    dd.add_argument("--n-val", type=int, default=100)
-    dd.add_argument("--n-test", type=int, default=200)
-    dd.add_argument("--missing-rate", type=float, default=0.1, help="chance a train modality is left out")
-    dd.add_argument("--seed", type=int, default=0)
-    dd.add_argument("--flip-rate", type=float, default=0.15, help="chance a modality shows another class")
+    dd.add_argument("--classes", type=_count(2), default=4, help="classes shared by the modalities (2-8)")
+    dd.add_argument("--n-train", type=_count(1), default=600)
+    dd.add_argument("--n-val", type=_count(0), default=100)
+    dd.add_argument("--n-test", type=_count(0), default=200)
+    dd.add_argument("--missing-rate", type=_rate, default=0.1, help="chance a train modality is left out")
+    dd.add_argument("--seed", type=_count(0), default=0)
+    dd.add_argument("--flip-rate", type=_rate, default=0.15, help="chance a modality shows another class")
     dd.set_defaults(func=cmd_demo_data)
 
     use = {"checkpoint": dict(default="last", choices=["last", "best"],
@@ -293,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
                     help="a folder of files, a manifest (.csv/.jsonl), a .npy array of rows or a .txt file of lines")
     em.add_argument("--out", required=True, metavar="FILE.safetensors",
                     help="embeddings (tensor 'embeddings'); ids, modality and model in its metadata")
-    em.add_argument("--batch-size", type=int, default=None)
+    em.add_argument("--batch-size", type=_count(1), default=None)
     for name, kw in use.items():
         em.add_argument(f"--{name}", **kw)
     em.set_defaults(func=cmd_embed)
@@ -305,7 +347,7 @@ def parser() -> argparse.ArgumentParser:
     se.add_argument("--candidates", required=True, metavar="MODALITY=SOURCE",
                     help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines or an embeddings file "
                          "from `polyalign embed`")
-    se.add_argument("--top", type=int, default=5)
+    se.add_argument("--top", type=_count(1), default=5)
     for name, kw in use.items():
         se.add_argument(f"--{name}", **kw)
     se.set_defaults(func=cmd_search)
@@ -321,29 +363,48 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", metavar="FILE.png",
                     help="default: RUN_DIR/training.png for one run, ./training.png for several")
     pt.set_defaults(func=cmd_plot)
+    for command in sub.choices.values():  # `polyalign train --debug ...` as well as `polyalign --debug train ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return p
 
 
+DEBUG_HELP = "on an error, also print the full traceback (or set POLYALIGN_DEBUG=1)"
+
+
+def _error_message(exc: BaseException) -> tuple[str, int]:
+    """What the CLI prints for an error, and its exit code: 2 for the input or the machine, 1 for a bug."""
+    if isinstance(exc, PolyalignError):
+        return str(exc), 2
+    if isinstance(exc, OSError):  # the machine, not the code: a full disk, a missing permission...
+        from polyalign.core.atomic import describe_os_error
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        return cut(where + describe_os_error(exc)), 2
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({cut(str(exc), 300) or 'MemoryError'}); use smaller inputs or settings", 2
+    return (f"unexpected {type(exc).__name__}: {cut(str(exc), 2000)}. This is a bug in polyalign or in a "
+            f"plugin; run the command again with --debug to see where it happened, and report it."), 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; user errors print one message and exit 2."""
+    """Entry point: user errors print one message and exit 2, bugs exit 1 (with ``--debug`` or
+    ``POLYALIGN_DEBUG=1`` the full traceback is printed first)."""
     args = parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("POLYALIGN_DEBUG", "") not in ("", "0")
     if args.command == "train" and args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
         args.overrides.insert(0, args.recipe)  # `train --resume RUN key=value`: no recipe, only overrides
         args.recipe = None
     try:
         return args.func(args)
-    except PolyalignError as exc:
-        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
-        return 2
-    except OSError as exc:  # the machine, not the code: a full disk, a missing permission...
-        from polyalign.core.atomic import describe_os_error
-
-        where = f"{exc.filename}: " if exc.filename else ""
-        err.print(f"[bold red]error:[/bold red] {escape(where + describe_os_error(exc))}", soft_wrap=True)
-        return 2
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except Exception as exc:
+        if debug:
+            err.print(escape(traceback.format_exc()), end="", soft_wrap=True)
+        message, code = _error_message(exc)
+        err.print(f"[bold red]error:[/bold red] {escape(cut(message, MAX_MESSAGE_CHARS))}", soft_wrap=True)
+        return code
 
 
 if __name__ == "__main__":

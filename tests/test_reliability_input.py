@@ -173,7 +173,11 @@ def test_modality_the_data_lacks(tmp_path, capsys):
 
 def test_embed_dim_changed_on_resume(tmp_path, capsys):
     run = polyalign.train(XOR, out=tmp_path, overrides=TINY)
-    _assert_clear(*_cli(capsys, "train", "--resume", run, "model.embed_dim=32"),
+    _assert_clear(*_cli(capsys, "train", "--resume", run, "model.embed_dim=32"),  # refused as an override
+                  "model.embed_dim cannot change when a run is resumed", "polyalign train ")
+    recipe = run / "recipe.yaml"  # and caught by the checkpoint when recipe.yaml is edited by hand
+    recipe.write_text(recipe.read_text().replace("embed_dim: 16", "embed_dim: 32"))
+    _assert_clear(*_cli(capsys, "train", "--resume", run),
                   "model.heads.a.weight is (16, 5) in the checkpoint but (32, 5) here", "model.embed_dim")
 
 

@@ -8,6 +8,7 @@ CHECKPOINTS_DIR = "checkpoints"
 REPORT_DIR = "eval"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+LOCK_FILE = ".polyalign.lock"
 
 
 def logged_before(row: dict, start_step: int, start_epoch: int) -> bool:

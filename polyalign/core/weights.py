@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .errors import PolyalignError
+from .errors import PolyalignError, cut
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -51,6 +51,15 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from exc
 
 
+def load_failure(exc: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, without PyTorch's advice to load it
+    with ``weights_only=False`` (that would run whatever code the file holds: never do it)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = [line for line in lines if not any(w in line for w in ("weights_only", "torch.load", "trusted source",
+                                                                     "safe_globals", "documentation"))]
+    return cut(f"{type(exc).__name__}: {reasons[0] if reasons else 'not a plain file of tensors'}", 300)
+
+
 def load_state(directory: Path) -> dict[str, Any]:
     """The training state of a checkpoint (``weights_only`` unpickling: no code can run)."""
     path = resolve_checkpoint(directory) / STATE
@@ -60,6 +69,5 @@ def load_state(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is missing: cannot resume from this checkpoint") from None
     except Exception as exc:
         raise CheckpointError(
-            f"refused to load {path}: it is not a plain training-state file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}). polyalign only loads tensors and plain "
-            f"values, never pickled code.") from exc
+            f"refused to load {path}: it is not a plain training-state file ({load_failure(exc)}). "
+            f"polyalign only loads tensors and plain values, never pickled code.") from exc

@@ -10,6 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from polyalign.core.npy_file import read_npy
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
 
@@ -67,10 +68,7 @@ def read_ecg_array(value: Any, root: Path | None, config: EcgConfig) -> np.ndarr
     text = str(value)
     if text.endswith(".npy"):
         path = resolve_file(text, root, "ECG .npy")
-        try:
-            return np.load(path, allow_pickle=False).astype(np.float32)
-        except Exception as exc:
-            raise PolyalignError(f"cannot read ECG array {path}: {type(exc).__name__}: {exc}") from exc
+        return read_npy(path, "ECG array").astype(np.float32)
     header = Path(text).with_suffix(".hea") if Path(text).suffix in (".hea", ".dat") else Path(text + ".hea")
     path = resolve_file(str(header), root, "ECG WFDB header (.hea)")
     return read_wfdb(path, config.lead_names, config.sample_rate)

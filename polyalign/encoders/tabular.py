@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from polyalign.core.npy_file import read_npy
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
 
@@ -48,10 +49,7 @@ def read_row(value: Any, root: Path | None) -> Any:
         text = str(value)
         if text.endswith(".npy"):
             path = resolve_file(text, root, "tabular .npy")
-            try:
-                return np.load(path, allow_pickle=False).astype(np.float64).reshape(-1).tolist()
-            except Exception as exc:
-                raise PolyalignError(f"cannot read table row {path}: {type(exc).__name__}: {exc}") from exc
+            return read_npy(path, "table row").astype(np.float64).reshape(-1).tolist()
         if text.endswith(".json"):
             path = resolve_file(text, root, "tabular .json")
             try:

@@ -10,6 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from polyalign.core.npy_file import read_npy
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
 
@@ -27,10 +28,7 @@ def load_vector(value: Any, root: Path | None) -> torch.Tensor:
     """A list/array of numbers, or a ``.npy`` path relative to ``root``, as a float32 vector."""
     if isinstance(value, (str, Path)):
         path = resolve_file(value, root, "vector .npy")
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise PolyalignError(f"cannot read vector file {path}: {type(exc).__name__}: {exc}") from exc
+        arr = read_npy(path, "vector file")
     else:
         arr = value
     return torch.as_tensor(np.asarray(arr, dtype=np.float32)).reshape(-1)

@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from polyalign.core.atomic import atomic_write_bytes
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import PolyalignError, cut
 
 from .trained import TrainedModel
 
@@ -47,7 +47,8 @@ def save_embeddings(path: str | Path, model: TrainedModel, modality: str, embedd
 
 
 def read_embeddings(path: str | Path) -> EmbeddingsFile:
-    """An embeddings file written by :func:`save_embeddings` (``polyalign embed``)."""
+    """An embeddings file written by :func:`save_embeddings` (``polyalign embed``), checked: a 2-D
+    floating tensor of finite numbers, one JSON id per row, and its modality."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -56,8 +57,24 @@ def read_embeddings(path: str | Path) -> EmbeddingsFile:
                 raise PolyalignError(f"{path} is not an embeddings file written by `polyalign embed`")
             tensor = fh.get_tensor(TENSOR)
     except (OSError, SafetensorError) as exc:
-        raise PolyalignError(f"cannot read {path} as a safetensors file: {exc}") from None
-    return EmbeddingsFile(tensor, json.loads(metadata["ids"]), metadata["modality"], metadata)
+        raise PolyalignError(f"cannot read {path} as a safetensors file: {cut(str(exc), 300)}") from None
+    redo = "embed the candidates again with `polyalign embed`"
+    if tensor.dim() != 2 or not tensor.is_floating_point():
+        raise PolyalignError(f"{path}: {TENSOR!r} must be a 2-D floating tensor (one row per value), got "
+                             f"{tuple(tensor.shape)} {tensor.dtype}; {redo}")
+    if not torch.isfinite(tensor).all():
+        raise PolyalignError(f"{path}: {TENSOR!r} holds NaN or infinite values; {redo}")
+    try:
+        ids = json.loads(metadata["ids"])
+    except (KeyError, ValueError, RecursionError):
+        raise PolyalignError(f"{path}: the metadata 'ids' must be a JSON list of ids, one per row; {redo}") from None
+    if not isinstance(ids, list) or len(ids) != tensor.shape[0] or not all(
+            isinstance(i, (str, int, float)) and not isinstance(i, bool) for i in ids):
+        raise PolyalignError(f"{path}: the metadata 'ids' must be a JSON list of {tensor.shape[0]} ids (text or "
+                             f"numbers), one per row; {redo}")
+    if not isinstance(metadata.get("modality"), str):
+        raise PolyalignError(f"{path}: the metadata does not say which modality it holds; {redo}")
+    return EmbeddingsFile(tensor.float(), ids, metadata["modality"], metadata)
 
 
 def check_same_model(saved: EmbeddingsFile, model: TrainedModel, path: str | Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 from importlib.metadata import version
 from pathlib import Path
@@ -13,7 +13,7 @@ import yaml
 from polyalign.core.assemble import build_model, with_rebuild_options
 from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluator import report_markdown
+from polyalign.core.evaluator import read_report, report_markdown
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
 from polyalign.core.weights import WEIGHTS, CheckpointError, load_state
@@ -84,15 +84,20 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
         raise PolyalignError(f"cannot export {run_dir}: its model cannot be rebuilt without the training "
                              f"data ({exc}). The encoder that infers this option should return it from "
                              f"rebuild_options().") from exc
-    report = run_dir / REPORT_DIR / REPORT_JSON
-    rows = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else []
+    rows = read_report(run_dir / REPORT_DIR / REPORT_JSON, missing_ok=True)
     header = {"polyalign_version": version("polyalign"), "name": recipe.name,
               "source_run": run_dir.resolve().name, "checkpoint": model.checkpoint,
               **_progress(model.weights_file), "modalities": model.modalities,
               "embed_dim": model.embed_dim, "weights_sha256": model.weights_sha256,
               "requires": requirements(recipe, plugins)}
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(model.weights_file, dest / WEIGHTS)
-    atomic_write_text(dest / RECIPE_FILE, f"# exported from {run_dir.resolve().name} (resolved)\n" + recipe.to_yaml())
-    atomic_write_text(dest / CARD_FILE, card_markdown(model, header, rows))
+    # written beside ``dest`` and renamed into place: a failed export leaves nothing that blocks the next
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True)
+        shutil.copyfile(model.weights_file, tmp / WEIGHTS)
+        atomic_write_text(tmp / RECIPE_FILE, f"# exported from {run_dir.resolve().name} (resolved)\n" + recipe.to_yaml())
+        atomic_write_text(tmp / CARD_FILE, card_markdown(model, header, rows))
+        os.replace(tmp, dest)  # an empty ``dest`` is replaced too
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from polyalign.core.data import describe_value
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import PolyalignError, shown
 
 from .embeddings_file import check_same_model, read_embeddings, save_embeddings
 from .sources import Values, query_value, read_source, split_assignment
@@ -38,8 +38,11 @@ def candidate_bank(model: TrainedModel, modality: str,
     if str(source).endswith(".safetensors"):
         saved = read_embeddings(source)
         if saved.modality != modality:
-            raise PolyalignError(f"{source} holds {saved.modality!r} embeddings, not {modality!r}")
+            raise PolyalignError(f"{source} holds {shown(saved.modality)} embeddings, not {modality!r}")
         check_same_model(saved, model, source)
+        if saved.embeddings.shape[1] != model.embed_dim:
+            raise PolyalignError(f"{source} holds embeddings of {saved.embeddings.shape[1]} numbers; this model's "
+                                 f"have {model.embed_dim}")
         return saved.embeddings.to(model.device), saved.ids, None
     embeddings, found = embed_source(model, modality, source)
     return embeddings, found.ids, found.values

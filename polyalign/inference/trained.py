@@ -174,6 +174,12 @@ class TrainedModel:
         sizes = {m: int(z.shape[0]) for m, z in queries.items()}
         if len(set(sizes.values())) != 1:
             raise PolyalignError(f"every query modality needs one value per query; got {sizes}")
+        for what, z in [*((f"query modality {m!r}", z) for m, z in queries.items()), ("candidates", candidates)]:
+            bad = (~torch.isfinite(z).all(dim=-1)).nonzero().flatten().tolist() if z.dim() == 2 else []
+            if bad:
+                raise PolyalignError(f"{what}: NaN or infinite embeddings at row(s) "
+                                     f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} (a NaN or "
+                                     f"infinity in the values?); such rows cannot be ranked")
         q = {m: z.to(self.device) for m, z in queries.items()}
         if self.model.missing == "learned":  # as in training: a placeholder for each absent modality
             ref = next(self.model.parameters())
@@ -187,6 +193,8 @@ class TrainedModel:
             got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
             raise PluginError(f"loss {type(self.loss).__name__}.score() returned {got}; expected "
                               f"{expected} (queries x candidates)")
+        if torch.isnan(scores).any():
+            raise PluginError(f"loss {type(self.loss).__name__}.score() returned NaN scores for finite embeddings")
         return scores.float()
 
     def score(self, queries: dict[str, Any], candidates: dict[str, Any],
