@@ -7,8 +7,8 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
 from rich.markup import escape
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every error ends as one message (a bug's says so)
         if debug:
             err.print(escape(traceback.format_exc()), end="", soft_wrap=True)
         message, code = _error_message(exc)

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import PolyalignError, cut
+from .run_files import CHECKPOINTS_DIR
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -42,6 +43,21 @@ def has_checkpoint(directory: Path) -> bool:
         return False
 
 
+def run_checkpoint(run_dir: Path, name: str) -> Path:
+    """The checkpoint folder ``name`` (``last``, ``best``) of a run directory, or an error saying
+    which it has, or that it was stopped before writing any."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    directory = root / name
+    if has_checkpoint(directory):
+        return directory
+    found = sorted(p.name for p in root.glob("[!.]*") if has_checkpoint(p)) if root.is_dir() else []
+    if not found:
+        raise CheckpointError(f"{run_dir} has no checkpoint: the run was stopped before it wrote its first one "
+                              f"(`polyalign train --resume {run_dir}` starts it over)")
+    raise CheckpointError(f"{run_dir}: no checkpoint {name!r}; it has: {', '.join(found)} (a run saves 'best' "
+                          f"only when it has a validation split)")
+
+
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:
     """The safetensors weights of a checkpoint directory."""
     path = resolve_checkpoint(directory) / WEIGHTS
@@ -57,7 +73,8 @@ def load_failure(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     reasons = [line for line in lines if not any(w in line for w in ("weights_only", "torch.load", "trusted source",
                                                                      "safe_globals", "documentation"))]
-    return cut(f"{type(exc).__name__}: {reasons[0] if reasons else 'not a plain file of tensors'}", 300)
+    reason = reasons[0].split(". ")[0] if reasons else "not a plain file of tensors"
+    return cut(f"{type(exc).__name__}: {reason}", 300)
 
 
 def load_state(directory: Path) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.evaluator import EvalContext, report_markdown, row_problem
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe, validate_recipe
-from polyalign.core.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
-from polyalign.core.weights import load_weights
+from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
+from polyalign.core.weights import load_weights, run_checkpoint
 
 from .report_plots import write_plots
 
@@ -72,7 +72,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
         recipe = validate_recipe(raw, f"{run_dir / RECIPE_FILE} with the added evaluators", plugins)
     parts = assemble(recipe, plugins)
     check_eval_split(recipe, parts, split)
-    parts.load_state_dict(load_weights(run_dir / CHECKPOINTS_DIR / checkpoint))
+    parts.load_state_dict(load_weights(run_checkpoint(run_dir, checkpoint)))
     device = pick_device(recipe.train.device)
     parts.model.to(device)
     parts.loss.to(device)

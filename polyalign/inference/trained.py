@@ -15,11 +15,11 @@ from polyalign.core.assemble import Assembled, assemble, build_loss, build_model
 from polyalign.core.data import describe_value
 from polyalign.core.device import pick_device
 from polyalign.core.encoder import Input, to_device
-from polyalign.core.errors import PluginError, PolyalignError, RecipeError, cut
+from polyalign.core.errors import PluginError, PolyalignError, RecipeError, cut, shown
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe
-from polyalign.core.run_files import CHECKPOINTS_DIR, RECIPE_FILE
-from polyalign.core.weights import WEIGHTS, CheckpointError, load_weights, resolve_checkpoint
+from polyalign.core.run_files import RECIPE_FILE
+from polyalign.core.weights import WEIGHTS, CheckpointError, load_weights, resolve_checkpoint, run_checkpoint
 from polyalign.core.yaml_file import YamlError, read_yaml
 
 from .model_card import CARD_FILE, check_card
@@ -126,7 +126,7 @@ class TrainedModel:
     def check_modality(self, modality: str) -> None:
         """Raise a clear error unless ``modality`` is one of the model's."""
         if modality not in self.model.encoders:
-            raise PolyalignError(f"{modality!r} is not a modality of this model; it has: "
+            raise PolyalignError(f"{shown(modality)} is not a modality of this model; it has: "
                                  f"{', '.join(self.modalities)}")
 
     def _load(self, modality: str, value: Any, root: Path, index: int) -> Input:
@@ -255,11 +255,7 @@ def load(path: str | Path, checkpoint: str = "last", device: str = "auto",
         weights_dir, checkpoint = path, str(card.get("checkpoint", "last"))
     elif (path / RECIPE_FILE).is_file():
         recipe = read_recipe_file(path / RECIPE_FILE)
-        weights_dir = path / CHECKPOINTS_DIR / checkpoint
-        if not weights_dir.is_dir() and not weights_dir.with_name(f".{checkpoint}.old").is_dir():
-            found = sorted(p.name for p in (path / CHECKPOINTS_DIR).glob("[!.]*")) if (path / CHECKPOINTS_DIR).is_dir() else []
-            raise CheckpointError(f"{path}: no checkpoint {checkpoint!r}; it has: {', '.join(found) or 'none'} "
-                                  f"(a run saves 'best' only when it has a validation split)")
+        weights_dir = run_checkpoint(path, checkpoint)
     else:
         raise PolyalignError(f"{path} is neither a run directory ({RECIPE_FILE} + checkpoints/) nor an "
                              f"exported model ({CARD_FILE} + {WEIGHTS}); give the folder `polyalign "

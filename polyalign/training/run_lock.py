@@ -14,10 +14,10 @@ import os
 import socket
 import sys
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 from polyalign.core.errors import PolyalignError, cut
 from polyalign.core.run_files import LOCK_FILE

@@ -24,7 +24,7 @@ class XorConfig(BaseModel):
     seed: int | None = Field(None, description="data seed (default: the recipe's seed)")
 
     @model_validator(mode="after")
-    def _fits_in_memory(self) -> "XorConfig":
+    def _fits_in_memory(self) -> XorConfig:
         n = self.n_train + self.n_val + self.n_test
         problem = memory_problem(float(n) * SAMPLE_BYTES, f"{n} tuples generated in memory x {SAMPLE_BYTES} bytes")
         if problem:

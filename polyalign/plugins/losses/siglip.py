@@ -22,8 +22,15 @@ from pydantic import Field
 from torch import nn
 
 from polyalign.core.errors import PolyalignError
-from polyalign.core.loss import (MAX_LOGIT_SCALE, MIN_LOGIT_SCALE, Loss, LossConfig, LossOutput, Temperature,
-                                 full_present)
+from polyalign.core.loss import (
+    MAX_LOGIT_SCALE,
+    MIN_LOGIT_SCALE,
+    Loss,
+    LossConfig,
+    LossOutput,
+    Temperature,
+    full_present,
+)
 
 from .blockwise import Reductions, reduce_blockwise
 from .pairwise import PairGraph, pair_graph, paired_rows

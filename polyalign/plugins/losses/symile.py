@@ -52,7 +52,7 @@ class SymileConfig(LossConfig):
                                                            "combinations per block (default: ~4M logits a block)")
 
     @model_validator(mode="after")
-    def _fits_in_memory(self, info: ValidationInfo) -> "SymileConfig":
+    def _fits_in_memory(self, info: ValidationInfo) -> SymileConfig:
         """n_squared keeps one log-sum-exp per combination of the first M-2 modalities' rows: N^(M-2)
         numbers for a batch of N, which outgrows any machine as modalities are added."""
         context = info.context or {}
