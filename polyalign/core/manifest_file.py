@@ -99,7 +99,7 @@ def read_csv(path: Path) -> tuple[list[Sample], list[int]]:
             raise ManifestError(f"{path}: empty CSV file; the first row must name the columns")
         rows = [(reader.line_num, row) for row in reader]
     except csv.Error as exc:  # a cell over the csv module's field size limit, a NUL byte...
-        raise ManifestError(f"{path}, line {reader.line_num}: not a CSV row ({exc})") from None
+        raise ManifestError(f"{path}, line {reader.line_num + 1}: not a CSV row ({exc})") from None
     samples, numbers = [], []
     for line_num, row in rows:
         where = f"{path}, line {line_num}"

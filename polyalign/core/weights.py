@@ -6,6 +6,7 @@ Training, evaluation and inference all read checkpoints through these functions;
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,19 @@ def load_failure(exc: Exception) -> str:
     return cut(f"{type(exc).__name__}: {reason}", 300)
 
 
+def torch_load_safely(path: Path) -> Any:
+    """``torch.load`` of tensors and plain values only (``weights_only``: no code can run). PyTorch's
+    warnings about the pickle protocol of a file it may then refuse are not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_state(directory: Path) -> dict[str, Any]:
     """The training state of a checkpoint (``weights_only`` unpickling: no code can run)."""
     path = resolve_checkpoint(directory) / STATE
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load_safely(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: cannot resume from this checkpoint") from None
     except Exception as exc:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.core.errors import PolyalignError
-from polyalign.core.weights import load_failure
+from polyalign.core.weights import load_failure, torch_load_safely
 
 
 def resolve_file(value: Any, root: Path | None, what: str) -> Path:
@@ -48,7 +48,7 @@ def read_state_dict(file: Path, what: str) -> dict:
 
             state = load_file(str(file))
         else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = torch_load_safely(file)
     except Exception as exc:
         raise PolyalignError(f"{what}: cannot read weights from {file}: {load_failure(exc)}. polyalign only "
                              f"loads tensors, never pickled code.") from exc

@@ -70,7 +70,7 @@ def _logged_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             return [(reader.line_num, row) for row in reader]
         except csv.Error as exc:
-            raise PolyalignError(f"{path}, line {reader.line_num}: not a CSV row ({exc})") from None
+            raise PolyalignError(f"{path}, line {reader.line_num + 1}: not a CSV row ({exc})") from None
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
