@@ -3,6 +3,12 @@
 A plugin is a module (or object) with functions decorated by ``polyalign.hookimpl``.
 Hooks are called with keyword arguments only; an implementation may accept fewer
 arguments than the spec lists, so specs can grow without breaking plugins.
+
+A component's ``config`` model is validated with every recipe. Its validators may read
+``info.context`` (``None`` outside a recipe): the recipe's ``modalities``, ``embed_dim`` and global
+``batch_size`` (:func:`polyalign.core.recipe.plugin_context`), to refuse options that cannot run
+with them before anything starts (Symile's ``n_squared`` negatives refuse a batch and modality
+count whose memory exceeds the machine's, with the estimate).
 """
 
 from __future__ import annotations
