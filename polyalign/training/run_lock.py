@@ -66,8 +66,9 @@ def lock_run_dir(run_dir: Path) -> int | None:
         warnings.warn(f"cannot lock {path} ({exc.strerror}); make sure no other process uses {run_dir}",
                       stacklevel=2)
         return None
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv)}
+              "command": " ".join(["polyalign" if program == "__main__.py" else program, *sys.argv[1:]])}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
     return fd
