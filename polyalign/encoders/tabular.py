@@ -16,11 +16,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
 from polyalign.core.npy_file import read_npy
-
-from .files import resolve_file
 
 
 class TabularConfig(BaseModel):

@@ -10,8 +10,8 @@ from polyalign.core.errors import PolyalignError, shown
 from polyalign.core.manifest_file import SUFFIXES, parse_cell, read_lines, read_manifest
 from polyalign.core.npy_file import read_npy
 
-SOURCE_KINDS = "a folder of files, a manifest (.csv or .jsonl, one column per modality), a .npy array " \
-               "(one row per value) or a .txt file (one value per line)"
+SOURCE_KINDS = "a folder of files (one value per file), a manifest (.csv or .jsonl, one column per modality), " \
+               "a .npy array (one value per row of its first axis) or a .txt file (one value per line)"
 
 
 @dataclass
@@ -54,13 +54,21 @@ def read_source(source: str | Path, modality: str) -> Values:
         return read_manifest_column(path, modality)
     if path.suffix == ".npy":
         rows = read_npy(path)
-        if rows.ndim != 2:
-            raise PolyalignError(f"{path}: expected a 2-D array (one row per value), got shape {rows.shape}")
+        if rows.ndim < 2:
+            raise PolyalignError(f"{path} holds an array of shape {rows.shape}, which is one value, not rows of "
+                                 f"values (a .npy source holds one value per row of its first axis); embed a file "
+                                 f"holding one value with `polyalign embed --value {path}`")
         return Values(list(rows), list(range(len(rows))), None)
     if path.suffix == ".txt":
         lines = [line.strip() for line in read_lines(path) if line.strip()]
         return Values(lines, list(lines), path.parent)
     raise PolyalignError(f"{path}: cannot tell what values it holds; give {SOURCE_KINDS}")
+
+
+def one_value(text: str) -> Values:
+    """A single raw value given on the command line: a path (a file holding one value, e.g. a whole
+    recording in a ``.npy``), inline text or ``[numbers]``; its id is the text itself."""
+    return Values([query_value(text)], [text], None)
 
 
 def split_assignment(text: str, option: str) -> tuple[str, str]:
