@@ -243,6 +243,14 @@ CASES: dict[str, Case] = {
         m, "b=" + _bytes(f / "x.safetensors", b"\xff" * 64)),
     "search: safetensors header claiming 1 TB": lambda f, m: _search(
         m, "b=" + _bytes(f / "x.safetensors", (10 ** 12).to_bytes(8, "little") + b"{}")),
+    "embed --value: nested too deeply": lambda f, m: _embed_value(m, "[" * 5000 + "]" * 5000),
+    "embed --value: NaN": lambda f, m: _embed_value(m, "[NaN, 0, 1, 0, 1]"),
+    "embed --value: .npy header claiming 10^12 numbers": lambda f, m: _embed_value(
+        m, str(_npy_header(f / "huge.npy", (10 ** 12,)))),
+    "validate --check-data: manifest cell nested too deeply": lambda f, m: [
+        "validate", _manifest_recipe(f, "[" * 5000 + "]" * 5000), "--check-data"],
+    "validate --check-data: manifest naming a forged .npy": lambda f, m: [
+        "validate", _manifest_recipe(f, str(_npy_header(f / "huge.npy", (10 ** 12,)))), "--check-data"],
     "embed: --batch-size 0": lambda f, m: _embed(m, _bits(f), "--batch-size", "0"),
     "embed: --batch-size -1": lambda f, m: _embed(m, _bits(f), "--batch-size", "-1"),
     "embed: --out not .safetensors": lambda f, m: ["embed", str(m.run), "--modality", "b", "--input", _bits(f),
@@ -333,11 +341,19 @@ def _stopped_run(folder: Path, made: Made) -> Path:
     return run
 
 
-def _manifest_recipe(folder: Path) -> str:
+def _embed_value(made: Made, value: str) -> list[str]:
+    return ["embed", str(made.run), "--modality", "b", "--value", value, "--out", "e.safetensors", "--device", "cpu"]
+
+
+def _manifest_recipe(folder: Path, b_value: str | None = None) -> str:
+    """A manifest dataset with only a train split (and an evaluator); ``b_value``: the raw text of
+    every row's ``b`` cell instead of numbers."""
     data = folder / "data"
     data.mkdir()
-    (data / "train.jsonl").write_text("".join(json.dumps({"a": [i % 2, 1.0], "b": [1.0, i % 3]}) + "\n"
-                                              for i in range(32)), encoding="utf-8")
+    (data / "train.jsonl").write_text("".join(
+        json.dumps({"a": [i % 2, 1.0], "b": [1.0, i % 3]}) if b_value is None else
+        '{"a": [1.0, 0.0], "b": ' + (b_value if b_value.startswith("[") else json.dumps(b_value)) + "}"
+        for i in range(32)).replace("}{", "}\n{") + "\n", encoding="utf-8")
     return _recipe(folder, yaml.safe_dump({
         "name": "only-train", "data": {"plugin": "manifest", "path": str(data)},
         "modalities": {"a": {"encoder": {"plugin": "vector"}}, "b": {"encoder": {"plugin": "vector"}}},

@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from polyalign.core.atomic import atomic_write_bytes
-from polyalign.core.errors import PolyalignError, cut
+from polyalign.core.errors import PolyalignError, cut, shown
 
 from .trained import TrainedModel
 
@@ -35,6 +35,10 @@ def save_embeddings(path: str | Path, model: TrainedModel, modality: str, embedd
     """Write ``embeddings`` with their ``ids`` (safetensors metadata ``ids``, a JSON list)."""
     if len(ids) != embeddings.shape[0]:
         raise PolyalignError(f"{len(ids)} ids for {embeddings.shape[0]} embeddings")
+    bad = (~torch.isfinite(embeddings).all(dim=-1)).nonzero().flatten().tolist()
+    if bad:
+        raise PolyalignError(f"the values with ids {shown([ids[i] for i in bad[:5]])} give NaN or infinite "
+                             f"embeddings (a NaN or infinity in the values?); nothing was written")
     metadata = {"format": FORMAT, "modality": modality, "ids": json.dumps(ids),
                 "model": model.recipe.name, "model_path": str(model.source), "checkpoint": model.checkpoint,
                 "weights_sha256": model.weights_sha256, "embed_dim": str(model.embed_dim), "input": source}

@@ -68,7 +68,7 @@ def read_source(source: str | Path, modality: str) -> Values:
 def one_value(text: str) -> Values:
     """A single raw value given on the command line: a path (a file holding one value, e.g. a whole
     recording in a ``.npy``), inline text or ``[numbers]``; its id is the text itself."""
-    return Values([query_value(text)], [text], None)
+    return Values([parse_cell(text, "--value")], [text], None)
 
 
 def split_assignment(text: str, option: str) -> tuple[str, str]:
