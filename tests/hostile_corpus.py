@@ -299,6 +299,14 @@ CASES: dict[str, Case] = {
     "export: destination is a file": lambda f, m: ["export", str(m.run), _bits(f)],
     "train --resume: another run's state.pt": lambda f, m: ["train", "--resume", str(_run_with(
         f, m, "checkpoints/last/state.pt", b"PK\x03\x04 not a zip"))],
+    "train --resume: metrics.jsonl row that is a list": lambda f, m: ["train", "--resume", str(_run_with(
+        f, m, "metrics.jsonl", (m.run / "metrics.jsonl").read_text() + "[1, 2]\n")), "train.epochs=2"],
+    "train --resume: metrics.jsonl row nested too deeply": lambda f, m: ["train", "--resume", str(_run_with(
+        f, m, "metrics.jsonl", "[" * 5000 + "\n" + (m.run / "metrics.jsonl").read_text())), "train.epochs=2"],
+    "train --resume: metrics.csv cell over the field limit": lambda f, m: ["train", "--resume", str(_run_with(
+        f, m, "metrics.csv", 'kind,step,epoch\nstep,1,"' + "x" * 200_000 + '"\n')), "logging=[csv]"],
+    "train --resume: metrics.csv step that is not a number": lambda f, m: ["train", "--resume", str(_run_with(
+        f, m, "metrics.csv", "kind,step,epoch\nstep,x,0\n")), "logging=[csv]"],
     "train --resume: a changed batch size": lambda f, m: ["train", "--resume", str(_copy(m.run, f, "run")),
                                                           "train.batch_size=8"],
     "demo-data: negative count": lambda f, m: ["demo-data", str(f / "d"), "--n-train", "-5"],
