@@ -19,6 +19,7 @@ from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
+DEBUG_HELP = "on an error, also print the full traceback (or set POLYALIGN_DEBUG=1)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -379,9 +380,6 @@ def parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # `polyalign train --debug ...` as well as `polyalign --debug train ...`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return p
-
-
-DEBUG_HELP = "on an error, also print the full traceback (or set POLYALIGN_DEBUG=1)"
 
 
 def _error_message(exc: BaseException) -> tuple[str, int]:

@@ -38,8 +38,10 @@ def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: t
     for i, node in enumerate(recipe.eval):
         evaluator = plugins.build("evaluator", node.plugin, **node.options())
         got = evaluator(ctx)
-        problem = "it returned a " + type(got).__name__ if not isinstance(got, list) else next(
-            (f"row {j}: {p}" for j, r in enumerate(got) if (p := row_problem(r)) is not None), None)
+        if not isinstance(got, list):
+            problem = f"it returned a {type(got).__name__}"
+        else:
+            problem = next((f"row {j}: {p}" for j, r in enumerate(got) if (p := row_problem(r))), None)
         if problem:
             raise PluginError(f"eval.{i}: evaluator plugin {node.plugin!r} must return a list of rows "
                               f"{{task, target, query, metric, value}}; {problem}")

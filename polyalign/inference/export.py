@@ -91,13 +91,18 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
               "embed_dim": model.embed_dim, "weights_sha256": model.weights_sha256,
               "requires": requirements(recipe, plugins)}
     # written beside ``dest`` and renamed into place: a failed export leaves nothing that blocks the next
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    final = dest.resolve()
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
         tmp.mkdir(parents=True)
         shutil.copyfile(model.weights_file, tmp / WEIGHTS)
         atomic_write_text(tmp / RECIPE_FILE, f"# exported from {run_dir.resolve().name} (resolved)\n" + recipe.to_yaml())
         atomic_write_text(tmp / CARD_FILE, card_markdown(model, header, rows))
-        os.replace(tmp, dest)  # an empty ``dest`` is replaced too
+        if final.is_dir():  # an empty folder given as the destination: move the files in
+            for file in tmp.iterdir():
+                os.replace(file, final / file.name)
+        else:
+            os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

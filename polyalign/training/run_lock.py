@@ -76,15 +76,17 @@ def lock_run_dir(run_dir: Path) -> int | None:
 
 @contextmanager
 def hold_run_dir(run_dir: Path, dist: DistInfo) -> Iterator[None]:
-    """Hold the lock of ``run_dir`` (taken by rank 0) for the ``with`` block; every rank raises
-    :class:`RunBusyError` when rank 0 could not take it."""
-    fd, refusal = None, None
+    """Hold the lock of ``run_dir`` (taken by rank 0) for the ``with`` block. When rank 0 cannot
+    take it, every rank stops with its message (the others would otherwise wait for rank 0 forever)."""
+    fd, failure = None, None
     if dist.is_main:
         try:
             fd = lock_run_dir(run_dir)
-        except RunBusyError as exc:
-            refusal = str(exc)
-    refusal = broadcast_from_main(refusal)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after every rank has heard of it
+            failure = exc
+    refusal = broadcast_from_main(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
     if refusal is not None:
         raise RunBusyError(refusal)
     try:
