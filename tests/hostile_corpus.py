@@ -140,7 +140,7 @@ CASES: dict[str, Case] = {
     "recipe: NUL character": lambda f, m: ["validate", _recipe(f, "name: a\0b\n")],
     "recipe: 2 MB file": lambda f, m: ["validate", _recipe(f, "# " + "x" * 2_000_000 + "\n")],
     "recipe: deep flow nesting": lambda f, m: ["validate", _recipe(f, "x: " + "[" * 3000 + "]" * 3000 + "\n")],
-    "recipe: not UTF-8": lambda f, m: ["validate", str(_npy_header(f / "r.yaml", (1,), payload=b"\xff\xfe"))],
+    "recipe: not UTF-8": lambda f, m: ["validate", _bytes(f / "r.yaml", b"\xff\xfename: x\n")],
     "recipe: 10 kB plugin name": lambda f, m: _validate("loss.plugin=" + "x" * 10_000),
     "recipe: 10 kB key": lambda f, m: _validate("train." + "k" * 10_000 + "=1"),
     "recipe: 10 kB override without =": lambda f, m: _validate("k" * 10_000),

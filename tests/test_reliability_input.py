@@ -285,9 +285,10 @@ def test_a_modality_name_validate_accepts_can_build_the_model(name):
         assert "cannot name a modality" in problem
 
 
-@pytest.mark.parametrize("name, fragment", [("a.b", "letters, digits and underscores"), ("eval", "attribute of "
-                         "PyTorch's ModuleDict"), ("type", "attribute of PyTorch's ModuleDict"),
-                         ("a-b", "letters, digits and underscores"), ("label", "reserved"), ("all", "reserved")])
+@pytest.mark.parametrize("name, fragment", [
+    ("a.b", "letters, digits and underscores"), ("eval", "attribute of PyTorch's ModuleDict"),
+    ("type", "attribute of PyTorch's ModuleDict"), ("a-b", "letters, digits and underscores"),
+    ("label", "reserved"), ("all", "reserved")])
 def test_modality_names_pytorch_or_polyalign_cannot_use_are_refused(name, fragment, capsys):
     mods = f"modalities={{'{name}': {{encoder: {{plugin: vector}}}}, c: {{encoder: {{plugin: vector}}}}}}"
     _assert_clear(*_cli(capsys, "validate", XOR, mods, "eval=[]"), f"modalities.{name}", fragment)
@@ -358,9 +359,9 @@ def _only_train_manifest(folder: Path, evaluators: str) -> list[str]:
     (folder / "data").mkdir()
     (folder / "data" / "train.jsonl").write_text("".join(json.dumps({"a": [i % 2, 1.0], "b": [1.0, i % 3]}) + "\n"
                                                          for i in range(32)))
-    return [XOR, "data={plugin: manifest, path: " + str(folder / "data") + "}", "modalities={a: {encoder: "
-            "{plugin: vector}}, b: {encoder: {plugin: vector}}}", "train.batch_size=16", "train.epochs=1",
-            f"eval={evaluators}"]
+    return [XOR, "data={plugin: manifest, path: " + str(folder / "data") + "}",
+            "modalities={a: {encoder: {plugin: vector}}, b: {encoder: {plugin: vector}}}", "train.batch_size=16",
+            "train.epochs=1", f"eval={evaluators}"]
 
 
 def test_an_empty_test_split_with_evaluators_is_refused_before_training(tmp_path, capsys):
