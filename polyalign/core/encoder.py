@@ -32,8 +32,9 @@ class Encoder(nn.Module):
         the learning rate of group i of n by ``d ** (n - i)`` (the projection head after the
         encoder keeps the full rate), as timm's layer-wise decay does. Each parameter is in exactly
         one group. The default is one group holding every parameter; an encoder with blocks
-        returns its stem, then each block, then what follows the last block (final norm,
-        pooling, projection), e.g. with :func:`polyalign.core.layer_groups.named_layer_groups`.
+        returns its stem (embeddings), then one group per block, the last block with the norm
+        after it, as timm's ``group_matcher`` and open_clip's ``lock`` count them (e.g. with
+        :func:`polyalign.core.layer_groups.named_layer_groups`).
         """
         names = [name for name, _ in self.named_parameters()]
         return [names] if names else []

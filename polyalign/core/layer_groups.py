@@ -15,17 +15,17 @@ Part = Union[nn.Module, nn.Parameter, None]
 
 def named_layer_groups(encoder: nn.Module, groups: Sequence[Sequence[Part]]) -> list[list[str]]:
     """``encoder``'s parameter names, grouped as the modules and parameters of ``groups`` (``None``
-    parts are skipped); the parameters in no group form one last group (what follows the last
-    block: final norm, pooling, projection). Empty groups are left out."""
+    parts are skipped); a parameter in no group joins the last one (as timm puts the final norm
+    with the last block). Empty groups are left out."""
     group_of: dict[int, int] = {}
     for i, group in enumerate(groups):
         for part in group:
             if part is not None:
                 for p in [part] if isinstance(part, nn.Parameter) else part.parameters():
                     group_of.setdefault(id(p), i)
-    named: list[list[str]] = [[] for _ in range(len(groups) + 1)]
+    named: list[list[str]] = [[] for _ in groups]
     for name, p in encoder.named_parameters():
-        named[group_of.get(id(p), len(groups))].append(name)
+        named[group_of.get(id(p), len(groups) - 1)].append(name)
     return [g for g in named if g]
 
 

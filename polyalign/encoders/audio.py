@@ -130,12 +130,12 @@ class Wav2Vec2Backbone(nn.Module):
         self.width = int(self.model.encoder.feature_projection.projection.out_features)
 
     def layer_parts(self) -> list[list[Part]]:
-        """The feature extractor with the projection and positional convolution, then each transformer
-        layer (the final layer norm, in pre-norm models, follows them)."""
-        encoder = self.model.encoder
-        stem = [self.model.feature_extractor, encoder.feature_projection, encoder.transformer.pos_conv_embed,
-                None if encoder.transformer.layer_norm_first else encoder.transformer.layer_norm]
-        return [stem, *[[layer] for layer in encoder.transformer.layers]]
+        """The feature extractor, projection, positional convolution (and the layer norm applied before
+        the layers in post-norm models), then each transformer layer (the last with a final layer norm)."""
+        transformer = self.model.encoder.transformer
+        stem = [self.model.feature_extractor, self.model.encoder.feature_projection, transformer.pos_conv_embed,
+                transformer.layer_norm if transformer.layer_norm_first else None]
+        return [stem, *[[layer] for layer in transformer.layers]]
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         states, _ = self.model(wave)

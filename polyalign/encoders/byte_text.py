@@ -58,7 +58,7 @@ class ByteTextEncoder(Encoder):
         nn.init.normal_(self.positions.weight, std=0.02)
 
     def layer_groups(self) -> list[list[str]]:
-        """Token and position embeddings, each transformer layer, then the final norm."""
+        """Token and position embeddings, then each transformer layer (the last with the final norm)."""
         return named_layer_groups(self, [[self.tokens, self.positions], *[[b] for b in self.transformer.layers]])
 
     def load(self, value: Any, root: Path | None) -> dict[str, torch.Tensor]:

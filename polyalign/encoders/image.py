@@ -62,7 +62,7 @@ def read_image(value: Any, root: Path | None, mode: str) -> Any:
 
 def timm_layer_groups(encoder: nn.Module, backbone: nn.Module) -> list[list[str]]:
     """The layer groups of a timm ``backbone`` inside ``encoder``, as timm's ``group_matcher`` defines
-    them (stem, each block, then e.g. the final norm); one group when the model has no matcher."""
+    them (stem, then each block, the last with the final norm); one group when the model has no matcher."""
     from timm.models import group_parameters
 
     if not hasattr(backbone, "group_matcher"):
@@ -119,7 +119,7 @@ class ImageEncoder(Encoder):
         return self.backbone.model if self.config.lora else self.backbone
 
     def layer_groups(self) -> list[list[str]]:
-        """timm's groups: stem, each block, then what follows (e.g. the final norm)."""
+        """timm's groups: the stem, then each block (the last with the final norm)."""
         return timm_layer_groups(self, self.network)
 
     def merge_for_export(self) -> dict[str, Any]:

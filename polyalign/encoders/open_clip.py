@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -87,6 +88,17 @@ def check_offline(model_id: str, model_cfg: dict[str, Any], tower: str) -> None:
                              f"and give that folder as model")
 
 
+@contextmanager
+def no_random_weights_warning() -> Iterator[None]:
+    """Silence open_clip's warning that it built random weights (polyalign loads its own, or means it)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 class OpenClipEncoder(Encoder):
     """Images or texts -> one tower of an open_clip model -> its embedding ``(B, embed_dim)``."""
 
@@ -100,14 +112,12 @@ class OpenClipEncoder(Encoder):
         self.config = config
         model_id, model_cfg = architecture(config.model)
         check_offline(model_id, model_cfg, config.tower)
-        logging.disable(logging.WARNING)  # open_clip warns of random weights, which the checkpoint replaces
         try:  # custom text: the text tower is one module, as in CustomTextCLIP
-            clip = open_clip.create_model(model_id, load_weights=False, force_custom_text=True,
-                                          pretrained_image=False, pretrained_text=False)
+            with no_random_weights_warning():
+                clip = open_clip.create_model(model_id, load_weights=False, force_custom_text=True,
+                                              pretrained_image=False, pretrained_text=False)
         except Exception as exc:
             raise PolyalignError(f"encoder 'open_clip': cannot build {model_id}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            logging.disable(logging.NOTSET)
         if config.pretrained:
             what = "encoder 'open_clip' pretrained"
             file = local_weights_file(config.pretrained, what)
@@ -142,14 +152,17 @@ class OpenClipEncoder(Encoder):
         return self.tower.model if self.config.lora else self.tower
 
     def layer_groups(self) -> list[list[str]]:
-        """Embeddings (or stem), each residual block, then the final norm and projection; a timm
-        trunk's groups as timm defines them."""
+        """As open_clip's ``lock`` groups them: the embeddings (or stem), each residual block, the last one
+        with the final norm, then the projection; a timm trunk's groups as timm's ``group_matcher`` has them."""
         tower = self.network
         if hasattr(tower, "trunk"):
             return timm_layer_groups(self, tower.trunk)
-        blocks = tower.transformer.resblocks if hasattr(tower, "transformer") else [
+        blocks = list(tower.transformer.resblocks) if hasattr(tower, "transformer") else [
             getattr(tower, f"layer{i}") for i in range(1, 5) if hasattr(tower, f"layer{i}")]
-        return named_layer_groups(self, [[getattr(tower, name, None) for name in STEM], *[[b] for b in blocks]])
+        stem = [getattr(tower, name, None) for name in STEM]
+        last = [blocks[-1], getattr(tower, "ln_post", None), getattr(tower, "ln_final", None)]
+        projection = [getattr(tower, "proj", None), getattr(tower, "text_projection", None)]
+        return named_layer_groups(self, [stem, *[[b] for b in blocks[:-1]], last, projection])
 
     def merge_for_export(self) -> dict[str, Any]:
         """Merge LoRA adapters into the tower; the export needs neither peft nor the pretrained file."""
@@ -185,7 +198,8 @@ def save_random_model(folder: str | Path, model_cfg: dict[str, Any], seed: int =
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(json.dumps({"model_cfg": model_cfg}), encoding="utf-8")
     torch.manual_seed(seed)
-    model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
+    with no_random_weights_warning():
+        model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
     save_config_for_hf(model, folder / CONFIG_FILE, model_cfg)  # adds the preprocessing open_clip used
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
     return folder / WEIGHTS_FILE

@@ -134,7 +134,7 @@ class TextEncoder(Encoder):
         return self.transformer.model if self.config.lora else self.transformer
 
     def layer_groups(self) -> list[list[str]]:
-        """The parameters before the layers (embeddings), each layer, then what follows (e.g. a pooler)."""
+        """The parameters before the layers (embeddings), then each layer (the last with what follows it)."""
         blocks = transformer_blocks(self.network)
         first = {id(p) for p in blocks[0].parameters()}
         stem = []
