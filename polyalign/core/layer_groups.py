@@ -54,13 +54,14 @@ def lock_layers(encoder: Encoder, unlocked: int, where: str) -> None:
     if unlocked > len(groups):
         raise PolyalignError(f"{where}.unlocked_layers: {unlocked}, but the encoder has {len(groups)} layer "
                              f"group(s); give at most {len(groups)}, or drop unlocked_layers to train all of it")
-    if not any(p.requires_grad for p in encoder.parameters()):
-        raise PolyalignError(f"{where}.unlocked_layers: the encoder trains no parameter (freeze: true?), so "
-                             f"there is nothing to unlock; drop one of the two")
     params = dict(encoder.named_parameters())
     for group in groups[:len(groups) - unlocked]:
         for name in group:
             params[name].requires_grad_(False)
+    if not any(p.requires_grad for p in params.values()):
+        raise PolyalignError(f"{where}.unlocked_layers: {unlocked} leaves nothing of the encoder to train: no "
+                             f"parameter of its last {unlocked} layer group(s) trains (with freeze: true none does; "
+                             f"with lora only the adapters in its blocks do). Raise it, or drop it or freeze")
 
 
 def layer_decay_scales(encoder: Encoder, decay: float, where: str) -> dict[str, float]:

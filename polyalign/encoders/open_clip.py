@@ -112,15 +112,15 @@ class OpenClipEncoder(Encoder):
         self.config = config
         model_id, model_cfg = architecture(config.model)
         check_offline(model_id, model_cfg, config.tower)
+        what = "encoder 'open_clip' pretrained"
+        file = local_weights_file(config.pretrained, what) if config.pretrained else None
         try:  # custom text: the text tower is one module, as in CustomTextCLIP
             with no_random_weights_warning():
                 clip = open_clip.create_model(model_id, load_weights=False, force_custom_text=True,
                                               pretrained_image=False, pretrained_text=False)
         except Exception as exc:
             raise PolyalignError(f"encoder 'open_clip': cannot build {model_id}: {type(exc).__name__}: {exc}") from exc
-        if config.pretrained:
-            what = "encoder 'open_clip' pretrained"
-            file = local_weights_file(config.pretrained, what)
+        if file is not None:
             try:
                 open_clip.load_checkpoint(clip, str(file))
             except Exception as exc:
