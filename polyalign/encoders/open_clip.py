@@ -66,6 +66,10 @@ def architecture(model: str) -> tuple[str, dict[str, Any]]:
         if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):
             raise PolyalignError(f"encoder 'open_clip': {folder / CONFIG_FILE} has no model_cfg mapping")
         return f"local-dir:{folder}", config["model_cfg"]
+    if "/" in model and not model.startswith("hf-hub:") or model.startswith((".", "~")):
+        raise PolyalignError(f"encoder 'open_clip': model folder {folder} not found (relative paths resolve against "
+                             f"{Path.cwd()}); give an open_clip model folder ({CONFIG_FILE} and its weights) or "
+                             f"an architecture name such as ViT-B-32")
     if model not in open_clip.list_models():
         close = difflib.get_close_matches(model, open_clip.list_models(), n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "open_clip.list_models() lists them"
