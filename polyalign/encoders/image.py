@@ -10,11 +10,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import named_layer_groups
 
-from .files import load_weights_into, local_weights_file, resolve_file
+from .files import load_weights_into, local_weights_file
 from .lora import LoraOptions, add_lora, check_not_frozen, merge_lora
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
