@@ -23,6 +23,7 @@ import polyalign
 from polyalign.cli import main
 from polyalign.core.errors import PolyalignError
 from polyalign.encoders.open_clip import WEIGHTS_FILE, save_random_model
+from polyalign.testing import check_encoder
 
 TINY_CLIP = {"embed_dim": 16,
              "vision_cfg": {"image_size": 24, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16},
@@ -95,6 +96,15 @@ def test_a_named_architecture_from_a_pt_file(clip_folder, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(encoder(encoder.load("a cat", None)[None]), reference.encode_text(tokens),
                                    rtol=0, atol=1e-6)
+
+
+def test_both_towers_and_their_adapters_keep_the_encoder_contract(clip_folder, tmp_path):
+    names = _images(tmp_path)
+    (tmp_path / "note.txt").write_text("a blue square", encoding="utf-8")
+    for lora in (None, {"r": 2}):
+        options = {"model": str(clip_folder), "pretrained": str(clip_folder / WEIGHTS_FILE), "lora": lora}
+        check_encoder("open_clip", names, root=tmp_path, tower="image", **options)
+        check_encoder("open_clip", TEXTS, root=tmp_path, tower="text", **options)
 
 
 def test_freeze_keeps_the_tower_fixed(clip_folder):

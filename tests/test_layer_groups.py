@@ -17,6 +17,7 @@ from polyalign.core.plugins import default_plugins
 from polyalign.core.recipe import validate_recipe
 from polyalign.encoders.open_clip import save_random_model
 from polyalign.plugins.datasets.demo import write_demo
+from polyalign.testing import ConformanceError, check_encoder
 from polyalign.training.optim import build_optimizer
 
 TINY_CLIP = {"embed_dim": 16,
@@ -119,11 +120,17 @@ def test_lock_layers_trains_exactly_the_last_groups_and_refuses_nonsense():
         lock_layers(frozen, 1, "modalities.i")
 
 
-def test_a_plugin_whose_groups_miss_a_parameter_is_named():
+def test_a_plugin_whose_groups_miss_a_parameter_is_named_and_fails_the_kit():
     class Partial(Encoder):
         def __init__(self):
             super().__init__()
             self.a, self.b, self.width = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), 2
+
+        def load(self, value, root):
+            return torch.tensor(value, dtype=torch.float32)
+
+        def forward(self, x):
+            return self.b(self.a(x))
 
         def layer_groups(self):
             return [["a.weight", "a.bias"], ["b.weight", "a.bias"]]
@@ -131,6 +138,8 @@ def test_a_plugin_whose_groups_miss_a_parameter_is_named():
     with pytest.raises(PluginError, match=r"Partial.layer_groups\(\) must list each parameter .* left out: b.bias; "
                                           r"listed twice: a.bias"):
         checked_layer_groups(Partial(), "modalities.x")
+    with pytest.raises(ConformanceError, match=r"encoder Partial fails 'layer groups': .* left out: b.bias"):
+        check_encoder(Partial(), [[1.0, 2.0], [3.0, 4.0]])
 
 
 def _recipe(modalities, train, data=None):
