@@ -135,7 +135,8 @@ def test_config_and_file_errors(clip_folder, tmp_path):
         polyalign.build("encoder", "open_clip", model=str(tmp_path), tower="image")
     other = dict(TINY_CLIP, embed_dim=8)
     save_random_model(tmp_path / "other", other)
-    with pytest.raises(PolyalignError, match=r"other/open_clip_model.safetensors does not fit local-dir:.*size mismatch"):
+    with pytest.raises(PolyalignError, match=r"other/open_clip_model.safetensors does not fit local-dir:.*"
+                                             r"size mismatch"):
         polyalign.build("encoder", "open_clip", model=str(clip_folder), tower="image",
                         pretrained=str(tmp_path / "other" / WEIGHTS_FILE))
 

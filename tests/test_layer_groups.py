@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import timm
-from timm.optim import param_groups_layer_decay
 import torch
 from safetensors.torch import load_file
+from timm.optim import param_groups_layer_decay
 
 import polyalign
 from polyalign.core.assemble import assemble, build_model
@@ -38,7 +38,8 @@ def bert_folder(tmp_path_factory):
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("bert")
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])}).save_pretrained(folder)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(folder)
     BertModel(BertConfig(vocab_size=5, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=16, max_position_embeddings=16)).save_pretrained(folder)
     return folder

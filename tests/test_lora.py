@@ -84,7 +84,8 @@ def test_only_adapters_train_and_the_merge_is_the_adapted_model(case, folders):
     assert options_after["lora"] is None
     torch.testing.assert_close(merged, before, rtol=1e-4, atol=1e-5)
     rebuilt = _build(plugin, {**options, **options_after}, seed=1)  # what the export's recipe builds
-    assert list(rebuilt.state_dict()) == list(plain.state_dict()) and set(adapted.state_dict()) == set(plain.state_dict())
+    assert list(rebuilt.state_dict()) == list(plain.state_dict())
+    assert set(adapted.state_dict()) == set(plain.state_dict())
     rebuilt.load_state_dict(adapted.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), merged)

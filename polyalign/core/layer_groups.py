@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 from torch import nn
 
 from .encoder import Encoder
 from .errors import PluginError, PolyalignError
 
-Part = Union[nn.Module, nn.Parameter, None]
+Part = nn.Module | nn.Parameter | None
 
 
 def named_layer_groups(encoder: nn.Module, groups: Sequence[Sequence[Part]]) -> list[list[str]]:
@@ -32,13 +32,13 @@ def named_layer_groups(encoder: nn.Module, groups: Sequence[Sequence[Part]]) -> 
 def checked_layer_groups(encoder: Encoder, where: str) -> list[list[str]]:
     """``encoder.layer_groups()``, checked to hold each of its parameters exactly once."""
     groups = encoder.layer_groups()
-    names = [name for name, _ in encoder.named_parameters()]
+    names = dict(encoder.named_parameters())
     listed = Counter(n for g in groups for n in g)
     problems = []
     if any(not g for g in groups):
         problems.append("an empty group")
     for what, found in (("left out", [n for n in names if n not in listed]),
-                        ("not parameters of the encoder", [n for n in listed if n not in set(names)]),
+                        ("not parameters of the encoder", [n for n in listed if n not in names]),
                         ("listed twice", [n for n, c in listed.items() if c > 1])):
         if found:
             problems.append(f"{what}: {', '.join(found[:3])}{' ...' if len(found) > 3 else ''}")

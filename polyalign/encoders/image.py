@@ -15,7 +15,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import named_layer_groups
 
 from .files import load_weights_into, local_weights_file
-from .lora import LoraOptions, add_lora, check_not_frozen, merge_lora
+from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,14 +113,9 @@ class ImageEncoder(Encoder):
         if config.lora:
             self.backbone = add_lora(self.backbone, config.lora, "all-linear", "encoder 'image'")
 
-    @property
-    def network(self) -> nn.Module:
-        """The timm model (inside its LoRA wrapper, if any)."""
-        return self.backbone.model if self.config.lora else self.backbone
-
     def layer_groups(self) -> list[list[str]]:
         """timm's groups: the stem, then each block (the last with the final norm)."""
-        return timm_layer_groups(self, self.network)
+        return timm_layer_groups(self, base_network(self.backbone, self.config.lora))
 
     def merge_for_export(self) -> dict[str, Any]:
         """Merge LoRA adapters into the backbone; the export needs neither peft nor the pretrained file."""

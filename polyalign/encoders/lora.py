@@ -56,6 +56,11 @@ def add_lora(module: nn.Module, options: LoraOptions, default_targets: list[str]
     return adapted
 
 
+def base_network(module: nn.Module, options: LoraOptions | None) -> nn.Module:
+    """The network inside an :func:`add_lora` module (``module`` itself when ``options`` is None)."""
+    return module.model if options is not None else module
+
+
 def merge_lora(module: nn.Module) -> nn.Module:
     """The network of a :func:`add_lora` module with its adapters merged into the weights (no peft left)."""
     return module.merge_and_unload()

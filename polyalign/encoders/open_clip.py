@@ -5,9 +5,10 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,7 +20,7 @@ from polyalign.core.layer_groups import named_layer_groups
 
 from .files import local_weights_file
 from .image import read_image, timm_layer_groups
-from .lora import LoraOptions, add_lora, check_not_frozen, merge_lora
+from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
 from .text import read_text
 
 CONFIG_FILE = "open_clip_config.json"  # open_clip's model folder: this file beside the weights
@@ -141,24 +142,17 @@ class OpenClipEncoder(Encoder):
         if config.freeze:
             self.tower.requires_grad_(False)
         if config.lora:
-            self.tower = add_lora(self.tower, config.lora, self._default_lora_targets(), "encoder 'open_clip'")
-
-    def _default_lora_targets(self) -> list[str]:
-        if self.config.lora.target_modules is None and not hasattr(getattr(self.tower, "transformer", None),
-                                                                     "resblocks"):
-            raise PolyalignError(f"encoder 'open_clip': {type(self.tower).__name__} towers have no default "
-                                 f"lora.target_modules; name the modules to adapt")
-        return ["attn", "c_fc", "c_proj"]  # the attention and MLP of every residual block
-
-    @property
-    def network(self) -> nn.Module:
-        """The open_clip tower (inside its LoRA wrapper, if any)."""
-        return self.tower.model if self.config.lora else self.tower
+            blocks = hasattr(getattr(self.tower, "transformer", None), "resblocks")
+            if config.lora.target_modules is None and not blocks:
+                raise PolyalignError(f"encoder 'open_clip': {type(self.tower).__name__} towers have no default "
+                                     f"lora.target_modules; name the modules to adapt")
+            # by default the attention and the MLP of every residual block
+            self.tower = add_lora(self.tower, config.lora, ["attn", "c_fc", "c_proj"], "encoder 'open_clip'")
 
     def layer_groups(self) -> list[list[str]]:
         """As open_clip's ``lock`` groups them: the embeddings (or stem), each residual block, the last one
         with the final norm, then the projection; a timm trunk's groups as timm's ``group_matcher`` has them."""
-        tower = self.network
+        tower = base_network(self.tower, self.config.lora)
         if hasattr(tower, "trunk"):
             return timm_layer_groups(self, tower.trunk)
         blocks = list(tower.transformer.resblocks) if hasattr(tower, "transformer") else [

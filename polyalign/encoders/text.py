@@ -14,7 +14,7 @@ from polyalign.core.encoder import Encoder, pad_with_mask, resolve_file
 from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import named_layer_groups
 
-from .lora import LoraOptions, add_lora, check_not_frozen, merge_lora
+from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model")
 
@@ -120,17 +120,13 @@ class TextEncoder(Encoder):
         if config.lora:
             self.transformer = add_lora(self.transformer, config.lora, "all-linear", "encoder 'text'")
 
-    @property
-    def network(self) -> nn.Module:
-        """The Hugging Face model (inside its LoRA wrapper, if any)."""
-        return self.transformer.model if self.config.lora else self.transformer
-
     def layer_groups(self) -> list[list[str]]:
         """The parameters before the layers (embeddings), then each layer (the last with what follows it)."""
-        blocks = transformer_blocks(self.network)
+        network = base_network(self.transformer, self.config.lora)
+        blocks = transformer_blocks(network)
         first = {id(p) for p in blocks[0].parameters()}
         stem = []
-        for p in self.network.parameters():
+        for p in network.parameters():
             if id(p) in first:
                 break
             stem.append(p)
