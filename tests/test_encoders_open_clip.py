@@ -165,6 +165,8 @@ def test_shipped_lora_recipe_trains_and_its_export_loads_without_peft(tmp_path, 
     exported = yaml.safe_load((tmp_path / "exported" / "recipe.yaml").read_text())["modalities"]
     assert exported["image"]["encoder"]["lora"] is None and exported["text"]["encoder"]["pretrained"] is False
     assert not any(".lora_" in k for k in load_file(tmp_path / "exported" / "model.safetensors"))
+    card = (tmp_path / "exported" / "MODEL_CARD.md").read_text()
+    assert "merged:\n- image\n- text\n" in card and "(LoRA adapters) of image, text is merged" in card
     rows = [json.loads(line) for line in (tmp_path / "data" / "test.jsonl").read_text().splitlines()]
     values = {m: [r[m] for r in rows] for m in ("image", "text", "audio")}
     script = textwrap.dedent(f"""

@@ -48,9 +48,7 @@ def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[s
     if header["merged"]:
         lines += [f"Training-only structure (LoRA adapters) of {', '.join(header['merged'])} is merged into these "
                   f"weights: loading them needs no adapter library.", ""]
-    lines += [
-              "## Model", "",
-              "| modality | encoder | encoder output width | embedding size |", "|---|---|---|---|"]
+    lines += ["## Model", "", "| modality | encoder | encoder output width | embedding size |", "|---|---|---|---|"]
     for m, encoder in model.model.encoders.items():
         lines.append(f"| {m} | {recipe.modalities[m].encoder.plugin} | {encoder.width} | {model.embed_dim} |")
     lines += ["", f"Normalisation: {recipe.model.normalize}; missing modalities: {recipe.missing.strategy}. "
