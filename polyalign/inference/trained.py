@@ -159,10 +159,9 @@ class TrainedModel:
             out[m] = torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim, device=self.device)
         return out
 
-    @torch.no_grad()
-    def score_embeddings(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
-                         target: str) -> torch.Tensor:
-        """Scores ``(Q, C)`` of embedded candidates of ``target`` for embedded query tuples."""
+    def query_tuple(self, queries: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
+        """Embedded query tuples as the loss scores them: checked, on the model's device, with a
+        learned placeholder for each absent modality when the model was trained with them."""
         self.check_modality(target)
         if not queries:
             raise PolyalignError("no query modality given; give at least one, e.g. {'a': [...]}")
@@ -181,13 +180,40 @@ class TrainedModel:
             for m in self.modalities:
                 if m != target and m not in q:
                     q[m] = self.model.missing_rows(m, n, ref).float()
+        return q
+
+    @torch.no_grad()
+    def score_embeddings(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
+                         target: str) -> torch.Tensor:
+        """Scores ``(Q, C)`` of embedded candidates of ``target`` for embedded query tuples."""
+        q = self.query_tuple(queries, target)
         scores = self.loss.score(q, candidates.to(self.device), target)
-        expected = (next(iter(sizes.values())), int(candidates.shape[0]))
+        expected = (next(iter(q.values())).shape[0], int(candidates.shape[0]))
         if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
             got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
             raise PluginError(f"loss {type(self.loss).__name__}.score() returned {got}; expected "
                               f"{expected} (queries x candidates)")
         return scores.float()
+
+    @torch.no_grad()
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
+        """``(Q, embed_dim)`` vectors whose inner products with candidates of ``target`` rank them as
+        the run's score does (:meth:`polyalign.core.loss.Loss.inner_product_query`); an error
+        when the loss's score is no inner product with the candidate."""
+        q = self.query_tuple(queries, target)
+        vectors = self.loss.inner_product_query(q, target)
+        if vectors is None:
+            raise PolyalignError(
+                f"the run's loss ({type(self.loss).__name__}) scores a query of {', '.join(sorted(queries))} "
+                f"against {target} with a rule that is no inner product with the candidate, so an index "
+                f"cannot rank for it; give the candidates as an embeddings file (polyalign embed) or a "
+                f"source instead of a .faiss index")
+        expected = (next(iter(q.values())).shape[0], self.embed_dim)
+        if not isinstance(vectors, torch.Tensor) or tuple(vectors.shape) != expected:
+            got = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
+            raise PluginError(f"loss {type(self.loss).__name__}.inner_product_query() returned {got}; "
+                              f"expected {expected} (queries x embedding size) or None")
+        return vectors.float()
 
     def score(self, queries: dict[str, Any], candidates: dict[str, Any],
               root: str | Path | None = None) -> torch.Tensor:
