@@ -73,11 +73,17 @@ def rank_hits(scores: torch.Tensor, top_k: int, ids: Sequence[Any] | None = None
     n = scores.shape[1]
     if ids is not None and len(ids) != n:
         raise PolyalignError(f"{len(ids)} ids for {n} candidates; give one id per candidate")
-    order = torch.sort(scores.detach().float().cpu(), dim=1, descending=True, stable=True)
+    scores = scores.detach().float().cpu()
+    k = min(top_k, n)
     hits = []
-    for values, indices in zip(order.values[:, :top_k].tolist(), order.indices[:, :top_k].tolist()):
-        hits.append([Hit(r + 1, i, ids[i] if ids is not None else i, v)
-                     for r, (v, i) in enumerate(zip(values, indices))])
+    for row in scores:
+        if k < n and not bool(row.isnan().any()):  # sort only the rows that can make the top k
+            keep = (row >= torch.topk(row, k).values[-1]).nonzero(as_tuple=True)[0]
+        else:
+            keep = torch.arange(n)
+        order = torch.sort(row[keep], descending=True, stable=True)  # keep is ascending: ties stay in order
+        hits.append([Hit(r + 1, i, ids[i] if ids is not None else i, v) for r, (v, i) in
+                     enumerate(zip(order.values[:k].tolist(), keep[order.indices[:k]].tolist()))])
     return hits
 
 
