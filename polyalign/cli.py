@@ -236,9 +236,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from polyalign.inference.export import export_model
 
-    dest = export_model(args.run_dir, args.dest, checkpoint=args.checkpoint)
+    dest = export_model(args.run_dir, args.dest, checkpoint=args.checkpoint, format=args.format)
+    graphs = sorted(p.name for p in dest.glob("*.onnx"))
     out.print(f"exported {escape(str(args.run_dir))} ({args.checkpoint} checkpoint) to {escape(str(dest))}: "
-              f"model.safetensors, recipe.yaml, MODEL_CARD.md; load it with polyalign.load({str(dest)!r})")
+              f"model.safetensors, recipe.yaml, MODEL_CARD.md{''.join(', ' + escape(g) for g in graphs)}; "
+              f"load it with polyalign.load({str(dest)!r})")
     return 0
 
 
@@ -350,10 +352,13 @@ def parser() -> argparse.ArgumentParser:
         se.add_argument(f"--{name}", **kw)
     se.set_defaults(func=cmd_search)
 
-    ex = sub.add_parser("export", help="write a self-contained model folder: weights, recipe, model card")
+    ex = sub.add_parser("export", help="write a self-contained model folder: weights, recipe, model card (and ONNX)")
     ex.add_argument("run_dir", metavar="RUN_DIR")
     ex.add_argument("dest", metavar="DIR", help="a new (or empty) folder")
     ex.add_argument("--checkpoint", **use["checkpoint"])
+    ex.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
+                    help="onnx: also one MODALITY.onnx graph per modality (encoder + head + normalisation; "
+                         "needs pip install 'polyalign[onnx]')")
     ex.set_defaults(func=cmd_export)
 
     pt = sub.add_parser("plot", help="plot loss, temperature, learning rate and evaluation of runs (PNG)")

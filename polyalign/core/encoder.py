@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import torch
 from torch import nn
@@ -18,10 +18,15 @@ class Encoder(nn.Module):
 
     Subclasses set ``width`` (the size of the output features), implement ``forward``
     (collated batch -> ``(B, width)``) and ``load`` (one raw value from a sample -> tensor or
-    dict of tensors). The default ``collate`` stacks tensors (or each key of dicts).
+    dict of tensors). The default ``collate`` stacks tensors (or each key of dicts). For ONNX
+    export they implement ``export_example`` and, when an input has a variable axis besides the
+    batch (tokens), name it in ``export_axes``.
     """
 
     width: int
+    export_axes: ClassVar[dict[str, dict[int, str]]] = {}
+    """Variable axes besides the batch, by input name (``input`` for a plain tensor), e.g.
+    ``{"input_ids": {1: "length"}}``; axes with the same name must have the same size."""
 
     def load(self, value: Any, root: Path | None) -> Input:
         """Turn one raw value (a path relative to ``root``, a string, numbers) into a tensor."""
@@ -36,6 +41,13 @@ class Encoder(nn.Module):
         encoder's config model.
         """
         return {}
+
+    def export_example(self, batch: int) -> Input | None:
+        """A synthetic collated batch of ``batch`` inputs, in the form ``forward`` takes (what
+        ``load`` and ``collate`` make of real values), to trace the encoder into ONNX
+        (``polyalign export --format onnx``). None, the default, says the encoder cannot be
+        exported; everything ``load`` does stays outside the exported graph."""
+        return None
 
     def load_batch(self, values: list[Any], root: Path | None) -> Input:
         """Load and collate several raw values at once; override with a vectorised version when
