@@ -6,8 +6,8 @@ median and 95th-percentile latency, the memory the method holds (the candidate t
 serialised index) and its peak while querying, the build time, and recall@10 against exact search
 for two query sets: ``random`` (fresh random unit vectors: no candidate is near, the hardest case
 for an approximate index) and ``near`` (a candidate plus noise, cosine about 0.9 to it: a query that
-has a true match, as in retrieval; ``source_in_top_10`` is how often that candidate is returned). Indexes are built by :func:`polyalign.inference.vector_index.build_index`,
-the code ``polyalign index`` runs.
+has a true match, as in retrieval; ``source_in_top_10`` is how often that candidate is returned).
+Indexes are built by :func:`polyalign.inference.vector_index.build_index`, the code ``polyalign index`` runs.
 
     python benchmarks/search.py                    # writes benchmarks/results/search.json
     python benchmarks/search.py --n 100000 --queries 50   # a quick look
@@ -72,6 +72,11 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found.tolist(), truth.tolist())]))
 
 
+def top_of(index):
+    """A single-query search function over a faiss index: the top-K row ids."""
+    return lambda q: index.search(q, K)[1][0]
+
+
 def serialized_mb(index) -> float:
     import faiss
 
@@ -132,20 +137,15 @@ def main(argv: list[str] | None = None) -> None:
         return index, time.perf_counter() - t0
 
     index, seconds = build(IndexOptions("flat"))
-    measure("faiss flat (exact)", lambda q: index.search(q, K)[1][0], serialized_mb(index), seconds)
-    del index
+    measure("faiss flat (exact)", top_of(index), serialized_mb(index), seconds)
     index, seconds = build(IndexOptions("ivf", nlist=args.nlist))
     for nprobe in args.nprobe:
         index.nprobe = nprobe
-        measure("faiss ivf", lambda q: index.search(q, K)[1][0], serialized_mb(index), seconds,
-                nlist=args.nlist, nprobe=nprobe)
-    del index
+        measure("faiss ivf", top_of(index), serialized_mb(index), seconds, nlist=args.nlist, nprobe=nprobe)
     index, seconds = build(IndexOptions("hnsw", hnsw_m=args.hnsw_m))
     for ef in args.ef_search:
         index.hnsw.efSearch = ef
-        measure("faiss hnsw", lambda q: index.search(q, K)[1][0], serialized_mb(index), seconds,
-                hnsw_m=args.hnsw_m, ef_search=ef)
-    del index
+        measure("faiss hnsw", top_of(index), serialized_mb(index), seconds, hnsw_m=args.hnsw_m, ef_search=ef)
     report = {"n": args.n, "dim": args.dim, "k": K, "queries_per_set": args.queries, "threads": args.threads,
               "build_threads": args.build_threads, "machine": {
                   "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

@@ -1,4 +1,5 @@
-"""The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, index, search, export, plot."""
+"""The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, index, search,
+export, plot."""
 
 from __future__ import annotations
 

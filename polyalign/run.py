@@ -6,6 +6,7 @@ each other.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from polyalign.core.assemble import with_rebuild_options
@@ -35,7 +36,7 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
     if resume is None:
         run_dir = broadcast_path(new_run_dir(Path(out) if out else Path("runs"), recipe)
                                  if dist.is_main else None)
-    loggers = [plugins.build("logger", name, {"run_dir": run_dir}) for name in recipe.logging]
+    loggers = [plugins.build("logger", node.plugin, {"run_dir": run_dir}, **node.options()) for node in recipe.loggers]
     for logger in loggers:
         plugins.pm.register(logger)
     try:
@@ -49,6 +50,11 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
             plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split="test")
             plugins.pm.hook.on_train_end(run_dir=run_dir, metrics=metrics)
         finish_distributed()
+    except BaseException as exc:
+        if dist.is_main:
+            with contextlib.suppress(Exception):  # a logger failing to close must not hide the error
+                plugins.pm.hook.on_train_error(run_dir=run_dir, error=exc)
+        raise
     finally:
         for logger in loggers:
             plugins.pm.unregister(logger)

@@ -150,7 +150,8 @@ def test_a_weighted_sum_of_losses_has_the_inner_product_form_of_the_loss_it_scor
     from polyalign.core.loss import WeightedLoss
 
     queries = {q: z[:4] for q, z in unit(8, 6, seed=9).items() if q != "b"}
-    clip_first = WeightedLoss({"clip": build("clip"), "align_uniform": build("align_uniform")}, {"clip": 1, "align_uniform": 0.1})
+    clip_first = WeightedLoss({"clip": build("clip"), "align_uniform": build("align_uniform")},
+                              {"clip": 1, "align_uniform": 0.1})
     regulariser_first = WeightedLoss({"align_uniform": build("align_uniform"), "clip": build("clip")},
                                      {"align_uniform": 0.1, "clip": 1})
     assert torch.equal(clip_first.inner_product_query(queries, "b"), queries["a"] + queries["c"])

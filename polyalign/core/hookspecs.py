@@ -102,3 +102,10 @@ def on_eval_end(rows: list, run_dir: Any, split: str) -> None:
 @hookspec
 def on_train_end(run_dir: Any, metrics: dict) -> None:
     """Called once after training and evaluation finished on the main process."""
+
+
+@hookspec
+def on_train_error(run_dir: Any, error: BaseException) -> None:
+    """Called on the main process when training or evaluation stopped with ``error`` (which is
+    raised again afterwards; the run can be resumed). A logger holding a connection or an open
+    tracked run should flush and close it, marked as failed."""

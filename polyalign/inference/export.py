@@ -132,7 +132,8 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
     try:
         graphs = export_onnx(model, tmp) if format == "onnx" else []
         shutil.copyfile(model.weights_file, tmp / WEIGHTS)
-        atomic_write_text(tmp / RECIPE_FILE, f"# exported from {run_dir.resolve().name} (resolved)\n" + recipe.to_yaml())
+        atomic_write_text(tmp / RECIPE_FILE,
+                          f"# exported from {run_dir.resolve().name} (resolved)\n" + recipe.to_yaml())
         atomic_write_text(tmp / CARD_FILE, card_markdown(model, header, rows, graphs))
         if dest.exists():
             dest.rmdir()
