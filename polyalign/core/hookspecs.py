@@ -71,8 +71,9 @@ def register_loggers(register: Register) -> None:
     """Register logger plugins: ``register(name, factory, config=Model, help="...")``.
 
     ``factory(config, run_dir)`` returns an object with any of the event-hook methods
-    (``on_train_start``, ``on_step_end``, ``on_eval_end``, ``on_train_end``); the recipe's
-    ``logging`` list chooses which loggers a run uses.
+    (``on_train_start``, ``on_step_end``, ``on_epoch_end``, ``on_eval_end``, ``on_train_end``,
+    ``on_train_error``); the recipe's ``logging`` list chooses which loggers a run uses, by name
+    or as a node ``{plugin: NAME, ...options}`` whose options ``config`` validates.
     """
 
 
