@@ -83,6 +83,20 @@ def serialized_mb(index) -> float:
     return faiss.serialize_index(index).nbytes / 2**20
 
 
+def table(report: dict) -> str:
+    """Markdown: one row per method and setting."""
+    lines = ["| method | setting | build | memory held | peak while querying | median / p95 per query (random) | "
+             "recall@10 (random) | median per query (near) | recall@10 (near) | near: source in top 10 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        setting = ", ".join(f"{k} {row[k]}" for k in ("nlist", "nprobe", "hnsw_m", "ef_search") if k in row)
+        rand, near = row["random"], row["near"]
+        lines.append(f"| {row['method']} | {setting or '—'} | {row['build_s']:.0f} s | {row['held_mb']:.0f} MB | "
+                     f"+{max(rand['query_peak_mb'], near['query_peak_mb']):.0f} MB | {rand['median_ms']:.2f} / {rand['p95_ms']:.2f} ms | {rand['recall_at_10']:.3f} | "
+                     f"{near['median_ms']:.2f} ms | {near['recall_at_10']:.3f} | {near['source_in_top_10']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="candidates")
@@ -95,7 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--table", action="store_true", help="only print the Markdown table of --out")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
     import faiss
 
     load_at_start = os.getloadavg()
@@ -156,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
               "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(report))
     print(f"wrote {args.out}")
 
 

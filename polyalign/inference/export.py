@@ -108,7 +108,7 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
     if format not in FORMATS:
         raise PolyalignError(f"unknown export format {format!r}; formats: {', '.join(FORMATS)}")
     plugins = plugins or default_plugins()
-    run_dir, dest = Path(run_dir), Path(dest)
+    run_dir, dest = Path(run_dir), Path(dest).absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise PolyalignError(f"{dest} exists and is not an empty folder; give a new folder to export into")
     model = load(run_dir, checkpoint=checkpoint, device="cpu", plugins=plugins)
