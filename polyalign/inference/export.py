@@ -52,6 +52,7 @@ def onnx_section(model: TrainedModel, graphs: list[OnnxGraph]) -> list[str]:
     lines += ["", "```python", "import onnxruntime, polyalign", "",
               "model = polyalign.load(\"path/to/this/folder\")",
               f"encoder = model.model.encoders[\"{m}\"]",
+              "values, root = [...], None   # raw values as for model.embed; root: the folder paths are relative to",
               "x = encoder.collate([encoder.load(value, root) for value in values])   # outside the graph",
               f"session = onnxruntime.InferenceSession(\"path/to/this/folder/{graphs[0].file}\")",
               "feeds = {k: v.numpy() for k, v in x.items()} if isinstance(x, dict) else {\"input\": x.numpy()}",
