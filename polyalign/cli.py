@@ -114,6 +114,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(recipe.to_yaml())
     out.print(f"{args.recipe}: valid ({len(recipe.modalities)} modalities, "
               f"loss {'+'.join(n.plugin for n in recipe.losses)}, data {recipe.data.plugin})")
+    if args.check_data:
+        from polyalign.core.data_check import check_data
+
+        lines = check_data(recipe)
+        out.print("checked with the data (every plugin built, the first rows of each split loaded):\n"
+                  + "\n".join(f"  {escape(line)}" for line in lines), soft_wrap=True)
     return 0
 
 
@@ -188,8 +194,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from polyalign.inference.retrieval import embed_to_file
 
     model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
-    path, n = embed_to_file(model, args.modality, args.input, args.out, args.batch_size)
-    out.print(f"embedded {n} {escape(args.modality)} value(s) from {escape(str(args.input))} -> "
+    source = args.input if args.value is None else args.value
+    path, n = embed_to_file(model, args.modality, source, args.out, args.batch_size, single=args.value is not None)
+    out.print(f"embedded {n} {escape(args.modality)} value(s) from {escape(str(source))} -> "
               f"{escape(str(path))} ({n} x {model.embed_dim}; ids in the file's metadata)")
     return 0
 
@@ -284,6 +291,8 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*")
     v.add_argument("--print", action="store_true", help="print the resolved recipe")
+    v.add_argument("--check-data", action="store_true",
+                   help="also build every plugin and load, collate and embed the first rows of each split")
     v.set_defaults(func=cmd_validate)
 
     pl = sub.add_parser("plugins", help="list loaded plugins and registered components")
@@ -313,8 +322,12 @@ def parser() -> argparse.ArgumentParser:
     em = sub.add_parser("embed", help="embed a folder, manifest or array of one modality with a trained model")
     em.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a folder written by `polyalign export`")
     em.add_argument("--modality", required=True)
-    em.add_argument("--input", required=True, metavar="SOURCE",
-                    help="a folder of files, a manifest (.csv/.jsonl), a .npy array of rows or a .txt file of lines")
+    given = em.add_mutually_exclusive_group(required=True)
+    given.add_argument("--input", metavar="SOURCE",
+                       help="a folder of files (one value each), a manifest (.csv/.jsonl), a .npy array (one value "
+                            "per row of its first axis) or a .txt file (one value per line)")
+    given.add_argument("--value", metavar="VALUE",
+                       help="one value: a file holding one value (e.g. a whole recording as .npy), text or [numbers]")
     em.add_argument("--out", required=True, metavar="FILE.safetensors",
                     help="embeddings (tensor 'embeddings'); ids, modality and model in its metadata")
     em.add_argument("--batch-size", type=int, default=None)

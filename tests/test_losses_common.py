@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import polyalign
 from polyalign.core.plugins import default_plugins
+from polyalign.testing import check_loss
 
 D64 = torch.float64
 NAMES = ["a", "b", "c"]
@@ -187,3 +188,8 @@ def test_tiny_symile_run_trains_and_scores_with_the_multilinear_product(tmp_path
     assert steps and {"loss_a", "loss_b", "loss_c", "temperature"} <= set(steps[-1])
     rows = json.loads((run / "eval" / "report.json").read_text())
     assert any(r["metric"] == "accuracy" and r["target"] == "b" for r in rows)
+
+
+@pytest.mark.parametrize("name", default_plugins().registry.names("loss"))
+def test_every_registered_loss_keeps_the_loss_contract_at_its_defaults(name):
+    check_loss(name)

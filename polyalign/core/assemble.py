@@ -72,10 +72,11 @@ def build_loss(recipe: Recipe, plugins: Plugins) -> Loss:
     context = {"modalities": list(recipe.modalities), "embed_dim": recipe.model.embed_dim}
     nodes = recipe.losses
     built = {}
-    for node in nodes:
+    for i, node in enumerate(nodes):
         comp = plugins.registry.get("loss", node.plugin)
         key = node.plugin if node.plugin not in built else f"{node.plugin}_{len(built)}"
-        built[key] = (comp.create(comp.make_config(node.options()), **context), node.weight)
+        with _plugin_context("loss" if len(nodes) == 1 else f"loss.{i}", node.plugin):
+            built[key] = (comp.create(comp.make_config(node.options()), **context), node.weight)
     if len(built) == 1 and nodes[0].weight == 1.0:
         return next(iter(built.values()))[0]
     return WeightedLoss({k: v[0] for k, v in built.items()}, {k: v[1] for k, v in built.items()})
@@ -98,10 +99,8 @@ def assemble(recipe: Recipe, plugins: Plugins | None = None) -> Assembled:
     examples = {m: next((s[m] for s in train if s.get(m) is not None), None) for m in recipe.modalities}
     model = build_model(recipe, plugins, examples, dataset.root)
     check_encoders_load(recipe, model, train, dataset.root)
-    loss_name = "+".join(n.plugin for n in recipe.losses)
-    with _plugin_context("loss", loss_name):
-        loss = build_loss(recipe, plugins)
-    return Assembled(dataset, model, loss, loss_name)
+    loss = build_loss(recipe, plugins)
+    return Assembled(dataset, model, loss, "+".join(n.plugin for n in recipe.losses))
 
 
 @contextmanager

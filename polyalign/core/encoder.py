@@ -1,14 +1,17 @@
-"""The encoder contract: load one raw value, collate a list, map a batch to (B, width)."""
+"""The encoder contract: load one raw value, collate a list, map a batch to (B, width); and
+the helpers encoder plugins share (a value naming a file, padding to a batch with a mask)."""
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
-from .errors import PluginError
+from .errors import PluginError, PolyalignError
 
 Input = Union[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -18,9 +21,10 @@ class Encoder(nn.Module):
 
     Subclasses set ``width`` (the size of the output features), implement ``forward``
     (collated batch -> ``(B, width)``) and ``load`` (one raw value from a sample -> tensor or
-    dict of tensors). The default ``collate`` stacks tensors (or each key of dicts). For ONNX
-    export they implement ``export_example`` and, when an input has a variable axis besides the
-    batch (tokens), name it in ``export_axes``.
+    dict of tensors). The default ``collate`` stacks tensors (or each key of dicts); values of
+    different lengths need :func:`pad_with_mask`, and values naming files :func:`resolve_file`.
+    For ONNX export they implement ``export_example`` and, when an input has a variable axis
+    besides the batch (tokens), name it in ``export_axes``.
     """
 
     width: int
@@ -61,6 +65,54 @@ class Encoder(nn.Module):
         if isinstance(first, dict):
             return {k: torch.stack([v[k] for v in values]) for k in first}
         return torch.stack(values)
+
+
+def encoder_width(encoder: Any, plugin: str) -> int:
+    """The ``width`` an encoder declares, or a :class:`PluginError` naming ``plugin`` and what is wrong."""
+    if not isinstance(encoder, nn.Module):
+        raise PluginError(f"{plugin}: the factory returned a {type(encoder).__name__}, not an encoder; it must "
+                          f"return an nn.Module (subclass polyalign.core.encoder.Encoder)")
+    declared = getattr(encoder, "width", None)
+    if declared is None:
+        raise PluginError(f"{plugin}: {type(encoder).__name__} has no attribute `width`; set self.width to the "
+                          f"size of its output features (forward returns (batch, width)) in __init__")
+    try:
+        width = operator.index(declared)
+    except TypeError:
+        width = 0
+    if width < 1:
+        raise PluginError(f"{plugin}: {type(encoder).__name__}.width is {declared!r}; it must be a positive int "
+                          f"(the size of the output features)")
+    return width
+
+
+def resolve_file(value: Any, root: Path | None, what: str) -> Path:
+    """The existing file a raw value names (relative paths resolve against ``root``); ``what``
+    names the kind of file in the "not found" error (e.g. ``"IMU recording"``)."""
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise PolyalignError(f"expected a path to {what} file, got {type(value).__name__} {value!r}")
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute() and root is not None:
+        path = Path(root) / path
+    if not path.is_file():
+        where = f" (relative paths resolve against {root})" if root is not None else ""
+        raise PolyalignError(f"{what} file not found: {path}{where}")
+    return path
+
+
+def pad_with_mask(values: list[torch.Tensor], pad_value: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tensors of different lengths (first dimension) padded to the longest: ``(B, L, ...)``, and a
+    bool ``(B, L)`` mask that is True on real entries."""
+    if not values:
+        raise PolyalignError("pad_with_mask needs at least one tensor")
+    trailing = {tuple(v.shape[1:]) for v in values}
+    if len(trailing) > 1 or any(v.dim() == 0 for v in values):
+        shapes = ", ".join(str(tuple(v.shape)) for v in values[:5])
+        raise PolyalignError(f"pad_with_mask pads the first dimension only; the other dimensions must agree, got "
+                             f"shapes {shapes}")
+    lengths = torch.tensor([v.shape[0] for v in values])
+    padded = pad_sequence(values, batch_first=True, padding_value=pad_value)
+    return padded, torch.arange(padded.shape[1])[None, :] < lengths[:, None]
 
 
 def batch_size_of(x: Input) -> int:

@@ -2,7 +2,9 @@
 
 A plugin is a module (or object) with functions decorated by ``polyalign.hookimpl``.
 Hooks are called with keyword arguments only; an implementation may accept fewer
-arguments than the spec lists, so specs can grow without breaking plugins.
+arguments than the spec lists, so specs can grow without breaking plugins. A factory may name
+only the context arguments its kind lists below (``registry.CONTEXT``); any other name is an
+error listing them. ``polyalign.testing`` checks encoders and losses against their contracts.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .errors import PluginError
+from .errors import PluginError, PolyalignError
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -86,9 +86,10 @@ class Loss(nn.Module):
         return None
 
 
-def check_loss_output(out: Any, plugin: str) -> LossOutput:
+def check_loss_output(out: Any, plugin: str, needs_grad: bool = False) -> LossOutput:
     """``out`` if it keeps the loss contract (a :class:`LossOutput` holding a scalar floating
-    tensor and number metrics), else a :class:`PluginError` naming ``plugin`` and what it returned."""
+    tensor, with a gradient when ``needs_grad``, and number metrics), else a :class:`PluginError`
+    naming ``plugin`` and what it returned."""
     def fail(got: str) -> PluginError:
         return PluginError(f"loss plugin {plugin!r} returned {got}; forward() must return "
                            f"LossOutput(loss=<0-dim float tensor>, metrics={{name: float}})")
@@ -102,6 +103,10 @@ def check_loss_output(out: Any, plugin: str) -> LossOutput:
         raise fail(f"a loss of shape {tuple(loss.shape)} (reduce it to a scalar, e.g. with .mean())")
     if not loss.is_floating_point():
         raise fail(f"a loss of dtype {loss.dtype}")
+    if needs_grad and not loss.requires_grad:
+        raise PluginError(f"loss plugin {plugin!r} returned a loss that does not depend on the embeddings (no "
+                          f"gradient): keep it a tensor computed from them (no .item(), .detach() or "
+                          f"torch.tensor(...))")
     if not isinstance(out.metrics, dict):
         raise fail(f"metrics of type {type(out.metrics).__name__}")
     for key, value in out.metrics.items():
@@ -133,8 +138,15 @@ class WeightedLoss(Loss):
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:
         total = 0.0
         metrics: dict[str, float] = {}
+        needs_grad = torch.is_grad_enabled() and any(z.requires_grad for z in embeddings.values())
         for name, term in self.terms.items():
-            out = check_loss_output(term(embeddings, present), name)
+            try:
+                raw = term(embeddings, present)
+            except Exception as exc:
+                detail = str(exc) if isinstance(exc, PolyalignError) else f"{type(exc).__name__}: {exc}"
+                raise PluginError(f"loss term {name!r} of the weighted sum {' + '.join(self.terms)} failed: "
+                                  f"{detail}") from exc
+            out = check_loss_output(raw, name, needs_grad)
             total = total + self.weights[name] * out.loss
             metrics[f"{name}/loss"] = float(out.loss.detach())
             metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})

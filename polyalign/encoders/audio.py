@@ -10,10 +10,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
 
-from .files import load_weights_into, local_weights_file, resolve_file
+from .files import load_weights_into, local_weights_file
 
 Wav2Vec2Arch = Literal["base", "large", "large_lv60k", "tiny"]
 

@@ -1,4 +1,4 @@
-"""Raw values that name files: resolve them against the dataset root, with clear errors."""
+"""Pretrained weights for encoders: local files only, read safely, checked against the model."""
 
 from __future__ import annotations
 
@@ -6,19 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.core.errors import PolyalignError
-
-
-def resolve_file(value: Any, root: Path | None, what: str) -> Path:
-    """The existing file a raw value names (relative paths resolve against ``root``)."""
-    if not isinstance(value, (str, Path)) or not str(value).strip():
-        raise PolyalignError(f"expected a path to {what} file, got {type(value).__name__} {value!r}")
-    path = Path(str(value)).expanduser()
-    if not path.is_absolute() and root is not None:
-        path = Path(root) / path
-    if not path.is_file():
-        where = f" (relative paths resolve against {root})" if root is not None else ""
-        raise PolyalignError(f"{what} file not found: {path}{where}")
-    return path
 
 
 def local_weights_file(path: str, what: str) -> Path:

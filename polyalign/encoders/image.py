@@ -10,10 +10,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
 
-from .files import load_weights_into, local_weights_file, resolve_file
+from .files import load_weights_into, local_weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -16,10 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
-
-from .files import resolve_file
 
 
 class TabularConfig(BaseModel):

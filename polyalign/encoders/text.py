@@ -9,10 +9,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, pad_with_mask, resolve_file
 from polyalign.core.errors import PolyalignError
-
-from .files import resolve_file
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model")
 
@@ -33,14 +31,7 @@ def read_text(value: Any, root: Path | None) -> str:
 
 def pad_token_batch(values: list[dict[str, torch.Tensor]], pad_values: dict[str, int]) -> dict[str, torch.Tensor]:
     """Pad 1-D token tensors (per key) to the longest in the batch -> ``{key: (B, L)}``."""
-    longest = max(int(v["input_ids"].shape[0]) for v in values)
-    out = {}
-    for key in values[0]:
-        full = torch.full((len(values), longest), pad_values.get(key, 0), dtype=values[0][key].dtype)
-        for i, v in enumerate(values):
-            full[i, : v[key].shape[0]] = v[key]
-        out[key] = full
-    return out
+    return {key: pad_with_mask([v[key] for v in values], pad_values.get(key, 0))[0] for key in values[0]}
 
 
 def example_texts(batch: int) -> list[str]:

@@ -13,7 +13,7 @@ from polyalign.core.data import describe_value
 from polyalign.core.errors import PolyalignError
 
 from .embeddings_file import check_same_model, provenance, read_embeddings, save_embeddings
-from .sources import Values, query_value, read_source, split_assignment
+from .sources import Values, one_value, query_value, read_source, split_assignment
 from .trained import Hit, TrainedModel, rank_hits
 from .vector_index import (
     SUFFIX,
@@ -27,18 +27,27 @@ from .vector_index import (
 )
 
 
-def embed_source(model: TrainedModel, modality: str, source: str | Path,
-                 batch_size: int | None = None) -> tuple[torch.Tensor, Values]:
-    """Embeddings ``(N, E)`` of every ``modality`` value in ``source`` (folder, manifest, ...), and the values."""
+def embed_source(model: TrainedModel, modality: str, source: str | Path, batch_size: int | None = None,
+                 single: bool = False) -> tuple[torch.Tensor, Values]:
+    """Embeddings ``(N, E)`` of every ``modality`` value in ``source`` (folder, manifest, ...), and the
+    values; with ``single``, ``source`` is one value (a path, text or ``[numbers]``)."""
     model.check_modality(modality)
-    found = read_source(source, modality)
-    return model.embed({modality: found.values}, root=found.root, batch_size=batch_size)[modality], found
+    found = one_value(str(source)) if single else read_source(source, modality)
+    try:
+        return model.embed({modality: found.values}, root=found.root, batch_size=batch_size)[modality], found
+    except PolyalignError as exc:
+        if single or Path(source).suffix != ".npy":
+            raise
+        raise PolyalignError(f"{exc} ({source} was read as {len(found.values)} value(s), one per row of its first "
+                             f"axis; if the file holds one value, embed it with `polyalign embed --value "
+                             f"{source}`)") from exc
 
 
 def embed_to_file(model: TrainedModel, modality: str, source: str | Path, out: str | Path,
-                  batch_size: int | None = None) -> tuple[Path, int]:
-    """Embed ``source`` and write the embeddings with their ids to ``out`` (.safetensors)."""
-    embeddings, found = embed_source(model, modality, source, batch_size)
+                  batch_size: int | None = None, single: bool = False) -> tuple[Path, int]:
+    """Embed ``source`` (or, with ``single``, the one value it names) and write the embeddings with
+    their ids to ``out`` (.safetensors)."""
+    embeddings, found = embed_source(model, modality, source, batch_size, single)
     return save_embeddings(out, model, modality, embeddings, found.ids, str(source)), len(found.ids)
 
 

@@ -11,8 +11,8 @@ import numpy as np
 from polyalign.core.errors import PolyalignError
 from polyalign.core.manifest_file import SUFFIXES, parse_cell, read_manifest
 
-SOURCE_KINDS = "a folder of files, a manifest (.csv or .jsonl, one column per modality), a .npy array " \
-               "(one row per value) or a .txt file (one value per line)"
+SOURCE_KINDS = "a folder of files (one value per file), a manifest (.csv or .jsonl, one column per modality), " \
+               "a .npy array (one value per row of its first axis) or a .txt file (one value per line)"
 
 
 @dataclass
@@ -58,13 +58,21 @@ def read_source(source: str | Path, modality: str) -> Values:
             rows = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise PolyalignError(f"cannot read {path} as a NumPy array: {exc}") from None
-        if rows.ndim != 2:
-            raise PolyalignError(f"{path}: expected a 2-D array (one row per value), got shape {rows.shape}")
+        if rows.ndim < 2:
+            raise PolyalignError(f"{path} holds an array of shape {rows.shape}, which is one value, not rows of "
+                                 f"values (a .npy source holds one value per row of its first axis); embed a file "
+                                 f"holding one value with `polyalign embed --value {path}`")
         return Values(list(rows), list(range(len(rows))), None)
     if path.suffix == ".txt":
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return Values(lines, list(lines), path.parent)
     raise PolyalignError(f"{path}: cannot tell what values it holds; give {SOURCE_KINDS}")
+
+
+def one_value(text: str) -> Values:
+    """A single raw value given on the command line: a path (a file holding one value, e.g. a whole
+    recording in a ``.npy``), inline text or ``[numbers]``; its id is the text itself."""
+    return Values([query_value(text)], [text], None)
 
 
 def split_assignment(text: str, option: str) -> tuple[str, str]:
