@@ -78,6 +78,8 @@ class WandbLogger:
 
     @hookimpl
     def on_eval_end(self, rows: list, split: str) -> None:
+        if self.run is None:
+            return
         columns = row_columns(rows)
         data: dict[str, Any] = {eval_tag(r, split): float(r["value"]) for r in rows
                                 if isinstance(r.get("value"), (int, float))}
