@@ -146,6 +146,15 @@ def test_resume_continues_the_same_tracked_runs_without_repeating_a_step(run, of
             assert got == mlflow_history(client, reference.info.run_id, key), key
 
 
+def test_mlflow_takes_the_store_from_the_environment_when_the_recipe_names_none(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    run = polyalign.train(RECIPE, out=tmp_path, overrides=BASE + ["train.epochs=1", "eval=[]", "logging=[mlflow]"])
+    client, tracked = mlflow_run(run)
+    assert client.tracking_uri == store and tracked.info.status == "FINISHED"
+    assert client.get_experiment(tracked.info.experiment_id).name == "polyalign"
+    assert [s for s, _ in mlflow_history(client, tracked.info.run_id, "epoch/train_loss")] == [8]
+
+
 @pytest.mark.parametrize("entry, where, message", [
     ("{plugin: mlflow, tracking_uri: 5}", "logging.1.tracking_uri", "valid string"),
     ("{plugin: mlflow, trackinguri: x}", "logging.1.trackinguri", "Extra inputs are not permitted"),

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from google.protobuf.message import DecodeError
 
 BLOCK = 32 * 1024
 HEADER = 7
@@ -41,6 +44,22 @@ def records(path: Path) -> Iterator[Any]:
             yield record
 
 
+def finished_records(path: Path, timeout: float = 60.0) -> list[Any]:
+    """The records of a run file once it holds its ``exit`` record: W&B's service process may
+    still be writing the file for a moment after ``run.finish()`` returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = list(records(path))
+            if any(r.WhichOneof("record_type") == "exit" for r in found):
+                return found
+        except DecodeError:  # a record being written
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} has no exit record after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def offline_runs(run_dir: Path) -> list[dict[str, Any]]:
     """Each offline run under ``run_dir/wandb``, oldest first: its id, config, branch point and
     history rows ``{key: value}`` (values decoded from JSON; the fields of a logged table or image
@@ -48,7 +67,7 @@ def offline_runs(run_dir: Path) -> list[dict[str, Any]]:
     runs = []
     for path in sorted((Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb")):
         run: dict[str, Any] = {"history": [], "config": {}, "branch_point": None}
-        for record in records(path):
+        for record in finished_records(path):
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 run["id"] = record.run.run_id
