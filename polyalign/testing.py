@@ -29,11 +29,12 @@ from polyalign.core.batch import Collator
 from polyalign.core.data import describe_value
 from polyalign.core.encoder import Encoder, Input, encoder_width
 from polyalign.core.errors import PolyalignError
+from polyalign.core.layer_groups import checked_layer_groups
 from polyalign.core.loss import Loss, LossOutput, check_loss_output
 from polyalign.core.model import MultiModalModel
 
 ENCODER_PROPERTIES = ("width", "load", "collate", "load_batch", "forward", "batch independence",
-                      "missing rows", "gradients", "rebuild")
+                      "missing rows", "gradients", "layer groups", "rebuild")
 LOSS_PROPERTIES = ("output", "finite", "gradients", "modality order", "missing rows", "score shape",
                    "positive ranks first", "inner product")
 MODALITY = "x"  # the modality name an encoder is checked under
@@ -104,8 +105,9 @@ def check_encoder(encoder: Encoder | str, values: Sequence[Any], root: Path | st
     features do not depend on the other rows of its batch, padding included; eval mode),
     ``missing rows`` (in a batch where a row lacks the modality, the core's collate and model
     embed the other rows as without the hole), ``gradients`` (finite, reaching the parameters;
-    train mode) and, for a registered name, ``rebuild`` (``rebuild_options()`` rebuilds the same
-    architecture without an example). ``skip`` names properties not to check. Returns the encoder.
+    train mode), ``layer groups`` (``layer_groups()`` lists each parameter exactly once) and, for a
+    registered name, ``rebuild`` (``rebuild_options()`` rebuilds the same architecture without an
+    example). ``skip`` names properties not to check. Returns the encoder.
     """
     skipped = _check_skip(skip, ENCODER_PROPERTIES)
     values = list(values)
@@ -160,6 +162,11 @@ def check_encoder(encoder: Encoder | str, values: Sequence[Any], root: Path | st
         enc.train()
         _check_encoder_gradients(enc, who, batch)
     enc.train(was_training)
+    if "layer groups" not in skipped:
+        try:
+            checked_layer_groups(enc, who)
+        except PolyalignError as exc:
+            raise _fail(who, "layer groups", str(exc)) from None
     if isinstance(encoder, str) and "rebuild" not in skipped:
         _check_rebuild(enc, encoder, who, options)
     return enc

@@ -29,7 +29,9 @@ def register_encoders(register: Register) -> None:
     only those you need): ``modality`` (the recipe's name for it), ``example`` (one raw value
     from the train split, e.g. to infer an input size) and ``root`` (the dataset's folder).
     An encoder that infers options from ``example`` returns them from ``rebuild_options()``,
-    so a trained model can be rebuilt without its data (``polyalign.load``).
+    so a trained model can be rebuilt without its data (``polyalign.load``). An encoder with
+    blocks returns them from ``layer_groups()`` (for ``unlocked_layers`` and ``train.layer_decay``);
+    one with training-only structure (LoRA adapters) folds it away in ``merge_for_export()``.
     """
 
 

@@ -38,6 +38,10 @@ class LossNode(PluginNode):
 
 class ModalityNode(Strict):
     encoder: PluginNode
+    unlocked_layers: int | None = Field(None, ge=1, description="train only the encoder's last K layer groups "
+                                        "(LiT-style); the earlier ones are locked")
+    lr_scale: float = Field(1.0, gt=0, description="multiplies train.lr for this modality's "
+                            "encoder (its projection head keeps train.lr)")
 
 
 class ModelSection(Strict):
@@ -68,6 +72,8 @@ class TrainSection(Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float | None = Field(1.0, gt=0)
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay: an encoder's layer "
+                                      "group i of n trains at lr * layer_decay ** (n - i)")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = "auto"
 

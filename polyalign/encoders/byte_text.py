@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from polyalign.core.encoder import Encoder
+from polyalign.core.layer_groups import named_layer_groups
 
 from .text import TOKEN_AXES, example_texts, pad_token_batch, pool_tokens, read_text
 
@@ -55,6 +56,10 @@ class ByteTextEncoder(Encoder):
         self.norm = nn.LayerNorm(config.dim)
         nn.init.normal_(self.tokens.weight, std=0.02)
         nn.init.normal_(self.positions.weight, std=0.02)
+
+    def layer_groups(self) -> list[list[str]]:
+        """Token and position embeddings, then each transformer layer (the last with the final norm)."""
+        return named_layer_groups(self, [[self.tokens, self.positions], *[[b] for b in self.transformer.layers]])
 
     def load(self, value: Any, root: Path | None) -> dict[str, torch.Tensor]:
         """One text (inline or ``.txt``) -> ``{input_ids, attention_mask}`` 1-D tensors."""

@@ -12,6 +12,7 @@ from torch import nn
 
 from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
+from polyalign.core.layer_groups import named_layer_groups
 
 Layout = Literal["auto", "leads_first", "time_first"]
 
@@ -158,6 +159,10 @@ class EcgEncoder(Encoder):
 
     def rebuild_options(self) -> dict[str, Any]:
         return {"length": self.length}
+
+    def layer_groups(self) -> list[list[str]]:
+        """The stem, then each residual block."""
+        return named_layer_groups(self, [[self.net.stem], *[[b] for b in self.net.stages]])
 
     def load(self, value: Any, root: Path | None) -> torch.Tensor:
         """One recording -> ``(leads, length)``: standardised per lead, cropped or zero-padded."""

@@ -7,10 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
 
 from polyalign.core.encoder import Encoder, pad_with_mask, resolve_file
 from polyalign.core.errors import PolyalignError
+from polyalign.core.layer_groups import named_layer_groups
+
+from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model")
 
@@ -88,6 +92,18 @@ class TextConfig(BaseModel):
     pooling: Literal["mean", "cls"] = Field("mean", description="mean over tokens, or the first token")
     max_length: int = Field(128, ge=2, description="tokens kept per text (longer texts are truncated)")
     freeze: bool = Field(False, description="keep the transformer fixed (eval mode, no gradients)")
+    lora: LoraOptions | None = Field(None, description="train LoRA adapters instead of the transformer (peft); "
+                                                      "target_modules default: all-linear")
+
+    _lora_trains = model_validator(mode="after")(check_not_frozen)
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The layers of a Hugging Face transformer: its ModuleList holding the most parameters."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m)]
+    if not lists:
+        raise PolyalignError(f"encoder 'text': {type(model).__name__} has no list of layers to group")
+    return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
 
 
 class TextEncoder(Encoder):
@@ -109,6 +125,28 @@ class TextEncoder(Encoder):
         self.pad_values = {"input_ids": int(self.tokenizer.pad_token_id or 0)}
         if config.freeze:
             self.transformer.requires_grad_(False)
+        if config.lora:
+            self.transformer = add_lora(self.transformer, config.lora, "all-linear", "encoder 'text'")
+
+    def layer_groups(self) -> list[list[str]]:
+        """The parameters before the layers (embeddings), then each layer (the last with what follows it)."""
+        network = base_network(self.transformer, self.config.lora)
+        blocks = transformer_blocks(network)
+        first = {id(p) for p in blocks[0].parameters()}
+        stem = []
+        for p in network.parameters():
+            if id(p) in first:
+                break
+            stem.append(p)
+        return named_layer_groups(self, [stem, *[[b] for b in blocks]])
+
+    def merge_for_export(self) -> dict[str, Any]:
+        """Merge LoRA adapters into the transformer (the model folder is still needed for its tokenizer)."""
+        if not self.config.lora:
+            return {}
+        self.transformer = merge_lora(self.transformer)
+        self.config = self.config.model_copy(update={"lora": None})
+        return {"lora": None}
 
     def train(self, mode: bool = True) -> "TextEncoder":
         super().train(mode)

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors.torch import save_file
 
-from polyalign.core.assemble import build_model, with_rebuild_options
+from polyalign.core.assemble import with_rebuild_options
 from polyalign.core.atomic import atomic_write_text
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.evaluator import report_markdown
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
@@ -21,7 +22,7 @@ from polyalign.core.weights import WEIGHTS, CheckpointError, load_state
 
 from .model_card import CARD_FILE, requirements
 from .onnx_export import OUTPUT, TOLERANCE, OnnxGraph, export_onnx
-from .trained import TrainedModel, load
+from .trained import TrainedModel, build_parts, file_sha256, load
 
 FORMATS = ("safetensors", "onnx")
 
@@ -73,9 +74,11 @@ def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[s
         lines += [recipe.description, ""]
     lines += [f"Exported by polyalign {header['polyalign_version']} from run `{header['source_run']}`, "
               f"checkpoint `{header['checkpoint']}` ({trained}). Weights: `{WEIGHTS}` (safetensors, "
-              f"SHA-256 `{header['weights_sha256'][:16]}…`); the resolved training recipe: `{RECIPE_FILE}`.", "",
-              "## Model", "",
-              "| modality | encoder | encoder output width | embedding size |", "|---|---|---|---|"]
+              f"SHA-256 `{header['weights_sha256'][:16]}…`); the resolved training recipe: `{RECIPE_FILE}`.", ""]
+    if header["merged"]:
+        lines += [f"Training-only structure (LoRA adapters) of {', '.join(header['merged'])} is merged into these "
+                  f"weights: loading them needs no adapter library.", ""]
+    lines += ["## Model", "", "| modality | encoder | encoder output width | embedding size |", "|---|---|---|---|"]
     for m, encoder in model.model.encoders.items():
         lines.append(f"| {m} | {recipe.modalities[m].encoder.plugin} | {encoder.width} | {model.embed_dim} |")
     lines += ["", f"Normalisation: {recipe.model.normalize}; missing modalities: {recipe.missing.strategy}. "
@@ -113,26 +116,38 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise PolyalignError(f"{dest} exists and is not an empty folder; give a new folder to export into")
     model = load(run_dir, checkpoint=checkpoint, device="cpu", plugins=plugins)
-    recipe = with_rebuild_options(model.recipe, model.model, plugins)
+    before = model.parts.state_dict().keys()
+    changed = {m: encoder.merge_for_export() for m, encoder in model.model.encoders.items()}
+    weights = model.parts.state_dict()
+    merged = sorted({k.split(".")[2] for k in before ^ weights.keys() if k.startswith("model.encoders.")})
+    recipe = with_rebuild_options(model.recipe, model.model, plugins, changed)
     try:
-        build_model(recipe, plugins)
+        rebuilt = build_parts(recipe, plugins, allow_data=False)
     except PolyalignError as exc:
         raise PolyalignError(f"cannot export {run_dir}: its model cannot be rebuilt without the training "
                              f"data ({exc}). The encoder that infers this option should return it from "
                              f"rebuild_options().") from exc
+    try:
+        rebuilt.load_state_dict(weights)
+    except PolyalignError as exc:
+        raise PluginError(f"cannot export {run_dir}: the weights after the encoders' merge_for_export() do not "
+                          f"fit the model the exported recipe builds: {exc}") from exc
     report = run_dir / REPORT_DIR / REPORT_JSON
     rows = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else []
-    header = {"polyalign_version": version("polyalign"), "name": recipe.name,
-              "source_run": run_dir.resolve().name, "checkpoint": model.checkpoint,
-              **_progress(model.weights_file), "modalities": model.modalities,
-              "embed_dim": model.embed_dim, "weights_sha256": model.weights_sha256,
-              "requires": requirements(recipe, plugins)}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     tmp.mkdir()
     try:
-        graphs = export_onnx(model, tmp) if format == "onnx" else []
-        shutil.copyfile(model.weights_file, tmp / WEIGHTS)
+        if merged:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        else:  # the checkpoint's own file: embeddings made by the run still match the export
+            shutil.copyfile(model.weights_file, tmp / WEIGHTS)
+        header = {"polyalign_version": version("polyalign"), "name": recipe.name,
+                  "source_run": run_dir.resolve().name, "checkpoint": model.checkpoint,
+                  **_progress(model.weights_file), "modalities": model.modalities,
+                  "embed_dim": model.embed_dim, "weights_sha256": file_sha256(tmp / WEIGHTS),
+                  "merged": merged, "requires": requirements(recipe, plugins)}
+        graphs = export_onnx(model, tmp, header["weights_sha256"]) if format == "onnx" else []
         atomic_write_text(tmp / RECIPE_FILE,
                           f"# exported from {run_dir.resolve().name} (resolved)\n" + recipe.to_yaml())
         atomic_write_text(tmp / CARD_FILE, card_markdown(model, header, rows, graphs))

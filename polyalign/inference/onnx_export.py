@@ -81,8 +81,9 @@ def _example(model: TrainedModel, modality: str, batch: int) -> Input:
     return example
 
 
-def export_graph(model: TrainedModel, modality: str, dest: Path) -> OnnxGraph:
-    """Write ``dest/<modality>.onnx`` and check it against the model with onnxruntime."""
+def export_graph(model: TrainedModel, modality: str, dest: Path, weights_sha256: str) -> OnnxGraph:
+    """Write ``dest/<modality>.onnx`` and check it against the model with onnxruntime;
+    ``weights_sha256`` names the exported weights the graph was made from (in its metadata)."""
     runtime = _runtime()
     if not SAFE_NAME.match(modality):
         raise PolyalignError(f"modality {modality!r} cannot name a file; rename it in the recipe (letters, "
@@ -108,7 +109,7 @@ def export_graph(model: TrainedModel, modality: str, dest: Path) -> OnnxGraph:
         "polyalign.modality": modality, "polyalign.model": model.recipe.name,
         "polyalign.encoder": model.recipe.modalities[modality].encoder.plugin,
         "polyalign.embed_dim": str(model.embed_dim), "polyalign.normalize": model.recipe.model.normalize,
-        "polyalign.weights_sha256": model.weights_sha256})
+        "polyalign.weights_sha256": weights_sha256})
     program.save(str(path))
     check = _example(model, modality, 3)  # another batch size (and token length) than the export's
     with torch.no_grad():
@@ -137,6 +138,6 @@ def _dtype_name(elem_type: int) -> str:
     return onnx.TensorProto.DataType.Name(elem_type).lower()
 
 
-def export_onnx(model: TrainedModel, dest: Path) -> list[OnnxGraph]:
+def export_onnx(model: TrainedModel, dest: Path, weights_sha256: str) -> list[OnnxGraph]:
     """Export every modality of ``model`` (on the CPU, in eval mode) into ``dest``."""
-    return [export_graph(model, m, Path(dest)) for m in model.modalities]
+    return [export_graph(model, m, Path(dest), weights_sha256) for m in model.modalities]

@@ -66,6 +66,15 @@ def values_list(modality: str, values: Any) -> list[Any]:
                              f"{type(values).__name__}") from None
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read a block at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def rank_hits(scores: torch.Tensor, top_k: int, ids: Sequence[Any] | None = None) -> list[list[Hit]]:
     """The ``top_k`` best candidates of each query row of ``scores`` (Q, C); ties keep list order."""
     if top_k < 1:
@@ -122,11 +131,7 @@ class TrainedModel:
     def weights_sha256(self) -> str:
         """SHA-256 of the weights file: identifies the model that made an embeddings file."""
         if self._sha256 is None:
-            digest = hashlib.sha256()
-            with open(self.weights_file, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            self._sha256 = digest.hexdigest()
+            self._sha256 = file_sha256(self.weights_file)
         return self._sha256
 
     def check_modality(self, modality: str) -> None:

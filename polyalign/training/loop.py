@@ -51,7 +51,7 @@ class Trainer:
         self.steps_per_epoch = max(1, self.batches_per_epoch // cfg.accumulate)
         total = self.steps_per_epoch * cfg.epochs
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
-        optimizer, self.scheduler = build_optimizer([self.model, self.loss_fn], cfg, self.total_steps)
+        optimizer, self.scheduler = build_optimizer(self.model, self.loss_fn, recipe, self.total_steps)
         self.optimizer = optimizer
         self.stepper = Stepper(recipe, self.model, self._forward_model(), self.loss_fn, optimizer,
                                self.scheduler, self.device)
