@@ -91,8 +91,9 @@ def table(report: dict) -> str:
     for row in report["rows"]:
         setting = ", ".join(f"{k} {row[k]}" for k in ("nlist", "nprobe", "hnsw_m", "ef_search") if k in row)
         rand, near = row["random"], row["near"]
+        peak = max(rand["query_peak_mb"], near["query_peak_mb"])
         lines.append(f"| {row['method']} | {setting or '—'} | {row['build_s']:.0f} s | {row['held_mb']:.0f} MB | "
-                     f"+{max(rand['query_peak_mb'], near['query_peak_mb']):.0f} MB | {rand['median_ms']:.2f} / {rand['p95_ms']:.2f} ms | {rand['recall_at_10']:.3f} | "
+                     f"+{peak:.0f} MB | {rand['median_ms']:.2f} / {rand['p95_ms']:.2f} ms | {rand['recall_at_10']:.3f} | "
                      f"{near['median_ms']:.2f} ms | {near['recall_at_10']:.3f} | {near['source_in_top_10']:.2f} |")
     return "\n".join(lines)
 
