@@ -1,4 +1,5 @@
-"""The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, search, export, plot."""
+"""The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, index, search,
+export, plot."""
 
 from __future__ import annotations
 
@@ -239,6 +240,24 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    import polyalign
+    from polyalign.inference.retrieval import index_to_file
+    from polyalign.inference.vector_index import IndexOptions
+
+    options = IndexOptions(args.kind, args.nlist, args.nprobe, args.hnsw_m, args.ef_search)
+    options.check()
+    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    report = index_to_file(model, args.modality, args.input, args.out, options, args.batch_size)
+    quality = ("exact inner-product search" if report.recall is None else
+               f"recall@10 = {report.recall:.3f} against exact search, measured with {report.recall_queries} "
+               f"of its vectors as queries")
+    out.print(f"indexed {report.count} {escape(args.modality)} embedding(s) from {escape(str(args.input))} -> "
+              f"{escape(str(report.path))} ({args.kind} index: {quality}). Search it with --candidates "
+              f"{escape(args.modality)}={escape(str(report.path))}")
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     import polyalign
     from polyalign.inference.retrieval import search_sources, show_value
@@ -264,9 +283,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from polyalign.inference.export import export_model
 
-    dest = export_model(args.run_dir, args.dest, checkpoint=args.checkpoint)
+    dest = export_model(args.run_dir, args.dest, checkpoint=args.checkpoint, format=args.format)
+    graphs = sorted(p.name for p in dest.glob("*.onnx"))
     out.print(f"exported {escape(str(args.run_dir))} ({args.checkpoint} checkpoint) to {escape(str(dest))}: "
-              f"model.safetensors, recipe.yaml, MODEL_CARD.md; load it with polyalign.load({str(dest)!r})")
+              f"model.safetensors, recipe.yaml, MODEL_CARD.md{''.join(', ' + escape(g) for g in graphs)}; "
+              f"load it with polyalign.load({str(dest)!r})")
     return 0
 
 
@@ -354,22 +375,44 @@ def parser() -> argparse.ArgumentParser:
         em.add_argument(f"--{name}", **kw)
     em.set_defaults(func=cmd_embed)
 
+    ix = sub.add_parser("index", help="build a faiss index over the embeddings of one modality, for search")
+    ix.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a folder written by `polyalign export`")
+    ix.add_argument("--modality", required=True)
+    ix.add_argument("--input", required=True, metavar="SOURCE",
+                    help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines or an embeddings file "
+                         "from `polyalign embed`")
+    ix.add_argument("--out", required=True, metavar="FILE.faiss",
+                    help="the index; its ids and provenance go to FILE.faiss.json beside it")
+    ix.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat",
+                    help="flat = exact inner product (default); ivf, hnsw = approximate, faster on millions")
+    ix.add_argument("--nlist", type=int, default=None, help="ivf: clusters (default about 4 x sqrt(N))")
+    ix.add_argument("--nprobe", type=int, default=16, help="ivf: clusters searched per query (default 16)")
+    ix.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per vector (default 32)")
+    ix.add_argument("--ef-search", type=int, default=64, help="hnsw: candidate list per query (default 64)")
+    ix.add_argument("--batch-size", type=_count(1), default=None)
+    for name, kw in use.items():
+        ix.add_argument(f"--{name}", **kw)
+    ix.set_defaults(func=cmd_index)
+
     se = sub.add_parser("search", help="rank candidates of one modality for a query of others")
     se.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a folder written by `polyalign export`")
     se.add_argument("--query", action="append", default=[], metavar="MODALITY=VALUE",
                     help="a path, inline text or [numbers]; repeat for several query modalities")
     se.add_argument("--candidates", required=True, metavar="MODALITY=SOURCE",
-                    help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines or an embeddings file "
-                         "from `polyalign embed`")
+                    help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines, an embeddings file "
+                         "from `polyalign embed` or an index from `polyalign index` (.faiss)")
     se.add_argument("--top", type=_count(1), default=5)
     for name, kw in use.items():
         se.add_argument(f"--{name}", **kw)
     se.set_defaults(func=cmd_search)
 
-    ex = sub.add_parser("export", help="write a self-contained model folder: weights, recipe, model card")
+    ex = sub.add_parser("export", help="write a self-contained model folder: weights, recipe, model card (and ONNX)")
     ex.add_argument("run_dir", metavar="RUN_DIR")
     ex.add_argument("dest", metavar="DIR", help="a new (or empty) folder")
     ex.add_argument("--checkpoint", **use["checkpoint"])
+    ex.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
+                    help="onnx: also one MODALITY.onnx graph per modality (encoder + head + normalisation; "
+                         "needs pip install 'polyalign[onnx]')")
     ex.set_defaults(func=cmd_export)
 
     pt = sub.add_parser("plot", help="plot loss, temperature, learning rate and evaluation of runs (PNG)")

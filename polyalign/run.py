@@ -6,6 +6,7 @@ each other.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
         with hold_run_dir(run_dir, dist):
             if changed and dist.is_main:  # the overrides a resume allows are applied, and recorded
                 write_recipe(run_dir, recipe)
-            loggers = [plugins.build("logger", name, {"run_dir": run_dir}) for name in recipe.logging]
+            loggers = [plugins.build("logger", node.plugin, {"run_dir": run_dir}, **node.options())
+                       for node in recipe.loggers]
             for logger in loggers:
                 plugins.pm.register(logger)
             try:
@@ -59,6 +61,11 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
                     plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split="test")
                     plugins.pm.hook.on_train_end(run_dir=run_dir, metrics=metrics)
                 finish_distributed()
+            except BaseException as exc:
+                if dist.is_main:
+                    with contextlib.suppress(Exception):  # a logger failing to close must not hide the error
+                        plugins.pm.hook.on_train_error(run_dir=run_dir, error=exc)
+                raise
             finally:
                 for logger in loggers:
                     plugins.pm.unregister(logger)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import operator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import torch
 from torch import nn
@@ -26,9 +26,14 @@ class Encoder(nn.Module):
     Encoders with blocks override ``layer_groups`` (for ``unlocked_layers`` and
     ``train.layer_decay``); encoders with training-only structure (LoRA adapters) override
     ``merge_for_export``.
+    For ONNX export they implement ``export_example`` and, when an input has a variable axis
+    besides the batch (tokens), name it in ``export_axes``.
     """
 
     width: int
+    export_axes: ClassVar[dict[str, dict[int, str]]] = {}
+    """Variable axes besides the batch, by input name (``input`` for a plain tensor), e.g.
+    ``{"input_ids": {1: "length"}}``; axes with the same name must have the same size."""
 
     def layer_groups(self) -> list[list[str]]:
         """This encoder's parameter names (as ``named_parameters()`` gives them) in layers, input first.
@@ -76,6 +81,13 @@ class Encoder(nn.Module):
         encoder's config model.
         """
         return {}
+
+    def export_example(self, batch: int) -> Input | None:
+        """A synthetic collated batch of ``batch`` inputs, in the form ``forward`` takes (what
+        ``load`` and ``collate`` make of real values), to trace the encoder into ONNX
+        (``polyalign export --format onnx``). None, the default, says the encoder cannot be
+        exported; everything ``load`` does stays outside the exported graph."""
+        return None
 
     def load_batch(self, values: list[Any], root: Path | None) -> Input:
         """Load and collate several raw values at once; override with a vectorised version when

@@ -4,6 +4,7 @@ and the ranking metrics the built-in evaluators share."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,13 +164,23 @@ def format_value(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def row_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The columns of a table of evaluator rows: the row keys, then any others (ci_low, ...) sorted."""
+    return list(ROW_KEYS) + sorted({k for r in rows for k in r} - set(ROW_KEYS))
+
+
+def eval_tag(row: dict[str, Any], split: str) -> str:
+    """A metric name for an evaluator row, e.g. ``eval/test/zero_shot/b_from_a+c/accuracy``."""
+    query = "+".join(row.get("query") or [])
+    parts = [str(row.get("task", "eval")), f"{row.get('target')}_from_{query}", str(row.get("metric"))]
+    return "/".join(["eval", split] + [re.sub(r"\s+", "_", p) for p in parts])
+
+
 def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation") -> str:
     """The rows as a Markdown table (query lists joined with '+')."""
     if not rows:
         return f"# {title}\n\nNo evaluators in the recipe.\n"
-    cols = list(ROW_KEYS)
-    extra = sorted({k for r in rows for k in r} - set(cols))
-    cols += extra
+    cols = row_columns(rows)
     lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = ["+".join(r[c]) if c == "query" else format_value(r.get(c, "")) for c in cols]

@@ -81,8 +81,9 @@ def register_loggers(register: Register) -> None:
     """Register logger plugins: ``register(name, factory, config=Model, help="...")``.
 
     ``factory(config, run_dir)`` returns an object with any of the event-hook methods
-    (``on_train_start``, ``on_step_end``, ``on_eval_end``, ``on_train_end``); the recipe's
-    ``logging`` list chooses which loggers a run uses.
+    (``on_train_start``, ``on_step_end``, ``on_epoch_end``, ``on_eval_end``, ``on_train_end``,
+    ``on_train_error``); the recipe's ``logging`` list chooses which loggers a run uses, by name
+    or as a node ``{plugin: NAME, ...options}`` whose options ``config`` validates.
     """
 
 
@@ -112,3 +113,10 @@ def on_eval_end(rows: list, run_dir: Any, split: str) -> None:
 @hookspec
 def on_train_end(run_dir: Any, metrics: dict) -> None:
     """Called once after training and evaluation finished on the main process."""
+
+
+@hookspec
+def on_train_error(run_dir: Any, error: BaseException) -> None:
+    """Called on the main process when training or evaluation stopped with ``error`` (which is
+    raised again afterwards; the run can be resumed). A logger holding a connection or an open
+    tracked run should flush and close it, marked as failed."""

@@ -82,6 +82,8 @@ class Loss(nn.Module):
     ``(N,)`` mask (None = all present); returns :class:`LossOutput`.
     ``score(queries, candidates, target)``: ``queries[m]`` is ``(Q, d)`` for each query
     modality, ``candidates`` ``(C, d)`` embeddings of ``target``; returns ``(Q, C)`` scores.
+    ``inner_product_query(queries, target)``: whether the score reduces to an inner product
+    with the candidate, which is what lets an index (``polyalign index``) serve the loss.
     """
 
     def forward(self, embeddings: dict[str, torch.Tensor],
@@ -91,6 +93,14 @@ class Loss(nn.Module):
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
               target: str) -> torch.Tensor:  # pragma: no cover
         raise TypeError(f"loss {type(self).__name__} does not define score()")
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
+        """``(Q, d)`` vectors ``v`` such that ``score`` ranks every candidate ``c`` of ``target`` as
+        ``v · c`` does (the score a non-decreasing function of it), or None when the score does not
+        reduce to an inner product with the candidate (e.g. GRAM's volume): then an inner-product
+        index cannot rank for this loss and ``polyalign search`` refuses to use one. The default
+        is None; override it when the scoring rule allows it."""
+        return None
 
 
 def check_loss_output(out: Any, plugin: str, needs_grad: bool = False) -> LossOutput:
@@ -162,3 +172,6 @@ class WeightedLoss(Loss):
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
               target: str) -> torch.Tensor:
         return next(iter(self.terms.values())).score(queries, candidates, target)
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
+        return next(iter(self.terms.values())).inner_product_query(queries, target)

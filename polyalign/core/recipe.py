@@ -116,12 +116,17 @@ class Recipe(Strict):
     missing: MissingSection = Field(default_factory=MissingSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: list[PluginNode] = Field(default_factory=list)
-    logging: list[str] = Field(default_factory=lambda: ["jsonl"])
+    logging: list[str | PluginNode] = Field(default_factory=lambda: ["jsonl"])
 
     @property
     def losses(self) -> list[LossNode]:
         """The loss nodes as a list (one plugin or a weighted sum)."""
         return self.loss if isinstance(self.loss, list) else [self.loss]
+
+    @property
+    def loggers(self) -> list[PluginNode]:
+        """The ``logging`` entries as plugin nodes (a plain name is a node without options)."""
+        return [PluginNode(plugin=e) if isinstance(e, str) else e for e in self.logging]
 
     def to_yaml(self) -> str:
         """The resolved recipe (every default filled in) as YAML."""
@@ -133,6 +138,7 @@ def _path(loc: tuple | list) -> str:
 
 
 _LOSS_BRANCHES = ("LossNode", "list[LossNode]")
+_LOGGER_BRANCHES = ("str", "PluginNode")
 
 
 _SECTION_MODELS: dict[tuple, type[BaseModel]] = {
@@ -158,6 +164,7 @@ def _pydantic_problems(exc: ValidationError, prefix: tuple = (), raw: Any = None
     an unknown key there is compared with."""
     loss = raw.get("loss") if isinstance(raw, dict) else None
     branch = "list[LossNode]" if isinstance(loss, list) else "LossNode" if isinstance(loss, dict) else None
+    logging = raw.get("logging") if isinstance(raw, dict) else None
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -167,6 +174,14 @@ def _pydantic_problems(exc: ValidationError, prefix: tuple = (), raw: Any = None
                 continue
             if loc[1] != branch:
                 continue
+        if not prefix and len(loc) > 2 and loc[0] == "logging" and loc[2] in _LOGGER_BRANCHES:
+            if not isinstance(logging[loc[1]], dict):
+                problems.append((_path(loc[:2]), "a logger is a name (jsonl) or a plugin node "
+                                                 "{plugin: NAME, ...options}"))
+                continue
+            if loc[2] != "PluginNode":
+                continue
+            loc = loc[:2] + loc[3:]
         loc = tuple(p for p in loc if p not in _LOSS_BRANCHES)
         message = re.sub(r" or instance of \w+|^Value error, ", "", err["msg"]) + _unknown_key_hint(err, models or {})
         problems.append((_path(prefix + loc), message))
@@ -226,6 +241,8 @@ def _plugin_nodes(raw: dict) -> list[tuple[str, tuple, Any]]:
         found += [("loss", ("loss", i), n) for i, n in enumerate(loss) if isinstance(n, dict)]
     if isinstance(raw.get("eval"), list):
         found += [("evaluator", ("eval", i), n) for i, n in enumerate(raw["eval"]) if isinstance(n, dict)]
+    if isinstance(raw.get("logging"), list):
+        found += [("logger", ("logging", i), n) for i, n in enumerate(raw["logging"]) if isinstance(n, dict)]
     return found
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from polyalign.core.encoder import Encoder
 from polyalign.core.layer_groups import named_layer_groups
 
-from .text import pad_token_batch, pool_tokens, read_text
+from .text import TOKEN_AXES, example_texts, pad_token_batch, pool_tokens, read_text
 
 PAD, CLS, OFFSET = 0, 1, 2  # token ids: padding, a leading summary token, then the 256 byte values
 
@@ -69,6 +69,11 @@ class ByteTextEncoder(Encoder):
     def collate(self, values: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Pad to the longest text of the batch; padding has ``attention_mask`` 0."""
         return pad_token_batch(values, {"input_ids": PAD})
+
+    export_axes = TOKEN_AXES
+
+    def export_example(self, batch: int) -> dict[str, torch.Tensor]:
+        return self.collate([self.load(text, None) for text in example_texts(batch)])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, mask = batch["input_ids"], batch["attention_mask"]

@@ -175,6 +175,9 @@ class EcgEncoder(Encoder):
             x = np.pad(x, ((0, 0), (0, self.length - x.shape[1])))
         return torch.from_numpy(np.ascontiguousarray(x))
 
+    def export_example(self, batch: int) -> torch.Tensor:
+        return torch.randn(batch, self.config.leads, self.length)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 

@@ -162,6 +162,9 @@ class ImageEncoder(Encoder):
             x = TF.center_crop(TF.resize(x, size[0], antialias=True), size)
         return (x.float() / 255.0 - self.pixel_mean) / self.pixel_std
 
+    def export_example(self, batch: int) -> torch.Tensor:
+        return torch.randn(batch, self.config.channels, self.config.image_size, self.config.image_size)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 

@@ -21,7 +21,7 @@ from polyalign.core.layer_groups import named_layer_groups
 from .files import local_weights_file
 from .image import read_image, timm_layer_groups
 from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
-from .text import read_text
+from .text import example_texts, read_text
 
 CONFIG_FILE = "open_clip_config.json"  # open_clip's model folder: this file beside the weights
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -180,6 +180,13 @@ class OpenClipEncoder(Encoder):
         if self.config.tower == "image":
             return self.transforms[self.config.augment and self.training](read_image(value, root, "RGB"))
         return self.tokenizer([read_text(value, root)])[0]
+
+    def export_example(self, batch: int) -> torch.Tensor:
+        if self.config.tower == "image":  # open_clip's transforms make RGB images of the tower's size
+            size = base_network(self.tower, self.config.lora).image_size
+            height, width = (size, size) if isinstance(size, int) else size
+            return torch.randn(batch, 3, height, width)
+        return self.tokenizer(example_texts(batch))  # (batch, context_length): a fixed length
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tower(x)

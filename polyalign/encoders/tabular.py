@@ -116,6 +116,10 @@ class TabularEncoder(Encoder):
         parts = [values, seen.astype(np.float64)] if self.config.indicators else [values]
         return torch.from_numpy(np.concatenate(parts).astype(np.float32))
 
+    def export_example(self, batch: int) -> torch.Tensor:
+        values = torch.randn(batch, self.n)
+        return torch.cat([values, torch.ones(batch, self.n)], 1) if self.config.indicators else values
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 

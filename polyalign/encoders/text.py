@@ -38,6 +38,14 @@ def pad_token_batch(values: list[dict[str, torch.Tensor]], pad_values: dict[str,
     return {key: pad_with_mask([v[key] for v in values], pad_values.get(key, 0))[0] for key in values[0]}
 
 
+def example_texts(batch: int) -> list[str]:
+    """``batch`` texts of different lengths: a batch to trace a text encoder with (ONNX export)."""
+    return [f"an example text for export, number {i}" + " and more" * i for i in range(batch)]
+
+
+TOKEN_AXES = {"input_ids": {1: "length"}, "attention_mask": {1: "length"}, "token_type_ids": {1: "length"}}
+
+
 def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """``(B, L, D)`` token states -> ``(B, D)``: the first token, or the mean over unmasked tokens."""
     if pooling == "cls":
@@ -154,6 +162,11 @@ class TextEncoder(Encoder):
     def collate(self, values: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Pad to the longest text of the batch; padding has ``attention_mask`` 0."""
         return pad_token_batch(values, self.pad_values)
+
+    export_axes = TOKEN_AXES
+
+    def export_example(self, batch: int) -> dict[str, torch.Tensor]:
+        return self.collate([self.load(text, None) for text in example_texts(batch)])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.transformer(**batch).last_hidden_state

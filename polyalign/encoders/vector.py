@@ -63,6 +63,9 @@ class VectorEncoder(Encoder):
             raise PolyalignError(f"expected vectors of {self.dim} numbers, got {x.shape[1]}")
         return x
 
+    def export_example(self, batch: int) -> torch.Tensor:
+        return torch.randn(batch, self.dim)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 

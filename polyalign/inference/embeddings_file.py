@@ -30,6 +30,13 @@ class EmbeddingsFile:
     metadata: dict[str, str]
 
 
+def provenance(model: TrainedModel, modality: str, source: str) -> dict[str, str]:
+    """What made a file of embeddings: the modality, the model (its weights' SHA-256) and the input."""
+    return {"modality": modality, "model": model.recipe.name, "model_path": str(model.source),
+            "checkpoint": model.checkpoint, "weights_sha256": model.weights_sha256,
+            "embed_dim": str(model.embed_dim), "input": source}
+
+
 def save_embeddings(path: str | Path, model: TrainedModel, modality: str, embeddings: torch.Tensor,
                     ids: list[Any], source: str = "") -> Path:
     """Write ``embeddings`` with their ``ids`` (safetensors metadata ``ids``, a JSON list)."""
@@ -39,9 +46,7 @@ def save_embeddings(path: str | Path, model: TrainedModel, modality: str, embedd
     if bad:
         raise PolyalignError(f"the values with ids {shown([ids[i] for i in bad[:5]])} give NaN or infinite "
                              f"embeddings (a NaN or infinity in the values?); nothing was written")
-    metadata = {"format": FORMAT, "modality": modality, "ids": json.dumps(ids),
-                "model": model.recipe.name, "model_path": str(model.source), "checkpoint": model.checkpoint,
-                "weights_sha256": model.weights_sha256, "embed_dim": str(model.embed_dim), "input": source}
+    metadata = {"format": FORMAT, **provenance(model, modality, source), "ids": json.dumps(ids)}
     path = Path(path)
     if path.suffix != ".safetensors":
         raise PolyalignError(f"--out {path}: an embeddings file must end in .safetensors")
@@ -81,9 +86,11 @@ def read_embeddings(path: str | Path) -> EmbeddingsFile:
     return EmbeddingsFile(tensor.float(), ids, metadata["modality"], metadata)
 
 
-def check_same_model(saved: EmbeddingsFile, model: TrainedModel, path: str | Path) -> None:
-    """Refuse embeddings made by another model (compared by the SHA-256 of the weights)."""
-    if saved.metadata.get("weights_sha256") != model.weights_sha256:
-        raise PolyalignError(f"{path} was embedded by another model ({saved.metadata.get('model_path')}, "
-                             f"checkpoint {saved.metadata.get('checkpoint')}); embed the candidates again "
-                             f"with this one: polyalign embed {model.source} --modality {saved.modality} ...")
+def check_same_model(metadata: dict[str, Any], model: TrainedModel, path: str | Path, command: str = "embed") -> None:
+    """Refuse embeddings (or an index of them) made by another model, compared by the SHA-256 of
+    the weights; ``command`` is the one that makes them again."""
+    if metadata.get("weights_sha256") != model.weights_sha256:
+        raise PolyalignError(f"{path} was embedded by another model ({metadata.get('model_path')}, "
+                             f"checkpoint {metadata.get('checkpoint')}); embed the candidates again "
+                             f"with this one: polyalign {command} {model.source} --modality "
+                             f"{metadata.get('modality')} ...")

@@ -20,7 +20,10 @@ from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
 from polyalign.core.weights import WEIGHTS, CheckpointError, load_state
 
 from .model_card import CARD_FILE, requirements
+from .onnx_export import OUTPUT, TOLERANCE, OnnxGraph, export_onnx
 from .trained import TrainedModel, build_parts, file_sha256, load
+
+FORMATS = ("safetensors", "onnx")
 
 
 def _progress(weights_file: Path) -> dict[str, int]:
@@ -32,7 +35,33 @@ def _progress(weights_file: Path) -> dict[str, int]:
     return {"step": int(state["step"]), "epoch": int(state["epoch"])}
 
 
-def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def onnx_section(model: TrainedModel, graphs: list[OnnxGraph]) -> list[str]:
+    """The model card's lines on the ONNX graphs: files, inputs, what happens outside them."""
+    lines = ["## ONNX", "",
+             f"One graph per modality: the encoder, its head to {model.embed_dim} dimensions and the "
+             f"normalisation ({model.recipe.model.normalize}); output `{OUTPUT}` (batch, {model.embed_dim}); "
+             f"every input's first axis is the batch. The inputs are what the encoder's `load` and `collate` "
+             f"make of raw values: reading and decoding files, tokenising, resampling, cropping and scaling "
+             f"happen there, outside the graph. onnxruntime reproduced polyalign's embeddings on export "
+             f"(largest difference shown; at most {TOLERANCE:g} is accepted).", "",
+             "| modality | file | inputs | largest difference |", "|---|---|---|---|"]
+    for g in graphs:
+        inputs = ", ".join(f"`{name}` {dtype} ({', '.join(map(str, shape))})" for name, shape, dtype in g.inputs)
+        lines.append(f"| {g.modality} | `{g.file}` | {inputs} | {g.max_difference:.1e} |")
+    m = model.modalities[0]
+    lines += ["", "```python", "import onnxruntime, polyalign", "",
+              "model = polyalign.load(\"path/to/this/folder\")",
+              f"encoder = model.model.encoders[\"{m}\"]",
+              "values, root = [...], None   # raw values as for model.embed; root: the folder paths are relative to",
+              "x = encoder.collate([encoder.load(value, root) for value in values])   # outside the graph",
+              f"session = onnxruntime.InferenceSession(\"path/to/this/folder/{graphs[0].file}\")",
+              "feeds = {k: v.numpy() for k, v in x.items()} if isinstance(x, dict) else {\"input\": x.numpy()}",
+              f"z = session.run([\"{OUTPUT}\"], feeds)[0]", "```", ""]
+    return lines
+
+
+def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[str, Any]],
+                  graphs: list[OnnxGraph] | None = None) -> str:
     """The model card: a YAML header ``polyalign.load`` checks, then a page for people."""
     recipe = model.recipe
     losses = " + ".join(f"{n.weight:g} × {n.plugin}" if len(recipe.losses) > 1 else n.plugin
@@ -69,14 +98,20 @@ def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[s
               f"hits = model.search({{\"{model.modalities[0]}\": [...]}}, "
               f"{{\"{model.modalities[-1]}\": [...]}}, top_k=5)",
               "```", ""]
+    if graphs:
+        lines += onnx_section(model, graphs)
     return "\n".join(lines)
 
 
 def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last",
-                 plugins: Plugins | None = None) -> Path:
-    """Write ``dest``: the checkpoint's weights, the resolved recipe and ``MODEL_CARD.md``."""
+                 plugins: Plugins | None = None, format: str = "safetensors") -> Path:
+    """Write ``dest``: the checkpoint's weights, the resolved recipe and ``MODEL_CARD.md``; with
+    ``format="onnx"`` also one ``<modality>.onnx`` graph per modality. Nothing is left in ``dest``
+    when a step fails (the folder is written under a temporary name, then renamed)."""
+    if format not in FORMATS:
+        raise PolyalignError(f"unknown export format {format!r}; formats: {', '.join(FORMATS)}")
     plugins = plugins or default_plugins()
-    run_dir, dest = Path(run_dir), Path(dest)
+    run_dir, dest = Path(run_dir), Path(dest).absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise PolyalignError(f"{dest} exists and is not an empty folder; give a new folder to export into")
     model = load(run_dir, checkpoint=checkpoint, device="cpu", plugins=plugins)
@@ -111,8 +146,9 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
                   **_progress(model.weights_file), "modalities": model.modalities,
                   "embed_dim": model.embed_dim, "weights_sha256": file_sha256(tmp / WEIGHTS),
                   "merged": merged, "requires": requirements(recipe, plugins)}
+        graphs = export_onnx(model, tmp, header["weights_sha256"]) if format == "onnx" else []
         atomic_write_text(tmp / RECIPE_FILE, f"# exported from {run_dir.resolve().name} (resolved)\n" + recipe.to_yaml())
-        atomic_write_text(tmp / CARD_FILE, card_markdown(model, header, rows))
+        atomic_write_text(tmp / CARD_FILE, card_markdown(model, header, rows, graphs))
         if final.is_dir():  # an empty folder given as the destination: move the files in
             for file in tmp.iterdir():
                 os.replace(file, final / file.name)

@@ -82,12 +82,27 @@ def rank_hits(scores: torch.Tensor, top_k: int, ids: Sequence[Any] | None = None
     n = scores.shape[1]
     if ids is not None and len(ids) != n:
         raise PolyalignError(f"{len(ids)} ids for {n} candidates; give one id per candidate")
-    order = torch.sort(scores.detach().float().cpu(), dim=1, descending=True, stable=True)
+    scores = scores.detach().float().cpu()
+    k = min(top_k, n)
     hits = []
-    for values, indices in zip(order.values[:, :top_k].tolist(), order.indices[:, :top_k].tolist()):
-        hits.append([Hit(r + 1, i, ids[i] if ids is not None else i, v)
-                     for r, (v, i) in enumerate(zip(values, indices))])
+    for row in scores:
+        if k < n and not bool(row.isnan().any()):  # sort only the rows that can make the top k
+            keep = (row >= torch.topk(row, k).values[-1]).nonzero(as_tuple=True)[0]
+        else:
+            keep = torch.arange(n)
+        order = torch.sort(row[keep], descending=True, stable=True)  # keep is ascending: ties stay in order
+        hits.append([Hit(r + 1, i, ids[i] if ids is not None else i, v) for r, (v, i) in
+                     enumerate(zip(order.values[:k].tolist(), keep[order.indices[:k]].tolist()))])
     return hits
+
+
+def refuse_nonfinite(what: str, embeddings: torch.Tensor) -> None:
+    """Refuse rows of ``embeddings`` holding NaN or infinity: such rows cannot be ranked."""
+    bad = (~torch.isfinite(embeddings).all(dim=-1)).nonzero().flatten().tolist() if embeddings.dim() == 2 else []
+    if bad:
+        raise PolyalignError(f"{what}: NaN or infinite embeddings at row(s) "
+                             f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} (a NaN or "
+                             f"infinity in the values?); such rows cannot be ranked")
 
 
 class TrainedModel:
@@ -164,10 +179,9 @@ class TrainedModel:
             out[m] = torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim, device=self.device)
         return out
 
-    @torch.no_grad()
-    def score_embeddings(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
-                         target: str) -> torch.Tensor:
-        """Scores ``(Q, C)`` of embedded candidates of ``target`` for embedded query tuples."""
+    def query_tuple(self, queries: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
+        """Embedded query tuples as the loss scores them: checked, on the model's device, with a
+        learned placeholder for each absent modality when the model was trained with them."""
         self.check_modality(target)
         if not queries:
             raise PolyalignError("no query modality given; give at least one, e.g. {'a': [...]}")
@@ -179,12 +193,8 @@ class TrainedModel:
         sizes = {m: int(z.shape[0]) for m, z in queries.items()}
         if len(set(sizes.values())) != 1:
             raise PolyalignError(f"every query modality needs one value per query; got {sizes}")
-        for what, z in [*((f"query modality {m!r}", z) for m, z in queries.items()), ("candidates", candidates)]:
-            bad = (~torch.isfinite(z).all(dim=-1)).nonzero().flatten().tolist() if z.dim() == 2 else []
-            if bad:
-                raise PolyalignError(f"{what}: NaN or infinite embeddings at row(s) "
-                                     f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} (a NaN or "
-                                     f"infinity in the values?); such rows cannot be ranked")
+        for m, z in queries.items():
+            refuse_nonfinite(f"query modality {m!r}", z)
         q = {m: z.to(self.device) for m, z in queries.items()}
         if self.model.missing == "learned":  # as in training: a placeholder for each absent modality
             ref = next(self.model.parameters())
@@ -192,8 +202,16 @@ class TrainedModel:
             for m in self.modalities:
                 if m != target and m not in q:
                     q[m] = self.model.missing_rows(m, n, ref).float()
+        return q
+
+    @torch.no_grad()
+    def score_embeddings(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
+                         target: str) -> torch.Tensor:
+        """Scores ``(Q, C)`` of embedded candidates of ``target`` for embedded query tuples."""
+        q = self.query_tuple(queries, target)
+        refuse_nonfinite("candidates", candidates)
         scores = self.loss.score(q, candidates.to(self.device), target)
-        expected = (next(iter(sizes.values())), int(candidates.shape[0]))
+        expected = (next(iter(q.values())).shape[0], int(candidates.shape[0]))
         if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
             got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
             raise PluginError(f"loss {type(self.loss).__name__}.score() returned {got}; expected "
@@ -201,6 +219,26 @@ class TrainedModel:
         if torch.isnan(scores).any():
             raise PluginError(f"loss {type(self.loss).__name__}.score() returned NaN scores for finite embeddings")
         return scores.float()
+
+    @torch.no_grad()
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
+        """``(Q, embed_dim)`` vectors whose inner products with candidates of ``target`` rank them as
+        the run's score does (:meth:`polyalign.core.loss.Loss.inner_product_query`); an error
+        when the loss's score is no inner product with the candidate."""
+        q = self.query_tuple(queries, target)
+        vectors = self.loss.inner_product_query(q, target)
+        if vectors is None:
+            raise PolyalignError(
+                f"the run's loss ({type(self.loss).__name__}) scores a query of {', '.join(sorted(queries))} "
+                f"against {target} with a rule that is no inner product with the candidate, so an index "
+                f"cannot rank for it; give the candidates as an embeddings file (polyalign embed) or a "
+                f"source instead of a .faiss index")
+        expected = (next(iter(q.values())).shape[0], self.embed_dim)
+        if not isinstance(vectors, torch.Tensor) or tuple(vectors.shape) != expected:
+            got = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
+            raise PluginError(f"loss {type(self.loss).__name__}.inner_product_query() returned {got}; "
+                              f"expected {expected} (queries x embedding size) or None")
+        return vectors.float()
 
     def score(self, queries: dict[str, Any], candidates: dict[str, Any],
               root: str | Path | None = None) -> torch.Tensor:

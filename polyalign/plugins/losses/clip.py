@@ -11,7 +11,7 @@ from pydantic import Field
 
 from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
 
-from .pairwise import PairGraph, pair_graph, paired_rows, sum_of_cosines, symmetric_info_nce
+from .pairwise import PairGraph, pair_graph, paired_rows, sum_of_cosines, summed_query, symmetric_info_nce
 from .rows import zero_loss
 
 
@@ -50,6 +50,9 @@ class ClipLoss(Loss):
 
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
         return sum_of_cosines(queries, candidates)
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
+        return summed_query(queries)
 
 
 def build_clip(config: ClipConfig) -> ClipLoss:

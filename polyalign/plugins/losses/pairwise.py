@@ -40,7 +40,12 @@ def paired_rows(present: dict[str, torch.Tensor], m: str, n: str) -> torch.Tenso
 
 def sum_of_cosines(queries: dict[str, torch.Tensor], candidates: torch.Tensor) -> torch.Tensor:
     """Pairwise scoring rule: ``Σ_q z_q · z_t`` -> ``(Q, C)``."""
-    return sum(q @ candidates.T for q in queries.values())
+    return summed_query(queries) @ candidates.T
+
+
+def summed_query(queries: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``Σ_q z_q``: the vector whose inner product with a candidate is :func:`sum_of_cosines`."""
+    return sum(queries.values())
 
 
 def _pair_logits(exclude_positive: bool):

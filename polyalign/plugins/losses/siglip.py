@@ -125,6 +125,11 @@ class SiglipLoss(Loss):
             out = out + F.logsigmoid(scale * zq @ candidates.T + bias)
         return out
 
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
+        """One query modality: its embedding (``logsigmoid(t·z_q·z_t + b)`` rises with ``z_q·z_t``);
+        a sum of several logsigmoids is no function of one inner product: None."""
+        return next(iter(queries.values())) if len(queries) == 1 else None
+
 
 def build_siglip(config: SiglipConfig, modalities: list[str] | None = None) -> SiglipLoss:
     return SiglipLoss(config, modalities)

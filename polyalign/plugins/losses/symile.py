@@ -126,11 +126,15 @@ class SymileLoss(Loss):
         return LossOutput(per_anchor.mean(), metrics)
 
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
+        return self.inner_product_query(queries, target) @ candidates.T
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
+        """``⊙_{q∈Q} z_q``: the elementwise product of the query embeddings."""
         zs = list(queries.values())
         prod = zs[0]
         for q in zs[1:]:
             prod = prod * q
-        return prod @ candidates.T
+        return prod
 
 
 def build_symile(config: SymileConfig, modalities: list[str] | None = None,
