@@ -29,13 +29,14 @@ from polyalign.core.batch import Collator
 from polyalign.core.data import describe_value
 from polyalign.core.encoder import Encoder, Input, encoder_width
 from polyalign.core.errors import PolyalignError
+from polyalign.core.layer_groups import checked_layer_groups
 from polyalign.core.loss import Loss, LossOutput, check_loss_output
 from polyalign.core.model import MultiModalModel
 
 ENCODER_PROPERTIES = ("width", "load", "collate", "load_batch", "forward", "batch independence",
-                      "missing rows", "gradients", "rebuild")
+                      "missing rows", "gradients", "layer groups", "rebuild")
 LOSS_PROPERTIES = ("output", "finite", "gradients", "modality order", "missing rows", "score shape",
-                   "positive ranks first")
+                   "positive ranks first", "inner product")
 MODALITY = "x"  # the modality name an encoder is checked under
 
 
@@ -104,8 +105,9 @@ def check_encoder(encoder: Encoder | str, values: Sequence[Any], root: Path | st
     features do not depend on the other rows of its batch, padding included; eval mode),
     ``missing rows`` (in a batch where a row lacks the modality, the core's collate and model
     embed the other rows as without the hole), ``gradients`` (finite, reaching the parameters;
-    train mode) and, for a registered name, ``rebuild`` (``rebuild_options()`` rebuilds the same
-    architecture without an example). ``skip`` names properties not to check. Returns the encoder.
+    train mode), ``layer groups`` (``layer_groups()`` lists each parameter exactly once) and, for a
+    registered name, ``rebuild`` (``rebuild_options()`` rebuilds the same architecture without an
+    example). ``skip`` names properties not to check. Returns the encoder.
     """
     skipped = _check_skip(skip, ENCODER_PROPERTIES)
     values = list(values)
@@ -160,6 +162,11 @@ def check_encoder(encoder: Encoder | str, values: Sequence[Any], root: Path | st
         enc.train()
         _check_encoder_gradients(enc, who, batch)
     enc.train(was_training)
+    if "layer groups" not in skipped:
+        try:
+            checked_layer_groups(enc, who)
+        except PolyalignError as exc:
+            raise _fail(who, "layer groups", str(exc)) from None
     if isinstance(encoder, str) and "rebuild" not in skipped:
         _check_rebuild(enc, encoder, who, options)
     return enc
@@ -296,9 +303,10 @@ def check_loss(loss: Loss | str, *, modality_counts: Sequence[int] = (2, 3, 4, 5
     modalities in reverse order), ``missing rows`` (absent rows neither change the loss nor get a
     gradient; all-True masks equal ``present=None``; a modality absent from every row, or rows
     with a single modality, still give a finite loss), ``score shape`` (``(queries, candidates)``,
-    finite) and ``positive ranks first`` (on aligned embeddings each query scores its own tuple's
-    target first). Calls are made under a fixed seed, so a loss drawing random numbers gives
-    comparable values. ``skip`` names properties not to check.
+    finite), ``positive ranks first`` (on aligned embeddings each query scores its own tuple's
+    target first) and ``inner product`` (where ``inner_product_query`` gives vectors, they are
+    ``(queries, d)`` and rank the candidates as ``score`` does). Calls are made under a fixed seed,
+    so a loss drawing random numbers gives comparable values. ``skip`` names properties not to check.
     """
     skipped = _check_skip(skip, LOSS_PROPERTIES)
     if batch_size < 6 or embed_dim < batch_size:
@@ -372,6 +380,8 @@ class _LossCheck:
         with torch.no_grad():
             if "score shape" not in self.skipped or "positive ranks first" not in self.skipped:
                 self.check_score()
+            if "inner product" not in self.skipped:
+                self.check_inner_product()
 
     def close(self, a: torch.Tensor, b: torch.Tensor) -> bool:
         return bool(torch.allclose(a.detach().double(), b.detach().double(), rtol=1e-4, atol=1e-5))
@@ -450,6 +460,40 @@ class _LossCheck:
                                                                           dtype=torch.float64), dim=1).to(self.dtype)
                 for m in self.names}
 
+    def queries(self) -> list[list[str]]:
+        """The query sets scored: the first modality alone, and every modality but the target."""
+        return [[self.names[0]], self.names[:-1]] if len(self.names) > 2 else [[self.names[0]]]
+
+    def check_inner_product(self) -> None:
+        emb = {m: z.detach() for m, z in self.embeddings(3).items()}
+        target = self.names[-1]
+        for query in self.queries():
+            queries = {q: emb[q] for q in query}
+            with _seeded():
+                try:
+                    vectors = self.fn.inner_product_query(queries, target)
+                except Exception as exc:
+                    raise self.fail("inner product", f"inner_product_query(query {'+'.join(query)}, target "
+                                                     f"{target!r}) raised {type(exc).__name__}: {exc}") from exc
+                if vectors is None:  # the loss declares no inner-product form: nothing to check
+                    continue
+                scores = self.fn.score(queries, emb[target], target)
+            if not isinstance(vectors, torch.Tensor) or tuple(vectors.shape) != (self.n, self.d):
+                got = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
+                raise self.fail("inner product", f"inner_product_query({self.n} queries of {'+'.join(query)}) "
+                                                 f"returned {got}; expected ({self.n}, {self.d}) or None")
+            order = (vectors @ emb[target].T).argsort(dim=1, descending=True)
+            ranked = scores.gather(1, order)  # the scores, in the order the inner products rank the candidates
+            rise = ranked[:, 1:] - ranked[:, :-1]
+            tol = 1e-5 * float(scores.abs().max()) + 1e-7
+            if bool((rise > tol).any()):
+                i, j = (rise > tol).nonzero()[0].tolist()
+                better, worse = int(order[i, j + 1]), int(order[i, j])
+                raise self.fail("inner product", f"for query row {i} of {'+'.join(query)}, inner_product_query "
+                                f"ranks candidate {worse} above candidate {better}, but score gives "
+                                f"{float(scores[i, better]):.6g} > {float(scores[i, worse]):.6g}; return None "
+                                f"when the score is no non-decreasing function of one inner product")
+
     def check_score(self) -> None:
         emb = self.aligned()
         target = self.names[-1]
@@ -457,7 +501,7 @@ class _LossCheck:
         candidates = emb[target][order]
         where = torch.argsort(order)  # where[i]: the position of row i's own target among the candidates
         n_q = self.n - 2
-        for query in ([self.names[0]], self.names[:-1]) if len(self.names) > 2 else ([self.names[0]],):
+        for query in self.queries():
             queries = {q: emb[q][:n_q] for q in query}
             with _seeded():
                 try:

@@ -12,6 +12,7 @@ from open_clip.loss import ClipLoss as OpenClipLoss
 from open_clip.loss import SigLipLoss as OpenSigLipLoss
 
 import polyalign
+from polyalign.core.errors import PolyalignError
 from polyalign.testing import check_loss
 
 
@@ -146,3 +147,12 @@ def test_align_uniform_adds_to_another_loss_in_a_recipe(xor_clip):
 ])
 def test_pairwise_options_keep_the_loss_contract(name, options):
     check_loss(name, **options)
+
+
+def test_pair_term_names_never_collide():
+    """Modalities a, a-b, b-c, c would name two CLIP terms a-b-c (and drop one); a recipe refuses '-' in
+    modality names, and the loss itself refuses names that collide."""
+    loss = polyalign.build("loss", "clip").double()
+    z = dict(zip(("a", "a-b", "b-c", "c"), unit(4, 3, 4)))
+    with pytest.raises(PolyalignError, match="give two pair terms the same name"):
+        loss(z)

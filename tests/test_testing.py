@@ -215,6 +215,11 @@ class NegatedScore(ClipLoss):
         return -super().score(queries, candidates, target)
 
 
+class WrongInnerProduct(ClipLoss):
+    def inner_product_query(self, queries, target):
+        return -super().inner_product_query(queries, target)
+
+
 class FailsForTwo(ClipLoss):
     def forward(self, embeddings, present=None):
         if len(embeddings) == 2:
@@ -236,6 +241,7 @@ def test_correct_losses_pass():
     (NanWhenAbsent, "missing rows", "the loss is nan with modality 'c' absent from every row"),
     (TransposedScore, "score shape", "score(6 queries of a, 8 candidates of 'c') returned (8, 6); expected (6, 8)"),
     (NegatedScore, "positive ranks first", "on aligned embeddings, query row 0 of a ranks candidate"),
+    (WrongInnerProduct, "inner product", "inner_product_query ranks candidate"),
 ])
 def test_a_broken_loss_fails_the_property_it_breaks(loss, prop, says):
     with pytest.raises(ConformanceError) as info:

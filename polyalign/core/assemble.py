@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from .batch import Collator
 from .data import Dataset, TupleDataset
 from .errors import PluginError, PolyalignError
+from .layer_groups import lock_layers
 from .loss import Loss, WeightedLoss
 from .model import MultiModalModel
 from .plugins import Plugins, default_plugins
@@ -145,19 +146,24 @@ def build_model(recipe: Recipe, plugins: Plugins, examples: dict[str, Any] | Non
         with _plugin_context(f"modalities.{m}.encoder", node.encoder.plugin):
             encoders[m] = comp.create(comp.make_config(node.encoder.options()), modality=m,
                                       example=(examples or {}).get(m), root=root)
+        if node.unlocked_layers is not None:
+            lock_layers(encoders[m], node.unlocked_layers, f"modalities.{m}")
         plugin_names[m] = node.encoder.plugin
     return MultiModalModel(encoders, recipe.model.embed_dim, recipe.model.normalize,
                            recipe.missing.strategy, plugin_names)
 
 
-def with_rebuild_options(recipe: Recipe, model: MultiModalModel, plugins: Plugins) -> Recipe:
-    """``recipe`` with each encoder's inferred options (:meth:`Encoder.rebuild_options`) written
-    into its ``modalities.<m>.encoder`` node, so the model can be rebuilt without the data."""
+def with_rebuild_options(recipe: Recipe, model: MultiModalModel, plugins: Plugins,
+                         changed: dict[str, dict[str, Any]] | None = None) -> Recipe:
+    """``recipe`` with each encoder's inferred options (:meth:`Encoder.rebuild_options`), and the
+    options in ``changed[modality]``, written into its ``modalities.<m>.encoder`` node, so the
+    model can be rebuilt without the data."""
     raw = recipe.model_dump(mode="json")
     for m, encoder in model.encoders.items():
         node = raw["modalities"][m]["encoder"]
         comp = plugins.registry.get("encoder", node["plugin"])
-        options = {**{k: v for k, v in node.items() if k != "plugin"}, **encoder.rebuild_options()}
+        options = {**{k: v for k, v in node.items() if k != "plugin"}, **encoder.rebuild_options(),
+                   **(changed or {}).get(m, {})}
         try:  # validated, and made plain YAML values, by the encoder's own config model
             resolved = comp.make_config(options).model_dump(mode="json")
         except ValidationError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import operator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import torch
 from torch import nn
@@ -23,9 +23,50 @@ class Encoder(nn.Module):
     (collated batch -> ``(B, width)``) and ``load`` (one raw value from a sample -> tensor or
     dict of tensors). The default ``collate`` stacks tensors (or each key of dicts); values of
     different lengths need :func:`pad_with_mask`, and values naming files :func:`resolve_file`.
+    Encoders with blocks override ``layer_groups`` (for ``unlocked_layers`` and
+    ``train.layer_decay``); encoders with training-only structure (LoRA adapters) override
+    ``merge_for_export``.
+    For ONNX export they implement ``export_example`` and, when an input has a variable axis
+    besides the batch (tokens), name it in ``export_axes``.
     """
 
     width: int
+    export_axes: ClassVar[dict[str, dict[int, str]]] = {}
+    """Variable axes besides the batch, by input name (``input`` for a plain tensor), e.g.
+    ``{"input_ids": {1: "length"}}``; axes with the same name must have the same size."""
+
+    def layer_groups(self) -> list[list[str]]:
+        """This encoder's parameter names (as ``named_parameters()`` gives them) in layers, input first.
+
+        ``unlocked_layers: K`` trains only the last K groups; ``train.layer_decay: d`` multiplies
+        the learning rate of group i of n by ``d ** (n - i)`` (the projection head after the
+        encoder keeps the full rate), as timm's layer-wise decay does. Each parameter is in exactly
+        one group. The default is one group holding every parameter; an encoder with blocks
+        returns its stem (embeddings), then one group per block, the last block with the norm
+        after it, as timm's ``group_matcher`` and open_clip's ``lock`` count them (e.g. with
+        :func:`polyalign.core.layer_groups.named_layer_groups`).
+        """
+        names = [name for name, _ in self.named_parameters()]
+        return [names] if names else []
+
+    def merge_for_export(self) -> dict[str, Any]:
+        """Fold training-only structure into the weights, in place, for ``polyalign export``.
+
+        Returns the config options that rebuild the folded encoder from the exported weights alone
+        (e.g. ``{"lora": None, "pretrained": False}`` once LoRA adapters are merged: the export
+        then loads without peft and without the pretrained file). The default changes nothing.
+        """
+        return {}
+
+    def train(self, mode: bool = True) -> "Encoder":
+        """Set train mode; a batch norm whose weights do not train keeps its running statistics (eval)."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine
+                        and not any(p.requires_grad for p in module.parameters(recurse=False))):
+                    module.eval()
+        return self
 
     def load(self, value: Any, root: Path | None) -> Input:
         """Turn one raw value (a path relative to ``root``, a string, numbers) into a tensor."""
@@ -40,6 +81,13 @@ class Encoder(nn.Module):
         encoder's config model.
         """
         return {}
+
+    def export_example(self, batch: int) -> Input | None:
+        """A synthetic collated batch of ``batch`` inputs, in the form ``forward`` takes (what
+        ``load`` and ``collate`` make of real values), to trace the encoder into ONNX
+        (``polyalign export --format onnx``). None, the default, says the encoder cannot be
+        exported; everything ``load`` does stays outside the exported graph."""
+        return None
 
     def load_batch(self, values: list[Any], root: Path | None) -> Input:
         """Load and collate several raw values at once; override with a vectorised version when

@@ -13,6 +13,14 @@ from torch import nn
 from .errors import PluginError, PolyalignError
 
 MAX_LOGIT_SCALE = 100.0
+"""``1/τ ≤ 100`` (τ ≥ 0.01), CLIP's ceiling: sharper logits of unit vectors only overfit the batch."""
+
+MIN_LOGIT_SCALE = 1.0
+"""``1/τ ≥ 1`` (τ ≤ 1), open_clip's floor. Logits of unit vectors scaled by ``1/τ`` lie within
+``±1/τ``: below 1 every logit is within 2 of every other, the softmax over the candidates is close
+to uniform whatever the embeddings, and the gradient (proportional to ``1/τ``) fades, so no run
+learns there. The floor keeps a diverging optimiser (too high a learning rate) from driving ``1/τ``
+to 0, where τ overflows and a metric such as ``1/scale`` divides by zero."""
 
 
 @dataclass
@@ -27,17 +35,21 @@ class LossConfig(BaseModel):
     """Options every loss shares: the initial temperature and whether it is learned."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    temperature: float = Field(0.07, gt=0, description="initial temperature τ")
+    temperature: float = Field(0.07, ge=1 / MAX_LOGIT_SCALE, le=1 / MIN_LOGIT_SCALE,
+                               description="initial temperature τ, in [0.01, 1] (1/τ is kept in [1, 100])")
     learn_temperature: bool = Field(True, description="learn log(1/τ) with the model")
 
 
 class Temperature(nn.Module):
-    """Learnable ``log(1/τ)``; the trainer clamps ``1/τ <= 100`` after each optimizer step."""
+    """Learnable ``log(1/τ)``; the trainer keeps ``min_scale <= 1/τ <= max_scale`` after each
+    optimizer step (default ``[MIN_LOGIT_SCALE, MAX_LOGIT_SCALE]``; see there why)."""
 
     def __init__(self, tau: float = 0.07, learnable: bool = True,
-                 max_scale: float = MAX_LOGIT_SCALE):
+                 max_scale: float = MAX_LOGIT_SCALE, min_scale: float = MIN_LOGIT_SCALE):
         super().__init__()
-        self.max_scale = max_scale
+        if not min_scale <= 1.0 / tau <= max_scale:
+            raise PluginError(f"initial temperature τ = {tau:g} is outside [{1 / max_scale:g}, {1 / min_scale:g}]")
+        self.max_scale, self.min_scale = max_scale, min_scale
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / tau)), requires_grad=learnable)
 
     @property
@@ -45,10 +57,15 @@ class Temperature(nn.Module):
         """``1/τ`` as a tensor (differentiable)."""
         return self.log_scale.exp()
 
+    @property
+    def tau(self) -> float:
+        """τ as a number, for metrics (never raises, even where ``1/τ`` has underflowed)."""
+        return float(torch.exp(-self.log_scale.detach()))
+
     @torch.no_grad()
     def clamp_(self) -> None:
-        """Keep ``1/τ`` at or below ``max_scale``."""
-        self.log_scale.clamp_(max=math.log(self.max_scale))
+        """Keep ``1/τ`` within ``[min_scale, max_scale]``."""
+        self.log_scale.clamp_(min=math.log(self.min_scale), max=math.log(self.max_scale))
 
 
 def clamp_temperatures(module: nn.Module) -> None:
@@ -69,6 +86,8 @@ class Loss(nn.Module):
     ``candidates[m]`` ``(C, d)`` for each, row ``c`` of every one together being candidate ``c``
     (text -> (video, audio)). Define ``score_tuples`` to rank tuples (``score`` then defaults to
     it with one candidate modality); a loss that defines only ``score`` ranks one modality.
+    ``inner_product_query(queries, target)``: whether the score reduces to an inner product
+    with the candidate, which is what lets an index (``polyalign index``) serve the loss.
     """
 
     def forward(self, embeddings: dict[str, torch.Tensor],
@@ -131,6 +150,14 @@ def score_candidates(loss: nn.Module, queries: dict[str, torch.Tensor], candidat
         raise PluginError(f"loss plugin {plugin!r}: {method} returned NaN scores for target {target!r} "
                           f"(ranks computed from them would be meaningless)")
     return out
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
+        """``(Q, d)`` vectors ``v`` such that ``score`` ranks every candidate ``c`` of ``target`` as
+        ``v · c`` does (the score a non-decreasing function of it), or None when the score does not
+        reduce to an inner product with the candidate (e.g. GRAM's volume): then an inner-product
+        index cannot rank for this loss and ``polyalign search`` refuses to use one. The default
+        is None; override it when the scoring rule allows it."""
+        return None
 
 
 def check_loss_output(out: Any, plugin: str, needs_grad: bool = False) -> LossOutput:
@@ -203,6 +230,9 @@ class WeightedLoss(Loss):
                      candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         name, first = next(iter(self.terms.items()))
         return score_candidates(first, queries, candidates, name)
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
+        return next(iter(self.terms.values())).inner_product_query(queries, target)
 
 
 def can_rank_tuples(loss: nn.Module) -> bool:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import PluginError
+from .errors import PluginError, shown
 
 KINDS = ("encoder", "loss", "dataset", "evaluator", "logger")
 
@@ -40,9 +40,10 @@ class Component:
     help: str
     plugin: str
 
-    def make_config(self, options: dict[str, Any]) -> BaseModel:
-        """Validate ``options`` with this component's config model (raises ValidationError)."""
-        return self.config.model_validate(options)
+    def make_config(self, options: dict[str, Any], context: dict[str, Any] | None = None) -> BaseModel:
+        """Validate ``options`` with this component's config model (raises ValidationError);
+        ``context`` (see :func:`polyalign.core.recipe.plugin_context`) reaches its validators as ``info.context``."""
+        return self.config.model_validate(options, context=context)
 
     def create(self, config: BaseModel, **context: Any) -> Any:
         """Call the factory with ``config`` and the context arguments it accepts."""
@@ -119,4 +120,4 @@ def unknown_name_message(kind: str, name: Any, available: list[str]) -> str:
     """'unknown loss 'clpi'; did you mean 'clip'? available: ...'."""
     close = difflib.get_close_matches(str(name), available, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "."
-    return f"unknown {kind} {name!r}{hint} Available: {', '.join(available) or '(none)'}"
+    return f"unknown {kind} {shown(name)}{hint} Available: {', '.join(available) or '(none)'}"

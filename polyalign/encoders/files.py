@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.core.errors import PolyalignError
+from polyalign.core.weights import load_failure, torch_load_safely
 
 
 def local_weights_file(path: str, what: str) -> Path:
@@ -34,10 +35,10 @@ def read_state_dict(file: Path, what: str) -> dict:
 
             state = load_file(str(file))
         else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = torch_load_safely(file)
     except Exception as exc:
-        raise PolyalignError(f"{what}: cannot read weights from {file}: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise PolyalignError(f"{what}: cannot read weights from {file}: {load_failure(exc)}. polyalign only "
+                             f"loads tensors, never pickled code.") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -11,6 +11,8 @@ uniformity term the present rows of its modality (at least two).
 
 Score: ``−Σ_q Σ_c ‖z_q − z_c‖²`` over every (query, candidate) pair of modalities, the alignment
 the loss optimises (the same ranking as the sum of cosines for unit vectors).
+The loss cannot know that the candidates are unit vectors (the model's ``normalize`` decides), so
+it declares no inner-product form (``inner_product_query`` is None).
 """
 
 from __future__ import annotations

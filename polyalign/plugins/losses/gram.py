@@ -17,6 +17,8 @@ vector orthogonal to everything else (its row and column of the Gram matrix beco
 identity), which leaves the volume of the present vectors unchanged.
 
 Score: ``−Vol`` of the query and candidate vectors together (text -> (video, audio): ``−Vol(t, v, a)``).
+It is no function of one inner product with the candidate, so an index (``polyalign index``) cannot
+serve this loss: ``inner_product_query`` is None and ``polyalign search`` refuses ``.faiss`` candidates.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class MarginClipLoss(Loss):
     def forward(self, embeddings: dict[str, torch.Tensor],
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:
         present = full_present(embeddings, present)  # None means every row is present
-        scale = self.temperature.scale  # 1/τ; polyalign clamps it at 100 after each step
+        scale = self.temperature.scale  # 1/τ; polyalign keeps it in [1, 100] after each step
         terms = {}
         for m, n in combinations(sorted(embeddings), 2):  # by name: the modalities' order does not matter
             rows = (present[m] & present[n]).nonzero(as_tuple=True)[0]  # only rows that have both
