@@ -110,6 +110,14 @@ class Loss(nn.Module):
             return self.score(queries, bank, target)
         raise PluginError(cannot_rank_tuples(type(self).__name__, list(candidates)))
 
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
+        """``(Q, d)`` vectors ``v`` such that ``score`` ranks every candidate ``c`` of ``target`` as
+        ``v · c`` does (the score a non-decreasing function of it), or None when the score does not
+        reduce to an inner product with the candidate (e.g. GRAM's volume): then an inner-product
+        index cannot rank for this loss and ``polyalign search`` refuses to use one. The default
+        is None; override it when the scoring rule allows it."""
+        return None
+
 
 def cannot_rank_tuples(plugin: str, candidates: list[str]) -> str:
     """The error for a loss asked to rank tuples when its scoring rule ranks one modality."""
@@ -150,14 +158,6 @@ def score_candidates(loss: nn.Module, queries: dict[str, torch.Tensor], candidat
         raise PluginError(f"loss plugin {plugin!r}: {method} returned NaN scores for target {target!r} "
                           f"(ranks computed from them would be meaningless)")
     return out
-
-    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
-        """``(Q, d)`` vectors ``v`` such that ``score`` ranks every candidate ``c`` of ``target`` as
-        ``v · c`` does (the score a non-decreasing function of it), or None when the score does not
-        reduce to an inner product with the candidate (e.g. GRAM's volume): then an inner-product
-        index cannot rank for this loss and ``polyalign search`` refuses to use one. The default
-        is None; override it when the scoring rule allows it."""
-        return None
 
 
 def check_loss_output(out: Any, plugin: str, needs_grad: bool = False) -> LossOutput:
