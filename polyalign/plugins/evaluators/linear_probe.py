@@ -101,13 +101,9 @@ class LinearProbe:
 
         if len(np.unique(y)) < 2:
             raise PolyalignError(f"linear_probe: the train rows hold a single class ({y[0]!r}); a probe needs two")
-        best, best_c, best_acc = None, self.config.cs[0], -1.0
-        for c in self.config.cs:
-            model = LogisticRegression(C=c, max_iter=self.config.max_iter).fit(x, y)
-            acc = float((model.predict(x_val) == y_val).mean()) if len(self.config.cs) > 1 else 0.0
-            if acc > best_acc:
-                best, best_c, best_acc = model, c, acc
-        return best, best_c
+        models = [LogisticRegression(C=c, max_iter=self.config.max_iter).fit(x, y) for c in self.config.cs]
+        best = 0 if len(models) == 1 else int(np.argmax([(m.predict(x_val) == y_val).mean() for m in models]))
+        return models[best], self.config.cs[best]
 
     def __call__(self, ctx: EvalContext) -> list[dict[str, Any]]:
         try:
