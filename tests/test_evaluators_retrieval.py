@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from hand_made import hand_made_context
+from hand_made import OneModalityLoss, hand_made_context
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMRR
 
 import polyalign
@@ -17,7 +17,6 @@ from polyalign.core.errors import PluginError
 from polyalign.core.evaluator import per_query_metrics, ranks_of_correct, recall_and_rank
 from polyalign.plugins.evaluators.retrieval import Retrieval, RetrievalConfig
 from polyalign.plugins.losses.symile import SymileConfig, SymileLoss
-from test_losses_scoring import OneModalityLoss
 
 
 def torchmetrics_values(scores: torch.Tensor, correct: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:

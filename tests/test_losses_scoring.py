@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from float64_losses import D64, build64, unit
+from hand_made import OneModalityLoss
 
 import polyalign
 from polyalign.core.errors import PluginError
 from polyalign.core.loss import Loss, score_candidates
-from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
+from polyalign.plugins.losses.clip import ClipConfig
 
 NAMES = ["a", "b", "c", "d"]
 LOSSES = {"clip": {}, "dcl": {}, "dclw": {}, "mv_infonce": {}, "mv_dhel": {}, "symile": {}, "gram": {},
@@ -110,15 +111,6 @@ def test_gram_volume_of_tuples_is_chunked_exactly():
     assert torch.allclose(union_volume_sq(left, right, budget=1), whole, rtol=1e-12)
     v = torch.cat([left[3], right[2]])
     assert torch.allclose(whole[3, 2], torch.linalg.det(v @ v.T), rtol=1e-10)
-
-
-class OneModalityLoss(ClipLoss):
-    """A third-party loss written before tuple scoring: it defines score() only."""
-
-    def score(self, queries, candidates, target):
-        return sum(q @ candidates.T for q in queries.values())
-
-    score_tuples = Loss.score_tuples  # what a loss that never heard of score_tuples inherits
 
 
 def test_a_loss_that_defines_only_score_keeps_working_and_says_it_cannot_rank_tuples():
