@@ -18,7 +18,8 @@ from PIL import Image
 import polyalign
 from polyalign.cli import main
 from polyalign.core.batch import Collator
-from polyalign.core.data import FileBytes, RowLoader
+from polyalign.core.data import RowLoader
+from polyalign.core.encoder import FileBytes
 from polyalign.core.errors import PolyalignError
 from polyalign.core.stream import StreamLoader, StreamTuples
 from polyalign.plugins.datasets.demo import write_demo

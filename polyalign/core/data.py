@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .batch import Collator, LoadedColumns
-from .encoder import Input
-from .errors import PolyalignError
+from .batch import LoadedColumns
+from .encoder import FileBytes, Input
+from .errors import PolyalignError, shown
 
 SPLITS = ("train", "val", "test")
 Sample = dict[str, Any]
@@ -27,8 +25,10 @@ class Dataset(Protocol):
     front to back, for data too large to hold, e.g. ``webdataset``).
 
     Optional attributes the core uses when present: ``on_error`` (``"raise"`` or ``"skip"``:
-    what to do with a row whose value fails to load) and ``locate(split, index) -> str`` (where
-    a row comes from, e.g. a manifest file and line, for error messages).
+    what to do with a row whose value fails to load), ``locate(split, index) -> str`` (where
+    a row comes from, e.g. a manifest file and line, for error messages) and ``label_names``
+    (the name of each class, indexed by the samples' integer ``label``: what zero-shot
+    classification writes into its prompts).
     """
 
     modalities: Sequence[str]
@@ -39,47 +39,13 @@ class Dataset(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class FileBytes:
-    """A file held in memory (a member of a shard): read it as you would read a ``Path``.
-
-    ``name`` says where it came from (``shard.tar:key.png``) and ends with the file's
-    extension, so ``suffix`` and error messages work as they do for a path.
-    """
-
-    name: str
-    data: bytes
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def suffix(self) -> str:
-        """The extension, with its dot (``.png``), as :attr:`pathlib.Path.suffix`."""
-        return Path(self.name).suffix
-
-    def open(self, mode: str = "rb") -> io.BytesIO:
-        """A binary file object over the bytes (only reading is possible)."""
-        if mode != "rb":
-            raise ValueError(f"{self.name}: a file held in memory opens only for reading ('rb')")
-        return io.BytesIO(self.data)
-
-    def read_bytes(self) -> bytes:
-        """The file's bytes."""
-        return self.data
-
-    def read_text(self, encoding: str = "utf-8") -> str:
-        """The file's text (raises UnicodeDecodeError if it is not ``encoding``)."""
-        return self.data.decode(encoding)
-
-
 class DataError(PolyalignError):
     """A raw value could not be loaded; the message names the split, row and value."""
 
 
 def describe_value(value: Any) -> str:
     """A short printable form of a raw value for error messages."""
-    text = repr(value) if not isinstance(value, (str, Path, FileBytes)) else str(value)
+    text = shown(value) if not isinstance(value, (str, Path, FileBytes)) else str(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -3,18 +3,25 @@ and the ranking metrics the built-in evaluators share."""
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .assemble import Assembled
-from .data import EpochSampler, FileBytes, Sample, make_loader, skip_summary
-from .errors import PluginError
+from .data import EpochSampler, Sample, make_loader, skip_summary
+from .encoder import FileBytes
+from .errors import PolyalignError, cut, shown
+from .loss import score_candidates
 
 ROW_KEYS = ("task", "target", "query", "metric", "value")
+NUMBER_KEYS = ("value", "ci_low", "ci_high", "chance", "rate")
+"""Row keys that hold a number whenever they are present (tables and plots compute with them)."""
 
 
 @dataclass
@@ -36,26 +43,30 @@ class EvalContext:
     def modalities(self) -> list[str]:
         return self.parts.model.modalities
 
-    def embeddings(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``(embeddings, present)`` for every sample of the split (CPU, float32), computed once."""
-        if "emb" not in self._cache:
-            self._cache["emb"] = embed_split(self.parts, self.split, self.device, self.batch_size)
-        return self._cache["emb"]
+    def embeddings(self, split: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(embeddings, present)`` for every sample of ``split`` (default: the one evaluated; a
+        linear probe also fits on ``train`` and ``val``), CPU float32, computed once per split."""
+        split = split or self.split
+        key = "emb" if split == self.split else f"emb:{split}"
+        if key not in self._cache:
+            self._cache[key] = embed_split(self.parts, split, self.device, self.batch_size)
+        return self._cache[key]
+
+    def embed_values(self, modality: str, values: Sequence[Any]) -> torch.Tensor:
+        """Raw values of ``modality`` (e.g. class prompts for the text encoder) embedded by the
+        model -> ``(N, E)`` CPU float32; relative paths resolve against the dataset's root."""
+        return self.parts.model.embed_values(modality, values, self.parts.dataset.root, self.device,
+                                             self.batch_size).float().cpu()
+
+    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
+        """The loss's scores ``(Q, C)`` of the candidates of ``target``, checked for shape and NaN."""
+        return self.score_tuples(queries, {target: candidates})
 
     @torch.no_grad()
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
-        """The loss's scoring rule, checked for shape."""
-        out = self.parts.loss.score(queries, candidates, target)
-        n_q = next(iter(queries.values())).shape[0]
-        name = self.parts.loss_name or type(self.parts.loss).__name__
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n_q, candidates.shape[0]):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise PluginError(f"loss plugin {name!r}: score() returned {got}; "
-                              f"expected ({n_q}, {candidates.shape[0]}) (queries x candidates)")
-        if torch.isnan(out).any():
-            raise PluginError(f"loss plugin {name!r}: score() returned NaN scores for target {target!r} "
-                              f"(ranks computed from them would be meaningless)")
-        return out
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss's scores ``(Q, C)`` of candidates made of one or more modalities, checked."""
+        return score_candidates(self.parts.loss, queries, candidates,
+                                self.parts.loss_name or type(self.parts.loss).__name__)
 
 
 @torch.no_grad()
@@ -79,6 +90,9 @@ def embed_split(parts: Assembled, split: str, device: torch.device,
     skipped = data.take_skipped()  # data.on_error=skip: those rows count as absent
     if skipped:
         warnings.warn(skip_summary(split, skipped), stacklevel=2)
+    if not len(data):  # an empty split: no rows, nothing to rank
+        return ({m: torch.empty(0, model.embed_dim) for m in model.modalities},
+                {m: torch.empty(0, dtype=torch.bool) for m in model.modalities})
     return ({m: torch.cat(v) for m, v in embs.items()}, {m: torch.cat(v) for m, v in pres.items()})
 
 
@@ -103,6 +117,16 @@ def retrieval_metrics(ranks: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[s
     return {name: float(v.mean()) for name, v in per_query_metrics(ranks, ks).items()}
 
 
+def recall_and_rank(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Retrieval's summary of ranks: ``R@k`` (share of queries with a correct candidate in the
+    top k), ``median_rank`` (the middle two averaged) and ``mean_rank`` of the best correct candidate."""
+    ranks = ranks.double()
+    out = {f"R@{k}": float((ranks <= k).double().mean()) for k in ks}
+    out["median_rank"] = float(ranks.quantile(0.5))
+    out["mean_rank"] = float(ranks.mean())
+    return out
+
+
 def value_key(value: Any) -> Any:
     """A hashable key for a raw value (to find the distinct candidates of a split)."""
     if isinstance(value, (str, int, float, bool)):
@@ -113,18 +137,68 @@ def value_key(value: Any) -> Any:
     return (arr.dtype.str, arr.shape, arr.tobytes())
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def row_problem(row: Any) -> str | None:
+    """Why ``row`` is not an evaluation row (``task``, ``target``, ``metric`` text, ``query`` a list of
+    text, ``value`` and the other :data:`NUMBER_KEYS` numbers), or None."""
+    if not isinstance(row, dict):
+        return f"a row must be a mapping, got {type(row).__name__}"
+    for key in ("task", "target", "metric"):
+        if not isinstance(row.get(key), str):
+            return f"{key!r} must be text, got {shown(row.get(key))}"
+    if not isinstance(row.get("query"), list) or not all(isinstance(q, str) for q in row["query"]):
+        return f"'query' must be a list of modality names, got {shown(row.get('query'))}"
+    bad = next((k for k in NUMBER_KEYS if (k in row or k == "value") and not _is_number(row.get(k))), None)
+    return f"{bad!r} must be a number, got {shown(row.get(bad))}" if bad else None
+
+
+def read_report(path: Path, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """The rows of a run's ``eval/report.json``, each checked with :func:`row_problem`
+    (``missing_ok``: no file is no rows)."""
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return []
+    redo = f"run `polyalign eval {path.parent.parent}` to write it again"
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PolyalignError(f"{path} not found; {redo}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PolyalignError(f"{path} cannot be read as JSON ({cut(str(exc), 200)}); {redo}") from None
+    if not isinstance(rows, list):
+        raise PolyalignError(f"{path} must hold a list of evaluation rows, got {type(rows).__name__}; {redo}")
+    for i, row in enumerate(rows):
+        problem = row_problem(row)
+        if problem:
+            raise PolyalignError(f"{path}, row {i}: {problem}; {redo}")
+    return rows
+
+
 def format_value(value: Any) -> str:
     """Numbers to 4 decimals; everything else as text."""
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def row_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The columns of a table of evaluator rows: the row keys, then any others (ci_low, ...) sorted."""
+    return list(ROW_KEYS) + sorted({k for r in rows for k in r} - set(ROW_KEYS))
+
+
+def eval_tag(row: dict[str, Any], split: str) -> str:
+    """A metric name for an evaluator row, e.g. ``eval/test/zero_shot/b_from_a+c/accuracy``."""
+    query = "+".join(row.get("query") or [])
+    parts = [str(row.get("task", "eval")), f"{row.get('target')}_from_{query}", str(row.get("metric"))]
+    return "/".join(["eval", split] + [re.sub(r"\s+", "_", p) for p in parts])
 
 
 def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation") -> str:
     """The rows as a Markdown table (query lists joined with '+')."""
     if not rows:
         return f"# {title}\n\nNo evaluators in the recipe.\n"
-    cols = list(ROW_KEYS)
-    extra = sorted({k for r in rows for k in r} - set(cols))
-    cols += extra
+    cols = row_columns(rows)
     lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = ["+".join(r[c]) if c == "query" else format_value(r.get(c, "")) for c in cols]

@@ -2,7 +2,15 @@
 
 A plugin is a module (or object) with functions decorated by ``polyalign.hookimpl``.
 Hooks are called with keyword arguments only; an implementation may accept fewer
-arguments than the spec lists, so specs can grow without breaking plugins.
+arguments than the spec lists, so specs can grow without breaking plugins. A factory may name
+only the context arguments its kind lists below (``registry.CONTEXT``); any other name is an
+error listing them. ``polyalign.testing`` checks encoders and losses against their contracts.
+
+A component's ``config`` model is validated with every recipe. Its validators may read
+``info.context`` (``None`` outside a recipe): the recipe's ``modalities``, ``embed_dim`` and global
+``batch_size`` (:func:`polyalign.core.recipe.plugin_context`), to refuse options that cannot run
+with them before anything starts (Symile's ``n_squared`` negatives refuse a batch and modality
+count whose memory exceeds the machine's, with the estimate).
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ def register_encoders(register: Register) -> None:
     only those you need): ``modality`` (the recipe's name for it), ``example`` (one raw value
     from the train split, e.g. to infer an input size) and ``root`` (the dataset's folder).
     An encoder that infers options from ``example`` returns them from ``rebuild_options()``,
-    so a trained model can be rebuilt without its data (``polyalign.load``).
+    so a trained model can be rebuilt without its data (``polyalign.load``). An encoder with
+    blocks returns them from ``layer_groups()`` (for ``unlocked_layers`` and ``train.layer_decay``);
+    one with training-only structure (LoRA adapters) folds it away in ``merge_for_export()``.
     """
 
 
@@ -36,7 +46,10 @@ def register_losses(register: Register) -> None:
     """Register loss plugins: ``register(name, factory, config=Model, help="...")``.
 
     ``factory(config, **context)`` returns a :class:`polyalign.core.loss.Loss` with
-    ``forward(embeddings, present) -> LossOutput`` and ``score(queries, candidates, target)``.
+    ``forward(embeddings, present) -> LossOutput`` and a scoring rule: ``score(queries,
+    candidates, target)`` ranks candidates of one modality; ``score_tuples(queries, candidates)``
+    (optional, ``candidates`` a dict of modalities) also ranks tuples; define it and ``score``
+    follows (docs/losses.md).
     Context arguments the factory may accept: ``modalities`` (names) and ``embed_dim``.
     """
 
@@ -53,8 +66,10 @@ def register_datasets(register: Register) -> None:
     (a path, a :class:`~polyalign.core.data.FileBytes`, text, numbers) with missing modalities
     absent, plus optional ``label`` and ``id``.
     The object may also have ``on_error`` (``"raise"`` or ``"skip"``: what to do with a row
-    whose value fails to load) and ``locate(split, index) -> str`` (where a row comes from,
-    e.g. ``manifest data/train.jsonl, line 7``, used in error messages).
+    whose value fails to load), ``locate(split, index) -> str`` (where a row comes from,
+    e.g. ``manifest data/train.jsonl, line 7``, used in error messages) and ``label_names``
+    (a list: the name of class ``k`` for samples with ``label: k``, used by zero-shot
+    classification prompts).
     Context argument the factory may accept: ``seed`` (the recipe's seed).
     """
 
@@ -74,8 +89,9 @@ def register_loggers(register: Register) -> None:
     """Register logger plugins: ``register(name, factory, config=Model, help="...")``.
 
     ``factory(config, run_dir)`` returns an object with any of the event-hook methods
-    (``on_train_start``, ``on_step_end``, ``on_eval_end``, ``on_train_end``); the recipe's
-    ``logging`` list chooses which loggers a run uses.
+    (``on_train_start``, ``on_step_end``, ``on_epoch_end``, ``on_eval_end``, ``on_train_end``,
+    ``on_train_error``); the recipe's ``logging`` list chooses which loggers a run uses, by name
+    or as a node ``{plugin: NAME, ...options}`` whose options ``config`` validates.
     """
 
 
@@ -105,3 +121,10 @@ def on_eval_end(rows: list, run_dir: Any, split: str) -> None:
 @hookspec
 def on_train_end(run_dir: Any, metrics: dict) -> None:
     """Called once after training and evaluation finished on the main process."""
+
+
+@hookspec
+def on_train_error(run_dir: Any, error: BaseException) -> None:
+    """Called on the main process when training or evaluation stopped with ``error`` (which is
+    raised again afterwards; the run can be resumed). A logger holding a connection or an open
+    tracked run should flush and close it, marked as failed."""

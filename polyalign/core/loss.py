@@ -10,9 +10,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .errors import PluginError
+from .errors import PluginError, PolyalignError
 
 MAX_LOGIT_SCALE = 100.0
+"""``1/τ ≤ 100`` (τ ≥ 0.01), CLIP's ceiling: sharper logits of unit vectors only overfit the batch."""
+
+MIN_LOGIT_SCALE = 1.0
+"""``1/τ ≥ 1`` (τ ≤ 1), open_clip's floor. Logits of unit vectors scaled by ``1/τ`` lie within
+``±1/τ``: below 1 every logit is within 2 of every other, the softmax over the candidates is close
+to uniform whatever the embeddings, and the gradient (proportional to ``1/τ``) fades, so no run
+learns there. The floor keeps a diverging optimiser (too high a learning rate) from driving ``1/τ``
+to 0, where τ overflows and a metric such as ``1/scale`` divides by zero."""
 
 
 @dataclass
@@ -27,17 +35,21 @@ class LossConfig(BaseModel):
     """Options every loss shares: the initial temperature and whether it is learned."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    temperature: float = Field(0.07, gt=0, description="initial temperature τ")
+    temperature: float = Field(0.07, ge=1 / MAX_LOGIT_SCALE, le=1 / MIN_LOGIT_SCALE,
+                               description="initial temperature τ, in [0.01, 1] (1/τ is kept in [1, 100])")
     learn_temperature: bool = Field(True, description="learn log(1/τ) with the model")
 
 
 class Temperature(nn.Module):
-    """Learnable ``log(1/τ)``; the trainer clamps ``1/τ <= 100`` after each optimizer step."""
+    """Learnable ``log(1/τ)``; the trainer keeps ``min_scale <= 1/τ <= max_scale`` after each
+    optimizer step (default ``[MIN_LOGIT_SCALE, MAX_LOGIT_SCALE]``; see there why)."""
 
     def __init__(self, tau: float = 0.07, learnable: bool = True,
-                 max_scale: float = MAX_LOGIT_SCALE):
+                 max_scale: float = MAX_LOGIT_SCALE, min_scale: float = MIN_LOGIT_SCALE):
         super().__init__()
-        self.max_scale = max_scale
+        if not min_scale <= 1.0 / tau <= max_scale:
+            raise PluginError(f"initial temperature τ = {tau:g} is outside [{1 / max_scale:g}, {1 / min_scale:g}]")
+        self.max_scale, self.min_scale = max_scale, min_scale
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / tau)), requires_grad=learnable)
 
     @property
@@ -45,10 +57,15 @@ class Temperature(nn.Module):
         """``1/τ`` as a tensor (differentiable)."""
         return self.log_scale.exp()
 
+    @property
+    def tau(self) -> float:
+        """τ as a number, for metrics (never raises, even where ``1/τ`` has underflowed)."""
+        return float(torch.exp(-self.log_scale.detach()))
+
     @torch.no_grad()
     def clamp_(self) -> None:
-        """Keep ``1/τ`` at or below ``max_scale``."""
-        self.log_scale.clamp_(max=math.log(self.max_scale))
+        """Keep ``1/τ`` within ``[min_scale, max_scale]``."""
+        self.log_scale.clamp_(min=math.log(self.min_scale), max=math.log(self.max_scale))
 
 
 def clamp_temperatures(module: nn.Module) -> None:
@@ -65,6 +82,12 @@ class Loss(nn.Module):
     ``(N,)`` mask (None = all present); returns :class:`LossOutput`.
     ``score(queries, candidates, target)``: ``queries[m]`` is ``(Q, d)`` for each query
     modality, ``candidates`` ``(C, d)`` embeddings of ``target``; returns ``(Q, C)`` scores.
+    ``score_tuples(queries, candidates)``: the same for candidates made of several modalities,
+    ``candidates[m]`` ``(C, d)`` for each, row ``c`` of every one together being candidate ``c``
+    (text -> (video, audio)). Define ``score_tuples`` to rank tuples (``score`` then defaults to
+    it with one candidate modality); a loss that defines only ``score`` ranks one modality.
+    ``inner_product_query(queries, target)``: whether the score reduces to an inner product
+    with the candidate, which is what lets an index (``polyalign index``) serve the loss.
     """
 
     def forward(self, embeddings: dict[str, torch.Tensor],
@@ -72,13 +95,75 @@ class Loss(nn.Module):
         raise TypeError(f"loss {type(self).__name__} does not define forward()")
 
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
-              target: str) -> torch.Tensor:  # pragma: no cover
-        raise TypeError(f"loss {type(self).__name__} does not define score()")
+              target: str) -> torch.Tensor:
+        """``(Q, C)`` scores of the candidates of ``target`` for each query tuple."""
+        if type(self).score_tuples is Loss.score_tuples:
+            raise TypeError(f"loss {type(self).__name__} defines no scoring rule: define "
+                            f"score(queries, candidates, target) or score_tuples(queries, candidates)")
+        return self.score_tuples(queries, {target: candidates})
+
+    def score_tuples(self, queries: dict[str, torch.Tensor],
+                     candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(Q, C)`` scores of candidate tuples (``candidates[m]`` ``(C, d)``) for each query tuple."""
+        if len(candidates) == 1 and type(self).score is not Loss.score:
+            (target, bank), = candidates.items()
+            return self.score(queries, bank, target)
+        raise PluginError(cannot_rank_tuples(type(self).__name__, list(candidates)))
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
+        """``(Q, d)`` vectors ``v`` such that ``score`` ranks every candidate ``c`` of ``target`` as
+        ``v · c`` does (the score a non-decreasing function of it), or None when the score does not
+        reduce to an inner product with the candidate (e.g. GRAM's volume): then an inner-product
+        index cannot rank for this loss and ``polyalign search`` refuses to use one. The default
+        is None; override it when the scoring rule allows it."""
+        return None
 
 
-def check_loss_output(out: Any, plugin: str) -> LossOutput:
+def cannot_rank_tuples(plugin: str, candidates: list[str]) -> str:
+    """The error for a loss asked to rank tuples when its scoring rule ranks one modality."""
+    return (f"loss {plugin!r} ranks candidates of one modality (it defines score(), not score_tuples()), so it "
+            f"cannot rank candidates made of {'+'.join(candidates)}; retrieve one modality at a time, or give "
+            f"the loss a score_tuples(queries, candidates) method (docs/losses.md, 'Scoring')")
+
+
+def score_candidates(loss: nn.Module, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor],
+                     plugin: str) -> torch.Tensor:
+    """The loss's ``(Q, C)`` scores of candidate tuples for query tuples, checked for shape and NaN.
+
+    One candidate modality goes through ``score()`` (every loss has it), several through
+    ``score_tuples()``; ``plugin`` names the loss in errors.
+    """
+    if not queries or not candidates:
+        raise PolyalignError(f"scoring needs at least one query and one candidate modality; got queries "
+                             f"{list(queries) or 'none'}, candidates {list(candidates) or 'none'}")
+    for side, tensors in (("query", queries), ("candidate", candidates)):
+        sizes = {m: int(z.shape[0]) for m, z in tensors.items()}
+        if len(set(sizes.values())) != 1:
+            raise PolyalignError(f"every {side} modality needs one row per {side}; got {sizes}")
+    target = "+".join(candidates)
+    if len(candidates) == 1:
+        method = "score()"
+        out = loss.score(queries, candidates[target], target)
+    else:
+        method = "score_tuples()"
+        if not can_rank_tuples(loss):
+            raise PluginError(cannot_rank_tuples(plugin, list(candidates)))
+        out = loss.score_tuples(queries, candidates)
+    expected = (int(next(iter(queries.values())).shape[0]), int(next(iter(candidates.values())).shape[0]))
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PluginError(f"loss plugin {plugin!r}: {method} returned {got}; expected {expected} "
+                          f"(queries x candidates)")
+    if torch.isnan(out).any():
+        raise PluginError(f"loss plugin {plugin!r}: {method} returned NaN scores for target {target!r} "
+                          f"(ranks computed from them would be meaningless)")
+    return out
+
+
+def check_loss_output(out: Any, plugin: str, needs_grad: bool = False) -> LossOutput:
     """``out`` if it keeps the loss contract (a :class:`LossOutput` holding a scalar floating
-    tensor and number metrics), else a :class:`PluginError` naming ``plugin`` and what it returned."""
+    tensor, with a gradient when ``needs_grad``, and number metrics), else a :class:`PluginError`
+    naming ``plugin`` and what it returned."""
     def fail(got: str) -> PluginError:
         return PluginError(f"loss plugin {plugin!r} returned {got}; forward() must return "
                            f"LossOutput(loss=<0-dim float tensor>, metrics={{name: float}})")
@@ -92,6 +177,10 @@ def check_loss_output(out: Any, plugin: str) -> LossOutput:
         raise fail(f"a loss of shape {tuple(loss.shape)} (reduce it to a scalar, e.g. with .mean())")
     if not loss.is_floating_point():
         raise fail(f"a loss of dtype {loss.dtype}")
+    if needs_grad and not loss.requires_grad:
+        raise PluginError(f"loss plugin {plugin!r} returned a loss that does not depend on the embeddings (no "
+                          f"gradient): keep it a tensor computed from them (no .item(), .detach() or "
+                          f"torch.tensor(...))")
     if not isinstance(out.metrics, dict):
         raise fail(f"metrics of type {type(out.metrics).__name__}")
     for key, value in out.metrics.items():
@@ -112,7 +201,7 @@ def full_present(embeddings: dict[str, torch.Tensor],
 
 
 class WeightedLoss(Loss):
-    """A weighted sum of losses (a recipe's list under ``loss:``); scores with the first."""
+    """A weighted sum of losses (a recipe's list under ``loss:``); scores with the first term's rule."""
 
     def __init__(self, terms: dict[str, Loss], weights: dict[str, float]):
         super().__init__()
@@ -123,13 +212,31 @@ class WeightedLoss(Loss):
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:
         total = 0.0
         metrics: dict[str, float] = {}
+        needs_grad = torch.is_grad_enabled() and any(z.requires_grad for z in embeddings.values())
         for name, term in self.terms.items():
-            out = check_loss_output(term(embeddings, present), name)
+            try:
+                raw = term(embeddings, present)
+            except Exception as exc:
+                detail = str(exc) if isinstance(exc, PolyalignError) else f"{type(exc).__name__}: {exc}"
+                raise PluginError(f"loss term {name!r} of the weighted sum {' + '.join(self.terms)} failed: "
+                                  f"{detail}") from exc
+            out = check_loss_output(raw, name, needs_grad)
             total = total + self.weights[name] * out.loss
             metrics[f"{name}/loss"] = float(out.loss.detach())
             metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
         return LossOutput(total, metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
-              target: str) -> torch.Tensor:
-        return next(iter(self.terms.values())).score(queries, candidates, target)
+    def score_tuples(self, queries: dict[str, torch.Tensor],
+                     candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        name, first = next(iter(self.terms.items()))
+        return score_candidates(first, queries, candidates, name)
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
+        return next(iter(self.terms.values())).inner_product_query(queries, target)
+
+
+def can_rank_tuples(loss: nn.Module) -> bool:
+    """Whether the loss's scoring rule ranks candidates made of several modalities (``score_tuples``)."""
+    if isinstance(loss, WeightedLoss):
+        return can_rank_tuples(next(iter(loss.terms.values())))
+    return getattr(type(loss), "score_tuples", Loss.score_tuples) is not Loss.score_tuples

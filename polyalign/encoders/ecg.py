@@ -10,11 +10,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.data import FileBytes
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import FILE_VALUES, Encoder, FileBytes, resolve_file
 from polyalign.core.errors import PolyalignError
+from polyalign.core.layer_groups import named_layer_groups
+from polyalign.core.npy_file import read_npy
 
-from .files import FILE_VALUES, resolve_file
 from .resample import resample
 
 Layout = Literal["auto", "leads_first", "time_first"]
@@ -70,11 +70,7 @@ def read_ecg_array(value: Any, root: Path | None, config: EcgConfig) -> np.ndarr
                              f"a WFDB record is two files (.hea + .dat), so convert it to .npy first")
     if text.endswith(".npy"):
         path = resolve_file(value, root, "ECG .npy")
-        try:
-            with path.open("rb") as fh:
-                return np.load(fh, allow_pickle=False).astype(np.float32)
-        except Exception as exc:
-            raise PolyalignError(f"cannot read ECG array {path}: {type(exc).__name__}: {exc}") from exc
+        return read_npy(path, "ECG array").astype(np.float32)
     header = Path(text).with_suffix(".hea") if Path(text).suffix in (".hea", ".dat") else Path(text + ".hea")
     path = resolve_file(str(header), root, "ECG WFDB header (.hea)")
     return read_wfdb(path, config.lead_names, config.sample_rate)
@@ -168,6 +164,10 @@ class EcgEncoder(Encoder):
     def rebuild_options(self) -> dict[str, Any]:
         return {"length": self.length}
 
+    def layer_groups(self) -> list[list[str]]:
+        """The stem, then each residual block."""
+        return named_layer_groups(self, [[self.net.stem], *[[b] for b in self.net.stages]])
+
     def load_options(self) -> dict[str, Any]:
         cfg = self.config
         return {"leads": cfg.leads, "length": self.length, "layout": cfg.layout, "crop": cfg.crop,
@@ -195,6 +195,9 @@ class EcgEncoder(Encoder):
         if window.shape[1] < self.length:
             window = np.pad(window, ((0, 0), (0, self.length - window.shape[1])))
         return torch.from_numpy(np.ascontiguousarray(window))
+
+    def export_example(self, batch: int) -> torch.Tensor:
+        return torch.randn(batch, self.config.leads, self.length)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

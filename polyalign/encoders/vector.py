@@ -10,10 +10,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import FILE_VALUES, Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
-
-from .files import FILE_VALUES, resolve_file
+from polyalign.core.npy_file import read_npy
 
 
 class VectorConfig(BaseModel):
@@ -28,11 +27,7 @@ def load_vector(value: Any, root: Path | None) -> torch.Tensor:
     member), as a float32 vector."""
     if isinstance(value, FILE_VALUES):
         path = resolve_file(value, root, "vector .npy")
-        try:
-            with path.open("rb") as fh:
-                arr = np.load(fh, allow_pickle=False)
-        except Exception as exc:
-            raise PolyalignError(f"cannot read vector file {path}: {type(exc).__name__}: {exc}") from exc
+        arr = read_npy(path, "vector file")
     else:
         arr = value
     return torch.as_tensor(np.asarray(arr, dtype=np.float32)).reshape(-1)
@@ -68,6 +63,9 @@ class VectorEncoder(Encoder):
         if x.shape[1] != self.dim:
             raise PolyalignError(f"expected vectors of {self.dim} numbers, got {x.shape[1]}")
         return x
+
+    def export_example(self, batch: int) -> torch.Tensor:
+        return torch.randn(batch, self.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

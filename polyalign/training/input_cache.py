@@ -28,8 +28,7 @@ from torch.utils.data import get_worker_info
 
 from polyalign.core.batch import Batch, Collator
 from polyalign.core.cache_dir import cache_root
-from polyalign.core.data import FileBytes
-from polyalign.core.encoder import Encoder, Input
+from polyalign.core.encoder import Encoder, FileBytes, Input
 from polyalign.core.errors import PolyalignError
 from polyalign.core.recipe import Recipe
 

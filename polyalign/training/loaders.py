@@ -11,7 +11,8 @@ import torch
 
 from polyalign.core.assemble import HEAD, Assembled
 from polyalign.core.batch import Collator
-from polyalign.core.data import BatchOf, EpochLoader, EpochSampler, FileBytes, Loader, RowLoader, make_loader
+from polyalign.core.data import BatchOf, EpochLoader, EpochSampler, Loader, RowLoader, make_loader
+from polyalign.core.encoder import FileBytes
 from polyalign.core.errors import PolyalignError
 from polyalign.core.recipe import Recipe
 from polyalign.core.stream import StreamLoader, StreamTuples, is_stream

@@ -54,10 +54,17 @@ class Trainer:
             self.recipe = recipe = recipe.model_copy(
                 update={"train": cfg.model_copy(update={"num_workers": self.data.workers})})
         self.batches_per_epoch = len(self.train_loader)
+        if self.batches_per_epoch < cfg.accumulate:
+            per_rank = f" per process (of {dist.world})" if dist.enabled else ""
+            raise PolyalignError(
+                f"train.accumulate: {cfg.accumulate} batches make one optimizer step, but an epoch of the train "
+                f"split ({len(self.train_set)} rows) has only {self.batches_per_epoch} batch(es) of "
+                f"{self.rank_batch}{per_rank}: no optimizer step would ever run. Lower train.accumulate or "
+                f"train.batch_size.")
         self.steps_per_epoch = max(1, self.batches_per_epoch // cfg.accumulate)
         total = self.steps_per_epoch * cfg.epochs
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
-        optimizer, self.scheduler = build_optimizer([self.model, self.loss_fn], cfg, self.total_steps)
+        optimizer, self.scheduler = build_optimizer(self.model, self.loss_fn, recipe, self.total_steps)
         self.optimizer = optimizer
         self.stepper = Stepper(recipe, self.model, self._forward_model(), self.loss_fn, optimizer,
                                self.scheduler, self.device)
@@ -81,6 +88,11 @@ class Trainer:
                       f"a streamed epoch cannot be continued with another layout, so training goes on from "
                       f"the start of epoch {progress.epoch + 1} (the rest of epoch {progress.epoch} is not seen)")
             progress.next_epoch()
+
+    @property
+    def started(self) -> bool:
+        """Whether the run has anything to keep: an optimizer step taken or a checkpoint written."""
+        return self.progress.step > 0 or self.saved_step is not None
 
     def _forward_model(self) -> nn.Module:
         """The model as the steps call it: wrapped in DDP across processes, compiled when asked."""

@@ -96,8 +96,7 @@ def save_state(root: Path, parts: Assembled, progress: TrainProgress, optimizer:
     save_checkpoint(root / names[0], parts.state_dict(), state)
     for name in names[1:]:
         link_checkpoint(root / names[0], root / name)
-    if cfg.checkpoint_every:
-        prune_step_checkpoints(root, cfg.keep_last)
+    prune_step_checkpoints(root, cfg.keep_last)  # also when a resume turned checkpoint_every off
 
 
 def restore_state(root: Path, parts: Assembled, optimizer: torch.optim.Optimizer,

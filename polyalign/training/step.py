@@ -36,7 +36,7 @@ def temperature_of(loss: nn.Module) -> float | None:
     """τ of the first :class:`Temperature` in the loss (for logging)."""
     for m in loss.modules():
         if isinstance(m, Temperature):
-            return float(1.0 / m.scale.detach())
+            return m.tau
     return None
 
 

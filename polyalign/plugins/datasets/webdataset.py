@@ -22,7 +22,8 @@ from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from polyalign.core.data import SPLITS, FileBytes, Sample
+from polyalign.core.data import SPLITS, Sample
+from polyalign.core.encoder import FileBytes
 from polyalign.core.errors import PolyalignError
 from polyalign.core.manifest_file import ManifestError, parse_label
 from polyalign.core.stream import Shard, StreamSplit

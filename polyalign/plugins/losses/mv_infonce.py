@@ -10,7 +10,7 @@ Missing modalities: each tuple uses its present modalities; absent entries are n
 nor negatives. Tuples with fewer than two present modalities have no positive pair and add no
 term (the loss is the mean over the others).
 
-Score: the sum of cosines of the target to each query modality, as for pairwise CLIP.
+Score: as for pairwise CLIP, ``Σ_q Σ_c z_q·z_c`` over every (query, candidate) pair of modalities.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_
 
 from .blockwise import Reductions, reduce_blockwise
 from .multiview import positive_logsumexp, stack_views
-from .pairwise import sum_of_cosines
+from .pairwise import sum_of_cosines, summed_query
 from .rows import zero_loss
 
 
@@ -72,8 +72,11 @@ class MvInfoNceLoss(Loss):
         metrics.update({"positives_lse": float(num.detach().mean()), "all_lse": float(den.detach().mean())})
         return LossOutput((den - num).mean(), metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum_of_cosines(queries, candidates)
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
+        return summed_query(queries)
 
 
 def build_mv_infonce(config: MvInfoNceConfig) -> MvInfoNceLoss:

@@ -9,9 +9,10 @@ For a pair ``(m, n)``: ``−(1/N) Σ_ij logsigmoid(y_ij·(t·z[m]_i·z[n]_j + b)
 Missing modalities: each pair term uses the rows where both are present; the mean is over the
 terms with at least two rows.
 
-Score: ``Σ_q logsigmoid(t_qt·z_q·z_t + b_qt)``, the log-probability that every query matches the
-candidate (one query: the same ranking as the cosine). A query-target pair outside the trained
-graph uses the mean ``(t, b)`` of the trained pairs.
+Score: ``Σ_q Σ_c logsigmoid(t_qc·z_q·z_c + b_qc)`` over every (query, candidate) pair of
+modalities, the log-probability that every query modality matches every candidate modality (one
+query, one target: the same ranking as the cosine). A pair outside the trained graph uses the
+mean ``(t, b)`` of the trained pairs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from pydantic import Field
 from torch import nn
 
 from polyalign.core.errors import PolyalignError
-from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
+from polyalign.core.loss import (
+    MAX_LOGIT_SCALE,
+    MIN_LOGIT_SCALE,
+    Loss,
+    LossConfig,
+    LossOutput,
+    Temperature,
+    full_present,
+)
 
 from .blockwise import Reductions, reduce_blockwise
 from .pairwise import PairGraph, pair_graph, paired_rows
@@ -30,7 +39,8 @@ from .rows import zero_loss
 
 
 class SiglipConfig(LossConfig):
-    temperature: float = Field(0.1, gt=0, description="initial τ = 1/t of every pair (t starts at 10)")
+    temperature: float = Field(0.1, ge=1 / MAX_LOGIT_SCALE, le=1 / MIN_LOGIT_SCALE,
+                               description="initial τ = 1/t of every pair (t starts at 10), in [0.01, 1]")
     bias: float = Field(-10.0, description="initial bias b of every pair")
     pairs: PairGraph = Field("full", description="full = every pair; star = pairs with the anchor")
     anchor: str | None = Field(None, description="anchor modality of the star graph (default: first)")
@@ -104,17 +114,23 @@ class SiglipLoss(Loss):
             metrics[f"bias_{key}"] = float(self.biases[key].detach())
         return LossOutput(loss, metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         out = 0.0
         for q, zq in queries.items():
-            key = self.pair_keys.get(frozenset((q, target)))
-            if key is None:
-                scale = torch.stack([t.scale for t in self.scales.values()]).mean()
-                bias = torch.stack(list(self.biases.values())).mean()
-            else:
-                scale, bias = self.scales[key].scale, self.biases[key]
-            out = out + F.logsigmoid(scale * zq @ candidates.T + bias)
+            for c, zc in candidates.items():
+                key = self.pair_keys.get(frozenset((q, c)))
+                if key is None:
+                    scale = torch.stack([t.scale for t in self.scales.values()]).mean()
+                    bias = torch.stack(list(self.biases.values())).mean()
+                else:
+                    scale, bias = self.scales[key].scale, self.biases[key]
+                out = out + F.logsigmoid(scale * zq @ zc.T + bias)
         return out
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
+        """One query modality: its embedding (``logsigmoid(t·z_q·z_t + b)`` rises with ``z_q·z_t``);
+        a sum of several logsigmoids is no function of one inner product: None."""
+        return next(iter(queries.values())) if len(queries) == 1 else None
 
 
 def build_siglip(config: SiglipConfig, modalities: list[str] | None = None) -> SiglipLoss:

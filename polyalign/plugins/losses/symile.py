@@ -15,15 +15,19 @@ tuple ``(i, ..., i)``; the loss is the mean over the ``M`` anchors of the cross-
 - ``scale: dim`` multiplies the MIP by ``d^((M-1)/2)`` (a random MIP of unit vectors shrinks like
   ``d^-(M-1)/2``) and divides the initial ``1/τ`` by the same factor, so training starts from the
   same logits as ``scale: none``; what changes is the ceiling: ``1/τ ≤ 100`` now allows logits
-  ``d^((M-1)/2)`` times larger. It needs ``embed_dim`` and ``modalities`` (a recipe passes them).
+  ``d^((M-1)/2)`` times larger (the floor ``1/τ ≥ 1`` stays on the scaled logits, so it is lowered
+  by the same factor). It needs ``embed_dim`` and ``modalities`` (a recipe passes them).
 
 Missing modalities: the MIP is defined on whole tuples, so the loss uses the rows where every
 modality is present (fewer than two such rows give a zero loss). To learn from incomplete
 tuples too, use ``missing: {strategy: learned}``: the model then fills each absent modality
 with a learned embedding and the loss sees complete tuples (the Symile paper's recipe).
 
-Score: ``(⊙_{q∈Q} z_q) · z_t`` -- one elementwise product of the query embeddings, then one
-matmul against the candidates.
+Score: ``(⊙_{q∈Q} z_q) · (⊙_{c∈C} z_c)``, the MIP of the query and candidate modalities together
+(one candidate modality: ``(⊙_q z_q) · z_t``) -- one elementwise product per side, then one
+matmul. From a subset of the modalities it is the MIP of that subset only: a quantity the loss
+never trained unless the model fills the absent ones (``missing: {strategy: learned}``), see
+docs/losses.md.
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationInfo, model_validator
 
 from polyalign.core.errors import PolyalignError
-from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
+from polyalign.core.loss import MIN_LOGIT_SCALE, Loss, LossConfig, LossOutput, Temperature, full_present
+from polyalign.core.memory import memory_problem
 
-from .multilinear import anchor_logsumexps, mip
+from .multilinear import anchor_logsumexps, elementwise_product, mip
 from .rows import all_present, complete_rows, zero_loss
 
 
@@ -48,6 +53,20 @@ class SymileConfig(LossConfig):
         "none", description="dim = multiply the MIP by d^((M-1)/2) and lower the initial 1/τ to match")
     chunk_size: int | None = Field(None, ge=1, description="n_squared: rows of the first M-2 modalities' "
                                                            "combinations per block (default: ~4M logits a block)")
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self, info: ValidationInfo) -> SymileConfig:
+        """n_squared keeps one log-sum-exp per combination of the first M-2 modalities' rows: N^(M-2)
+        numbers for a batch of N, which outgrows any machine as modalities are added."""
+        context = info.context or {}
+        m, n = len(context.get("modalities", [])), context.get("batch_size")
+        if self.negatives == "n_squared" and m > 3 and n:
+            problem = memory_problem(4.0 * float(n) ** (m - 2), f"negatives: n_squared over {m} modalities "
+                                     f"with a batch of {n} keeps {n}^{m - 2} = {float(n) ** (m - 2):.3g} "
+                                     f"log-sum-exps of 4 bytes")
+            if problem:
+                raise ValueError(f"{problem}; use negatives: n, or a smaller train.batch_size")
+        return self
 
 
 def mip_multiplier(embed_dim: int, n_modalities: int) -> float:
@@ -68,7 +87,8 @@ class SymileLoss(Loss):
                                      "them, from Python call build('loss', 'symile', scale='dim', "
                                      "modalities=[...], embed_dim=...)")
             init = mip_multiplier(embed_dim, len(modalities))
-        self.temperature = Temperature(config.temperature * init, config.learn_temperature)
+        self.temperature = Temperature(config.temperature * init, config.learn_temperature,
+                                       min_scale=MIN_LOGIT_SCALE / init)  # the floor on the scaled logits
 
     def _multiplier(self, zs: list[torch.Tensor]) -> float:
         return mip_multiplier(zs[0].shape[1], len(zs)) if self.config.scale == "dim" else 1.0
@@ -108,12 +128,12 @@ class SymileLoss(Loss):
         metrics.update({f"loss_{m}": float(v) for m, v in zip(names, per_anchor.detach())})
         return LossOutput(per_anchor.mean(), metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
-        zs = list(queries.values())
-        prod = zs[0]
-        for q in zs[1:]:
-            prod = prod * q
-        return prod @ candidates.T
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        return elementwise_product(list(queries.values())) @ elementwise_product(list(candidates.values())).T
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
+        """``⊙_{q∈Q} z_q``: the elementwise product of the query embeddings."""
+        return elementwise_product(list(queries.values()))
 
 
 def build_symile(config: SymileConfig, modalities: list[str] | None = None,
