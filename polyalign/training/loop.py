@@ -58,7 +58,7 @@ class Trainer:
             per_rank = f" per process (of {dist.world})" if dist.enabled else ""
             raise PolyalignError(
                 f"train.accumulate: {cfg.accumulate} batches make one optimizer step, but an epoch of the train "
-                f"split ({len(self.train_set)} rows) has only {self.batches_per_epoch} batch(es) of "
+                f"split ({len(self.parts.dataset.split('train'))} rows) has only {self.batches_per_epoch} batch(es) of "
                 f"{self.rank_batch}{per_rank}: no optimizer step would ever run. Lower train.accumulate or "
                 f"train.batch_size.")
         self.steps_per_epoch = max(1, self.batches_per_epoch // cfg.accumulate)

@@ -34,6 +34,24 @@ class RunBusyError(PolyalignError):
     """Another process holds the run directory."""
 
 
+_HELD: set[int] = set()  # lock descriptors of this process
+
+
+def _close_held_in_child() -> None:
+    """A forked child (a DataLoader worker) drops the run locks it inherited: the lock stays with
+    the parent and goes when the parent goes, even if the child outlives it for a moment."""
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 def _holder(fd: int) -> str:
     """The holder recorded in an open lock file, in words."""
     try:
@@ -71,6 +89,7 @@ def lock_run_dir(run_dir: Path) -> int | None:
               "command": " ".join(["polyalign" if program == "__main__.py" else program, *sys.argv[1:]])}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+    _HELD.add(fd)
     return fd
 
 
@@ -93,4 +112,5 @@ def hold_run_dir(run_dir: Path, dist: DistInfo) -> Iterator[None]:
         yield
     finally:
         if fd is not None:
+            _HELD.discard(fd)
             os.close(fd)  # closing the descriptor releases the flock
