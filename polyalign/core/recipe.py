@@ -67,8 +67,17 @@ class TrainSection(Strict):
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float | None = Field(1.0, gt=0)
-    accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    accumulate: int = Field(1, ge=1, description="micro-batches of batch_size per optimizer step")
+    negatives: Literal["window", "micro"] = Field(
+        "window", description="with accumulate > 1: window = the loss spans every micro-batch of the step "
+                              "(GradCache: equal to one batch of accumulate x batch_size); micro = each "
+                              "micro-batch's own loss")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU; fp16 = fp16 autocast with a gradient "
+                            "scaler (CUDA only)")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes: ddp = a full model copy per process; fsdp = parameters, "
+                           "gradients and optimizer state sharded per encoder (FSDP2)")
     device: str = "auto"
 
     @field_validator("device")

@@ -34,8 +34,11 @@ def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str
 
 def build_optimizer(modules: list[nn.Module], cfg: TrainSection,
                     total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over ``modules`` and its warmup + cosine (or constant) schedule over ``total_steps``."""
-    optimizer = torch.optim.AdamW(param_groups(modules, cfg.weight_decay), lr=cfg.lr)
+    """AdamW over ``modules`` and its warmup + cosine (or constant) schedule over ``total_steps``.
+
+    Fused: one kernel per step, and it can skip a step on the device (see ``step.step_unless``).
+    """
+    optimizer = torch.optim.AdamW(param_groups(modules, cfg.weight_decay), lr=cfg.lr, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, total_steps, cfg.schedule))
     return optimizer, scheduler

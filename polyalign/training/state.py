@@ -80,7 +80,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_state(root: Path, parts: Assembled, progress: TrainProgress, optimizer: torch.optim.Optimizer,
-               scheduler: Any, cfg: TrainSection, best: bool = False) -> None:
+               scheduler: Any, cfg: TrainSection, best: bool = False,
+               scaler: torch.amp.GradScaler | None = None) -> None:
     """Checkpoint weights and state under ``root`` as ``last`` (and ``best`` when asked).
 
     With ``checkpoint_every`` the state is first written as ``step-NNNNNNNN`` (the newest
@@ -89,6 +90,8 @@ def save_state(root: Path, parts: Assembled, progress: TrainProgress, optimizer:
     """
     state = {**asdict(progress), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "rng": rng_state()}
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
     names = ([step_checkpoint_name(progress.step)] if cfg.checkpoint_every else []) + \
         (["best"] if best else []) + ["last"]
     save_checkpoint(root / names[0], parts.state_dict(), state)
@@ -99,7 +102,7 @@ def save_state(root: Path, parts: Assembled, progress: TrainProgress, optimizer:
 
 
 def restore_state(root: Path, parts: Assembled, optimizer: torch.optim.Optimizer,
-                  scheduler: Any) -> TrainProgress | None:
+                  scheduler: Any, scaler: torch.amp.GradScaler | None = None) -> TrainProgress | None:
     """Load the newest checkpoint under ``root`` into the parts, optimiser, scheduler and RNGs;
     None when the run saved none (it was killed before its first checkpoint)."""
     directory = latest_checkpoint(root)
@@ -110,6 +113,8 @@ def restore_state(root: Path, parts: Assembled, optimizer: torch.optim.Optimizer
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None:
+            scaler.load_state_dict(state["scaler"])
         progress = TrainProgress.from_state(state)
         set_rng_state(state["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

@@ -43,8 +43,8 @@ class ClipLoss(Loss):
                 terms[f"{m}-{n}"] = symmetric_info_nce(embeddings[m][rows], embeddings[n][rows], scale,
                                                        self.config.chunk_size, self.exclude_positive)
         loss = torch.stack(list(terms.values())).mean() if terms else zero_loss(embeddings)
-        metrics = {f"loss_{k}": float(v.detach()) for k, v in terms.items()}
-        metrics["logit_scale"] = float(scale.detach())
+        metrics = {f"loss_{k}": v.detach() for k, v in terms.items()}
+        metrics["logit_scale"] = scale.detach()
         metrics["temperature"] = 1.0 / metrics["logit_scale"]
         return LossOutput(loss, metrics)
 

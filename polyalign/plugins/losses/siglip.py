@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from polyalign.core.errors import PolyalignError
-from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
+from polyalign.core.loss import Loss, LossConfig, LossOutput, Metric, Temperature, full_present
 
 from .blockwise import Reductions, reduce_blockwise
 from .pairwise import PairGraph, pair_graph, paired_rows
@@ -90,7 +90,7 @@ class SiglipLoss(Loss):
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:
         present = full_present(embeddings, present)
         terms: dict[str, torch.Tensor] = {}
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Metric] = {}
         for m, n in pair_graph(list(embeddings), self.config.pairs, self.anchor):
             key = self._pair_key(m, n)
             rows = paired_rows(present, m, n)
@@ -98,10 +98,10 @@ class SiglipLoss(Loss):
                 terms[key] = siglip_pair(embeddings[m][rows], embeddings[n][rows], self.scales[key].scale,
                                          self.biases[key], self.config.chunk_size)
         loss = torch.stack(list(terms.values())).mean() if terms else zero_loss(embeddings)
-        metrics.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
+        metrics.update({f"loss_{k}": v.detach() for k, v in terms.items()})
         for key in self.scales:
-            metrics[f"temperature_{key}"] = float(1.0 / self.scales[key].scale.detach())
-            metrics[f"bias_{key}"] = float(self.biases[key].detach())
+            metrics[f"temperature_{key}"] = (1.0 / self.scales[key].scale).detach()
+            metrics[f"bias_{key}"] = self.biases[key].detach()
         return LossOutput(loss, metrics)
 
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
