@@ -85,10 +85,10 @@ class Stepper:
         return drop_modalities(batch.present, self.recipe.missing.train_rate)
 
     def embed(self, batch: Batch, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The model's float32 embeddings of a batch (under the run's autocast)."""
+        """The model's embeddings of a batch (under the run's autocast), at least float32."""
         with autocast_for(self.recipe.train.precision, self.device):
             emb = self.forward_model(batch.inputs, present)
-        return {m: z.float() for m, z in emb.items()}
+        return {m: z.to(torch.promote_types(z.dtype, torch.float32)) for m, z in emb.items()}
 
     def apply_loss(self, emb: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> LossOutput:
         """The loss of embeddings (gathered over processes with ``gather: global``), checked."""
