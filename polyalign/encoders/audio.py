@@ -13,6 +13,7 @@ from torch import nn
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
 
+from .checkpointing import checkpoint_blocks, checkpointed_sequential
 from .files import load_weights_into, local_weights_file, resolve_file
 
 Wav2Vec2Arch = Literal["base", "large", "large_lv60k", "tiny"]
@@ -33,6 +34,9 @@ class AudioConfig(BaseModel):
     arch: Wav2Vec2Arch = Field("base", description="wav2vec2 size; tiny = 2 layers x 64 wide, for tests")
     weights: str | None = Field(None, description="local .safetensors/.pth state dict for the backbone")
     freeze: bool = Field(False, description="keep the backbone fixed (eval mode, no gradients)")
+    grad_checkpointing: bool = Field(False, description="recompute activations in backward, per conv block "
+                                                        "(cnn) or transformer layer (wav2vec2): less memory "
+                                                        "for about one more forward")
 
 
 def truncated_chunk(log: str) -> str | None:
@@ -77,7 +81,8 @@ def fit_length(wave: torch.Tensor, length: int, offset: int) -> torch.Tensor:
 class LogMelCNN(nn.Module):
     """Waveforms ``(B, N)`` -> log-mel spectrogram -> conv blocks -> global average ``(B, C)``."""
 
-    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, channels: list[int]):
+    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, channels: list[int],
+                 grad_checkpointing: bool = False):
         super().__init__()
         import torchaudio
 
@@ -89,13 +94,17 @@ class LogMelCNN(nn.Module):
                        nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
         self.blocks = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.width = channels[-1]
+        self.grad_checkpointing = grad_checkpointing
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=wave.device.type, enabled=False):
             spec = torch.log(self.mel(wave.float()) + 1e-6)
         mu = spec.mean(dim=(1, 2), keepdim=True)
         sd = spec.std(dim=(1, 2), keepdim=True)
-        return self.blocks(((spec - mu) / (sd + 1e-5)).unsqueeze(1))
+        x = ((spec - mu) / (sd + 1e-5)).unsqueeze(1)
+        if self.grad_checkpointing:  # one segment per conv block (conv, norm, ReLU, pool)
+            return checkpointed_sequential(self.blocks, 4, x)
+        return self.blocks(x)
 
 
 def create_wav2vec2(arch: Wav2Vec2Arch) -> nn.Module:
@@ -139,10 +148,12 @@ class AudioEncoder(Encoder):
         if config.backbone == "cnn":
             hop = config.hop_length or max(1, config.sample_rate // 100)
             self.backbone: nn.Module = LogMelCNN(config.sample_rate, config.n_fft, hop, config.n_mels,
-                                                 config.channels)
+                                                 config.channels, config.grad_checkpointing)
         else:
             self.backbone = Wav2Vec2Backbone(config.arch)
         self.width = int(self.backbone.width)
+        if config.grad_checkpointing and config.backbone == "wav2vec2":
+            checkpoint_blocks(self.backbone.model.encoder.transformer.layers)
         if config.weights:
             what = f"encoder 'audio' weights ({config.backbone})"
             load_weights_into(self.backbone.model if config.backbone == "wav2vec2" else self.backbone,

@@ -14,14 +14,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from polyalign.core.batch import Batch
+from polyalign.core.buffers import kept_buffers
 from polyalign.core.loss import Metric
 
 if TYPE_CHECKING:
@@ -47,18 +46,6 @@ def _set_torch_rng(state: tuple[torch.Tensor, torch.Tensor | None], device: torc
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state(state[1], device)
-
-
-@contextlib.contextmanager
-def kept_buffers(module: nn.Module) -> Iterator[None]:
-    """Restore ``module``'s buffers (BatchNorm running statistics...) on leaving the block."""
-    saved = [(b, b.clone()) for b in module.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
 
 
 def _all_finite(emb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
