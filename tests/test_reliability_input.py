@@ -62,6 +62,7 @@ BROKEN = [
     ("wrong type: NaN float", ["train.lr=.nan"], "train.lr", "finite number"),
     ("wrong type: Inf float", ["train.lr=.inf"], "train.lr", "finite number"),
     ("bad enum", ["train.precision=fp8"], "train.precision", "'auto', 'fp32', 'bf16' or 'fp16'"),
+    ("fp16 with fsdp", ["train.precision=fp16", "train.strategy=fsdp"], "train.precision", "use bf16 with fsdp"),
     ("bad device", ["train.device=tpu"], "train.device", "is not a device"),
     ("bad name", ["name=my run"], "name", "should match pattern"),
     ("unknown loss", ["loss.plugin=clpi"], "loss.plugin", "did you mean 'clip'"),

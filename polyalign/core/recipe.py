@@ -350,6 +350,9 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
                 check(f"eval.{i}.{key}", node.options()[key])
     for m in recipe.missing.train_rate:
         check(f"missing.train_rate.{m}", m)
+    if recipe.train.precision == "fp16" and recipe.train.strategy == "fsdp":
+        problems.append(("train.precision", "fp16 does not combine with train.strategy: fsdp (torch's sharded "
+                                            "gradient scaler fails with the fused optimizer); use bf16 with fsdp"))
     return problems
 
 

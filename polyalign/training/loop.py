@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from polyalign.core.assemble import Assembled, assemble
+from polyalign.core.assemble import Assembled, assemble, build_model, with_rebuild_options
 from polyalign.core.batch import Batch
 from polyalign.core.data import EpochSampler, make_loader, skip_summary
 from polyalign.core.device import check_precision, pick_device
@@ -21,6 +22,7 @@ from polyalign.core.run_files import CHECKPOINTS_DIR
 
 from .distributed import DistInfo, mean_across_ranks
 from .optim import build_optimizer
+from .sharding import ShardedParts
 from .state import TrainProgress, restore_state, save_state, seed_everything
 from .step import NonFiniteError, Stepper, temperature_of
 from .window import StepRecord
@@ -60,24 +62,32 @@ class Trainer:
         self.steps_per_epoch = self.batches_per_epoch // cfg.accumulate
         total = self.steps_per_epoch * cfg.epochs
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.sharded: ShardedParts | None = None  # set by _forward_model with strategy: fsdp
+        forward_model = self._forward_model()  # before the optimizer: sharding replaces the parameters
         optimizer, self.scheduler = build_optimizer([self.model, self.loss_fn], cfg, self.total_steps)
         self.optimizer = optimizer
         scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
-        self.stepper = Stepper(recipe, self.model, self._forward_model(), self.loss_fn, optimizer,
+        self.stepper = Stepper(recipe, self.model, forward_model, self.loss_fn, optimizer,
                                self.scheduler, self.device, scaler)
         self.progress = TrainProgress()
         self.pending: list[StepRecord] = []  # steps taken since the last check, not yet read back
         self.saved_step: int | None = None  # step of the newest checkpoint (for messages)
         if resume:
-            restored = restore_state(self.run_dir / CHECKPOINTS_DIR, self.parts, self.optimizer, self.scheduler,
-                                     scaler)
+            restored = restore_state(
+                self.run_dir / CHECKPOINTS_DIR,
+                self.parts.load_state_dict if self.sharded is None else self.sharded.load_weights,
+                optimizer.load_state_dict if self.sharded is None else partial(self.sharded.load_optimizer, optimizer),
+                self.scheduler, scaler)
             if restored is not None:  # else killed before its first checkpoint: start over from step 0
                 self.progress, self.saved_step = restored, restored.step
 
     def _forward_model(self) -> nn.Module:
-        """The model as the steps call it: wrapped in DDP across processes, compiled when asked."""
+        """The model as the steps call it: wrapped in DDP (or sharded with FSDP2) across processes,
+        compiled when asked."""
         forward: nn.Module = self.model
-        if self.dist.enabled:  # an encoder goes unused when its modality is absent from a rank's batch
+        if self.dist.enabled and self.recipe.train.strategy == "fsdp":
+            self.sharded = ShardedParts(self.model, self.loss_fn, self.device, self.dist.world)
+        elif self.dist.enabled:  # an encoder goes unused when its modality is absent from a rank's batch
             holes = any(rate > 0 for rate in self.recipe.missing.train_rate.values()) or any(
                 s.get(m) is None for s in self.parts.dataset.split("train") for m in self.recipe.modalities)
             forward = nn.parallel.DistributedDataParallel(
@@ -104,11 +114,31 @@ class Trainer:
                                       cfg.num_workers, pin) if len(self.val_set) else None
 
     def save(self, best: bool = False) -> None:
-        """Checkpoint the current state (main process only) as ``last`` (and ``best`` when asked)."""
+        """Checkpoint the current state as ``last`` (and ``best`` when asked); every process calls
+        it, the main one writes."""
         self.saved_step = self.progress.step
+        if self.sharded is not None:  # gathered from every process
+            weights, optimizer_state = self.sharded.full_state(self.optimizer)
+        elif self.dist.is_main:
+            weights, optimizer_state = self.parts.state_dict(), self.optimizer.state_dict()
         if self.dist.is_main:
-            save_state(self.run_dir / CHECKPOINTS_DIR, self.parts, self.progress, self.optimizer,
-                       self.scheduler, self.recipe.train, best, self.stepper.scaler)
+            save_state(self.run_dir / CHECKPOINTS_DIR, weights, optimizer_state, self.progress, self.scheduler,
+                       self.recipe.train, best, self.stepper.scaler)
+
+    def evaluation_parts(self) -> Assembled:
+        """The trained parts as one process can use them: under FSDP an unsharded copy on the main
+        process (every process must call it), else the parts themselves."""
+        if self.sharded is None:
+            return self.parts
+        weights, _ = self.sharded.full_state(self.optimizer)
+        if not self.dist.is_main:
+            return self.parts  # sharded: not for evaluation
+        recipe = with_rebuild_options(self.recipe, self.model, self.plugins)
+        parts = Assembled(self.parts.dataset, build_model(recipe, self.plugins, root=self.parts.dataset.root),
+                          self.parts.loss, self.parts.loss_name)
+        parts.load_state_dict(weights)
+        parts.model.to(self.device)
+        return parts
 
     def _handle_nan(self, problem: str) -> None:
         """Count a skipped non-finite step (``on_nan: skip``, within the limit) or stop the run."""
