@@ -1,25 +1,29 @@
 """Peak memory and time of one optimizer step over a window of B rows: one batch, or accumulation.
 
-    python benchmarks/memory.py                    # B = 1024: every mode, clip and symile n
-    python benchmarks/memory.py --batches 512 1024 2048 --repeats 1   # the curve for the 8 GB column
+    python benchmarks/memory.py --threads 1                       # B = 1024: every mode, clip and symile n
+    python benchmarks/memory.py --threads 1 --batches 512 2048 --rounds 0 --append   # more points for 8 GB
 
 The model is the demo recipe's image (timm resnet10t, 32x32), text (byte_text, 96 bytes) and
 audio (log-mel CNN, 0.5 s at 8 kHz) encoders with 64-wide heads, on synthetic inputs of those
-shapes. Modes, each a full optimizer step through ``Stepper.step`` (AdamW, clipping):
+shapes (the same rows in every mode). Modes, each a full optimizer step through
+``Stepper.step`` (AdamW, clipping):
 
 - ``micro-batch``: one batch of the micro-batch size alone (the reference for the window);
 - ``one batch``: one batch of B rows;
 - ``window``: ``train.accumulate: B / micro`` micro-batches with ``negatives: window`` (GradCache);
 - ``window + ckpt``: the same with ``grad_checkpointing: true`` on the three encoders.
 
-Each cell runs in a fresh subprocess: build the model, warm up with one step of the same mode
-on tiny micro-batches (so the optimizer state exists and every kernel is loaded), reset the
-peak resident set size (``VmHWM``, through ``/proc/self/clear_refs``), then time steps. "peak"
-is ``VmHWM`` during the first measured step minus the resident size before the model was built:
-model, optimizer state, gradients, the window's inputs and the step's activations, i.e. what a
-GPU's ``max_memory_allocated`` would count. On this CPU machine the window's inputs are part of
-it; on a GPU they stay in host memory (one micro-batch is moved to the device at a time).
-Prints a Markdown table and writes ``benchmarks/results/memory.json``.
+Memory: each cell runs in a fresh subprocess: build the model, warm up with one step of the
+same mode on tiny micro-batches (the optimizer state exists, every kernel is loaded), reset the
+peak resident set size (``VmHWM``, through ``/proc/self/clear_refs``), take one step. "peak" is
+``VmHWM`` minus the resident size before the model was built: model, optimizer state,
+gradients, the window's inputs and the step's activations (what a GPU's ``max_memory_allocated``
+counts); the step's rise above the resident size just before it is shown beside it. On this CPU
+machine the window's inputs are part of it; on a GPU they stay in host memory (one micro-batch
+is on the device at a time). The largest B in 8 GB comes from a fit of peak against B.
+Time: one subprocess per loss runs the B-row modes in turns, ``--rounds`` times, so the load of
+a shared machine falls on all of them alike; it reports medians and the median per-round ratio
+to one batch. Prints a Markdown table and writes ``benchmarks/results/memory.json``.
 """
 
 from __future__ import annotations
@@ -59,23 +63,25 @@ def recipe_for(loss: str, mode: str, rows: int, micro: int):
     return validate_recipe(raw, "benchmark")
 
 
-def synthetic_batch(rows: int, seed: int):
-    """Inputs of the demo encoders' shapes: 32x32 RGB images, 96 byte tokens, 0.5 s at 8 kHz."""
+def synthetic_window(rows: int, size: int, seed: int = 0) -> list:
+    """``rows`` rows of the demo encoders' input shapes (32x32 RGB images, 96 byte tokens, 0.5 s at
+    8 kHz) in batches of ``size``: the same rows whatever ``size`` is."""
     import torch
 
     from polyalign.core.batch import Batch
 
     g = torch.Generator().manual_seed(seed)
-    inputs = {"image": torch.randn(rows, 3, 32, 32, generator=g),
-              "text": {"input_ids": torch.randint(2, 258, (rows, 96), generator=g),
-                       "attention_mask": torch.ones(rows, 96, dtype=torch.long)},
-              "audio": torch.randn(rows, 4000, generator=g)}
-    present = {m: torch.ones(rows, dtype=torch.bool) for m in MODALITIES}
-    return Batch(inputs, present, torch.arange(rows))
+    image, audio = torch.randn(rows, 3, 32, 32, generator=g), torch.randn(rows, 4000, generator=g)
+    tokens = torch.randint(2, 258, (rows, 96), generator=g)
+    return [Batch({"image": image[i:i + size], "audio": audio[i:i + size],
+                   "text": {"input_ids": tokens[i:i + size], "attention_mask": torch.ones_like(tokens[i:i + size])}},
+                  {m: torch.ones(min(size, rows - i), dtype=torch.bool) for m in MODALITIES},
+                  torch.arange(i, min(i + size, rows)))
+            for i in range(0, rows, size)]
 
 
-def run_one(spec: dict) -> dict:
-    """Measure one cell in this process (called in a subprocess)."""
+def build_stepper(loss: str, mode: str, rows: int, micro: int):
+    """A :class:`Stepper` over a freshly built model (seed 0) for one mode; also its micro-batch size."""
     import torch
 
     from polyalign.core.assemble import build_loss, build_model
@@ -83,30 +89,54 @@ def run_one(spec: dict) -> dict:
     from polyalign.training.optim import build_optimizer
     from polyalign.training.step import Stepper
 
-    torch.set_num_threads(spec["threads"])
-    before = _status_kb("VmRSS")
-    rows, micro, mode = spec["rows"], spec["micro"], spec["mode"]
-    recipe = recipe_for(spec["loss"], mode, rows, micro)
+    recipe = recipe_for(loss, mode, rows, micro)
     plugins = default_plugins()
     torch.manual_seed(0)
-    model, loss = build_model(recipe, plugins), build_loss(recipe, plugins)
-    optimizer, scheduler = build_optimizer([model, loss], recipe.train, 1000)
-    stepper = Stepper(recipe, model, model, loss, optimizer, scheduler, torch.device("cpu"))
-    model.train()
-    k, size = recipe.train.accumulate, recipe.train.batch_size
-    stepper.step([synthetic_batch(4, 100 + i) for i in range(k)])  # warm-up: same path, tiny micro-batches
-    window = [synthetic_batch(size, i) for i in range(k)]
+    model, loss_fn = build_model(recipe, plugins), build_loss(recipe, plugins)
+    optimizer, scheduler = build_optimizer([model, loss_fn], recipe.train, 1000)
+    stepper = Stepper(recipe, model.train(), model, loss_fn, optimizer, scheduler, torch.device("cpu"))
+    k = recipe.train.accumulate
+    stepper.step(synthetic_window(4 * k, 4, seed=1))  # warm-up: the same path on tiny micro-batches
+    return stepper, recipe.train.batch_size
+
+
+def run_one(spec: dict) -> dict:
+    """Peak memory of one cell, in this process (called in a fresh subprocess)."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    before = _status_kb("VmRSS")
+    stepper, size = build_stepper(spec["loss"], spec["mode"], spec["rows"], spec["micro"])
+    window = synthetic_window(spec["rows"], size)
     Path("/proc/self/clear_refs").write_text("5")
     start = _status_kb("VmRSS")
-    times = []
-    for i in range(spec["repeats"]):
-        t0 = time.perf_counter()
-        record = stepper.step(window)
-        times.append(time.perf_counter() - t0)
-        if i == 0:
-            peak, rise = (_status_kb("VmHWM") - before) / 1024, (_status_kb("VmHWM") - start) / 1024
-    return {"seconds": statistics.median(times), "runs": len(times), "peak_mb": peak, "step_rise_mb": rise,
-            "loss_value": float(record.loss)}
+    t0 = time.perf_counter()
+    record = stepper.step(window)
+    seconds = time.perf_counter() - t0
+    return {"peak_mb": (_status_kb("VmHWM") - before) / 1024, "step_rise_mb": (_status_kb("VmHWM") - start) / 1024,
+            "seconds": seconds, "loss_value": float(record.loss)}
+
+
+def run_timing(spec: dict) -> dict:
+    """Seconds per step of the B-row modes, interleaved round by round in this process so that
+    the machine's background load falls on all of them alike; the ratio to one batch is the
+    median of the per-round ratios."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    modes = [m for m in MODES if m != "micro-batch"]
+    runs = {mode: build_stepper(spec["loss"], mode, spec["rows"], spec["micro"]) for mode in modes}
+    windows = {mode: synthetic_window(spec["rows"], size) for mode, (_, size) in runs.items()}
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    values = {}
+    for _ in range(spec["rounds"]):
+        for mode, (stepper, _) in runs.items():
+            t0 = time.perf_counter()
+            values[mode] = float(stepper.step(windows[mode]).loss)
+            times[mode].append(time.perf_counter() - t0)
+    return {mode: {"seconds": statistics.median(t), "all_seconds": t, "loss_value": values[mode],
+                   "vs_one_batch": statistics.median(a / b for a, b in zip(t, times["one batch"]))}
+            for mode, t in times.items()}
 
 
 def _status_kb(key: str) -> int:
@@ -138,72 +168,89 @@ def largest_fitting(points: list[tuple[int, float]], budget_mb: float) -> tuple[
     return largest, f"{where}, {kind} fit through B = {', '.join(str(int(x)) for x in b)}"
 
 
-def table(results: list[dict], rows: int) -> str:
-    """Markdown: per loss and mode, the step time and peak at ``rows``, ratios and the 8 GB batch."""
-    lines = ["| loss | mode | B | seconds / step | peak MB (step's rise) | peak vs one micro-batch | "
-             "time vs one batch | largest B in 8 GB |", "|---|---|---|---|---|---|---|---|"]
+def table(results: list[dict], timings: list[dict], rows: int) -> str:
+    """Markdown: per loss and mode, step time and peak at ``rows``, the ratios, the 8 GB batch."""
+    lines = ["| loss | mode | B | seconds / step | time vs one batch | peak MB (step's rise) | "
+             "peak vs one micro-batch | largest B in 8 GB |", "|---|---|---|---|---|---|---|---|"]
     for loss in LOSSES:
         done = [r for r in results if r["loss"] == loss and "peak_mb" in r]
+        timing = next((t["modes"] for t in timings if t["loss"] == loss and t["rows"] == rows and "modes" in t), {})
         micro = next((r for r in done if r["mode"] == "micro-batch"), None)
-        big = next((r for r in done if r["mode"] == "one batch" and r["rows"] == rows), None)
         for mode in MODES:
             r = micro if mode == "micro-batch" else next((c for c in done if c["mode"] == mode and c["rows"] == rows),
                                                           None)
             if r is None:
                 continue
+            seconds = timing.get(mode, {}).get("seconds", r["seconds"])
+            vs_big = f"{timing[mode]['vs_one_batch']:.2f}x" if mode.startswith("window") and mode in timing else ""
             vs_micro = f"{r['peak_mb'] / micro['peak_mb']:.2f}x" if micro and r is not micro else ""
-            vs_big = f"{r['seconds'] / big['seconds']:.2f}x" if big and mode.startswith("window") else ""
             eight = ""
             if mode != "micro-batch":
                 fit, how = largest_fitting(sorted((c["rows"], c["peak_mb"]) for c in done if c["mode"] == mode), 8192)
                 eight = f"{fit:,.0f} ({how})" if fit == fit else how
-            lines.append(f"| {loss} | {mode} | {r['rows']} | {r['seconds']:.3g} | {r['peak_mb']:.0f} "
-                         f"({r['step_rise_mb']:.0f}) | {vs_micro} | {vs_big} | {eight} |")
+            lines.append(f"| {loss} | {mode} | {r['rows']} | {seconds:.3g} | {vs_big} | {r['peak_mb']:.0f} "
+                         f"({r['step_rise_mb']:.0f}) | {vs_micro} | {eight} |")
     return "\n".join(lines)
+
+
+def _subprocess(flag: str, spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, flag, json.dumps(spec)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    row = dict(spec)
+    if proc.returncode == 0:
+        row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    else:
+        row["error"] = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:200]
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1024], help="window sizes B")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1024], help="window sizes B (memory cells)")
     parser.add_argument("--micro", type=int, default=128, help="micro-batch size of the window modes")
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps (median reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds at --report-batch "
+                                                              "(0: no timing cells)")
+    parser.add_argument("--report-batch", type=int, default=1024, help="the B whose time and peak the table shows")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--append", action="store_true", help="add to the results file instead of replacing it")
-    parser.add_argument("--report-batch", type=int, default=1024, help="the B whose time and peak the table shows")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--timing", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.one:
-        print(json.dumps(run_one(json.loads(args.one))))
+    if args.one or args.timing:
+        print(json.dumps(run_one(json.loads(args.one)) if args.one else {"modes": run_timing(json.loads(args.timing))}))
         return
-    previous = json.loads(args.out.read_text())["results"] if args.append and args.out.is_file() else []
-    results = []
+    old = json.loads(args.out.read_text()) if args.append and args.out.is_file() else {}
+    results, timings = [], []
     for loss in args.losses:
         for mode in args.modes:
             for rows in ([args.micro] if mode == "micro-batch" else args.batches):
                 spec = {"loss": loss, "mode": mode, "rows": rows, "micro": args.micro, "threads": args.threads,
-                        "repeats": args.repeats, "load_average": os.getloadavg()}
-                proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True,
-                                      text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-                row = dict(spec)
-                if proc.returncode == 0:
-                    row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
-                else:
-                    row["error"] = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:200]
-                results.append(row)
-                shown = {k: row[k] for k in ("seconds", "peak_mb", "step_rise_mb", "loss_value", "error") if k in row}
+                        "load_average": os.getloadavg()}
+                results.append(_subprocess("--one", spec))
+                shown = {k: results[-1][k] for k in ("seconds", "peak_mb", "step_rise_mb", "error")
+                         if k in results[-1]}
                 print(f"{loss:9s} {mode:14s} B={rows:5d} {shown}", flush=True)
-    merged = [r for r in previous if not any((r["loss"], r["mode"], r["rows"]) == (n["loss"], n["mode"], n["rows"])
-                                             for n in results)] + results
+        if args.rounds:
+            spec = {"loss": loss, "rows": args.report_batch, "micro": args.micro, "threads": args.threads,
+                    "rounds": args.rounds, "load_average": os.getloadavg()}
+            timings.append(_subprocess("--timing", spec))
+            print(f"{loss:9s} timing B={args.report_batch}: "
+                  f"{ {m: (t['seconds'], t['vs_one_batch']) for m, t in timings[-1].get('modes', {}).items()} }"
+                  f"{timings[-1].get('error', '')}", flush=True)
+    key = lambda r: (r["loss"], r.get("mode"), r["rows"])  # noqa: E731
+    results = [r for r in old.get("results", []) if key(r) not in {key(n) for n in results}] + results
+    timings = [t for t in old.get("timings", []) if key(t) not in {key(n) for n in timings}] + timings
     print()
-    print(table(merged, args.report_batch))
+    print(table(results, timings, args.report_batch))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from losses import machine
 
     args.out.write_text(json.dumps({"machine": machine(), "threads": args.threads, "micro": args.micro,
-                                    "results": merged}, indent=2) + "\n")
+                                    "load_average_at_end": os.getloadavg(), "results": results,
+                                    "timings": timings}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 
