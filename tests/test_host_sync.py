@@ -118,3 +118,21 @@ def test_skipped_steps_between_checks_are_renumbered_and_counted(tmp_path):
     assert state["step"] == 14 and state["nan_skips"] == 2
     assert state["scheduler"]["last_epoch"] == 14  # the schedule was rewound over the skipped steps
     assert state["optimizer"]["state"][0]["step"] == 14  # and the optimizer skipped them on the device
+
+
+def test_a_skipped_update_leaves_weights_and_optimizer_state_as_they_were():
+    from polyalign.training.step import step_unless
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.1, fused=True)
+    for skip in (False, True, False):
+        before = ({n: p.detach().clone() for n, p in layer.named_parameters()},
+                  {k: v.clone() for k, v in optimizer.state[layer.weight].items()})
+        layer.weight.grad, layer.bias.grad = torch.randn(3, 4), torch.full((3,), math.nan if skip else 1.0)
+        step_unless(optimizer, torch.tensor(skip))
+        same = all(torch.equal(p, before[0][n]) for n, p in layer.named_parameters())
+        assert same == skip
+        if skip:
+            assert all(torch.equal(v, before[1][k]) for k, v in optimizer.state[layer.weight].items())
+    assert int(optimizer.state[layer.weight]["step"]) == 2

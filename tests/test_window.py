@@ -206,8 +206,3 @@ def test_accumulating_more_micro_batches_than_an_epoch_has_is_refused(tmp_path):
                                              r"epoch has only 8 batch\(es\) of 32 rows"):
         polyalign.train(XOR, out=tmp_path, overrides=TINY + ["train.batch_size=32", "train.accumulate=9"])
 
-
-def test_fp16_on_cpu_is_refused_with_what_to_do(tmp_path):
-    with pytest.raises(PolyalignError, match=r"train.precision: fp16 trains on CUDA only .* Use bf16"):
-        polyalign.train(XOR, out=tmp_path, overrides=TINY + ["train.precision=fp16", "train.device=cpu"])
-

@@ -184,13 +184,11 @@ class Trainer:
 
     def _log(self, record: StepRecord, elapsed: float, samples: int) -> dict[str, float]:
         """Send the newest step's loss and metrics (averaged over processes) to the loggers."""
-        tau = temperature_of(self.loss_fn)
-        values = float_metrics({"loss": record.loss, **record.metrics, **({} if tau is None else {"temperature": tau})})
-        temperature = values.pop("temperature", None) if tau is not None else None
-        metrics = mean_across_ranks(values)
+        metrics = mean_across_ranks(float_metrics({"loss": record.loss, **record.metrics}))
         metrics.update({"lr": self.scheduler.get_last_lr()[0], "samples_per_s": samples / max(elapsed, 1e-9)})
-        if temperature is not None:
-            metrics["temperature"] = temperature
+        tau = temperature_of(self.loss_fn)
+        if tau is not None:
+            metrics["temperature"] = tau
         if self.dist.is_main:
             self.plugins.pm.hook.on_step_end(step=self.progress.step, epoch=self.progress.epoch, metrics=metrics,
                                              run_dir=self.run_dir)

@@ -42,11 +42,11 @@ def drop_modalities(present: dict[str, torch.Tensor], rates: dict[str, float]) -
     return out
 
 
-def temperature_of(loss: nn.Module) -> torch.Tensor | None:
-    """τ of the first :class:`Temperature` in the loss (for logging), as a detached tensor."""
+def temperature_of(loss: nn.Module) -> float | None:
+    """τ of the first :class:`Temperature` in the loss (for logging)."""
     for m in loss.modules():
         if isinstance(m, Temperature):
-            return (1.0 / m.scale).detach()
+            return float(1.0 / m.scale.detach())
     return None
 
 
