@@ -93,7 +93,7 @@ def build_stepper(loss: str, mode: str, rows: int, micro: int):
     plugins = default_plugins()
     torch.manual_seed(0)
     model, loss_fn = build_model(recipe, plugins), build_loss(recipe, plugins)
-    optimizer, scheduler = build_optimizer([model, loss_fn], recipe.train, 1000)
+    optimizer, scheduler = build_optimizer(model, loss_fn, recipe, 1000)
     stepper = Stepper(recipe, model.train(), model, loss_fn, optimizer, scheduler, torch.device("cpu"))
     k = recipe.train.accumulate
     stepper.step(synthetic_window(4 * k, 4, seed=1))  # warm-up: the same path on tiny micro-batches

@@ -22,7 +22,7 @@ import polyalign
 from polyalign.core.assemble import assemble
 from polyalign.core.loss import clamp_temperatures
 from polyalign.core.plugins import make_plugins
-from polyalign.training.optim import lr_lambda, param_groups
+from polyalign.training.optim import build_optimizer
 from polyalign.training.state import seed_everything
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
@@ -71,8 +71,7 @@ def hand_written_run(recipe) -> float:
     samples = parts.dataset.split("train")
     data = {m: torch.stack([torch.as_tensor(s[m]) for s in samples]) for m in model.modalities}
     cfg = recipe.train
-    opt = torch.optim.AdamW(param_groups([model, loss_fn], cfg.weight_decay), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.max_steps, cfg.schedule))
+    opt, sched = build_optimizer(model, loss_fn, recipe, cfg.max_steps)
     n = len(samples)
     step = 0
     t0 = time.perf_counter()

@@ -21,15 +21,14 @@ def build(kind: str, name: str, **config: Any) -> Any:
     ``modality``/``example`` for encoders) may be passed too; they are not config fields.
     """
     from polyalign.core.plugins import default_plugins
+    from polyalign.core.registry import CONTEXT
 
     plugins = default_plugins()
     comp = plugins.registry.get(kind, name)
     fields = set(comp.config.model_fields)
-    options = {k: v for k, v in config.items() if k in fields or k not in _CONTEXT_KEYS}
-    context = {k: v for k, v in config.items() if k in _CONTEXT_KEYS and k not in fields}
+    context_keys = set(CONTEXT[kind]) - fields
+    options = {k: v for k, v in config.items() if k not in context_keys}
+    context = {k: v for k, v in config.items() if k in context_keys}
     return comp.create(comp.make_config(options), **context)
-
-
-_CONTEXT_KEYS = {"modalities", "embed_dim", "seed", "modality", "example", "root", "run_dir"}
 
 __all__ = ["Recipe", "TrainedModel", "build", "evaluate", "hookimpl", "load", "load_recipe", "train", "__version__"]

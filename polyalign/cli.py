@@ -1,4 +1,5 @@
-"""The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, search, export, plot."""
+"""The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, index, search,
+export, plot."""
 
 from __future__ import annotations
 
@@ -6,17 +7,51 @@ import argparse
 import json
 import os
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import MAX_MESSAGE_CHARS, PolyalignError, cut, shown
 from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
+DEBUG_HELP = "on an error, also print the full traceback (or set POLYALIGN_DEBUG=1)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors cut (they echo the value given, which may be huge)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        super().error(cut(message, 2000))
+
+
+def _count(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {shown(text)}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _rate(text: str) -> float:
+    """An argparse type: a probability in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {shown(text)}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
 
 
 def _rows_tables(rows: list[dict], title: str) -> list[Table]:
@@ -53,26 +88,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_report(run_dir: Path) -> None:
-    report = Path(run_dir) / REPORT_DIR / REPORT_JSON
-    if report.is_file():
-        rows = json.loads(report.read_text())
-        if rows:
-            for table in _rows_tables(rows, f"evaluation ({run_dir.name})"):
-                out.print(table)
+    from polyalign.core.evaluator import read_report
+
+    rows = read_report(Path(run_dir) / REPORT_DIR / REPORT_JSON, missing_ok=True)
+    for table in _rows_tables(rows, f"evaluation ({Path(run_dir).name})"):
+        out.print(table)
 
 
 def _evaluator_node(text: str) -> dict:
     """``--add`` value: an evaluator name, or a YAML mapping with a ``plugin`` key."""
-    import yaml
+    from polyalign.core.yaml_file import parse_yaml
 
-    try:
-        node = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolyalignError(f"--add {text!r}: not valid YAML ({exc})") from None
+    node = parse_yaml(text, f"--add {shown(text)}")
     if isinstance(node, str):
         node = {"plugin": node}
     if not isinstance(node, dict) or not isinstance(node.get("plugin"), str):
-        raise PolyalignError(f"--add {text!r}: give an evaluator name or a mapping like "
+        raise PolyalignError(f"--add {shown(text)}: give an evaluator name or a mapping like "
                              "'{plugin: missing_modality, targets: all}'")
     return node
 
@@ -99,7 +130,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         table.add_row(*map(escape, line))
     out.print(table)
     for run in result.runs:
-        out.print(f"{escape(run.label)}: {run.run_dir}")
+        out.print(f"{escape(run.label)}: {escape(str(run.run_dir))}")
+    for reason in result.skipped:
+        err.print(f"[yellow]skipped:[/yellow] {escape(reason)}", soft_wrap=True)
     out.print(f"table: {result.markdown}" + (f"\nplot: {result.figure}" if result.figure else ""))
     return 0
 
@@ -113,6 +146,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(recipe.to_yaml())
     out.print(f"{args.recipe}: valid ({len(recipe.modalities)} modalities, "
               f"loss {'+'.join(n.plugin for n in recipe.losses)}, data {recipe.data.plugin})")
+    if args.check_data:
+        from polyalign.core.data_check import check_data
+
+        lines = check_data(recipe)
+        out.print("checked with the data (every plugin built, the first rows of each split loaded):\n"
+                  + "\n".join(f"  {escape(line)}" for line in lines), soft_wrap=True)
     return 0
 
 
@@ -182,14 +221,40 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(name: str) -> str:
+    """The ``--device`` value, checked here so that its errors name the flag."""
+    from polyalign.core.device import pick_device
+
+    return str(pick_device(name, option="--device"))
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import polyalign
     from polyalign.inference.retrieval import embed_to_file
 
-    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
-    path, n = embed_to_file(model, args.modality, args.input, args.out, args.batch_size)
-    out.print(f"embedded {n} {escape(args.modality)} value(s) from {escape(str(args.input))} -> "
+    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=_device(args.device))
+    source = args.input if args.value is None else args.value
+    path, n = embed_to_file(model, args.modality, source, args.out, args.batch_size, single=args.value is not None)
+    out.print(f"embedded {n} {escape(args.modality)} value(s) from {escape(str(source))} -> "
               f"{escape(str(path))} ({n} x {model.embed_dim}; ids in the file's metadata)")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    import polyalign
+    from polyalign.inference.retrieval import index_to_file
+    from polyalign.inference.vector_index import IndexOptions
+
+    options = IndexOptions(args.kind, args.nlist, args.nprobe, args.hnsw_m, args.ef_search)
+    options.check()
+    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    report = index_to_file(model, args.modality, args.input, args.out, options, args.batch_size)
+    quality = ("exact inner-product search" if report.recall is None else
+               f"recall@10 = {report.recall:.3f} against exact search, measured with {report.recall_queries} "
+               f"of its vectors as queries")
+    out.print(f"indexed {report.count} {escape(args.modality)} embedding(s) from {escape(str(args.input))} -> "
+              f"{escape(str(report.path))} ({args.kind} index: {quality}). Search it with --candidates "
+              f"{escape(args.modality)}={escape(str(report.path))}")
     return 0
 
 
@@ -197,7 +262,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     import polyalign
     from polyalign.inference.retrieval import search_sources, show_value
 
-    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=_device(args.device))
     result = search_sources(model, args.query, args.candidates, args.top)
     out.print(escape("query: " + ", ".join(f"{m}={show_value(v)}" for m, v in result.query.items())
                      + f" (scored by {type(model.loss).__name__}.score, the run's own rule)"))
@@ -218,9 +283,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from polyalign.inference.export import export_model
 
-    dest = export_model(args.run_dir, args.dest, checkpoint=args.checkpoint)
+    dest = export_model(args.run_dir, args.dest, checkpoint=args.checkpoint, format=args.format)
+    graphs = sorted(p.name for p in dest.glob("*.onnx"))
     out.print(f"exported {escape(str(args.run_dir))} ({args.checkpoint} checkpoint) to {escape(str(dest))}: "
-              f"model.safetensors, recipe.yaml, MODEL_CARD.md; load it with polyalign.load({str(dest)!r})")
+              f"model.safetensors, recipe.yaml, MODEL_CARD.md{''.join(', ' + escape(g) for g in graphs)}; "
+              f"load it with polyalign.load({str(dest)!r})")
     return 0
 
 
@@ -235,7 +302,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``polyalign``."""
-    p = argparse.ArgumentParser(prog="polyalign", description="Contrastive learning over any number of modalities.")
+    p = _Parser(prog="polyalign", description="Contrastive learning over any number of modalities.")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a recipe, then evaluate it")
@@ -263,6 +331,8 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*")
     v.add_argument("--print", action="store_true", help="print the resolved recipe")
+    v.add_argument("--check-data", action="store_true",
+                   help="also build every plugin and load, collate and embed the first rows of each split")
     v.set_defaults(func=cmd_validate)
 
     pl = sub.add_parser("plugins", help="list loaded plugins and registered components")
@@ -277,13 +347,13 @@ def parser() -> argparse.ArgumentParser:
 
     dd = sub.add_parser("demo-data", help="write the demo dataset (PNG, WAV, .npy ECG, .txt + manifests) to DIR")
     dd.add_argument("dir", metavar="DIR")
-    dd.add_argument("--classes", type=int, default=4, help="classes shared by the modalities (2-8)")
-    dd.add_argument("--n-train", type=int, default=600)
-    dd.add_argument("--n-val", type=int, default=100)
-    dd.add_argument("--n-test", type=int, default=200)
-    dd.add_argument("--missing-rate", type=float, default=0.1, help="chance a train modality is left out")
-    dd.add_argument("--seed", type=int, default=0)
-    dd.add_argument("--flip-rate", type=float, default=0.15, help="chance a modality shows another class")
+    dd.add_argument("--classes", type=_count(2), default=4, help="classes shared by the modalities (2-8)")
+    dd.add_argument("--n-train", type=_count(1), default=600)
+    dd.add_argument("--n-val", type=_count(0), default=100)
+    dd.add_argument("--n-test", type=_count(0), default=200)
+    dd.add_argument("--missing-rate", type=_rate, default=0.1, help="chance a train modality is left out")
+    dd.add_argument("--seed", type=_count(0), default=0)
+    dd.add_argument("--flip-rate", type=_rate, default=0.15, help="chance a modality shows another class")
     dd.set_defaults(func=cmd_demo_data)
 
     use = {"checkpoint": dict(default="last", choices=["last", "best"],
@@ -292,31 +362,57 @@ def parser() -> argparse.ArgumentParser:
     em = sub.add_parser("embed", help="embed a folder, manifest or array of one modality with a trained model")
     em.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a folder written by `polyalign export`")
     em.add_argument("--modality", required=True)
-    em.add_argument("--input", required=True, metavar="SOURCE",
-                    help="a folder of files, a manifest (.csv/.jsonl), a .npy array of rows or a .txt file of lines")
+    given = em.add_mutually_exclusive_group(required=True)
+    given.add_argument("--input", metavar="SOURCE",
+                       help="a folder of files (one value each), a manifest (.csv/.jsonl), a .npy array (one value "
+                            "per row of its first axis) or a .txt file (one value per line)")
+    given.add_argument("--value", metavar="VALUE",
+                       help="one value: a file holding one value (e.g. a whole recording as .npy), text or [numbers]")
     em.add_argument("--out", required=True, metavar="FILE.safetensors",
                     help="embeddings (tensor 'embeddings'); ids, modality and model in its metadata")
-    em.add_argument("--batch-size", type=int, default=None)
+    em.add_argument("--batch-size", type=_count(1), default=None)
     for name, kw in use.items():
         em.add_argument(f"--{name}", **kw)
     em.set_defaults(func=cmd_embed)
+
+    ix = sub.add_parser("index", help="build a faiss index over the embeddings of one modality, for search")
+    ix.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a folder written by `polyalign export`")
+    ix.add_argument("--modality", required=True)
+    ix.add_argument("--input", required=True, metavar="SOURCE",
+                    help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines or an embeddings file "
+                         "from `polyalign embed`")
+    ix.add_argument("--out", required=True, metavar="FILE.faiss",
+                    help="the index; its ids and provenance go to FILE.faiss.json beside it")
+    ix.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat",
+                    help="flat = exact inner product (default); ivf, hnsw = approximate, faster on millions")
+    ix.add_argument("--nlist", type=int, default=None, help="ivf: clusters (default about 4 x sqrt(N))")
+    ix.add_argument("--nprobe", type=int, default=16, help="ivf: clusters searched per query (default 16)")
+    ix.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per vector (default 32)")
+    ix.add_argument("--ef-search", type=int, default=64, help="hnsw: candidate list per query (default 64)")
+    ix.add_argument("--batch-size", type=_count(1), default=None)
+    for name, kw in use.items():
+        ix.add_argument(f"--{name}", **kw)
+    ix.set_defaults(func=cmd_index)
 
     se = sub.add_parser("search", help="rank candidates of one modality for a query of others")
     se.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a folder written by `polyalign export`")
     se.add_argument("--query", action="append", default=[], metavar="MODALITY=VALUE",
                     help="a path, inline text or [numbers]; repeat for several query modalities")
     se.add_argument("--candidates", required=True, metavar="MODALITY=SOURCE",
-                    help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines or an embeddings file "
-                         "from `polyalign embed`")
-    se.add_argument("--top", type=int, default=5)
+                    help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines, an embeddings file "
+                         "from `polyalign embed` or an index from `polyalign index` (.faiss)")
+    se.add_argument("--top", type=_count(1), default=5)
     for name, kw in use.items():
         se.add_argument(f"--{name}", **kw)
     se.set_defaults(func=cmd_search)
 
-    ex = sub.add_parser("export", help="write a self-contained model folder: weights, recipe, model card")
+    ex = sub.add_parser("export", help="write a self-contained model folder: weights, recipe, model card (and ONNX)")
     ex.add_argument("run_dir", metavar="RUN_DIR")
     ex.add_argument("dest", metavar="DIR", help="a new (or empty) folder")
     ex.add_argument("--checkpoint", **use["checkpoint"])
+    ex.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
+                    help="onnx: also one MODALITY.onnx graph per modality (encoder + head + normalisation; "
+                         "needs pip install 'polyalign[onnx]')")
     ex.set_defaults(func=cmd_export)
 
     pt = sub.add_parser("plot", help="plot loss, temperature, learning rate and evaluation of runs (PNG)")
@@ -324,29 +420,45 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", metavar="FILE.png",
                     help="default: RUN_DIR/training.png for one run, ./training.png for several")
     pt.set_defaults(func=cmd_plot)
+    for command in sub.choices.values():  # `polyalign train --debug ...` as well as `polyalign --debug train ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return p
 
 
+def _error_message(exc: BaseException) -> tuple[str, int]:
+    """What the CLI prints for an error, and its exit code: 2 for the input or the machine, 1 for a bug."""
+    if isinstance(exc, PolyalignError):
+        return str(exc), 2
+    if isinstance(exc, OSError):  # the machine, not the code: a full disk, a missing permission...
+        from polyalign.core.atomic import describe_os_error
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        return cut(where + describe_os_error(exc)), 2
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({cut(str(exc), 300) or 'MemoryError'}); use smaller inputs or settings", 2
+    return (f"unexpected {type(exc).__name__}: {cut(str(exc), 2000)}. This is a bug in polyalign or in a "
+            f"plugin; run the command again with --debug to see where it happened, and report it."), 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; user errors print one message and exit 2."""
+    """Entry point: user errors print one message and exit 2, bugs exit 1 (with ``--debug`` or
+    ``POLYALIGN_DEBUG=1`` the full traceback is printed first)."""
     args = parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("POLYALIGN_DEBUG", "") not in ("", "0")
     if args.command == "train" and args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
         args.overrides.insert(0, args.recipe)  # `train --resume RUN key=value`: no recipe, only overrides
         args.recipe = None
     try:
         return args.func(args)
-    except PolyalignError as exc:
-        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
-        return 2
-    except OSError as exc:  # the machine, not the code: a full disk, a missing permission...
-        from polyalign.core.atomic import describe_os_error
-
-        where = f"{exc.filename}: " if exc.filename else ""
-        err.print(f"[bold red]error:[/bold red] {escape(where + describe_os_error(exc))}", soft_wrap=True)
-        return 2
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except Exception as exc:  # noqa: BLE001 - every error ends as one message (a bug's says so)
+        if debug:
+            err.print(escape(traceback.format_exc()), end="", soft_wrap=True)
+        message, code = _error_message(exc)
+        err.print(f"[bold red]error:[/bold red] {escape(cut(message, MAX_MESSAGE_CHARS))}", soft_wrap=True)
+        return code
 
 
 if __name__ == "__main__":

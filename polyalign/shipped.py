@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
+from polyalign.core.yaml_file import YamlError, parse_yaml
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -22,10 +22,10 @@ def recipe_summary(path: Path) -> tuple[str, str]:
     first = text.splitlines()[0] if text else ""
     command = first.lstrip("# ").strip() if first.startswith("#") else ""
     try:
-        description = (yaml.safe_load(text) or {}).get("description", "")
-    except yaml.YAMLError:
-        description = "(not valid YAML)"
-    return command, description
+        raw = parse_yaml(text, str(path))
+    except YamlError:
+        return command, "(not valid YAML)"
+    return command, str(raw.get("description", "")) if isinstance(raw, dict) else ""
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:

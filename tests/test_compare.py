@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,25 @@ def test_same_recipe_twice_gets_distinct_columns(two_runs, tmp_path):
 def test_compare_errors_say_what_to_do(two_runs, tmp_path, capsys):
     with pytest.raises(PolyalignError, match="at least two"):
         compare_runs([two_runs[0]], tmp_path)
-    with pytest.raises(PolyalignError, match="polyalign eval"):
+    with pytest.raises(PolyalignError, match="not a run directory"):
         load_run(tmp_path)
+    unevaluated = tmp_path / "unevaluated"
+    shutil.copytree(two_runs[0], unevaluated, ignore=shutil.ignore_patterns("eval"))
+    with pytest.raises(PolyalignError, match=f"`polyalign eval {unevaluated}` writes it"):
+        load_run(unevaluated)
     assert main(["compare", str(two_runs[0]), str(tmp_path)]) == 2
-    assert "no eval/report.json" in capsys.readouterr().err
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_runs_without_a_report_are_skipped_with_the_reason(two_runs, tmp_path, capsys, monkeypatch):
+    """A run stopped before its first checkpoint (only recipe.yaml) is left out of the comparison, saying
+    why and what to do, instead of sending the user to `eval` and from there to `train --resume`."""
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    shutil.copy(two_runs[0] / "recipe.yaml", stopped)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", str(two_runs[0]), str(stopped), str(two_runs[1])]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped: {stopped} has no checkpoint and no evaluation: the run was stopped before its first" in err
+    assert f"polyalign train --resume {stopped}" in err
+    assert str(stopped) not in (tmp_path / "compare.md").read_text()

@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 import polyalign
 from polyalign.core.plugins import default_plugins
 from polyalign.training.distributed import all_reduce_mean_grads, gather_batch
+from polyalign.training.run_lock import lock_run_dir
 
 MODALITIES = ["a", "b", "c"]
 BATCH, DIM = 8, 6
@@ -108,3 +109,27 @@ def test_torchrun_two_processes_train_one_run_directory(tmp_path, xor_clip, tiny
     assert (run / "eval" / "report.json").is_file()
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert sum('"kind": "epoch"' in line for line in lines) == 2  # logged once, by rank 0
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")
+def test_torchrun_on_a_run_another_process_holds_is_refused_on_every_rank(tmp_path, xor_clip, tiny_xor):
+    """Rank 0 owns the run directory's lock; when it cannot take it, every rank stops with its message."""
+    run = polyalign.train(xor_clip, out=tmp_path, overrides=tiny_xor)
+    before = (run / "metrics.jsonl").read_text()
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    fd = lock_run_dir(run)
+    try:
+        res = subprocess.run([torchrun, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
+                              "-m", "polyalign", "train", "--resume", str(run), "train.epochs=3"],
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=180,
+                             check=False)
+    finally:
+        os.close(fd)
+    assert res.returncode != 0
+    said = (res.stdout + res.stderr).count(f"is in use by another polyalign process (pid {os.getpid()} on host")
+    assert said == 2, res.stderr[-3000:]
+    assert (run / "metrics.jsonl").read_text() == before

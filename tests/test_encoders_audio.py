@@ -10,6 +10,7 @@ import torch
 import polyalign
 from polyalign.core.batch import Collator
 from polyalign.core.errors import PolyalignError
+from polyalign.testing import check_encoder
 
 
 def _tone(freq: float, seconds: float, rate: int) -> np.ndarray:
@@ -88,3 +89,10 @@ def test_corrupt_and_missing_audio(tmp_path):
         enc.load("bad.wav", tmp_path)
     with pytest.raises(PolyalignError, match=r"audio file not found: .*gone\.flac"):
         enc.load("gone.flac", tmp_path)
+
+
+def test_audio_encoders_keep_the_encoder_contract(tmp_path):
+    sf.write(tmp_path / "a.wav", _tone(300.0, 0.8, 16000), 16000)
+    sf.write(tmp_path / "b.flac", _tone(900.0, 1.2, 22050), 22050)
+    check_encoder("audio", ["a.wav", "b.flac"], root=tmp_path, sample_rate=8000, n_mels=16, n_fft=256, channels=[4, 8])
+    check_encoder("audio", ["a.wav", "b.flac"], root=tmp_path, backbone="wav2vec2", arch="tiny", clip_seconds=0.5)

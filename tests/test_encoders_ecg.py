@@ -11,6 +11,7 @@ import polyalign
 from polyalign.core.batch import Collator
 from polyalign.core.errors import PolyalignError
 from polyalign.encoders.ecg import BasicBlock1d
+from polyalign.testing import check_encoder
 
 
 def _recording(leads: int = 12, samples: int = 600, seed: int = 0) -> np.ndarray:
@@ -101,3 +102,14 @@ def test_wrong_shapes_are_named(tmp_path):
         enc.load("junk.npy", tmp_path)
     with pytest.raises(PolyalignError, match=r"ECG WFDB header \(\.hea\) file not found"):
         enc.load("no-such-record", tmp_path)
+
+
+def test_ecg_encoder_keeps_the_encoder_contract(tmp_path):
+    np.save(tmp_path / "long.npy", _recording(samples=700, seed=1))
+    np.save(tmp_path / "time_first.npy", _recording(samples=500, seed=2).T)
+    x = _recording(leads=12, samples=600, seed=3)
+    wfdb.wrsamp("rec", fs=100, units=["mV"] * 12, sig_name=[f"L{i}" for i in range(12)],
+                p_signal=x.T.astype(np.float64), fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12,
+                write_dir=str(tmp_path))
+    values = ["long.npy", "time_first.npy", "rec", x]  # the length (700) is inferred from the first: rebuilt too
+    check_encoder("ecg", values, root=tmp_path, base_width=4, blocks=[1, 1])

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 import polyalign
 from polyalign.core.batch import Collator
 from polyalign.core.errors import PolyalignError
+from polyalign.testing import check_encoder
 
 
 def _write_images(folder):
@@ -109,3 +110,9 @@ def test_undecodable_and_missing_files(tmp_path):
         enc.load("bad.png", tmp_path)
     with pytest.raises(PolyalignError, match=r"image file not found: .*gone\.png"):
         enc.load("gone.png", tmp_path)
+
+
+def test_image_encoder_keeps_the_encoder_contract(tmp_path):
+    _write_images(tmp_path)
+    check_encoder("image", ["red.png", "noise.jpg"], root=tmp_path, model="test_resnet", image_size=32)
+    check_encoder("image", ["red.png", "noise.jpg"], root=tmp_path, model="test_vit", image_size=32, channels=1)

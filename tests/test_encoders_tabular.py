@@ -12,6 +12,7 @@ import torch
 import polyalign
 from polyalign.core.batch import Collator
 from polyalign.core.errors import PolyalignError
+from polyalign.testing import check_encoder
 
 
 def test_values_and_missingness_indicators():
@@ -61,3 +62,10 @@ def test_bad_rows():
         polyalign.build("encoder", "tabular", dim=2, std=[1.0, 0.0])
     assert math.isclose(float(enc.load([float("nan"), 2.0], None)[0]), 0.0)
     assert torch.is_tensor(enc.load(np.array([1.0, 2.0]), None))
+
+
+def test_tabular_and_vector_encoders_keep_the_encoder_contract(tmp_path):
+    rows = [{"hb": 13.5, "wbc": None, "na": 140}, {"na": 135.0, "hb": 12.0}, {"wbc": 7.1}]
+    check_encoder("tabular", rows, hidden=[8], mean=[13.0, 7.0, 138.0], std=[1.5, 2.0, 3.0])  # columns inferred
+    np.save(tmp_path / "v.npy", np.array([0.5, -1.0, 2.0]))
+    check_encoder("vector", ["v.npy", [1.0, 2.0, 3.0], np.zeros(3)], root=tmp_path, hidden=[8, 4], dropout=0.1)

@@ -11,6 +11,7 @@ import polyalign
 from polyalign.core.batch import Collator
 from polyalign.core.errors import PolyalignError
 from polyalign.encoders.text import resolve_model_dir
+from polyalign.testing import check_encoder
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "blue", "square", "is", "here"]
 
@@ -105,3 +106,11 @@ def test_packaged_minilm_matches_sentence_transformers():
     reference = SentenceTransformer(str(folder), device="cpu", local_files_only=True).encode(
         texts, convert_to_tensor=True)  # mean pooling + L2 normalisation
     torch.testing.assert_close(ours, reference.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_text_encoders_keep_the_encoder_contract(tiny_bert, tmp_path):
+    (tmp_path / "caption.txt").write_text("a blue square is here", encoding="utf-8")
+    texts = ["caption.txt", "a red circle", "red"]  # different lengths: padding must not leak into features
+    check_encoder("text", texts, root=tmp_path, model=str(tiny_bert), max_length=8)
+    check_encoder("text", texts, root=tmp_path, model=str(tiny_bert), pooling="cls")
+    check_encoder("byte_text", texts, root=tmp_path, dim=16, layers=2, heads=2, max_length=16)

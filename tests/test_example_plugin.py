@@ -2,26 +2,34 @@
 
 Instead of `pip install -e examples/polyalign-imu` (slow), the test puts the package's source
 and a dist-info folder holding its entry_points.txt on sys.path: importlib.metadata then finds
-the `polyalign` entry point exactly as it would for an installed distribution.
+the `polyalign` entry point exactly as it would for an installed distribution. The package's
+own tests (examples/polyalign-imu/tests) run here too, through that entry point.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
+import inspect
 import json
 import runpy
 import sys
+import tomllib
 
 import pytest
-import tomllib
 from conftest import ROOT
 
 import polyalign
 from polyalign.core.plugins import default_plugins, describe
 
 EXAMPLE = ROOT / "examples" / "polyalign-imu"
+EXAMPLE_TESTS = sorted((EXAMPLE / "tests").glob("test_*.py"))
 
 
+def example_tests() -> list[tuple[str, str]]:
+    """(file, function) for every test function of the example package."""
+    return [(path.name, node.name) for path in EXAMPLE_TESTS for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")]
 
 
 @pytest.fixture
@@ -43,13 +51,21 @@ def imu_installed(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
-def test_entry_point_registers_the_imu_encoder(imu_installed):
+def test_entry_point_registers_the_imu_encoder_loss_dataset_and_evaluator(imu_installed):
     listing = describe(default_plugins())
     (info,) = [p for p in listing["plugins"] if p["name"] == "imu"]
     assert info == {"name": "imu", "distribution": "polyalign-imu", "version": "0.1.0", "builtin": False,
                     "error": None}
-    (encoder,) = [e for e in listing["encoders"] if e["name"] == "imu"]
-    assert encoder["plugin"] == "polyalign-imu:imu"
+    for kind, name in (("encoders", "imu"), ("losses", "margin_clip"), ("datasets", "tuple_folders"),
+                       ("evaluators", "modality_gap")):
+        (component,) = [c for c in listing[kind] if c["name"] == name]
+        assert component["plugin"] == "polyalign-imu:imu" and component["help"]
+
+
+@pytest.mark.parametrize("file, name", example_tests())
+def test_the_example_package_tests_pass(imu_installed, tmp_path, file, name):
+    test = runpy.run_path(str(EXAMPLE / "tests" / file))[name]
+    test(**{"tmp_path": tmp_path} if "tmp_path" in inspect.signature(test).parameters else {})
 
 
 def test_recipe_trains_imu_with_a_builtin_modality(imu_installed, tmp_path):
@@ -76,7 +92,11 @@ def test_without_the_plugin_the_recipe_names_the_missing_encoder(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["pyproject.toml", "src/polyalign_imu/__init__.py", "src/polyalign_imu/encoder.py",
-                                  "make_data.py", "imu-caption.yaml", "tests/test_imu.py"])
+                                  "make_data.py", "imu-caption.yaml", "tests/test_imu.py",
+                                  "src/polyalign_imu/loss.py", "tests/test_loss.py",
+                                  "src/polyalign_imu/dataset.py", "tests/test_dataset.py",
+                                  "src/polyalign_imu/evaluator.py", "tests/test_evaluator.py",
+                                  "imu-caption-folders.yaml"])
 def test_tutorial_shows_each_file_of_the_example_whole(name):
     tutorial = (ROOT / "docs" / "writing-a-plugin.md").read_text()
     assert (EXAMPLE / name).read_text() in tutorial, f"docs/writing-a-plugin.md is out of date for {name}"

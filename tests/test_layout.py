@@ -52,3 +52,8 @@ def test_rooms_import_downwards_only(room):
              for target, line in sorted(imported_rooms(path)) if target in FORBIDDEN[room] or target == ""]
     assert not wrong, "\n".join(wrong)
 
+
+
+def test_the_plugin_kit_uses_only_core_and_the_public_api():
+    rooms = {room for room, _ in imported_rooms(PACKAGE / "testing.py")}
+    assert rooms <= {"core", ""}, rooms  # "" = `import polyalign` for polyalign.build

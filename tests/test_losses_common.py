@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import polyalign
 from polyalign.core.plugins import default_plugins
+from polyalign.testing import check_loss
 
 D64 = torch.float64
 NAMES = ["a", "b", "c"]
@@ -126,6 +127,38 @@ def test_score_ranks_candidates_for_any_query_subset(name):
     assert torch.allclose(loss.score({"a": emb["a"], "c": emb["c"]}, emb["b"][perm], "b"), full[:, perm])
 
 
+EXACT_INNER_PRODUCT = {"clip", "symile", "mv_infonce", "mv_dhel", "dcl"}  # the score is v · c itself
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_inner_product_query_ranks_candidates_as_the_score_does(name):
+    emb = unit(40, 6, seed=8)
+    loss = build(name)
+    for query in (["a"], ["c"], ["a", "c"]):
+        queries = {q: emb[q][:4] for q in query}
+        vectors = loss.inner_product_query(queries, "b")
+        if name in ("gram", "align_uniform") or (name == "siglip" and len(query) > 1):  # no such form
+            assert vectors is None
+            continue
+        assert vectors.shape == (4, 6)
+        scores, products = loss.score(queries, emb["b"], "b"), vectors @ emb["b"].T
+        assert torch.equal(scores.argsort(dim=1), products.argsort(dim=1)), (name, query)
+        if name in EXACT_INNER_PRODUCT:
+            assert torch.allclose(scores, products, rtol=1e-12, atol=1e-12)
+
+
+def test_a_weighted_sum_of_losses_has_the_inner_product_form_of_the_loss_it_scores_with():
+    from polyalign.core.loss import WeightedLoss
+
+    queries = {q: z[:4] for q, z in unit(8, 6, seed=9).items() if q != "b"}
+    clip_first = WeightedLoss({"clip": build("clip"), "align_uniform": build("align_uniform")},
+                              {"clip": 1, "align_uniform": 0.1})
+    regulariser_first = WeightedLoss({"align_uniform": build("align_uniform"), "clip": build("clip")},
+                                     {"align_uniform": 0.1, "clip": 1})
+    assert torch.equal(clip_first.inner_product_query(queries, "b"), queries["a"] + queries["c"])
+    assert regulariser_first.inner_product_query(queries, "b") is None
+
+
 @pytest.mark.parametrize("name", [n for n in LOSSES if n != "align_uniform"])
 def test_metrics_report_the_temperature_and_per_term_losses(name):
     out = build(name)(unit(6, 4, seed=7))
@@ -155,3 +188,8 @@ def test_tiny_symile_run_trains_and_scores_with_the_multilinear_product(tmp_path
     assert steps and {"loss_a", "loss_b", "loss_c", "temperature"} <= set(steps[-1])
     rows = json.loads((run / "eval" / "report.json").read_text())
     assert any(r["metric"] == "accuracy" and r["target"] == "b" for r in rows)
+
+
+@pytest.mark.parametrize("name", default_plugins().registry.names("loss"))
+def test_every_registered_loss_keeps_the_loss_contract_at_its_defaults(name):
+    check_loss(name)

@@ -9,6 +9,7 @@ from float64_losses import D64, build64, unit
 
 import polyalign
 from polyalign.plugins.losses.volume import det_adj, tuple_gram, volume_sq
+from polyalign.testing import check_loss
 
 NAMES = "abcde"
 
@@ -98,3 +99,8 @@ def test_score_is_minus_the_volume_of_queries_and_candidate():
     scores = polyalign.build("loss", "gram").score({"a": a, "c": c}, cand, "b")
     assert scores.shape == (3, 4)
     assert torch.allclose(scores[1, 2], -brute_volume([a[1], c[1], cand[2]]), rtol=1e-10)
+
+
+@pytest.mark.parametrize("options", [{"anchor": "b", "label_smoothing": 0.1}, {"chunk_size": 3}])
+def test_gram_options_keep_the_loss_contract(options):
+    check_loss("gram", **options)

@@ -9,6 +9,7 @@ import torch
 from float64_losses import build64, unit
 
 import polyalign
+from polyalign.testing import check_loss
 
 NAMES = "abcdefgh"
 
@@ -89,3 +90,8 @@ def test_finite_at_small_temperature_with_eight_modalities_in_float32(name):
     exact = build64(name, 0.01)({m: z.detach().double()
                                                                         for m, z in zip(NAMES, zs)}).loss
     assert math.isclose(float(out.loss.detach()), float(exact.detach()), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mv_infonce", "mv_dhel"])
+def test_multiview_losses_keep_the_loss_contract_chunked(name):
+    check_loss(name, chunk_size=3, modality_counts=[2, 3, 4, 5, 8])

@@ -12,6 +12,8 @@ from open_clip.loss import ClipLoss as OpenClipLoss
 from open_clip.loss import SigLipLoss as OpenSigLipLoss
 
 import polyalign
+from polyalign.core.errors import PolyalignError
+from polyalign.testing import check_loss
 
 
 def test_clip_equals_two_line_infonce_and_open_clip():
@@ -85,3 +87,20 @@ def test_align_uniform_adds_to_another_loss_in_a_recipe(xor_clip):
     parts = build64("clip", 0.07)(zs).loss + 0.1 * polyalign.build("loss", "align_uniform").double()(zs).loss
     assert torch.allclose(out.loss, parts, rtol=1e-6)  # τ of the recipe's clip is stored in float32
     assert "align_uniform/align_a-b" in out.metrics
+
+
+@pytest.mark.parametrize("name, options", [
+    ("clip", {"pairs": "star", "anchor": "b"}), ("clip", {"chunk_size": 3}), ("dcl", {"chunk_size": 2}),
+    ("siglip", {"bias": -3.0}), ("align_uniform", {"align_weight": 0.5, "uniform_weight": 2.0}),
+])
+def test_pairwise_options_keep_the_loss_contract(name, options):
+    check_loss(name, **options)
+
+
+def test_pair_term_names_never_collide():
+    """Modalities a, a-b, b-c, c would name two CLIP terms a-b-c (and drop one); a recipe refuses '-' in
+    modality names, and the loss itself refuses names that collide."""
+    loss = polyalign.build("loss", "clip").double()
+    z = dict(zip(("a", "a-b", "b-c", "c"), unit(4, 3, 4)))
+    with pytest.raises(PolyalignError, match="give two pair terms the same name"):
+        loss(z)

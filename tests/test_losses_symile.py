@@ -12,6 +12,7 @@ from symile import Symile
 
 import polyalign
 from polyalign.plugins.losses.multilinear import anchor_logsumexps
+from polyalign.testing import check_loss
 
 
 def grads(value: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -126,3 +127,8 @@ def test_score_is_the_product_of_queries_against_candidates():
     assert scores.shape == (5, 9)
     assert torch.allclose(scores[2, 4], (a[2] * c[2] * cand[4]).sum())
 
+
+def test_symile_options_keep_the_loss_contract():
+    check_loss("symile", scale="dim", chunk_size=5)
+    # n negatives are random banks drawn in modality order: every property but that order holds
+    check_loss("symile", negatives="n", skip=["modality order"])

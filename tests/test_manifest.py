@@ -12,8 +12,13 @@ import yaml
 from PIL import Image
 
 import polyalign
+from polyalign.cli import main
 from polyalign.core.assemble import assemble
 from polyalign.core.data import DataError
+from polyalign.core.data_check import check_data
+from polyalign.core.errors import PolyalignError
+from polyalign.core.plugins import make_plugins
+from polyalign.core.recipe import validate_recipe
 from polyalign.plugins.datasets.manifest import ManifestError
 
 COLUMNS = ["id", "label", "image", "audio", "ecg", "text", "lab"]
@@ -178,3 +183,51 @@ def test_manifest_file_errors(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"a": "x"}\n')
     with pytest.raises(ManifestError, match="holds both"):
         polyalign.build("dataset", "manifest", path=str(tmp_path))
+
+
+def test_check_data_builds_every_plugin_and_embeds_the_first_rows(folder, tmp_path, capsys):
+    recipe = _recipe(tmp_path, {"plugin": "manifest", "path": str(folder)})
+    lines = check_data(recipe)
+    assert lines[:2] == ["dataset manifest: train 8 rows, val 2 rows, test 2 rows",
+                         "encoders: audio (audio, width 4), ecg (ecg, width 8), image (image, width 96), "
+                         "lab (tabular, width 8), text (byte_text, width 16)"]
+    assert lines[2:4] == ["loss: clip", "evaluators: zero_shot"]
+    assert lines[4].startswith("train: rows 0-3 loaded, collated and embedded (audio 4/4, ecg 4/4, image 3/4, "
+                               "lab 4/4, text 3/4 present); loss ")
+    assert lines[5:] == [f"{split}: rows 0-1 loaded, collated and embedded (audio {k}/2, ecg 2/2, image 2/2, lab 2/2, "
+                         f"text 2/2 present)" for split, k in (("val", 1), ("test", 2))]  # val row 1 has no audio
+    assert main(["validate", str(tmp_path / "recipe.yaml"), "--check-data"]) == 0
+    assert "  train: rows 0-3 loaded, collated and embedded (audio 4/4" in capsys.readouterr().out
+
+
+def test_check_data_reports_every_unreadable_row_and_plugin_that_fails(folder, tmp_path, capsys):
+    (folder / "img" / "9.png").unlink()  # val row 1
+    np.save(folder / "ecg" / "11.npy", np.zeros((8, 120), np.float32))  # test row 1: 8 leads, not 12
+
+    class Unbuildable:
+        @polyalign.hookimpl
+        def register_evaluators(self, register):
+            def factory(config):
+                raise OSError("label map not found")
+            register("unbuildable", factory)
+
+    _recipe(tmp_path, {"plugin": "manifest", "path": str(folder)})
+    raw = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    raw["eval"].append({"plugin": "unbuildable"})
+    plugins = make_plugins(extra=[Unbuildable()])
+    with pytest.raises(PolyalignError) as info:
+        check_data(validate_recipe(raw, plugins=plugins), plugins)
+    message = str(info.value)
+    assert message.startswith("3 problem(s) with the data or the plugins:\n")
+    assert "eval.1 (unbuildable): the evaluator failed to build: OSError: label map not found" in message
+    assert f"manifest {folder / 'val.jsonl'}, line 2 (split 'val', row 1), modality 'image'" in message
+    assert f"manifest {folder / 'test.jsonl'}, line 2 (split 'test', row 1), modality 'ecg'" in message
+    raw["eval"].pop()
+    raw["data"]["on_error"] = "skip"
+    lines = check_data(validate_recipe(raw))
+    assert lines[-2].startswith("val: rows 0-1 loaded, collated and embedded (audio 1/2, ecg 1/2, image 1/2, "
+                                "lab 1/2, text 1/2 present); 1 row(s) would be skipped (data.on_error: skip): ")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**raw, "data": {"plugin": "manifest", "path": str(folder)}}))
+    assert main(["validate", str(tmp_path / "recipe.yaml"), "--check-data"]) == 2
+    err = capsys.readouterr().err
+    assert "2 problem(s) with the data or the plugins" in err and "Traceback" not in err

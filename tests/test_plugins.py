@@ -136,8 +136,17 @@ def test_entry_point_plugin_is_discovered_and_can_be_switched_off(tmp_path):
             register("cubes", build_clip, config=ClipConfig, help="clip under another name")
     """)
     _fake_distribution(tmp_path, "polyalign-broken", "polyalign_broken", "raise ImportError('no such lib')\n")
+    _fake_distribution(tmp_path, "polyalign-typo", "polyalign_typo", """
+        import polyalign
+
+        @polyalign.hookimpl
+        def register_encoder(register):
+            pass
+    """)
     listing = _plugins_json({"PYTHONPATH": str(tmp_path)})
     by_dist = {p["distribution"]: p for p in listing["plugins"]}
+    assert by_dist["polyalign-typo"]["error"].startswith("not loaded: unknown hook 'register_encoder'")
+    assert by_dist["polyalign-typo"]["error"].endswith("; did you mean register_encoders?")
     assert by_dist["polyalign-cubes"]["version"] == "0.3" and by_dist["polyalign-cubes"]["error"] is None
     assert "cubes" in [c["name"] for c in listing["losses"]]
     assert "no such lib" in by_dist["polyalign-broken"]["error"]  # reported, others still load

@@ -33,7 +33,7 @@ def _stepper(scaler: torch.amp.GradScaler | None) -> Stepper:
     torch.manual_seed(0)
     model = MultiModalModel({m: VectorEncoder(5, [8]) for m in "abc"}, 4)
     loss = polyalign.build("loss", "siglip", modalities=list("abc"))
-    optimizer, scheduler = build_optimizer([model, loss], recipe.train, 10)
+    optimizer, scheduler = build_optimizer(model, loss, recipe, 10)
     return Stepper(recipe, model.train(), model, loss, optimizer, scheduler, torch.device("cpu"), scaler)
 
 

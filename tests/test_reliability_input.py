@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,11 @@ from hypothesis import strategies as st
 import polyalign
 from polyalign.cli import main
 from polyalign.core.data import DataError, TupleDataset
+from polyalign.core.device import device_problem
+from polyalign.core.errors import MAX_MESSAGE_CHARS
+from polyalign.core.memory import bytes_text, physical_memory
+from polyalign.core.recipe import modality_name_problem
+from polyalign.core.yaml_file import MAX_EXPANDED_CHARS, MAX_NODES, MAX_TEXT_CHARS, YamlError, parse_yaml
 from polyalign.shipped import shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +75,7 @@ BROKEN = [
     ("unknown encoder", ["modalities.b.encoder.plugin=vectr"], "modalities.b.encoder.plugin", "did you mean 'vector'"),
     ("unknown dataset", ["data.plugin=xorr"], "data.plugin", "unknown dataset 'xorr'"),
     ("unknown evaluator", ["eval.0.plugin=zeroshot"], "eval.0.plugin", "did you mean 'zero_shot'"),
-    ("unknown logger", ["logging=[jsonl, wandb]"], "logging.1", "unknown logger 'wandb'"),
+    ("unknown logger", ["logging=[jsonl, nope]"], "logging.1", "unknown logger 'nope'"),
     ("unknown plugin in a loss list", ["loss=[{plugin: clip}, {plugin: nope}]"], "loss.1.plugin", "unknown loss 'nope'"),
     ("dotted import path as loss", ["loss.plugin=os.system"], "loss.plugin", "unknown loss 'os.system'"),
     ("dotted import path as encoder", ["modalities.a.encoder.plugin=torch.nn.Linear"],
@@ -86,7 +92,7 @@ BROKEN = [
     ("zero epochs", ["train.epochs=0"], "train.epochs", "greater than or equal to 1"),
     ("negative dataset size", ["data.n_train=-5"], "data.n_train", "greater than or equal to 1"),
     ("negative lr", ["train.lr=-0.1"], "train.lr", "greater than 0"),
-    ("negative temperature", ["loss.temperature=-1"], "loss.temperature", "greater than 0"),
+    ("negative temperature", ["loss.temperature=-1"], "loss.temperature", "greater than or equal to 0.01"),
     ("negative loss weight", ["loss=[{plugin: clip, weight: -1}]"], "loss.0.weight", "greater than or equal to 0"),
     ("zero keep_last", ["train.keep_last=0"], "train.keep_last", "greater than or equal to 1"),
     ("negative seed", ["seed=-1"], "seed", "greater than or equal to 0"),
@@ -125,7 +131,7 @@ FILES = [
     ("deep nesting", "x: " + "[" * 1200 + "]" * 1200 + "\n", "<root>", "nested too deeply"),
     ("deep but parseable nesting", "x: " + "[" * 80 + "]" * 80 + "\n", "x: nested", "more than 64 levels deep"),
     ("self-referencing alias", "data: &d {plugin: xor, n: [*d]}\n", "data.n.0", "contains itself"),
-    ("billion laughs", BOMB + "\nname: *a6\n", "name: the recipe", "more than 100000 values"),
+    ("billion laughs", BOMB + "\nname: *a6\n", "name: more than 100000 values", "YAML aliases count"),
     ("missing data and loss", "name: x\nmodalities: {a: {encoder: {plugin: vector}}, b: {encoder: {plugin: vector}}}\n",
      "data", "Field required"),
     ("not UTF-8", b"\xff\xfename: x\n", "<root>", "not a UTF-8 text file"),
@@ -163,7 +169,7 @@ def test_unreadable_recipe_file(tmp_path, capsys, monkeypatch):
 def test_vector_dim_that_the_data_does_not_have(tmp_path, capsys):
     _assert_clear(*_cli(capsys, "train", XOR, *TINY, "modalities.a.encoder.dim=7", "--out", tmp_path),
                   "modalities.a.encoder (vector)", "expected a vector of 7 numbers, got 5")
-    assert not list(tmp_path.glob("*/checkpoints"))  # refused before training
+    assert not list(tmp_path.iterdir())  # refused before training, and no half run directory is left
 
 
 def test_modality_the_data_lacks(tmp_path, capsys):
@@ -174,8 +180,209 @@ def test_modality_the_data_lacks(tmp_path, capsys):
 
 def test_embed_dim_changed_on_resume(tmp_path, capsys):
     run = polyalign.train(XOR, out=tmp_path, overrides=TINY)
-    _assert_clear(*_cli(capsys, "train", "--resume", run, "model.embed_dim=32"),
+    _assert_clear(*_cli(capsys, "train", "--resume", run, "model.embed_dim=32"),  # refused as an override
+                  "model.embed_dim cannot change when a run is resumed", "polyalign train ")
+    recipe = run / "recipe.yaml"  # and caught by the checkpoint when recipe.yaml is edited by hand
+    recipe.write_text(recipe.read_text().replace("embed_dim: 16", "embed_dim: 32"))
+    _assert_clear(*_cli(capsys, "train", "--resume", run),
                   "model.heads.a.weight is (16, 5) in the checkpoint but (32, 5) here", "model.embed_dim")
+
+
+# ------------------------------------------------------------------ size bombs
+def _fan(size: int, fan: int, levels: int) -> str:
+    """YAML whose last key expands to ``size * fan**levels`` characters in ``fan**levels`` strings."""
+    lines = [f"l0: &l0 {'x' * size}"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * fan)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=80, deadline=None)
+@given(size=st.integers(1, 20_000), fan=st.integers(1, 40), levels=st.integers(0, 5))
+def test_yaml_is_refused_exactly_when_it_expands_past_the_bounds(size, fan, levels):
+    """Aliases may not expand a YAML text past MAX_EXPANDED_CHARS characters or MAX_NODES values,
+    however small the text; within both bounds it loads."""
+    text = _fan(size, fan, levels)
+    values = [1]  # values in level i's expansion: a list of ``fan`` copies of level i-1 (level 0: the string)
+    for _ in range(levels):
+        values.append(1 + fan * values[-1])
+    nodes = 1 + sum(1 + v for v in values)  # the root mapping, then each key and its value's expansion
+    chars = sum(len(f"l{i}") + size * fan ** i for i in range(levels + 1))
+    if nodes > MAX_NODES or chars > MAX_EXPANDED_CHARS:
+        with pytest.raises(YamlError, match="more than"):
+            parse_yaml(text, "t.yaml")
+    else:
+        assert parse_yaml(text, "t.yaml")["l0"] == "x" * size
+
+
+def _bomb_text(size: int = 10_000, repeats: int = 2000) -> str:
+    return f"s: &s {'x' * size}\nl: [{', '.join(['*s'] * repeats)}]\n"
+
+
+@pytest.mark.parametrize("where", ["recipe file", "override", "run recipe.yaml", "export recipe.yaml",
+                                   "model card", "eval --add"])
+def test_every_yaml_reader_refuses_an_alias_bomb(where, tmp_path, capsys):
+    """The bounds hold wherever polyalign reads YAML, not only for the recipe given to train/validate."""
+    bomb = _bomb_text()
+    run = polyalign.train(XOR, out=tmp_path, overrides=TINY) if "run" in where or "export" in where or \
+        "card" in where or "add" in where else None
+    if where == "recipe file":
+        argv = ["validate", tmp_path / "r.yaml"]
+        (tmp_path / "r.yaml").write_text(bomb)
+    elif where == "override":
+        argv = ["validate", XOR, "description={" + bomb.replace("\n", ", ") + "}"]
+    elif where == "run recipe.yaml":
+        (run / "recipe.yaml").write_text(bomb)
+        argv = ["eval", run]
+    elif where == "eval --add":
+        argv = ["eval", run, "--add", "{plugin: zero_shot, " + bomb.replace("\n", ", ") + "}"]
+    else:
+        from polyalign.inference.export import export_model
+
+        export = export_model(run, tmp_path / "export")
+        if where == "export recipe.yaml":
+            (export / "recipe.yaml").write_text(bomb)
+        else:
+            (export / "MODEL_CARD.md").write_text(f"---\n{bomb}---\n")
+        argv = ["embed", export, "--modality", "b", "--input", XOR, "--out", tmp_path / "e.safetensors"]
+    code, err = _cli(capsys, *argv)
+    assert code == 2 and "more than 1000000 characters of text once YAML aliases are expanded" in err, err
+    assert len(err) < 2000
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(length=st.integers(1, 50_000), copies=st.integers(1, 400), where=st.sampled_from(
+    ["logging", "loss.plugin", "train", "modalities", "eval.0.target"]))
+def test_error_messages_are_bounded_whatever_is_echoed(length, copies, where, capsys):
+    """A long value, or many of them, echoed in an error never makes it longer than MAX_MESSAGE_CHARS."""
+    value = "v" * length
+    override = {"logging": f"logging=[{', '.join([value] * copies)}]", "loss.plugin": f"loss.plugin={value}",
+                "train": f"train.{value}=1", "modalities": f"modalities.{value}-x={{encoder: {{plugin: vector}}}}",
+                "eval.0.target": f"eval.0.target={value}"}[where]
+    if len(override) > MAX_TEXT_CHARS:
+        return
+    code, err = _cli(capsys, "validate", XOR, override)
+    assert code == 2 and err.startswith("error:")
+    assert len(err) <= MAX_MESSAGE_CHARS + 200, len(err)
+
+
+# ------------------------------------------------------------------ what validate refuses before anything starts
+@settings(max_examples=200, deadline=None)
+@given(name=st.one_of(st.text(max_size=12), st.sampled_from(
+    ["eval", "type", "to", "cuda", "train", "forward", "keys", "items", "pop", "update", "_modules", "__class__",
+     "a.b", "", "a-b", "label", "id", "all", "image", "x_1", "B2"])))
+def test_a_modality_name_validate_accepts_can_build_the_model(name):
+    """Every name validate accepts keys the model's module and parameter dicts (which refuse '', dots and
+    their own attribute names) and makes unambiguous metric names; every other one is refused with the reason."""
+    from polyalign.core.model import MultiModalModel
+    from polyalign.encoders.vector import VectorEncoder
+
+    problem = modality_name_problem(name)
+    if problem is None:
+        names = [name, "other_" if name != "other_" else "other2"]
+        model = MultiModalModel({m: VectorEncoder(3, []) for m in names}, 4, missing="learned")
+        assert set(model.encoders) == set(names) and set(model.missing_embeddings) == set(names)
+        assert "-" not in name and "." not in name and name not in ("all", "label", "id")
+    else:
+        assert "cannot name a modality" in problem
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("a.b", "letters, digits and underscores"), ("eval", "attribute of PyTorch's ModuleDict"),
+    ("type", "attribute of PyTorch's ModuleDict"), ("a-b", "letters, digits and underscores"),
+    ("label", "reserved"), ("all", "reserved")])
+def test_modality_names_pytorch_or_polyalign_cannot_use_are_refused(name, fragment, capsys):
+    mods = f"modalities={{'{name}': {{encoder: {{plugin: vector}}}}, c: {{encoder: {{plugin: vector}}}}}}"
+    _assert_clear(*_cli(capsys, "validate", XOR, mods, "eval=[]"), f"modalities.{name}", fragment)
+
+
+@pytest.mark.parametrize("device, fragment", [
+    ("meta", "polyalign does not run on 'meta' devices"), ("xla", "polyalign does not run on 'xla'"),
+    ("hpu", "polyalign does not run on 'hpu'"), ("mps", "MPS is not available"), ("xpu", "no Intel XPU"),
+    ("cuda:-1", "is not a device")])
+def test_devices_this_torch_cannot_use_are_refused_by_validate(device, fragment, capsys):
+    if device in ("mps", "xpu") and device_problem(device) is None:
+        pytest.skip(f"this machine has {device}")
+    _assert_clear(*_cli(capsys, "validate", XOR, f"train.device={device}"), "train.device", fragment)
+
+
+def test_a_missing_cuda_device_is_refused_before_a_run_directory_exists(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has cuda:7")
+    _assert_clear(*_cli(capsys, "train", XOR, *TINY, "train.device=cuda:7", "--out", tmp_path), "train.device",
+                  "cuda:7")
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())
+
+
+SEVEN = "modalities={" + ", ".join(f"{m}: {{encoder: {{plugin: vector}}}}" for m in "abcdefg") + "}"
+
+
+@pytest.mark.parametrize("overrides, path, number", [
+    ([SEVEN, "loss={plugin: symile}", "eval=[]"], "loss", "256^5 = 1.1e+12 log-sum-exps"),
+    (["model.embed_dim=1000000000000"], "model.embed_dim", "1000000000000 dimensions x 3 modalities"),
+    (["data.n_train=1000000000000"], "data", "1000000002000 tuples generated in memory x 1200 bytes")])
+def test_configurations_that_cannot_fit_in_memory_are_refused_with_the_estimate(overrides, path, number, capsys):
+    code, err = _cli(capsys, "validate", XOR, *overrides)
+    _assert_clear(code, err, path, number)
+    assert f"this machine has {bytes_text(physical_memory())}" in err
+
+
+def test_memory_estimates_do_not_refuse_what_fits(capsys):
+    four = "modalities={" + ", ".join(f"{m}: {{encoder: {{plugin: vector}}}}" for m in "abcd") + "}"
+    code, err = _cli(capsys, "validate", XOR, four, "loss={plugin: symile}", "eval=[]", "model.embed_dim=4096")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("overrides, path, fragment", [
+    (["loss=[]"], "loss", "an empty list; give at least one loss plugin"),
+    (["eval=[{plugin: missing_modality, resamples: 1000000000000}]"], "eval.0.resamples", "less than or equal to")])
+def test_settings_that_cannot_run_are_refused(overrides, path, fragment, capsys):
+    _assert_clear(*_cli(capsys, "validate", XOR, *overrides), path, fragment)
+
+
+def test_accumulate_past_the_batches_of_an_epoch_is_refused_before_training(tmp_path, capsys):
+    _assert_clear(*_cli(capsys, "train", XOR, *TINY, "train.accumulate=8", "--out", tmp_path), "train.accumulate",
+                  "an epoch of the train split (128 rows) has only 4 batch(es) of 32: no optimizer step would ever run")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_recipe_file_without_name_takes_a_valid_one_from_its_file_name(tmp_path, capsys):
+    recipe = tmp_path / "my recipe (copy).yaml"
+    recipe.write_text(XOR.read_text().replace("name: xor-clip\n", ""))
+    assert polyalign.load_recipe(recipe).name == "my-recipe-copy"
+    code, err = _cli(capsys, "validate", recipe)
+    assert code == 0, err
+
+
+# ------------------------------------------------------------------ empty splits
+def _only_train_manifest(folder: Path, evaluators: str) -> list[str]:
+    (folder / "data").mkdir()
+    (folder / "data" / "train.jsonl").write_text("".join(json.dumps({"a": [i % 2, 1.0], "b": [1.0, i % 3]}) + "\n"
+                                                         for i in range(32)))
+    return [XOR, "data={plugin: manifest, path: " + str(folder / "data") + "}",
+            "modalities={a: {encoder: {plugin: vector}}, b: {encoder: {plugin: vector}}}", "train.batch_size=16",
+            "train.epochs=1", f"eval={evaluators}"]
+
+
+def test_an_empty_test_split_with_evaluators_is_refused_before_training(tmp_path, capsys):
+    recipe = _only_train_manifest(tmp_path, "[{plugin: zero_shot, target: b}]")
+    _assert_clear(*_cli(capsys, "train", *recipe, "--out", tmp_path / "runs"), "eval",
+                  "the 'manifest' dataset's test split is empty, so there is nothing to evaluate")
+    assert not list((tmp_path / "runs").iterdir())
+    run = polyalign.train(recipe[0], out=tmp_path / "runs", overrides=recipe[1:-1] + ["eval=[]"])  # no evaluator: fine
+    _assert_clear(*_cli(capsys, "eval", run, "--add", "{plugin: zero_shot, target: b}"), "eval", "nothing to evaluate")
+
+
+def test_embedding_an_empty_split_gives_empty_tensors(tmp_path):
+    from polyalign.core.assemble import assemble
+    from polyalign.core.evaluator import embed_split
+
+    recipe = _only_train_manifest(tmp_path, "[]")
+    parts = assemble(polyalign.load_recipe(recipe[0], recipe[1:]))
+    emb, present = embed_split(parts, "test", torch.device("cpu"))
+    assert {m: tuple(z.shape) for m, z in emb.items()} == {"a": (0, 16), "b": (0, 16)}
+    assert all(p.dtype == torch.bool and p.numel() == 0 for p in present.values())
 
 
 # ------------------------------------------------------------------ random YAML

@@ -10,17 +10,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import Field
 
 import polyalign
 from polyalign import run as run_module
 from polyalign.cli import main
 from polyalign.core import recipe as recipe_module
+from polyalign.core.errors import PolyalignError
+from polyalign.core.loss import MIN_LOGIT_SCALE, Temperature, clamp_temperatures
 from polyalign.core.plugins import make_plugins
 from polyalign.core.weights import load_state, load_weights
 from polyalign.encoders.vector import VectorConfig, VectorEncoder, load_vector
 from polyalign.plugins.datasets.xor import XorConfig, XorDataset
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
+from polyalign.plugins.losses.symile import mip_multiplier
 from polyalign.training.step import NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,3 +205,45 @@ def test_cli_prints_the_nan_message_without_traceback(tmp_path, plugins, monkeyp
     err = capsys.readouterr().err
     assert code == 2
     assert "Traceback" not in err and "step 5: the loss is nan" in err and "is kept" in err
+
+
+# ------------------------------------------------------------------ temperature bounds
+@settings(max_examples=200, deadline=None)
+@given(log_scale=st.floats(-1e30, 1e30, allow_nan=False), tau=st.floats(0.01, 1.0),
+       shift=st.floats(0.0, 8.0))
+def test_temperature_stays_within_its_bounds_whatever_the_optimizer_does(log_scale, tau, shift):
+    """After clamping, 1/τ is in [min_scale, max_scale] (default [1, 100]) and τ as a metric is finite,
+    for any value an optimizer step leaves in log(1/τ)."""
+    for t in (Temperature(tau), Temperature(tau, min_scale=math.exp(-shift))):
+        with torch.no_grad():
+            t.log_scale.fill_(log_scale)
+        t.clamp_()
+        scale = float(t.scale)
+        assert t.min_scale * (1 - 1e-6) <= scale <= t.max_scale * (1 + 1e-6)
+        assert math.isfinite(t.tau) and t.tau == pytest.approx(1.0 / scale, rel=1e-5)
+
+
+def test_an_initial_temperature_outside_the_bounds_is_refused(capsys):
+    assert main(["validate", str(XOR), "loss.temperature=2"]) == 2
+    assert "loss.temperature: Input should be less than or equal to 1" in capsys.readouterr().err
+    with pytest.raises(PolyalignError, match=r"initial temperature τ = 0.001 is outside \[0.01, 1\]"):
+        Temperature(0.001)
+
+
+def test_symile_scale_dim_puts_the_floor_on_the_scaled_logits():
+    loss = polyalign.build("loss", "symile", scale="dim", modalities=["a", "b", "c"], embed_dim=16)
+    with torch.no_grad():
+        loss.temperature.log_scale.fill_(-50.0)
+    clamp_temperatures(loss)
+    assert float(loss.temperature.scale) * mip_multiplier(16, 3) == pytest.approx(MIN_LOGIT_SCALE)
+
+
+@pytest.mark.parametrize("loss", ["clip", "dcl", "siglip", "symile"])
+def test_a_diverging_learning_rate_cannot_throw_the_temperature_out_of_bounds(loss, tmp_path):
+    """train.lr=100 used to drive 1/τ to 0 (clip/dcl: ZeroDivisionError in a metric, also with on_nan: skip)
+    or τ to 1.5e11 at lr=10; now the run ends and every logged temperature is within [0.01, 1]."""
+    run = polyalign.train(XOR, out=tmp_path, overrides=TINY + [f"loss={{plugin: {loss}}}", "train.lr=100",
+                                                                "train.on_nan=skip", "train.max_nan_skips=100"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    taus = [v for r in rows for k, v in r.items() if k.startswith("temperature")]
+    assert taus and all(0.01 * (1 - 1e-6) <= t <= 1.0 * (1 + 1e-6) for t in taus), taus  # float32 exp

@@ -208,3 +208,80 @@ def test_every_registered_config_rejects_unknown_keys():
     lenient = [f"{kind} {c.name}" for kind in ("encoder", "loss", "dataset", "evaluator", "logger")
                for c in registry.components(kind) if c.config.model_config.get("extra") != "forbid"]
     assert not lenient, f"these configs accept unknown keys silently: {lenient}"
+
+
+class BadShapes:
+    """Plugins whose factories or objects miss a part of their contract."""
+
+    @polyalign.hookimpl
+    def register_encoders(self, register):
+        class NoWidth(VectorEncoder):
+            def __init__(self, dim):
+                super().__init__(dim, [])
+                del self.width
+
+        register("no_width", lambda cfg, example=None: NoWidth(load_vector(example, None).numel()))
+        register("wants_rows", lambda cfg, rows: None)
+        register("misspelt_context", lambda cfg, exmaple=None: None)
+
+    @polyalign.hookimpl
+    def register_losses(self, register):
+        class Exploding(ClipLoss):
+            def forward(self, embeddings, present=None):
+                raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+        def needs_modalities(config, modalities):
+            return ClipLoss(config)
+
+        def broken_factory(config):
+            raise ValueError("lambda must be positive")
+
+        register("exploding", lambda cfg: Exploding(cfg), config=ClipConfig)
+        register("needs_modalities", needs_modalities, config=ClipConfig)
+        register("broken_factory", broken_factory)
+
+
+@pytest.fixture(scope="module")
+def bad_shapes():
+    return make_plugins(extra=[BadShapes()])
+
+
+def test_encoder_without_width_names_the_plugin_and_the_attribute(tmp_path, bad_shapes):
+    with pytest.raises(PluginError, match=r"encoder plugin 'no_width' \(modality 'b'\): NoWidth has no attribute "
+                                          r"`width`; set self.width to the size of its output features"):
+        _train(tmp_path, bad_shapes, "modalities.b.encoder={plugin: no_width}")
+
+
+def test_factory_asking_for_an_unknown_context_argument_lists_the_valid_ones(tmp_path, bad_shapes):
+    with pytest.raises(PluginError) as info:
+        _train(tmp_path, bad_shapes, "modalities.b.encoder={plugin: wants_rows}")
+    assert ("modalities.b.encoder (wants_rows): encoder 'wants_rows' (plugin 'BadShapes'): its factory "
+            "BadShapes.register_encoders.<locals>.<lambda> asks for 'rows', which polyalign does not provide. The "
+            "context arguments of encoder factories are: modality, example, root (the first argument is the "
+            "validated config)") == str(info.value)
+    with pytest.raises(PluginError, match="asks for 'exmaple', which polyalign does not provide; did you mean "
+                                          "'example'?"):
+        _train(tmp_path, bad_shapes, "modalities.b.encoder={plugin: misspelt_context}")
+    with pytest.raises(PluginError, match="needs the context argument 'modalities', which was not given; pass it "
+                                          r"\(e.g. polyalign.build\('loss', 'needs_modalities', modalities=...\)\)"):
+        bad_shapes.build("loss", "needs_modalities")
+
+
+def test_failing_term_of_a_weighted_loss_names_that_term(tmp_path, bad_shapes):
+    with pytest.raises(PluginError, match=r"loss term 'exploding' of the weighted sum clip \+ exploding failed: "
+                                          r"RuntimeError: mat1 and mat2 shapes cannot be multiplied"):
+        _train(tmp_path, bad_shapes, "loss=[{plugin: clip}, {plugin: exploding, weight: 0.5}]")
+    with pytest.raises(PluginError, match=r"^loss.1: plugin 'broken_factory' failed to build: ValueError: lambda "
+                                          r"must be positive"):
+        _train(tmp_path, bad_shapes, "loss=[{plugin: clip}, {plugin: broken_factory, weight: 0.5}]")
+
+
+def test_hook_name_close_to_a_real_one_gets_a_suggestion():
+    class Typo:
+        @polyalign.hookimpl
+        def register_encoder(self, register):
+            pass
+
+    with pytest.raises(PluginError, match=r"plugin 'Typo': unknown hook 'register_encoder' in plugin .*; did you "
+                                          r"mean register_encoders\?"):
+        make_plugins(extra=[Typo()])

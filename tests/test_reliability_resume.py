@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,10 +25,13 @@ from safetensors.torch import load_file
 import polyalign
 from polyalign.cli import main
 from polyalign.core.atomic import WriteError, atomic_write_text
+from polyalign.core.errors import PolyalignError
 from polyalign.core.plugins import make_plugins
 from polyalign.core.weights import WEIGHTS, load_state, load_weights
 from polyalign.training import checkpoint as ckpt
 from polyalign.training.loop import TIMING_KEYS
+from polyalign.training.run_dir import RESUMABLE, changed_keys
+from polyalign.training.run_lock import RunBusyError, lock_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 XOR = ROOT / "recipes" / "xor-clip.yaml"
@@ -332,3 +336,137 @@ def test_step_checkpoints_are_pruned_to_keep_last(small_reference):
     for name in ("last", "best"):
         assert load_state(root / name)["step"] in (8, 16)
     assert load_state(root / "last")["step"] == 16
+
+
+# --------------------------------------------------------------------------- one process per run directory
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from polyalign.training.run_lock import lock_run_dir
+lock_run_dir(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_process_on_a_run_is_refused_and_a_killed_holder_blocks_nothing(tmp_path, capsys):
+    run = polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE[:5])
+    before = (run / "metrics.jsonl").read_text()
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["train", "--resume", str(run), "train.epochs=3"]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by another polyalign process (pid {holder.pid} on host {socket.gethostname()}" in err
+        assert (run / "metrics.jsonl").read_text() == before and "epochs: 2" in (run / "recipe.yaml").read_text()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    assert main(["train", "--resume", str(run), "train.epochs=3"]) == 0  # the kernel dropped the dead holder's lock
+    assert any(json.loads(line).get("epoch") == 3 for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def test_the_lock_is_held_for_the_whole_run_and_released_after(tmp_path):
+    seen = []
+
+    class TryTheLock:
+        @polyalign.hookimpl
+        def on_epoch_end(self, run_dir, epoch):
+            with pytest.raises(RunBusyError, match=f"pid {os.getpid()} on host"):
+                lock_run_dir(run_dir)
+            seen.append(epoch)
+
+    run = polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE[:5], plugins=make_plugins(extra=[TryTheLock()]))
+    assert seen == [1, 2]
+    os.close(lock_run_dir(run))  # free again
+
+
+# --------------------------------------------------------------------------- --resume with overrides
+def test_resume_applies_and_records_what_may_change(tmp_path, capsys):
+    run = polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE[:5])  # 2 epochs, finished
+    assert main(["train", "--resume", str(run), "train.epochs=3", "train.log_every=1", "train.batch_size=32"]) == 0
+    recipe = polyalign.load_recipe(run / "recipe.yaml")
+    assert (recipe.train.epochs, recipe.train.log_every) == (3, 1)  # recorded (batch_size=32 is no change)
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2, 3]
+    assert [r["step"] for r in rows if r["kind"] == "step" and r["epoch"] == 2] == list(range(17, 25))
+    assert load_state(run / "checkpoints" / "last")["epoch"] == 3
+
+
+def test_resume_refuses_what_would_make_it_another_run(tmp_path, capsys):
+    run = polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE[:5])
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".polyalign.lock"}
+    assert main(["train", "--resume", str(run), "train.batch_size=8", "loss.temperature=0.1", "seed=3",
+                 "train.epochs=4"]) == 2
+    err = capsys.readouterr().err
+    assert "seed, loss.temperature, train.batch_size cannot change when a run is resumed" in err, err
+    assert f"polyalign train {run / 'recipe.yaml'} train.batch_size=8" in err and "What may change: " in err
+    assert {p: p.read_bytes() for p in files} == files  # nothing was touched, not even the allowed epochs
+
+
+def test_the_keys_a_resume_may_change_are_the_documented_ones():
+    doc = (ROOT / "docs" / "reliability.md").read_text()
+    for key in RESUMABLE:
+        assert f"`{key}`" in doc, key
+    assert changed_keys({"a": {"b": 1, "c": [1]}, "d": 2}, {"a": {"b": 2, "c": [1, 2]}, "e": 3}) == \
+        ["a.b", "a.c", "d", "e"]
+
+
+# --------------------------------------------------------------------------- leftovers
+def test_a_kill_during_pruning_leaves_nothing_the_next_pruning_does_not_remove(tmp_path, monkeypatch,
+                                                                              small_reference):
+    real_rmtree = ckpt.shutil.rmtree
+
+    def killed_mid_delete(path, *args, **kwargs):
+        if Path(path).name.startswith("step-"):
+            (Path(path) / "state.pt").unlink()  # the first file is gone, then the process dies
+            raise Killed
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(Killed):
+        polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE)
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+    run = _only_run(tmp_path)
+    root = run / "checkpoints"
+    left = sorted(p.name for p in root.glob("step-*"))
+    assert len(left) == 3 and not (root / left[0] / "state.pt").exists()  # a half-deleted step folder
+    polyalign.train(None, resume=run)
+    assert sorted(p.name for p in root.glob("step-*")) == sorted(
+        p.name for p in (small_reference / "checkpoints").glob("step-*"))
+    _assert_same_run(small_reference, run)
+
+
+def test_prune_removes_incomplete_and_temporary_step_folders(tmp_path):
+    for step in (1, 2, 5):
+        ckpt.save_checkpoint(tmp_path / ckpt.step_checkpoint_name(step), {"w": torch.zeros(1)}, {"step": step})
+    (tmp_path / "step-00000003").mkdir()
+    (tmp_path / "step-00000003" / WEIGHTS).write_bytes(b"")  # state.pt already deleted by a killed pruning
+    (tmp_path / ".step-00000004.tmp").mkdir()
+    deleted = ckpt.prune_step_checkpoints(tmp_path, keep=1)
+    assert sorted(p.name for p in deleted) == [".step-00000004.tmp", "step-00000001", "step-00000002",
+                                               "step-00000003"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000005"]
+
+
+# --------------------------------------------------------------------------- failing before the first step
+class FailAtStart:
+    @polyalign.hookimpl
+    def on_train_start(self):
+        raise RuntimeError("a logger could not start")
+
+
+@pytest.mark.parametrize("failure", ["plugin", "interrupt", "data"])
+def test_a_new_run_that_fails_before_its_first_step_leaves_no_run_directory(failure, tmp_path, monkeypatch):
+    overrides, plugins = list(SMALL_RECIPE), None
+    if failure == "plugin":
+        plugins = make_plugins(extra=[FailAtStart()])
+    elif failure == "interrupt":
+        monkeypatch.setattr(polyalign.run.Trainer, "fit", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    else:
+        overrides.append("modalities.a.encoder.dim=7")
+    with pytest.raises((RuntimeError, KeyboardInterrupt, PolyalignError)):
+        polyalign.train(XOR, out=tmp_path, overrides=overrides, plugins=plugins)
+    assert list(tmp_path.iterdir()) == []

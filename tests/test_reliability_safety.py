@@ -68,6 +68,7 @@ def test_state_file_with_code_is_refused_and_not_run(craft, proof, finished_run,
     code = main(["train", "--resume", str(run)])
     err = capsys.readouterr().err
     assert code == 2 and "refused to load" in err and "Traceback" not in err
+    assert "weights_only" not in err and "trusted source" not in err  # never the advice to load it unsafely
     assert not marker.exists()
 
 

@@ -66,7 +66,7 @@ def _compare(rank: int, world: int, init_file: str, result_dir: str) -> None:
                 forward: nn.Module = model
             else:
                 forward = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-            optimizer, scheduler = build_optimizer([model, loss], recipe.train, 10)
+            optimizer, scheduler = build_optimizer(model, loss, recipe, 10)
             stepper = Stepper(recipe, model, forward, loss, optimizer, scheduler, torch.device("cpu"))
             torch.manual_seed(1)
             record = window_negatives(stepper, _window(rank))

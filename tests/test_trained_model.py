@@ -176,3 +176,36 @@ def test_cli_embed_then_search(run, model, tmp_path, capsys):
         assert lines[0].split("│")[1:3] == ["    1 ", " 13 "]  # 01101 is row 13 of the 32
     assert main(["search", str(run), "--query", "b=[0, 1, 1, 0, 1]", "--candidates", f"b={out}"]) == 2
     assert "holds 'c' embeddings, not 'b'" in capsys.readouterr().err
+
+
+def test_cli_embed_arrays_as_rows_or_as_one_value(run, model, tmp_path, capsys):
+    """A .npy source holds one value per row of its first axis; --value (or a folder) takes a file as one value."""
+    folder = tmp_path / "one-per-file"
+    folder.mkdir()
+    for i in (3, 13):
+        np.save(folder / f"v{i:02d}.npy", ALL_BITS[i])
+    np.save(tmp_path / "stack.npy", ALL_BITS[:, None, :])  # 32 values, each a (1, 5) array
+    out = tmp_path / "e.safetensors"
+    expected = model.embed({"c": ALL_BITS})["c"].cpu()
+    assert main(["embed", str(run), "--modality", "c", "--input", str(tmp_path / "stack.npy"), "--out", str(out)]) == 0
+    assert torch.allclose(read_embeddings(out).embeddings, expected)
+    assert main(["embed", str(run), "--modality", "c", "--input", str(folder), "--out", str(out)]) == 0
+    saved = read_embeddings(out)
+    assert saved.ids == ["v03.npy", "v13.npy"] and torch.allclose(saved.embeddings, expected[[3, 13]])
+    one = str(folder / "v13.npy")
+    assert main(["embed", str(run), "--modality", "c", "--value", one, "--out", str(out)]) == 0
+    saved = read_embeddings(out)
+    assert saved.ids == [one] and torch.allclose(saved.embeddings, expected[[13]])
+    assert "embedded 1 c value(s) from" in capsys.readouterr().out
+    assert main(["embed", str(run), "--modality", "c", "--value", "[0, 1, 1, 0, 1]", "--out", str(out)]) == 0
+    assert torch.allclose(read_embeddings(out).embeddings, expected[[13]])
+    assert main(["embed", str(run), "--modality", "c", "--input", one, "--out", str(out)]) == 2
+    assert f"{one} holds an array of shape (5,), which is one value, not rows of values (a .npy source holds one " \
+           f"value per row of its first axis); embed a file holding one value with `polyalign embed --value {one}`" \
+        in capsys.readouterr().err
+    np.save(tmp_path / "wide.npy", np.zeros((4, 10), np.float32))
+    assert main(["embed", str(run), "--modality", "c", "--input", str(tmp_path / "wide.npy"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "expected a vector of 5 numbers, got 10" in err
+    assert f"was read as 4 value(s), one per row of its first axis; if the file holds one value, embed it with " \
+           f"`polyalign embed --value {tmp_path / 'wide.npy'}`)" in err

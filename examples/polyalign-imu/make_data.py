@@ -1,9 +1,10 @@
-"""Write a toy activity dataset: accelerometer CSV files + captions + manifests.
+"""Write a toy activity dataset: accelerometer CSV files + captions, in one of two layouts.
 
-    python make_data.py data            # 240 train / 40 val / 80 test tuples in ./data
+    python make_data.py data                    # manifests: data/train.jsonl ... + data/imu/*.csv
+    python make_data.py data-folders folders    # one folder per tuple: data-folders/train/<id>/imu.csv ...
 
-Each tuple is an activity (sitting, walking, running, jumping) recorded at 50 Hz for 3-6 s,
-and a caption naming the activity in varying words.
+240 train / 40 val / 80 test tuples. Each is an activity (sitting, walking, running, jumping)
+recorded at 50 Hz for 3-6 s, and a caption naming the activity in varying words.
 """
 
 from __future__ import annotations
@@ -35,25 +36,35 @@ def recording(activity: str, rng: np.random.Generator) -> np.ndarray:
     return gravity + gait[:, None] * direction + rng.normal(0, 0.03, size=(t.size, 3))
 
 
-def write_toy_data(folder: Path, n_train: int = 240, n_val: int = 40, n_test: int = 80, seed: int = 0) -> Path:
-    """Write ``imu/*.csv`` and ``train/val/test.jsonl`` into ``folder``; return it."""
+def write_toy_data(folder: Path, n_train: int = 240, n_val: int = 40, n_test: int = 80, seed: int = 0,
+                   layout: str = "manifest") -> Path:
+    """Write the tuples into ``folder``: ``imu/*.csv`` + ``train/val/test.jsonl`` (``layout="manifest"``),
+    or ``<split>/<id>/{imu.csv, caption.txt, label.txt}`` (``layout="folders"``); return ``folder``."""
     rng = np.random.default_rng(seed)
-    (folder / "imu").mkdir(parents=True, exist_ok=True)
     names = list(ACTIVITIES)
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         rows = []
         for i in range(n):
             label = i % len(names)
             activity = names[label]
-            path = f"imu/{split}-{i:04d}.csv"
-            np.savetxt(folder / path, recording(activity, rng), delimiter=",", header="x,y,z", comments="",
-                       fmt="%.4f")
+            signal = recording(activity, rng)
             caption = f"{rng.choice(['someone', 'a person', 'the wearer'])} {rng.choice(ACTIVITIES[activity][2])}"
-            rows.append({"id": f"{split}-{i:04d}", "label": label, "imu": path, "caption": caption})
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            tuple_id = f"{split}-{i:04d}"
+            tuple_dir = folder / split / tuple_id if layout == "folders" else folder / "imu"
+            tuple_dir.mkdir(parents=True, exist_ok=True)
+            csv_file = tuple_dir / ("imu.csv" if layout == "folders" else f"{tuple_id}.csv")
+            np.savetxt(csv_file, signal, delimiter=",", header="x,y,z", comments="", fmt="%.4f")
+            if layout == "folders":
+                (tuple_dir / "caption.txt").write_text(caption, encoding="utf-8")
+                (tuple_dir / "label.txt").write_text(str(label), encoding="utf-8")
+            else:
+                rows.append({"id": tuple_id, "label": label, "imu": f"imu/{csv_file.name}", "caption": caption})
+        if layout != "folders":
+            (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
 
 if __name__ == "__main__":
-    out = write_toy_data(Path(sys.argv[1] if len(sys.argv) > 1 else "data"))
-    print(f"wrote {out}/train.jsonl, val.jsonl, test.jsonl and {out}/imu/*.csv")
+    out = write_toy_data(Path(sys.argv[1] if len(sys.argv) > 1 else "data"),
+                         layout=sys.argv[2] if len(sys.argv) > 2 else "manifest")
+    print(f"wrote the toy activity dataset to {out}")

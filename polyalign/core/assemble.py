@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from .batch import Collator
 from .data import Dataset, TupleDataset
 from .errors import PluginError, PolyalignError
+from .layer_groups import lock_layers
 from .loss import Loss, WeightedLoss
 from .model import MultiModalModel
 from .plugins import Plugins, default_plugins
@@ -72,10 +73,11 @@ def build_loss(recipe: Recipe, plugins: Plugins) -> Loss:
     context = {"modalities": list(recipe.modalities), "embed_dim": recipe.model.embed_dim}
     nodes = recipe.losses
     built = {}
-    for node in nodes:
+    for i, node in enumerate(nodes):
         comp = plugins.registry.get("loss", node.plugin)
         key = node.plugin if node.plugin not in built else f"{node.plugin}_{len(built)}"
-        built[key] = (comp.create(comp.make_config(node.options()), **context), node.weight)
+        with _plugin_context("loss" if len(nodes) == 1 else f"loss.{i}", node.plugin):
+            built[key] = (comp.create(comp.make_config(node.options()), **context), node.weight)
     if len(built) == 1 and nodes[0].weight == 1.0:
         return next(iter(built.values()))[0]
     return WeightedLoss({k: v[0] for k, v in built.items()}, {k: v[1] for k, v in built.items()})
@@ -98,10 +100,8 @@ def assemble(recipe: Recipe, plugins: Plugins | None = None) -> Assembled:
     examples = {m: next((s[m] for s in train if s.get(m) is not None), None) for m in recipe.modalities}
     model = build_model(recipe, plugins, examples, dataset.root)
     check_encoders_load(recipe, model, train, dataset.root)
-    loss_name = "+".join(n.plugin for n in recipe.losses)
-    with _plugin_context("loss", loss_name):
-        loss = build_loss(recipe, plugins)
-    return Assembled(dataset, model, loss, loss_name)
+    loss = build_loss(recipe, plugins)
+    return Assembled(dataset, model, loss, "+".join(n.plugin for n in recipe.losses))
 
 
 @contextmanager
@@ -146,19 +146,24 @@ def build_model(recipe: Recipe, plugins: Plugins, examples: dict[str, Any] | Non
         with _plugin_context(f"modalities.{m}.encoder", node.encoder.plugin):
             encoders[m] = comp.create(comp.make_config(node.encoder.options()), modality=m,
                                       example=(examples or {}).get(m), root=root)
+        if node.unlocked_layers is not None:
+            lock_layers(encoders[m], node.unlocked_layers, f"modalities.{m}")
         plugin_names[m] = node.encoder.plugin
     return MultiModalModel(encoders, recipe.model.embed_dim, recipe.model.normalize,
                            recipe.missing.strategy, plugin_names)
 
 
-def with_rebuild_options(recipe: Recipe, model: MultiModalModel, plugins: Plugins) -> Recipe:
-    """``recipe`` with each encoder's inferred options (:meth:`Encoder.rebuild_options`) written
-    into its ``modalities.<m>.encoder`` node, so the model can be rebuilt without the data."""
+def with_rebuild_options(recipe: Recipe, model: MultiModalModel, plugins: Plugins,
+                         changed: dict[str, dict[str, Any]] | None = None) -> Recipe:
+    """``recipe`` with each encoder's inferred options (:meth:`Encoder.rebuild_options`), and the
+    options in ``changed[modality]``, written into its ``modalities.<m>.encoder`` node, so the
+    model can be rebuilt without the data."""
     raw = recipe.model_dump(mode="json")
     for m, encoder in model.encoders.items():
         node = raw["modalities"][m]["encoder"]
         comp = plugins.registry.get("encoder", node["plugin"])
-        options = {**{k: v for k, v in node.items() if k != "plugin"}, **encoder.rebuild_options()}
+        options = {**{k: v for k, v in node.items() if k != "plugin"}, **encoder.rebuild_options(),
+                   **(changed or {}).get(m, {})}
         try:  # validated, and made plain YAML values, by the encoder's own config model
             resolved = comp.make_config(options).model_dump(mode="json")
         except ValidationError as exc:

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .batch import Collator, LoadedColumns
 from .encoder import Input
-from .errors import PolyalignError
+from .errors import PolyalignError, shown
 
 SPLITS = ("train", "val", "test")
 Sample = dict[str, Any]
@@ -38,7 +38,7 @@ class DataError(PolyalignError):
 
 def describe_value(value: Any) -> str:
     """A short printable form of a raw value for error messages."""
-    text = repr(value) if not isinstance(value, (str, Path)) else str(value)
+    text = shown(value) if not isinstance(value, (str, Path)) else str(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -1,14 +1,17 @@
-"""The encoder contract: load one raw value, collate a list, map a batch to (B, width)."""
+"""The encoder contract: load one raw value, collate a list, map a batch to (B, width); and
+the helpers encoder plugins share (a value naming a file, padding to a batch with a mask)."""
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
-from .errors import PluginError
+from .errors import PluginError, PolyalignError
 
 Input = Union[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -18,10 +21,52 @@ class Encoder(nn.Module):
 
     Subclasses set ``width`` (the size of the output features), implement ``forward``
     (collated batch -> ``(B, width)``) and ``load`` (one raw value from a sample -> tensor or
-    dict of tensors). The default ``collate`` stacks tensors (or each key of dicts).
+    dict of tensors). The default ``collate`` stacks tensors (or each key of dicts); values of
+    different lengths need :func:`pad_with_mask`, and values naming files :func:`resolve_file`.
+    Encoders with blocks override ``layer_groups`` (for ``unlocked_layers`` and
+    ``train.layer_decay``); encoders with training-only structure (LoRA adapters) override
+    ``merge_for_export``.
+    For ONNX export they implement ``export_example`` and, when an input has a variable axis
+    besides the batch (tokens), name it in ``export_axes``.
     """
 
     width: int
+    export_axes: ClassVar[dict[str, dict[int, str]]] = {}
+    """Variable axes besides the batch, by input name (``input`` for a plain tensor), e.g.
+    ``{"input_ids": {1: "length"}}``; axes with the same name must have the same size."""
+
+    def layer_groups(self) -> list[list[str]]:
+        """This encoder's parameter names (as ``named_parameters()`` gives them) in layers, input first.
+
+        ``unlocked_layers: K`` trains only the last K groups; ``train.layer_decay: d`` multiplies
+        the learning rate of group i of n by ``d ** (n - i)`` (the projection head after the
+        encoder keeps the full rate), as timm's layer-wise decay does. Each parameter is in exactly
+        one group. The default is one group holding every parameter; an encoder with blocks
+        returns its stem (embeddings), then one group per block, the last block with the norm
+        after it, as timm's ``group_matcher`` and open_clip's ``lock`` count them (e.g. with
+        :func:`polyalign.core.layer_groups.named_layer_groups`).
+        """
+        names = [name for name, _ in self.named_parameters()]
+        return [names] if names else []
+
+    def merge_for_export(self) -> dict[str, Any]:
+        """Fold training-only structure into the weights, in place, for ``polyalign export``.
+
+        Returns the config options that rebuild the folded encoder from the exported weights alone
+        (e.g. ``{"lora": None, "pretrained": False}`` once LoRA adapters are merged: the export
+        then loads without peft and without the pretrained file). The default changes nothing.
+        """
+        return {}
+
+    def train(self, mode: bool = True) -> "Encoder":
+        """Set train mode; a batch norm whose weights do not train keeps its running statistics (eval)."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine
+                        and not any(p.requires_grad for p in module.parameters(recurse=False))):
+                    module.eval()
+        return self
 
     def load(self, value: Any, root: Path | None) -> Input:
         """Turn one raw value (a path relative to ``root``, a string, numbers) into a tensor."""
@@ -37,6 +82,13 @@ class Encoder(nn.Module):
         """
         return {}
 
+    def export_example(self, batch: int) -> Input | None:
+        """A synthetic collated batch of ``batch`` inputs, in the form ``forward`` takes (what
+        ``load`` and ``collate`` make of real values), to trace the encoder into ONNX
+        (``polyalign export --format onnx``). None, the default, says the encoder cannot be
+        exported; everything ``load`` does stays outside the exported graph."""
+        return None
+
     def load_batch(self, values: list[Any], root: Path | None) -> Input:
         """Load and collate several raw values at once; override with a vectorised version when
         loading one value at a time is the bottleneck (any error makes the caller retry row by
@@ -49,6 +101,54 @@ class Encoder(nn.Module):
         if isinstance(first, dict):
             return {k: torch.stack([v[k] for v in values]) for k in first}
         return torch.stack(values)
+
+
+def encoder_width(encoder: Any, plugin: str) -> int:
+    """The ``width`` an encoder declares, or a :class:`PluginError` naming ``plugin`` and what is wrong."""
+    if not isinstance(encoder, nn.Module):
+        raise PluginError(f"{plugin}: the factory returned a {type(encoder).__name__}, not an encoder; it must "
+                          f"return an nn.Module (subclass polyalign.core.encoder.Encoder)")
+    declared = getattr(encoder, "width", None)
+    if declared is None:
+        raise PluginError(f"{plugin}: {type(encoder).__name__} has no attribute `width`; set self.width to the "
+                          f"size of its output features (forward returns (batch, width)) in __init__")
+    try:
+        width = operator.index(declared)
+    except TypeError:
+        width = 0
+    if width < 1:
+        raise PluginError(f"{plugin}: {type(encoder).__name__}.width is {declared!r}; it must be a positive int "
+                          f"(the size of the output features)")
+    return width
+
+
+def resolve_file(value: Any, root: Path | None, what: str) -> Path:
+    """The existing file a raw value names (relative paths resolve against ``root``); ``what``
+    names the kind of file in the "not found" error (e.g. ``"IMU recording"``)."""
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise PolyalignError(f"expected a path to {what} file, got {type(value).__name__} {value!r}")
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute() and root is not None:
+        path = Path(root) / path
+    if not path.is_file():
+        where = f" (relative paths resolve against {root})" if root is not None else ""
+        raise PolyalignError(f"{what} file not found: {path}{where}")
+    return path
+
+
+def pad_with_mask(values: list[torch.Tensor], pad_value: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tensors of different lengths (first dimension) padded to the longest: ``(B, L, ...)``, and a
+    bool ``(B, L)`` mask that is True on real entries."""
+    if not values:
+        raise PolyalignError("pad_with_mask needs at least one tensor")
+    trailing = {tuple(v.shape[1:]) for v in values}
+    if len(trailing) > 1 or any(v.dim() == 0 for v in values):
+        shapes = ", ".join(str(tuple(v.shape)) for v in values[:5])
+        raise PolyalignError(f"pad_with_mask pads the first dimension only; the other dimensions must agree, got "
+                             f"shapes {shapes}")
+    lengths = torch.tensor([v.shape[0] for v in values])
+    padded = pad_sequence(values, batch_first=True, padding_value=pad_value)
+    return padded, torch.arange(padded.shape[1])[None, :] < lengths[:, None]
 
 
 def batch_size_of(x: Input) -> int:

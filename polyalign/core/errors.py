@@ -1,10 +1,40 @@
-"""Errors meant for people: each says what was wrong, where, and what to do."""
+"""Errors meant for people: each says what was wrong, where, and what to do; none is unbounded."""
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+MAX_MESSAGE_CHARS = 6000
+"""An error message is cut to this many characters: a value echoed in it may be a size bomb."""
+
+MAX_PROBLEMS_SHOWN = 20
+"""A recipe error lists this many problems, then says how many more there are."""
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+_REPR.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to about 80 characters (and 8 items, 3 levels): for echoing input in errors."""
+    return _REPR.repr(value)
+
+
+def cut(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` if it is at most ``limit`` characters, else its start and end around a note of the cut."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 10
+    return f"{text[:limit - tail]} [... {len(text) - limit} characters cut ...] {text[-tail:]}"
+
 
 class PolyalignError(Exception):
-    """An error the CLI prints as one clear message (no traceback)."""
+    """An error the CLI prints as one clear message (no traceback); cut to MAX_MESSAGE_CHARS."""
+
+    def __init__(self, message: str = "", *args: Any):
+        super().__init__(cut(str(message)), *args)
 
 
 class RecipeError(PolyalignError):
@@ -13,8 +43,10 @@ class RecipeError(PolyalignError):
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {len(problems)} problem(s) in the recipe:"]
-        lines += [f"  {path or '<root>'}: {msg}" for path, msg in problems]
+        lines = [f"{cut(source, 300)}: {len(problems)} problem(s) in the recipe:"]
+        lines += [f"  {cut(path, 200) or '<root>'}: {cut(msg, 600)}" for path, msg in problems[:MAX_PROBLEMS_SHOWN]]
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            lines.append(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
         super().__init__("\n".join(lines))
 
 

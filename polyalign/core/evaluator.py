@@ -3,8 +3,11 @@ and the ranking metrics the built-in evaluators share."""
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -12,9 +15,11 @@ import torch
 
 from .assemble import Assembled
 from .data import EpochSampler, Sample, make_loader, skip_summary
-from .errors import PluginError
+from .errors import PluginError, PolyalignError, cut, shown
 
 ROW_KEYS = ("task", "target", "query", "metric", "value")
+NUMBER_KEYS = ("value", "ci_low", "ci_high", "chance", "rate")
+"""Row keys that hold a number whenever they are present (tables and plots compute with them)."""
 
 
 @dataclass
@@ -79,6 +84,9 @@ def embed_split(parts: Assembled, split: str, device: torch.device,
     skipped = data.take_skipped()  # data.on_error=skip: those rows count as absent
     if skipped:
         warnings.warn(skip_summary(split, skipped), stacklevel=2)
+    if not len(data):  # an empty split: no rows, nothing to rank
+        return ({m: torch.empty(0, model.embed_dim) for m in model.modalities},
+                {m: torch.empty(0, dtype=torch.bool) for m in model.modalities})
     return ({m: torch.cat(v) for m, v in embs.items()}, {m: torch.cat(v) for m, v in pres.items()})
 
 
@@ -111,18 +119,68 @@ def value_key(value: Any) -> Any:
     return (arr.dtype.str, arr.shape, arr.tobytes())
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def row_problem(row: Any) -> str | None:
+    """Why ``row`` is not an evaluation row (``task``, ``target``, ``metric`` text, ``query`` a list of
+    text, ``value`` and the other :data:`NUMBER_KEYS` numbers), or None."""
+    if not isinstance(row, dict):
+        return f"a row must be a mapping, got {type(row).__name__}"
+    for key in ("task", "target", "metric"):
+        if not isinstance(row.get(key), str):
+            return f"{key!r} must be text, got {shown(row.get(key))}"
+    if not isinstance(row.get("query"), list) or not all(isinstance(q, str) for q in row["query"]):
+        return f"'query' must be a list of modality names, got {shown(row.get('query'))}"
+    bad = next((k for k in NUMBER_KEYS if (k in row or k == "value") and not _is_number(row.get(k))), None)
+    return f"{bad!r} must be a number, got {shown(row.get(bad))}" if bad else None
+
+
+def read_report(path: Path, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """The rows of a run's ``eval/report.json``, each checked with :func:`row_problem`
+    (``missing_ok``: no file is no rows)."""
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return []
+    redo = f"run `polyalign eval {path.parent.parent}` to write it again"
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PolyalignError(f"{path} not found; {redo}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PolyalignError(f"{path} cannot be read as JSON ({cut(str(exc), 200)}); {redo}") from None
+    if not isinstance(rows, list):
+        raise PolyalignError(f"{path} must hold a list of evaluation rows, got {type(rows).__name__}; {redo}")
+    for i, row in enumerate(rows):
+        problem = row_problem(row)
+        if problem:
+            raise PolyalignError(f"{path}, row {i}: {problem}; {redo}")
+    return rows
+
+
 def format_value(value: Any) -> str:
     """Numbers to 4 decimals; everything else as text."""
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def row_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The columns of a table of evaluator rows: the row keys, then any others (ci_low, ...) sorted."""
+    return list(ROW_KEYS) + sorted({k for r in rows for k in r} - set(ROW_KEYS))
+
+
+def eval_tag(row: dict[str, Any], split: str) -> str:
+    """A metric name for an evaluator row, e.g. ``eval/test/zero_shot/b_from_a+c/accuracy``."""
+    query = "+".join(row.get("query") or [])
+    parts = [str(row.get("task", "eval")), f"{row.get('target')}_from_{query}", str(row.get("metric"))]
+    return "/".join(["eval", split] + [re.sub(r"\s+", "_", p) for p in parts])
 
 
 def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation") -> str:
     """The rows as a Markdown table (query lists joined with '+')."""
     if not rows:
         return f"# {title}\n\nNo evaluators in the recipe.\n"
-    cols = list(ROW_KEYS)
-    extra = sorted({k for r in rows for k in r} - set(cols))
-    cols += extra
+    cols = row_columns(rows)
     lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = ["+".join(r[c]) if c == "query" else format_value(r.get(c, "")) for c in cols]

@@ -2,7 +2,15 @@
 
 A plugin is a module (or object) with functions decorated by ``polyalign.hookimpl``.
 Hooks are called with keyword arguments only; an implementation may accept fewer
-arguments than the spec lists, so specs can grow without breaking plugins.
+arguments than the spec lists, so specs can grow without breaking plugins. A factory may name
+only the context arguments its kind lists below (``registry.CONTEXT``); any other name is an
+error listing them. ``polyalign.testing`` checks encoders and losses against their contracts.
+
+A component's ``config`` model is validated with every recipe. Its validators may read
+``info.context`` (``None`` outside a recipe): the recipe's ``modalities``, ``embed_dim`` and global
+``batch_size`` (:func:`polyalign.core.recipe.plugin_context`), to refuse options that cannot run
+with them before anything starts (Symile's ``n_squared`` negatives refuse a batch and modality
+count whose memory exceeds the machine's, with the estimate).
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ def register_encoders(register: Register) -> None:
     only those you need): ``modality`` (the recipe's name for it), ``example`` (one raw value
     from the train split, e.g. to infer an input size) and ``root`` (the dataset's folder).
     An encoder that infers options from ``example`` returns them from ``rebuild_options()``,
-    so a trained model can be rebuilt without its data (``polyalign.load``).
+    so a trained model can be rebuilt without its data (``polyalign.load``). An encoder with
+    blocks returns them from ``layer_groups()`` (for ``unlocked_layers`` and ``train.layer_decay``);
+    one with training-only structure (LoRA adapters) folds it away in ``merge_for_export()``.
     """
 
 
@@ -71,8 +81,9 @@ def register_loggers(register: Register) -> None:
     """Register logger plugins: ``register(name, factory, config=Model, help="...")``.
 
     ``factory(config, run_dir)`` returns an object with any of the event-hook methods
-    (``on_train_start``, ``on_step_end``, ``on_eval_end``, ``on_train_end``); the recipe's
-    ``logging`` list chooses which loggers a run uses.
+    (``on_train_start``, ``on_step_end``, ``on_epoch_end``, ``on_eval_end``, ``on_train_end``,
+    ``on_train_error``); the recipe's ``logging`` list chooses which loggers a run uses, by name
+    or as a node ``{plugin: NAME, ...options}`` whose options ``config`` validates.
     """
 
 
@@ -102,3 +113,10 @@ def on_eval_end(rows: list, run_dir: Any, split: str) -> None:
 @hookspec
 def on_train_end(run_dir: Any, metrics: dict) -> None:
     """Called once after training and evaluation finished on the main process."""
+
+
+@hookspec
+def on_train_error(run_dir: Any, error: BaseException) -> None:
+    """Called on the main process when training or evaluation stopped with ``error`` (which is
+    raised again afterwards; the run can be resumed). A logger holding a connection or an open
+    tracked run should flush and close it, marked as failed."""

@@ -10,9 +10,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .errors import PluginError
+from .errors import PluginError, PolyalignError
 
 MAX_LOGIT_SCALE = 100.0
+"""``1/τ ≤ 100`` (τ ≥ 0.01), CLIP's ceiling: sharper logits of unit vectors only overfit the batch."""
+
+MIN_LOGIT_SCALE = 1.0
+"""``1/τ ≥ 1`` (τ ≤ 1), open_clip's floor. Logits of unit vectors scaled by ``1/τ`` lie within
+``±1/τ``: below 1 every logit is within 2 of every other, the softmax over the candidates is close
+to uniform whatever the embeddings, and the gradient (proportional to ``1/τ``) fades, so no run
+learns there. The floor keeps a diverging optimiser (too high a learning rate) from driving ``1/τ``
+to 0, where τ overflows and a metric such as ``1/scale`` divides by zero."""
 
 
 Metric = float | torch.Tensor
@@ -34,17 +42,21 @@ class LossConfig(BaseModel):
     """Options every loss shares: the initial temperature and whether it is learned."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    temperature: float = Field(0.07, gt=0, description="initial temperature τ")
+    temperature: float = Field(0.07, ge=1 / MAX_LOGIT_SCALE, le=1 / MIN_LOGIT_SCALE,
+                               description="initial temperature τ, in [0.01, 1] (1/τ is kept in [1, 100])")
     learn_temperature: bool = Field(True, description="learn log(1/τ) with the model")
 
 
 class Temperature(nn.Module):
-    """Learnable ``log(1/τ)``; the trainer clamps ``1/τ <= 100`` after each optimizer step."""
+    """Learnable ``log(1/τ)``; the trainer keeps ``min_scale <= 1/τ <= max_scale`` after each
+    optimizer step (default ``[MIN_LOGIT_SCALE, MAX_LOGIT_SCALE]``; see there why)."""
 
     def __init__(self, tau: float = 0.07, learnable: bool = True,
-                 max_scale: float = MAX_LOGIT_SCALE):
+                 max_scale: float = MAX_LOGIT_SCALE, min_scale: float = MIN_LOGIT_SCALE):
         super().__init__()
-        self.max_scale = max_scale
+        if not min_scale <= 1.0 / tau <= max_scale:
+            raise PluginError(f"initial temperature τ = {tau:g} is outside [{1 / max_scale:g}, {1 / min_scale:g}]")
+        self.max_scale, self.min_scale = max_scale, min_scale
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / tau)), requires_grad=learnable)
 
     @property
@@ -52,10 +64,15 @@ class Temperature(nn.Module):
         """``1/τ`` as a tensor (differentiable)."""
         return self.log_scale.exp()
 
+    @property
+    def tau(self) -> float:
+        """τ as a number, for metrics (never raises, even where ``1/τ`` has underflowed)."""
+        return float(torch.exp(-self.log_scale.detach()))
+
     @torch.no_grad()
     def clamp_(self) -> None:
-        """Keep ``1/τ`` at or below ``max_scale``."""
-        self.log_scale.clamp_(max=math.log(self.max_scale))
+        """Keep ``1/τ`` within ``[min_scale, max_scale]``."""
+        self.log_scale.clamp_(min=math.log(self.min_scale), max=math.log(self.max_scale))
 
 
 def clamp_temperatures(module: nn.Module) -> None:
@@ -72,6 +89,8 @@ class Loss(nn.Module):
     ``(N,)`` mask (None = all present); returns :class:`LossOutput`.
     ``score(queries, candidates, target)``: ``queries[m]`` is ``(Q, d)`` for each query
     modality, ``candidates`` ``(C, d)`` embeddings of ``target``; returns ``(Q, C)`` scores.
+    ``inner_product_query(queries, target)``: whether the score reduces to an inner product
+    with the candidate, which is what lets an index (``polyalign index``) serve the loss.
     """
 
     def forward(self, embeddings: dict[str, torch.Tensor],
@@ -82,10 +101,19 @@ class Loss(nn.Module):
               target: str) -> torch.Tensor:  # pragma: no cover
         raise TypeError(f"loss {type(self).__name__} does not define score()")
 
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
+        """``(Q, d)`` vectors ``v`` such that ``score`` ranks every candidate ``c`` of ``target`` as
+        ``v · c`` does (the score a non-decreasing function of it), or None when the score does not
+        reduce to an inner product with the candidate (e.g. GRAM's volume): then an inner-product
+        index cannot rank for this loss and ``polyalign search`` refuses to use one. The default
+        is None; override it when the scoring rule allows it."""
+        return None
 
-def check_loss_output(out: Any, plugin: str) -> LossOutput:
+
+def check_loss_output(out: Any, plugin: str, needs_grad: bool = False) -> LossOutput:
     """``out`` if it keeps the loss contract (a :class:`LossOutput` holding a scalar floating
-    tensor and number metrics), else a :class:`PluginError` naming ``plugin`` and what it returned."""
+    tensor, with a gradient when ``needs_grad``, and metrics that are numbers or detached 0-dim
+    tensors), else a :class:`PluginError` naming ``plugin`` and what it returned."""
     def fail(got: str) -> PluginError:
         return PluginError(f"loss plugin {plugin!r} returned {got}; forward() must return "
                            f"LossOutput(loss=<0-dim float tensor>, metrics={{name: float or "
@@ -100,6 +128,10 @@ def check_loss_output(out: Any, plugin: str) -> LossOutput:
         raise fail(f"a loss of shape {tuple(loss.shape)} (reduce it to a scalar, e.g. with .mean())")
     if not loss.is_floating_point():
         raise fail(f"a loss of dtype {loss.dtype}")
+    if needs_grad and not loss.requires_grad:
+        raise PluginError(f"loss plugin {plugin!r} returned a loss that does not depend on the embeddings (no "
+                          f"gradient): keep it a tensor computed from them (no .item(), .detach() or "
+                          f"torch.tensor(...))")
     if not isinstance(out.metrics, dict):
         raise fail(f"metrics of type {type(out.metrics).__name__}")
     for key, value in out.metrics.items():
@@ -148,8 +180,15 @@ class WeightedLoss(Loss):
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:
         total = 0.0
         metrics: dict[str, Metric] = {}
+        needs_grad = torch.is_grad_enabled() and any(z.requires_grad for z in embeddings.values())
         for name, term in self.terms.items():
-            out = check_loss_output(term(embeddings, present), name)
+            try:
+                raw = term(embeddings, present)
+            except Exception as exc:
+                detail = str(exc) if isinstance(exc, PolyalignError) else f"{type(exc).__name__}: {exc}"
+                raise PluginError(f"loss term {name!r} of the weighted sum {' + '.join(self.terms)} failed: "
+                                  f"{detail}") from exc
+            out = check_loss_output(raw, name, needs_grad)
             total = total + self.weights[name] * out.loss
             metrics[f"{name}/loss"] = out.loss.detach()
             metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
@@ -158,3 +197,6 @@ class WeightedLoss(Loss):
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
               target: str) -> torch.Tensor:
         return next(iter(self.terms.values())).score(queries, candidates, target)
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
+        return next(iter(self.terms.values())).inner_product_query(queries, target)

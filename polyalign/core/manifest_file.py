@@ -12,7 +12,7 @@ from typing import Any
 
 from .batch import RESERVED_KEYS
 from .data import Sample
-from .errors import PolyalignError
+from .errors import PolyalignError, cut
 
 SUFFIXES = (".jsonl", ".csv")
 
@@ -66,6 +66,8 @@ def read_jsonl(path: Path) -> tuple[list[Sample], list[int]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{path}, line {n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except (ValueError, RecursionError) as exc:  # nested too deeply, an integer of 5000 digits...
+            raise ManifestError(f"{path}, line {n}: cannot be read ({cut(str(exc), 200)})") from None
         if not isinstance(row, dict):
             raise ManifestError(f"{path}, line {n}: expected a JSON object {{modality: value, ...}}, "
                                 f"got {type(row).__name__}")
@@ -83,24 +85,30 @@ def parse_cell(text: str, where: str) -> Any:
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{where}: a cell starting with {stripped[0]!r} must be JSON "
                                 f"({exc.msg}); quote text that is not") from None
+        except (ValueError, RecursionError) as exc:  # nested too deeply, an integer of 5000 digits...
+            raise ManifestError(f"{where}: a cell starting with {stripped[0]!r} cannot be read as JSON "
+                                f"({cut(str(exc), 200)})") from None
     return text
 
 
 def read_csv(path: Path) -> tuple[list[Sample], list[int]]:
     """A header row, then one tuple per row; also each sample's line number."""
-    lines = read_lines(path)
-    reader = csv.DictReader(lines)
-    if not reader.fieldnames:
-        raise ManifestError(f"{path}: empty CSV file; the first row must name the columns")
+    reader = csv.DictReader(read_lines(path))
+    try:
+        if not reader.fieldnames:
+            raise ManifestError(f"{path}: empty CSV file; the first row must name the columns")
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as exc:  # a cell over the csv module's field size limit, a NUL byte...
+        raise ManifestError(f"{path}, line {reader.line_num + 1}: not a CSV row ({exc})") from None
     samples, numbers = [], []
-    for row in reader:
-        where = f"{path}, line {reader.line_num}"
+    for line_num, row in rows:
+        where = f"{path}, line {line_num}"
         if not any(not is_missing(v) for v in row.values() if isinstance(v, str)):
             continue
         parsed = {k: (parse_cell(v, f"{where}, column {k!r}") if isinstance(v, str) and k not in RESERVED_KEYS
                       else v) for k, v in row.items()}
         samples.append(clean_row(parsed, where))
-        numbers.append(reader.line_num)
+        numbers.append(line_num)
     return samples, numbers
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import Encoder, Input, batch_size_of, select_rows
+from .encoder import Encoder, Input, batch_size_of, encoder_width, select_rows
 from .errors import PluginError
 
 Normalize = Literal["l2", "layernorm", "none"]
@@ -31,8 +31,10 @@ class MultiModalModel(nn.Module):
         self.normalize = normalize
         self.missing = missing
         self.plugin_names = dict(plugin_names or {})
+        widths = {m: encoder_width(e, f"encoder plugin {self.plugin_names.get(m, '?')!r} (modality {m!r})")
+                  for m, e in encoders.items()}
         self.encoders = nn.ModuleDict(encoders)
-        self.heads = nn.ModuleDict({m: nn.Linear(int(e.width), embed_dim) for m, e in encoders.items()})
+        self.heads = nn.ModuleDict({m: nn.Linear(widths[m], embed_dim) for m in encoders})
         self.norms = nn.ModuleDict({m: nn.LayerNorm(embed_dim) for m in encoders}
                                    if normalize == "layernorm" else {})
         self.missing_embeddings = nn.ParameterDict(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.metadata as md
 import os
@@ -109,10 +110,22 @@ def _drop_misspelt_hooks(pm: pluggy.PluginManager, infos: dict[str, PluginInfo])
         except pluggy.PluginValidationError as exc:
             name = pm.get_name(exc.plugin)
             info = infos.get(name)
+            message = f"{exc}{_closest_hook(pm, exc.plugin)}"
             if info is None or info.distribution == "(registered in code)":
-                raise PluginError(f"plugin {name!r}: {exc}") from None
+                raise PluginError(f"plugin {name!r}: {message}") from None
             pm.unregister(exc.plugin)
-            info.error = f"not loaded: {exc}"
+            info.error = f"not loaded: {message}"
+
+
+def _closest_hook(pm: pluggy.PluginManager, plugin: Any) -> str:
+    """'; did you mean register_encoders?' for a plugin's hook that has no spec, else ''."""
+    specs = [caller.name for caller in vars(pm.hook).values() if getattr(caller, "spec", None) is not None]
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.spec is None:
+            close = difflib.get_close_matches(caller.name, specs, n=1)
+            if close:
+                return f"; did you mean {close[0]}?"
+    return ""
 
 
 def _fill_registry(pm: pluggy.PluginManager, infos: dict[str, PluginInfo] | None = None) -> Registry:

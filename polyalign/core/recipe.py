@@ -10,9 +10,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import PluginError, RecipeError
+from .batch import RESERVED_KEYS
+from .device import device_problem
+from .errors import PluginError, RecipeError, cut, shown
+from .memory import memory_problem
 from .plugins import Plugins, default_plugins
 from .registry import unknown_name_message
+from .yaml_file import YamlError, check_tree, parse_yaml, read_yaml
 
 
 class Strict(BaseModel):
@@ -38,6 +42,10 @@ class LossNode(PluginNode):
 
 class ModalityNode(Strict):
     encoder: PluginNode
+    unlocked_layers: int | None = Field(None, ge=1, description="train only the encoder's last K layer groups "
+                                        "(LiT-style); the earlier ones are locked")
+    lr_scale: float = Field(1.0, gt=0, description="multiplies train.lr for this modality's "
+                            "encoder (its projection head keeps train.lr)")
 
 
 class ModelSection(Strict):
@@ -72,6 +80,8 @@ class TrainSection(Strict):
         "window", description="with accumulate > 1: window = the loss spans every micro-batch of the step "
                               "(GradCache: equal to one batch of accumulate x batch_size); micro = each "
                               "micro-batch's own loss")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay: an encoder's layer "
+                                      "group i of n trains at lr * layer_decay ** (n - i)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU; fp16 = fp16 autocast with a gradient "
                             "scaler (CUDA only)")
@@ -83,14 +93,11 @@ class TrainSection(Strict):
     @field_validator("device")
     @classmethod
     def _known_device(cls, name: str) -> str:
-        if name != "auto":
-            import torch
-
-            try:
-                torch.device(name)
-            except (RuntimeError, ValueError) as exc:
-                raise ValueError(f"{name!r} is not a device: {exc}; use auto, cpu, cuda or cuda:N") from None
+        problem = device_problem(name, here=False)
+        if problem is not None:
+            raise ValueError(problem)
         return name
+
     num_workers: int = Field(0, ge=0)
     pin_memory: bool = False
     log_every: int = Field(10, ge=1)
@@ -108,7 +115,7 @@ class TrainSection(Strict):
 class Recipe(Strict):
     """A whole training run."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
     description: str = ""
     seed: int = Field(0, ge=0, lt=2**32)
     data: PluginNode
@@ -118,12 +125,17 @@ class Recipe(Strict):
     missing: MissingSection = Field(default_factory=MissingSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: list[PluginNode] = Field(default_factory=list)
-    logging: list[str] = Field(default_factory=lambda: ["jsonl"])
+    logging: list[str | PluginNode] = Field(default_factory=lambda: ["jsonl"])
 
     @property
     def losses(self) -> list[LossNode]:
         """The loss nodes as a list (one plugin or a weighted sum)."""
         return self.loss if isinstance(self.loss, list) else [self.loss]
+
+    @property
+    def loggers(self) -> list[PluginNode]:
+        """The ``logging`` entries as plugin nodes (a plain name is a node without options)."""
+        return [PluginNode(plugin=e) if isinstance(e, str) else e for e in self.logging]
 
     def to_yaml(self) -> str:
         """The resolved recipe (every default filled in) as YAML."""
@@ -131,10 +143,11 @@ class Recipe(Strict):
 
 
 def _path(loc: tuple | list) -> str:
-    return ".".join(str(p) for p in loc)
+    return ".".join(cut(str(p), 60) for p in loc)
 
 
 _LOSS_BRANCHES = ("LossNode", "list[LossNode]")
+_LOGGER_BRANCHES = ("str", "PluginNode")
 
 
 _SECTION_MODELS: dict[tuple, type[BaseModel]] = {
@@ -160,6 +173,7 @@ def _pydantic_problems(exc: ValidationError, prefix: tuple = (), raw: Any = None
     an unknown key there is compared with."""
     loss = raw.get("loss") if isinstance(raw, dict) else None
     branch = "list[LossNode]" if isinstance(loss, list) else "LossNode" if isinstance(loss, dict) else None
+    logging = raw.get("logging") if isinstance(raw, dict) else None
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -169,37 +183,18 @@ def _pydantic_problems(exc: ValidationError, prefix: tuple = (), raw: Any = None
                 continue
             if loc[1] != branch:
                 continue
+        if not prefix and len(loc) > 2 and loc[0] == "logging" and loc[2] in _LOGGER_BRANCHES:
+            if not isinstance(logging[loc[1]], dict):
+                problems.append((_path(loc[:2]), "a logger is a name (jsonl) or a plugin node "
+                                                 "{plugin: NAME, ...options}"))
+                continue
+            if loc[2] != "PluginNode":
+                continue
+            loc = loc[:2] + loc[3:]
         loc = tuple(p for p in loc if p not in _LOSS_BRANCHES)
-        message = re.sub(r" or instance of \w+", "", err["msg"]) + _unknown_key_hint(err, models or {})
+        message = re.sub(r" or instance of \w+|^Value error, ", "", err["msg"]) + _unknown_key_hint(err, models or {})
         problems.append((_path(prefix + loc), message))
     return problems
-
-
-MAX_DEPTH = 64
-MAX_NODES = 100_000
-
-
-def _check_structure(raw: Any) -> list[tuple[str, str]]:
-    """Problems with the shape of the YAML tree itself: cycles (``&a [*a]``), nesting deeper than
-    MAX_DEPTH, or more than MAX_NODES values counting aliases each time they are used."""
-    count = 0
-    stack: list[tuple[Any, tuple, frozenset]] = [(raw, (), frozenset())]
-    while stack:
-        node, loc, ancestors = stack.pop()
-        count += 1
-        if count > MAX_NODES:
-            return [(_path(loc[:1]), f"the recipe has more than {MAX_NODES} values (YAML aliases count each "
-                                 f"time they are used); a recipe is a small configuration file")]
-        if not isinstance(node, (dict, list)):
-            continue
-        if id(node) in ancestors:
-            return [(_path(loc), "this value contains itself (a YAML alias that refers to its own anchor)")]
-        if len(loc) >= MAX_DEPTH:
-            return [(_path(loc[:1]), f"nested more than {MAX_DEPTH} levels deep")]
-        inner = ancestors | {id(node)}
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        stack.extend((v, loc + (k,), inner) for k, v in items)
-    return []
 
 
 def parse_overrides(overrides: list[str] | None) -> list[tuple[list[str], Any]]:
@@ -208,13 +203,11 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[list[str], Any]]:
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise RecipeError("command line", [(item, "an override must look like key.path=value")])
+            raise RecipeError("command line", [(shown(item), "an override must look like key.path=value")])
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise RecipeError("command line", [(key, f"value {raw!r} is not valid YAML: {exc}")]) from None
-        except RecursionError:
-            raise RecipeError("command line", [(key, "the value is nested too deeply")]) from None
+            value = parse_yaml(raw, "command line") if raw.strip() else ""
+        except YamlError as exc:
+            raise RecipeError("command line", [(key, f"value {shown(raw)}: {exc.reason}")]) from None
         parsed.append((key.strip().split("."), value))
     return parsed
 
@@ -257,6 +250,8 @@ def _plugin_nodes(raw: dict) -> list[tuple[str, tuple, Any]]:
         found += [("loss", ("loss", i), n) for i, n in enumerate(loss) if isinstance(n, dict)]
     if isinstance(raw.get("eval"), list):
         found += [("evaluator", ("eval", i), n) for i, n in enumerate(raw["eval"]) if isinstance(n, dict)]
+    if isinstance(raw.get("logging"), list):
+        found += [("logger", ("logging", i), n) for i, n in enumerate(raw["logging"]) if isinstance(n, dict)]
     return found
 
 
@@ -268,15 +263,21 @@ def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = 
     plugins = plugins or default_plugins()
     if not isinstance(raw, dict):
         raise RecipeError(source, [("", f"a recipe must be a YAML mapping, got {type(raw).__name__}")])
-    structure = _check_structure(raw)
-    if structure:
-        raise RecipeError(source, structure)
+    structure = check_tree(raw)
+    if structure is not None:
+        raise RecipeError(source, [structure])
     problems: list[tuple[str, str]] = []
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         recipe = None
         problems += _pydantic_problems(exc, raw=raw, models=_SECTION_MODELS)
+    if isinstance(raw.get("modalities"), dict):
+        problems += [(_path(("modalities", m)), problem) for m in raw["modalities"]
+                     if (problem := modality_name_problem(m)) is not None]
+    if raw.get("loss") == []:
+        problems.append(("loss", "an empty list; give at least one loss plugin node {plugin: NAME, ...}"))
+    context = plugin_context(recipe) if recipe is not None else None
     resolved: dict[tuple, dict] = {}  # yaml path -> the node with every default filled in
     for kind, loc, node in _plugin_nodes(raw):
         name = node.get("plugin")
@@ -291,7 +292,7 @@ def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = 
         reserved = _NODE_KEYS.get(kind, ("plugin",))
         options = {k: v for k, v in node.items() if k not in reserved}
         try:
-            validated = comp.make_config(options).model_dump(mode="json")
+            validated = comp.make_config(options, context).model_dump(mode="json")
             resolved[loc] = {**{k: node[k] for k in reserved if k in node}, **validated}
         except ValidationError as exc:
             problems += _pydantic_problems(exc, loc, models={(): comp.config})
@@ -306,6 +307,39 @@ def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = 
         raise RecipeError(source, list(dict.fromkeys(problems)))
     assert recipe is not None
     return _with_resolved_options(recipe, resolved)
+
+
+def plugin_context(recipe: Recipe) -> dict[str, Any]:
+    """What a plugin's config model may read from ``info.context`` in its validators to check its
+    options against the rest of the recipe: the modality names, ``embed_dim`` and the global ``batch_size``."""
+    return {"modalities": list(recipe.modalities), "embed_dim": recipe.model.embed_dim,
+            "batch_size": recipe.train.batch_size}
+
+
+MODALITY_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+RESERVED_MODALITY_NAMES = ("all", *RESERVED_KEYS)
+
+
+def modality_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot name a modality, or None.
+
+    A modality name keys PyTorch module dicts (no dot, not empty, not an attribute of
+    ``nn.ModuleDict``/``nn.ParameterDict`` such as ``eval`` or ``type``), a manifest column (not
+    ``label`` or ``id``), evaluator options (not ``all``) and metric names (``loss_a-b``: no ``-``).
+    """
+    if not isinstance(name, str) or not MODALITY_NAME.match(name):
+        return (f"{shown(name)} cannot name a modality: use letters, digits and underscores only "
+                f"(it names layers, manifest columns and metrics such as loss_a-b)")
+    if name in RESERVED_MODALITY_NAMES:
+        return (f"{name!r} cannot name a modality: it is reserved ({', '.join(RESERVED_MODALITY_NAMES)} "
+                f"mean something else in manifests and evaluator options)")
+    from torch import nn
+
+    taken = [cls.__name__ for cls in (nn.ModuleDict, nn.ParameterDict) if hasattr(cls(), name)]
+    if taken:
+        return (f"{name!r} cannot name a modality: it is an attribute of PyTorch's {taken[0]} "
+                f"(modalities key one), so the model could not be built; rename it, e.g. {name}_")
+    return None
 
 
 def _failed_note(plugins: Plugins) -> str:
@@ -350,6 +384,13 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
                 check(f"eval.{i}.{key}", node.options()[key])
     for m in recipe.missing.train_rate:
         check(f"missing.train_rate.{m}", m)
+    dim, batch = recipe.model.embed_dim, recipe.train.batch_size
+    too_big = memory_problem(4.0 * dim * len(names) * (8 + 2 * batch),
+                             f"{dim} dimensions x {len(names)} modalities x (8 numbers per dimension for each "
+                             f"head's weights, gradients and optimizer state + 2 x {batch} embeddings of a "
+                             f"batch and their gradients) x 4 bytes")
+    if too_big:
+        problems.append(("model.embed_dim", too_big + "; lower model.embed_dim"))
     if recipe.train.precision == "fp16" and recipe.train.strategy == "fsdp":
         problems.append(("train.precision", "fp16 does not combine with train.strategy: fsdp (torch's sharded "
                                             "gradient scaler fails with the fused optimizer); use bf16 with fsdp"))
@@ -367,6 +408,12 @@ def _with_resolved_options(recipe: Recipe, resolved: dict[tuple, dict]) -> Recip
     return Recipe.model_validate(raw)
 
 
+def name_from_file(path: Path) -> str:
+    """The ``name`` of a recipe that gives none: its file name without the suffix, each run of
+    characters a name may not hold (anything but letters, digits, ``_``, ``.``, ``-``) made one ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-")[:100] or "recipe"
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None,
                 plugins: Plugins | None = None) -> Recipe:
     """Read a YAML recipe, apply ``key.path=value`` overrides and validate it."""
@@ -374,17 +421,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
     if not path.is_file():
         raise RecipeError(str(path), [("", "file not found; `polyalign recipes` lists the shipped recipes")])
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RecipeError(str(path), [("", f"not valid YAML: {exc}")]) from None
-    except UnicodeDecodeError as exc:
-        raise RecipeError(str(path), [("", f"not a UTF-8 text file: {exc}")]) from None
-    except RecursionError:
-        raise RecipeError(str(path), [("", f"nested too deeply to be a recipe (more than {MAX_DEPTH} "
-                                           f"levels are refused)")]) from None
-    except OSError as exc:
-        raise RecipeError(str(path), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+        raw = read_yaml(path)
+    except YamlError as exc:
+        raise RecipeError(str(path), [(exc.path, exc.reason)]) from None
     if isinstance(raw, dict):
-        raw.setdefault("name", path.stem)
+        raw.setdefault("name", name_from_file(path))
     return validate_recipe(apply_overrides(raw, overrides) if isinstance(raw, dict) else raw,
                            str(path), plugins)

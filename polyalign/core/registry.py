@@ -5,13 +5,22 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import PluginError
+from .errors import PluginError, shown
 
 KINDS = ("encoder", "loss", "dataset", "evaluator", "logger")
+
+# The context arguments polyalign offers each kind's factory, besides its config (see hookspecs.py).
+CONTEXT: dict[str, tuple[str, ...]] = {
+    "encoder": ("modality", "example", "root"),
+    "loss": ("modalities", "embed_dim"),
+    "dataset": ("seed",),
+    "evaluator": (),
+    "logger": ("run_dir",),
+}
 
 
 class NoConfig(BaseModel):
@@ -31,16 +40,41 @@ class Component:
     help: str
     plugin: str
 
-    def make_config(self, options: dict[str, Any]) -> BaseModel:
-        """Validate ``options`` with this component's config model (raises ValidationError)."""
-        return self.config.model_validate(options)
+    def make_config(self, options: dict[str, Any], context: dict[str, Any] | None = None) -> BaseModel:
+        """Validate ``options`` with this component's config model (raises ValidationError);
+        ``context`` (see :func:`polyalign.core.recipe.plugin_context`) reaches its validators as ``info.context``."""
+        return self.config.model_validate(options, context=context)
 
     def create(self, config: BaseModel, **context: Any) -> Any:
         """Call the factory with ``config`` and the context arguments it accepts."""
-        params = inspect.signature(self.factory).parameters
+        try:
+            params = inspect.signature(self.factory).parameters
+        except (TypeError, ValueError):  # a callable without a signature: give it everything
+            return self.factory(config, **context)
+        self._check_context(params, context)
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             context = {k: v for k, v in context.items() if k in params}
         return self.factory(config, **context)
+
+    def _check_context(self, params: Mapping[str, inspect.Parameter], context: dict[str, Any]) -> None:
+        """A factory naming an argument that polyalign never gives, or needing one this call lacks,
+        is an error naming the factory and the valid context arguments."""
+        valid = CONTEXT[self.kind]
+        named = [p for p in list(params.values())[1:]
+                 if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        where = f"{self.kind} {self.name!r} (plugin {self.plugin!r}): its factory " \
+                f"{getattr(self.factory, '__qualname__', repr(self.factory))}"
+        for p in named:
+            if p.name not in valid:
+                close = difflib.get_close_matches(p.name, valid, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else "."
+                raise PluginError(f"{where} asks for {p.name!r}, which polyalign does not provide{hint} The context "
+                                  f"arguments of {self.kind} factories are: {', '.join(valid) or '(none)'} "
+                                  f"(the first argument is the validated config)")
+            if p.default is inspect.Parameter.empty and p.name not in context:
+                raise PluginError(f"{where} needs the context argument {p.name!r}, which was not given; pass it "
+                                  f"(e.g. polyalign.build({self.kind!r}, {self.name!r}, {p.name}=...)) or give it a "
+                                  f"default")
 
 
 class Registry:
@@ -86,4 +120,4 @@ def unknown_name_message(kind: str, name: Any, available: list[str]) -> str:
     """'unknown loss 'clpi'; did you mean 'clip'? available: ...'."""
     close = difflib.get_close_matches(str(name), available, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "."
-    return f"unknown {kind} {name!r}{hint} Available: {', '.join(available) or '(none)'}"
+    return f"unknown {kind} {shown(name)}{hint} Available: {', '.join(available) or '(none)'}"

@@ -9,6 +9,7 @@ def register_encoders(register):
     from .byte_text import ByteTextConfig, build_byte_text
     from .ecg import EcgConfig, build_ecg
     from .image import ImageConfig, build_image
+    from .open_clip import OpenClipConfig, build_open_clip
     from .tabular import TabularConfig, build_tabular
     from .text import TextConfig, build_text
     from .vector import VectorConfig, build_vector
@@ -17,6 +18,8 @@ def register_encoders(register):
              help="MLP over fixed-size float vectors (lists, arrays or .npy files); hidden: [] = one linear layer")
     register("image", build_image, config=ImageConfig,
              help="Any timm model over PNG/JPEG files; pretrained: false or a local .safetensors/.pth file")
+    register("open_clip", build_open_clip, config=OpenClipConfig,
+             help="The image or text tower of an open_clip model (ViT-B-32, ... or a local folder); local weights only")
     register("text", build_text, config=TextConfig,
              help="Local Hugging Face model (AutoModel + AutoTokenizer, offline) over text; mean or cls pooling")
     register("byte_text", build_byte_text, config=ByteTextConfig,

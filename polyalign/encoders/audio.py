@@ -10,11 +10,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
+from polyalign.core.layer_groups import Part, named_layer_groups
 
 from .checkpointing import checkpoint_blocks, checkpointed_sequential
-from .files import load_weights_into, local_weights_file, resolve_file
+from .files import load_weights_into, local_weights_file
 
 Wav2Vec2Arch = Literal["base", "large", "large_lv60k", "tiny"]
 
@@ -96,6 +97,11 @@ class LogMelCNN(nn.Module):
         self.width = channels[-1]
         self.grad_checkpointing = grad_checkpointing
 
+    def layer_parts(self) -> list[list[Part]]:
+        """Each conv block (convolution + batch norm)."""
+        convs = [m for m in self.blocks if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+        return [convs[i:i + 2] for i in range(0, len(convs), 2)]
+
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=wave.device.type, enabled=False):
             spec = torch.log(self.mel(wave.float()) + 1e-6)
@@ -132,6 +138,14 @@ class Wav2Vec2Backbone(nn.Module):
         self.model = create_wav2vec2(arch)
         self.width = int(self.model.encoder.feature_projection.projection.out_features)
 
+    def layer_parts(self) -> list[list[Part]]:
+        """The feature extractor, projection, positional convolution (and the layer norm applied before
+        the layers in post-norm models), then each transformer layer (the last with a final layer norm)."""
+        transformer = self.model.encoder.transformer
+        stem = [self.model.feature_extractor, self.model.encoder.feature_projection, transformer.pos_conv_embed,
+                transformer.layer_norm if transformer.layer_norm_first else None]
+        return [stem, *[[layer] for layer in transformer.layers]]
+
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         states, _ = self.model(wave)
         return states.mean(dim=1)
@@ -161,6 +175,14 @@ class AudioEncoder(Encoder):
         if config.freeze:
             self.backbone.requires_grad_(False)
 
+    def layer_groups(self) -> list[list[str]]:
+        """The backbone's: the CNN's conv blocks, or wav2vec2's stem and transformer layers."""
+        return named_layer_groups(self, self.backbone.layer_parts())
+
+    def merge_for_export(self) -> dict[str, Any]:
+        """The exported weights replace the ``weights`` file: the export does not need it."""
+        return {"weights": None}
+
     def train(self, mode: bool = True) -> "AudioEncoder":
         super().train(mode)
         if self.config.freeze:
@@ -186,6 +208,9 @@ class AudioEncoder(Encoder):
         else:
             offset = extra // 2
         return fit_length(wave, self.length, offset)
+
+    def export_example(self, batch: int) -> torch.Tensor:
+        return 0.1 * torch.randn(batch, self.length)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return self.backbone(wave)

@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from polyalign.core.encoder import Encoder
+from polyalign.core.layer_groups import named_layer_groups
 
 from .checkpointing import checkpoint_blocks
-from .text import pad_token_batch, pool_tokens, read_text
+from .text import TOKEN_AXES, example_texts, pad_token_batch, pool_tokens, read_text
 
 PAD, CLS, OFFSET = 0, 1, 2  # token ids: padding, a leading summary token, then the 256 byte values
 
@@ -61,6 +62,10 @@ class ByteTextEncoder(Encoder):
         nn.init.normal_(self.tokens.weight, std=0.02)
         nn.init.normal_(self.positions.weight, std=0.02)
 
+    def layer_groups(self) -> list[list[str]]:
+        """Token and position embeddings, then each transformer layer (the last with the final norm)."""
+        return named_layer_groups(self, [[self.tokens, self.positions], *[[b] for b in self.transformer.layers]])
+
     def load(self, value: Any, root: Path | None) -> dict[str, torch.Tensor]:
         """One text (inline or ``.txt``) -> ``{input_ids, attention_mask}`` 1-D tensors."""
         ids = encode_bytes(read_text(value, root), self.config.max_length)
@@ -69,6 +74,11 @@ class ByteTextEncoder(Encoder):
     def collate(self, values: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Pad to the longest text of the batch; padding has ``attention_mask`` 0."""
         return pad_token_batch(values, {"input_ids": PAD})
+
+    export_axes = TOKEN_AXES
+
+    def export_example(self, batch: int) -> dict[str, torch.Tensor]:
+        return self.collate([self.load(text, None) for text in example_texts(batch)])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, mask = batch["input_ids"], batch["attention_mask"]

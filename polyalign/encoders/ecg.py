@@ -10,11 +10,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
+from polyalign.core.layer_groups import named_layer_groups
+from polyalign.core.npy_file import read_npy
 
 from .checkpointing import checkpoint_blocks
-from .files import resolve_file
 
 Layout = Literal["auto", "leads_first", "time_first"]
 
@@ -70,10 +71,7 @@ def read_ecg_array(value: Any, root: Path | None, config: EcgConfig) -> np.ndarr
     text = str(value)
     if text.endswith(".npy"):
         path = resolve_file(text, root, "ECG .npy")
-        try:
-            return np.load(path, allow_pickle=False).astype(np.float32)
-        except Exception as exc:
-            raise PolyalignError(f"cannot read ECG array {path}: {type(exc).__name__}: {exc}") from exc
+        return read_npy(path, "ECG array").astype(np.float32)
     header = Path(text).with_suffix(".hea") if Path(text).suffix in (".hea", ".dat") else Path(text + ".hea")
     path = resolve_file(str(header), root, "ECG WFDB header (.hea)")
     return read_wfdb(path, config.lead_names, config.sample_rate)
@@ -166,6 +164,10 @@ class EcgEncoder(Encoder):
     def rebuild_options(self) -> dict[str, Any]:
         return {"length": self.length}
 
+    def layer_groups(self) -> list[list[str]]:
+        """The stem, then each residual block."""
+        return named_layer_groups(self, [[self.net.stem], *[[b] for b in self.net.stages]])
+
     def load(self, value: Any, root: Path | None) -> torch.Tensor:
         """One recording -> ``(leads, length)``: standardised per lead, cropped or zero-padded."""
         x = read_recording(value, root, self.config)
@@ -178,6 +180,9 @@ class EcgEncoder(Encoder):
         if x.shape[1] < self.length:
             x = np.pad(x, ((0, 0), (0, self.length - x.shape[1])))
         return torch.from_numpy(np.ascontiguousarray(x))
+
+    def export_example(self, batch: int) -> torch.Tensor:
+        return torch.randn(batch, self.config.leads, self.length)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -1,4 +1,4 @@
-"""Raw values that name files: resolve them against the dataset root, with clear errors."""
+"""Pretrained weights for encoders: local files only, read safely, checked against the model."""
 
 from __future__ import annotations
 
@@ -6,19 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.core.errors import PolyalignError
-
-
-def resolve_file(value: Any, root: Path | None, what: str) -> Path:
-    """The existing file a raw value names (relative paths resolve against ``root``)."""
-    if not isinstance(value, (str, Path)) or not str(value).strip():
-        raise PolyalignError(f"expected a path to {what} file, got {type(value).__name__} {value!r}")
-    path = Path(str(value)).expanduser()
-    if not path.is_absolute() and root is not None:
-        path = Path(root) / path
-    if not path.is_file():
-        where = f" (relative paths resolve against {root})" if root is not None else ""
-        raise PolyalignError(f"{what} file not found: {path}{where}")
-    return path
+from polyalign.core.weights import load_failure, torch_load_safely
 
 
 def local_weights_file(path: str, what: str) -> Path:
@@ -47,10 +35,10 @@ def read_state_dict(file: Path, what: str) -> dict:
 
             state = load_file(str(file))
         else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = torch_load_safely(file)
     except Exception as exc:
-        raise PolyalignError(f"{what}: cannot read weights from {file}: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise PolyalignError(f"{what}: cannot read weights from {file}: {load_failure(exc)}. polyalign only "
+                             f"loads tensors, never pickled code.") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
+from polyalign.core.layer_groups import named_layer_groups
 
-from .files import load_weights_into, local_weights_file, resolve_file
+from .files import load_weights_into, local_weights_file
+from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,6 +36,8 @@ class ImageConfig(BaseModel):
                                                         "more forward")
     timm_kwargs: dict[str, Any] = Field(default_factory=dict,
                                         description="extra timm.create_model arguments, e.g. {depth: 2}")
+    lora: LoraOptions | None = Field(None, description="train LoRA adapters instead of the backbone (peft); "
+                                                      "target_modules default: all-linear")
 
     @field_validator("pretrained")
     @classmethod
@@ -42,6 +46,32 @@ class ImageConfig(BaseModel):
             raise ValueError("pretrained: true would download weights, which polyalign never does; "
                              "give the path of a local .safetensors or .pth file, or false")
         return value
+
+    _lora_trains = model_validator(mode="after")(check_not_frozen)
+
+
+def read_image(value: Any, root: Path | None, mode: str) -> Any:
+    """The PNG/JPEG file a raw value names, decoded into a PIL image of ``mode`` (``RGB`` or ``L``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = resolve_file(value, root, "image")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert(mode)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise PolyalignError(f"cannot decode image {path}: {exc}. Is it a valid PNG or JPEG file?") from exc
+
+
+def timm_layer_groups(encoder: nn.Module, backbone: nn.Module) -> list[list[str]]:
+    """The layer groups of a timm ``backbone`` inside ``encoder``, as timm's ``group_matcher`` defines
+    them (stem, then each block, the last with the final norm); one group when the model has no matcher."""
+    from timm.models import group_parameters
+
+    if not hasattr(backbone, "group_matcher"):
+        return [[name for name, _ in encoder.named_parameters()]]
+    groups = group_parameters(backbone, backbone.group_matcher(coarse=False))
+    return named_layer_groups(encoder, [[backbone.get_parameter(n) for n in groups[i]] for i in sorted(groups)])
 
 
 def create_backbone(name: str, channels: int, kwargs: dict[str, Any], image_size: int) -> nn.Module:
@@ -90,6 +120,19 @@ class ImageEncoder(Encoder):
                 raise PolyalignError(f"encoder 'image': timm model {config.model!r} does not support gradient "
                                      f"checkpointing ({exc or 'set_grad_checkpointing is not implemented'}); "
                                      f"set grad_checkpointing: false") from None
+        if config.lora:
+            self.backbone = add_lora(self.backbone, config.lora, "all-linear", "encoder 'image'")
+
+    def layer_groups(self) -> list[list[str]]:
+        """timm's groups: the stem, then each block (the last with the final norm)."""
+        return timm_layer_groups(self, base_network(self.backbone, self.config.lora))
+
+    def merge_for_export(self) -> dict[str, Any]:
+        """Merge LoRA adapters into the backbone; the export needs neither peft nor the pretrained file."""
+        if self.config.lora:
+            self.backbone = merge_lora(self.backbone)
+        self.config = self.config.model_copy(update={"lora": None, "pretrained": False})
+        return {"lora": None, "pretrained": False}
 
     def _stats(self) -> tuple[list[float], list[float]]:
         cfg, n = self.config, self.config.channels
@@ -115,18 +158,10 @@ class ImageEncoder(Encoder):
 
     def load(self, value: Any, root: Path | None) -> torch.Tensor:
         """Decode a PNG/JPEG file into a normalised ``(C, S, S)`` float tensor."""
-        from PIL import Image, UnidentifiedImageError
         from torchvision.transforms.v2 import RandomResizedCrop
         from torchvision.transforms.v2 import functional as TF
 
-        path = resolve_file(value, root, "image")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                img = img.convert("RGB" if self.config.channels == 3 else "L")
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise PolyalignError(f"cannot decode image {path}: {exc}. Is it a valid PNG or JPEG file?") from exc
-        x = TF.pil_to_tensor(img)
+        x = TF.pil_to_tensor(read_image(value, root, "RGB" if self.config.channels == 3 else "L"))
         size = [self.config.image_size, self.config.image_size]
         if self.config.augment and self.training:
             top, left, h, w = RandomResizedCrop.get_params(x, scale=[0.5, 1.0], ratio=[3 / 4, 4 / 3])
@@ -136,6 +171,9 @@ class ImageEncoder(Encoder):
         else:
             x = TF.center_crop(TF.resize(x, size[0], antialias=True), size)
         return (x.float() / 255.0 - self.pixel_mean) / self.pixel_std
+
+    def export_example(self, batch: int) -> torch.Tensor:
+        return torch.randn(batch, self.config.channels, self.config.image_size, self.config.image_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)

@@ -16,10 +16,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
-
-from .files import resolve_file
+from polyalign.core.npy_file import read_npy
 
 
 class TabularConfig(BaseModel):
@@ -48,10 +47,7 @@ def read_row(value: Any, root: Path | None) -> Any:
         text = str(value)
         if text.endswith(".npy"):
             path = resolve_file(text, root, "tabular .npy")
-            try:
-                return np.load(path, allow_pickle=False).astype(np.float64).reshape(-1).tolist()
-            except Exception as exc:
-                raise PolyalignError(f"cannot read table row {path}: {type(exc).__name__}: {exc}") from exc
+            return read_npy(path, "table row").astype(np.float64).reshape(-1).tolist()
         if text.endswith(".json"):
             path = resolve_file(text, root, "tabular .json")
             try:
@@ -119,6 +115,10 @@ class TabularEncoder(Encoder):
         values = np.where(seen, (raw - self.offset) / self.scale, self.config.fill)
         parts = [values, seen.astype(np.float64)] if self.config.indicators else [values]
         return torch.from_numpy(np.concatenate(parts).astype(np.float32))
+
+    def export_example(self, batch: int) -> torch.Tensor:
+        values = torch.randn(batch, self.n)
+        return torch.cat([values, torch.ones(batch, self.n)], 1) if self.config.indicators else values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, pad_with_mask, resolve_file
 from polyalign.core.errors import PolyalignError
+from polyalign.core.layer_groups import named_layer_groups
 
-from .files import resolve_file
+from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model")
 
@@ -33,14 +35,15 @@ def read_text(value: Any, root: Path | None) -> str:
 
 def pad_token_batch(values: list[dict[str, torch.Tensor]], pad_values: dict[str, int]) -> dict[str, torch.Tensor]:
     """Pad 1-D token tensors (per key) to the longest in the batch -> ``{key: (B, L)}``."""
-    longest = max(int(v["input_ids"].shape[0]) for v in values)
-    out = {}
-    for key in values[0]:
-        full = torch.full((len(values), longest), pad_values.get(key, 0), dtype=values[0][key].dtype)
-        for i, v in enumerate(values):
-            full[i, : v[key].shape[0]] = v[key]
-        out[key] = full
-    return out
+    return {key: pad_with_mask([v[key] for v in values], pad_values.get(key, 0))[0] for key in values[0]}
+
+
+def example_texts(batch: int) -> list[str]:
+    """``batch`` texts of different lengths: a batch to trace a text encoder with (ONNX export)."""
+    return [f"an example text for export, number {i}" + " and more" * i for i in range(batch)]
+
+
+TOKEN_AXES = {"input_ids": {1: "length"}, "attention_mask": {1: "length"}, "token_type_ids": {1: "length"}}
 
 
 def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -92,6 +95,18 @@ class TextConfig(BaseModel):
     grad_checkpointing: bool = Field(False, description="recompute activations in backward (transformers' "
                                                         "activation checkpointing): less memory for about one "
                                                         "more forward")
+    lora: LoraOptions | None = Field(None, description="train LoRA adapters instead of the transformer (peft); "
+                                                      "target_modules default: all-linear")
+
+    _lora_trains = model_validator(mode="after")(check_not_frozen)
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The layers of a Hugging Face transformer: its ModuleList holding the most parameters."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m)]
+    if not lists:
+        raise PolyalignError(f"encoder 'text': {type(model).__name__} has no list of layers to group")
+    return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
 
 
 class TextEncoder(Encoder):
@@ -118,6 +133,28 @@ class TextEncoder(Encoder):
                 raise PolyalignError(f"encoder 'text': the model in {folder} ({type(self.transformer).__name__}) "
                                      f"does not support gradient checkpointing; set grad_checkpointing: false")
             self.transformer.activation_checkpointing_enable()  # non-reentrant torch.utils.checkpoint
+        if config.lora:
+            self.transformer = add_lora(self.transformer, config.lora, "all-linear", "encoder 'text'")
+
+    def layer_groups(self) -> list[list[str]]:
+        """The parameters before the layers (embeddings), then each layer (the last with what follows it)."""
+        network = base_network(self.transformer, self.config.lora)
+        blocks = transformer_blocks(network)
+        first = {id(p) for p in blocks[0].parameters()}
+        stem = []
+        for p in network.parameters():
+            if id(p) in first:
+                break
+            stem.append(p)
+        return named_layer_groups(self, [stem, *[[b] for b in blocks]])
+
+    def merge_for_export(self) -> dict[str, Any]:
+        """Merge LoRA adapters into the transformer (the model folder is still needed for its tokenizer)."""
+        if not self.config.lora:
+            return {}
+        self.transformer = merge_lora(self.transformer)
+        self.config = self.config.model_copy(update={"lora": None})
+        return {"lora": None}
 
     def train(self, mode: bool = True) -> "TextEncoder":
         super().train(mode)
@@ -133,6 +170,11 @@ class TextEncoder(Encoder):
     def collate(self, values: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Pad to the longest text of the batch; padding has ``attention_mask`` 0."""
         return pad_token_batch(values, self.pad_values)
+
+    export_axes = TOKEN_AXES
+
+    def export_example(self, batch: int) -> dict[str, torch.Tensor]:
+        return self.collate([self.load(text, None) for text in example_texts(batch)])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.transformer(**batch).last_hidden_state

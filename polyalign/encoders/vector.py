@@ -10,10 +10,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
-
-from .files import resolve_file
+from polyalign.core.npy_file import read_npy
 
 
 class VectorConfig(BaseModel):
@@ -27,10 +26,7 @@ def load_vector(value: Any, root: Path | None) -> torch.Tensor:
     """A list/array of numbers, or a ``.npy`` path relative to ``root``, as a float32 vector."""
     if isinstance(value, (str, Path)):
         path = resolve_file(value, root, "vector .npy")
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise PolyalignError(f"cannot read vector file {path}: {type(exc).__name__}: {exc}") from exc
+        arr = read_npy(path, "vector file")
     else:
         arr = value
     return torch.as_tensor(np.asarray(arr, dtype=np.float32)).reshape(-1)
@@ -66,6 +62,9 @@ class VectorEncoder(Encoder):
         if x.shape[1] != self.dim:
             raise PolyalignError(f"expected vectors of {self.dim} numbers, got {x.shape[1]}")
         return x
+
+    def export_example(self, batch: int) -> torch.Tensor:
+        return torch.randn(batch, self.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
-from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
+from polyalign.core.evaluator import read_report
+from polyalign.core.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR, REPORT_JSON
+from polyalign.core.weights import WEIGHTS
+from polyalign.core.yaml_file import YamlError, read_yaml
 
 from .report_plots import (METRIC_LABEL, common_chance, curve_rows, heatmap_rows, modality_order, new_figure,
                            query_text, save_figure, subset_sort_key)
@@ -43,15 +43,16 @@ class Comparison:
     lines: list[list[str]]
     markdown: Path
     figure: Path | None
+    skipped: list[str]  # why each run left out has no report
 
 
 def run_label(run_dir: Path) -> str:
     """'<recipe name> (<loss plugins>)' from the run's resolved recipe."""
     path = Path(run_dir) / RECIPE_FILE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise PolyalignError(f"{run_dir}: cannot read {RECIPE_FILE} ({exc}); is this a run directory?") from None
+        raw = read_yaml(path)
+    except YamlError as exc:
+        raise PolyalignError(f"{exc}; is {run_dir} a run directory?") from None
     if not isinstance(raw, dict):
         raise PolyalignError(f"{path}: not a recipe mapping")
     loss = raw.get("loss")
@@ -65,12 +66,18 @@ def load_run(run_dir: str | Path) -> RunReport:
     run_dir = Path(run_dir)
     report = run_dir / REPORT_DIR / REPORT_JSON
     if not report.is_file():
-        raise PolyalignError(f"{run_dir}: no eval/report.json; run `polyalign eval {run_dir}` first")
-    try:
-        rows = json.loads(report.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PolyalignError(f"{report}: not valid JSON ({exc}); re-run `polyalign eval {run_dir}`") from None
-    return RunReport(run_dir, run_label(run_dir), rows)
+        raise PolyalignError(unfinished_run(run_dir))
+    return RunReport(run_dir, run_label(run_dir), read_report(report))
+
+
+def unfinished_run(run_dir: Path) -> str:
+    """Why a folder without an evaluation report has none, and what to do."""
+    if not (run_dir / RECIPE_FILE).is_file():
+        return f"{run_dir} is not a run directory (no {RECIPE_FILE})"
+    if not any((run_dir / CHECKPOINTS_DIR).glob(f"*/{WEIGHTS}")):
+        return (f"{run_dir} has no checkpoint and no evaluation: the run was stopped before its first "
+                f"checkpoint (`polyalign train --resume {run_dir}` starts it over)")
+    return f"{run_dir} has no evaluation report; `polyalign eval {run_dir}` writes it"
 
 
 def unique_labels(runs: list[RunReport]) -> None:
@@ -220,9 +227,15 @@ def plot_comparison(runs: list[RunReport], path: Path) -> Path | None:
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = ".",
                  metrics: list[str] | None = None) -> Comparison:
     """Load each run's report, align the rows, write ``compare.md`` and ``compare.png`` to ``out_dir``."""
-    if len(run_dirs) < 2:
-        raise PolyalignError(f"compare needs at least two run directories, got {len(run_dirs)}")
-    runs = [load_run(d) for d in run_dirs]
+    runs, skipped = [], []
+    for d in run_dirs:
+        try:
+            runs.append(load_run(d))
+        except PolyalignError as exc:
+            skipped.append(str(exc))
+    if len(runs) < 2:
+        raise PolyalignError(f"compare needs at least two runs with an evaluation report, got {len(runs)}"
+                             + "".join(f"; {reason}" for reason in skipped))
     unique_labels(runs)
     header, lines = aligned_table(runs, metrics)
     if not lines:
@@ -236,4 +249,4 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = ".",
     figure = plot_comparison(runs, out / COMPARE_PNG)
     markdown = out / COMPARE_MD
     atomic_write_text(markdown, compare_markdown(runs, header, lines, figure.name if figure else None))
-    return Comparison(runs, header, lines, markdown, figure)
+    return Comparison(runs, header, lines, markdown, figure, skipped)

@@ -11,13 +11,23 @@ import torch
 from polyalign.core.assemble import Assembled, assemble
 from polyalign.core.atomic import atomic_write_text
 from polyalign.core.device import pick_device
-from polyalign.core.evaluator import EvalContext, report_markdown
+from polyalign.core.errors import PluginError, PolyalignError
+from polyalign.core.evaluator import EvalContext, report_markdown, row_problem
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe, validate_recipe
-from polyalign.core.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
-from polyalign.core.weights import load_weights
+from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
+from polyalign.core.weights import load_weights, run_checkpoint
 
 from .report_plots import write_plots
+
+
+def check_eval_split(recipe: Recipe, parts: Assembled, split: str = "test") -> None:
+    """Refuse to evaluate an empty split: say so before anything is trained or computed."""
+    if recipe.eval and len(parts.dataset.split(split)) == 0:
+        raise PolyalignError(
+            f"eval: the recipe has {len(recipe.eval)} evaluator(s) but the {recipe.data.plugin!r} dataset's "
+            f"{split} split is empty, so there is nothing to evaluate. Give the dataset a {split} split (a "
+            f"manifest folder: {split}.jsonl or {split}.csv) or train without evaluators (eval=[]).")
 
 
 def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: torch.device,
@@ -25,9 +35,17 @@ def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: t
     """Run every evaluator of the recipe on ``split``; return all rows."""
     ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed)
     rows: list[dict[str, Any]] = []
-    for node in recipe.eval:
+    for i, node in enumerate(recipe.eval):
         evaluator = plugins.build("evaluator", node.plugin, **node.options())
-        rows += evaluator(ctx)
+        got = evaluator(ctx)
+        if not isinstance(got, list):
+            problem = f"it returned a {type(got).__name__}"
+        else:
+            problem = next((f"row {j}: {p}" for j, r in enumerate(got) if (p := row_problem(r))), None)
+        if problem:
+            raise PluginError(f"eval.{i}: evaluator plugin {node.plugin!r} must return a list of rows "
+                              f"{{task, target, query, metric, value}}; {problem}")
+        rows += got
     return rows
 
 
@@ -55,7 +73,8 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
         raw["eval"] = raw["eval"] + list(evaluators)
         recipe = validate_recipe(raw, f"{run_dir / RECIPE_FILE} with the added evaluators", plugins)
     parts = assemble(recipe, plugins)
-    parts.load_state_dict(load_weights(run_dir / CHECKPOINTS_DIR / checkpoint))
+    check_eval_split(recipe, parts, split)
+    parts.load_state_dict(load_weights(run_checkpoint(run_dir, checkpoint)))
     device = pick_device(recipe.train.device)
     parts.model.to(device)
     parts.loss.to(device)

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from polyalign.core.atomic import atomic_write_bytes
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import PolyalignError, cut, shown
+from polyalign.core.evaluator import read_report
 from polyalign.core.run_files import METRICS_FILE, REPORT_DIR, REPORT_JSON
 
 CSV_FILE = "metrics.csv"
@@ -53,30 +54,63 @@ class RunCurves:
 def _number(value: Any) -> float | None:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _logged_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) of every row of ``metrics.jsonl`` or ``metrics.csv``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolyalignError(f"{path}: cannot read it ({cut(str(exc), 200)})") from None
+    if path.suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            return [(reader.line_num, row) for row in reader]
+        except csv.Error as exc:
+            raise PolyalignError(f"{path}, line {reader.line_num + 1}: not a CSV row ({exc})") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise PolyalignError(f"{path}, line {n}: not JSON ({cut(str(exc), 200)})") from None
+        if not isinstance(row, dict):
+            raise PolyalignError(f"{path}, line {n}: expected a JSON object (one logged row), "
+                                 f"got {type(row).__name__}")
+        rows.append((n, row))
+    return rows
+
+
+def _count(value: Any) -> int:
+    """A step or epoch number: a whole number >= 0 (as JSON or CSV text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise ValueError(value)
+    return int(value)
 
 
 def read_run(run_dir: str | Path) -> RunCurves:
     """The logged metrics of a run (``metrics.jsonl``, else ``metrics.csv``) and its eval report."""
     run_dir = Path(run_dir)
-    if (run_dir / METRICS_FILE).is_file():
-        lines = (run_dir / METRICS_FILE).read_text(encoding="utf-8").splitlines()
-        try:
-            rows = [json.loads(line) for line in lines if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise PolyalignError(f"{run_dir / METRICS_FILE}: a line is not JSON ({exc})") from None
-    elif (run_dir / CSV_FILE).is_file():
-        text = (run_dir / CSV_FILE).read_text(encoding="utf-8")
-        rows = list(csv.DictReader(io.StringIO(text, newline="")))
-    else:
+    path = run_dir / METRICS_FILE if (run_dir / METRICS_FILE).is_file() else run_dir / CSV_FILE
+    if not path.is_file():
         raise PolyalignError(f"{run_dir} has no {METRICS_FILE} or {CSV_FILE}; plot needs a run trained with "
                              f"the jsonl or csv logger (the recipe's `logging:` list)")
-    report = run_dir / REPORT_DIR / REPORT_JSON
-    eval_rows = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else []
-    return RunCurves(run_dir.name, [r for r in rows if r.get("kind") == "step"],
-                     [r for r in rows if r.get("kind") == "epoch"], eval_rows)
+    curves: dict[str, list[dict[str, Any]]] = {"step": [], "epoch": []}
+    for n, row in _logged_rows(path):
+        if row.get("kind") not in curves:
+            continue
+        try:
+            curves[row["kind"]].append({**row, "step": _count(row.get("step")), "epoch": _count(row.get("epoch"))})
+        except ValueError:
+            raise PolyalignError(f"{path}, line {n}: a {row['kind']} row needs whole numbers step and epoch, got "
+                                 f"step {shown(row.get('step'))}, epoch {shown(row.get('epoch'))}") from None
+    eval_rows = read_report(run_dir / REPORT_DIR / REPORT_JSON, missing_ok=True)
+    return RunCurves(run_dir.name, curves["step"], curves["epoch"], eval_rows)
 
 
 def _eval_label(row: dict[str, Any], with_task: bool) -> str:

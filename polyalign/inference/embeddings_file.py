@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from polyalign.core.atomic import atomic_write_bytes
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import PolyalignError, cut, shown
 
 from .trained import TrainedModel
 
@@ -30,14 +30,23 @@ class EmbeddingsFile:
     metadata: dict[str, str]
 
 
+def provenance(model: TrainedModel, modality: str, source: str) -> dict[str, str]:
+    """What made a file of embeddings: the modality, the model (its weights' SHA-256) and the input."""
+    return {"modality": modality, "model": model.recipe.name, "model_path": str(model.source),
+            "checkpoint": model.checkpoint, "weights_sha256": model.weights_sha256,
+            "embed_dim": str(model.embed_dim), "input": source}
+
+
 def save_embeddings(path: str | Path, model: TrainedModel, modality: str, embeddings: torch.Tensor,
                     ids: list[Any], source: str = "") -> Path:
     """Write ``embeddings`` with their ``ids`` (safetensors metadata ``ids``, a JSON list)."""
     if len(ids) != embeddings.shape[0]:
         raise PolyalignError(f"{len(ids)} ids for {embeddings.shape[0]} embeddings")
-    metadata = {"format": FORMAT, "modality": modality, "ids": json.dumps(ids),
-                "model": model.recipe.name, "model_path": str(model.source), "checkpoint": model.checkpoint,
-                "weights_sha256": model.weights_sha256, "embed_dim": str(model.embed_dim), "input": source}
+    bad = (~torch.isfinite(embeddings).all(dim=-1)).nonzero().flatten().tolist()
+    if bad:
+        raise PolyalignError(f"the values with ids {shown([ids[i] for i in bad[:5]])} give NaN or infinite "
+                             f"embeddings (a NaN or infinity in the values?); nothing was written")
+    metadata = {"format": FORMAT, **provenance(model, modality, source), "ids": json.dumps(ids)}
     path = Path(path)
     if path.suffix != ".safetensors":
         raise PolyalignError(f"--out {path}: an embeddings file must end in .safetensors")
@@ -47,7 +56,8 @@ def save_embeddings(path: str | Path, model: TrainedModel, modality: str, embedd
 
 
 def read_embeddings(path: str | Path) -> EmbeddingsFile:
-    """An embeddings file written by :func:`save_embeddings` (``polyalign embed``)."""
+    """An embeddings file written by :func:`save_embeddings` (``polyalign embed``), checked: a 2-D
+    floating tensor of finite numbers, one JSON id per row, and its modality."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -56,13 +66,31 @@ def read_embeddings(path: str | Path) -> EmbeddingsFile:
                 raise PolyalignError(f"{path} is not an embeddings file written by `polyalign embed`")
             tensor = fh.get_tensor(TENSOR)
     except (OSError, SafetensorError) as exc:
-        raise PolyalignError(f"cannot read {path} as a safetensors file: {exc}") from None
-    return EmbeddingsFile(tensor, json.loads(metadata["ids"]), metadata["modality"], metadata)
+        raise PolyalignError(f"cannot read {path} as a safetensors file: {cut(str(exc), 300)}") from None
+    redo = "embed the candidates again with `polyalign embed`"
+    if tensor.dim() != 2 or not tensor.is_floating_point():
+        raise PolyalignError(f"{path}: {TENSOR!r} must be a 2-D floating tensor (one row per value), got "
+                             f"{tuple(tensor.shape)} {tensor.dtype}; {redo}")
+    if not torch.isfinite(tensor).all():
+        raise PolyalignError(f"{path}: {TENSOR!r} holds NaN or infinite values; {redo}")
+    try:
+        ids = json.loads(metadata["ids"])
+    except (KeyError, ValueError, RecursionError):
+        raise PolyalignError(f"{path}: the metadata 'ids' must be a JSON list of ids, one per row; {redo}") from None
+    if not isinstance(ids, list) or len(ids) != tensor.shape[0] or not all(
+            isinstance(i, (str, int, float)) and not isinstance(i, bool) for i in ids):
+        raise PolyalignError(f"{path}: the metadata 'ids' must be a JSON list of {tensor.shape[0]} ids (text or "
+                             f"numbers), one per row; {redo}")
+    if not isinstance(metadata.get("modality"), str):
+        raise PolyalignError(f"{path}: the metadata does not say which modality it holds; {redo}")
+    return EmbeddingsFile(tensor.float(), ids, metadata["modality"], metadata)
 
 
-def check_same_model(saved: EmbeddingsFile, model: TrainedModel, path: str | Path) -> None:
-    """Refuse embeddings made by another model (compared by the SHA-256 of the weights)."""
-    if saved.metadata.get("weights_sha256") != model.weights_sha256:
-        raise PolyalignError(f"{path} was embedded by another model ({saved.metadata.get('model_path')}, "
-                             f"checkpoint {saved.metadata.get('checkpoint')}); embed the candidates again "
-                             f"with this one: polyalign embed {model.source} --modality {saved.modality} ...")
+def check_same_model(metadata: dict[str, Any], model: TrainedModel, path: str | Path, command: str = "embed") -> None:
+    """Refuse embeddings (or an index of them) made by another model, compared by the SHA-256 of
+    the weights; ``command`` is the one that makes them again."""
+    if metadata.get("weights_sha256") != model.weights_sha256:
+        raise PolyalignError(f"{path} was embedded by another model ({metadata.get('model_path')}, "
+                             f"checkpoint {metadata.get('checkpoint')}); embed the candidates again "
+                             f"with this one: polyalign {command} {model.source} --modality "
+                             f"{metadata.get('modality')} ...")

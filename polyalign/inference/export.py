@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors.torch import save_file
 
-from polyalign.core.assemble import build_model, with_rebuild_options
+from polyalign.core.assemble import with_rebuild_options
 from polyalign.core.atomic import atomic_write_text
-from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluator import report_markdown
+from polyalign.core.errors import PluginError, PolyalignError
+from polyalign.core.evaluator import read_report, report_markdown
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
 from polyalign.core.weights import WEIGHTS, CheckpointError, load_state
 
 from .model_card import CARD_FILE, requirements
-from .trained import TrainedModel, load
+from .onnx_export import OUTPUT, TOLERANCE, OnnxGraph, export_onnx
+from .trained import TrainedModel, build_parts, file_sha256, load
+
+FORMATS = ("safetensors", "onnx")
 
 
 def _progress(weights_file: Path) -> dict[str, int]:
@@ -31,7 +35,33 @@ def _progress(weights_file: Path) -> dict[str, int]:
     return {"step": int(state["step"]), "epoch": int(state["epoch"])}
 
 
-def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def onnx_section(model: TrainedModel, graphs: list[OnnxGraph]) -> list[str]:
+    """The model card's lines on the ONNX graphs: files, inputs, what happens outside them."""
+    lines = ["## ONNX", "",
+             f"One graph per modality: the encoder, its head to {model.embed_dim} dimensions and the "
+             f"normalisation ({model.recipe.model.normalize}); output `{OUTPUT}` (batch, {model.embed_dim}); "
+             f"every input's first axis is the batch. The inputs are what the encoder's `load` and `collate` "
+             f"make of raw values: reading and decoding files, tokenising, resampling, cropping and scaling "
+             f"happen there, outside the graph. onnxruntime reproduced polyalign's embeddings on export "
+             f"(largest difference shown; at most {TOLERANCE:g} is accepted).", "",
+             "| modality | file | inputs | largest difference |", "|---|---|---|---|"]
+    for g in graphs:
+        inputs = ", ".join(f"`{name}` {dtype} ({', '.join(map(str, shape))})" for name, shape, dtype in g.inputs)
+        lines.append(f"| {g.modality} | `{g.file}` | {inputs} | {g.max_difference:.1e} |")
+    m = model.modalities[0]
+    lines += ["", "```python", "import onnxruntime, polyalign", "",
+              "model = polyalign.load(\"path/to/this/folder\")",
+              f"encoder = model.model.encoders[\"{m}\"]",
+              "values, root = [...], None   # raw values as for model.embed; root: the folder paths are relative to",
+              "x = encoder.collate([encoder.load(value, root) for value in values])   # outside the graph",
+              f"session = onnxruntime.InferenceSession(\"path/to/this/folder/{graphs[0].file}\")",
+              "feeds = {k: v.numpy() for k, v in x.items()} if isinstance(x, dict) else {\"input\": x.numpy()}",
+              f"z = session.run([\"{OUTPUT}\"], feeds)[0]", "```", ""]
+    return lines
+
+
+def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[str, Any]],
+                  graphs: list[OnnxGraph] | None = None) -> str:
     """The model card: a YAML header ``polyalign.load`` checks, then a page for people."""
     recipe = model.recipe
     losses = " + ".join(f"{n.weight:g} × {n.plugin}" if len(recipe.losses) > 1 else n.plugin
@@ -43,9 +73,11 @@ def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[s
         lines += [recipe.description, ""]
     lines += [f"Exported by polyalign {header['polyalign_version']} from run `{header['source_run']}`, "
               f"checkpoint `{header['checkpoint']}` ({trained}). Weights: `{WEIGHTS}` (safetensors, "
-              f"SHA-256 `{header['weights_sha256'][:16]}…`); the resolved training recipe: `{RECIPE_FILE}`.", "",
-              "## Model", "",
-              "| modality | encoder | encoder output width | embedding size |", "|---|---|---|---|"]
+              f"SHA-256 `{header['weights_sha256'][:16]}…`); the resolved training recipe: `{RECIPE_FILE}`.", ""]
+    if header["merged"]:
+        lines += [f"Training-only structure (LoRA adapters) of {', '.join(header['merged'])} is merged into these "
+                  f"weights: loading them needs no adapter library.", ""]
+    lines += ["## Model", "", "| modality | encoder | encoder output width | embedding size |", "|---|---|---|---|"]
     for m, encoder in model.model.encoders.items():
         lines.append(f"| {m} | {recipe.modalities[m].encoder.plugin} | {encoder.width} | {model.embed_dim} |")
     lines += ["", f"Normalisation: {recipe.model.normalize}; missing modalities: {recipe.missing.strategy}. "
@@ -66,33 +98,62 @@ def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[s
               f"hits = model.search({{\"{model.modalities[0]}\": [...]}}, "
               f"{{\"{model.modalities[-1]}\": [...]}}, top_k=5)",
               "```", ""]
+    if graphs:
+        lines += onnx_section(model, graphs)
     return "\n".join(lines)
 
 
 def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last",
-                 plugins: Plugins | None = None) -> Path:
-    """Write ``dest``: the checkpoint's weights, the resolved recipe and ``MODEL_CARD.md``."""
+                 plugins: Plugins | None = None, format: str = "safetensors") -> Path:
+    """Write ``dest``: the checkpoint's weights, the resolved recipe and ``MODEL_CARD.md``; with
+    ``format="onnx"`` also one ``<modality>.onnx`` graph per modality. Nothing is left in ``dest``
+    when a step fails (the folder is written under a temporary name, then renamed)."""
+    if format not in FORMATS:
+        raise PolyalignError(f"unknown export format {format!r}; formats: {', '.join(FORMATS)}")
     plugins = plugins or default_plugins()
-    run_dir, dest = Path(run_dir), Path(dest)
+    run_dir, dest = Path(run_dir), Path(dest).absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise PolyalignError(f"{dest} exists and is not an empty folder; give a new folder to export into")
     model = load(run_dir, checkpoint=checkpoint, device="cpu", plugins=plugins)
-    recipe = with_rebuild_options(model.recipe, model.model, plugins)
+    before = model.parts.state_dict().keys()
+    changed = {m: encoder.merge_for_export() for m, encoder in model.model.encoders.items()}
+    weights = model.parts.state_dict()
+    merged = sorted({k.split(".")[2] for k in before ^ weights.keys() if k.startswith("model.encoders.")})
+    recipe = with_rebuild_options(model.recipe, model.model, plugins, changed)
     try:
-        build_model(recipe, plugins)
+        rebuilt = build_parts(recipe, plugins, allow_data=False)
     except PolyalignError as exc:
         raise PolyalignError(f"cannot export {run_dir}: its model cannot be rebuilt without the training "
                              f"data ({exc}). The encoder that infers this option should return it from "
                              f"rebuild_options().") from exc
-    report = run_dir / REPORT_DIR / REPORT_JSON
-    rows = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else []
-    header = {"polyalign_version": version("polyalign"), "name": recipe.name,
-              "source_run": run_dir.resolve().name, "checkpoint": model.checkpoint,
-              **_progress(model.weights_file), "modalities": model.modalities,
-              "embed_dim": model.embed_dim, "weights_sha256": model.weights_sha256,
-              "requires": requirements(recipe, plugins)}
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(model.weights_file, dest / WEIGHTS)
-    atomic_write_text(dest / RECIPE_FILE, f"# exported from {run_dir.resolve().name} (resolved)\n" + recipe.to_yaml())
-    atomic_write_text(dest / CARD_FILE, card_markdown(model, header, rows))
+    try:
+        rebuilt.load_state_dict(weights)
+    except PolyalignError as exc:
+        raise PluginError(f"cannot export {run_dir}: the weights after the encoders' merge_for_export() do not "
+                          f"fit the model the exported recipe builds: {exc}") from exc
+    rows = read_report(run_dir / REPORT_DIR / REPORT_JSON, missing_ok=True)
+    # written beside ``dest`` and renamed into place: a failed export leaves nothing that blocks the next
+    final = dest.resolve()
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True)
+        if merged:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        else:  # the checkpoint's own file: embeddings made by the run still match the export
+            shutil.copyfile(model.weights_file, tmp / WEIGHTS)
+        header = {"polyalign_version": version("polyalign"), "name": recipe.name,
+                  "source_run": run_dir.resolve().name, "checkpoint": model.checkpoint,
+                  **_progress(model.weights_file), "modalities": model.modalities,
+                  "embed_dim": model.embed_dim, "weights_sha256": file_sha256(tmp / WEIGHTS),
+                  "merged": merged, "requires": requirements(recipe, plugins)}
+        graphs = export_onnx(model, tmp, header["weights_sha256"]) if format == "onnx" else []
+        atomic_write_text(tmp / RECIPE_FILE, f"# exported from {run_dir.resolve().name} (resolved)\n" + recipe.to_yaml())
+        atomic_write_text(tmp / CARD_FILE, card_markdown(model, header, rows, graphs))
+        if final.is_dir():  # an empty folder given as the destination: move the files in
+            for file in tmp.iterdir():
+                os.replace(file, final / file.name)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest

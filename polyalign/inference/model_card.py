@@ -6,11 +6,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from polyalign.core.errors import PluginError, PolyalignError
+from polyalign.core.errors import PluginError, PolyalignError, shown
 from polyalign.core.plugins import Plugins, describe
 from polyalign.core.recipe import Recipe
+from polyalign.core.yaml_file import parse_yaml
 
 CARD_FILE = "MODEL_CARD.md"
 _LISTING_KEY = {"encoder": "encoders", "loss": "losses"}
@@ -55,12 +54,19 @@ def front_matter(text: str) -> str:
 def read_card(path: Path) -> dict[str, Any]:
     """The machine-readable header (YAML front matter) of a model card."""
     try:
-        header = yaml.safe_load(front_matter(Path(path).read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        header = parse_yaml(front_matter(Path(path).read_text(encoding="utf-8")), f"{path} (its header)")
+    except (OSError, UnicodeDecodeError) as exc:
         raise PolyalignError(f"cannot read the model card {path}: {exc}") from None
-    if not isinstance(header, dict) or not isinstance(header.get("requires"), list):
+    requires = header.get("requires") if isinstance(header, dict) else None
+    if not isinstance(requires, list):
         raise PolyalignError(f"{path} has no polyalign header (YAML front matter with `requires:`); "
                              f"was the folder written by `polyalign export`?")
+    bad = [i for i, r in enumerate(requires) if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in (
+        "kind", "name")) or not all(isinstance(r.get(k, ""), str) for k in ("plugin", "distribution", "version"))]
+    if bad:
+        raise PolyalignError(f"{path}: requires.{bad[0]} is {shown(requires[bad[0]])}; each entry of `requires:` "
+                             f"must be a mapping of text: kind, name, plugin, distribution, version. Export "
+                             f"the model again with `polyalign export`.")
     return header
 
 
@@ -70,17 +76,15 @@ def check_card(path: Path, plugins: Plugins) -> dict[str, Any]:
     installed = _installed(plugins)
     missing, other = [], []
     for req in header["requires"]:
-        have = installed.get((req.get("kind"), req.get("name")))
+        have = installed.get((req["kind"], req["name"]))
         source = f"{req.get('distribution', '?')} {req.get('version', '?')}"
         if have is None:
-            missing.append(f"{req.get('kind')} {req.get('name')!r} (from {source})")
+            missing.append(f"{req['kind']} {req['name']!r} (from {source})")
         elif have["distribution"] == req.get("distribution") and have["version"] != req.get("version"):
-            other.append(f"{req.get('kind')} {req.get('name')!r}: exported with {source}, "
-                         f"installed {have['version']}")
+            other.append(f"{req['kind']} {req['name']!r}: exported with {source}, installed {have['version']}")
     if missing:
-        pins = sorted({f"{r['distribution']}=={r['version']}" for r in header["requires"]
-                       if installed.get((r.get("kind"), r.get("name"))) is None
-                       and r.get("distribution", "?") != "?"})
+        pins = sorted({f"{r['distribution']}=={r.get('version', '?')}" for r in header["requires"]
+                       if installed.get((r["kind"], r["name"])) is None and r.get("distribution", "?") != "?"})
         hint = f" Install them (pip install {' '.join(pins)})" if pins else " Install the plugins that provide them"
         raise PluginError(f"{path} needs plugins that are not installed: {', '.join(missing)}.{hint} "
                           f"and load the model again; `polyalign plugins` lists what is installed.")

@@ -6,13 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from polyalign.core.errors import PolyalignError, shown
+from polyalign.core.manifest_file import SUFFIXES, parse_cell, read_lines, read_manifest
+from polyalign.core.npy_file import read_npy
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.manifest_file import SUFFIXES, parse_cell, read_manifest
-
-SOURCE_KINDS = "a folder of files, a manifest (.csv or .jsonl, one column per modality), a .npy array " \
-               "(one row per value) or a .txt file (one value per line)"
+SOURCE_KINDS = "a folder of files (one value per file), a manifest (.csv or .jsonl, one column per modality), " \
+               "a .npy array (one value per row of its first axis) or a .txt file (one value per line)"
 
 
 @dataclass
@@ -29,7 +28,7 @@ def read_manifest_column(path: Path, modality: str) -> Values:
     samples, _ = read_manifest(path)
     columns = sorted({k for r in samples for k in r})
     if modality not in columns:
-        raise PolyalignError(f"{path} has no column {modality!r}; its columns are: {', '.join(columns) or 'none'}")
+        raise PolyalignError(f"{path} has no column {shown(modality)}; its columns are: {', '.join(columns) or 'none'}")
     rows = [(i, s) for i, s in enumerate(samples) if modality in s]
     return Values([s[modality] for _, s in rows], [s.get("id", i) for i, s in rows], path.parent)
 
@@ -54,24 +53,29 @@ def read_source(source: str | Path, modality: str) -> Values:
     if path.suffix in SUFFIXES:
         return read_manifest_column(path, modality)
     if path.suffix == ".npy":
-        try:
-            rows = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise PolyalignError(f"cannot read {path} as a NumPy array: {exc}") from None
-        if rows.ndim != 2:
-            raise PolyalignError(f"{path}: expected a 2-D array (one row per value), got shape {rows.shape}")
+        rows = read_npy(path)
+        if rows.ndim < 2:
+            raise PolyalignError(f"{path} holds an array of shape {rows.shape}, which is one value, not rows of "
+                                 f"values (a .npy source holds one value per row of its first axis); embed a file "
+                                 f"holding one value with `polyalign embed --value {path}`")
         return Values(list(rows), list(range(len(rows))), None)
     if path.suffix == ".txt":
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line.strip() for line in read_lines(path) if line.strip()]
         return Values(lines, list(lines), path.parent)
     raise PolyalignError(f"{path}: cannot tell what values it holds; give {SOURCE_KINDS}")
+
+
+def one_value(text: str) -> Values:
+    """A single raw value given on the command line: a path (a file holding one value, e.g. a whole
+    recording in a ``.npy``), inline text or ``[numbers]``; its id is the text itself."""
+    return Values([parse_cell(text, "--value")], [text], None)
 
 
 def split_assignment(text: str, option: str) -> tuple[str, str]:
     """``"audio=clip.wav"`` -> ``("audio", "clip.wav")``."""
     modality, sep, value = text.partition("=")
     if not sep or not modality.strip():
-        raise PolyalignError(f"{option} {text!r}: write MODALITY=VALUE, e.g. {option} text=\"a dog\"")
+        raise PolyalignError(f"{option} {shown(text)}: write MODALITY=VALUE, e.g. {option} text=\"a dog\"")
     return modality.strip(), value
 
 

@@ -9,18 +9,18 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import yaml
 from pydantic import ValidationError
 
 from polyalign.core.assemble import Assembled, assemble, build_loss, build_model
 from polyalign.core.data import describe_value
 from polyalign.core.device import pick_device
 from polyalign.core.encoder import Input, to_device
-from polyalign.core.errors import PluginError, PolyalignError, RecipeError
+from polyalign.core.errors import PluginError, PolyalignError, RecipeError, cut, shown
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe
-from polyalign.core.run_files import CHECKPOINTS_DIR, RECIPE_FILE
-from polyalign.core.weights import WEIGHTS, CheckpointError, load_weights, resolve_checkpoint
+from polyalign.core.run_files import RECIPE_FILE
+from polyalign.core.weights import WEIGHTS, CheckpointError, load_weights, resolve_checkpoint, run_checkpoint
+from polyalign.core.yaml_file import YamlError, read_yaml
 
 from .model_card import CARD_FILE, check_card
 
@@ -38,13 +38,13 @@ class Hit:
 def read_recipe_file(path: Path) -> Recipe:
     """A resolved ``recipe.yaml`` (schema only: the data and evaluator plugins need not be installed)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RecipeError(str(path), [("", f"cannot read the recipe: {exc}")]) from None
+        raw = read_yaml(path)
+    except YamlError as exc:
+        raise RecipeError(str(path), [(exc.path, exc.reason)]) from None
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        problems = [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
+        problems = [(".".join(cut(str(p), 60) for p in e["loc"]), e["msg"]) for e in exc.errors()]
         raise RecipeError(str(path), problems) from None
 
 
@@ -66,6 +66,15 @@ def values_list(modality: str, values: Any) -> list[Any]:
                              f"{type(values).__name__}") from None
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read a block at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def rank_hits(scores: torch.Tensor, top_k: int, ids: Sequence[Any] | None = None) -> list[list[Hit]]:
     """The ``top_k`` best candidates of each query row of ``scores`` (Q, C); ties keep list order."""
     if top_k < 1:
@@ -73,12 +82,27 @@ def rank_hits(scores: torch.Tensor, top_k: int, ids: Sequence[Any] | None = None
     n = scores.shape[1]
     if ids is not None and len(ids) != n:
         raise PolyalignError(f"{len(ids)} ids for {n} candidates; give one id per candidate")
-    order = torch.sort(scores.detach().float().cpu(), dim=1, descending=True, stable=True)
+    scores = scores.detach().float().cpu()
+    k = min(top_k, n)
     hits = []
-    for values, indices in zip(order.values[:, :top_k].tolist(), order.indices[:, :top_k].tolist()):
-        hits.append([Hit(r + 1, i, ids[i] if ids is not None else i, v)
-                     for r, (v, i) in enumerate(zip(values, indices))])
+    for row in scores:
+        if k < n and not bool(row.isnan().any()):  # sort only the rows that can make the top k
+            keep = (row >= torch.topk(row, k).values[-1]).nonzero(as_tuple=True)[0]
+        else:
+            keep = torch.arange(n)
+        order = torch.sort(row[keep], descending=True, stable=True)  # keep is ascending: ties stay in order
+        hits.append([Hit(r + 1, i, ids[i] if ids is not None else i, v) for r, (v, i) in
+                     enumerate(zip(order.values[:k].tolist(), keep[order.indices[:k]].tolist()))])
     return hits
+
+
+def refuse_nonfinite(what: str, embeddings: torch.Tensor) -> None:
+    """Refuse rows of ``embeddings`` holding NaN or infinity: such rows cannot be ranked."""
+    bad = (~torch.isfinite(embeddings).all(dim=-1)).nonzero().flatten().tolist() if embeddings.dim() == 2 else []
+    if bad:
+        raise PolyalignError(f"{what}: NaN or infinite embeddings at row(s) "
+                             f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} (a NaN or "
+                             f"infinity in the values?); such rows cannot be ranked")
 
 
 class TrainedModel:
@@ -116,17 +140,13 @@ class TrainedModel:
     def weights_sha256(self) -> str:
         """SHA-256 of the weights file: identifies the model that made an embeddings file."""
         if self._sha256 is None:
-            digest = hashlib.sha256()
-            with open(self.weights_file, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            self._sha256 = digest.hexdigest()
+            self._sha256 = file_sha256(self.weights_file)
         return self._sha256
 
     def check_modality(self, modality: str) -> None:
         """Raise a clear error unless ``modality`` is one of the model's."""
         if modality not in self.model.encoders:
-            raise PolyalignError(f"{modality!r} is not a modality of this model; it has: "
+            raise PolyalignError(f"{shown(modality)} is not a modality of this model; it has: "
                                  f"{', '.join(self.modalities)}")
 
     def _load(self, modality: str, value: Any, root: Path, index: int) -> Input:
@@ -159,10 +179,9 @@ class TrainedModel:
             out[m] = torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim, device=self.device)
         return out
 
-    @torch.no_grad()
-    def score_embeddings(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
-                         target: str) -> torch.Tensor:
-        """Scores ``(Q, C)`` of embedded candidates of ``target`` for embedded query tuples."""
+    def query_tuple(self, queries: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
+        """Embedded query tuples as the loss scores them: checked, on the model's device, with a
+        learned placeholder for each absent modality when the model was trained with them."""
         self.check_modality(target)
         if not queries:
             raise PolyalignError("no query modality given; give at least one, e.g. {'a': [...]}")
@@ -174,6 +193,8 @@ class TrainedModel:
         sizes = {m: int(z.shape[0]) for m, z in queries.items()}
         if len(set(sizes.values())) != 1:
             raise PolyalignError(f"every query modality needs one value per query; got {sizes}")
+        for m, z in queries.items():
+            refuse_nonfinite(f"query modality {m!r}", z)
         q = {m: z.to(self.device) for m, z in queries.items()}
         if self.model.missing == "learned":  # as in training: a placeholder for each absent modality
             ref = next(self.model.parameters())
@@ -181,13 +202,43 @@ class TrainedModel:
             for m in self.modalities:
                 if m != target and m not in q:
                     q[m] = self.model.missing_rows(m, n, ref).float()
+        return q
+
+    @torch.no_grad()
+    def score_embeddings(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
+                         target: str) -> torch.Tensor:
+        """Scores ``(Q, C)`` of embedded candidates of ``target`` for embedded query tuples."""
+        q = self.query_tuple(queries, target)
+        refuse_nonfinite("candidates", candidates)
         scores = self.loss.score(q, candidates.to(self.device), target)
-        expected = (next(iter(sizes.values())), int(candidates.shape[0]))
+        expected = (next(iter(q.values())).shape[0], int(candidates.shape[0]))
         if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
             got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
             raise PluginError(f"loss {type(self.loss).__name__}.score() returned {got}; expected "
                               f"{expected} (queries x candidates)")
+        if torch.isnan(scores).any():
+            raise PluginError(f"loss {type(self.loss).__name__}.score() returned NaN scores for finite embeddings")
         return scores.float()
+
+    @torch.no_grad()
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
+        """``(Q, embed_dim)`` vectors whose inner products with candidates of ``target`` rank them as
+        the run's score does (:meth:`polyalign.core.loss.Loss.inner_product_query`); an error
+        when the loss's score is no inner product with the candidate."""
+        q = self.query_tuple(queries, target)
+        vectors = self.loss.inner_product_query(q, target)
+        if vectors is None:
+            raise PolyalignError(
+                f"the run's loss ({type(self.loss).__name__}) scores a query of {', '.join(sorted(queries))} "
+                f"against {target} with a rule that is no inner product with the candidate, so an index "
+                f"cannot rank for it; give the candidates as an embeddings file (polyalign embed) or a "
+                f"source instead of a .faiss index")
+        expected = (next(iter(q.values())).shape[0], self.embed_dim)
+        if not isinstance(vectors, torch.Tensor) or tuple(vectors.shape) != expected:
+            got = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
+            raise PluginError(f"loss {type(self.loss).__name__}.inner_product_query() returned {got}; "
+                              f"expected {expected} (queries x embedding size) or None")
+        return vectors.float()
 
     def score(self, queries: dict[str, Any], candidates: dict[str, Any],
               root: str | Path | None = None) -> torch.Tensor:
@@ -247,11 +298,7 @@ def load(path: str | Path, checkpoint: str = "last", device: str = "auto",
         weights_dir, checkpoint = path, str(card.get("checkpoint", "last"))
     elif (path / RECIPE_FILE).is_file():
         recipe = read_recipe_file(path / RECIPE_FILE)
-        weights_dir = path / CHECKPOINTS_DIR / checkpoint
-        if not weights_dir.is_dir() and not weights_dir.with_name(f".{checkpoint}.old").is_dir():
-            found = sorted(p.name for p in (path / CHECKPOINTS_DIR).glob("[!.]*")) if (path / CHECKPOINTS_DIR).is_dir() else []
-            raise CheckpointError(f"{path}: no checkpoint {checkpoint!r}; it has: {', '.join(found) or 'none'} "
-                                  f"(a run saves 'best' only when it has a validation split)")
+        weights_dir = run_checkpoint(path, checkpoint)
     else:
         raise PolyalignError(f"{path} is neither a run directory ({RECIPE_FILE} + checkpoints/) nor an "
                              f"exported model ({CARD_FILE} + {WEIGHTS}); give the folder `polyalign "

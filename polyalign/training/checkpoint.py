@@ -108,10 +108,12 @@ def step_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 def prune_step_checkpoints(root: Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` newest step checkpoints (and leftovers of interrupted
-    saves of step checkpoints); return what was deleted."""
+    """Delete all but the ``keep`` newest complete step checkpoints, and whatever an interrupted
+    save or an interrupted pruning left (a ``step-*`` folder missing a file, ``.step-*`` folders);
+    return what was deleted."""
     root = Path(root)
-    doomed = [path for _, path in step_checkpoints(root)[:-keep or None]]
+    kept = {path for _, path in step_checkpoints(root)[-keep:]}
+    doomed = sorted(p for p in root.glob(f"{STEP_PREFIX}*") if _STEP_DIR.match(p.name) and p.is_dir() and p not in kept)
     doomed += [p for p in root.glob(f".{STEP_PREFIX}*") if p.is_dir()]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -119,10 +120,10 @@ def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
-def broadcast_path(path: "os.PathLike | None") -> "os.PathLike":
-    """Rank 0's ``path`` on every rank (identity in one process)."""
+def broadcast_from_main(value: Any) -> Any:
+    """Rank 0's ``value`` (a run directory, an error message...) on every rank (identity in one process)."""
     if not _active():
-        return path
-    box = [path]
+        return value
+    box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]

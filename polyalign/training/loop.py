@@ -55,16 +55,18 @@ class Trainer:
         self._make_loaders()
         self.batches_per_epoch = len(self.train_loader)
         if self.batches_per_epoch < cfg.accumulate:
+            per_rank = f" per process (of {dist.world})" if dist.enabled else ""
             raise PolyalignError(
-                f"train.accumulate: {cfg.accumulate} micro-batches make one optimizer step, but an epoch has "
-                f"only {self.batches_per_epoch} batch(es) of {cfg.batch_size} rows; lower train.accumulate or "
-                f"train.batch_size")
-        self.steps_per_epoch = self.batches_per_epoch // cfg.accumulate
+                f"train.accumulate: {cfg.accumulate} batches make one optimizer step, but an epoch of the train "
+                f"split ({len(self.train_set)} rows) has only {self.batches_per_epoch} batch(es) of "
+                f"{self.rank_batch}{per_rank}: no optimizer step would ever run. Lower train.accumulate or "
+                f"train.batch_size.")
+        self.steps_per_epoch = max(1, self.batches_per_epoch // cfg.accumulate)
         total = self.steps_per_epoch * cfg.epochs
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
         self.sharded: ShardedParts | None = None  # set by _forward_model with strategy: fsdp
         forward_model = self._forward_model()  # before the optimizer: sharding replaces the parameters
-        optimizer, self.scheduler = build_optimizer([self.model, self.loss_fn], cfg, self.total_steps)
+        optimizer, self.scheduler = build_optimizer(self.model, self.loss_fn, recipe, self.total_steps)
         self.optimizer = optimizer
         scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         self.stepper = Stepper(recipe, self.model, forward_model, self.loss_fn, optimizer,
@@ -80,6 +82,11 @@ class Trainer:
                 self.scheduler, scaler)
             if restored is not None:  # else killed before its first checkpoint: start over from step 0
                 self.progress, self.saved_step = restored, restored.step
+
+    @property
+    def started(self) -> bool:
+        """Whether the run has anything to keep: an optimizer step taken or a checkpoint written."""
+        return self.progress.step > 0 or self.saved_step is not None
 
     def _forward_model(self) -> nn.Module:
         """The model as the steps call it: wrapped in DDP (or sharded with FSDP2) across processes,

@@ -1,13 +1,15 @@
-"""The run directory: ``runs/<name>-<timestamp>/`` with the resolved recipe inside."""
+"""The run directory: ``runs/<name>-<timestamp>/`` with the resolved recipe inside, and what a resume may change."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
-from polyalign.core.recipe import Recipe
+from polyalign.core.plugins import Plugins
+from polyalign.core.recipe import Recipe, load_recipe
 from polyalign.core.run_files import RECIPE_FILE
 
 
@@ -34,3 +36,39 @@ def new_run_dir(base: Path, recipe: Recipe) -> Path:
 def write_recipe(run_dir: Path, recipe: Recipe) -> None:
     """Write the resolved ``recipe.yaml`` of a run (atomically)."""
     atomic_write_text(Path(run_dir) / RECIPE_FILE, f"# polyalign train {RECIPE_FILE} (resolved)\n" + recipe.to_yaml())
+
+
+RESUMABLE = ("description", "eval", "logging", "train.epochs", "train.max_steps", "train.log_every",
+             "train.checkpoint_every", "train.keep_last", "train.on_nan", "train.max_nan_skips", "train.device",
+             "train.num_workers", "train.pin_memory", "train.compile")
+"""What ``--resume RUN key=value`` may change: how long the run goes on, what it logs, keeps and
+evaluates, and where and how fast it runs. Anything else (the model, the data, the loss, the batch,
+the seed, the optimiser, the precision...) would make the rest of the run a different run."""
+
+
+def changed_keys(old: Any, new: Any, path: str = "") -> list[str]:
+    """Dotted paths where two recipe dumps differ (mappings compared key by key, other values whole)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in dict.fromkeys([*old, *new])
+                for k in changed_keys(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))]
+    return [] if old == new else [path]
+
+
+def resume_recipe(run_dir: Path, overrides: list[str] | None, plugins: Plugins) -> tuple[Recipe, list[str]]:
+    """The recipe a resumed run continues with: its ``recipe.yaml`` with ``overrides`` applied, and
+    the keys they change. Raises naming the keys that may not change on resume (see :data:`RESUMABLE`)."""
+    path = Path(run_dir) / RECIPE_FILE
+    if not path.is_file():
+        raise PolyalignError(f"--resume {run_dir}: not a run directory (no {RECIPE_FILE})")
+    saved = load_recipe(path, None, plugins)
+    if not overrides:
+        return saved, []
+    recipe = load_recipe(path, overrides, plugins)
+    changed = changed_keys(saved.model_dump(mode="json"), recipe.model_dump(mode="json"))
+    refused = [k for k in changed if not any(k == r or k.startswith(r + ".") for r in RESUMABLE)]
+    if refused:
+        raise PolyalignError(
+            f"--resume {run_dir}: {', '.join(refused)} cannot change when a run is resumed: the rest of the run "
+            f"would no longer continue the same model, data and loss. Start a new run with them instead "
+            f"(polyalign train {path} {' '.join(overrides)}). What may change: {', '.join(RESUMABLE)}.")
+    return recipe, changed

@@ -97,8 +97,7 @@ def save_state(root: Path, weights: dict[str, torch.Tensor], optimizer_state: di
     save_checkpoint(root / names[0], weights, state)
     for name in names[1:]:
         link_checkpoint(root / names[0], root / name)
-    if cfg.checkpoint_every:
-        prune_step_checkpoints(root, cfg.keep_last)
+    prune_step_checkpoints(root, cfg.keep_last)  # also when a resume turned checkpoint_every off
 
 
 def restore_state(root: Path, set_weights: Callable[[dict[str, torch.Tensor]], None],

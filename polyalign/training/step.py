@@ -18,7 +18,7 @@ from torch.distributed.tensor import DTensor
 
 from polyalign.core.batch import Batch
 from polyalign.core.device import autocast_for
-from polyalign.core.errors import PluginError, PolyalignError
+from polyalign.core.errors import PolyalignError
 from polyalign.core.loss import LossOutput, Temperature, check_loss_output, clamp_temperatures, float_metrics
 from polyalign.core.model import MultiModalModel
 from polyalign.core.recipe import Recipe
@@ -46,7 +46,7 @@ def temperature_of(loss: nn.Module) -> float | None:
     """τ of the first :class:`Temperature` in the loss (for logging)."""
     for m in loss.modules():
         if isinstance(m, Temperature):
-            return float(1.0 / m.scale.detach())
+            return m.tau
     return None
 
 
@@ -95,12 +95,7 @@ class Stepper:
         loss_present = self.model.loss_present(present)
         if self.recipe.train.gather == "global":
             emb, loss_present = gather_batch(emb, loss_present)
-        out = check_loss_output(self.loss_fn(emb, loss_present), self.loss_name)
-        if torch.is_grad_enabled() and not out.loss.requires_grad:
-            raise PluginError(f"loss plugin {self.loss_name!r} returned a loss that does not depend on the "
-                              f"embeddings (no gradient): keep it a tensor computed from them (no .item(), "
-                              f".detach() or torch.tensor(...))")
-        return out
+        return check_loss_output(self.loss_fn(emb, loss_present), self.loss_name, torch.is_grad_enabled())
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` (scaled by the fp16 gradient scaler when there is one)."""

@@ -52,7 +52,8 @@ class MissingModalityConfig(BaseModel):
     top_k: list[int] = Field(default_factory=lambda: [1, 5], description="k of the top-k accuracies")
     rates: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75],
                                description="test-time dropout rates of the curve ([] = no curve)")
-    resamples: int = Field(1000, ge=10, description="bootstrap resamples for the intervals")
+    resamples: int = Field(1000, ge=10, le=1_000_000, description="bootstrap resamples for the intervals "
+                                                                  "(each keeps one mean per metric and point)")
     confidence: float = Field(0.95, gt=0, lt=1, description="coverage of the bootstrap interval")
     seed: int | None = Field(None, description="resampling seed (default: the recipe's seed)")
 

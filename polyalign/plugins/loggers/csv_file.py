@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.core.atomic import atomic_write_text
+from polyalign.core.errors import PolyalignError
 from polyalign.core.hookspecs import hookimpl
 from polyalign.core.run_files import logged_before
 
@@ -30,8 +31,12 @@ class CsvLogger:
         if not self.path.exists():
             return []
         reader = csv.DictReader(io.StringIO(self.path.read_text(encoding="utf-8"), newline=""))
-        self.columns = list(reader.fieldnames or [])
-        return list(reader)
+        try:
+            self.columns = list(reader.fieldnames or [])
+            return list(reader)
+        except csv.Error as exc:
+            raise PolyalignError(f"{self.path}, line {reader.line_num + 1}: not a CSV row ({exc}); remove that "
+                                 f"line, then resume") from None
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO(newline="")
@@ -62,7 +67,10 @@ class CsvLogger:
         rows = self._read()
         if not rows:
             return
-        keep = [r for r in rows if logged_before(r, start_step, start_epoch)]
+        try:
+            keep = [r for r in rows if logged_before(r, start_step, start_epoch)]
+        except ValueError as exc:
+            raise PolyalignError(f"{self.path}: {exc}; remove that row, then resume") from None
         self._rewrite(keep)
 
     @hookimpl

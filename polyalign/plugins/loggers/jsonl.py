@@ -30,13 +30,17 @@ class JsonlLogger:
     def on_train_start(self, start_step: int, start_epoch: int) -> None:
         if not self.path.exists():
             return
-        rows = []
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+        keep = []
+        for n, line in enumerate(self.path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
             try:
-                rows.append(json.loads(line))
-            except ValueError:  # a row torn by a kill mid-write; the resumed run logs it again
+                row = json.loads(line)
+            except (ValueError, RecursionError):  # a row torn by a kill mid-write; the resumed run logs it again
                 continue
-        keep = [json.dumps(r) for r in rows if logged_before(r, start_step, start_epoch)]
+            try:
+                if logged_before(row, start_step, start_epoch):
+                    keep.append(json.dumps(row))
+            except ValueError as exc:
+                raise PolyalignError(f"{self.path}, line {n}: {exc}; remove that line, then resume") from None
         atomic_write_text(self.path, "".join(line + "\n" for line in keep))
 
     @hookimpl

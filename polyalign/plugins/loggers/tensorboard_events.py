@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from polyalign.core.errors import PolyalignError
+from polyalign.core.evaluator import eval_tag
 from polyalign.core.hookspecs import hookimpl
 
 LOG_DIR = "tensorboard"
-
-
-def eval_tag(row: dict[str, Any], split: str) -> str:
-    """``eval/test/zero_shot/b_from_a+c/accuracy`` for an evaluator row."""
-    query = "+".join(row.get("query") or [])
-    parts = [str(row.get("task", "eval")), f"{row.get('target')}_from_{query}", str(row.get("metric"))]
-    return "/".join(["eval", split] + [re.sub(r"\s+", "_", p) for p in parts])
 
 
 class TensorBoardLogger:

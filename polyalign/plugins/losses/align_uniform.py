@@ -10,7 +10,8 @@ Missing modalities: each alignment term uses the rows where both modalities are 
 uniformity term the present rows of its modality (at least two).
 
 Score: ``−Σ_q ‖z_q − z_t‖²``, the alignment the loss optimises (the same ranking as the sum of
-cosines for unit vectors).
+cosines for unit vectors). The loss cannot know that the candidates are unit vectors (the model's
+``normalize`` decides), so it declares no inner-product form (``inner_product_query`` is None).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
 
-from .pairwise import PairGraph, pair_graph, paired_rows, sum_of_cosines, symmetric_info_nce
+from .pairwise import PairGraph, pair_graph, paired_rows, sum_of_cosines, summed_query, symmetric_info_nce
 from .rows import zero_loss
 
 
@@ -45,11 +45,14 @@ class ClipLoss(Loss):
         loss = torch.stack(list(terms.values())).mean() if terms else zero_loss(embeddings)
         metrics = {f"loss_{k}": v.detach() for k, v in terms.items()}
         metrics["logit_scale"] = scale.detach()
-        metrics["temperature"] = 1.0 / metrics["logit_scale"]
+        metrics["temperature"] = (-self.temperature.log_scale).exp().detach()  # τ even where 1/τ underflows
         return LossOutput(loss, metrics)
 
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
         return sum_of_cosines(queries, candidates)
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
+        return summed_query(queries)
 
 
 def build_clip(config: ClipConfig) -> ClipLoss:

@@ -14,7 +14,9 @@ and at least one other modality are present; an absent non-anchor vector is repl
 vector orthogonal to everything else (its row and column of the Gram matrix become those of the
 identity), which leaves the volume of the present vectors unchanged.
 
-Score: ``−Vol(query vectors, z_t)`` over the query modalities given plus the target.
+Score: ``−Vol(query vectors, z_t)`` over the query modalities given plus the target. It is no
+function of one inner product with the candidate, so an index (``polyalign index``) cannot serve
+this loss: ``inner_product_query`` is None and ``polyalign search`` refuses ``.faiss`` candidates.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_
 
 from .blockwise import Reductions, reduce_blockwise
 from .multiview import positive_logsumexp, stack_views
-from .pairwise import sum_of_cosines
+from .pairwise import sum_of_cosines, summed_query
 from .rows import zero_loss
 
 
@@ -74,6 +74,9 @@ class MvInfoNceLoss(Loss):
 
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
         return sum_of_cosines(queries, candidates)
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
+        return summed_query(queries)
 
 
 def build_mv_infonce(config: MvInfoNceConfig) -> MvInfoNceLoss:

@@ -16,13 +16,21 @@ PairGraph = Literal["full", "star"]
 
 
 def pair_graph(names: list[str], graph: PairGraph = "full", anchor: str | None = None) -> list[tuple[str, str]]:
-    """All pairs (``full``) or the pairs containing ``anchor`` (``star``; default: first name)."""
+    """All pairs (``full``) or the pairs containing ``anchor`` (``star``; default: first name).
+
+    Pair terms are named ``m-n``; names that would make two of them equal (``a`` and ``b-c``,
+    ``a-b`` and ``c``) are refused (a recipe allows no ``-`` in a modality name)."""
     if graph == "full":
-        return list(combinations(names, 2))
-    anchor = anchor if anchor is not None else names[0]
-    if anchor not in names:
-        raise PolyalignError(f"star anchor {anchor!r} is not among the modalities ({', '.join(names)})")
-    return [(anchor, n) for n in names if n != anchor]
+        pairs = list(combinations(names, 2))
+    else:
+        anchor = anchor if anchor is not None else names[0]
+        if anchor not in names:
+            raise PolyalignError(f"star anchor {anchor!r} is not among the modalities ({', '.join(names)})")
+        pairs = [(anchor, n) for n in names if n != anchor]
+    if len({f"{m}-{n}" for m, n in pairs}) < len(pairs):
+        raise PolyalignError(f"the modality names {', '.join(map(repr, names))} give two pair terms the same "
+                             f"name m-n; use names without '-'")
+    return pairs
 
 
 def paired_rows(present: dict[str, torch.Tensor], m: str, n: str) -> torch.Tensor:
@@ -32,7 +40,12 @@ def paired_rows(present: dict[str, torch.Tensor], m: str, n: str) -> torch.Tenso
 
 def sum_of_cosines(queries: dict[str, torch.Tensor], candidates: torch.Tensor) -> torch.Tensor:
     """Pairwise scoring rule: ``Σ_q z_q · z_t`` -> ``(Q, C)``."""
-    return sum(q @ candidates.T for q in queries.values())
+    return summed_query(queries) @ candidates.T
+
+
+def summed_query(queries: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``Σ_q z_q``: the vector whose inner product with a candidate is :func:`sum_of_cosines`."""
+    return sum(queries.values())
 
 
 def _pair_logits(exclude_positive: bool):

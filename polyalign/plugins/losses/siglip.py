@@ -22,7 +22,16 @@ from pydantic import Field
 from torch import nn
 
 from polyalign.core.errors import PolyalignError
-from polyalign.core.loss import Loss, LossConfig, LossOutput, Metric, Temperature, full_present
+from polyalign.core.loss import (
+    MAX_LOGIT_SCALE,
+    MIN_LOGIT_SCALE,
+    Loss,
+    LossConfig,
+    LossOutput,
+    Metric,
+    Temperature,
+    full_present,
+)
 
 from .blockwise import Reductions, reduce_blockwise
 from .pairwise import PairGraph, pair_graph, paired_rows
@@ -30,7 +39,8 @@ from .rows import zero_loss
 
 
 class SiglipConfig(LossConfig):
-    temperature: float = Field(0.1, gt=0, description="initial τ = 1/t of every pair (t starts at 10)")
+    temperature: float = Field(0.1, ge=1 / MAX_LOGIT_SCALE, le=1 / MIN_LOGIT_SCALE,
+                               description="initial τ = 1/t of every pair (t starts at 10), in [0.01, 1]")
     bias: float = Field(-10.0, description="initial bias b of every pair")
     pairs: PairGraph = Field("full", description="full = every pair; star = pairs with the anchor")
     anchor: str | None = Field(None, description="anchor modality of the star graph (default: first)")
@@ -115,6 +125,11 @@ class SiglipLoss(Loss):
                 scale, bias = self.scales[key].scale, self.biases[key]
             out = out + F.logsigmoid(scale * zq @ candidates.T + bias)
         return out
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
+        """One query modality: its embedding (``logsigmoid(t·z_q·z_t + b)`` rises with ``z_q·z_t``);
+        a sum of several logsigmoids is no function of one inner product: None."""
+        return next(iter(queries.values())) if len(queries) == 1 else None
 
 
 def build_siglip(config: SiglipConfig, modalities: list[str] | None = None) -> SiglipLoss:

@@ -15,7 +15,8 @@ tuple ``(i, ..., i)``; the loss is the mean over the ``M`` anchors of the cross-
 - ``scale: dim`` multiplies the MIP by ``d^((M-1)/2)`` (a random MIP of unit vectors shrinks like
   ``d^-(M-1)/2``) and divides the initial ``1/τ`` by the same factor, so training starts from the
   same logits as ``scale: none``; what changes is the ceiling: ``1/τ ≤ 100`` now allows logits
-  ``d^((M-1)/2)`` times larger. It needs ``embed_dim`` and ``modalities`` (a recipe passes them).
+  ``d^((M-1)/2)`` times larger (the floor ``1/τ ≥ 1`` stays on the scaled logits, so it is lowered
+  by the same factor). It needs ``embed_dim`` and ``modalities`` (a recipe passes them).
 
 Missing modalities: the MIP is defined on whole tuples, so the loss uses the rows where every
 modality is present (fewer than two such rows give a zero loss). To learn from incomplete
@@ -31,10 +32,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationInfo, model_validator
 
 from polyalign.core.errors import PolyalignError
-from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
+from polyalign.core.loss import MIN_LOGIT_SCALE, Loss, LossConfig, LossOutput, Temperature, full_present
+from polyalign.core.memory import memory_problem
 
 from .multilinear import anchor_logsumexps, mip
 from .rows import all_present, complete_rows, zero_loss
@@ -48,6 +50,20 @@ class SymileConfig(LossConfig):
         "none", description="dim = multiply the MIP by d^((M-1)/2) and lower the initial 1/τ to match")
     chunk_size: int | None = Field(None, ge=1, description="n_squared: rows of the first M-2 modalities' "
                                                            "combinations per block (default: ~4M logits a block)")
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self, info: ValidationInfo) -> SymileConfig:
+        """n_squared keeps one log-sum-exp per combination of the first M-2 modalities' rows: N^(M-2)
+        numbers for a batch of N, which outgrows any machine as modalities are added."""
+        context = info.context or {}
+        m, n = len(context.get("modalities", [])), context.get("batch_size")
+        if self.negatives == "n_squared" and m > 3 and n:
+            problem = memory_problem(4.0 * float(n) ** (m - 2), f"negatives: n_squared over {m} modalities "
+                                     f"with a batch of {n} keeps {n}^{m - 2} = {float(n) ** (m - 2):.3g} "
+                                     f"log-sum-exps of 4 bytes")
+            if problem:
+                raise ValueError(f"{problem}; use negatives: n, or a smaller train.batch_size")
+        return self
 
 
 def mip_multiplier(embed_dim: int, n_modalities: int) -> float:
@@ -68,7 +84,8 @@ class SymileLoss(Loss):
                                      "them, from Python call build('loss', 'symile', scale='dim', "
                                      "modalities=[...], embed_dim=...)")
             init = mip_multiplier(embed_dim, len(modalities))
-        self.temperature = Temperature(config.temperature * init, config.learn_temperature)
+        self.temperature = Temperature(config.temperature * init, config.learn_temperature,
+                                       min_scale=MIN_LOGIT_SCALE / init)  # the floor on the scaled logits
 
     def _multiplier(self, zs: list[torch.Tensor]) -> float:
         return mip_multiplier(zs[0].shape[1], len(zs)) if self.config.scale == "dim" else 1.0
@@ -109,11 +126,15 @@ class SymileLoss(Loss):
         return LossOutput(per_anchor.mean(), metrics)
 
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
+        return self.inner_product_query(queries, target) @ candidates.T
+
+    def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
+        """``⊙_{q∈Q} z_q``: the elementwise product of the query embeddings."""
         zs = list(queries.values())
         prod = zs[0]
         for q in zs[1:]:
             prod = prod * q
-        return prod @ candidates.T
+        return prod
 
 
 def build_symile(config: SymileConfig, modalities: list[str] | None = None,

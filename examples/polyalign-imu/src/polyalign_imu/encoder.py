@@ -10,7 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import Encoder
+from polyalign.core.encoder import Encoder, pad_with_mask, resolve_file
 from polyalign.core.errors import PolyalignError
 
 
@@ -25,10 +25,10 @@ class ImuConfig(BaseModel):
 
 
 def read_recording(value: Any, root: Path | None) -> np.ndarray:
-    """A ``(samples, axes)`` array from a ``.csv`` (one header row) or ``.npy`` file."""
-    path = Path(root or ".") / str(value)
-    if not path.is_file():
-        raise PolyalignError(f"IMU file not found: {path}")
+    """A ``(samples, axes)`` array: a ``.csv`` (one header row) or ``.npy`` file, or an array itself."""
+    if not isinstance(value, (str, Path)):
+        return np.asarray(value, dtype=np.float32)  # e.g. polyalign.load(run).embed({"imu": [array]})
+    path = resolve_file(value, root, "IMU recording")  # "IMU recording file not found: ..." if absent
     try:
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False).astype(np.float32)
@@ -44,37 +44,33 @@ class ImuEncoder(Encoder):
         super().__init__()
         self.config = config
         self.width = config.hidden  # the core adds a projection from `width` to the embedding size
-        layers: list[nn.Module] = []
-        channels = config.axes
-        for _ in range(config.layers):
-            layers += [nn.Conv1d(channels, config.hidden, 5, stride=2, padding=2), nn.GELU()]
-            channels = config.hidden
-        self.net = nn.Sequential(*layers)
+        channels = [config.axes] + [config.hidden] * config.layers
+        self.convs = nn.ModuleList(nn.Conv1d(a, b, 5, stride=2, padding=2) for a, b in zip(channels, channels[1:]))
 
     def load(self, value: Any, root: Path | None) -> torch.Tensor:
         """One recording -> ``(samples, axes)``, each axis minus its mean (removes gravity)."""
         x = read_recording(value, root)
         if x.ndim != 2 or x.shape[1] != self.config.axes:
-            raise PolyalignError(f"IMU recording {value} has shape {x.shape}; expected (samples, "
+            name = value if isinstance(value, (str, Path)) else "value"
+            raise PolyalignError(f"IMU recording {name} has shape {x.shape}; expected (samples, "
                                  f"{self.config.axes})")
         x = x[: self.config.max_length]
         return torch.from_numpy(x - x.mean(axis=0, keepdims=True))
 
     def collate(self, values: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Pad to the longest recording; ``mask`` is 1 on real samples."""
-        longest = max(v.shape[0] for v in values)
-        signal = torch.zeros(len(values), longest, self.config.axes)
-        mask = torch.zeros(len(values), longest)
-        for i, v in enumerate(values):
-            signal[i, : v.shape[0]] = v
-            mask[i, : v.shape[0]] = 1.0
+        """Pad to the longest recording; ``mask`` is True on real samples."""
+        signal, mask = pad_with_mask(values)
         return {"signal": signal, "mask": mask}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        h = self.net(batch["signal"].transpose(1, 2))  # (B, hidden, T')
-        # the mask at the convolutions' resolution: a position is real if its window starts on a real sample
-        mask = batch["mask"][:, :: 2 ** self.config.layers][:, : h.shape[2]].unsqueeze(1)
-        return (h * mask).sum(dim=2) / mask.sum(dim=2).clamp(min=1.0)
+        h, mask = batch["signal"].transpose(1, 2), batch["mask"]  # (B, axes, T), (B, T)
+        for conv in self.convs:
+            # zero the padding before each convolution, so a recording's features do not depend on
+            # how long the others in its batch are; position j of the output looks at input 2j
+            h = nn.functional.gelu(conv(h * mask.unsqueeze(1)))
+            mask = mask[:, ::2]
+        weights = mask.unsqueeze(1).to(h.dtype)
+        return (h * weights).sum(dim=2) / weights.sum(dim=2).clamp(min=1.0)
 
 
 def build_imu(config: ImuConfig) -> ImuEncoder:
