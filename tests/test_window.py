@@ -16,7 +16,6 @@ from torch import nn
 import polyalign
 from polyalign.core.batch import Batch
 from polyalign.core.encoder import Encoder
-from polyalign.core.errors import PolyalignError
 from polyalign.core.model import MultiModalModel
 from polyalign.core.plugins import default_plugins
 from polyalign.encoders.vector import VectorEncoder
@@ -199,10 +198,4 @@ def test_training_with_a_window_follows_training_with_one_big_batch(tmp_path):
     for k in b:
         torch.testing.assert_close(w[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     assert any(not torch.allclose(m[k], b[k], rtol=1e-3, atol=1e-4) for k in b)  # micro negatives differ
-
-
-def test_accumulating_more_micro_batches_than_an_epoch_has_is_refused(tmp_path):
-    with pytest.raises(PolyalignError, match=r"train.accumulate: 9 micro-batches make one optimizer step, but an "
-                                             r"epoch has only 8 batch\(es\) of 32 rows"):
-        polyalign.train(XOR, out=tmp_path, overrides=TINY + ["train.batch_size=32", "train.accumulate=9"])
 

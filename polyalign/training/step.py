@@ -200,4 +200,5 @@ def _nonfinite_input(batch: Batch, m: str) -> bool:
     x = batch.inputs.get(m)
     if x is None:
         return False
-    return any(t.is_floating_point() and not torch.isfinite(t).all() for t in (x.values() if isinstance(x, dict) else [x]))
+    tensors = x.values() if isinstance(x, dict) else [x]
+    return any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors)
