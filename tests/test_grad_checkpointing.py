@@ -1,5 +1,5 @@
-"""``grad_checkpointing: true`` on every built-in encoder with blocks: the same outputs, gradients
-and running statistics as without it, with fewer activations kept for backward."""
+"""``grad_checkpointing: true`` on every built-in encoder with blocks, both open_clip towers included:
+the same outputs, gradients and running statistics as without it, with fewer activations kept."""
 
 from __future__ import annotations
 
@@ -25,6 +25,19 @@ def tiny_bert(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A 2-layer open_clip model folder with random weights (no download)."""
+    from polyalign.encoders.open_clip import save_random_model
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    save_random_model(folder, {"embed_dim": 16, "vision_cfg": {"image_size": 24, "patch_size": 8, "width": 32,
+                                                               "layers": 2, "head_width": 16},
+                               "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2,
+                                            "layers": 2}})
+    return folder
+
+
 def _tokens(rows: int, length: int, vocab: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     mask = torch.ones(rows, length, dtype=torch.long)
@@ -47,6 +60,10 @@ CASES = {  # name: (plugin, options, input); every backbone has dropout or Batch
                   lambda _: torch.randn(4, 4000, generator=torch.Generator().manual_seed(1))),
     "audio-wav2vec2": ("audio", {"backbone": "wav2vec2", "arch": "tiny", "clip_seconds": 0.25},
                        lambda _: torch.randn(4, 4000, generator=torch.Generator().manual_seed(1))),
+    "open_clip-image": ("open_clip", {"tower": "image"},
+                        lambda _: torch.randn(4, 3, 24, 24, generator=torch.Generator().manual_seed(1))),
+    "open_clip-text": ("open_clip", {"tower": "text"},
+                       lambda _: torch.randint(1, 49407, (4, 12), generator=torch.Generator().manual_seed(1))),
     "ecg": ("ecg", {"leads": 3, "length": 200, "base_width": 4, "blocks": [1, 1]},
             lambda _: torch.randn(4, 3, 200, generator=torch.Generator().manual_seed(1))),
 }
@@ -74,6 +91,8 @@ def test_checkpointing_changes_memory_not_results(case, request):
     plugin, options, make = CASES[case]
     if plugin == "text":
         options = {"model": str(request.getfixturevalue("tiny_bert"))}
+    if plugin == "open_clip":
+        options = {**options, "model": str(request.getfixturevalue("tiny_clip"))}
     x = make(None)
     out, grads, buffers, saved = _run(plugin, options, x, False)
     out_c, grads_c, buffers_c, saved_c = _run(plugin, options, x, True)
