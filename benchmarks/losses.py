@@ -44,6 +44,8 @@ VARIANTS: dict[str, tuple[str, str, dict, tuple[int, ...]]] = {
     "siglip": ("polyalign", "siglip", {}, (3, 4)),
     "siglip chunk_size=256": ("polyalign", "siglip", {"chunk_size": 256}, (3, 4)),
     "dcl": ("polyalign", "dcl", {}, (3, 4)),
+    "dcl negatives=cross_modal": ("polyalign", "dcl", {"negatives": "cross_modal"}, (3, 4)),
+    "dclw": ("polyalign", "dclw", {}, (3, 4)),
     "align_uniform": ("polyalign", "align_uniform", {}, (3, 4)),
 }
 
@@ -62,6 +64,8 @@ def estimate(variant: str, n: int, m: int, d: int) -> tuple[float, float]:
     pairs = m * (m - 1) // 2
     chunk = config.get("chunk_size")
     square = (chunk or rows) * rows * (1 if name == "mv_infonce" else pairs) * (m if name == "gram" else 1)
+    if name in ("dcl", "dclw") and config.get("negatives") != "cross_modal":
+        square *= 4  # an N x 2N block per direction
     return 6 * square * f32, 6 * rows * rows * pairs * (d + 20) / 1e10
 
 

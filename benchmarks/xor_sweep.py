@@ -35,6 +35,7 @@ LOSSES = {  # row name -> the recipe's `loss:` node, as YAML
     "mv_dhel": "{plugin: mv_dhel}",
     "siglip": "{plugin: siglip}",
     "dcl": "{plugin: dcl}",
+    "dclw": "{plugin: dclw}",
     "clip + 0.1 align_uniform": "[{plugin: clip}, {plugin: align_uniform, weight: 0.1}]",
 }
 

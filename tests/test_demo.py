@@ -71,17 +71,28 @@ def test_plugin_generates_once_into_the_cache(tmp_path, monkeypatch):
 
 
 def test_demo_recipe_trains_and_loss_falls(tmp_path):
+    probe = "eval.7"  # the linear probe, on fewer feature sets and values of C than the recipe's
+    assert polyalign.load_recipe(RECIPES / "demo-multimodal.yaml").eval[7].plugin == "linear_probe"
     run = polyalign.train(RECIPES / "demo-multimodal.yaml", out=tmp_path / "runs",
-                          overrides=TINY_DEMO + [f"data.path={tmp_path / 'data'}"])
+                          overrides=TINY_DEMO + [f"data.path={tmp_path / 'data'}", f"{probe}.cs=[0.1,10]",
+                                                 f"{probe}.draws=1", f"{probe}.features=[[image],[image,text]]"])
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in rows if r["kind"] == "epoch"]
     assert len(epochs) == 4 and epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert {"loss_image-text", "loss_audio-ecg"} <= set(rows[0])
     report = json.loads((run / "eval" / "report.json").read_text())
-    accuracy = {(r["target"], "+".join(r["query"])): r["value"] for r in report if r["metric"] == "accuracy"}
+    accuracy = {(r["target"], "+".join(r["query"])): r["value"] for r in report
+                if r["task"] == "zero_shot" and r["metric"] == "accuracy"}
     assert set(accuracy) == {("text", "image"), ("image", "audio"), ("audio", "ecg"), ("ecg", "text"),
                              ("text", "audio+ecg+image")}
     assert all(0.0 <= v <= 1.0 for v in accuracy.values())
+    tasks = {r["task"] for r in report}
+    assert tasks == {"zero_shot", "retrieval", "zero_shot_classification", "linear_probe"}
+    classes = {r["class"] for r in report if r["task"] == "zero_shot_classification" and "class" in r}
+    assert classes == {"red circle", "green square"}  # the demo's label names, data.classes=2
+    assert {r["shots"] for r in report if r["task"] == "linear_probe"} == {"all", 1, 5}
+    markdown = (run / "eval" / "report.md").read_text()
+    assert all(task in markdown for task in tasks)
 
 
 @pytest.mark.parametrize("bad", ["data.classes=9", "data.flip_rate=1.0"])

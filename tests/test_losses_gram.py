@@ -78,7 +78,7 @@ def test_missing_non_anchor_vectors_drop_out_of_the_volume():
     present = {"a": torch.tensor([1, 1, 1, 1, 0], dtype=torch.bool),
                "b": torch.tensor([1, 0, 1, 1, 1], dtype=torch.bool),
                "c": torch.tensor([1, 1, 1, 0, 1], dtype=torch.bool)}
-    loss = build64("gram", 0.3)
+    loss = build64("gram", 0.3, label_smoothing=0.0)
     ours = loss(dict(zip("abc", zs)), present).loss
     keep = [0, 1, 2, 3]  # row 4 lacks the anchor
     flags = [[bool(present["b"][j]), bool(present["c"][j])] for j in keep]
@@ -88,9 +88,41 @@ def test_missing_non_anchor_vectors_drop_out_of_the_volume():
 
 def test_anchor_is_configurable():
     zs = unit(5, 6, 3, seed=31)
-    loss = build64("gram", 0.3, anchor="c")
+    loss = build64("gram", 0.3, anchor="c", label_smoothing=0.0)
     ours = loss(dict(zip("abc", zs))).loss
     assert torch.allclose(ours, brute_gram_loss([zs[2], zs[0], zs[1]], 0.3), rtol=1e-10)
+
+
+def reference_volume(language, *others):
+    """The reference code's volume (ispamm/GRAM, utils/volume.py, volume_computation), step by step:
+    the (k+1)-square Gram matrix of each (language_i, others_j) pair, then sqrt(|det|)."""
+    n1, n2 = language.shape[0], others[0].shape[0]
+    ll = (language * language).sum(1)[:, None].expand(-1, n2)
+    lo = [language @ o.T for o in others]
+    oo = [[(a * b).sum(1)[None, :].expand(n1, -1) for b in others] for a in others]
+    g = torch.stack([torch.stack([ll, *lo], -1), *[torch.stack([lo[i], *oo[i]], -1) for i in range(len(others))]], -2)
+    return torch.sqrt(torch.abs(torch.linalg.det(g)))
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_defaults_are_the_papers_text_anchor_and_label_smoothing(m):
+    names = ["audio", "text", "video", "depth"][:m]
+    zs = unit(6, 8, m, seed=50 + m)
+    ours = build64("gram", 0.07, modalities=names)(dict(zip(names, zs))).loss
+    text, others = zs[1], [z for z, n in zip(zs, names) if n != "text"]
+    volume = reference_volume(text, *others) / 0.07  # the reference divides by its temperature parameter
+    targets = torch.arange(6)
+    ref = (F.cross_entropy(-volume, targets, label_smoothing=0.1)
+           + F.cross_entropy(-volume.T, targets, label_smoothing=0.1)) / 2
+    assert torch.allclose(ours, ref, rtol=1e-9)
+    for g_ours, g_ref in zip(torch.autograd.grad(ours, zs), torch.autograd.grad(ref, zs)):
+        assert torch.allclose(g_ours, g_ref, rtol=1e-7, atol=1e-10)
+
+
+def test_without_a_text_modality_the_anchor_is_the_first():
+    zs = unit(5, 6, 3, seed=60)
+    ours = build64("gram", 0.2)(dict(zip("abc", zs))).loss
+    assert torch.allclose(ours, brute_gram_loss(zs, 0.2, 0.1), rtol=1e-10)
 
 
 def test_score_is_minus_the_volume_of_queries_and_candidate():

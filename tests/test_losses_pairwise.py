@@ -1,4 +1,4 @@
-"""Pairwise losses (clip, dcl, siglip, align_uniform) against dense formulas and open_clip."""
+"""Pairwise losses (clip, dcl, dclw, siglip, align_uniform) against dense formulas, reference code and open_clip."""
 
 from __future__ import annotations
 
@@ -36,15 +36,67 @@ def test_clip_is_the_mean_over_pairs_of_the_graph():
     assert torch.allclose(star, (pair(b, a) + pair(b, c)) / 2, rtol=1e-12)
 
 
-def test_dcl_leaves_the_positive_out_of_the_denominator():
-    x, y = unit(7, 4, 2, seed=3)
-    ours = build64("dcl", 0.2)({"x": x, "y": y}).loss
+LOG_1E_45 = math.log(1e-45)  # the reference masks each anchor's own rows by adding this, not -inf
+
+
+def reference_dcl_one_way(z1, z2, tau, weight_fn=None):
+    """The DCL reference code (raminnakhli/Decoupled-Contrastive-Learning, loss/dcl.py), step by step:
+    the cross-view similarities, the positive term (times the weight), then the logsumexp over the
+    in-view and cross-view similarities with each anchor's own two entries masked."""
+    cross = z1 @ z2.T
+    positive = -torch.diag(cross) / tau
+    if weight_fn is not None:
+        positive = positive * weight_fn(z1, z2)
+    similarities = torch.cat([z1 @ z1.T, cross], dim=1) / tau
+    mask = torch.eye(z1.shape[0], dtype=z1.dtype).repeat(1, 2)
+    return (positive + torch.logsumexp(similarities + mask * LOG_1E_45, dim=1)).mean()
+
+
+def vmf_weight(sigma):
+    """DCLW's weight as in the reference: 2 - N * softmax(<z1_i, z2_i> / sigma)."""
+    return lambda z1, z2: 2 - z1.shape[0] * torch.softmax((z1 * z2).sum(dim=1) / sigma, dim=0)
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_dcl_equals_the_reference_code_values_and_gradients(tau):
+    x, y = unit(9, 5, 2, seed=3)
+    ours = build64("dcl", tau)({"x": x, "y": y}).loss
+    ref = reference_dcl_one_way(x, y, tau) + reference_dcl_one_way(y, x, tau)  # the reference's training step
+    assert torch.allclose(ours, ref, rtol=1e-12)
+    for g_ours, g_ref in zip(torch.autograd.grad(ours, [x, y]), torch.autograd.grad(ref, [x, y])):
+        assert torch.allclose(g_ours, g_ref, rtol=1e-10, atol=1e-14)
+
+
+def test_dclw_equals_the_reference_code_with_the_weight_taken_as_a_constant():
+    x, y = unit(8, 5, 2, seed=4)
+    ours = build64("dclw", 0.2)({"x": x, "y": y}).loss
+    plain = reference_dcl_one_way(x, y, 0.2, vmf_weight(0.5)) + reference_dcl_one_way(y, x, 0.2, vmf_weight(0.5))
+    assert torch.allclose(ours, plain, rtol=1e-12)  # the same value
+    constant = lambda a, b: vmf_weight(0.5)(a.detach(), b.detach())  # noqa: E731  (lightly's detached weight)
+    ref = reference_dcl_one_way(x, y, 0.2, constant) + reference_dcl_one_way(y, x, 0.2, constant)
+    for g_ours, g_ref in zip(torch.autograd.grad(ours, [x, y]), torch.autograd.grad(ref, [x, y])):
+        assert torch.allclose(g_ours, g_ref, rtol=1e-10, atol=1e-14)
+    g_through_weight = torch.autograd.grad(plain, [x])[0]
+    assert not torch.allclose(torch.autograd.grad(build64("dclw", 0.2)({"x": x, "y": y}).loss, [x])[0],
+                              g_through_weight, rtol=1e-6)  # the stated difference is real
+
+
+def test_dcl_cross_modal_keeps_only_the_other_modality_as_negatives():
+    x, y = unit(7, 4, 2, seed=5)
+    ours = build64("dcl", 0.2, negatives="cross_modal")({"x": x, "y": y}).loss
     terms = []
     for s in (x @ y.T / 0.2, y @ x.T / 0.2):
         for i in range(7):
             neg = torch.stack([s[i, j] for j in range(7) if j != i])
             terms.append(torch.logsumexp(neg, 0) - s[i, i])
-    assert torch.allclose(ours, torch.stack(terms).mean(), rtol=1e-12)
+    assert torch.allclose(ours, 2 * torch.stack(terms).mean(), rtol=1e-12)  # two directions, summed
+
+
+def test_dcl_over_three_modalities_is_the_mean_over_pairs():
+    a, b, c = unit(6, 4, 3, seed=6)
+    pair = lambda u, v: reference_dcl_one_way(u, v, 0.3) + reference_dcl_one_way(v, u, 0.3)  # noqa: E731
+    ours = build64("dcl", 0.3)({"a": a, "b": b, "c": c}).loss
+    assert torch.allclose(ours, (pair(a, b) + pair(a, c) + pair(b, c)) / 3, rtol=1e-12)
 
 
 def test_siglip_equals_open_clip_sigmoid_loss_per_pair():

@@ -11,16 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hand_made import hand_made_context
 from PIL import Image
 
 import polyalign
 from polyalign.cli import main
-from polyalign.core.assemble import Assembled, assemble
-from polyalign.core.evaluator import EvalContext
-from polyalign.core.model import MultiModalModel
+from polyalign.core.assemble import assemble
 from polyalign.core.plugins import make_plugins
 from polyalign.core.recipe import validate_recipe
-from polyalign.encoders.vector import VectorEncoder
 from polyalign.plugins.evaluators.missing_modality import (MissingModality, MissingModalityConfig,
                                                            chance_metrics, query_subsets, resample_means)
 from polyalign.plugins.evaluators.zero_shot import ZeroShot, ZeroShotConfig
@@ -29,42 +27,6 @@ from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 # ---------------------------------------------------------------- a hand-made model
-
-
-class ListDataset:
-    """Samples given in code (only the test split is used)."""
-
-    root = None
-
-    def __init__(self, modalities, samples):
-        self.modalities = tuple(modalities)
-        self.samples = samples
-
-    def split(self, name):
-        return self.samples
-
-
-def hand_made_context(emb: dict[str, np.ndarray], present: dict[str, np.ndarray] | None = None,
-                      labels: list[int] | None = None, missing: str = "drop") -> EvalContext:
-    """An EvalContext whose embeddings are ``emb`` (no encoder runs); the raw value of modality m
-    in row i is ``[i]``, so every row's target is a distinct candidate; the score is CLIP's
-    sum of dot products."""
-    names = list(emb)
-    n = next(iter(emb.values())).shape[0]
-    present = present or {m: np.ones(n, bool) for m in names}
-    samples = []
-    for i in range(n):
-        s = {m: np.array([float(i)], np.float32) for m in names if present[m][i]}
-        if labels is not None:
-            s["label"] = labels[i]
-        samples.append(s)
-    d = next(iter(emb.values())).shape[1]
-    model = MultiModalModel({m: VectorEncoder(1, []) for m in names}, d, "none", missing)
-    parts = Assembled(ListDataset(names, samples), model, ClipLoss(ClipConfig()))
-    ctx = EvalContext(parts, "test", torch.device("cpu"), seed=0)
-    ctx._cache["emb"] = ({m: torch.tensor(v, dtype=torch.float32) for m, v in emb.items()},
-                         {m: torch.tensor(p) for m, p in present.items()})
-    return ctx
 
 
 def brute_force(scores: np.ndarray, correct: np.ndarray, ks=(1, 5)) -> dict[str, float]:

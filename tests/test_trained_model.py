@@ -80,6 +80,14 @@ def test_score_is_the_sum_of_cosines_in_float64(model):
     assert torch.allclose(got.double(), expected, atol=1e-6)
 
 
+def test_score_ranks_candidate_tuples_with_the_losses_rule(model):
+    emb = model.embed({"a": ALL_BITS[:5], "b": ALL_BITS, "c": ALL_BITS[::-1]})
+    expected = emb["a"].double() @ emb["b"].double().T + emb["a"].double() @ emb["c"].double().T
+    got = model.score({"a": ALL_BITS[:5]}, {"b": ALL_BITS, "c": ALL_BITS[::-1]})
+    assert got.shape == (5, 32)
+    assert torch.allclose(got.double(), expected, atol=1e-6)
+
+
 def test_search_ranks_the_right_item_first_on_xor(model):
     hits = model.search({"a": ALL_BITS}, {"c": ALL_BITS}, top_k=3, ids=[f"c{i}" for i in range(32)])
     assert [h[0].index for h in hits] == list(range(32))
@@ -94,8 +102,10 @@ def test_bad_calls_say_what_to_do(run, model):
         model.embed({"x": [ALL_BITS[0]]})
     with pytest.raises(PolyalignError, match="wrap it in a list"):
         model.embed({"a": "vector.npy"})
-    with pytest.raises(PolyalignError, match="exactly one modality"):
-        model.score({"a": ALL_BITS}, {"b": ALL_BITS, "c": ALL_BITS})
+    with pytest.raises(PolyalignError, match="one row per candidate"):
+        model.score({"a": ALL_BITS}, {"b": ALL_BITS, "c": ALL_BITS[:3]})
+    with pytest.raises(PolyalignError, match="'b' is both a query modality and a candidates' modality"):
+        model.score({"a": ALL_BITS, "b": ALL_BITS}, {"b": ALL_BITS})
     with pytest.raises(PolyalignError, match=r"modality 'a', value 1 .*expected a vector of 5 numbers, got 3"):
         model.embed({"a": [ALL_BITS[0], [1.0, 0.0, 1.0]]})
     with pytest.raises(PolyalignError, match="no checkpoint 'step9'; it has: best, last"):

@@ -20,8 +20,10 @@ class Dataset(Protocol):
     """What a dataset plugin returns: modality names, a root folder and three splits.
 
     Optional attributes the core uses when present: ``on_error`` (``"raise"`` or ``"skip"``:
-    what to do with a row whose value fails to load) and ``locate(split, index) -> str`` (where
-    a row comes from, e.g. a manifest file and line, for error messages).
+    what to do with a row whose value fails to load), ``locate(split, index) -> str`` (where
+    a row comes from, e.g. a manifest file and line, for error messages) and ``label_names``
+    (the name of each class, indexed by the samples' integer ``label``: what zero-shot
+    classification writes into its prompts).
     """
 
     modalities: Sequence[str]

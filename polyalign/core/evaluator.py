@@ -15,7 +15,8 @@ import torch
 
 from .assemble import Assembled
 from .data import EpochSampler, Sample, make_loader, skip_summary
-from .errors import PluginError, PolyalignError, cut, shown
+from .errors import PolyalignError, cut, shown
+from .loss import score_candidates
 
 ROW_KEYS = ("task", "target", "query", "metric", "value")
 NUMBER_KEYS = ("value", "ci_low", "ci_high", "chance", "rate")
@@ -41,26 +42,30 @@ class EvalContext:
     def modalities(self) -> list[str]:
         return self.parts.model.modalities
 
-    def embeddings(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``(embeddings, present)`` for every sample of the split (CPU, float32), computed once."""
-        if "emb" not in self._cache:
-            self._cache["emb"] = embed_split(self.parts, self.split, self.device, self.batch_size)
-        return self._cache["emb"]
+    def embeddings(self, split: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(embeddings, present)`` for every sample of ``split`` (default: the one evaluated; a
+        linear probe also fits on ``train`` and ``val``), CPU float32, computed once per split."""
+        split = split or self.split
+        key = "emb" if split == self.split else f"emb:{split}"
+        if key not in self._cache:
+            self._cache[key] = embed_split(self.parts, split, self.device, self.batch_size)
+        return self._cache[key]
+
+    def embed_values(self, modality: str, values: Sequence[Any]) -> torch.Tensor:
+        """Raw values of ``modality`` (e.g. class prompts for the text encoder) embedded by the
+        model -> ``(N, E)`` CPU float32; relative paths resolve against the dataset's root."""
+        return self.parts.model.embed_values(modality, values, self.parts.dataset.root, self.device,
+                                             self.batch_size).float().cpu()
+
+    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
+        """The loss's scores ``(Q, C)`` of the candidates of ``target``, checked for shape and NaN."""
+        return self.score_tuples(queries, {target: candidates})
 
     @torch.no_grad()
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
-        """The loss's scoring rule, checked for shape."""
-        out = self.parts.loss.score(queries, candidates, target)
-        n_q = next(iter(queries.values())).shape[0]
-        name = self.parts.loss_name or type(self.parts.loss).__name__
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n_q, candidates.shape[0]):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise PluginError(f"loss plugin {name!r}: score() returned {got}; "
-                              f"expected ({n_q}, {candidates.shape[0]}) (queries x candidates)")
-        if torch.isnan(out).any():
-            raise PluginError(f"loss plugin {name!r}: score() returned NaN scores for target {target!r} "
-                              f"(ranks computed from them would be meaningless)")
-        return out
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss's scores ``(Q, C)`` of candidates made of one or more modalities, checked."""
+        return score_candidates(self.parts.loss, queries, candidates,
+                                self.parts.loss_name or type(self.parts.loss).__name__)
 
 
 @torch.no_grad()
@@ -109,6 +114,16 @@ def per_query_metrics(ranks: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[s
 def retrieval_metrics(ranks: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Top-k accuracy (``accuracy`` for k = 1, ``top5``...) and MRR from ranks."""
     return {name: float(v.mean()) for name, v in per_query_metrics(ranks, ks).items()}
+
+
+def recall_and_rank(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Retrieval's summary of ranks: ``R@k`` (share of queries with a correct candidate in the
+    top k), ``median_rank`` (the middle two averaged) and ``mean_rank`` of the best correct candidate."""
+    ranks = ranks.double()
+    out = {f"R@{k}": float((ranks <= k).double().mean()) for k in ks}
+    out["median_rank"] = float(ranks.quantile(0.5))
+    out["mean_rank"] = float(ranks.mean())
+    return out
 
 
 def value_key(value: Any) -> Any:

@@ -46,7 +46,10 @@ def register_losses(register: Register) -> None:
     """Register loss plugins: ``register(name, factory, config=Model, help="...")``.
 
     ``factory(config, **context)`` returns a :class:`polyalign.core.loss.Loss` with
-    ``forward(embeddings, present) -> LossOutput`` and ``score(queries, candidates, target)``.
+    ``forward(embeddings, present) -> LossOutput`` and a scoring rule: ``score(queries,
+    candidates, target)`` ranks candidates of one modality; ``score_tuples(queries, candidates)``
+    (optional, ``candidates`` a dict of modalities) also ranks tuples; define it and ``score``
+    follows (docs/losses.md).
     Context arguments the factory may accept: ``modalities`` (names) and ``embed_dim``.
     """
 
@@ -60,8 +63,10 @@ def register_datasets(register: Register) -> None:
     ``split(name) -> list[dict]`` for ``train``, ``val`` and ``test``. A sample is a dict
     ``modality -> raw value`` with missing modalities absent, plus optional ``label`` and ``id``.
     The object may also have ``on_error`` (``"raise"`` or ``"skip"``: what to do with a row
-    whose value fails to load) and ``locate(split, index) -> str`` (where a row comes from,
-    e.g. ``manifest data/train.jsonl, line 7``, used in error messages).
+    whose value fails to load), ``locate(split, index) -> str`` (where a row comes from,
+    e.g. ``manifest data/train.jsonl, line 7``, used in error messages) and ``label_names``
+    (a list: the name of class ``k`` for samples with ``label: k``, used by zero-shot
+    classification prompts).
     Context argument the factory may accept: ``seed`` (the recipe's seed).
     """
 

@@ -89,6 +89,10 @@ class Loss(nn.Module):
     ``(N,)`` mask (None = all present); returns :class:`LossOutput`.
     ``score(queries, candidates, target)``: ``queries[m]`` is ``(Q, d)`` for each query
     modality, ``candidates`` ``(C, d)`` embeddings of ``target``; returns ``(Q, C)`` scores.
+    ``score_tuples(queries, candidates)``: the same for candidates made of several modalities,
+    ``candidates[m]`` ``(C, d)`` for each, row ``c`` of every one together being candidate ``c``
+    (text -> (video, audio)). Define ``score_tuples`` to rank tuples (``score`` then defaults to
+    it with one candidate modality); a loss that defines only ``score`` ranks one modality.
     ``inner_product_query(queries, target)``: whether the score reduces to an inner product
     with the candidate, which is what lets an index (``polyalign index``) serve the loss.
     """
@@ -98,8 +102,20 @@ class Loss(nn.Module):
         raise TypeError(f"loss {type(self).__name__} does not define forward()")
 
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
-              target: str) -> torch.Tensor:  # pragma: no cover
-        raise TypeError(f"loss {type(self).__name__} does not define score()")
+              target: str) -> torch.Tensor:
+        """``(Q, C)`` scores of the candidates of ``target`` for each query tuple."""
+        if type(self).score_tuples is Loss.score_tuples:
+            raise TypeError(f"loss {type(self).__name__} defines no scoring rule: define "
+                            f"score(queries, candidates, target) or score_tuples(queries, candidates)")
+        return self.score_tuples(queries, {target: candidates})
+
+    def score_tuples(self, queries: dict[str, torch.Tensor],
+                     candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(Q, C)`` scores of candidate tuples (``candidates[m]`` ``(C, d)``) for each query tuple."""
+        if len(candidates) == 1 and type(self).score is not Loss.score:
+            (target, bank), = candidates.items()
+            return self.score(queries, bank, target)
+        raise PluginError(cannot_rank_tuples(type(self).__name__, list(candidates)))
 
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
         """``(Q, d)`` vectors ``v`` such that ``score`` ranks every candidate ``c`` of ``target`` as
@@ -108,6 +124,47 @@ class Loss(nn.Module):
         index cannot rank for this loss and ``polyalign search`` refuses to use one. The default
         is None; override it when the scoring rule allows it."""
         return None
+
+
+def cannot_rank_tuples(plugin: str, candidates: list[str]) -> str:
+    """The error for a loss asked to rank tuples when its scoring rule ranks one modality."""
+    return (f"loss {plugin!r} ranks candidates of one modality (it defines score(), not score_tuples()), so it "
+            f"cannot rank candidates made of {'+'.join(candidates)}; retrieve one modality at a time, or give "
+            f"the loss a score_tuples(queries, candidates) method (docs/losses.md, 'Scoring')")
+
+
+def score_candidates(loss: nn.Module, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor],
+                     plugin: str) -> torch.Tensor:
+    """The loss's ``(Q, C)`` scores of candidate tuples for query tuples, checked for shape and NaN.
+
+    One candidate modality goes through ``score()`` (every loss has it), several through
+    ``score_tuples()``; ``plugin`` names the loss in errors.
+    """
+    if not queries or not candidates:
+        raise PolyalignError(f"scoring needs at least one query and one candidate modality; got queries "
+                             f"{list(queries) or 'none'}, candidates {list(candidates) or 'none'}")
+    for side, tensors in (("query", queries), ("candidate", candidates)):
+        sizes = {m: int(z.shape[0]) for m, z in tensors.items()}
+        if len(set(sizes.values())) != 1:
+            raise PolyalignError(f"every {side} modality needs one row per {side}; got {sizes}")
+    target = "+".join(candidates)
+    if len(candidates) == 1:
+        method = "score()"
+        out = loss.score(queries, candidates[target], target)
+    else:
+        method = "score_tuples()"
+        if not can_rank_tuples(loss):
+            raise PluginError(cannot_rank_tuples(plugin, list(candidates)))
+        out = loss.score_tuples(queries, candidates)
+    expected = (int(next(iter(queries.values())).shape[0]), int(next(iter(candidates.values())).shape[0]))
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PluginError(f"loss plugin {plugin!r}: {method} returned {got}; expected {expected} "
+                          f"(queries x candidates)")
+    if torch.isnan(out).any():
+        raise PluginError(f"loss plugin {plugin!r}: {method} returned NaN scores for target {target!r} "
+                          f"(ranks computed from them would be meaningless)")
+    return out
 
 
 def check_loss_output(out: Any, plugin: str, needs_grad: bool = False) -> LossOutput:
@@ -169,7 +226,7 @@ def full_present(embeddings: dict[str, torch.Tensor],
 
 
 class WeightedLoss(Loss):
-    """A weighted sum of losses (a recipe's list under ``loss:``); scores with the first."""
+    """A weighted sum of losses (a recipe's list under ``loss:``); scores with the first term's rule."""
 
     def __init__(self, terms: dict[str, Loss], weights: dict[str, float]):
         super().__init__()
@@ -194,9 +251,17 @@ class WeightedLoss(Loss):
             metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
         return LossOutput(total, metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
-              target: str) -> torch.Tensor:
-        return next(iter(self.terms.values())).score(queries, candidates, target)
+    def score_tuples(self, queries: dict[str, torch.Tensor],
+                     candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        name, first = next(iter(self.terms.items()))
+        return score_candidates(first, queries, candidates, name)
 
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
         return next(iter(self.terms.values())).inner_product_query(queries, target)
+
+
+def can_rank_tuples(loss: nn.Module) -> bool:
+    """Whether the loss's scoring rule ranks candidates made of several modalities (``score_tuples``)."""
+    if isinstance(loss, WeightedLoss):
+        return can_rank_tuples(next(iter(loss.terms.values())))
+    return getattr(type(loss), "score_tuples", Loss.score_tuples) is not Loss.score_tuples

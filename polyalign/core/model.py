@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import Encoder, Input, batch_size_of, encoder_width, select_rows
-from .errors import PluginError
+from .data import describe_value
+from .encoder import Encoder, Input, batch_size_of, encoder_width, select_rows, to_device
+from .errors import PluginError, PolyalignError
 
 Normalize = Literal["l2", "layernorm", "none"]
 MissingStrategy = Literal["drop", "learned"]
+
+
+def load_value(encoder: Encoder, modality: str, value: Any, root: Path | None, index: int) -> Input:
+    """``encoder.load(value, root)``, an error naming the modality, the value and its position."""
+    try:
+        return encoder.load(value, root)
+    except PolyalignError as exc:
+        raise PolyalignError(f"modality {modality!r}, value {index} ({describe_value(value)}): {exc}") from exc
+    except Exception as exc:
+        raise PolyalignError(f"modality {modality!r}, value {index} ({describe_value(value)}): "
+                             f"{type(exc).__name__}: {exc}") from exc
 
 
 class MultiModalModel(nn.Module):
@@ -67,6 +80,35 @@ class MultiModalModel(nn.Module):
                 f"for a batch of {n}; it must return a floating (batch, width) tensor with width "
                 f"{width}.")
         return self._post(m, self.heads[m](feats))
+
+    @torch.no_grad()
+    def embed_values(self, m: str, values: Sequence[Any], root: Path | None, device: torch.device,
+                     batch_size: int = 256) -> torch.Tensor:
+        """Raw values of modality ``m`` (paths relative to ``root``, text, numbers), loaded by its
+        encoder and embedded ``batch_size`` at a time in eval mode -> ``(N, embed_dim)`` on ``device``."""
+        encoder = self.encoders[m]
+        was_training = self.training
+        self.eval()
+        try:
+            chunks = [self.encode(m, to_device(encoder.collate(
+                [load_value(encoder, m, v, root, start + i) for i, v in enumerate(values[start:start + batch_size])]),
+                device)) for start in range(0, len(values), batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim, device=device)
+
+    @torch.no_grad()
+    def with_placeholders(self, queries: dict[str, torch.Tensor], skip: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``queries`` plus, with learned placeholders (``missing="learned"``), the placeholder of
+        every other modality not in ``skip`` (the candidates), as training saw absent ones."""
+        if self.missing != "learned":
+            return queries
+        first = next(iter(queries.values()))
+        out = dict(queries)
+        for m in self.modalities:
+            if m not in skip and m not in out:
+                out[m] = self.missing_rows(m, int(first.shape[0]), first).to(first.device, first.dtype)
+        return out
 
     def missing_rows(self, m: str, n: int, like: torch.Tensor) -> torch.Tensor:
         """Embeddings for ``n`` rows where ``m`` is absent (learned or zeros)."""

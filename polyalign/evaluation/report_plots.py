@@ -56,11 +56,15 @@ def subset_sort_key(query: Any, order: list[str]) -> tuple:
     return (len(members), [order.index(m) if m in order else len(order) for m in members])
 
 
+SUBDIVIDING_KEYS = ("rate", "class", "shots")  # rows that split a (query, target) cell further
+
+
 def heatmap_rows(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Accuracy rows without a dropout rate, grouped by task."""
+    """Accuracy rows of whole (query, target) cells (no dropout rate, single class or probe), by task."""
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if r.get("metric") == METRIC and "rate" not in r and "target" in r and "query" in r:
+        if (r.get("metric") == METRIC and "target" in r and "query" in r
+                and not any(k in r for k in SUBDIVIDING_KEYS)):
             out.setdefault(str(r.get("task", "")), []).append(r)
     return out
 

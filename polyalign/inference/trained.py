@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from polyalign.core.assemble import Assembled, assemble, build_loss, build_model
 from polyalign.core.data import describe_value
 from polyalign.core.device import pick_device
-from polyalign.core.encoder import Input, to_device
 from polyalign.core.errors import PluginError, PolyalignError, RecipeError, cut, shown
+from polyalign.core.loss import score_candidates
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe
 from polyalign.core.run_files import RECIPE_FILE
@@ -149,16 +149,6 @@ class TrainedModel:
             raise PolyalignError(f"{shown(modality)} is not a modality of this model; it has: "
                                  f"{', '.join(self.modalities)}")
 
-    def _load(self, modality: str, value: Any, root: Path, index: int) -> Input:
-        try:
-            return self.model.encoders[modality].load(value, root)
-        except PolyalignError as exc:
-            raise PolyalignError(f"modality {modality!r}, value {index} ({describe_value(value)}): {exc}") from exc
-        except Exception as exc:
-            raise PolyalignError(f"modality {modality!r}, value {index} ({describe_value(value)}): "
-                                 f"{type(exc).__name__}: {exc}") from exc
-
-    @torch.no_grad()
     def embed(self, values: dict[str, Any], root: str | Path | None = None,
               batch_size: int | None = None) -> dict[str, torch.Tensor]:
         """``{modality: [raw values]}`` -> ``{modality: (N, embed_dim)}`` on the model's device.
@@ -167,58 +157,50 @@ class TrainedModel:
         loaded and embedded ``batch_size`` at a time (default: the recipe's batch size).
         """
         root = Path(root) if root is not None else Path.cwd()
-        size = batch_size or self.batch_size
         out: dict[str, torch.Tensor] = {}
         for m, given in values.items():
             self.check_modality(m)
-            items = values_list(m, given)
-            encoder = self.model.encoders[m]
-            chunks = [self.model.encode(m, to_device(encoder.collate(
-                [self._load(m, v, root, start + i) for i, v in enumerate(items[start:start + size])]),
-                self.device)).float() for start in range(0, len(items), size)]
-            out[m] = torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim, device=self.device)
+            out[m] = self.model.embed_values(m, values_list(m, given), root, self.device,
+                                             batch_size or self.batch_size).float()
         return out
 
-    def query_tuple(self, queries: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
-        """Embedded query tuples as the loss scores them: checked, on the model's device, with a
-        learned placeholder for each absent modality when the model was trained with them."""
-        self.check_modality(target)
+    def query_tuple(self, queries: dict[str, torch.Tensor], target: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        """Embedded query tuples as the loss scores them against candidates of ``target`` (one
+        modality or several): checked, on the model's device, with a learned placeholder for each
+        other absent modality when the model was trained with them."""
+        targets = [target] if isinstance(target, str) else list(target)
+        for m in targets:
+            self.check_modality(m)
         if not queries:
             raise PolyalignError("no query modality given; give at least one, e.g. {'a': [...]}")
         for m in queries:
             self.check_modality(m)
-        if target in queries:
-            raise PolyalignError(f"{target!r} is both a query modality and the candidates' modality; "
+        both = [m for m in targets if m in queries]
+        if both:
+            raise PolyalignError(f"{both[0]!r} is both a query modality and a candidates' modality; "
                                  f"query with the other modalities")
         sizes = {m: int(z.shape[0]) for m, z in queries.items()}
         if len(set(sizes.values())) != 1:
             raise PolyalignError(f"every query modality needs one value per query; got {sizes}")
         for m, z in queries.items():
             refuse_nonfinite(f"query modality {m!r}", z)
-        q = {m: z.to(self.device) for m, z in queries.items()}
-        if self.model.missing == "learned":  # as in training: a placeholder for each absent modality
-            ref = next(self.model.parameters())
-            n = next(iter(sizes.values()))
-            for m in self.modalities:
-                if m != target and m not in q:
-                    q[m] = self.model.missing_rows(m, n, ref).float()
-        return q
+        return self.model.with_placeholders({m: z.to(self.device) for m, z in queries.items()}, targets)
 
-    @torch.no_grad()
     def score_embeddings(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
                          target: str) -> torch.Tensor:
         """Scores ``(Q, C)`` of embedded candidates of ``target`` for embedded query tuples."""
-        q = self.query_tuple(queries, target)
-        refuse_nonfinite("candidates", candidates)
-        scores = self.loss.score(q, candidates.to(self.device), target)
-        expected = (next(iter(q.values())).shape[0], int(candidates.shape[0]))
-        if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
-            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-            raise PluginError(f"loss {type(self.loss).__name__}.score() returned {got}; expected "
-                              f"{expected} (queries x candidates)")
-        if torch.isnan(scores).any():
-            raise PluginError(f"loss {type(self.loss).__name__}.score() returned NaN scores for finite embeddings")
-        return scores.float()
+        return self.score_embedded_tuples(queries, {target: candidates})
+
+    @torch.no_grad()
+    def score_embedded_tuples(self, queries: dict[str, torch.Tensor],
+                              candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores ``(Q, C)`` of embedded candidate tuples (``candidates[m]`` ``(C, E)``, row c of each
+        together is candidate c) for embedded query tuples, with the run's own scoring rule."""
+        q = self.query_tuple(queries, list(candidates))
+        for m, z in candidates.items():
+            refuse_nonfinite("candidates" if len(candidates) == 1 else f"candidates of {m!r}", z)
+        plugin = self.parts.loss_name or type(self.loss).__name__
+        return score_candidates(self.loss, q, {m: z.to(self.device) for m, z in candidates.items()}, plugin).float()
 
     @torch.no_grad()
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
@@ -242,14 +224,12 @@ class TrainedModel:
 
     def score(self, queries: dict[str, Any], candidates: dict[str, Any],
               root: str | Path | None = None) -> torch.Tensor:
-        """Scores ``(Q, C)``: query tuples ``{modality: [Q values]}`` against ``{target: [C values]}``."""
-        if len(candidates) != 1:
-            raise PolyalignError(f"candidates must hold exactly one modality (the target), got "
-                                 f"{list(candidates) or 'none'}")
-        (target, values), = candidates.items()
-        self.check_modality(target)
-        bank = self.embed({target: values}, root)[target]
-        return self.score_embeddings(self.embed(queries, root), bank, target)
+        """Scores ``(Q, C)``: query tuples ``{modality: [Q values]}`` against candidates
+        ``{target: [C values]}``, or candidate tuples ``{m1: [C values], m2: [C values]}``."""
+        if not candidates:
+            raise PolyalignError("no candidates given; give {target: [values]} (or several modalities, one "
+                                 "list each, for candidate tuples)")
+        return self.score_embedded_tuples(self.embed(queries, root), self.embed(candidates, root))
 
     def search(self, queries: dict[str, Any], candidates: dict[str, Any], top_k: int = 5,
                ids: Sequence[Any] | None = None, root: str | Path | None = None) -> list[list[Hit]]:

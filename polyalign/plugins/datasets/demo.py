@@ -231,7 +231,20 @@ def ensure_demo(config: DemoConfig) -> Path:
     return folder
 
 
-def build_demo(config: DemoConfig) -> ManifestDataset:
+def class_names(classes: int) -> list[str]:
+    """The demo's class names, colour and shape: 'red circle', 'green square', ..."""
+    return [f"{colour} {shape}" for colour, shape in zip(COLOURS, SHAPES[:classes])]
+
+
+class DemoDataset(ManifestDataset):
+    """The demo's manifests, with the names of its classes (``label_names``)."""
+
+    def __init__(self, config: ManifestConfig, label_names: list[str]):
+        super().__init__(config)
+        self.label_names = label_names
+
+
+def build_demo(config: DemoConfig) -> DemoDataset:
     """Factory for ``demo``: generate on first use, then read the manifests."""
     folder = ensure_demo(config)
-    return ManifestDataset(ManifestConfig(path=str(folder), on_error=config.on_error))
+    return DemoDataset(ManifestConfig(path=str(folder), on_error=config.on_error), class_names(config.classes))

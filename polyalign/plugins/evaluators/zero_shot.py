@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,24 +22,43 @@ class ZeroShotConfig(BaseModel):
     top_k: list[int] = Field(default_factory=lambda: [1, 5], description="k of the top-k accuracies")
 
 
-def candidate_set(ctx: EvalContext, target: str, mode: str, match: str,
+def as_list(target: str | Sequence[str]) -> list[str]:
+    """A target given as one modality or several (a tuple of candidates) as a list."""
+    return [target] if isinstance(target, str) else list(target)
+
+
+def rows_with(present: dict[str, torch.Tensor], modalities: list[str]) -> torch.Tensor:
+    """Mask of the rows where every one of ``modalities`` is present."""
+    mask = present[modalities[0]].clone()
+    for m in modalities[1:]:
+        mask &= present[m]
+    return mask
+
+
+def candidate_set(ctx: EvalContext, target: str | Sequence[str], mode: str, match: str,
                   query_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidate rows of the split and the (queries x candidates) correctness matrix."""
+    """Candidate rows of the split (those with every target modality) and the (queries x
+    candidates) correctness matrix."""
+    targets = as_list(target)
     samples = ctx.samples
     _, present = ctx.embeddings()
-    have = present[target].nonzero(as_tuple=True)[0].tolist()
+    have = rows_with(present, targets).nonzero(as_tuple=True)[0].tolist()
+
+    def value(i: int) -> Any:
+        return tuple(value_key(samples[i][t]) for t in targets)
+
     if match == "label":
         missing = [i for i in have if samples[i].get("label") is None]
         if missing:
-            raise PolyalignError(f"zero_shot match: label needs a label on every sample; row {missing[0]} "
+            raise PolyalignError(f"match: label needs a label on every sample; row {missing[0]} "
                                  f"of split {ctx.split!r} has none")
         key = lambda i: samples[i]["label"]  # noqa: E731
     else:
-        key = lambda i: value_key(samples[i][target])  # noqa: E731
+        key = value
     if mode == "unique":
         first: dict[Any, int] = {}
         for i in have:
-            first.setdefault(value_key(samples[i][target]), i)
+            first.setdefault(value(i), i)
         cand = list(first.values())
     else:
         cand = have
@@ -52,43 +71,43 @@ def candidate_set(ctx: EvalContext, target: str, mode: str, match: str,
     return cand_t, query_ids[:, None] == cand_ids[None, :]
 
 
-def query_embeddings(ctx: EvalContext, target: str, query: list[str],
+def query_embeddings(ctx: EvalContext, target: str | Sequence[str], query: list[str],
                      rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """Query embeddings at ``rows``; a model with learned placeholders (``missing.strategy:
-    learned``) also gets its placeholder for every other non-target modality, as in training."""
+    learned``) also gets its placeholder for every modality neither queried nor a target, as in training."""
     emb, _ = ctx.embeddings()
-    out = {q: emb[q][rows] for q in query}
-    model = ctx.parts.model
-    if model.missing == "learned":
-        ref = next(model.parameters())
-        with torch.no_grad():
-            for m in ctx.modalities:
-                if m != target and m not in out:
-                    out[m] = model.missing_rows(m, int(rows.numel()), ref).float().cpu()
-    return out
+    return ctx.parts.model.with_placeholders({q: emb[q][rows] for q in query}, as_list(target))
+
+
+def rank_queries(ctx: EvalContext, target: str | Sequence[str], query: list[str], candidates: str = "unique",
+                 match: str = "index", rows_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(query rows, rank of each one's best correct candidate, number of candidates)`` for
+    ranking ``target`` (one modality or a tuple) from ``query`` with the loss's score."""
+    targets = as_list(target)
+    emb, present = ctx.embeddings()
+    mask = rows_with(present, targets + list(query))
+    if rows_mask is not None:
+        mask &= rows_mask
+    rows = mask.nonzero(as_tuple=True)[0]
+    if rows.numel() == 0:
+        return rows, torch.empty(0), 0
+    cand, correct = candidate_set(ctx, targets, candidates, match, rows)
+    queries = query_embeddings(ctx, targets, query, rows)
+    scores = ctx.score_tuples({q: z.to(ctx.device) for q, z in queries.items()},
+                              {t: emb[t][cand].to(ctx.device) for t in targets}).float().cpu()
+    return rows, ranks_of_correct(scores, correct), int(cand.numel())
 
 
 def zero_shot_rows(ctx: EvalContext, target: str, query: list[str], candidates: str = "unique",
                    match: str = "index", top_k: list[int] = (1, 5), task: str = "zero_shot",
                    rows_mask: torch.Tensor | None = None) -> tuple[list[dict[str, Any]], torch.Tensor]:
     """Rows for one (target, query) pair and the per-query ranks (for resampling)."""
-    emb, present = ctx.embeddings()
-    mask = present[target].clone()
-    for q in query:
-        mask &= present[q]
-    if rows_mask is not None:
-        mask &= rows_mask
-    rows = mask.nonzero(as_tuple=True)[0]
+    rows, ranks, n_candidates = rank_queries(ctx, target, query, candidates, match, rows_mask)
     if rows.numel() == 0:
-        return [], torch.empty(0)
-    cand, correct = candidate_set(ctx, target, candidates, match, rows)
-    queries = query_embeddings(ctx, target, query, rows)
-    scores = ctx.score({q: z.to(ctx.device) for q, z in queries.items()},
-                       emb[target][cand].to(ctx.device), target).float().cpu()
-    ranks = ranks_of_correct(scores, correct)
+        return [], ranks
     metrics = retrieval_metrics(ranks, top_k)
     base = {"task": task, "target": target, "query": sorted(query), "n": int(rows.numel()),
-            "candidates": int(cand.numel())}
+            "candidates": n_candidates}
     return [{**base, "metric": k, "value": v} for k, v in metrics.items()], ranks
 
 

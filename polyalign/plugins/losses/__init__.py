@@ -7,7 +7,7 @@ from polyalign.core.hookspecs import hookimpl
 def register_losses(register):
     from .align_uniform import AlignUniformConfig, build_align_uniform
     from .clip import ClipConfig, build_clip
-    from .dcl import DclConfig, build_dcl
+    from .dcl import DclConfig, DclwConfig, build_dcl, build_dclw
     from .gram import GramConfig, build_gram
     from .mv_dhel import MvDhelConfig, build_mv_dhel
     from .mv_infonce import MvInfoNceConfig, build_mv_infonce
@@ -27,6 +27,9 @@ def register_losses(register):
     register("siglip", build_siglip, config=SiglipConfig,
              help="Pairwise sigmoid loss (SigLIP) with a learned scale and bias per modality pair")
     register("dcl", build_dcl, config=DclConfig,
-             help="Decoupled contrastive loss: pairwise InfoNCE without the positive in the denominator")
+             help="Decoupled contrastive loss (DCL): InfoNCE without the positive in the denominator, "
+                  "negatives from both modalities of each pair")
+    register("dclw", build_dclw, config=DclwConfig,
+             help="DCLW: DCL with the positive terms weighted by a von Mises-Fisher weight (sigma 0.5)")
     register("align_uniform", build_align_uniform, config=AlignUniformConfig,
              help="Alignment + uniformity (Wang & Isola) regulariser, to add with a weight to another loss")

@@ -9,9 +9,10 @@ on CLIP it closes the "contrastive gap". It has no temperature.
 Missing modalities: each alignment term uses the rows where both modalities are present, each
 uniformity term the present rows of its modality (at least two).
 
-Score: ``−Σ_q ‖z_q − z_t‖²``, the alignment the loss optimises (the same ranking as the sum of
-cosines for unit vectors). The loss cannot know that the candidates are unit vectors (the model's
-``normalize`` decides), so it declares no inner-product form (``inner_product_query`` is None).
+Score: ``−Σ_q Σ_c ‖z_q − z_c‖²`` over every (query, candidate) pair of modalities, the alignment
+the loss optimises (the same ranking as the sum of cosines for unit vectors).
+The loss cannot know that the candidates are unit vectors (the model's ``normalize`` decides), so
+it declares no inner-product form (``inner_product_query`` is None).
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ class AlignUniformLoss(Loss):
         metrics.update({f"uniform_{k}": v.detach() for k, v in uniform.items()})
         return LossOutput(loss, metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
-        return -sum(squared_distances(q, candidates) for q in queries.values())
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        return -sum(squared_distances(q, c) for q in queries.values() for c in candidates.values())
 
 
 def build_align_uniform(config: AlignUniformConfig) -> AlignUniformLoss:

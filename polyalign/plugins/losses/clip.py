@@ -2,6 +2,8 @@
 
 Missing modalities: each pair term uses the rows where both modalities are present; the loss
 is the mean over the pair terms that have at least two such rows.
+
+Score: ``Σ_q Σ_c z_q·z_c`` over every (query, candidate) pair of modalities (docs/losses.md).
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ class ClipConfig(LossConfig):
 class ClipLoss(Loss):
     """Mean over pairs of symmetric InfoNCE; each pair uses the rows where both are present."""
 
-    exclude_positive = False
-
     def __init__(self, config: ClipConfig):
         super().__init__()
         self.config = config
@@ -40,15 +40,18 @@ class ClipLoss(Loss):
         for m, n in pair_graph(list(embeddings), self.config.pairs, self.config.anchor):
             rows = paired_rows(present, m, n)
             if rows.numel() >= 2:
-                terms[f"{m}-{n}"] = symmetric_info_nce(embeddings[m][rows], embeddings[n][rows], scale,
-                                                       self.config.chunk_size, self.exclude_positive)
+                terms[f"{m}-{n}"] = self.pair_loss(embeddings[m][rows], embeddings[n][rows], scale)
         loss = torch.stack(list(terms.values())).mean() if terms else zero_loss(embeddings)
         metrics = {f"loss_{k}": v.detach() for k, v in terms.items()}
         metrics["logit_scale"] = scale.detach()
         metrics["temperature"] = (-self.temperature.log_scale).exp().detach()  # τ even where 1/τ underflows
         return LossOutput(loss, metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
+    def pair_loss(self, zm: torch.Tensor, zn: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The loss of one pair of modalities on their matched rows."""
+        return symmetric_info_nce(zm, zn, scale, self.config.chunk_size)
+
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum_of_cosines(queries, candidates)
 
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Loss ``gram``: contrastive learning with the Gram-matrix volume (Cicchetti et al., ICLR 2025).
 
 ``logit[i, j] = −Vol(z[a]_i, z[m]_j for every m ≠ a) / τ`` for an anchor modality ``a``;
-loss ``½·(CE(logit) + CE(logitᵀ))`` with optional label smoothing (the paper uses 0.1).
+loss ``½·(CE(logit) + CE(logitᵀ))`` with label smoothing. The defaults are the paper's recipe
+(its reference code, ``ispamm/GRAM``): label smoothing 0.1 and the text modality as the anchor
+(the modality named ``text``; without one, the first modality: set ``anchor`` to your text).
 ``Vol = sqrt(det G)`` of the Gram matrix of the vectors: 0 when they are linearly dependent
 (aligned), 1 when orthonormal. It is computed in the Schur-complement form of
 :mod:`.volume`: ``det(H_j)·‖a_i‖² − b_ijᵀ adj(H_j) b_ij``, O(N²·M·d), polynomial in the
@@ -14,9 +16,9 @@ and at least one other modality are present; an absent non-anchor vector is repl
 vector orthogonal to everything else (its row and column of the Gram matrix become those of the
 identity), which leaves the volume of the present vectors unchanged.
 
-Score: ``−Vol(query vectors, z_t)`` over the query modalities given plus the target. It is no
-function of one inner product with the candidate, so an index (``polyalign index``) cannot serve
-this loss: ``inner_product_query`` is None and ``polyalign search`` refuses ``.faiss`` candidates.
+Score: ``−Vol`` of the query and candidate vectors together (text -> (video, audio): ``−Vol(t, v, a)``).
+It is no function of one inner product with the candidate, so an index (``polyalign index``) cannot
+serve this loss: ``inner_product_query`` is None and ``polyalign search`` refuses ``.faiss`` candidates.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_
 
 from .blockwise import Reductions, reduce_blockwise
 from .rows import zero_loss
-from .volume import det_adj, safe_sqrt, tuple_gram, volume_sq, volume_sq_paired
+from .volume import det_adj, safe_sqrt, tuple_gram, union_volume_sq, volume_sq, volume_sq_paired
 
 
 class GramConfig(LossConfig):
-    anchor: str | None = Field(None, description="anchor modality (default: the first modality)")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of both cross-entropies")
+    anchor: str | None = Field(None, description="anchor modality (default: 'text' if there is one, as in the "
+                                                 "paper, else the first modality)")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of both cross-entropies "
+                                                                "(0.1, the paper's)")
     chunk_size: int | None = Field(None, ge=1, description="anchor rows per block (memory linear in the "
                                                            "batch); default: the dense N x N logits")
 
@@ -47,19 +51,24 @@ def _volume_logits(present: torch.Tensor | None):
     return block
 
 
+def default_anchor(names: list[str]) -> str:
+    """The paper's anchor, the text modality: ``text`` if it is a name, else the first name."""
+    return "text" if "text" in names else names[0]
+
+
 class GramLoss(Loss):
     """Symmetric cross-entropy of negative volumes between anchor rows and the other modalities' tuples."""
 
     def __init__(self, config: GramConfig, modalities: list[str] | None = None):
         super().__init__()
         self.config = config
-        self.anchor = config.anchor or (modalities[0] if modalities else None)
+        self.anchor = config.anchor or (default_anchor(modalities) if modalities else None)
         self.temperature = Temperature(config.temperature, config.learn_temperature)
 
     def forward(self, embeddings: dict[str, torch.Tensor],
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:
         names = list(embeddings)
-        anchor = self.anchor or names[0]
+        anchor = self.anchor or default_anchor(names)
         if anchor not in embeddings:
             raise PolyalignError(f"gram anchor {anchor!r} is not among the embedded modalities "
                                  f"({', '.join(names)}); set loss.anchor to one of them")
@@ -98,10 +107,10 @@ class GramLoss(Loss):
                         "positive_volume": (-pos / scale).detach().mean()})
         return LossOutput(0.5 * (rows_ce + cols_ce), metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
-        o = torch.stack(list(queries.values()), 1)  # (Q, k, d)
-        det, adj = det_adj(tuple_gram(o))
-        return -safe_sqrt(volume_sq(candidates, o, det, adj)).T
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        left = torch.stack(list(queries.values()), 1)  # (Q, k, d)
+        right = torch.stack(list(candidates.values()), 1)  # (C, l, d)
+        return -safe_sqrt(union_volume_sq(left, right))
 
 
 def build_gram(config: GramConfig, modalities: list[str] | None = None) -> GramLoss:

@@ -29,12 +29,17 @@ KEEP_SHIFTS = 1 << 23
 """Forward keeps its per-row logsumexps for backward (``2·N^(M-1)`` numbers) up to this size."""
 
 
-def mip(*zs: torch.Tensor) -> torch.Tensor:
-    """Row-wise multilinear inner product ``Σ_k Π_m z_m[:, k]`` of equally shaped ``(N, d)`` tensors."""
+def elementwise_product(zs: list[torch.Tensor]) -> torch.Tensor:
+    """``z_1 ⊙ ... ⊙ z_k`` of equally shaped tensors."""
     prod = zs[0]
     for z in zs[1:]:
         prod = prod * z
-    return prod.sum(-1)
+    return prod
+
+
+def mip(*zs: torch.Tensor) -> torch.Tensor:
+    """Row-wise multilinear inner product ``Σ_k Π_m z_m[:, k]`` of equally shaped ``(N, d)`` tensors."""
+    return elementwise_product(list(zs)).sum(-1)
 
 
 def default_chunk(n: int, d: int) -> int:

@@ -10,7 +10,7 @@ pairs, the denominator over its present modalities, each against the present row
 modality. A modality with fewer than two present rows in the batch has no negatives and is
 left out; tuples with fewer than two usable modalities add no term.
 
-Score: the sum of cosines of the target to each query modality, as for pairwise CLIP.
+Score: as for pairwise CLIP, ``Σ_q Σ_c z_q·z_c`` over every (query, candidate) pair of modalities.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class MvDhelLoss(Loss):
         metrics["positives_lse"] = num.detach().mean()
         return LossOutput((den - num).mean(), metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum_of_cosines(queries, candidates)
 
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:

@@ -10,7 +10,7 @@ Missing modalities: each tuple uses its present modalities; absent entries are n
 nor negatives. Tuples with fewer than two present modalities have no positive pair and add no
 term (the loss is the mean over the others).
 
-Score: the sum of cosines of the target to each query modality, as for pairwise CLIP.
+Score: as for pairwise CLIP, ``Σ_q Σ_c z_q·z_c`` over every (query, candidate) pair of modalities.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class MvInfoNceLoss(Loss):
         metrics.update({"positives_lse": num.detach().mean(), "all_lse": den.detach().mean()})
         return LossOutput((den - num).mean(), metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum_of_cosines(queries, candidates)
 
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:

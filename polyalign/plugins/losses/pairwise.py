@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from itertools import combinations
 from typing import Literal
 
@@ -38,9 +37,13 @@ def paired_rows(present: dict[str, torch.Tensor], m: str, n: str) -> torch.Tenso
     return (present[m] & present[n]).nonzero(as_tuple=True)[0]
 
 
-def sum_of_cosines(queries: dict[str, torch.Tensor], candidates: torch.Tensor) -> torch.Tensor:
-    """Pairwise scoring rule: ``Σ_q z_q · z_t`` -> ``(Q, C)``."""
-    return summed_query(queries) @ candidates.T
+def sum_of_cosines(queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Pairwise scoring rule: ``Σ_q Σ_c z_q · z_c`` over every (query, candidate) pair of modalities -> ``(Q, C)``.
+
+    Pairs inside the candidate tuple are left out: they do not depend on the query (and with one
+    candidate modality there are none), so ranking ``C -> Q`` uses the transpose of ``Q -> C``.
+    """
+    return summed_query(queries) @ summed_query(candidates).T
 
 
 def summed_query(queries: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -48,30 +51,22 @@ def summed_query(queries: dict[str, torch.Tensor]) -> torch.Tensor:
     return sum(queries.values())
 
 
-def _pair_logits(exclude_positive: bool):
-    def block(start: int, stop: int, zm: torch.Tensor, zn: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        logits = scale * zm[start:stop] @ zn.T
-        if exclude_positive:
-            r = torch.arange(stop - start, device=logits.device)
-            logits = logits.index_put((r, r + start), logits.new_tensor(-math.inf))
-        return logits
-    return block
+def _pair_logits(start: int, stop: int, zm: torch.Tensor, zn: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return scale * zm[start:stop] @ zn.T
 
 
-def symmetric_info_nce(zm: torch.Tensor, zn: torch.Tensor, scale: torch.Tensor, chunk_size: int | None = None,
-                       exclude_positive: bool = False) -> torch.Tensor:
+def symmetric_info_nce(zm: torch.Tensor, zn: torch.Tensor, scale: torch.Tensor,
+                       chunk_size: int | None = None) -> torch.Tensor:
     """``½(CE(S) + CE(Sᵀ))`` with ``S = scale·zm znᵀ`` and row i's positive at column i.
 
-    ``exclude_positive`` leaves the positive out of each denominator (decoupled contrastive
-    loss). ``chunk_size`` computes it ``chunk_size`` rows at a time (memory linear in N).
+    ``chunk_size`` computes it ``chunk_size`` rows at a time (memory linear in N).
     """
     n = zm.shape[0]
     pos = scale * (zm * zn).sum(-1)
-    block = _pair_logits(exclude_positive)
     if chunk_size is None or chunk_size >= n:
-        logits = block(0, n, zm, zn, scale)
+        logits = _pair_logits(0, n, zm, zn, scale)
         row, col = logits.logsumexp(1), logits.logsumexp(0)
     else:
-        row, col, _, _ = reduce_blockwise(block, n, chunk_size, (zm, zn, scale),
+        row, col, _, _ = reduce_blockwise(_pair_logits, n, chunk_size, (zm, zn, scale),
                                           Reductions(row_lse=True, col_lse=True))
     return 0.5 * ((row - pos).mean() + (col - pos).mean())

@@ -9,9 +9,10 @@ For a pair ``(m, n)``: ``−(1/N) Σ_ij logsigmoid(y_ij·(t·z[m]_i·z[n]_j + b)
 Missing modalities: each pair term uses the rows where both are present; the mean is over the
 terms with at least two rows.
 
-Score: ``Σ_q logsigmoid(t_qt·z_q·z_t + b_qt)``, the log-probability that every query matches the
-candidate (one query: the same ranking as the cosine). A query-target pair outside the trained
-graph uses the mean ``(t, b)`` of the trained pairs.
+Score: ``Σ_q Σ_c logsigmoid(t_qc·z_q·z_c + b_qc)`` over every (query, candidate) pair of
+modalities, the log-probability that every query modality matches every candidate modality (one
+query, one target: the same ranking as the cosine). A pair outside the trained graph uses the
+mean ``(t, b)`` of the trained pairs.
 """
 
 from __future__ import annotations
@@ -114,16 +115,17 @@ class SiglipLoss(Loss):
             metrics[f"bias_{key}"] = self.biases[key].detach()
         return LossOutput(loss, metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         out = 0.0
         for q, zq in queries.items():
-            key = self.pair_keys.get(frozenset((q, target)))
-            if key is None:
-                scale = torch.stack([t.scale for t in self.scales.values()]).mean()
-                bias = torch.stack(list(self.biases.values())).mean()
-            else:
-                scale, bias = self.scales[key].scale, self.biases[key]
-            out = out + F.logsigmoid(scale * zq @ candidates.T + bias)
+            for c, zc in candidates.items():
+                key = self.pair_keys.get(frozenset((q, c)))
+                if key is None:
+                    scale = torch.stack([t.scale for t in self.scales.values()]).mean()
+                    bias = torch.stack(list(self.biases.values())).mean()
+                else:
+                    scale, bias = self.scales[key].scale, self.biases[key]
+                out = out + F.logsigmoid(scale * zq @ zc.T + bias)
         return out
 
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:

@@ -23,8 +23,11 @@ modality is present (fewer than two such rows give a zero loss). To learn from i
 tuples too, use ``missing: {strategy: learned}``: the model then fills each absent modality
 with a learned embedding and the loss sees complete tuples (the Symile paper's recipe).
 
-Score: ``(⊙_{q∈Q} z_q) · z_t`` -- one elementwise product of the query embeddings, then one
-matmul against the candidates.
+Score: ``(⊙_{q∈Q} z_q) · (⊙_{c∈C} z_c)``, the MIP of the query and candidate modalities together
+(one candidate modality: ``(⊙_q z_q) · z_t``) -- one elementwise product per side, then one
+matmul. From a subset of the modalities it is the MIP of that subset only: a quantity the loss
+never trained unless the model fills the absent ones (``missing: {strategy: learned}``), see
+docs/losses.md.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.loss import MIN_LOGIT_SCALE, Loss, LossConfig, LossOutput, Temperature, full_present
 from polyalign.core.memory import memory_problem
 
-from .multilinear import anchor_logsumexps, mip
+from .multilinear import anchor_logsumexps, elementwise_product, mip
 from .rows import all_present, complete_rows, zero_loss
 
 
@@ -125,16 +128,12 @@ class SymileLoss(Loss):
         metrics.update({f"loss_{m}": v for m, v in zip(names, per_anchor.detach())})
         return LossOutput(per_anchor.mean(), metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
-        return self.inner_product_query(queries, target) @ candidates.T
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        return elementwise_product(list(queries.values())) @ elementwise_product(list(candidates.values())).T
 
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
         """``⊙_{q∈Q} z_q``: the elementwise product of the query embeddings."""
-        zs = list(queries.values())
-        prod = zs[0]
-        for q in zs[1:]:
-            prod = prod * q
-        return prod
+        return elementwise_product(list(queries.values()))
 
 
 def build_symile(config: SymileConfig, modalities: list[str] | None = None,

@@ -58,6 +58,32 @@ def volume_sq_paired(anchor: torch.Tensor, others: torch.Tensor, det: torch.Tens
     return det * (anchor * anchor).sum(-1) - quad
 
 
+def union_volume_sq(left: torch.Tensor, right: torch.Tensor, budget: int = 1 << 22) -> torch.Tensor:
+    """``(A, B)`` table of the squared volume spanned by tuple ``a`` of ``left`` ``(A, k, d)``
+    together with tuple ``b`` of ``right`` ``(B, l, d)``.
+
+    A side of single vectors goes through the Schur form of :func:`volume_sq`; otherwise each
+    ``(k + l)``-square Gram matrix is built and its determinant taken, ``budget`` numbers at a time.
+    """
+    if right.shape[1] == 1:
+        det, adj = det_adj(tuple_gram(left))
+        return volume_sq(right[:, 0], left, det, adj).T
+    if left.shape[1] == 1:
+        det, adj = det_adj(tuple_gram(right))
+        return volume_sq(left[:, 0], right, det, adj)
+    h_left, h_right = tuple_gram(left), tuple_gram(right)
+    n_b, n = right.shape[0], left.shape[1] + right.shape[1]
+    rows = max(1, budget // (n_b * n * n))
+    out = []
+    for start in range(0, left.shape[0], rows):
+        cross = torch.einsum("akd,bld->abkl", left[start:start + rows], right)
+        a = cross.shape[0]
+        top = torch.cat([h_left[start:start + a, None].expand(-1, n_b, -1, -1), cross], -1)
+        bottom = torch.cat([cross.transpose(-1, -2), h_right[None].expand(a, -1, -1, -1)], -1)
+        out.append(det_adj(torch.cat([top, bottom], -2))[0])
+    return torch.cat(out)
+
+
 def safe_sqrt(v2: torch.Tensor) -> torch.Tensor:
     """``sqrt(max(v2, eps))``: a volume whose gradient stays finite at zero volume."""
     return v2.clamp_min(torch.finfo(v2.dtype).eps).sqrt()
