@@ -189,6 +189,14 @@ class Trainer:
             self.stepper.rewind_schedule(dropped)
         return records[-1] if good else None
 
+    def _log_due(self) -> bool:
+        step = self.progress.step
+        return step % self.recipe.train.log_every == 0 or step == self.total_steps
+
+    def _checkpoint_due(self) -> bool:
+        every = self.recipe.train.checkpoint_every
+        return bool(every) and self.progress.step % every == 0
+
     def _log(self, record: StepRecord, elapsed: float, samples: int) -> dict[str, float]:
         """Send the newest step's loss and metrics (averaged over processes) to the loggers."""
         metrics = mean_across_ranks(float_metrics({"loss": record.loss, **record.metrics}))
@@ -258,16 +266,15 @@ class Trainer:
             progress.step += 1
             samples += sum(len(b) for b in window) * self.dist.world
             epoch_ends = progress.batch_in_epoch + k > self.batches_per_epoch  # the rest cannot fill a window
-            checkpoint = cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0
-            log = progress.step % cfg.log_every == 0 or progress.step >= self.total_steps
-            newest = self._check(window) if log or checkpoint or epoch_ends else None
-            if newest is not None:  # (None: not checked now, or a skipped step; steps were renumbered)
-                if progress.step % cfg.log_every == 0 or progress.step == self.total_steps:
+            # checks read the device back: only at logs, checkpoints and epoch ends
+            newest = self._check(window) if self._log_due() or self._checkpoint_due() or epoch_ends else None
+            if newest is not None:  # else not checked now, or the newest step was skipped (steps renumbered)
+                if self._log_due():
                     metrics = self._log(newest, time.perf_counter() - t0, samples)
                     bar.update(task, completed=progress.step, epoch=progress.epoch, loss=f"{metrics['loss']:.4f}",
                                speed=f"{metrics['samples_per_s']:.0f} samples/s")
                     t0, samples = time.perf_counter(), 0
-                if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0:
+                if self._checkpoint_due():
                     self.save()
             window = []
             if progress.step >= self.total_steps or epoch_ends:
