@@ -55,8 +55,9 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
                 if resume is None and dist.is_main:  # record inferred encoder options (load without data)
                     write_recipe(run_dir, with_rebuild_options(trainer.recipe, trainer.model, plugins))
                 metrics = trainer.fit()
+                parts = trainer.evaluation_parts()
                 if dist.is_main:
-                    rows = run_evaluators(recipe, trainer.parts, plugins, trainer.device, split="test")
+                    rows = run_evaluators(recipe, parts, plugins, trainer.device, split="test")
                     write_report(run_dir, rows)
                     plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split="test")
                     plugins.pm.hook.on_train_end(run_dir=run_dir, metrics=metrics)

@@ -30,7 +30,7 @@ from polyalign.core.data import describe_value
 from polyalign.core.encoder import Encoder, Input, encoder_width
 from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import checked_layer_groups
-from polyalign.core.loss import Loss, LossOutput, check_loss_output
+from polyalign.core.loss import Loss, LossOutput, check_loss_output, float_metrics
 from polyalign.core.model import MultiModalModel
 
 ENCODER_PROPERTIES = ("width", "load", "collate", "load_batch", "forward", "batch independence",
@@ -298,9 +298,10 @@ def check_loss(loss: Loss | str, *, modality_counts: Sequence[int] = (2, 3, 4, 5
     ``loss`` is a registered name, built for each count like a run builds it (``options`` plus
     the context ``modalities`` and ``embed_dim``), or a loss object used for every count.
     Properties checked on random unit embeddings: ``output`` (a ``LossOutput`` with a 0-dim
-    float loss and number metrics), ``finite`` (loss and metrics), ``gradients`` (finite, reaching
-    every modality and the loss's parameters), ``modality order`` (the same loss for the
-    modalities in reverse order), ``missing rows`` (absent rows neither change the loss nor get a
+    float loss and metrics that are numbers or detached 0-dim tensors), ``finite`` (loss and
+    metrics), ``gradients`` (finite, reaching every modality and the loss's parameters),
+    ``modality order`` (the same loss for the modalities in reverse order), ``missing rows``
+    (absent rows neither change the loss nor get a
     gradient; all-True masks equal ``present=None``; a modality absent from every row, or rows
     with a single modality, still give a finite loss), ``score shape`` (``(queries, candidates)``,
     finite), ``positive ranks first`` (on aligned embeddings each query scores its own tuple's
@@ -389,7 +390,7 @@ class _LossCheck:
     def check_finite(self, out: LossOutput, case: str) -> None:
         if not torch.isfinite(out.loss):
             raise self.fail("finite", f"the loss is {float(out.loss.detach())} {case}")
-        bad = {k: v for k, v in out.metrics.items() if not math.isfinite(v)}
+        bad = {k: v for k, v in float_metrics(out.metrics).items() if not math.isfinite(v)}
         if bad:
             raise self.fail("finite", f"metrics {bad} {case}")
 

@@ -1,36 +1,73 @@
 #!/usr/bin/env bash
-# GPU check: train a recipe for a fixed number of steps on CUDA; print samples/s, peak GPU memory
-# and the loss at start and end; exit non-zero if the loss did not fall.
+# GPU check: train a recipe for a fixed number of steps on CUDA, once per setting (bf16 autocast,
+# fp16 with its gradient scaler, window accumulation with grad checkpointing, and FSDP on two
+# GPUs when there are two); print samples/s, peak GPU memory and the loss at start and end of
+# each; exit non-zero if a setting fails or its loss did not fall.
 #   scripts/gpu_check.sh [RECIPE] [STEPS]      (default: recipes/xor-symile.yaml, 300 steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECIPE=${1:-recipes/xor-symile.yaml}
 STEPS=${2:-300}
 python - "$RECIPE" "$STEPS" <<'PY'
-import json, sys, tempfile, time
+import json, os, subprocess, sys, tempfile, time
+from pathlib import Path
+
 import torch
 import polyalign
 
 recipe_path, steps = sys.argv[1], int(sys.argv[2])
 if not torch.cuda.is_available():
     sys.exit("gpu_check: no CUDA device visible to PyTorch")
-recipe = polyalign.load_recipe(recipe_path, [f"train.max_steps={steps}", "train.epochs=100000", "train.device=cuda",
-                                             "train.precision=auto", "train.log_every=10"])
-torch.cuda.reset_peak_memory_stats()
-with tempfile.TemporaryDirectory() as tmp:
-    t0 = time.perf_counter()
-    run = polyalign.train(recipe, out=tmp)
-    wall = time.perf_counter() - t0
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-steps_rows = [r for r in rows if r["kind"] == "step"]
-first, last = steps_rows[0]["loss"], steps_rows[-1]["loss"]
-speed = sum(r["samples_per_s"] for r in steps_rows[1:]) / max(1, len(steps_rows) - 1)
-print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-print(f"recipe: {recipe_path}  steps: {steps}  batch: {recipe.train.batch_size}  wall: {wall:.1f} s")
-print(f"samples/s: {speed:.0f}")
-print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.1f} MiB")
-print(f"loss: start {first:.4f}  end {last:.4f}")
-if not last < first:
-    sys.exit("gpu_check: FAILED, the loss did not fall")
+base = [f"train.max_steps={steps}", "train.epochs=100000", "train.device=cuda", "train.log_every=10"]
+recipe = polyalign.load_recipe(recipe_path)
+checkpointing = [f"modalities.{m}.encoder.grad_checkpointing=true" for m, node in recipe.modalities.items()
+                 if "grad_checkpointing" in node.encoder.options()]  # encoders that offer it
+settings = {
+    "bf16 (precision: auto)": ["train.precision=auto"],
+    "fp16 + gradient scaler": ["train.precision=fp16"],
+    "window: accumulate 4, negatives window": ["train.accumulate=4", "train.negatives=window", *checkpointing],
+}
+gpus = torch.cuda.device_count()
+if gpus >= 2:
+    settings["fsdp on 2 GPUs"] = ["train.strategy=fsdp"]
+print(f"device: {torch.cuda.get_device_name()} x {gpus}  torch {torch.__version__}")
+print(f"recipe: {recipe_path}  steps: {steps}  batch: {recipe.train.batch_size}")
+failed = []
+for name, extra in settings.items():
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        if name.startswith("fsdp"):  # two processes: peak memory is not visible from here
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "polyalign", "train",
+                   recipe_path, *base, *extra, "--out", tmp]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                print(f"\n{name}: FAILED\n{proc.stderr[-2000:]}")
+                failed.append(name)
+                continue
+            run, peak = next(Path(tmp).iterdir()), "n/a (two processes)"
+        else:
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                run = polyalign.train(recipe_path, out=tmp, overrides=base + extra)
+            except Exception as exc:  # report every setting, then fail
+                print(f"\n{name}: FAILED: {type(exc).__name__}: {exc}")
+                failed.append(name)
+                continue
+            peak = f"{torch.cuda.max_memory_allocated() / 2**20:.1f} MiB"
+        wall = time.perf_counter() - t0
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps_rows = [r for r in rows if r["kind"] == "step" and "loss" in r]
+    first, last = steps_rows[0]["loss"], steps_rows[-1]["loss"]
+    speed = sum(r["samples_per_s"] for r in steps_rows[1:]) / max(1, len(steps_rows) - 1)
+    print(f"\n{name}  ({' '.join(extra)})")
+    print(f"  wall: {wall:.1f} s  samples/s: {speed:.0f}  peak GPU memory: {peak}")
+    print(f"  loss: start {first:.4f}  end {last:.4f}")
+    if not last < first:
+        print("  FAILED: the loss did not fall")
+        failed.append(name)
+if gpus < 2:
+    print("\nfsdp: skipped (needs 2 GPUs)")
+if failed:
+    sys.exit(f"gpu_check: FAILED: {', '.join(failed)}")
 print("gpu_check: OK")
 PY

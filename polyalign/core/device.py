@@ -55,8 +55,16 @@ def pick_device(name: str, option: str = "train.device") -> torch.device:
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``bf16`` (or ``auto`` on CUDA); nothing for fp32."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    """bf16 autocast for ``bf16`` (or ``auto`` on CUDA), fp16 autocast for ``fp16``; nothing for fp32."""
+    if precision == "fp16":
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def check_precision(precision: str, device: torch.device, option: str = "train.precision") -> None:
+    """Refuse fp16 off CUDA: its gradient scaler and fast fp16 kernels are CUDA's."""
+    if precision == "fp16" and device.type != "cuda":
+        raise PolyalignError(f"{option}: fp16 trains on CUDA only (with a gradient scaler); this run is on "
+                             f"{device.type}. Use bf16 (autocast) or fp32 here, or train.device=cuda.")

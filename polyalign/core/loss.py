@@ -23,12 +23,19 @@ learns there. The floor keeps a diverging optimiser (too high a learning rate) f
 to 0, where τ overflows and a metric such as ``1/scale`` divides by zero."""
 
 
+Metric = float | torch.Tensor
+
+
 @dataclass
 class LossOutput:
-    """A scalar loss and named float metrics (per-term losses, temperature, ...)."""
+    """A scalar loss and named metrics (per-term losses, temperature, ...).
+
+    A metric is a number or a detached 0-dim tensor; tensors stay on the device until the
+    trainer logs them, so a training step never waits for the device to report a metric.
+    """
 
     loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Metric] = field(default_factory=dict)
 
 
 class LossConfig(BaseModel):
@@ -162,11 +169,12 @@ def score_candidates(loss: nn.Module, queries: dict[str, torch.Tensor], candidat
 
 def check_loss_output(out: Any, plugin: str, needs_grad: bool = False) -> LossOutput:
     """``out`` if it keeps the loss contract (a :class:`LossOutput` holding a scalar floating
-    tensor, with a gradient when ``needs_grad``, and number metrics), else a :class:`PluginError`
-    naming ``plugin`` and what it returned."""
+    tensor, with a gradient when ``needs_grad``, and metrics that are numbers or detached 0-dim
+    tensors), else a :class:`PluginError` naming ``plugin`` and what it returned."""
     def fail(got: str) -> PluginError:
         return PluginError(f"loss plugin {plugin!r} returned {got}; forward() must return "
-                           f"LossOutput(loss=<0-dim float tensor>, metrics={{name: float}})")
+                           f"LossOutput(loss=<0-dim float tensor>, metrics={{name: float or "
+                           f"detached 0-dim tensor}})")
 
     if not isinstance(out, LossOutput):
         raise fail(f"a {type(out).__name__}")
@@ -184,10 +192,27 @@ def check_loss_output(out: Any, plugin: str, needs_grad: bool = False) -> LossOu
     if not isinstance(out.metrics, dict):
         raise fail(f"metrics of type {type(out.metrics).__name__}")
     for key, value in out.metrics.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail(f"metric {key!r} = {type(value).__name__} {str(value)[:40]} (metrics must be Python "
-                       f"numbers: use float(t.detach()))")
+        if isinstance(value, torch.Tensor):
+            if value.dim() != 0 or value.requires_grad or value.is_complex():
+                raise fail(f"metric {key!r} = Tensor of shape {tuple(value.shape)}"
+                           f"{' requiring grad' if value.requires_grad else ''} (a metric is a number or a "
+                           f"detached 0-dim real tensor: use t.detach(), reduced to one value)")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(f"metric {key!r} = {type(value).__name__} {str(value)[:40]} (a metric is a number or "
+                       f"a detached 0-dim tensor)")
     return out
+
+
+def float_metrics(metrics: dict[str, Metric]) -> dict[str, float]:
+    """``metrics`` as Python floats, reading every tensor back from the device at once."""
+    out = {k: float(v) for k, v in metrics.items() if not isinstance(v, torch.Tensor)}
+    by_device: dict[torch.device, list[str]] = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            by_device.setdefault(v.device, []).append(k)
+    for keys in by_device.values():
+        out.update(zip(keys, torch.stack([metrics[k].detach().double() for k in keys]).tolist()))
+    return {k: out[k] for k in metrics}
 
 
 def full_present(embeddings: dict[str, torch.Tensor],
@@ -211,7 +236,7 @@ class WeightedLoss(Loss):
     def forward(self, embeddings: dict[str, torch.Tensor],
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:
         total = 0.0
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Metric] = {}
         needs_grad = torch.is_grad_enabled() and any(z.requires_grad for z in embeddings.values())
         for name, term in self.terms.items():
             try:
@@ -222,7 +247,7 @@ class WeightedLoss(Loss):
                                   f"{detail}") from exc
             out = check_loss_output(raw, name, needs_grad)
             total = total + self.weights[name] * out.loss
-            metrics[f"{name}/loss"] = float(out.loss.detach())
+            metrics[f"{name}/loss"] = out.loss.detach()
             metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
         return LossOutput(total, metrics)
 

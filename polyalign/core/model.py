@@ -127,7 +127,7 @@ class MultiModalModel(nn.Module):
         out: dict[str, torch.Tensor] = {}
         n = next(batch_size_of(x) for x in inputs.values()) if inputs else next(
             int(p.shape[0]) for p in present.values())
-        ref = next(self.parameters())
+        ref = next(iter(self.heads.values())).weight  # dtype and device; a plain tensor also under FSDP
         for m in names:
             mask = present.get(m)
             if m not in inputs:

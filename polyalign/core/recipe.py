@@ -75,10 +75,19 @@ class TrainSection(Strict):
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float | None = Field(1.0, gt=0)
-    accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    accumulate: int = Field(1, ge=1, description="micro-batches of batch_size per optimizer step")
+    negatives: Literal["window", "micro"] = Field(
+        "window", description="with accumulate > 1: window = the loss spans every micro-batch of the step "
+                              "(GradCache: equal to one batch of accumulate x batch_size); micro = each "
+                              "micro-batch's own loss")
     layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay: an encoder's layer "
                                       "group i of n trains at lr * layer_decay ** (n - i)")
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU; fp16 = fp16 autocast with a gradient "
+                            "scaler (CUDA only)")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes: ddp = a full model copy per process; fsdp = parameters, "
+                           "gradients and optimizer state sharded per encoder (FSDP2)")
     device: str = "auto"
 
     @field_validator("device")
@@ -403,6 +412,9 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
                              f"batch and their gradients) x 4 bytes")
     if too_big:
         problems.append(("model.embed_dim", too_big + "; lower model.embed_dim"))
+    if recipe.train.precision == "fp16" and recipe.train.strategy == "fsdp":
+        problems.append(("train.precision", "fp16 does not combine with train.strategy: fsdp (torch's sharded "
+                                            "gradient scaler fails with the fused optimizer); use bf16 with fsdp"))
     return problems
 
 

@@ -14,6 +14,7 @@ from polyalign.core.encoder import Encoder, FileBytes, resolve_file
 from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import Part, named_layer_groups
 
+from .checkpointing import checkpoint_blocks, checkpointed_sequential
 from .files import load_weights_into, local_weights_file
 from .resample import resample
 
@@ -35,6 +36,9 @@ class AudioConfig(BaseModel):
     arch: Wav2Vec2Arch = Field("base", description="wav2vec2 size; tiny = 2 layers x 64 wide, for tests")
     weights: str | None = Field(None, description="local .safetensors/.pth state dict for the backbone")
     freeze: bool = Field(False, description="keep the backbone fixed (eval mode, no gradients)")
+    grad_checkpointing: bool = Field(False, description="recompute activations in backward, per conv block "
+                                                        "(cnn) or transformer layer (wav2vec2): less memory "
+                                                        "for about one more forward")
 
 
 SHORT_CHUNK = re.compile(r"\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)")
@@ -84,7 +88,8 @@ def fit_length(wave: torch.Tensor, length: int, offset: int) -> torch.Tensor:
 class LogMelCNN(nn.Module):
     """Waveforms ``(B, N)`` -> log-mel spectrogram -> conv blocks -> global average ``(B, C)``."""
 
-    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, channels: list[int]):
+    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, channels: list[int],
+                 grad_checkpointing: bool = False):
         super().__init__()
         import torchaudio
 
@@ -96,6 +101,7 @@ class LogMelCNN(nn.Module):
                        nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
         self.blocks = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.width = channels[-1]
+        self.grad_checkpointing = grad_checkpointing
 
     def layer_parts(self) -> list[list[Part]]:
         """Each conv block (convolution + batch norm)."""
@@ -107,7 +113,10 @@ class LogMelCNN(nn.Module):
             spec = torch.log(self.mel(wave.float()) + 1e-6)
         mu = spec.mean(dim=(1, 2), keepdim=True)
         sd = spec.std(dim=(1, 2), keepdim=True)
-        return self.blocks(((spec - mu) / (sd + 1e-5)).unsqueeze(1))
+        x = ((spec - mu) / (sd + 1e-5)).unsqueeze(1)
+        if self.grad_checkpointing:  # one segment per conv block (conv, norm, ReLU, pool)
+            return checkpointed_sequential(self.blocks, 4, x)
+        return self.blocks(x)
 
 
 def create_wav2vec2(arch: Wav2Vec2Arch) -> nn.Module:
@@ -158,10 +167,12 @@ class AudioEncoder(Encoder):
         if config.backbone == "cnn":
             hop = config.hop_length or max(1, config.sample_rate // 100)
             self.backbone: nn.Module = LogMelCNN(config.sample_rate, config.n_fft, hop, config.n_mels,
-                                                 config.channels)
+                                                 config.channels, config.grad_checkpointing)
         else:
             self.backbone = Wav2Vec2Backbone(config.arch)
         self.width = int(self.backbone.width)
+        if config.grad_checkpointing and config.backbone == "wav2vec2":
+            checkpoint_blocks(self.backbone.model.encoder.transformer.layers)
         if config.weights:
             what = f"encoder 'audio' weights ({config.backbone})"
             load_weights_into(self.backbone.model if config.backbone == "wav2vec2" else self.backbone,

@@ -12,6 +12,7 @@ from torch import nn
 from polyalign.core.encoder import Encoder
 from polyalign.core.layer_groups import named_layer_groups
 
+from .checkpointing import checkpoint_blocks
 from .text import TOKEN_AXES, example_texts, pad_token_batch, pool_tokens, read_text
 
 PAD, CLS, OFFSET = 0, 1, 2  # token ids: padding, a leading summary token, then the 256 byte values
@@ -26,6 +27,8 @@ class ByteTextConfig(BaseModel):
     max_length: int = Field(256, ge=2, description="bytes kept per text, plus the summary token")
     dropout: float = Field(0.0, ge=0, lt=1)
     pooling: Literal["mean", "cls"] = Field("mean", description="mean over tokens, or the summary token")
+    grad_checkpointing: bool = Field(False, description="recompute each layer's activations in backward "
+                                                        "(less memory for about one more forward)")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> "ByteTextConfig":
@@ -54,6 +57,8 @@ class ByteTextEncoder(Encoder):
                                            norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
+        if config.grad_checkpointing:
+            checkpoint_blocks(self.transformer.layers)
         nn.init.normal_(self.tokens.weight, std=0.02)
         nn.init.normal_(self.positions.weight, std=0.02)
 

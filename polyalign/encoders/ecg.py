@@ -15,6 +15,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import named_layer_groups
 from polyalign.core.npy_file import read_npy
 
+from .checkpointing import checkpoint_blocks
 from .resample import resample
 
 Layout = Literal["auto", "leads_first", "time_first"]
@@ -34,6 +35,8 @@ class EcgConfig(BaseModel):
     blocks: list[int] = Field(default_factory=lambda: [2, 2, 2, 2], min_length=1,
                               description="residual blocks per stage ([2, 2, 2, 2] = ResNet-18)")
     kernel_size: int = Field(7, ge=1, description="kernel size of the residual convolutions (odd)")
+    grad_checkpointing: bool = Field(False, description="recompute each residual block's activations in "
+                                                        "backward (less memory for about one more forward)")
 
 
 def read_wfdb(path: Path, lead_names: list[str] | None, sample_rate: int | None) -> np.ndarray:
@@ -160,6 +163,8 @@ class EcgEncoder(Encoder):
         self.length = length
         self.net = ResNet1d(config.leads, config.base_width, config.blocks, config.kernel_size)
         self.width = self.net.width
+        if config.grad_checkpointing:
+            checkpoint_blocks(self.net.stages)
 
     def rebuild_options(self) -> dict[str, Any]:
         return {"length": self.length}

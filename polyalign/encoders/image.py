@@ -31,6 +31,9 @@ class ImageConfig(BaseModel):
     std: list[float] | None = Field(None, description="per-channel std (default: the model's, else ImageNet)")
     augment: bool = Field(False, description="train-time random resized crop and horizontal flip")
     freeze: bool = Field(False, description="keep the backbone fixed (eval mode, no gradients)")
+    grad_checkpointing: bool = Field(False, description="recompute activations in backward (timm's "
+                                                        "set_grad_checkpointing): less memory for about one "
+                                                        "more forward")
     timm_kwargs: dict[str, Any] = Field(default_factory=dict,
                                         description="extra timm.create_model arguments, e.g. {depth: 2}")
     lora: LoraOptions | None = Field(None, description="train LoRA adapters instead of the backbone (peft); "
@@ -110,6 +113,13 @@ class ImageEncoder(Encoder):
         self.pixel_std = torch.tensor(std).view(-1, 1, 1)
         if config.freeze:
             self.backbone.requires_grad_(False)
+        if config.grad_checkpointing:
+            try:
+                self.backbone.set_grad_checkpointing(True)
+            except (AssertionError, NotImplementedError) as exc:
+                raise PolyalignError(f"encoder 'image': timm model {config.model!r} does not support gradient "
+                                     f"checkpointing ({exc or 'set_grad_checkpointing is not implemented'}); "
+                                     f"set grad_checkpointing: false") from None
         if config.lora:
             self.backbone = add_lora(self.backbone, config.lora, "all-linear", "encoder 'image'")
 

@@ -39,6 +39,9 @@ class OpenClipConfig(BaseModel):
                                                       "whole CLIP model (.safetensors, .bin, .pt)")
     augment: bool = Field(False, description="image tower: open_clip's train-time random resized crop")
     freeze: bool = Field(False, description="keep the tower fixed (eval mode, no gradients)")
+    grad_checkpointing: bool = Field(False, description="recompute activations in backward (open_clip's "
+                                                        "set_grad_checkpointing): less memory for about one "
+                                                        "more forward")
     lora: LoraOptions | None = Field(None, description="train LoRA adapters instead of the tower (peft); "
                                                       "target_modules default: [attn, c_fc, c_proj]")
 
@@ -141,6 +144,8 @@ class OpenClipEncoder(Encoder):
             self.tokenizer = open_clip.get_tokenizer(model_id)
         if config.freeze:
             self.tower.requires_grad_(False)
+        if config.grad_checkpointing:
+            self.tower.set_grad_checkpointing(True)
         if config.lora:
             blocks = hasattr(getattr(self.tower, "transformer", None), "resblocks")
             if config.lora.target_modules is None and not blocks:

@@ -97,6 +97,9 @@ class TextConfig(BaseModel):
     pooling: Literal["mean", "cls"] = Field("mean", description="mean over tokens, or the first token")
     max_length: int = Field(128, ge=2, description="tokens kept per text (longer texts are truncated)")
     freeze: bool = Field(False, description="keep the transformer fixed (eval mode, no gradients)")
+    grad_checkpointing: bool = Field(False, description="recompute activations in backward (transformers' "
+                                                        "activation checkpointing): less memory for about one "
+                                                        "more forward")
     lora: LoraOptions | None = Field(None, description="train LoRA adapters instead of the transformer (peft); "
                                                       "target_modules default: all-linear")
 
@@ -130,6 +133,11 @@ class TextEncoder(Encoder):
         self.pad_values = {"input_ids": int(self.tokenizer.pad_token_id or 0)}
         if config.freeze:
             self.transformer.requires_grad_(False)
+        if config.grad_checkpointing:
+            if not self.transformer.supports_gradient_checkpointing:
+                raise PolyalignError(f"encoder 'text': the model in {folder} ({type(self.transformer).__name__}) "
+                                     f"does not support gradient checkpointing; set grad_checkpointing: false")
+            self.transformer.activation_checkpointing_enable()  # non-reentrant torch.utils.checkpoint
         if config.lora:
             self.transformer = add_lora(self.transformer, config.lora, "all-linear", "encoder 'text'")
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from polyalign.core.assemble import Assembled, assemble
+from polyalign.core.assemble import Assembled, assemble, build_model, with_rebuild_options
+from polyalign.core.batch import Batch
 from polyalign.core.data import skip_summary
-from polyalign.core.device import pick_device
+from polyalign.core.device import check_precision, pick_device
 from polyalign.core.errors import PolyalignError
+from polyalign.core.loss import float_metrics
 from polyalign.core.plugins import Plugins
 from polyalign.core.recipe import Recipe
 from polyalign.core.run_files import CHECKPOINTS_DIR
@@ -21,8 +24,10 @@ from polyalign.core.stream import is_stream
 from .distributed import DistInfo, mean_across_ranks
 from .loaders import TrainingData
 from .optim import build_optimizer
+from .sharding import ShardedParts
 from .state import TrainProgress, restore_state, save_state, seed_everything
 from .step import NonFiniteError, Stepper, temperature_of
+from .window import StepRecord
 
 TIMING_KEYS = ("samples_per_s",)  # metrics that differ between identical runs
 
@@ -38,6 +43,7 @@ class Trainer:
         if self.device.type == "cuda" and dist.enabled:
             self.device = torch.device("cuda", dist.local_rank)
             torch.cuda.set_device(self.device)
+        check_precision(cfg.precision, self.device)
         if cfg.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(recipe.seed)
@@ -58,20 +64,29 @@ class Trainer:
             per_rank = f" per process (of {dist.world})" if dist.enabled else ""
             raise PolyalignError(
                 f"train.accumulate: {cfg.accumulate} batches make one optimizer step, but an epoch of the train "
-                f"split ({len(self.parts.dataset.split('train'))} rows) has only {self.batches_per_epoch} batch(es) of "
+                f"split ({len(self.parts.dataset.split('train'))} rows) has only {self.batches_per_epoch} "
+                f"batch(es) of "
                 f"{self.rank_batch}{per_rank}: no optimizer step would ever run. Lower train.accumulate or "
                 f"train.batch_size.")
         self.steps_per_epoch = max(1, self.batches_per_epoch // cfg.accumulate)
         total = self.steps_per_epoch * cfg.epochs
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.sharded: ShardedParts | None = None  # set by _forward_model with strategy: fsdp
+        forward_model = self._forward_model()  # before the optimizer: sharding replaces the parameters
         optimizer, self.scheduler = build_optimizer(self.model, self.loss_fn, recipe, self.total_steps)
         self.optimizer = optimizer
-        self.stepper = Stepper(recipe, self.model, self._forward_model(), self.loss_fn, optimizer,
-                               self.scheduler, self.device)
+        scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        self.stepper = Stepper(recipe, self.model, forward_model, self.loss_fn, optimizer,
+                               self.scheduler, self.device, scaler)
         self.progress = TrainProgress()
+        self.pending: list[StepRecord] = []  # steps taken since the last check, not yet read back
         self.saved_step: int | None = None  # step of the newest checkpoint (for messages)
         if resume:
-            restored = restore_state(self.run_dir / CHECKPOINTS_DIR, self.parts, self.optimizer, self.scheduler)
+            restored = restore_state(
+                self.run_dir / CHECKPOINTS_DIR,
+                self.parts.load_state_dict if self.sharded is None else self.sharded.load_weights,
+                optimizer.load_state_dict if self.sharded is None else partial(self.sharded.load_optimizer, optimizer),
+                self.scheduler, scaler)
             if restored is not None:  # else killed before its first checkpoint: start over from step 0
                 self.progress, self.saved_step = restored, restored.step
                 self._check_layout()
@@ -95,9 +110,12 @@ class Trainer:
         return self.progress.step > 0 or self.saved_step is not None
 
     def _forward_model(self) -> nn.Module:
-        """The model as the steps call it: wrapped in DDP across processes, compiled when asked."""
+        """The model as the steps call it: wrapped in DDP (or sharded with FSDP2) across processes,
+        compiled when asked."""
         forward: nn.Module = self.model
-        if self.dist.enabled:  # an encoder goes unused when its modality is absent from a rank's batch
+        if self.dist.enabled and self.recipe.train.strategy == "fsdp":
+            self.sharded = ShardedParts(self.model, self.loss_fn, self.device, self.dist.world)
+        elif self.dist.enabled:  # an encoder goes unused when its modality is absent from a rank's batch
             train = self.parts.dataset.split("train")
             holes = any(rate > 0 for rate in self.recipe.missing.train_rate.values()) or is_stream(train) or any(
                 s.get(m) is None for s in train for m in self.recipe.modalities)
@@ -109,14 +127,34 @@ class Trainer:
         return forward
 
     def save(self, best: bool = False) -> None:
-        """Checkpoint the current state (main process only) as ``last`` (and ``best`` when asked)."""
+        """Checkpoint the current state as ``last`` (and ``best`` when asked); every process calls
+        it, the main one writes."""
         self.saved_step = self.progress.step
+        if self.sharded is not None:  # gathered from every process
+            weights, optimizer_state = self.sharded.full_state(self.optimizer)
+        elif self.dist.is_main:
+            weights, optimizer_state = self.parts.state_dict(), self.optimizer.state_dict()
         if self.dist.is_main:
-            save_state(self.run_dir / CHECKPOINTS_DIR, self.parts, self.progress, self.optimizer,
-                       self.scheduler, self.recipe.train, best)
+            save_state(self.run_dir / CHECKPOINTS_DIR, weights, optimizer_state, self.progress, self.scheduler,
+                       self.recipe.train, best, self.stepper.scaler)
 
-    def _handle_nan(self, exc: NonFiniteError) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def evaluation_parts(self) -> Assembled:
+        """The trained parts as one process can use them: under FSDP an unsharded copy on the main
+        process (every process must call it), else the parts themselves."""
+        if self.sharded is None:
+            return self.parts
+        weights, _ = self.sharded.full_state(self.optimizer)
+        if not self.dist.is_main:
+            return self.parts  # sharded: not for evaluation
+        recipe = with_rebuild_options(self.recipe, self.model, self.plugins)
+        parts = Assembled(self.parts.dataset, build_model(recipe, self.plugins, root=self.parts.dataset.root),
+                          self.parts.loss, self.parts.loss_name)
+        parts.load_state_dict(weights)
+        parts.model.to(self.device)
+        return parts
+
+    def _handle_nan(self, problem: str) -> None:
+        """Count a skipped non-finite step (``on_nan: skip``, within the limit) or stop the run."""
         cfg, progress = self.recipe.train, self.progress
         if cfg.on_nan == "skip" and progress.nan_skips < cfg.max_nan_skips:
             progress.nan_skips += 1
@@ -128,8 +166,54 @@ class Trainer:
                 f"is kept" if self.saved_step is not None else "no checkpoint had been written yet")
         limit = (f" ({progress.nan_skips} step(s) already skipped; train.max_nan_skips={cfg.max_nan_skips})"
                  if cfg.on_nan == "skip" else "")
-        raise NonFiniteError(f"{exc}. Training stopped{limit}; {kept}. Lower train.lr, raise the "
-                             f"temperature, check the data, or set train.on_nan=skip.") from None
+        raise NonFiniteError(f"{problem}. Training stopped{limit}; {kept}. Lower train.lr, raise the "
+                             f"temperature, check the data, or set train.on_nan=skip.")
+
+    def _check(self, window: list[Batch] | None) -> StepRecord | None:
+        """Read back the steps taken since the last check, all at once (training's only wait for
+        the device): stop on, or skip and count, each non-finite step (its update was already
+        skipped on the device) and number the good ones. ``window`` is the newest step's
+        micro-batches. Returns the newest step's record when it was good, else None."""
+        records, self.pending = self.pending, []
+        values = torch.stack([torch.stack([r.loss.double(), r.grad_norm.to(r.loss.device).double()])
+                              for r in records]).tolist()
+        progress = self.progress
+        progress.step -= len(records)
+        good, dropped = False, 0
+        for i, (record, (loss, norm)) in enumerate(zip(records, values)):
+            good = not self.stepper.counts_as_bad(loss, norm)
+            if good:
+                progress.step += 1
+                progress.epoch_loss += loss
+                progress.epoch_steps += 1
+                continue
+            dropped += 1
+            newest = i == len(records) - 1
+            self._handle_nan(self.stepper.describe_bad_step(record, loss, norm, f"step {progress.step + 1}",
+                                                            window if newest else None))
+        if dropped:
+            self.stepper.rewind_schedule(dropped)
+        return records[-1] if good else None
+
+    def _log_due(self) -> bool:
+        step = self.progress.step
+        return step % self.recipe.train.log_every == 0 or step == self.total_steps
+
+    def _checkpoint_due(self) -> bool:
+        every = self.recipe.train.checkpoint_every
+        return bool(every) and self.progress.step % every == 0
+
+    def _log(self, record: StepRecord, elapsed: float, samples: int) -> dict[str, float]:
+        """Send the newest step's loss and metrics (averaged over processes) to the loggers."""
+        metrics = mean_across_ranks(float_metrics({"loss": record.loss, **record.metrics}))
+        metrics.update({"lr": self.scheduler.get_last_lr()[0], "samples_per_s": samples / max(elapsed, 1e-9)})
+        tau = temperature_of(self.loss_fn)
+        if tau is not None:
+            metrics["temperature"] = tau
+        if self.dist.is_main:
+            self.plugins.pm.hook.on_step_end(step=self.progress.step, epoch=self.progress.epoch, metrics=metrics,
+                                             run_dir=self.run_dir)
+        return metrics
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -138,15 +222,15 @@ class Trainer:
             return None
         self.model.eval()
         self.loss_fn.eval()
-        total, n = 0.0, 0
+        total, n = torch.zeros((), dtype=torch.float64, device=self.device), 0
         where = f"validation after step {self.progress.step}"
         for batch in self.val_loader:
             batch = batch.to(self.device)
-            total += float(self.stepper.loss(batch, train=False, where=where).loss) * len(batch)
+            total += self.stepper.validation_loss(batch, where).double() * len(batch)
             n += len(batch)
         self.model.train()
         self.loss_fn.train()
-        return mean_across_ranks({"v": total / max(n, 1)})["v"]
+        return mean_across_ranks({"v": float(total) / max(n, 1)})["v"]
 
     def fit(self) -> dict[str, float]:
         """Train until ``epochs`` or ``max_steps``; returns the last epoch's metrics."""
@@ -182,54 +266,33 @@ class Trainer:
         hook = self.plugins.pm.hook
         self.train_loader.set_epoch(progress.epoch, progress.batch_in_epoch,
                                     seed=self.recipe.seed * 100003 + progress.epoch)
-        micro = 0
-        window_loss, window_n, t0, samples = 0.0, 0, time.perf_counter(), 0
+        k = cfg.accumulate
+        t0, samples = time.perf_counter(), 0
+        window: list[Batch] = []
         for batch in self.train_loader:
-            batch = batch.to(self.device, non_blocking=True)
-            try:
-                out = self.stepper.loss(batch, train=True, where=f"step {progress.step + 1}")
-                (out.loss / cfg.accumulate).backward()
-            except NonFiniteError as exc:  # the whole accumulation window is dropped
-                self._handle_nan(exc)
-                progress.batch_in_epoch += 1
-                micro, window_loss, window_n = 0, 0.0, 0
-                continue
-            micro += 1
+            window.append(batch)
             progress.batch_in_epoch += 1
-            samples += len(batch) * self.dist.world
-            window_loss += out.loss.detach()  # a tensor: no host-device sync until logging
-            window_n += 1
-            if micro < cfg.accumulate:
+            if len(window) < k:
                 continue
-            micro = 0
-            try:
-                self.stepper.update(out.metrics, where=f"step {progress.step + 1}")
-            except NonFiniteError as exc:
-                self._handle_nan(exc)
-                window_loss, window_n = 0.0, 0
-                continue
+            self.pending.append(self.stepper.step(window))
             progress.step += 1
-            progress.epoch_loss += float(window_loss) / window_n
-            progress.epoch_steps += 1
-            if progress.step % cfg.log_every == 0 or progress.step == self.total_steps:
-                elapsed = time.perf_counter() - t0
-                metrics = mean_across_ranks({"loss": float(window_loss) / window_n, **out.metrics})
-                metrics.update({"lr": self.scheduler.get_last_lr()[0],
-                                "samples_per_s": samples / max(elapsed, 1e-9)})
-                tau = temperature_of(self.loss_fn)
-                if tau is not None:
-                    metrics["temperature"] = tau
-                if self.dist.is_main:
-                    hook.on_step_end(step=progress.step, epoch=progress.epoch, metrics=metrics,
-                                     run_dir=self.run_dir)
-                bar.update(task, completed=progress.step, epoch=progress.epoch, loss=f"{metrics['loss']:.4f}",
-                           speed=f"{metrics['samples_per_s']:.0f} samples/s")
-                t0, samples = time.perf_counter(), 0
-            window_loss, window_n = 0.0, 0
-            if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0:
-                self.save()
-            if progress.step >= self.total_steps:
+            samples += sum(len(b) for b in window) * self.dist.world
+            epoch_ends = progress.batch_in_epoch + k > self.batches_per_epoch  # the rest cannot fill a window
+            # checks read the device back: only at logs, checkpoints and epoch ends
+            newest = self._check(window) if self._log_due() or self._checkpoint_due() or epoch_ends else None
+            if newest is not None:  # else not checked now, or the newest step was skipped (steps renumbered)
+                if self._log_due():
+                    metrics = self._log(newest, time.perf_counter() - t0, samples)
+                    bar.update(task, completed=progress.step, epoch=progress.epoch, loss=f"{metrics['loss']:.4f}",
+                               speed=f"{metrics['samples_per_s']:.0f} samples/s")
+                    t0, samples = time.perf_counter(), 0
+                if self._checkpoint_due():
+                    self.save()
+            window = []
+            if progress.step >= self.total_steps or epoch_ends:
                 break
+        if self.pending:  # the loader ended early: settle the steps taken since the last check
+            self._check(None)
         val = self.validate()
         metrics = {"train_loss": progress.epoch_loss / max(progress.epoch_steps, 1)}
         if val is not None:

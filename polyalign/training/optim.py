@@ -53,10 +53,14 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
 def build_optimizer(model: MultiModalModel, loss: nn.Module, recipe: Recipe,
                     total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the model and the loss (per-parameter rates from :func:`lr_scales`) and its
-    warmup + cosine (or constant) schedule over ``total_steps``."""
+    warmup + cosine (or constant) schedule over ``total_steps``.
+
+    Fused: one kernel per step, and it can skip a step on the device (see ``step.step_unless``).
+    """
     cfg = recipe.train
     named = [*model.named_parameters(), *((f"loss.{n}", p) for n, p in loss.named_parameters())]
-    optimizer = torch.optim.AdamW(param_groups(named, cfg.weight_decay, cfg.lr, lr_scales(model, recipe)), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(param_groups(named, cfg.weight_decay, cfg.lr, lr_scales(model, recipe)), lr=cfg.lr,
+                                  fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, total_steps, cfg.schedule))
     return optimizer, scheduler

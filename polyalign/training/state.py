@@ -11,12 +11,11 @@ import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from polyalign.core.assemble import Assembled
 from polyalign.core.recipe import TrainSection
 from polyalign.core.weights import STATE, CheckpointError, load_state, load_weights
 
@@ -81,36 +80,44 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_state(root: Path, parts: Assembled, progress: TrainProgress, optimizer: torch.optim.Optimizer,
-               scheduler: Any, cfg: TrainSection, best: bool = False) -> None:
-    """Checkpoint weights and state under ``root`` as ``last`` (and ``best`` when asked).
+def save_state(root: Path, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any],
+               progress: TrainProgress, scheduler: Any, cfg: TrainSection, best: bool = False,
+               scaler: torch.amp.GradScaler | None = None) -> None:
+    """Checkpoint weights (``model.*``, ``loss.*``) and state under ``root`` as ``last`` (and
+    ``best`` when asked).
 
     With ``checkpoint_every`` the state is first written as ``step-NNNNNNNN`` (the newest
     ``keep_last`` of them are kept) and ``best``/``last`` are hard-linked copies of it.
     ``last`` is always swapped in last, so a kill at any point resumes from a complete state.
     """
-    state = {**asdict(progress), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    state = {**asdict(progress), "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
              "rng": rng_state()}
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
     names = ([step_checkpoint_name(progress.step)] if cfg.checkpoint_every else []) + \
         (["best"] if best else []) + ["last"]
-    save_checkpoint(root / names[0], parts.state_dict(), state)
+    save_checkpoint(root / names[0], weights, state)
     for name in names[1:]:
         link_checkpoint(root / names[0], root / name)
     prune_step_checkpoints(root, cfg.keep_last)  # also when a resume turned checkpoint_every off
 
 
-def restore_state(root: Path, parts: Assembled, optimizer: torch.optim.Optimizer,
-                  scheduler: Any) -> TrainProgress | None:
-    """Load the newest checkpoint under ``root`` into the parts, optimiser, scheduler and RNGs;
-    None when the run saved none (it was killed before its first checkpoint)."""
+def restore_state(root: Path, set_weights: Callable[[dict[str, torch.Tensor]], None],
+                  set_optimizer: Callable[[dict[str, Any]], None], scheduler: Any,
+                  scaler: torch.amp.GradScaler | None = None) -> TrainProgress | None:
+    """Load the newest checkpoint under ``root`` through ``set_weights`` and ``set_optimizer``,
+    into the scheduler (and gradient scaler) and the RNGs; None when the run saved none (it was
+    killed before its first checkpoint)."""
     directory = latest_checkpoint(root)
     if directory is None:
         return None
-    parts.load_state_dict(load_weights(directory))
+    set_weights(load_weights(directory))
     state = load_state(directory)
     try:
-        optimizer.load_state_dict(state["optimizer"])
+        set_optimizer(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None:
+            scaler.load_state_dict(state["scaler"])
         progress = TrainProgress.from_state(state)
         set_rng_state(state["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

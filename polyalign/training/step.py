@@ -1,20 +1,30 @@
-"""One training step: embed a batch, apply the loss, check it, and update the weights."""
+"""One optimizer step: embed a window of micro-batches, apply the loss, backpropagate, update.
+
+Nothing in a step reads a value back from the device: the loss, its metrics and the NaN/Inf
+flags stay tensors in a :class:`StepRecord` until the trainer's next check (every
+``log_every`` steps, at checkpoints and at epoch ends); a non-finite step is skipped on the
+device by the fused optimizer (its ``found_inf`` flag, as ``torch.amp.GradScaler`` uses it).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import math
+from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from polyalign.core.batch import Batch
 from polyalign.core.device import autocast_for
-from polyalign.core.errors import PluginError, PolyalignError
-from polyalign.core.loss import LossOutput, Temperature, check_loss_output, clamp_temperatures
+from polyalign.core.errors import PolyalignError
+from polyalign.core.loss import LossOutput, Temperature, check_loss_output, clamp_temperatures, float_metrics
 from polyalign.core.model import MultiModalModel
 from polyalign.core.recipe import Recipe
 
 from .distributed import all_reduce_mean_grads, gather_batch
+from .window import StepRecord, micro_negatives, window_negatives
 
 
 class NonFiniteError(PolyalignError):
@@ -40,44 +50,130 @@ def temperature_of(loss: nn.Module) -> float | None:
     return None
 
 
+def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """``optimizer.step()``, skipped on the device where ``skip`` is true (no host read-back).
+
+    The optimizer must be fused: its kernels take ``found_inf`` (the attribute
+    ``torch.amp.GradScaler`` sets) and then leave the weights and the optimizer state unchanged.
+    """
+    optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
+    optimizer.grad_scale = None  # type: ignore[attr-defined]
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf, optimizer.grad_scale  # type: ignore[attr-defined]
+
+
 class Stepper:
     """Computes losses and applies optimizer steps for one run.
 
     ``forward_model`` is the model as called (wrapped by DDP or ``torch.compile`` when asked);
-    ``model`` the plain one, whose parameters are named in error messages.
+    ``model`` the plain one, whose parameters are named in error messages. ``scaler`` is the
+    gradient scaler of ``precision: fp16`` (None otherwise).
     """
 
     def __init__(self, recipe: Recipe, model: MultiModalModel, forward_model: nn.Module, loss_fn: nn.Module,
-                 optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device):
+                 optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device,
+                 scaler: torch.amp.GradScaler | None = None):
         self.recipe, self.model, self.forward_model, self.loss_fn = recipe, model, forward_model, loss_fn
-        self.optimizer, self.scheduler, self.device = optimizer, scheduler, device
+        self.optimizer, self.scheduler, self.device, self.scaler = optimizer, scheduler, device, scaler
         self.loss_name = "+".join(n.plugin for n in recipe.losses)
 
-    def loss(self, batch: Batch, train: bool, where: str) -> LossOutput:
-        """Embed a batch and apply the loss (on the global batch when distributed); ``where``
-        (``step 12``, ``validation after step 11``) locates a non-finite loss in its message."""
-        present = drop_modalities(batch.present, self.recipe.missing.train_rate) if train else batch.present
+    # -- the parts a step is made of (used by both accumulation modes in :mod:`.window`)
+    def train_present(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The batch's masks after train-time modality dropout (drawn once per micro-batch)."""
+        return drop_modalities(batch.present, self.recipe.missing.train_rate)
+
+    def embed(self, batch: Batch, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's embeddings of a batch (under the run's autocast), at least float32."""
         with autocast_for(self.recipe.train.precision, self.device):
             emb = self.forward_model(batch.inputs, present)
-        emb = {m: z.float() for m, z in emb.items()}
+        return {m: z.to(torch.promote_types(z.dtype, torch.float32)) for m, z in emb.items()}
+
+    def apply_loss(self, emb: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> LossOutput:
+        """The loss of embeddings (gathered over processes with ``gather: global``), checked."""
         loss_present = self.model.loss_present(present)
         if self.recipe.train.gather == "global":
             emb, loss_present = gather_batch(emb, loss_present)
-        out = check_loss_output(self.loss_fn(emb, loss_present), self.loss_name)
-        if train and torch.is_grad_enabled() and not out.loss.requires_grad:
-            raise PluginError(f"loss plugin {self.loss_name!r} returned a loss that does not depend on the "
-                              f"embeddings (no gradient): keep it a tensor computed from them (no .item(), "
-                              f".detach() or torch.tensor(...))")
-        if not torch.isfinite(out.loss):
-            bad = [m for m, z in emb.items() if not torch.isfinite(z).all()]
-            bad_in = [m for m, x in batch.inputs.items()
-                      if any(t.is_floating_point() and not torch.isfinite(t).all()
-                             for t in (x.values() if isinstance(x, dict) else [x]))]
-            raise NonFiniteError(
-                f"{where}: the loss is {float(out.loss.detach())} (terms: "
-                f"{ {k: round(float(v), 4) for k, v in out.metrics.items()} }); non-finite embeddings in: "
-                f"{', '.join(bad) or 'none'}; non-finite input values in: {', '.join(bad_in) or 'none'}")
-        return out
+        return check_loss_output(self.loss_fn(emb, loss_present), self.loss_name, torch.is_grad_enabled())
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` (scaled by the fp16 gradient scaler when there is one)."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    @contextlib.contextmanager
+    def grad_sync(self, sync: bool) -> Iterator[None]:
+        """Under DDP, let a backward inside this block all-reduce the gradients only if ``sync``
+        (the last micro-batch of a window); elsewhere a no-op."""
+        if not sync and isinstance(self.forward_model, nn.parallel.DistributedDataParallel):
+            with self.forward_model.no_sync():
+                yield
+        else:
+            yield
+
+    # -- one step
+    def step(self, window: list[Batch]) -> StepRecord:
+        """Forward and backward over the micro-batches of one optimizer step, then update."""
+        self.optimizer.zero_grad(set_to_none=True)  # here, not after the update: a check may name bad grads
+        window_mode = self.recipe.train.negatives == "window" and len(window) > 1
+        record = (window_negatives if window_mode else micro_negatives)(self, window)
+        self.update(record)
+        return record
+
+    def update(self, record: StepRecord) -> None:
+        """Average the loss's gradients across processes, clip the gradient norm, step the
+        optimizer (skipped on the device when the loss or the norm is not finite) and the
+        scheduler, and clamp the temperatures."""
+        cfg = self.recipe.train
+        all_reduce_mean_grads(self.loss_fn)  # DDP/FSDP average only the model's gradients
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if isinstance(norm, DTensor):  # sharded gradients (strategy: fsdp)
+            norm = norm.full_tensor()
+        record.grad_norm = norm.detach()
+        finite = torch.isfinite(norm)
+        if cfg.grad_clip is not None:  # a non-finite norm leaves the gradients as they are, for the report
+            torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, torch.where(finite, norm, 0.0))
+        if self.scaler is not None:  # skips inf/NaN gradients itself (and lowers the scale)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            step_unless(self.optimizer, ~(finite & torch.isfinite(record.loss)))
+        self.scheduler.step()
+        clamp_temperatures(self.loss_fn)
+
+    def counts_as_bad(self, loss: float, grad_norm: float) -> bool:
+        """Whether a step with these read-back values is a NaN/Inf step (``train.on_nan``).
+
+        Under fp16 an overflowing gradient is the scaler's business (it skips the step and lowers
+        the scale), so only a non-finite loss counts.
+        """
+        return not math.isfinite(loss) or (self.scaler is None and not math.isfinite(grad_norm))
+
+    def rewind_schedule(self, steps: int) -> None:
+        """Undo ``steps`` scheduler steps (of steps that turned out to be skipped)."""
+        self.scheduler.last_epoch -= steps + 1
+        self.scheduler.step()
+
+    # -- reports
+    def describe_bad_step(self, record: StepRecord, loss: float, grad_norm: float, where: str,
+                          window: list[Batch] | None) -> str:
+        """What went wrong in a non-finite step. ``window`` is its micro-batches when this is the
+        newest step (then its inputs and gradients are still at hand), else None."""
+        terms = {k: round(v, 4) for k, v in float_metrics(record.metrics).items()}
+        if not math.isfinite(loss):
+            bad = [m for m, ok in record.embeddings_finite.items() if not bool(ok)]
+            if window is None:
+                inputs = "not checked (this step was found at a later check; train.log_every=1 checks every step)"
+            else:
+                inputs = ", ".join(m for m in self.model.modalities if any(_nonfinite_input(b, m) for b in window))
+            return (f"{where}: the loss is {loss} (terms: {terms}); non-finite embeddings in: "
+                    f"{', '.join(bad) or 'none'}; non-finite input values in: {inputs or 'none'}")
+        grads = (self.nonfinite_grads() if window is not None else
+                 "not kept (this step was found at a later check; train.log_every=1 checks every step)")
+        return f"{where}: the gradient norm is {grad_norm} (loss terms: {terms}); non-finite gradients in: {grads}"
 
     def nonfinite_grads(self) -> str:
         """Names of the parameters whose gradient holds NaN/Inf (with their modalities)."""
@@ -89,22 +185,20 @@ class Stepper:
         shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
         return f"{shown or 'none'} (modalities: {', '.join(mods) or 'none'})"
 
-    def update(self, terms: dict[str, float], where: str) -> None:
-        """Average the loss's gradients across processes, check and clip the gradient norm, step
-        the optimizer and scheduler, clear the gradients and clamp the temperatures."""
-        cfg = self.recipe.train
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        all_reduce_mean_grads(self.loss_fn)  # DDP averages only the model's gradients
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if not torch.isfinite(norm):
-            bad = self.nonfinite_grads()
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteError(f"{where}: the gradient norm is {float(norm)} (loss terms: "
-                                 f"{ {k: round(float(v), 4) for k, v in terms.items()} }); non-finite "
-                                 f"gradients in: {bad}")
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        clamp_temperatures(self.loss_fn)
+    @torch.no_grad()
+    def validation_loss(self, batch: Batch, where: str) -> torch.Tensor:
+        """The loss of a validation batch; a non-finite one raises :class:`NonFiniteError`."""
+        emb = self.embed(batch, batch.present)
+        out = self.apply_loss(emb, batch.present)
+        if not torch.isfinite(out.loss):
+            record = StepRecord(out.loss, out.metrics, {m: torch.isfinite(z).all() for m, z in emb.items()})
+            raise NonFiniteError(self.describe_bad_step(record, float(out.loss), 0.0, where, [batch]))
+        return out.loss.detach()
+
+
+def _nonfinite_input(batch: Batch, m: str) -> bool:
+    x = batch.inputs.get(m)
+    if x is None:
+        return False
+    tensors = x.values() if isinstance(x, dict) else [x]
+    return any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors)

@@ -85,8 +85,8 @@ class AlignUniformLoss(Loss):
             loss = loss + cfg.align_weight * torch.stack(list(align.values())).mean()
         if uniform:
             loss = loss + cfg.uniform_weight * torch.stack(list(uniform.values())).mean()
-        metrics = {f"align_{k}": float(v.detach()) for k, v in align.items()}
-        metrics.update({f"uniform_{k}": float(v.detach()) for k, v in uniform.items()})
+        metrics = {f"align_{k}": v.detach() for k, v in align.items()}
+        metrics.update({f"uniform_{k}": v.detach() for k, v in uniform.items()})
         return LossOutput(loss, metrics)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -42,9 +42,9 @@ class ClipLoss(Loss):
             if rows.numel() >= 2:
                 terms[f"{m}-{n}"] = self.pair_loss(embeddings[m][rows], embeddings[n][rows], scale)
         loss = torch.stack(list(terms.values())).mean() if terms else zero_loss(embeddings)
-        metrics = {f"loss_{k}": float(v.detach()) for k, v in terms.items()}
-        metrics["logit_scale"] = float(scale.detach())
-        metrics["temperature"] = self.temperature.tau
+        metrics = {f"loss_{k}": v.detach() for k, v in terms.items()}
+        metrics["logit_scale"] = scale.detach()
+        metrics["temperature"] = (-self.temperature.log_scale).exp().detach()  # τ even where 1/τ underflows
         return LossOutput(loss, metrics)
 
     def pair_loss(self, zm: torch.Tensor, zn: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,7 @@ class GramLoss(Loss):
         mask = torch.stack([present[m] for m in others], 1)  # (N, k)
         rows = (present[anchor] & mask.any(1)).nonzero(as_tuple=True)[0]
         scale = self.temperature.scale
-        metrics = {"temperature": float(1.0 / scale.detach())}
+        metrics = {"temperature": (1.0 / scale).detach()}
         if rows.numel() < 2:
             return LossOutput(zero_loss(embeddings), metrics)
         a = embeddings[anchor][rows]
@@ -102,9 +102,9 @@ class GramLoss(Loss):
             if eps > 0:
                 rows_ce = rows_ce - eps * row_sum.mean() / n
                 cols_ce = cols_ce - eps * col_sum.mean() / n
-        metrics.update({f"loss_{anchor}_to_tuple": float(rows_ce.detach()),
-                        f"loss_tuple_to_{anchor}": float(cols_ce.detach()),
-                        "positive_volume": float((-pos / scale).detach().mean())})
+        metrics.update({f"loss_{anchor}_to_tuple": rows_ce.detach(),
+                        f"loss_tuple_to_{anchor}": cols_ce.detach(),
+                        "positive_volume": (-pos / scale).detach().mean()})
         return LossOutput(0.5 * (rows_ce + cols_ce), metrics)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:

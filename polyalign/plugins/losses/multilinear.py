@@ -142,7 +142,6 @@ class _AnchorLogsumexps(torch.autograd.Function):
         rows, chunk = n ** n_lead, ctx.chunk
         g_lead, g_y, g_z = grad[:n_lead], grad[-2], grad[-1]
         a_lead, a_y, a_z = out[:n_lead], out[-2], out[-1]
-        s = float(scale)
         zt = (scale * z).T.contiguous()
         grads = [torch.zeros_like(x) for x in zs]
         grad_scale = torch.zeros_like(scale)
@@ -173,13 +172,15 @@ class _AnchorLogsumexps(torch.autograd.Function):
             w = ws.w[:b]
             torch.mm(g2, z, out=w.view(b * n, d))  # w[b, j] = Σ_k g[b, j, k] z_k
             grad_scale += torch.dot(py.reshape(-1), w.reshape(-1))  # Σ dL/dT · MIP
-            grads[-1].addmm_(g2.T, py.view(b * n, d), alpha=s)
+            grads[-1].addmm_(g2.T, py.view(b * n, d))
             tmp = ws.tmp[:b]
-            grads[-2].add_(torch.mul(w, p[:, None, :], out=tmp).sum(0), alpha=s)
+            grads[-2].add_(torch.mul(w, p[:, None, :], out=tmp).sum(0))
             if n_lead:
-                grad_p = torch.mul(w, y[None], out=tmp).sum(1).mul_(s)
+                grad_p = torch.mul(w, y[None], out=tmp).sum(1)
                 for m in range(n_lead):
                     grads[m].index_add_(0, idx[m], grad_p * _lead_product(lead, idx, y, b, skip=m))
+        for g in grads:  # dT/dz carries the factor s; applied once (a tensor: no host read-back)
+            g.mul_(scale)
         return (None, grad_scale, *grads)
 
 

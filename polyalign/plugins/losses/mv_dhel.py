@@ -56,7 +56,7 @@ class MvDhelLoss(Loss):
         z, p = stack_views(embeddings, full_present(embeddings, present))
         n = z.shape[1]
         scale = self.temperature.scale
-        metrics = {"temperature": float(1.0 / scale.detach())}
+        metrics = {"temperature": (1.0 / scale).detach()}
         usable = p & (p.sum(1, keepdim=True) >= 2)
         valid = usable.sum(0) >= 2
         if not bool(valid.any()):
@@ -75,9 +75,9 @@ class MvDhelLoss(Loss):
             lse = torch.where(usable[k], lse, torch.zeros_like(lse))
             den = den + lse
             if bool((usable[k] & valid).any()):
-                metrics[f"uniformity_{name}"] = float(lse[usable[k] & valid].detach().mean())
+                metrics[f"uniformity_{name}"] = lse[usable[k] & valid].detach().mean()
         num, den = num[valid], den[valid]
-        metrics["positives_lse"] = float(num.detach().mean())
+        metrics["positives_lse"] = num.detach().mean()
         return LossOutput((den - num).mean(), metrics)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:

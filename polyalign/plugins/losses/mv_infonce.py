@@ -55,7 +55,7 @@ class MvInfoNceLoss(Loss):
         z, p = stack_views(embeddings, full_present(embeddings, present))
         m, n, d = z.shape
         scale = self.temperature.scale
-        metrics = {"temperature": float(1.0 / scale.detach())}
+        metrics = {"temperature": (1.0 / scale).detach()}
         valid = p.sum(0) >= 2
         if not bool(valid.any()):
             return LossOutput(zero_loss(embeddings), metrics)
@@ -69,7 +69,7 @@ class MvInfoNceLoss(Loss):
             row_lse = reduce_blockwise(block, m * n, chunk, (flat, scale), Reductions(row_lse=True))[0]
         den = row_lse.view(m, n).masked_fill(~p, -math.inf).logsumexp(0)
         num, den = num[valid], den[valid]
-        metrics.update({"positives_lse": float(num.detach().mean()), "all_lse": float(den.detach().mean())})
+        metrics.update({"positives_lse": num.detach().mean(), "all_lse": den.detach().mean()})
         return LossOutput((den - num).mean(), metrics)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -29,6 +29,7 @@ from polyalign.core.loss import (
     Loss,
     LossConfig,
     LossOutput,
+    Metric,
     Temperature,
     full_present,
 )
@@ -100,7 +101,7 @@ class SiglipLoss(Loss):
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:
         present = full_present(embeddings, present)
         terms: dict[str, torch.Tensor] = {}
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Metric] = {}
         for m, n in pair_graph(list(embeddings), self.config.pairs, self.anchor):
             key = self._pair_key(m, n)
             rows = paired_rows(present, m, n)
@@ -108,10 +109,10 @@ class SiglipLoss(Loss):
                 terms[key] = siglip_pair(embeddings[m][rows], embeddings[n][rows], self.scales[key].scale,
                                          self.biases[key], self.config.chunk_size)
         loss = torch.stack(list(terms.values())).mean() if terms else zero_loss(embeddings)
-        metrics.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
+        metrics.update({f"loss_{k}": v.detach() for k, v in terms.items()})
         for key in self.scales:
-            metrics[f"temperature_{key}"] = float(1.0 / self.scales[key].scale.detach())
-            metrics[f"bias_{key}"] = float(self.biases[key].detach())
+            metrics[f"temperature_{key}"] = (1.0 / self.scales[key].scale).detach()
+            metrics[f"bias_{key}"] = self.biases[key].detach()
         return LossOutput(loss, metrics)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:

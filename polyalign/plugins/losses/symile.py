@@ -116,7 +116,7 @@ class SymileLoss(Loss):
             rows = complete_rows(present, names)
             zs = [embeddings[m][rows] for m in names]
         scale = self.temperature.scale
-        metrics = {"temperature": float(1.0 / scale.detach())}
+        metrics = {"temperature": (1.0 / scale).detach()}
         if zs[0].shape[0] < 2:
             return LossOutput(zero_loss(embeddings), metrics)
         scale = scale * self._multiplier(zs)
@@ -125,7 +125,7 @@ class SymileLoss(Loss):
             per_anchor = anchor_logsumexps(zs, scale, self.config.chunk_size).mean(1) - pos.mean()
         else:
             per_anchor = torch.stack([self._anchor_n(zs, k, pos, scale) for k in range(len(zs))])
-        metrics.update({f"loss_{m}": float(v) for m, v in zip(names, per_anchor.detach())})
+        metrics.update({f"loss_{m}": v for m, v in zip(names, per_anchor.detach())})
         return LossOutput(per_anchor.mean(), metrics)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:

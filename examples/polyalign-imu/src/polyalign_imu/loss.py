@@ -48,8 +48,8 @@ class MarginClipLoss(Loss):
             loss = torch.stack(list(terms.values())).mean()
         else:  # a batch with nothing to contrast: a zero that keeps the embeddings in the graph
             loss = sum(z.sum() for z in embeddings.values()) * 0.0
-        metrics = {f"loss_{pair}": float(value.detach()) for pair, value in terms.items()}
-        metrics["temperature"] = float(1.0 / scale.detach())
+        metrics = {f"loss_{pair}": value.detach() for pair, value in terms.items()}
+        metrics["temperature"] = (1.0 / scale).detach()
         return LossOutput(loss, metrics)
 
     def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
