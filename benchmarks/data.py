@@ -108,7 +108,7 @@ def floor_run(overrides: list[str]) -> list[float]:
     collate = parts.collator()
     batches = [collate([data[i] for i in order[k:k + BATCH]]) for k in range(0, len(order) - BATCH + 1, BATCH)]
     cfg = recipe.train
-    opt, sched = build_optimizer([model, loss_fn], cfg, len(batches) * cfg.epochs)
+    opt, sched = build_optimizer(model, loss_fn, recipe, len(batches) * cfg.epochs)
     params = [p for g in opt.param_groups for p in g["params"]]
     seconds = []
     for _ in range(cfg.epochs):

@@ -257,7 +257,7 @@ def test_augmentation_does_not_depend_on_workers_cache_or_resume(data, tmp_path)
                         ("disk", ["cache.inputs=disk", f"cache.dir={tmp_path / 'cache'}"])):
         _assert_weights_equal(reference, polyalign.train(XOR, out=tmp_path / name, overrides=aug + extra))
     with pytest.raises(KeyboardInterrupt):  # stopped mid-epoch 2 (3 batches per epoch), then resumed
-        polyalign.train(XOR, out=tmp_path / "cut", overrides=aug + ["train.num_workers=1", "train.checkpoint_every=1", "train.log_every=1"],
-                        plugins=make_plugins(extra=[_StopAtStep(4)]))
+        polyalign.train(XOR, out=tmp_path / "cut", plugins=make_plugins(extra=[_StopAtStep(4)]),
+                        overrides=aug + ["train.num_workers=1", "train.checkpoint_every=1", "train.log_every=1"])
     (cut,) = (tmp_path / "cut").iterdir()
     _assert_weights_equal(reference, polyalign.train(None, resume=cut))

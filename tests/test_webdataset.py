@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from conftest import ROOT
 from PIL import Image
+from test_reliability_resume import _assert_same_run, _kill_when, _logged_step, _only_run, _slow_env
 
 import polyalign
 from polyalign.cli import main
@@ -24,7 +25,6 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.stream import StreamLoader, StreamTuples
 from polyalign.plugins.datasets.demo import write_demo
 from polyalign.plugins.datasets.shards import write_shards
-from test_reliability_resume import _assert_same_run, _kill_when, _logged_step, _only_run, _slow_env
 
 pytest.importorskip("webdataset")
 
@@ -142,14 +142,16 @@ def test_bad_configs_and_paths_are_clear(tmp_path):
         polyalign.load_recipe(XOR, [f"data={{plugin: webdataset, modalities: {{v: json}}, sources: "
                                     f"[{{urls: '{shard}', weight: 1}}, {{urls: '{shard}', weight: 3}}]}}"])
     with pytest.raises(PolyalignError, match="data.modalities: extension 'json' is given to both"):
-        polyalign.load_recipe(XOR, [f"data={{plugin: webdataset, path: '{tmp_path}', modalities: {{v: json, w: json}}}}"])
+        polyalign.load_recipe(XOR, [f"data={{plugin: webdataset, path: '{tmp_path}', "
+                                    f"modalities: {{v: json, w: json}}}}"])
 
 
 def test_shards_are_counted_without_a_sizes_file(tmp_path):
     write_manifest(tmp_path / "m", {"train": numbered(7)})
     write_shards(tmp_path / "m", tmp_path / "s", 3)
     (tmp_path / "s" / "sizes.json").unlink()
-    stream = polyalign.build("dataset", "webdataset", path=str(tmp_path / "s"), modalities={"v": "v.json"}).split("train")
+    data = polyalign.build("dataset", "webdataset", path=str(tmp_path / "s"), modalities={"v": "v.json"})
+    stream = data.split("train")
     assert [s.size for s in stream.shards] == [3, 3, 1] and len(list(stream)) == 7
 
 

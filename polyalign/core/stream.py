@@ -43,6 +43,7 @@ from .batch import Batch, Collator, LoadedColumns
 from .data import BatchLoader, DataError, RowLoader, Sample, seeded
 from .errors import PolyalignError
 
+
 @dataclass(frozen=True)
 class Shard:
     """One shard of a stream: its name (a path, for messages), how many samples it holds and
@@ -246,8 +247,8 @@ class StreamLoader:
         self.tuples = tuples
         self.generator = torch.Generator().manual_seed(0)  # worker seeds, reseeded each epoch
         self.loader = BatchLoader(tuples, batch_size=None, collate_fn=_as_is, num_workers=num_workers,
-                                 pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                                 generator=self.generator)
+                                  pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                                  generator=self.generator)
         self.skipped: list[str] = []
 
     def set_epoch(self, epoch: int, start_batch: int = 0, seed: int = 0) -> None:

@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from polyalign.core.assemble import Assembled
-from polyalign.core.data import DataError, Sample, describe_value
+from polyalign.core.data import DataError, describe_value
 from polyalign.core.encoder import Encoder, to_device
 from polyalign.core.recipe import Recipe
-from polyalign.core.stream import is_stream
 
-from .input_cache import cache_dir, options_key, value_key
+from .input_cache import SPLITS, cache_dir, options_key, split_values, value_key
 from .tensor_store import TensorStore
-
-SPLITS = ("train", "val")
 
 
 def frozen_modalities(parts: Assembled) -> list[str]:
@@ -55,16 +52,6 @@ def feature_stores(recipe: Recipe, parts: Assembled) -> dict[str, TensorStore]:
     return {m: TensorStore(cache_dir(recipe, "features") /
                            options_key(recipe, m, parts.model.encoders[m], weights_digest(parts.model.encoders[m])))
             for m in frozen_modalities(parts)}
-
-
-def split_values(parts: Assembled, split: str, modality: str) -> Iterator[tuple[str, Any]]:
-    """``(where, raw value)`` of ``modality`` in every sample of ``split`` (streams are read through)."""
-    data = parts.dataset.split(split)
-    entries: Iterator[tuple[str, Sample]] = data.entries() if is_stream(data) else \
-        ((f"split {split!r}, row {i}", s) for i, s in enumerate(data))
-    for where, sample in entries:
-        if sample.get(modality) is not None:
-            yield where, sample[modality]
 
 
 @torch.no_grad()

@@ -20,22 +20,36 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from polyalign.core.assemble import Assembled
 from polyalign.core.batch import Batch, Collator
 from polyalign.core.cache_dir import cache_root
+from polyalign.core.data import DataError, Sample, describe_value
 from polyalign.core.encoder import Encoder, FileBytes, Input
 from polyalign.core.errors import PolyalignError
 from polyalign.core.recipe import Recipe
+from polyalign.core.stream import is_stream
 
 from .state import rng_state, set_rng_state
 from .tensor_store import TensorStore
 
 CACHE_FORMAT = 1  # bump when what a cache file means changes
+SPLITS = ("train", "val")  # the splits the caches are filled for
+
+
+def split_values(parts: Assembled, split: str, modality: str) -> Iterator[tuple[str, Any]]:
+    """``(where, raw value)`` of ``modality`` in every sample of ``split`` (streams are read through)."""
+    data = parts.dataset.split(split)
+    entries: Iterator[tuple[str, Sample]] = data.entries() if is_stream(data) else \
+        ((f"split {split!r}, row {i}", s) for i, s in enumerate(data))
+    for where, sample in entries:
+        if sample.get(modality) is not None:
+            yield where, sample[modality]
 
 
 def value_key(value: Any, root: Path | None) -> str:
@@ -103,8 +117,8 @@ def check_deterministic(encoder: Encoder, modality: str, plugin: str, value: Any
         else torch.equal(a, b)
     if not same:
         raise PolyalignError(f"cache.inputs: the {plugin!r} encoder of modality {modality!r} decoded the same "
-                             f"value ({value}) to different tensors under different random seeds, so its "
-                             f"decoded values cannot be cached. {advice}")
+                             f"value ({describe_value(value)}) to different tensors under different random seeds, "
+                             f"so its decoded values cannot be cached. {advice}")
 
 
 class MemoryStore:
@@ -234,13 +248,10 @@ def cached_collator(collator: Collator, stores: dict[str, Store]) -> Callable[[A
     return CacheCollate(collator, stores) if stores else collator
 
 
-def fill_inputs(recipe: Recipe, parts: Any, stores: dict[str, Store], show_progress: bool = True) -> dict[str, int]:
+def fill_inputs(recipe: Recipe, parts: Assembled, stores: dict[str, Store],
+                show_progress: bool = True) -> dict[str, int]:
     """Decode the train and val values missing from each disk store; return how many per modality."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from polyalign.core.data import DataError, describe_value
-
-    from .feature_cache import SPLITS, split_values
 
     root, done = parts.dataset.root, {}
     skip = getattr(parts.dataset, "on_error", "raise") == "skip"

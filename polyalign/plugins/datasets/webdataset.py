@@ -144,7 +144,8 @@ def count_samples(path: Path) -> int:
         with tarfile.open(path) as tar:
             for info in tar:
                 name = info.name
-                if not info.isreg() or ("/" not in name and name.startswith(meta_prefix) and name.endswith(meta_suffix)):
+                meta = "/" not in name and name.startswith(meta_prefix) and name.endswith(meta_suffix)
+                if not info.isreg() or meta:
                     continue
                 key, _ = base_plus_ext(name)
                 if key is not None and key != last:
