@@ -63,7 +63,7 @@ def register_datasets(register: Register) -> None:
     ``split(name)`` for ``train``, ``val`` and ``test``: a list of samples, or, for data too large
     to hold, a :class:`polyalign.core.stream.StreamSplit` (shards with their sizes and a reader;
     the core splits them over processes and workers). A sample is a dict ``modality -> raw value``
-    (a path, a :class:`~polyalign.core.data.FileBytes`, text, numbers) with missing modalities
+    (a path, a :class:`~polyalign.core.encoder.FileBytes`, text, numbers) with missing modalities
     absent, plus optional ``label`` and ``id``.
     The object may also have ``on_error`` (``"raise"`` or ``"skip"``: what to do with a row
     whose value fails to load), ``locate(split, index) -> str`` (where a row comes from,

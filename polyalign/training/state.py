@@ -19,13 +19,8 @@ import torch
 from polyalign.core.recipe import TrainSection
 from polyalign.core.weights import STATE, CheckpointError, load_state, load_weights
 
-from .checkpoint import (
-    latest_checkpoint,
-    link_checkpoint,
-    prune_step_checkpoints,
-    save_checkpoint,
-    step_checkpoint_name,
-)
+from .checkpoint import (latest_checkpoint, link_checkpoint, prune_step_checkpoints, save_checkpoint,
+                         step_checkpoint_name)
 
 
 @dataclass
