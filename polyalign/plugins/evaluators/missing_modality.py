@@ -27,7 +27,7 @@ from itertools import combinations
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import EvalContext, per_query_metrics
@@ -49,7 +49,8 @@ class MissingModalityConfig(BaseModel):
         "unique", description="unique = each distinct target value once; split = every target in the split")
     match: Literal["index", "label"] = Field(
         "index", description="index = the query's own target is correct; label = any candidate with its label")
-    top_k: list[int] = Field(default_factory=lambda: [1, 5], description="k of the top-k accuracies")
+    top_k: list[PositiveInt] = Field(default_factory=lambda: [1, 5], min_length=1,
+                                     description="k of the top-k accuracies")
     rates: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75],
                                description="test-time dropout rates of the curve ([] = no curve)")
     resamples: int = Field(1000, ge=10, le=1_000_000, description="bootstrap resamples for the intervals "
@@ -64,13 +65,6 @@ class MissingModalityConfig(BaseModel):
         if bad:
             raise ValueError(f"dropout rates must be in [0, 1], got {bad[0]}")
         return sorted(set(rates))
-
-    @field_validator("top_k")
-    @classmethod
-    def _positive_k(cls, ks: list[int]) -> list[int]:
-        if not ks or any(k < 1 for k in ks):
-            raise ValueError(f"top_k must be a non-empty list of k >= 1, got {ks}")
-        return ks
 
     @model_validator(mode="after")
     def _one_of_target_targets(self) -> "MissingModalityConfig":

@@ -27,7 +27,7 @@ import warnings
 from itertools import combinations
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import EvalContext, recall_and_rank
@@ -65,14 +65,8 @@ class RetrievalConfig(BaseModel):
         "split", description="split = every row with the target; unique = each distinct target value once")
     match: Literal["index", "label"] = Field(
         "index", description="index = the query's own row (or value) is correct; label = any candidate with its label")
-    top_k: list[int] = Field(default_factory=lambda: [1, 5, 10], description="k of the R@k columns")
-
-    @field_validator("top_k")
-    @classmethod
-    def _positive_k(cls, ks: list[int]) -> list[int]:
-        if not ks or any(k < 1 for k in ks):
-            raise ValueError(f"top_k must be a non-empty list of k >= 1, got {ks}")
-        return ks
+    top_k: list[PositiveInt] = Field(default_factory=lambda: [1, 5, 10], min_length=1,
+                                     description="k of the R@k columns")
 
 
 class Retrieval:

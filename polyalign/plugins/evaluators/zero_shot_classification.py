@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import EvalContext, per_query_metrics, ranks_of_correct
@@ -44,14 +44,8 @@ class ZeroShotClassificationConfig(BaseModel):
                                                     "with one per line")
     queries: list[list[str]] | None = Field(
         None, description="query modality subsets (default: each other modality alone, then all together)")
-    top_k: list[int] = Field(default_factory=lambda: [1, 5], description="k of the top-k accuracies")
-
-    @field_validator("top_k")
-    @classmethod
-    def _positive_k(cls, ks: list[int]) -> list[int]:
-        if not ks or any(k < 1 for k in ks):
-            raise ValueError(f"top_k must be a non-empty list of k >= 1, got {ks}")
-        return ks
+    top_k: list[PositiveInt] = Field(default_factory=lambda: [1, 5], min_length=1,
+                                     description="k of the top-k accuracies")
 
     @field_validator("templates")
     @classmethod
