@@ -147,7 +147,8 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
                   "embed_dim": model.embed_dim, "weights_sha256": file_sha256(tmp / WEIGHTS),
                   "merged": merged, "requires": requirements(recipe, plugins)}
         graphs = export_onnx(model, tmp, header["weights_sha256"]) if format == "onnx" else []
-        atomic_write_text(tmp / RECIPE_FILE, f"# exported from {run_dir.resolve().name} (resolved)\n" + recipe.to_yaml())
+        atomic_write_text(tmp / RECIPE_FILE,
+                          f"# exported from {run_dir.resolve().name} (resolved)\n" + recipe.to_yaml())
         atomic_write_text(tmp / CARD_FILE, card_markdown(model, header, rows, graphs))
         if final.is_dir():  # an empty folder given as the destination: move the files in
             for file in tmp.iterdir():

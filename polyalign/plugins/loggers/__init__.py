@@ -12,7 +12,8 @@ def register_loggers(register):
     from .wandb_tracking import WandbConfig, WandbLogger
 
     register("jsonl", JsonlLogger, help="metrics.jsonl in the run directory: one JSON object per logged step and epoch")
-    register("csv", CsvLogger, help="metrics.csv in the run directory: a row per logged step and epoch, a column per metric")
+    register("csv", CsvLogger,
+             help="metrics.csv in the run directory: a row per logged step and epoch, a column per metric")
     register("tensorboard", TensorBoardLogger,
              help="TensorBoard event files in <run>/tensorboard (needs `pip install tensorboard`); "
                   "view with `tensorboard --logdir runs/`")
