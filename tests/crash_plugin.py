@@ -1,4 +1,4 @@
-"""A plugin that crashes a run at a chosen point, for resume tests."""
+"""Plugins that crash or stop a run at a chosen point, for resume tests."""
 
 from __future__ import annotations
 
@@ -17,3 +17,15 @@ class CrashAtEndOfEpochTwo:
     def on_epoch_end(self, epoch):
         if epoch == 2:
             raise Crash
+
+
+class StopAtStep:
+    """Interrupts a run (as Ctrl-C would) right after optimizer step ``step`` is logged."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    @polyalign.hookimpl
+    def on_step_end(self, step):
+        if step == self.step:
+            raise KeyboardInterrupt

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
+from crash_plugin import StopAtStep
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -237,16 +238,6 @@ def test_feature_cache_needs_a_frozen_encoder(data, tmp_path):
 
 
 # --------------------------------------------------------------------------- random transforms stay reproducible
-class _StopAtStep:
-    def __init__(self, step: int):
-        self.step = step
-
-    @polyalign.hookimpl
-    def on_step_end(self, step):
-        if step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_augmentation_does_not_depend_on_workers_cache_or_resume(data, tmp_path):
     """Each batch draws its random crops from a seed of (run seed, epoch, batch), whichever
     process loads it, from a cache or not, before or after a resume."""
@@ -257,7 +248,7 @@ def test_augmentation_does_not_depend_on_workers_cache_or_resume(data, tmp_path)
                         ("disk", ["cache.inputs=disk", f"cache.dir={tmp_path / 'cache'}"])):
         _assert_weights_equal(reference, polyalign.train(XOR, out=tmp_path / name, overrides=aug + extra))
     with pytest.raises(KeyboardInterrupt):  # stopped mid-epoch 2 (3 batches per epoch), then resumed
-        polyalign.train(XOR, out=tmp_path / "cut", plugins=make_plugins(extra=[_StopAtStep(4)]),
+        polyalign.train(XOR, out=tmp_path / "cut", plugins=make_plugins(extra=[StopAtStep(4)]),
                         overrides=aug + ["train.num_workers=1", "train.checkpoint_every=1", "train.log_every=1"])
     (cut,) = (tmp_path / "cut").iterdir()
     _assert_weights_equal(reference, polyalign.train(None, resume=cut))

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from conftest import ROOT
+from crash_plugin import StopAtStep
 from PIL import Image
 from test_reliability_resume import _assert_same_run, _kill_when, _logged_step, _only_run, _slow_env
 
@@ -322,22 +323,12 @@ def test_sigkill_then_resume_on_shards_matches_uninterrupted_run(tmp_path):
     _assert_same_run(full, cut)
 
 
-class _StopAtStep:
-    def __init__(self, step: int):
-        self.step = step
-
-    @polyalign.hookimpl
-    def on_step_end(self, step):
-        if step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_resume_with_another_layout_goes_on_from_the_next_epoch(tmp_path, capsys):
     from polyalign.core.plugins import make_plugins
 
     overrides = _shard_recipe(_xor_shards(tmp_path)) + ["train.num_workers=0"]
     with pytest.raises(KeyboardInterrupt):
-        polyalign.train(XOR, out=tmp_path / "r", overrides=overrides, plugins=make_plugins(extra=[_StopAtStep(4)]))
+        polyalign.train(XOR, out=tmp_path / "r", overrides=overrides, plugins=make_plugins(extra=[StopAtStep(4)]))
     run = _only_run(tmp_path / "r")
     polyalign.train(None, resume=run, overrides=["train.num_workers=1"])
     assert "this run has 1x1; a streamed epoch cannot be continued with another layout" in \

@@ -9,6 +9,14 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.weights import load_failure, torch_load_safely
 
 
+def refuse_download(value: bool | str) -> bool | str:
+    """Validator of a ``pretrained`` option: ``true`` (download the weights) is refused."""
+    if value is True:
+        raise ValueError("pretrained: true would download weights, which polyalign never does; give the path "
+                         "of a local weights file (.safetensors, .pth), or false")
+    return value
+
+
 def local_weights_file(path: str, what: str) -> Path:
     """A local weights file named in a config (never a URL or hub name)."""
     if "://" in path:

@@ -14,7 +14,7 @@ from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import named_layer_groups
 
-from .files import load_weights_into, local_weights_file
+from .files import load_weights_into, local_weights_file, refuse_download
 from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,13 +39,7 @@ class ImageConfig(BaseModel):
     lora: LoraOptions | None = Field(None, description="train LoRA adapters instead of the backbone (peft); "
                                                       "target_modules default: all-linear")
 
-    @field_validator("pretrained")
-    @classmethod
-    def _no_download(cls, value: bool | str) -> bool | str:
-        if value is True:
-            raise ValueError("pretrained: true would download weights, which polyalign never does; "
-                             "give the path of a local .safetensors or .pth file, or false")
-        return value
+    _no_download = field_validator("pretrained")(refuse_download)
 
     _lora_trains = model_validator(mode="after")(check_not_frozen)
 

@@ -18,7 +18,7 @@ from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import named_layer_groups
 
-from .files import local_weights_file
+from .files import local_weights_file, refuse_download
 from .image import read_image, timm_layer_groups
 from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
 from .text import example_texts, read_text
@@ -45,13 +45,7 @@ class OpenClipConfig(BaseModel):
     lora: LoraOptions | None = Field(None, description="train LoRA adapters instead of the tower (peft); "
                                                       "target_modules default: [attn, c_fc, c_proj]")
 
-    @field_validator("pretrained")
-    @classmethod
-    def _no_download(cls, value: bool | str) -> bool | str:
-        if value is True:
-            raise ValueError("pretrained: true would download weights, which polyalign never does; give the "
-                             "path of a local weights file (e.g. open_clip_model.safetensors), or false")
-        return value
+    _no_download = field_validator("pretrained")(refuse_download)
 
     _lora_trains = model_validator(mode="after")(check_not_frozen)
 
