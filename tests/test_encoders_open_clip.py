@@ -126,6 +126,36 @@ def test_what_would_download_is_refused(options, match):
         polyalign.build("encoder", "open_clip", **options)
 
 
+def _two_tower_recipe(clip_folder, *overrides):
+    towers = ", ".join(f"{t}: {{encoder: {{plugin: open_clip, model: '{clip_folder}', tower: {t}}}}}"
+                       for t in ("image", "text"))
+    return polyalign.load_recipe(RECIPES / "xor-clip.yaml",
+                                 [f"modalities={{{towers}}}", "eval=[]", "model.embed_dim=16", *overrides])
+
+
+def test_head_none_has_exactly_open_clips_parameters(clip_folder):
+    from polyalign.core.assemble import build_loss, build_model
+    from polyalign.core.plugins import default_plugins
+
+    def count(*modules):
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    plugins = default_plugins()
+    reference = open_clip.create_model(f"local-dir:{clip_folder}")  # both towers and logit_scale
+    recipe = _two_tower_recipe(clip_folder, "model.head=none")
+    model, loss = build_model(recipe, plugins), build_loss(recipe, plugins)
+    assert count(model, loss) == count(reference)
+    linear = build_model(_two_tower_recipe(clip_folder), plugins)
+    assert count(linear) - count(model) == 2 * (16 * 16 + 16)  # the two linear heads it leaves out
+    mixed = build_model(_two_tower_recipe(clip_folder, "model.head={image: mlp}"), plugins)
+    assert count(mixed) - count(linear) == 16 * 16 + 16  # image: 16 -> 16 -> 16; text keeps its linear head
+    with pytest.raises(PolyalignError, match=r"model.head of modality 'image'.*width to be model.embed_dim.*"
+                                             r"is 16 and embed_dim is 8"):
+        build_model(_two_tower_recipe(clip_folder, "model.head=none", "model.embed_dim=8"), plugins)
+    with pytest.raises(polyalign.core.errors.RecipeError, match="model.head.audio"):
+        _two_tower_recipe(clip_folder, "model.head={audio: none}")
+
+
 def test_config_and_file_errors(clip_folder, tmp_path):
     with pytest.raises(ValidationError, match="would download weights"):
         polyalign.build("encoder", "open_clip", model=str(clip_folder), tower="image", pretrained=True)

@@ -172,8 +172,9 @@ def build_model(recipe: Recipe, plugins: Plugins, examples: dict[str, Any] | Non
         if node.unlocked_layers is not None:
             lock_layers(encoders[m], node.unlocked_layers, f"modalities.{m}")
         plugin_names[m] = node.encoder.plugin
+    heads = {m: recipe.model.head_of(m) for m in recipe.modalities}
     return MultiModalModel(encoders, recipe.model.embed_dim, recipe.model.normalize,
-                           recipe.missing.strategy, plugin_names)
+                           recipe.missing.strategy, plugin_names, heads)
 
 
 def with_rebuild_options(recipe: Recipe, model: MultiModalModel, plugins: Plugins,

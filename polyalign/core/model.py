@@ -15,6 +15,21 @@ from .errors import PluginError, PolyalignError
 
 Normalize = Literal["l2", "layernorm", "none"]
 MissingStrategy = Literal["drop", "learned"]
+HeadKind = Literal["linear", "none", "mlp"]
+
+
+def make_head(kind: HeadKind, width: int, embed_dim: int, where: str) -> nn.Module:
+    """The head from an encoder's ``width`` features to ``embed_dim``: a linear map, none (the
+    encoder's output as it is: its width must be ``embed_dim``), or an MLP (linear, GELU, linear)."""
+    if kind == "linear":
+        return nn.Linear(width, embed_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, embed_dim))
+    if width != embed_dim:
+        raise PolyalignError(f"{where}: head none needs the encoder's output width to be model.embed_dim, but it "
+                             f"is {width} and embed_dim is {embed_dim}; set model.embed_dim: {width}, or a head "
+                             f"that maps to embed_dim (linear or mlp)")
+    return nn.Identity()
 
 
 def load_value(encoder: Encoder, modality: str, value: Any, root: Path | None, index: int) -> Input:
@@ -29,7 +44,8 @@ def load_value(encoder: Encoder, modality: str, value: Any, root: Path | None, i
 
 
 class MultiModalModel(nn.Module):
-    """Encoders keyed by modality, each followed by a linear head to ``embed_dim``.
+    """Encoders keyed by modality, each followed by a head to ``embed_dim`` (``heads``: linear
+    by default, mlp, or none where the encoder already ends in ``embed_dim``).
 
     ``forward(inputs, present)`` embeds the modalities in ``inputs``. Rows whose ``present``
     flag is False are not encoded: with ``missing="learned"`` they get a learned per-modality
@@ -40,7 +56,7 @@ class MultiModalModel(nn.Module):
 
     def __init__(self, encoders: dict[str, Encoder], embed_dim: int,
                  normalize: Normalize = "l2", missing: MissingStrategy = "drop",
-                 plugin_names: dict[str, str] | None = None):
+                 plugin_names: dict[str, str] | None = None, heads: dict[str, HeadKind] | None = None):
         super().__init__()
         self.embed_dim = embed_dim
         self.normalize = normalize
@@ -50,12 +66,15 @@ class MultiModalModel(nn.Module):
         widths = {m: encoder_width(e, f"encoder plugin {self.plugin_names.get(m, '?')!r} (modality {m!r})")
                   for m, e in encoders.items()}
         self.encoders = nn.ModuleDict(encoders)
-        self.heads = nn.ModuleDict({m: nn.Linear(widths[m], embed_dim) for m in encoders})
+        self.heads = nn.ModuleDict({m: make_head((heads or {}).get(m, "linear"), widths[m], embed_dim,
+                                                 f"model.head of modality {m!r}") for m in encoders})
         self.norms = nn.ModuleDict({m: nn.LayerNorm(embed_dim) for m in encoders}
                                    if normalize == "layernorm" else {})
         self.missing_embeddings = nn.ParameterDict(
             {m: nn.Parameter(torch.randn(embed_dim) * 0.02) for m in encoders}
             if missing == "learned" else {})
+        # the dtype and device of placeholder rows (heads may hold no parameter); a plain tensor also under FSDP
+        self.register_buffer("reference", torch.zeros(0), persistent=False)
 
     @property
     def modalities(self) -> list[str]:
@@ -127,7 +146,7 @@ class MultiModalModel(nn.Module):
         out: dict[str, torch.Tensor] = {}
         n = next(batch_size_of(x) for x in inputs.values()) if inputs else next(
             int(p.shape[0]) for p in present.values())
-        ref = next(iter(self.heads.values())).weight  # dtype and device; a plain tensor also under FSDP
+        ref = self.reference
         for m in names:
             mask = present.get(m)
             if m not in inputs:

@@ -51,6 +51,14 @@ class ModalityNode(Strict):
 class ModelSection(Strict):
     embed_dim: int = Field(64, gt=0)
     normalize: Literal["l2", "layernorm", "none"] = "l2"
+    head: Literal["linear", "none", "mlp"] | dict[str, Literal["linear", "none", "mlp"]] = Field(
+        "linear", description="what maps each encoder's output to embed_dim: linear, none (the encoder already "
+                              "ends in embed_dim: open_clip towers, LiT-style frozen towers) or mlp (linear, GELU, "
+                              "linear); one kind for all, or {modality: kind} (unnamed modalities: linear)")
+
+    def head_of(self, modality: str) -> str:
+        """The head kind of ``modality``."""
+        return self.head.get(modality, "linear") if isinstance(self.head, dict) else self.head
 
 
 class MissingSection(Strict):
@@ -405,6 +413,8 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
                 check(f"eval.{i}.{key}", node.options()[key])
     for m in recipe.missing.train_rate:
         check(f"missing.train_rate.{m}", m)
+    for m in recipe.model.head if isinstance(recipe.model.head, dict) else ():
+        check(f"model.head.{m}", m)
     dim, batch = recipe.model.embed_dim, recipe.train.batch_size
     too_big = memory_problem(4.0 * dim * len(names) * (8 + 2 * batch),
                              f"{dim} dimensions x {len(names)} modalities x (8 numbers per dimension for each "
