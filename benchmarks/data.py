@@ -57,7 +57,7 @@ DEMO = ROOT / "recipes" / "demo-multimodal.yaml"
 RESULTS = Path(__file__).resolve().parent / "results" / "data.json"
 BATCH = 128
 SHARD_SIZE = 128
-DEMO_MODALITIES = "{image: image.png, text: text.txt, audio: audio.wav, ecg: ecg.npy}"
+DEMO_MODALITIES = "{image: png, text: txt, audio: wav, ecg: npy}"
 
 
 class EpochClock:

@@ -29,7 +29,7 @@ from polyalign.plugins.datasets.shards import write_shards
 
 pytest.importorskip("webdataset")
 
-DEMO_MODALITIES = {"image": "image.png", "audio": "audio.wav", "ecg": "ecg.npy", "text": "text.txt"}
+DEMO_MODALITIES = {"image": "png", "audio": "wav", "ecg": "npy", "text": "txt"}
 XOR = ROOT / "recipes" / "xor-clip.yaml"
 
 
@@ -87,6 +87,9 @@ def test_shards_round_trip_gives_the_same_samples(tmp_path, capsys):
                                                                          DEMO_MODALITIES.items())
     manifest = polyalign.build("dataset", "manifest", path=str(data))
     shards = polyalign.build("dataset", "webdataset", path=str(tmp_path / "shards"), modalities=DEMO_MODALITIES)
+    old_spelling = {m: f"{m}.{e}" for m, e in DEMO_MODALITIES.items()}  # as recipes wrote it before: still reads
+    assert list(polyalign.build("dataset", "webdataset", path=str(tmp_path / "shards"),
+                                modalities=old_spelling).split("train")) == list(shards.split("train"))
     image = polyalign.build("encoder", "image", model="test_resnet", image_size=16)
     for split in ("train", "val", "test"):
         expected = {s["id"]: s for s in manifest.split(split)}
@@ -106,6 +109,54 @@ def test_shards_round_trip_gives_the_same_samples(tmp_path, capsys):
                     assert back[m].read_text() == sample[m]  # inline text became a .txt member
             if "image" in sample:
                 assert torch.equal(image.load(back["image"], None), image.load(sample["image"], manifest.root))
+
+
+def test_shards_read_with_plain_webdataset_and_the_conventional_keys(tmp_path):
+    import webdataset as wds
+
+    data = write_demo(tmp_path / "demo", n_train=6, n_val=2, n_test=2, missing_rate=0.0)
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    with open(data / "train.jsonl", "a", encoding="utf-8") as fh:  # a string label and an inline text
+        fh.write(json.dumps({**rows[0], "id": "extra", "label": "cat", "text": "an inline caption"}) + "\n")
+    written = write_shards(data, tmp_path / "shards", 100, shuffle=False)
+    decoded = list(wds.WebDataset(str(written[0].shards[0]), shardshuffle=False).decode())
+    assert len(decoded) == 7
+    for sample, row in zip(decoded, [*rows, {**rows[0], "id": "extra", "label": "cat"}]):
+        assert set(sample) - {"__url__", "__local_path__"} == {"__key__", "png", "wav", "npy", "txt", "id.txt",
+                                                               "cls" if row["label"] != "cat" else "label.txt"}
+        assert sample["png"] == (data / row["image"]).read_bytes()  # files are their bytes, as written
+        assert sample["id.txt"] == row["id"] and sample.get("cls", sample.get("label.txt")) == row["label"]
+    assert decoded[0]["txt"] == (data / rows[0]["text"]).read_text(encoding="utf-8")
+    assert decoded[-1]["txt"] == "an inline caption"
+
+
+def test_modalities_sharing_an_extension_are_named_by_modality(tmp_path):
+    import tarfile
+
+    write_manifest(tmp_path / "m", {"train": [{"v": [1.0], "w": [2.0], "t": "hi", "label": 0}]})
+    (written,) = write_shards(tmp_path / "m", tmp_path / "s", 10)
+    with tarfile.open(written.shards[0]) as tar:
+        assert sorted(tar.getnames()) == ["00000000.cls", "00000000.txt", "00000000.v.json", "00000000.w.json"]
+    assert written.extensions == {"v": {"v.json"}, "w": {"w.json"}, "t": {"txt"}}
+
+
+def test_img2dataset_shards_read_with_the_default_modalities(tmp_path):
+    import webdataset as wds
+
+    image = tmp_path / "a.jpg"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    with wds.TarWriter(str(tmp_path / "00000.tar"), encoder=False) as tar:  # as img2dataset writes them
+        for k in range(3):
+            tar.write({"__key__": f"0000{k}", "jpg": image.read_bytes(), "txt": f"caption {k}".encode(),
+                       "json": json.dumps({"url": "http://x", "key": f"0000{k}", "caption": f"caption {k}"}).encode()})
+    with wds.TarWriter(str(tmp_path / "old.tar"), encoder=False) as tar:  # `polyalign shards` before 0.2
+        tar.write({"__key__": "00000007", "image.png": image.read_bytes(), "text.txt": b"old", "id": b"r7"})
+    samples = list(polyalign.build("dataset", "webdataset", train=str(tmp_path / "00000.tar")).split("train"))
+    assert [sorted(s) for s in samples] == [["id", "image", "text"]] * 3
+    assert samples[1]["text"].read_text() == "caption 1" and samples[1]["id"] == "00001"
+    assert samples[0]["image"].read_bytes() == image.read_bytes()
+    (old,) = polyalign.build("dataset", "webdataset", train=str(tmp_path / "old.tar")).split("train")
+    assert old["text"].read_text() == "old" and old["image"].read_bytes() == image.read_bytes() and old["id"] == "r7"
 
 
 def test_inline_numbers_and_string_labels_round_trip(tmp_path):

@@ -1,8 +1,12 @@
 """Write a manifest folder as webdataset tar shards (``polyalign shards``).
 
-Each tuple becomes the members ``<key>.<modality>.<ext>`` of one sample: files are copied as
-bytes (their extension kept), inline text becomes ``.txt`` and other inline values (numbers)
-``.json``; the label goes to ``<key>.cls`` and the id to ``<key>.id``. The key is the tuple's
+Each tuple becomes the members of one sample, named as webdataset and img2dataset name them:
+``<key>.<ext>`` (``00000017.png``, ``00000017.txt``), so that open_clip's trainer and plain
+``webdataset.WebDataset(...).decode()`` read them; only the modalities whose extensions another
+modality shares (two vector modalities, both ``.json``) are named ``<key>.<modality>.<ext>``.
+Files are copied as bytes (their extension kept), inline text becomes ``.txt`` and other inline
+values (numbers) ``.json``; an integer label goes to ``<key>.cls`` (webdataset's class index),
+any other label to ``<key>.label.txt``, and the id to ``<key>.id.txt``. The key is the tuple's
 row number in its manifest (``00000017``). Train tuples are shuffled (seeded) before they are
 cut into shards, since a shard is read front to back; val and test keep their order. Beside
 the shards, ``sizes.json`` gives each shard's number of samples.
@@ -22,7 +26,9 @@ from polyalign.core.data import SPLITS, Sample
 from polyalign.core.errors import PolyalignError
 
 from .manifest import ManifestConfig, ManifestDataset
-from .webdataset import ID_EXT, LABEL_EXT, SIZES_FILE, load_webdataset
+from .webdataset import ID_TEXT_EXT, LABEL_EXT, LABEL_TEXT_EXT, SIZES_FILE, load_webdataset
+
+RESERVED_EXTENSIONS = frozenset({LABEL_EXT, "id"})  # a modality with these is named <modality>.<ext>
 
 
 @dataclass
@@ -44,8 +50,8 @@ class SplitShards:
         return str(self.shards[0].parent / f"{self.split}-{{{start}..{stop}}}.tar")
 
 
-def member(value: Any, modality: str, root: Path | None, where: str) -> tuple[str, bytes]:
-    """The member extension (after the key) and bytes of one raw value."""
+def member(value: Any, modality: str, root: Path | None, where: str, read: bool = True) -> tuple[str, bytes]:
+    """The extension and (with ``read``) the bytes of one raw value."""
     if isinstance(value, str):
         path = Path(value).expanduser()
         path = path if path.is_absolute() or root is None else root / path
@@ -54,11 +60,24 @@ def member(value: Any, modality: str, root: Path | None, where: str) -> tuple[st
             if suffix in ("", "hea", "dat"):
                 raise PolyalignError(f"{where}, {modality!r}: {path} has no single-file format (a WFDB record is "
                                      f"a .hea and a .dat file); convert it to .npy before writing shards")
-            return f"{modality}.{suffix}", path.read_bytes()
+            return suffix, path.read_bytes() if read else b""
         if Path(value).suffix.lower() in (".png", ".jpg", ".jpeg", ".wav", ".flac", ".npy", ".txt", ".json"):
             raise PolyalignError(f"{where}, {modality!r}: file {path} not found")
-        return f"{modality}.txt", value.encode("utf-8")
-    return f"{modality}.json", json.dumps(value).encode("utf-8")
+        return "txt", value.encode("utf-8")
+    return "json", json.dumps(value).encode("utf-8") if read else b""
+
+
+def member_prefixes(data: ManifestDataset) -> dict[str, str]:
+    """Each modality's member name prefix: ``""`` (``<key>.<ext>``) when no other modality and no
+    label or id member has one of its extensions, else ``"<modality>."``."""
+    found: dict[str, set[str]] = {m: set() for m in data.modalities}
+    for split in SPLITS:
+        for row, sample in enumerate(data.split(split)):
+            for m in data.modalities:
+                if sample.get(m) is not None:
+                    found[m].add(member(sample[m], m, data.root, data.locate(split, row), read=False)[0])
+    return {m: "" if not exts & RESERVED_EXTENSIONS and not any(exts & found[n] for n in found if n != m)
+            else f"{m}." for m, exts in found.items()}
 
 
 def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, seed: int = 0,
@@ -71,6 +90,7 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
     if out.exists() and any(out.iterdir()):
         raise PolyalignError(f"{out} is not empty; give a new or empty folder for the shards")
     data = ManifestDataset(ManifestConfig(path=str(data_dir)))
+    prefixes = member_prefixes(data)
     out.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
     written = []
@@ -87,7 +107,8 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
             tmp = path.with_name(f".{path.name}.tmp")
             with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:
                 for row in order[start:start + shard_size]:
-                    tar.write({"__key__": f"{row:08d}", **sample_members(samples[row], data, split, row, result)})
+                    tar.write({"__key__": f"{row:08d}", **sample_members(samples[row], data, split, row, result,
+                                                                                  prefixes)})
             os.replace(tmp, path)
             sizes[path.name] = len(order[start:start + shard_size])
             result.shards.append(path)
@@ -97,18 +118,19 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
 
 
 def sample_members(sample: Sample, data: ManifestDataset, split: str, row: int,
-                   result: SplitShards) -> dict[str, bytes]:
-    """The members of one tuple; records each modality's extension in ``result``."""
+                   result: SplitShards, prefixes: dict[str, str]) -> dict[str, bytes]:
+    """The members of one tuple (modality ``m``'s named ``prefixes[m] + ext``); records each
+    modality's member extension in ``result``."""
     where = data.locate(split, row)
     members = {}
     for m in data.modalities:
         if sample.get(m) is None:
             continue
         ext, blob = member(sample[m], m, data.root, where)
-        members[ext] = blob
-        result.extensions.setdefault(m, set()).add(ext)
+        members[prefixes[m] + ext] = blob
+        result.extensions.setdefault(m, set()).add(prefixes[m] + ext)
     if "label" in sample:
-        members[LABEL_EXT] = str(sample["label"]).encode("utf-8")
+        members[LABEL_EXT if isinstance(sample["label"], int) else LABEL_TEXT_EXT] = str(sample["label"]).encode()
     if "id" in sample:
-        members[ID_EXT] = str(sample["id"]).encode("utf-8")
+        members[ID_TEXT_EXT] = str(sample["id"]).encode("utf-8")
     return members

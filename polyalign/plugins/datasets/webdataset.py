@@ -1,13 +1,17 @@
 """Dataset ``webdataset``: tuples streamed from tar shards (the webdataset format), read with the
 `webdataset <https://github.com/webdataset/webdataset>`_ library.
 
-A sample is the run of members sharing a key (``00000017.image.png``, ``00000017.text.txt``,
-``00000017.cls``); ``modalities`` says which member extension(s) hold each modality. A member
-is passed to the encoder as a :class:`~polyalign.core.data.FileBytes` (it reads like a file),
-except ``.json`` members, which hold inline values (numbers) and are parsed; a sample without a
-modality's member has that modality absent. ``.cls`` holds the label, ``.id`` the id (default:
-the key). The split is read as a stream (:mod:`polyalign.core.stream` says how it is split
-across processes and DataLoader workers, shuffled and resumed); val and test are read whole when
+A sample is the run of members sharing a key (``00000017.png``, ``00000017.txt``,
+``00000017.cls``); ``modalities`` says which member extension(s) hold each modality (default:
+images in ``jpg``/``jpeg``/``png``/``webp`` and texts in ``txt``, as img2dataset writes them). An
+extension ``e`` of modality ``m`` also matches a member ``<key>.m.e``, and ``m.e`` a member
+``<key>.e``, where no other modality claims that name: shards written with either naming read with
+either spelling. A member is passed to the encoder as a :class:`~polyalign.core.data.FileBytes`
+(it reads like a file), except ``.json`` members of a modality, which hold inline values
+(numbers) and are parsed; a sample without a modality's member has that modality absent.
+``.cls`` (or ``.label.txt``) holds the label, ``.id.txt`` (or ``.id``) the id (default: the key).
+The split is read as a stream (:mod:`polyalign.core.stream` says how it is split across
+processes and DataLoader workers, shuffled and resumed); val and test are read whole when
 evaluated. Shard sizes come from the ``sizes.json`` beside the shards (``polyalign shards``
 writes it; open_clip's format), else the shards are counted once at start.
 """
@@ -30,6 +34,8 @@ from polyalign.core.stream import Shard, StreamSplit
 
 SIZES_FILE = "sizes.json"
 LABEL_EXT, ID_EXT = "cls", "id"
+LABEL_TEXT_EXT, ID_TEXT_EXT = "label.txt", "id.txt"  # a label that is not an integer; an id
+DEFAULT_MODALITIES = {"image": "jpg;jpeg;png;webp", "text": "txt"}  # img2dataset's image-text shards
 Urls = str | list[str]
 
 
@@ -49,7 +55,9 @@ class WebDatasetConfig(BaseModel):
     sources: list[Source] | None = Field(None, min_length=1, description="train shards as weighted sources "
                                          "[{urls, weight}], mixed by weight (weights need resampled: true)")
     modalities: dict[str, str | list[str]] = Field(
-        min_length=1, description="modality -> member extension(s), e.g. {image: png;jpg, text: txt}")
+        default_factory=lambda: dict(DEFAULT_MODALITIES), min_length=1,
+        description="modality -> member extension(s), e.g. {image: png;jpg, text: txt}; default: image "
+                    "(jpg;jpeg;png;webp) and text (txt), as img2dataset writes them")
     shuffle_buffer: int = Field(1000, ge=0, description="samples each DataLoader worker shuffles among "
                                                         "(after a seeded shuffle of the shards)")
     resampled: bool = Field(False, description="draw shards with replacement, without end (bound the run "
@@ -89,6 +97,16 @@ def extensions(value: str | list[str]) -> tuple[str, ...]:
     """``"png;jpg"`` or ``[".png", "jpg"]`` -> ``("png", "jpg")`` (lower case, no dots)."""
     items = value.split(";") if isinstance(value, str) else value
     return tuple(e.strip().lstrip(".").lower() for e in items if e.strip().lstrip("."))
+
+
+def member_modalities(modalities: dict[str, str | list[str]]) -> dict[str, str]:
+    """Member extension -> modality: each extension given, plus its other spelling (``m.e`` for an
+    extension ``e`` of modality ``m``, and ``e`` for ``m.e``) where no other modality claims it."""
+    given = {ext: m for m, exts in modalities.items() for ext in extensions(exts)}
+    spellings: dict[str, set[str]] = {}
+    for ext, m in given.items():
+        spellings.setdefault(ext[len(m) + 1:] if ext.startswith(f"{m}.") else f"{m}.{ext}", set()).add(m)
+    return {**{ext: ms.pop() for ext, ms in spellings.items() if len(ms) == 1 and ext not in given}, **given}
 
 
 def load_webdataset():
@@ -166,7 +184,7 @@ class ShardStream(StreamSplit):
 
     def __init__(self, shards: list[Shard], config: WebDatasetConfig, weights: list[float]):
         super().__init__(shards, weights, config.resampled, config.shuffle_buffer)
-        self.modality_of = {ext: m for m, exts in config.modalities.items() for ext in extensions(exts)}
+        self.modality_of = member_modalities(config.modalities)
 
     def read(self, shard: Shard, skip: int = 0) -> Iterator[tuple[str, Sample]]:
         from webdataset.tariterators import group_by_keys, tar_file_iterator
@@ -196,13 +214,15 @@ class ShardStream(StreamSplit):
                     sample[m] = json.loads(data)
                 except ValueError:
                     pass  # the encoder fails on the member itself, naming it (and data.on_error applies)
-        if LABEL_EXT in raw:
-            where = f"shard {shard}, sample {key!r}, member .{LABEL_EXT}"
+        label = next((ext for ext in (LABEL_EXT, LABEL_TEXT_EXT) if ext in raw), None)
+        if label is not None:
+            where = f"shard {shard}, sample {key!r}, member .{label}"
             try:
-                sample["label"] = parse_label(raw[LABEL_EXT].decode("utf-8").strip(), where)
+                sample["label"] = parse_label(raw[label].decode("utf-8").strip(), where)
             except UnicodeDecodeError:
                 raise ManifestError(f"{where}: the label is not UTF-8 text") from None
-        sample["id"] = raw[ID_EXT].decode("utf-8", "replace").strip() if ID_EXT in raw else key
+        ident = next((raw[ext] for ext in (ID_TEXT_EXT, ID_EXT) if ext in raw), None)
+        sample["id"] = ident.decode("utf-8", "replace").strip() if ident is not None else key
         return sample
 
 
