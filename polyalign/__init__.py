@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import version
 from typing import Any
 
+import polyalign.openmp_wait  # noqa: F401 - before the first import of torch
 from polyalign.core.hookspecs import hookimpl
 from polyalign.core.recipe import Recipe, load_recipe
 from polyalign.evaluation.evaluate import evaluate

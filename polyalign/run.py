@@ -10,6 +10,8 @@ import contextlib
 import shutil
 from pathlib import Path
 
+import torch
+
 from polyalign.core.assemble import with_rebuild_options
 from polyalign.core.device import pick_device
 from polyalign.core.plugins import Plugins, default_plugins
@@ -41,6 +43,7 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
         run_dir = broadcast_from_main(new_run_dir(Path(out) if out else Path("runs"), recipe)
                                       if dist.is_main else None)
     trainer = None
+    threads = torch.get_num_threads()  # the trainer sets train.threads; the caller gets its own back
     try:
         with hold_run_dir(run_dir, dist):
             if changed and dist.is_main:  # the overrides a resume allows are applied, and recorded
@@ -74,4 +77,6 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
         if resume is None and dist.is_main and (trainer is None or not trainer.started):
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing was trained: leave no half run directory
         raise
+    finally:
+        torch.set_num_threads(threads)
     return run_dir

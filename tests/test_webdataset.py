@@ -391,7 +391,8 @@ def test_resume_with_another_layout_goes_on_from_the_next_epoch(tmp_path, capsys
 def test_auto_workers_are_chosen_from_the_data_and_machine_and_recorded(tmp_path, tiny_xor):
     import yaml
 
-    from polyalign.training.loaders import MAX_WORKERS, usable_cpus
+    from polyalign.training.loaders import MAX_WORKERS
+    from polyalign.training.threads import usable_cpus
 
     numbers = polyalign.train(XOR, out=tmp_path / "xor", overrides=tiny_xor + ["eval=[]"])
     assert yaml.safe_load((numbers / "recipe.yaml").read_text())["train"]["num_workers"] == 0  # nothing to decode

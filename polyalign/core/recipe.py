@@ -116,6 +116,17 @@ class TrainSection(Strict):
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             return value
         raise ValueError(f"must be auto or a number of worker processes (0 or more), got {value!r}")
+    threads: int | Literal["auto"] = Field(
+        "auto", description="torch threads of each training process; auto = the CPUs this process may use "
+                            "(affinity, cgroup quota) shared among this machine's processes, less one per "
+                            "DataLoader worker, at least 1 (recorded in the run's recipe.yaml)")
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be auto or a number of threads (1 or more), got {value!r}")
     pin_memory: bool = False
     log_every: int = Field(10, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N steps, as "

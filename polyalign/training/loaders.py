@@ -3,7 +3,6 @@ the input and feature caches, with a number of DataLoader workers chosen from th
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +19,20 @@ from polyalign.core.stream import StreamLoader, StreamTuples, is_stream
 from .distributed import DistInfo, barrier
 from .feature_cache import FeatureLookup, feature_stores, fill_features
 from .input_cache import CachedDecode, MemoryCacheLoader, MemoryStore, cached_collator, input_stores
+from .threads import local_processes, usable_cpus
 
 MAX_WORKERS = 8
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_workers(first: dict[str, Any], streamed: bool) -> int:
     """``train.num_workers: auto``: 0 when the first train tuple holds only numbers (nothing to
     read or decode, so workers would only add overhead); otherwise one per CPU this process may
-    use (shared among the processes of this machine, ``LOCAL_WORLD_SIZE``), less one for the
-    main process, at most 8."""
+    use (its affinity and cgroup quota; shared among the processes of this machine,
+    ``LOCAL_WORLD_SIZE``), less one for the main process, at most 8."""
     reads = streamed or any(isinstance(v, (str, Path, FileBytes)) for k, v in first.items() if k not in ("label", "id"))
     if not reads:
         return 0
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(0, min(MAX_WORKERS, usable_cpus() // max(1, local) - 1))
+    return max(0, min(MAX_WORKERS, usable_cpus() // local_processes() - 1))
 
 
 def first_values(parts: Assembled, modalities: list[str]) -> dict[str, Any]:

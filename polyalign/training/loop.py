@@ -27,6 +27,7 @@ from .optim import build_optimizer
 from .sharding import ShardedParts
 from .state import TrainProgress, restore_state, save_state, seed_everything
 from .step import NonFiniteError, Stepper, temperature_of
+from .threads import auto_threads
 from .window import StepRecord
 
 TIMING_KEYS = ("samples_per_s",)  # metrics that differ between identical runs
@@ -56,9 +57,11 @@ class Trainer:
         self.rank_batch = cfg.batch_size // dist.world
         self.data = TrainingData(recipe, self.parts, dist, self.device, show_progress=dist.is_main)
         self.train_loader, self.val_loader = self.data.train, self.data.val
-        if cfg.num_workers == "auto":  # recorded, so that a resumed run reads its stream the same way
-            self.recipe = recipe = recipe.model_copy(
-                update={"train": cfg.model_copy(update={"num_workers": self.data.workers})})
+        self.threads = auto_threads(self.data.workers) if cfg.threads == "auto" else cfg.threads
+        torch.set_num_threads(self.threads)
+        # recorded, so that a resumed run reads its stream the same way, and to say what was chosen
+        self.recipe = recipe = recipe.model_copy(
+            update={"train": cfg.model_copy(update={"num_workers": self.data.workers, "threads": self.threads})})
         self.batches_per_epoch = len(self.train_loader)
         if self.batches_per_epoch < cfg.accumulate:
             per_rank = f" per process (of {dist.world})" if dist.enabled else ""

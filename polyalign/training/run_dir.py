@@ -40,7 +40,7 @@ def write_recipe(run_dir: Path, recipe: Recipe) -> None:
 
 RESUMABLE = ("description", "eval", "logging", "train.epochs", "train.max_steps", "train.log_every",
              "train.checkpoint_every", "train.keep_last", "train.on_nan", "train.max_nan_skips", "train.device",
-             "train.num_workers", "train.pin_memory", "train.compile")
+             "train.num_workers", "train.threads", "train.pin_memory", "train.compile")
 """What ``--resume RUN key=value`` may change: how long the run goes on, what it logs, keeps and
 evaluates, and where and how fast it runs. Anything else (the model, the data, the loss, the batch,
 the seed, the optimiser, the precision...) would make the rest of the run a different run."""
