@@ -3,13 +3,14 @@
 Each measurement is a fresh Python process that trains ``recipes/xor-clip.yaml`` (reduced) with
 ``polyalign.train`` and reports the seconds of its training loop and the torch threads it ran
 on. An arm is a ``train.threads`` setting (``auto``: polyalign's choice; a number: that many)
-and an OpenMP wait policy (``default``: as the environment has it; ``passive``/``active``:
-``OMP_WAIT_POLICY`` set for the process). For every repeat, each arm runs once quiet and once
+and an OpenMP wait policy: ``polyalign`` (what importing polyalign sets: passive), ``unset``
+(torch imported before polyalign, so OpenMP keeps its own default: spin a while, then sleep; as
+before polyalign set it), or ``passive``/``active`` (``OMP_WAIT_POLICY`` set for the process). For every repeat, each arm runs once quiet and once
 beside ``--busy`` processes that spin on a CPU each (pure Python loops, started and stopped by
 this script); arms and conditions are interleaved, and the table gives medians and the
 slowdown (contended / quiet).
 
-    python benchmarks/contention.py [--busy 3] [--repeats 3] [--arms auto:default 2:active 1:default]
+    python benchmarks/contention.py [--busy 3] [--repeats 3] [--arms auto:polyalign 2:unset 1:unset]
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ BUSY = "while True: pass"
 
 def child(threads: str, steps: int) -> None:
     """Train once in this process and print ``{"seconds", "threads"}`` as JSON."""
-    import torch
+    if os.environ.get("CONTENTION_IMPORT") == "polyalign-first":
+        import polyalign  # sets OMP_WAIT_POLICY (passive) before torch loads OpenMP
+    import torch  # otherwise first: OpenMP keeps its own wait policy (or the one set in the environment)
     import yaml
 
     import polyalign
@@ -62,8 +65,10 @@ def child(threads: str, steps: int) -> None:
 def measure(threads: str, wait: str, steps: int) -> dict:
     """One training in a fresh process."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
-    if wait != "default":
+    if wait in ("active", "passive"):
         env["OMP_WAIT_POLICY"] = wait.upper()
+    elif wait == "polyalign":
+        env["CONTENTION_IMPORT"] = "polyalign-first"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, __file__, "--child", threads, "--steps", str(steps)], env=env,
                          capture_output=True, text=True, check=True)
@@ -85,8 +90,8 @@ def main() -> None:
     ap.add_argument("--busy", type=int, default=3, help="busy processes beside the contended runs")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps per training")
-    ap.add_argument("--arms", nargs="+", default=["auto:default", "2:active", "1:default"],
-                    help="THREADS:WAIT pairs; THREADS auto or a number, WAIT default, passive or active")
+    ap.add_argument("--arms", nargs="+", default=["auto:polyalign", "2:unset", "1:unset"],
+                    help="THREADS:WAIT pairs; THREADS auto or a number, WAIT polyalign, unset, passive or active")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()

@@ -6,6 +6,8 @@ Speed: the demo model's recipe (``recipes/demo-multimodal.yaml``: PNG image, tex
 * from the manifest with 0 and 2 DataLoader workers (``train.num_workers``),
 * from the manifest through ``cache.inputs: memory`` (0 and 2 workers),
 * from ``polyalign shards`` shards with 0 and 2 workers,
+* from the shards through ``cache.inputs: disk`` (emptied before each run: epoch 1 decodes and
+  writes each shard's block, epoch 2 reads the blocks), 0 and 2 workers,
 * and, as the floor, by a hand-written loop over the same batches decoded beforehand (same
   model, loss and optimiser; forward, backward, clip, step).
 
@@ -97,6 +99,12 @@ def timed_run(overrides: list[str], recipe_path: Path = DEMO) -> list[float]:
     return clock.epoch_seconds()
 
 
+def fresh_disk_cache(work: Path) -> list[str]:
+    """Overrides for ``cache.inputs: disk`` in an emptied folder: epoch 1 decodes and writes, epoch 2 reads."""
+    shutil.rmtree(work / "input-cache", ignore_errors=True)
+    return ["cache.inputs=disk", f"cache.dir={work / 'input-cache'}"]
+
+
 def floor_run(overrides: list[str]) -> list[float]:
     """Seconds of each epoch of a hand-written loop over batches decoded beforehand."""
     recipe = polyalign.load_recipe(DEMO, overrides)
@@ -148,6 +156,10 @@ def speed(args: argparse.Namespace, work: Path) -> dict:
             manifest + ["train.num_workers=2", "cache.inputs=memory"]),
         "shards, 0 workers": lambda: timed_run(sharded + ["train.num_workers=0"]),
         "shards, 2 workers": lambda: timed_run(sharded + ["train.num_workers=2"]),
+        "shards + cache.inputs: disk, 0 workers": lambda: timed_run(
+            sharded + ["train.num_workers=0", *fresh_disk_cache(work)]),
+        "shards + cache.inputs: disk, 2 workers": lambda: timed_run(
+            sharded + ["train.num_workers=2", *fresh_disk_cache(work)]),
         "pre-decoded batches, hand-written loop (floor)": lambda: floor_run(manifest),
         "frozen towers": lambda: timed_run(frozen + ["train.num_workers=0"]),
         "frozen towers + cache.features": lambda: timed_run(frozen + ["train.num_workers=0", "cache.features=true"]),

@@ -11,7 +11,9 @@ every use. Encoders whose ``load`` is random and not split that way are refused.
 * ``disk``: safetensors files under ``cache.dir/inputs/<encoder>-<hash of its load options>/``,
   keyed by the value: a file's absolute path, size, inode and modification time, a shard
   member's bytes, or an inline value itself. A changed file or load option is therefore
-  decoded again (the stale entries are never read), and later runs reuse the folder.
+  decoded again (the stale entries are never read), and later runs reuse the folder. On
+  streamed shards, each shard read whole is also kept as one block of decoded rows
+  (:mod:`polyalign.training.shard_blocks`), read instead of the tar from then on.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.recipe import Recipe
 from polyalign.core.stream import is_stream
 
+from .shard_blocks import Decoded
 from .state import rng_state, set_rng_state
 from .tensor_store import TensorStore
 
@@ -163,12 +166,17 @@ class CachedDecode:
     def __init__(self, encoder: Encoder, store: Store):
         self.encoder, self.store = encoder, store
 
-    def __call__(self, value: Any, root: Path | None) -> Input:
+    def decoded(self, value: Any, root: Path | None) -> Input:
+        """``value`` decoded: from the cache, else decoded now and kept."""
         key = value_key(value, root)
         x = self.store.get(key)
         if x is None:
             x = self.encoder.decode(value, root)
             self.store.put(key, x)
+        return x
+
+    def __call__(self, value: Any, root: Path | None) -> Input:
+        x = value.value if isinstance(value, Decoded) else self.decoded(value, root)
         return self.encoder.finish(x, self.encoder.training)
 
 

@@ -3,6 +3,7 @@ the input and feature caches, with a number of DataLoader workers chosen from th
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from polyalign.core.stream import StreamLoader, StreamTuples, is_stream
 
 from .distributed import DistInfo, barrier
 from .feature_cache import FeatureLookup, feature_stores, fill_features
-from .input_cache import CachedDecode, MemoryCacheLoader, MemoryStore, cached_collator, input_stores
+from .input_cache import CachedDecode, MemoryCacheLoader, MemoryStore, cache_dir, cached_collator, input_stores
+from .shard_blocks import BlockStream
 from .threads import local_processes, usable_cpus
 
 MAX_WORKERS = 8
@@ -80,6 +82,11 @@ class TrainingData:
                 store.refresh()
         rest = {m: enc for m, enc in encoders.items() if m not in self.features}
         self.inputs = input_stores(recipe, rest, first_values(parts, list(rest)), root, self.streamed)
+        if self.streamed and recipe.cache.inputs == "disk" and not self.features:
+            train = BlockStream(train, {m: partial(CachedDecode(encoders[m], store).decoded, root=root)
+                                        for m, store in self.inputs.items()},
+                                {m: store.folder.name for m, store in self.inputs.items()},  # type: ignore[union-attr]
+                                cache_dir(recipe, "inputs") / "blocks")
         collate_fns = {m: torch.stack if m in self.features else enc.collate for m, enc in encoders.items()}
         if self.features or self.inputs:
             loaders: dict[str, Loader] = {
