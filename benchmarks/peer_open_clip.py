@@ -1,0 +1,210 @@
+"""polyalign against open_clip's own trainer (``open_clip_train.main``), side by side.
+
+Both train the same open_clip architecture (a ViT-S-like CLIP: image ViT 64 px, patch 8, width
+192, 3 layers; text width 128, 3 layers; embed_dim 128) from the same random initial weights
+(one safetensors file) on the same PNG + caption set (a CSV for open_clip, a manifest for
+polyalign), with batch 64, AdamW, warmup + cosine, gradient clipping at 1.0, one DataLoader
+worker, one torch thread, fp32 (``--device cuda`` with ``--precision bf16`` or ``fp32`` on a GPU).
+polyalign's recipe uses ``model.head: none``, so both models have the same parameters.
+
+Each run is a fresh process (imports and start-up count); the pairs are interleaved (polyalign
+first in even pairs, open_clip first in odd ones). Reported per trainer: median samples/s
+(training samples over the process's wall time), CPU seconds per sample (the process and its
+children), peak resident memory of the host (``VmHWM``; GPU memory is not measured), the final
+training loss, and the ratio of polyalign's samples/s
+to open_clip's with a bootstrap 95% interval over the pairs.
+
+    python benchmarks/peer_open_clip.py [--n 2048] [--epochs 2] [--pairs 5] [--device cpu] [--precision fp32]
+
+Writes benchmarks/results/peer_open_clip.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results" / "peer_open_clip.json"
+MODEL_CFG = {"embed_dim": 128,
+             "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 192, "layers": 3, "head_width": 64},
+             "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 3}}
+WORDS = ["red", "green", "blue", "circle", "square", "small", "large", "left", "right", "bright", "dark", "stripe"]
+
+# Runs a trainer's main in this process, then prints its peak memory and CPU seconds (with children).
+RUNNER = """
+import json, os, re, sys, time
+start = time.perf_counter()
+kind, args = sys.argv[1], sys.argv[2:]
+if kind == "open_clip":
+    from open_clip_train.main import main
+    main(args)
+else:
+    from polyalign.cli import main
+    code = main(args)
+    assert code == 0, code
+t = os.times()
+status = open("/proc/self/status").read()
+print("RESULT", json.dumps({"wall": time.perf_counter() - start, "cpu": t.user + t.system + t.children_user +
+      t.children_system, "peak_mb": int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024}))
+"""
+
+
+def make_data(folder: Path, n: int) -> tuple[Path, Path]:
+    """``n`` PNG images with captions: a CSV (open_clip) and a manifest folder (polyalign)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        image[rng.integers(0, 48):, rng.integers(0, 48):] = rng.integers(0, 255, 3)
+        path = folder / "images" / f"{i:05d}.png"
+        Image.fromarray(image).save(path)
+        rows.append((str(path), " ".join(random.Random(i).choices(WORDS, k=6))))
+    csv = folder / "train.csv"
+    csv.write_text("filepath\ttitle\n" + "".join(f"{p}\t{c}\n" for p, c in rows), encoding="utf-8")
+    manifest = folder / "manifest"
+    manifest.mkdir(exist_ok=True)
+    (manifest / "train.jsonl").write_text("".join(json.dumps({"image": p, "text": c}) + "\n" for p, c in rows),
+                                          encoding="utf-8")
+    (manifest / "test.jsonl").write_text("".join(json.dumps({"image": p, "text": c}) + "\n" for p, c in rows[:64]),
+                                         encoding="utf-8")
+    return csv, manifest
+
+
+def recipe(folder: Path, model: Path, weights: Path, args: argparse.Namespace) -> Path:
+    """The polyalign recipe of the comparison (head none: open_clip's parameters exactly)."""
+    tower = {"plugin": "open_clip", "model": str(model), "pretrained": str(weights)}
+    text = {"name": "peer-open-clip", "seed": 0, "data": {"plugin": "manifest", "path": str(folder / "manifest")},
+            "modalities": {"image": {"encoder": {**tower, "tower": "image"}},
+                           "text": {"encoder": {**tower, "tower": "text"}}},
+            "model": {"embed_dim": MODEL_CFG["embed_dim"], "normalize": "l2", "head": "none"},
+            "loss": {"plugin": "clip"},
+            "train": {"epochs": args.epochs, "batch_size": args.batch, "lr": args.lr, "weight_decay": 0.1,
+                      "warmup_steps": args.warmup, "schedule": "cosine", "grad_clip": 1.0, "num_workers": 1,
+                      "threads": 1, "device": args.device, "deterministic": args.deterministic,
+                      "precision": "bf16" if args.precision == "bf16" else "fp32", "log_every": 1},
+            "eval": [], "logging": ["jsonl"]}
+    path = folder / "peer.yaml"
+    path.write_text(json.dumps(text), encoding="utf-8")
+    return path
+
+
+def run(kind: str, argv: list[str], cwd: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", RUNNER, kind, *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} failed:\n{done.stderr[-4000:]}")
+    return json.loads([x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+
+
+def polyalign_loss(out: Path) -> float:
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r][-1]
+
+
+def open_clip_loss(logs: Path) -> float:
+    text = "".join(p.read_text() for p in logs.rglob("out.log"))
+    return float(re.findall(r"Contrastive_loss: ([0-9.]+)", text)[-1])
+
+
+def bootstrap(ratios_a: list[float], ratios_b: list[float], draws: int = 10000) -> tuple[float, float]:
+    """95% interval of median(a) / median(b), resampling the pairs."""
+    rng = random.Random(0)
+    pairs = list(zip(ratios_a, ratios_b))
+    stats = []
+    for _ in range(draws):
+        sample = [rng.choice(pairs) for _ in pairs]
+        stats.append(statistics.median(a for a, _ in sample) / statistics.median(b for _, b in sample))
+    stats.sort()
+    return stats[int(0.025 * draws)], stats[int(0.975 * draws) - 1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2048, help="image-caption pairs")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--pairs", type=int, default=5, help="interleaved pairs of runs")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                    help="polyalign's train.deterministic (open_clip sets nothing)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    from polyalign.encoders.open_clip import save_random_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        csv, _ = make_data(work, args.n)
+        weights = save_random_model(work / "model", MODEL_CFG, seed=0)
+        peer = recipe(work, work / "model", weights, args)
+        precision = "amp_bf16" if args.precision == "bf16" else "fp32"
+        results: dict[str, list[dict]] = {"polyalign": [], "open_clip": []}
+        load_before = os.getloadavg()
+        for i in range(args.pairs):
+            order = ["polyalign", "open_clip"] if i % 2 == 0 else ["open_clip", "polyalign"]
+            for kind in order:
+                out = work / f"{kind}-{i}"
+                out.mkdir()
+                if kind == "polyalign":
+                    result = run(kind, ["train", str(peer), "--out", str(out)], work)
+                    result["loss"] = polyalign_loss(out)
+                else:
+                    result = run(kind, [
+                        "--train-data", str(csv), "--dataset-type", "csv", "--csv-img-key", "filepath",
+                        "--csv-caption-key", "title", "--model", f"local-dir:{work / 'model'}", "--pretrained",
+                        str(weights), "--batch-size", str(args.batch), "--epochs", str(args.epochs), "--lr",
+                        str(args.lr), "--wd", "0.1", "--warmup", str(args.warmup), "--grad-clip-norm", "1.0",
+                        "--workers", "1", "--precision", precision, "--seed", "0", "--logs", str(out),
+                        "--name", "run", "--save-frequency", "0", "--log-every-n-steps", "1",
+                        "--device", args.device], work)
+                    result["loss"] = open_clip_loss(out)
+                result["samples_per_s"] = (args.n // args.batch) * args.batch * args.epochs / result["wall"]
+                result["cpu_s_per_sample"] = result["cpu"] / ((args.n // args.batch) * args.batch * args.epochs)
+                results[kind].append(result)
+                print(f"pair {i} {kind}: {result['samples_per_s']:.1f} samples/s, peak {result['peak_mb']:.0f} MB, "
+                      f"loss {result['loss']:.4f}", flush=True)
+    speed = {k: [r["samples_per_s"] for r in v] for k, v in results.items()}
+    ratio = statistics.median(speed["polyalign"]) / statistics.median(speed["open_clip"])
+    low, high = bootstrap(speed["polyalign"], speed["open_clip"])
+    summary = {k: {m: statistics.median(r[m] for r in v) for m in ("samples_per_s", "cpu_s_per_sample", "peak_mb",
+                                                                     "loss", "wall")}
+               for k, v in results.items()}
+    memory = summary["polyalign"]["peak_mb"] / summary["open_clip"]["peak_mb"]
+    print(f"\n{args.pairs} pairs, n {args.n}, {args.epochs} epochs, batch {args.batch}, {args.device} "
+          f"{args.precision}; load averages {[round(x, 2) for x in load_before]} at start, "
+          f"{[round(x, 2) for x in os.getloadavg()]} at end")
+    print("| trainer | samples/s | CPU s / sample | peak MB | final loss |\n|---|---|---|---|---|")
+    for k, s in summary.items():
+        print(f"| {k} | {s['samples_per_s']:.1f} | {s['cpu_s_per_sample']:.4f} | {s['peak_mb']:.0f} | "
+              f"{s['loss']:.4f} |")
+    print(f"polyalign / open_clip samples/s: {ratio:.2f}x (95% bootstrap interval {low:.2f}-{high:.2f}); "
+          f"peak memory {memory:.2f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": results,
+                                    "summary": summary, "ratio": ratio, "interval": [low, high],
+                                    "memory_ratio": memory, "load_average_before": load_before,
+                                    "load_average_after": os.getloadavg(), "finished": time.time()},
+                                   indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
