@@ -2,8 +2,10 @@
 # GPU check: train a recipe for a fixed number of steps on CUDA, once per setting (bf16 autocast,
 # fp16 with its gradient scaler, window accumulation with grad checkpointing, and FSDP on two
 # GPUs when there are two); print samples/s, peak GPU memory and the loss at start and end of
-# each; exit non-zero if a setting fails or its loss did not fall.
+# each; exit non-zero if a setting fails or its loss did not fall. Then the peer benchmark
+# (benchmarks/peer_open_clip.py: polyalign against open_clip's own trainer) on CUDA, bf16 and fp32.
 #   scripts/gpu_check.sh [RECIPE] [STEPS]      (default: recipes/xor-symile.yaml, 300 steps)
+#   PEER_ARGS="--pairs 3 --n 1024" scripts/gpu_check.sh   (options of the peer benchmark; default: its own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECIPE=${1:-recipes/xor-symile.yaml}
@@ -71,3 +73,10 @@ if failed:
     sys.exit(f"gpu_check: FAILED: {', '.join(failed)}")
 print("gpu_check: OK")
 PY
+for precision in bf16 fp32; do
+  echo
+  echo "peer benchmark: polyalign vs open_clip_train on CUDA, $precision"
+  # shellcheck disable=SC2086  # PEER_ARGS is a list of options
+  python benchmarks/peer_open_clip.py --device cuda --precision "$precision" ${PEER_ARGS:-} \
+    --out "benchmarks/results/peer_open_clip_cuda_$precision.json"
+done
