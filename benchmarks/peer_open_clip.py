@@ -15,6 +15,7 @@ training loss, and the ratio of polyalign's samples/s
 to open_clip's with a bootstrap 95% interval over the pairs.
 
     python benchmarks/peer_open_clip.py [--n 2048] [--epochs 2] [--pairs 5] [--device cpu] [--precision fp32]
+    python benchmarks/peer_open_clip.py --forward-backward [--repeats 7]   # where a step's time goes
 
 Writes benchmarks/results/peer_open_clip.json.
 """
@@ -32,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import polyalign
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "peer_open_clip.json"
@@ -135,6 +138,62 @@ def bootstrap(ratios_a: list[float], ratios_b: list[float], draws: int = 10000) 
     return stats[int(0.025 * draws)], stats[int(0.975 * draws) - 1]
 
 
+def forward_backward(args: argparse.Namespace) -> None:
+    """Seconds (CPU, this process) of one forward + backward on a fixed batch: open_clip's CLIP
+    model and loss against polyalign's model (head none and linear) and clip loss on the same
+    weights, with ``torch.use_deterministic_algorithms`` off and on; interleaved, medians."""
+    import open_clip
+    import torch
+
+    from polyalign.core.assemble import build_loss, build_model
+    from polyalign.core.plugins import default_plugins
+
+    torch.set_num_threads(1)
+    plugins = default_plugins()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        weights = save_random_model_quiet(work / "model", MODEL_CFG)
+        reference = open_clip.create_model(f"local-dir:{work / 'model'}")  # weights: the folder's file
+        peer = recipe(work, work / "model", weights, args)
+        models = {}
+        for head in ("none", "linear"):
+            r = polyalign.load_recipe(peer, [f"model.head={head}"])
+            models[head] = (build_model(r, plugins), build_loss(r, plugins))
+    images = torch.randn(args.batch, 3, 64, 64)
+    texts = torch.randint(0, 49408, (args.batch, 32))
+    ref_loss = open_clip.ClipLoss()
+
+    def open_clip_step() -> None:
+        image_features, text_features, logit_scale = reference(images, texts)[:3]
+        ref_loss(image_features, text_features, logit_scale).backward()
+
+    def polyalign_step(head: str) -> None:
+        model, loss = models[head]
+        loss(model({"image": images, "text": texts})).loss.backward()
+
+    arms = {"open_clip": open_clip_step, "polyalign, head none": lambda: polyalign_step("none"),
+            "polyalign, head linear": lambda: polyalign_step("linear")}
+    times: dict[str, list[float]] = {f"{a}, deterministic {d}": [] for a in arms for d in ("off", "on")}
+    for _ in range(args.repeats):
+        for deterministic in (False, True):
+            torch.use_deterministic_algorithms(deterministic, warn_only=True)
+            for name, step in arms.items():
+                t0 = time.process_time()
+                step()
+                times[f"{name}, deterministic {'on' if deterministic else 'off'}"].append(time.process_time() - t0)
+    print(f"forward + backward, batch {args.batch}, CPU seconds (median of {args.repeats}); load averages "
+          f"{[round(x, 2) for x in os.getloadavg()]}")
+    print("| model | CPU s |\n|---|---|")
+    for name, seconds in times.items():
+        print(f"| {name} | {statistics.median(seconds):.3f} |")
+
+
+def save_random_model_quiet(folder: Path, cfg: dict) -> Path:
+    from polyalign.encoders.open_clip import save_random_model
+
+    return save_random_model(folder, cfg, seed=0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2048, help="image-caption pairs")
@@ -148,13 +207,17 @@ def main() -> None:
     ap.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                     help="polyalign's train.deterministic (open_clip sets nothing)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--forward-backward", action="store_true", help="only time one forward + backward of "
+                    "each model in this process (open_clip; polyalign with head none and linear)")
+    ap.add_argument("--repeats", type=int, default=7, help="with --forward-backward: steps per arm")
     args = ap.parse_args()
-    from polyalign.encoders.open_clip import save_random_model
-
+    if args.forward_backward:
+        forward_backward(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         csv, _ = make_data(work, args.n)
-        weights = save_random_model(work / "model", MODEL_CFG, seed=0)
+        weights = save_random_model_quiet(work / "model", MODEL_CFG)
         peer = recipe(work, work / "model", weights, args)
         precision = "amp_bf16" if args.precision == "bf16" else "fp32"
         results: dict[str, list[dict]] = {"polyalign": [], "open_clip": []}
