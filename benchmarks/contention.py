@@ -5,10 +5,10 @@ Each measurement is a fresh Python process that trains ``recipes/xor-clip.yaml``
 on. An arm is a ``train.threads`` setting (``auto``: polyalign's choice; a number: that many)
 and an OpenMP wait policy: ``polyalign`` (what importing polyalign sets: passive), ``unset``
 (torch imported before polyalign, so OpenMP keeps its own default: spin a while, then sleep; as
-before polyalign set it), or ``passive``/``active`` (``OMP_WAIT_POLICY`` set for the process). For every repeat, each arm runs once quiet and once
-beside ``--busy`` processes that spin on a CPU each (pure Python loops, started and stopped by
-this script); arms and conditions are interleaved, and the table gives medians and the
-slowdown (contended / quiet).
+before polyalign set it), or ``passive``/``active`` (``OMP_WAIT_POLICY`` set for the process).
+For every repeat, each arm runs once quiet and once beside ``--busy`` processes that spin on a
+CPU each (pure Python loops, started and stopped by this script); arms and conditions are
+interleaved, and the table gives medians and the slowdown (contended / quiet).
 
     python benchmarks/contention.py [--busy 3] [--repeats 3] [--arms auto:polyalign 2:unset 1:unset]
 """

@@ -108,8 +108,8 @@ def recipe(folder: Path, model: Path, weights: Path, args: argparse.Namespace) -
 def run(kind: str, argv: list[str], cwd: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", RUNNER, kind, *argv], cwd=cwd, env=env, capture_output=True, check=False,
-                          text=True)
+    done = subprocess.run([sys.executable, "-c", RUNNER, kind, *argv], cwd=cwd, env=env, capture_output=True,
+                          check=False, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{done.stderr[-4000:]}")
     return json.loads([x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])

@@ -99,7 +99,8 @@ def unpack(block: dict[str, Any], skip: int) -> Iterator[tuple[str, Sample]]:
             j = index[i]
             if j < 0:
                 continue
-            parts = {f: data[offsets[j]:offsets[j + 1]].view(shapes[j]) for f, (data, offsets, shapes) in fields.items()}
+            parts = {f: data[offsets[j]:offsets[j + 1]].view(shapes[j])
+                     for f, (data, offsets, shapes) in fields.items()}
             sample[m] = Decoded(parts if is_dict else parts[""])
         if block["labels"][i] is not None:
             sample["label"] = block["labels"][i]
