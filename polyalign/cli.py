@@ -1,5 +1,5 @@
 """The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, index, search,
-export, plot, demo-data, shards, cache."""
+export, serve, plot, demo-data, shards, cache."""
 
 from __future__ import annotations
 
@@ -330,6 +330,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from polyalign.serving.app import ServeSettings
+    from polyalign.serving.limits import Limits
+    from polyalign.serving.server import resolve_token, serve
+
+    token, made = resolve_token(args.token)
+    limits = Limits(args.max_body_mb, args.max_values, args.max_k, args.max_batch, args.batch_wait_ms)
+    settings = ServeSettings(args.run_dir, args.checkpoint, _device(args.device), args.candidates, args.index,
+                             limits, token)
+    if made:
+        out.print(f"bearer token (send 'Authorization: Bearer TOKEN'; set POLYALIGN_SERVE_TOKEN to choose it): "
+                  f"{token}", markup=False, soft_wrap=True)
+    serve(settings, args.host, args.port, args.workers, say=lambda *a, **k: out.print(*a, markup=False))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from polyalign.evaluation.training_plots import plot_runs
 
@@ -466,6 +482,29 @@ def parser() -> argparse.ArgumentParser:
                     help="onnx: also one MODALITY.onnx graph per modality (encoder + head + normalisation; "
                          "needs pip install 'polyalign[onnx]')")
     ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="serve a trained model over HTTP: /embed, /search, a search page at /")
+    sv.add_argument("run_dir", metavar="RUN_OR_EXPORT", help="a run directory or a folder written by `polyalign export`")
+    sv.add_argument("--candidates", action="append", default=[], metavar="MODALITY=SOURCE",
+                    help="what /search ranks: a folder, manifest, .npy, .txt or embeddings file, embedded at start; "
+                         "repeatable (one per modality)")
+    sv.add_argument("--index", action="append", default=[], metavar="MODALITY=FILE.faiss",
+                    help="what /search ranks: an index from `polyalign index`; repeatable")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=_count(0), default=8000)
+    sv.add_argument("--token", action="store_true",
+                    help="require 'Authorization: Bearer TOKEN' on every route but /health (the token: "
+                         "$POLYALIGN_SERVE_TOKEN, which also turns this on, or a new one printed at start)")
+    sv.add_argument("--workers", type=_count(1), default=1, help="processes, each with its own copy of the model")
+    sv.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16 MB; 413 above)")
+    sv.add_argument("--max-values", type=_count(1), default=64, help="values per request (default 64; 413 above)")
+    sv.add_argument("--max-k", type=_count(1), default=100, help="largest k of a search (default 100; 422 above)")
+    sv.add_argument("--max-batch", type=_count(1), default=64, help="requests batched into one model run (default 64)")
+    sv.add_argument("--batch-wait-ms", type=float, default=2.0,
+                    help="how long a batch waits for more requests after its first (default 2 ms)")
+    for name, kw in use.items():
+        sv.add_argument(f"--{name}", **kw)
+    sv.set_defaults(func=cmd_serve)
 
     pt = sub.add_parser("plot", help="plot loss, temperature, learning rate and evaluation of runs (PNG)")
     pt.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more runs, overlaid")
