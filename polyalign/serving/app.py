@@ -53,7 +53,7 @@ class ServeSettings:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "ServeSettings":
+    def from_json(cls, text: str) -> ServeSettings:
         """Settings written by :meth:`to_json`."""
         raw = json.loads(text)
         return cls(**{**raw, "limits": Limits(**raw["limits"])})
