@@ -333,12 +333,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from polyalign.serving.app import ServeSettings
     from polyalign.serving.limits import Limits
-    from polyalign.serving.server import resolve_token, serve
+    from polyalign.serving.server import default_threads, resolve_token, serve
 
     token, made = resolve_token(args.token)
     limits = Limits(args.max_body_mb, args.max_values, args.max_k, args.max_batch, args.batch_wait_ms)
     settings = ServeSettings(args.run_dir, args.checkpoint, _device(args.device), args.candidates, args.index,
-                             limits, token)
+                             limits, token, args.threads or default_threads(args.workers))
     if made:
         out.print(f"bearer token (send 'Authorization: Bearer TOKEN'; set POLYALIGN_SERVE_TOKEN to choose it): "
                   f"{token}", markup=False, soft_wrap=True)
@@ -496,6 +496,8 @@ def parser() -> argparse.ArgumentParser:
                     help="require 'Authorization: Bearer TOKEN' on every route but /health (the token: "
                          "$POLYALIGN_SERVE_TOKEN, which also turns this on, or a new one printed at start)")
     sv.add_argument("--workers", type=_count(1), default=1, help="processes, each with its own copy of the model")
+    sv.add_argument("--threads", type=_count(1), default=None,
+                    help="torch threads per worker (default: cores / workers - 1, at least 1)")
     sv.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16 MB; 413 above)")
     sv.add_argument("--max-values", type=_count(1), default=64, help="values per request (default 64; 413 above)")
     sv.add_argument("--max-k", type=_count(1), default=100, help="largest k of a search (default 100; 422 above)")

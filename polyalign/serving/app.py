@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -11,6 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
@@ -47,6 +49,7 @@ class ServeSettings:
     indexes: list[str] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     token: str | None = None
+    threads: int | None = None  # torch's intra-op threads (None: torch's default)
 
     def to_json(self) -> str:
         """The settings as JSON (for the workers of ``--workers N``)."""
@@ -234,22 +237,23 @@ def create_app(model: TrainedModel, candidates: dict[str, CandidateSet] | None =
     async def metrics_text() -> Response:
         return Response(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    # the two busy routes answer with JSONResponse itself: FastAPI's encoder would walk every number again
     @app.post("/embed")
-    async def embed(request: Request) -> dict[str, Any]:
+    async def embed(request: Request) -> JSONResponse:
         values, _ = await service.request_values(request, "values", ())
         done = await service.batcher.submit(Job(values))
-        return {"model": model.recipe.name, "embed_dim": model.embed_dim,
-                "embeddings": {m: z.tolist() for m, z in done.embeddings.items()}}
+        return JSONResponse({"model": model.recipe.name, "embed_dim": model.embed_dim,
+                             "embeddings": {m: z.tolist() for m, z in done.embeddings.items()}})
 
     @app.post("/search")
-    async def search(request: Request) -> dict[str, Any]:
+    async def search(request: Request) -> JSONResponse:
         values, extra = await service.request_values(request, "query", ("target", "k"))
         target, k = service.search_params(values, extra)
         done = await service.batcher.submit(Job(values, target, k))
         found = service.candidates[target]
-        return {"target": target, "query": sorted(values), "k": k, "candidates": len(found.ids),
-                "ranking": found.describe()["ranking"], "scored_by": card["scored_by"],
-                "hits": [service.hit_json(target, h) for h in done.hits]}
+        return JSONResponse({"target": target, "query": sorted(values), "k": k, "candidates": len(found.ids),
+                             "ranking": found.describe()["ranking"], "scored_by": card["scored_by"],
+                             "hits": [service.hit_json(target, h) for h in done.hits]})
 
     @app.get("/items/{modality}/{row}")
     async def item(modality: str, row: int) -> FileResponse:
@@ -268,9 +272,16 @@ def create_app(model: TrainedModel, candidates: dict[str, CandidateSet] | None =
 def build_app(settings: ServeSettings) -> Any:
     """Load the model and candidates ``settings`` name (checked as ``polyalign.load`` checks them)
     and return the app."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     model = load(settings.model, checkpoint=settings.checkpoint, device=settings.device)
     candidates = load_candidates(model, settings.candidates, settings.indexes)
-    return create_app(model, candidates, settings.limits, settings.token)
+    app = create_app(model, candidates, settings.limits, settings.token)
+    # Everything loaded so far (torch, the plugins' libraries, the model) lives as long as the server:
+    # kept out of the collector, whose full passes over it stalled every request for up to a second.
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def app_from_env() -> Any:

@@ -21,6 +21,12 @@ def resolve_token(flag: bool) -> tuple[str | None, bool]:
     return (secrets.token_urlsafe(24), True) if flag else (None, False)
 
 
+def default_threads(workers: int) -> int:
+    """torch threads per worker: the cores shared out, one left to each worker's event loop (which
+    parses requests while the model runs; more threads than that made small batches slower)."""
+    return max(1, (os.cpu_count() or 1) // workers - 1)
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` only listens on this machine."""
     if host == "localhost":
