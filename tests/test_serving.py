@@ -185,7 +185,8 @@ BAD_SEARCH = {
     "no target": ({"query": {"text": "red"}}, 422, "give the target modality"),
     "target without candidates": ({"query": {"text": "red"}, "target": "audio"}, 422, "no candidates of 'audio'"),
     "unknown target": ({"query": {"text": "red"}, "target": "smell"}, 422, "'smell' is not a modality"),
-    "target in the query": ({"query": {"image": "x"}, "target": "image"}, 422, "both the target and a query"),
+    "target in the query": ({"query": {"image": "x"}, "target": "image"}, 422, "both a target and a query"),
+    "target not a name": ({"query": {"text": "red"}, "target": [1]}, 422, "give the target modality"),
     "no query": ({"query": {}, "target": "image"}, 422, "no values given"),
     "NaN query": ({"query": {"ecg": [[float("nan")]]}, "target": "image"}, 422, "NaN or infinity"),
 }
@@ -197,6 +198,24 @@ def test_bad_searches_get_a_4xx(client, case):
     answer = client.post("/search", content=json.dumps(body).encode(), headers=JSON)
     assert answer.status_code == status and words in answer.json()["detail"], answer.text
     assert client.post("/search", json={"query": {"text": "red"}, "target": "image", "k": 2}).status_code == 200
+
+
+def test_search_for_candidate_tuples_scores_them_together(client, demo):
+    """target [image, text]: each test row's image and text together, scored by the run's rule for tuples."""
+    rows = [json.loads(line) for line in (demo["data"] / "test.jsonl").read_text().splitlines()]
+    audio = demo["data"] / QUERY_FILES["audio"]
+    expected = demo["model"].search({"audio": [audio]}, {"image": [r["image"] for r in rows],
+                                                         "text": [r["text"] for r in rows]}, top_k=4, root=demo["data"])
+    for target in (["image", "text"], "image,text"):
+        answer = client.post("/search", files=uploads(demo, {"audio": QUERY_FILES["audio"]}),
+                             data={"target": "image,text", "k": "4"}) if isinstance(target, str) else client.post(
+            "/search", json={"query": {"ecg": np.ones((12, 400)).tolist()}, "target": target, "k": 4})
+        assert answer.status_code == 200, answer.text
+        result = answer.json()
+        assert result["target"] == ["image", "text"] and set(result["hits"][0]["media"]) == {"image", "text"}
+        if isinstance(target, str):
+            assert [h["row"] for h in result["hits"]] == [h.index for h in expected[0]]
+            assert [h["score"] for h in result["hits"]] == pytest.approx([h.score for h in expected[0]], abs=1e-5)
 
 
 def test_search_takes_one_value_per_query_modality(client, demo):

@@ -145,19 +145,24 @@ class Service:
                                     f"{type(given).__name__}")
         return [inline_value(modality, i, v) for i, v in enumerate(given)]
 
-    def search_params(self, values: dict[str, list[Any]], extra: dict[str, Any]) -> tuple[str, int]:
-        """The target modality and k of a search, checked against the candidates and the limits."""
-        target = extra.get("target")
-        if not isinstance(target, str) or not target:
-            raise RequestError(422, f"give the target modality ('target'); this server ranks candidates of: "
+    def search_params(self, values: dict[str, list[Any]], extra: dict[str, Any]) -> tuple[tuple[str, ...], int]:
+        """The target modality (or modalities: candidate tuples) and k of a search, checked against the
+        candidates and the limits."""
+        given = extra.get("target")
+        target = tuple(t.strip() for t in given.split(",")) if isinstance(given, str) else given
+        if (not isinstance(target, (tuple, list)) or not target
+                or not all(isinstance(t, str) and t for t in target)):
+            raise RequestError(422, f"give the target modality ('target': a name, or a list of names for candidate "
+                                    f"tuples); this server ranks candidates of: "
                                     f"{', '.join(self.candidates) or 'none'}")
-        self.check_modality(target)
-        if target not in self.candidates:
-            raise RequestError(422, f"this server has no candidates of {target!r}; it ranks: "
-                                    f"{', '.join(self.candidates) or 'none'} (start it with --candidates "
-                                    f"{target}=SOURCE or --index {target}=FILE.faiss)")
-        if target in values:
-            raise RequestError(422, f"{target!r} is both the target and a query modality; query with the others")
+        for t in target:
+            self.check_modality(t)
+            if t not in self.candidates:
+                raise RequestError(422, f"this server has no candidates of {t!r}; it ranks: "
+                                        f"{', '.join(self.candidates) or 'none'} (start it with --candidates "
+                                        f"{t}=SOURCE or --index {t}=FILE.faiss)")
+            if t in values:
+                raise RequestError(422, f"{t!r} is both a target and a query modality; query with the others")
         several = [m for m, vs in values.items() if len(vs) != 1]
         if several:
             raise RequestError(422, f"a search is one query: give one value of {several[0]!r}, not "
@@ -171,15 +176,20 @@ class Service:
             raise RequestError(422, f"k must be a whole number of at least 1, got {extra.get('k')!r}")
         if k > self.limits.max_k:
             raise RequestError(422, f"k = {k} is above the limit of {self.limits.max_k} (polyalign serve --max-k)")
-        return target, k
+        return tuple(dict.fromkeys(target)), k
 
-    def hit_json(self, target: str, hit: Any) -> dict[str, Any]:
-        """One hit as JSON: rank, id, score, row, the value it came from and the URL of its file."""
-        found = self.candidates[target]
-        value = None if found.values is None else found.values[hit.index]
-        media = f"/items/{target}/{hit.index}" if found.media_file(hit.index) is not None else None
+    def hit_json(self, target: tuple[str, ...], hit: Any) -> dict[str, Any]:
+        """One hit as JSON: rank, id, score, row, the value it came from and the URL of its file (for
+        candidate tuples, both by modality)."""
+        values, media = {}, {}
+        for m in target:
+            found = self.candidates[m]
+            value = None if found.values is None else found.values[hit.index]
+            values[m] = None if value is None else show_value(value)
+            media[m] = f"/items/{m}/{hit.index}" if found.media_file(hit.index) is not None else None
+        one = len(target) == 1
         return {"rank": hit.rank, "id": hit.id, "score": hit.score, "row": hit.index,
-                "value": None if value is None else show_value(value), "media": media}
+                "value": values[target[0]] if one else values, "media": media[target[0]] if one else media}
 
 
 def error_response(status: int, detail: str) -> JSONResponse:
@@ -250,9 +260,10 @@ def create_app(model: TrainedModel, candidates: dict[str, CandidateSet] | None =
         values, extra = await service.request_values(request, "query", ("target", "k"))
         target, k = service.search_params(values, extra)
         done = await service.batcher.submit(Job(values, target, k))
-        found = service.candidates[target]
-        return JSONResponse({"target": target, "query": sorted(values), "k": k, "candidates": len(found.ids),
-                             "ranking": found.describe()["ranking"], "scored_by": card["scored_by"],
+        found = service.candidates[target[0]]
+        return JSONResponse({"target": target[0] if len(target) == 1 else list(target), "query": sorted(values),
+                             "k": k, "candidates": len(found.ids), "ranking": found.describe()["ranking"],
+                             "scored_by": card["scored_by"],
                              "hits": [service.hit_json(target, h) for h in done.hits]})
 
     @app.get("/items/{modality}/{row}")

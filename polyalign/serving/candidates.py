@@ -57,6 +57,19 @@ class CandidateSet:
         return {"modality": self.modality, "count": len(self.ids), "source": self.source, "ranking": kind}
 
 
+def rank_tuples(model: TrainedModel, sets: list[CandidateSet], queries: dict[str, torch.Tensor],
+                top_k: int) -> list[list[Hit]]:
+    """The ``top_k`` candidate tuples (row c of every set together) of each embedded query tuple."""
+    first = sets[0]
+    for other in sets[1:]:
+        if other.index is not None or first.index is not None or other.ids != first.ids:
+            raise PolyalignError(f"candidate tuples of {', '.join(s.modality for s in sets)} need the same "
+                                 f"candidates in each modality, embedded (not an index): start the server with "
+                                 f"--candidates M=SOURCE for each, from one manifest")
+    banks = {s.modality: s.bank for s in sets}
+    return rank_hits(model.score_embedded_tuples(queries, banks), top_k, first.ids)  # type: ignore[arg-type]
+
+
 def index_values(found: IndexFile, modality: str) -> tuple[list[Any] | None, Path | None]:
     """The raw values behind an index's ids, read (not embedded) from the source it was built from
     when that is a folder, manifest or text file still on this machine; else None."""

@@ -11,15 +11,16 @@ import torch
 from polyalign.core.errors import PolyalignError
 from polyalign.inference.trained import Hit, TrainedModel, refuse_nonfinite
 
-from .candidates import CandidateSet
+from .candidates import CandidateSet, rank_tuples
 
 
 @dataclass
 class Job:
-    """One request: raw values by modality; for a search also the target modality and how many hits."""
+    """One request: raw values by modality; for a search also the target modality (or modalities,
+    for candidate tuples) and how many hits."""
 
     values: dict[str, list[Any]]
-    target: str | None = None
+    target: tuple[str, ...] | None = None
     top_k: int = 0
 
 
@@ -68,7 +69,11 @@ def rank_jobs(model: TrainedModel, candidates: dict[str, CandidateSet], jobs: li
     target = jobs[0].target
     assert target is not None
     queries = {m: torch.cat([z[m] for z in embedded]) for m in embedded[0]}
-    hits = candidates[target].rank(model, queries, max(job.top_k for job in jobs))
+    top_k = max(job.top_k for job in jobs)
+    if len(target) == 1:
+        hits = candidates[target[0]].rank(model, queries, top_k)
+    else:
+        hits = rank_tuples(model, [candidates[m] for m in target], queries, top_k)
     return [row[:job.top_k] for row, job in zip(hits, jobs)]
 
 
@@ -77,7 +82,7 @@ def run_jobs(model: TrainedModel, candidates: dict[str, CandidateSet], jobs: lis
     embedded = embed_each(model, jobs)
     results: list[Done | Exception] = [z if isinstance(z, Exception) else Done({m: t.cpu() for m, t in z.items()})
                                        for z in embedded]
-    groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+    groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
     for i, (job, done) in enumerate(zip(jobs, results)):
         if isinstance(done, Done):
             if job.target is None:
@@ -90,14 +95,20 @@ def run_jobs(model: TrainedModel, candidates: dict[str, CandidateSet], jobs: lis
                 groups.setdefault((job.target, tuple(sorted(job.values))), []).append(i)
     for rows in groups.values():
         try:
-            ranked = rank_jobs(model, candidates, [jobs[i] for i in rows], [embedded[i] for i in rows])
+            ranked: list[list[Hit] | Exception] = list(
+                rank_jobs(model, candidates, [jobs[i] for i in rows], [embedded[i] for i in rows]))
         except PolyalignError:
-            ranked = []
-            for i in rows:  # one query's error (a NaN embedding) must not fail the others
-                try:
-                    ranked.append(rank_jobs(model, candidates, [jobs[i]], [embedded[i]])[0])
-                except PolyalignError as exc:
-                    ranked.append(exc)  # type: ignore[arg-type]
+            ranked = [rank_alone(model, candidates, jobs[i], embedded[i]) for i in rows]
         for i, hits in zip(rows, ranked):
-            results[i] = hits if isinstance(hits, Exception) else Done(results[i].embeddings, hits)  # type: ignore[union-attr]
+            done = results[i]
+            results[i] = hits if isinstance(hits, Exception) else Done(done.embeddings, hits)  # type: ignore[union-attr]
     return results
+
+
+def rank_alone(model: TrainedModel, candidates: dict[str, CandidateSet], job: Job,
+               embedded: dict[str, torch.Tensor]) -> list[Hit] | Exception:
+    """One search job's hits, or its error (a NaN embedding fails its own query, not the others)."""
+    try:
+        return rank_jobs(model, candidates, [job], [embedded])[0]
+    except PolyalignError as exc:
+        return exc
