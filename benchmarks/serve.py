@@ -79,7 +79,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if k != "POLYALIGN_SERVE_TOKEN"}
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -170,8 +170,9 @@ def in_process(export: Path, values: dict, calls: int) -> dict:
 
 
 def table(report: dict) -> str:
-    lines = ["| workload | concurrency | requests/s | p50 ms | p99 ms | errors | x concurrency 1 | "
-             "/ in-process 1 per call |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ("| workload | concurrency | requests/s | p50 ms | p99 ms | errors | x concurrency 1 | "
+              "/ in-process 1 per call |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in report["rows"]:
         lines.append(f"| {row['workload']} | {row['concurrency']} | {row['rps']:.0f} | {row['p50_ms']:.1f} | "
                      f"{row['p99_ms']:.1f} | {row['errors']} | {row['speedup']:.1f} | "

@@ -484,7 +484,8 @@ def parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     sv = sub.add_parser("serve", help="serve a trained model over HTTP: /embed, /search, a search page at /")
-    sv.add_argument("run_dir", metavar="RUN_OR_EXPORT", help="a run directory or a folder written by `polyalign export`")
+    sv.add_argument("run_dir", metavar="RUN_OR_EXPORT",
+                    help="a run directory or a folder written by `polyalign export`")
     sv.add_argument("--candidates", action="append", default=[], metavar="MODALITY=SOURCE",
                     help="what /search ranks: a folder, manifest, .npy, .txt or embeddings file, embedded at start; "
                          "repeatable (one per modality)")

@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import polyalign
-from polyalign.cli import main, parser
+from polyalign.cli import main
 from polyalign.inference.export import export_model
 from polyalign.inference.retrieval import index_to_file, search_sources
 from polyalign.inference.vector_index import IndexOptions
@@ -157,7 +158,8 @@ BAD = {  # name: (method args, status, words of the message)
     "a string in numbers": ({"json": {"values": {"ecg": [["/etc/x.npy"]]}}}, 422, "only numbers"),
     "empty upload": ({"files": [("audio", ("a.wav", b"", "audio/wav"))]}, 422, "modality 'audio', value 0"),
     "ecg not npy": ({"files": [("ecg", ("e.csv", b"1,2", "text/csv"))]}, 422, "modality 'ecg'"),
-    "too many values": ({"json": {"values": {"text": ["x"] * 9}}}, 413, "the limit is 8 (polyalign serve --max-values)"),
+    "too many values": ({"json": {"values": {"text": ["x"] * 9}}}, 413,
+                        "the limit is 8 (polyalign serve --max-values)"),
     "too many files": ({"files": [("text", (f"{i}.txt", b"x")) for i in range(9)]}, 413, "--max-values"),
     "not JSON": ({"content": b"{values", "headers": JSON}, 400, "not valid JSON"),
     "nested too deeply": ({"content": b"[" * 100000, "headers": JSON}, 400, "not valid JSON"),
@@ -284,8 +286,10 @@ def test_a_batch_runs_concurrent_requests_together_and_isolates_bad_values(demo)
 
 
 def test_cli_serve_refuses_a_busy_port_and_imports_no_server_at_start(demo, capsys):
-    parser()
-    assert "fastapi" not in sys.modules or "polyalign.serving.app" in sys.modules  # the parser imports none
+    probe = ("import sys, polyalign.cli; polyalign.cli.parser(); "
+             "print(sorted({'fastapi', 'uvicorn'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -101,7 +101,8 @@ def run_jobs(model: TrainedModel, candidates: dict[str, CandidateSet], jobs: lis
             ranked = [rank_alone(model, candidates, jobs[i], embedded[i]) for i in rows]
         for i, hits in zip(rows, ranked):
             done = results[i]
-            results[i] = hits if isinstance(hits, Exception) else Done(done.embeddings, hits)  # type: ignore[union-attr]
+            assert isinstance(done, Done)
+            results[i] = hits if isinstance(hits, Exception) else Done(done.embeddings, hits)
     return results
 
 
