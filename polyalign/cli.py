@@ -286,7 +286,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     options = IndexOptions(args.kind, args.nlist, args.nprobe, args.hnsw_m, args.ef_search)
     options.check()
-    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=_device(args.device))
     report = index_to_file(model, args.modality, args.input, args.out, options, args.batch_size)
     quality = ("exact inner-product search" if report.recall is None else
                f"recall@10 = {report.recall:.3f} against exact search, measured with {report.recall_queries} "

@@ -13,7 +13,9 @@ from safetensors.torch import save
 
 from polyalign.core.atomic import atomic_write_bytes
 from polyalign.core.errors import PolyalignError, cut, shown
+from polyalign.core.json_file import JsonError, parse_json
 
+from .sources import check_ids
 from .trained import TrainedModel
 
 FORMAT = "polyalign.embeddings/1"
@@ -74,13 +76,13 @@ def read_embeddings(path: str | Path) -> EmbeddingsFile:
     if not torch.isfinite(tensor).all():
         raise PolyalignError(f"{path}: {TENSOR!r} holds NaN or infinite values; {redo}")
     try:
-        ids = json.loads(metadata["ids"])
-    except (KeyError, ValueError, RecursionError):
+        ids = parse_json(metadata["ids"], f"{path}: the metadata 'ids'")
+    except (KeyError, JsonError):
         raise PolyalignError(f"{path}: the metadata 'ids' must be a JSON list of ids, one per row; {redo}") from None
-    if not isinstance(ids, list) or len(ids) != tensor.shape[0] or not all(
-            isinstance(i, (str, int, float)) and not isinstance(i, bool) for i in ids):
+    if not isinstance(ids, list) or len(ids) != tensor.shape[0]:
         raise PolyalignError(f"{path}: the metadata 'ids' must be a JSON list of {tensor.shape[0]} ids (text or "
                              f"numbers), one per row; {redo}")
+    check_ids(ids, f"{path}: the metadata 'ids'", f"; {redo}")
     if not isinstance(metadata.get("modality"), str):
         raise PolyalignError(f"{path}: the metadata does not say which modality it holds; {redo}")
     return EmbeddingsFile(tensor.float(), ids, metadata["modality"], metadata)
