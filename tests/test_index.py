@@ -136,6 +136,6 @@ def test_bad_index_files_are_refused_with_a_message(symile_run, bits, tmp_path, 
     assert index(symile_run, tmp_path / "b.index", bits) == 2
     assert "must end in .faiss" in capsys.readouterr().err
     assert index(symile_run, tmp_path / "x.faiss", bits, "--kind", "hnsw", "--ef-search", "0") == 2
-    assert "--ef-search must be at least 1" in capsys.readouterr().err
+    assert "--ef-search must be a whole number from 1 to 65536" in capsys.readouterr().err
     assert index(symile_run, tmp_path / "x.faiss", bits, "--kind", "ivf") == 2
     assert "too few" in capsys.readouterr().err
