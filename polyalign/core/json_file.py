@@ -8,11 +8,14 @@ files, evaluation reports, logged metrics, a tracker's run file, table rows and 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .encoder import FileBytes
 from .errors import PolyalignError, cut, not_a_file
+
+if TYPE_CHECKING:  # the encoder contract imports torch; reading JSON does not need it
+    from .encoder import FileBytes
 
 MAX_DEPTH = 64
 """Nesting levels of objects and arrays (what polyalign writes is at most a few levels deep)."""
@@ -65,8 +68,8 @@ def read_json(path: str | Path | FileBytes, what: str = "JSON file", max_bytes: 
     ``max_bytes`` bytes, read through :func:`parse_json`."""
     source = f"{what} {path}"
     try:
-        if isinstance(path, FileBytes):
-            data = path.data
+        if not isinstance(path, (str, os.PathLike)):  # a FileBytes (a shard member)
+            data = path.read_bytes()
         elif not Path(path).is_file():  # a folder, a FIFO or a device: nothing to read, or a read without end
             raise JsonError(f"cannot read {what}: {not_a_file(path)}")
         else:
