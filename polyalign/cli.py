@@ -212,6 +212,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     from polyalign.plugins.datasets.demo import write_demo
 
     folder = Path(args.dir)
+    if folder.exists() and not folder.is_dir():
+        raise PolyalignError(f"{folder} exists and is not a folder; give a new or empty folder for the demo data")
     if folder.exists() and any(folder.iterdir()):
         raise PolyalignError(f"{folder} is not empty; give a new or empty folder for the demo data")
     write_demo(folder, args.classes, args.n_train, args.n_val, args.n_test, args.missing_rate, args.seed,

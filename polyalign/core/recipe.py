@@ -455,7 +455,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
     """Read a YAML recipe, apply ``key.path=value`` overrides and validate it."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(str(path), [("", "file not found; `polyalign recipes` lists the shipped recipes")])
+        problem = "file not found" if not path.exists() else "a folder, not a file" if path.is_dir() else \
+            "not a regular file (a device, pipe or socket)"
+        raise RecipeError(str(path), [("", f"{problem}; `polyalign recipes` lists the shipped recipes")])
     try:
         raw = read_yaml(path)
     except YamlError as exc:

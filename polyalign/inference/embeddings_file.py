@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from polyalign.core.atomic import atomic_write_bytes
-from polyalign.core.errors import PolyalignError, cut, shown
+from polyalign.core.errors import PolyalignError, cut, not_a_file, shown
 from polyalign.core.json_file import JsonError, parse_json
 
 from .sources import check_ids
@@ -61,6 +61,8 @@ def read_embeddings(path: str | Path) -> EmbeddingsFile:
     """An embeddings file written by :func:`save_embeddings` (``polyalign embed``), checked: a 2-D
     floating tensor of finite numbers, one JSON id per row, and its modality."""
     path = Path(path)
+    if not path.is_file():
+        raise PolyalignError(f"cannot read the embeddings file: {not_a_file(path)}")
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
+from polyalign.core.atomic import WriteError, atomic_write_text
 from polyalign.core.data import SPLITS, Sample
 from polyalign.core.errors import PolyalignError
 
@@ -75,6 +75,8 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
     if shard_size < 1:
         raise PolyalignError(f"--shard-size must be at least 1, got {shard_size}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PolyalignError(f"{out} exists and is not a folder; give a new or empty folder for the shards")
     if out.exists() and any(out.iterdir()):
         raise PolyalignError(f"{out} is not empty; give a new or empty folder for the shards")
     data = ManifestDataset(ManifestConfig(path=str(data_dir)))
@@ -92,10 +94,14 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
         for start in range(0, len(order), shard_size):
             path = out / f"{split}-{len(result.shards):06d}.tar"
             tmp = path.with_name(f".{path.name}.tmp")
-            with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:
-                for row in order[start:start + shard_size]:
-                    write_sample(tar, f"{row:08d}", sample_members(samples[row], data, split, row, result))
-            os.replace(tmp, path)
+            try:
+                with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:
+                    for row in order[start:start + shard_size]:
+                        write_sample(tar, f"{row:08d}", sample_members(samples[row], data, split, row, result))
+                os.replace(tmp, path)
+            except OSError as exc:  # named by the shard, not by its temporary file or the file being copied
+                tmp.unlink(missing_ok=True)
+                raise WriteError(f"could not write the shard {path}: {exc.strerror or exc}") from exc
             sizes[path.name] = len(order[start:start + shard_size])
             result.shards.append(path)
         written.append(result)
@@ -111,7 +117,11 @@ def write_sample(writer: Any, key: str, members: dict[str, bytes | Path]) -> Non
         info.mode, info.uname, info.gname, info.mtime = writer.mode, writer.user, writer.group, writer.mtime
         value = members[ext]
         if isinstance(value, Path):
-            with open(value, "rb") as fh:
+            try:
+                fh = open(value, "rb")
+            except OSError as exc:
+                raise PolyalignError(f"cannot read {value} (sample {key}): {exc.strerror or exc}") from None
+            with fh:
                 info.size = os.fstat(fh.fileno()).st_size
                 writer.tarstream.addfile(info, fh)
         else:
