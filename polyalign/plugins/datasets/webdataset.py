@@ -232,6 +232,12 @@ class ShardStream(StreamSplit):
                     sample[m] = parse_json(data, member.name)
                 except JsonError:
                     pass  # the encoder fails on the member itself, naming it (and data.on_error applies)
+        if not sample:
+            found = sorted(e for e in raw if not e.startswith("__"))
+            wanted = ", ".join(f"{m}: .{e}" for e, m in self.modality_of.items())
+            raise PolyalignError(f"shard {shard}, sample {key!r}: no member holds a modality (its members end in "
+                                 f"{shown(found)}; data.modalities reads {wanted}); name the extensions "
+                                 f"the shards use in data.modalities")
         if LABEL_EXT in raw:
             where = f"shard {shard}, sample {key!r}, member .{LABEL_EXT}"
             try:
