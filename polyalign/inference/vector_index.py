@@ -188,7 +188,7 @@ def check_index(index: Any, meta: dict[str, Any], path: Path) -> None:
     faiss = import_faiss()
     redo = "build it again with `polyalign index`"
     kind, made = meta.get("kind"), type(faiss.downcast_index(index)).__name__
-    if kind not in KIND_CLASSES:
+    if not isinstance(kind, str) or kind not in KIND_CLASSES:
         raise PolyalignError(f"{sidecar(path)}: 'kind' must be one of {', '.join(KIND_CLASSES)}, got {shown(kind)}; "
                              f"{redo}")
     if made != KIND_CLASSES[kind]:
