@@ -11,6 +11,12 @@ A component's ``config`` model is validated with every recipe. Its validators ma
 ``batch_size`` (:func:`polyalign.core.recipe.plugin_context`), to refuse options that cannot run
 with them before anything starts (Symile's ``n_squared`` negatives refuse a batch and modality
 count whose memory exceeds the machine's, with the estimate).
+
+A component that imports modules beyond polyalign's own dependencies declares them when it is
+registered, ``register(..., requires={"sklearn": "scikit-learn"})`` (module -> what to pip install), and
+its config may add some from its options with a ``requires()`` method returning the same kind of mapping
+(an encoder's ``lora`` needs peft). A recipe using a component whose modules are not installed is
+refused before training starts, and by ``polyalign validate``, with the ``pip install`` command.
 """
 
 from __future__ import annotations
