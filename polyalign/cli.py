@@ -54,6 +54,14 @@ def _rate(text: str) -> float:
     return value
 
 
+def _name_cells(lines: list[list[str]], n_ids: int) -> tuple[list[list[str]], list[int]]:
+    """The identity cells with spaces around '+' (a narrow table wraps between modality names, never
+    inside one), and each identity column's longest name (its least width)."""
+    lines = [[c.replace("+", " + ") if i < n_ids else c for i, c in enumerate(line)] for line in lines]
+    widths = [max((len(word) for line in lines for word in line[i].split()), default=1) for i in range(n_ids)]
+    return lines, widths
+
+
 def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     """One table per task: a line per (target, query, ...) and a column per metric."""
     from polyalign.evaluation.report_table import pivot_rows
@@ -61,9 +69,11 @@ def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     tables = []
     for pivot in pivot_rows(rows, interval_metrics={"accuracy"}):  # one interval per line keeps it narrow
         table = Table(title=escape(f"{title}: {pivot.task}"), caption=escape(pivot.caption()) or None)
+        lines, widths = _name_cells(pivot.lines, pivot.n_ids)
         for i, c in enumerate(pivot.header):
-            table.add_column(escape(c), justify="left" if i < pivot.n_ids else "right", overflow="fold")
-        for line in pivot.lines:
+            table.add_column(escape(c), justify="left" if i < pivot.n_ids else "right", overflow="fold",
+                             min_width=max(widths[i], len(c)) if i < pivot.n_ids else None)
+        for line in lines:
             table.add_row(*map(escape, line))
         tables.append(table)
     return tables
@@ -135,10 +145,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     result = compare_runs(args.run_dirs, args.out, args.metric)
     table = Table(title="comparison", caption=escape("value [bootstrap interval]; — = no such row in that run"))
+    n_ids = len(result.header) - len(result.runs)
+    lines, widths = _name_cells(result.lines, n_ids)
     for i, c in enumerate(result.header):
-        table.add_column(escape(c), justify="right" if i >= len(result.header) - len(result.runs) else "left",
-                         overflow="fold")
-    for line in result.lines:
+        table.add_column(escape(c), justify="right" if i >= n_ids else "left", overflow="fold",
+                         min_width=max(widths[i], len(c)) if i < n_ids else None)
+    for line in lines:
         table.add_row(*map(escape, line))
     out.print(table)
     for run in result.runs:

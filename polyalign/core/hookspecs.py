@@ -111,12 +111,13 @@ def on_train_start(run_dir: Any, recipe: Any, model: Any, loss: Any, start_step:
 
 @hookspec
 def on_step_end(step: int, epoch: int, metrics: dict, run_dir: Any) -> None:
-    """Called after each logged optimizer step with ``metrics`` (floats) on the main process."""
+    """Called after each logged optimizer step with ``metrics`` (floats) on the main process;
+    ``epoch`` is the epoch the step belongs to, counted from 1 (the number its ``on_epoch_end`` gets)."""
 
 
 @hookspec
 def on_epoch_end(epoch: int, step: int, metrics: dict, run_dir: Any) -> None:
-    """Called after each epoch (``epoch`` = epochs done) with ``train_loss``/``val_loss``."""
+    """Called after each epoch (``epoch`` = epochs done, so the first is 1) with ``train_loss``/``val_loss``."""
 
 
 @hookspec
