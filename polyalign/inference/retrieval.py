@@ -108,6 +108,9 @@ def open_index(model: TrainedModel, target: str, path: str | Path) -> IndexFile:
     if found.modality != target:
         raise PolyalignError(f"{path} indexes {found.modality!r} embeddings, not {target!r}")
     check_same_model(found.metadata, model, path, command="index")
+    if found.index.d != model.embed_dim:
+        raise PolyalignError(f"{path} holds vectors of {found.index.d} numbers; this model's embeddings have "
+                             f"{model.embed_dim}: build the index again with `polyalign index {model.source} ...`")
     return found
 
 
