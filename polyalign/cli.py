@@ -30,6 +30,22 @@ class _Parser(argparse.ArgumentParser):
         super().error(cut(message, 2000))
 
 
+class _CommandParser(_Parser):
+    """A subcommand's parser: options may come between and after its positionals, so
+    ``train R --out D k=v`` gives R, D and the override (argparse's intermixed parsing)."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside:  # intermixed parsing calls this twice: options first, then positionals
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def _count(low: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least ``low``."""
     def parse(text: str) -> int:
@@ -142,22 +158,42 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from polyalign.shipped import resolve_recipe_path
 
     recipe = polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
+    lines = None
+    if args.check_data:  # before the "valid" line: a recipe its data refuses is not valid
+        from polyalign.core.data_check import check_data
+
+        lines = check_data(recipe)
     if args.print:
         print(recipe.to_yaml())
     out.print(f"{args.recipe}: valid ({len(recipe.modalities)} modalities, "
               f"loss {'+'.join(n.plugin for n in recipe.losses)}, data {recipe.data.plugin})")
-    if args.check_data:
-        from polyalign.core.data_check import check_data
-
-        lines = check_data(recipe)
+    if lines is not None:
         out.print("checked with the data (every plugin built, the first rows of each split loaded):\n"
                   + "\n".join(f"  {escape(line)}" for line in lines), soft_wrap=True)
+    return 0
+
+
+def _plugin_options(name: str) -> int:
+    """``polyalign plugins NAME``: every component registered under NAME, with its options."""
+    from polyalign.core.options_reference import component_lines
+    from polyalign.core.plugins import default_plugins
+    from polyalign.core.registry import KINDS, unknown_name_message
+
+    registry = default_plugins().registry
+    found = [registry.get(kind, name) for kind in KINDS if name in registry.names(kind)]
+    if not found:
+        every = sorted({n for kind in KINDS for n in registry.names(kind)})
+        raise PolyalignError(unknown_name_message("plugin component", name, every))
+    out.print("\n\n".join("\n".join(component_lines(c)) for c in found), markup=False, highlight=False,
+              soft_wrap=True)
     return 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     from polyalign.core.plugins import default_plugins, describe
 
+    if args.name is not None:
+        return _plugin_options(args.name)
     listing = describe(default_plugins())
     if args.json:
         print(json.dumps(listing, indent=2))
@@ -166,8 +202,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for c in ("name", "distribution", "version", "status"):
         table.add_column(c)
     for p in listing["plugins"]:
-        table.add_row(p["name"], p["distribution"], p["version"],
-                      "[red]" + p["error"] + "[/red]" if p["error"] else ("built-in" if p["builtin"] else "loaded"))
+        table.add_row(escape(p["name"]), escape(p["distribution"]), escape(p["version"]),
+                      "[red]" + escape(p["error"]) + "[/red]" if p["error"] else ("built-in" if p["builtin"] else "loaded"))
     out.print(table)
     for kind in ("encoders", "losses", "datasets", "evaluators", "loggers"):
         t = Table(title=kind)
@@ -175,7 +211,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         t.add_column("plugin")
         t.add_column("help")
         for c in listing[kind]:
-            t.add_row(c["name"], c["plugin"], c["help"])
+            t.add_row(escape(c["name"]), escape(c["plugin"]), escape(c["help"]))  # help may hold [extra]
         out.print(t)
     return 0
 
@@ -343,7 +379,7 @@ def parser() -> argparse.ArgumentParser:
     """The argument parser of ``polyalign``."""
     p = _Parser(prog="polyalign", description="Contrastive learning over any number of modalities.")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     t = sub.add_parser("train", help="train a recipe, then evaluate it")
     t.add_argument("recipe", nargs="?", help="recipe file or shipped recipe name")
@@ -374,7 +410,9 @@ def parser() -> argparse.ArgumentParser:
                    help="also build every plugin and load, collate and embed the first rows of each split")
     v.set_defaults(func=cmd_validate)
 
-    pl = sub.add_parser("plugins", help="list loaded plugins and registered components")
+    pl = sub.add_parser("plugins", help="list loaded plugins and registered components, or one component's options")
+    pl.add_argument("name", nargs="?", metavar="NAME",
+                    help="print the options of the component(s) of this name: type, default, constraints")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
 

@@ -17,12 +17,11 @@ from .data import Dataset, Loader, Sample, TupleDataset
 from .errors import PluginError, PolyalignError
 from .layer_groups import lock_layers
 from .loss import Loss, WeightedLoss
+from .modality_check import HEAD, check_modalities_present
 from .model import MultiModalModel
 from .plugins import Plugins, default_plugins
 from .recipe import Recipe
 from .stream import is_stream
-
-HEAD = 1000  # samples of a streamed train split looked at before training (examples, load checks)
 
 
 @dataclass
@@ -117,9 +116,10 @@ def assemble(recipe: Recipe, plugins: Plugins | None = None) -> Assembled:
             f"modalities.{lacking[0]}: the dataset ({recipe.data.plugin}) has no modality "
             f"{lacking[0]!r}; it provides: {', '.join(dataset.modalities)}. Rename the modality "
             f"in the recipe or change data.")
-    train = dataset.split("train")
-    if is_stream(train):
-        train = list(itertools.islice(train, HEAD))
+    split = dataset.split("train")
+    head = list(itertools.islice(split, HEAD))
+    check_modalities_present(list(recipe.modalities), "train", split, head, recipe.data.plugin)
+    train = head if is_stream(split) else split
     examples = {m: next((s[m] for s in train if s.get(m) is not None), None) for m in recipe.modalities}
     model = build_model(recipe, plugins, examples, dataset.root)
     check_encoders_load(recipe, model, train, dataset.root)
