@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from polyalign.core.errors import MAX_MESSAGE_CHARS, PolyalignError, cut, shown
+from polyalign.core.errors import MAX_MESSAGE_CHARS, Notice, PolyalignError, cut, shown
 from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 
 err = Console(stderr=True, highlight=False)
@@ -515,6 +516,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """``warnings.showwarning`` of the CLI: a :class:`Notice` is one ``note:`` line, other warnings as Python shows them."""
+    if issubclass(category, Notice):
+        err.print(f"[yellow]note:[/yellow] {escape(str(message))}", soft_wrap=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def _error_message(exc: BaseException) -> tuple[str, int]:
     """What the CLI prints for an error, and its exit code: 2 for the input or the machine, 1 for a bug."""
     if isinstance(exc, PolyalignError):
@@ -538,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train" and args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
         args.overrides.insert(0, args.recipe)  # `train --resume RUN key=value`: no recipe, only overrides
         args.recipe = None
+    warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -13,6 +14,7 @@ from polyalign.core.atomic import atomic_write_text
 from polyalign.core.device import pick_device
 from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.evaluator import EvalContext, report_markdown, row_problem
+from polyalign.core.modality_check import provided_text, row_keys
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe, validate_recipe
 from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
@@ -30,14 +32,39 @@ def check_eval_split(recipe: Recipe, parts: Assembled, split: str = "test") -> N
             f"manifest folder: {split}.jsonl or {split}.csv) or train without evaluators (eval=[]).")
 
 
+def no_rows_note(where: str, ctx: EvalContext, caught: list[warnings.WarningMessage]) -> str:
+    """Why an evaluator produced no rows: the modalities absent from every row of the split, what
+    it warned about, or else what it needs."""
+    samples = ctx.samples
+    have = set(row_keys(samples))
+    absent = [m for m in ctx.modalities if m not in have]
+    if absent:
+        why = (f"{', '.join(map(repr, absent))} {'is' if len(absent) == 1 else 'are'} absent from every one of the "
+               f"{len(samples)} rows of the {ctx.split!r} split, whose rows provide "
+               f"{provided_text(ctx.parts.dataset.split(ctx.split), samples)}")
+    elif caught:
+        why = "; ".join(str(w.message) for w in caught)
+    else:
+        why = (f"no row of the {ctx.split!r} split ({len(samples)} rows) has every modality one of its queries "
+               f"and targets needs, or the rows it needs (labels, distinct values) are missing")
+    return f"{where} produced no rows: {why}"
+
+
 def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: torch.device,
-                   split: str = "test") -> list[dict[str, Any]]:
-    """Run every evaluator of the recipe on ``split``; return all rows."""
+                   split: str = "test", notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run every evaluator of the recipe on ``split``; return all rows. ``notes``, when given,
+    receives a line per evaluator that produced no rows, saying why."""
     ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed)
     rows: list[dict[str, Any]] = []
     for i, node in enumerate(recipe.eval):
         evaluator = plugins.build("evaluator", node.plugin, **node.options())
-        got = evaluator(ctx)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = evaluator(ctx)
+        for w in caught:  # shown as before, and kept to explain an empty result
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if notes is not None and got == []:
+            notes.append(no_rows_note(f"eval.{i} ({node.plugin})", ctx, caught))
         if not isinstance(got, list):
             problem = f"it returned a {type(got).__name__}"
         else:
@@ -49,13 +76,14 @@ def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: t
     return rows
 
 
-def write_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write ``eval/report.json``, ``eval/report.md`` and the PNG plots; return the folder."""
+def write_report(run_dir: Path, rows: list[dict[str, Any]], notes: Sequence[str] = ()) -> Path:
+    """Write ``eval/report.json``, ``eval/report.md`` (with ``notes``, e.g. why an evaluator
+    produced no rows) and the PNG plots; return the folder."""
     out = Path(run_dir) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / REPORT_JSON, json.dumps(rows, indent=2) + "\n")
     plots = write_plots(out, rows, Path(run_dir).name)
-    markdown = report_markdown(rows, f"Evaluation of {Path(run_dir).name}")
+    markdown = report_markdown(rows, f"Evaluation of {Path(run_dir).name}", notes)
     markdown += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
     atomic_write_text(out / REPORT_MD, markdown)
     return out
@@ -78,7 +106,8 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
     device = pick_device(recipe.train.device)
     parts.model.to(device)
     parts.loss.to(device)
-    rows = run_evaluators(recipe, parts, plugins, device, split)
-    write_report(run_dir, rows)
+    notes: list[str] = []
+    rows = run_evaluators(recipe, parts, plugins, device, split, notes)
+    write_report(run_dir, rows, notes)
     plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split=split)
     return rows

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import Notice, PolyalignError
 from polyalign.core.evaluator import EvalContext, recall_and_rank
 from polyalign.core.loss import can_rank_tuples
 
@@ -99,9 +99,9 @@ class Retrieval:
         if self.config.directions is None and not can_rank_tuples(ctx.parts.loss):
             skipped = [t for _, t in out if len(t) > 1]
             if skipped:
-                warnings.warn(f"retrieval: loss {ctx.parts.loss_name or type(ctx.parts.loss).__name__!r} ranks one "
-                              f"modality at a time (no score_tuples), so the tuple targets "
-                              f"{', '.join('+'.join(t) for t in skipped)} are left out", stacklevel=2)
+                warnings.warn(Notice(f"retrieval: loss {ctx.parts.loss_name or type(ctx.parts.loss).__name__!r} "
+                                     f"ranks one modality at a time (no score_tuples), so the tuple targets "
+                                     f"{', '.join('+'.join(t) for t in skipped)} are left out"), stacklevel=2)
             out = [(q, t) for q, t in out if len(t) == 1]
         return out
 
