@@ -154,3 +154,14 @@ def test_a_notice_is_one_line_without_the_source(capsys):
         warnings.showwarning = cli._show_warning
         warnings.warn(Notice("retrieval: tuple targets are left out"), stacklevel=1)
     assert capsys.readouterr().err == "note: retrieval: tuple targets are left out\n"
+
+
+def test_every_built_in_option_is_described():
+    from polyalign.core.options_reference import options
+    from polyalign.core.plugins import default_plugins
+    from polyalign.core.registry import KINDS
+
+    registry = default_plugins().registry
+    bare = [f"{kind} {c.name}: {o.name}" for kind in KINDS for c in registry.components(kind)
+            if c.plugin.startswith("polyalign:") for o in options(c.config) if not o.description]
+    assert bare == []

@@ -31,7 +31,7 @@ class TabularConfig(BaseModel):
     fill: float = Field(0.0, description="value used for a missing entry (after standardisation)")
     indicators: bool = Field(True, description="append one missingness bit per column")
     hidden: list[int] = Field(default_factory=lambda: [128, 128], description="MLP hidden widths; [] = none")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer")
 
 
 def is_missing(entry: Any) -> bool:
