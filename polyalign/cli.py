@@ -203,8 +203,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for c in ("name", "distribution", "version", "status"):
         table.add_column(c)
     for p in listing["plugins"]:
-        table.add_row(escape(p["name"]), escape(p["distribution"]), escape(p["version"]),
-                      "[red]" + escape(p["error"]) + "[/red]" if p["error"] else ("built-in" if p["builtin"] else "loaded"))
+        status = "[red]" + escape(p["error"]) + "[/red]" if p["error"] else ("built-in" if p["builtin"] else "loaded")
+        table.add_row(escape(p["name"]), escape(p["distribution"]), escape(p["version"]), status)
     out.print(table)
     for kind in ("encoders", "losses", "datasets", "evaluators", "loggers"):
         t = Table(title=kind)
@@ -516,8 +516,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    """``warnings.showwarning`` of the CLI: a :class:`Notice` is one ``note:`` line, other warnings as Python shows them."""
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` of the CLI: a :class:`Notice` as one ``note:`` line, others as Python shows them."""
     if issubclass(category, Notice):
         err.print(f"[yellow]note:[/yellow] {escape(str(message))}", soft_wrap=True)
     else:

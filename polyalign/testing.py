@@ -9,9 +9,16 @@
     def test_vicreg_keeps_the_loss_contract():
         check_loss("vicreg")
 
+    def test_my_folders_keep_the_dataset_contract(tmp_path):
+        ...  # write a small tree of real files
+        check_dataset("my_folders", path=str(tmp_path))
+
+    def test_gap_keeps_the_evaluator_contract():
+        check_evaluator("modality_gap")
+
 Each check raises :class:`ConformanceError` (an ``AssertionError``) saying which property failed,
-for which plugin, with the numbers. The built-in encoders and losses are tested with these
-same checks.
+for which plugin, with the numbers. The built-in encoders, losses, datasets and evaluators are
+tested with these same checks.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import string
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -568,9 +575,9 @@ def check_dataset(dataset: Any, *, rows: int = 64, skip: Collection[str] = (), *
     size says, and reading from a position skips exactly the samples before it). ``skip`` names
     properties not to check. Returns the dataset.
     """
+    from polyalign.core.batch import RESERVED_KEYS
     from polyalign.core.data import SPLITS
     from polyalign.core.modality_check import absent_modality_problems
-    from polyalign.core.batch import RESERVED_KEYS
     from polyalign.core.recipe import modality_name_problem
     from polyalign.core.stream import is_stream
 
@@ -698,7 +705,7 @@ class _TinyData:
 
     modalities = ("a", "b", "text")
     root = None
-    label_names = ["red", "green", "blue"]
+    label_names: ClassVar[list[str]] = ["red", "green", "blue"]
 
     def __init__(self, seed: int = 0):
         rng = np.random.default_rng(seed)

@@ -103,8 +103,8 @@ def test_auto_statistics_are_recorded_in_the_run_and_the_export(tmp_path):
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     recipe = polyalign.load_recipe(ROOT / "recipes" / "xor-clip.yaml", [
         f"data={{plugin: manifest, path: '{folder}'}}",
-        "modalities={lab: {encoder: {plugin: tabular, mean: auto, std: auto, hidden: [8]}}, "
-        "v: {encoder: {plugin: vector, hidden: []}}}",
+        ("modalities={lab: {encoder: {plugin: tabular, mean: auto, std: auto, hidden: [8]}}, "
+         "v: {encoder: {plugin: vector, hidden: []}}}"),
         "eval=[]", "train.epochs=1", "train.batch_size=16", "train.warmup_steps=0", "model.embed_dim=8"])
     run = polyalign.train(recipe, out=tmp_path / "runs")
     node = polyalign.load_recipe(run / "recipe.yaml").modalities["lab"].encoder.options()

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import io
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Union
+from typing import Any, ClassVar, Union
 
 import torch
 from torch import nn

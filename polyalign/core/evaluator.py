@@ -199,7 +199,8 @@ def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation", notes
     evaluator produced no rows)."""
     noted = "".join(f"\n- {n}" for n in notes)
     if not rows:
-        return f"# {title}\n\n" + (f"No evaluator produced rows:\n{noted}\n" if notes else "No evaluators in the recipe.\n")
+        return f"# {title}\n\n" + (f"No evaluator produced rows:\n{noted}\n" if notes
+                                    else "No evaluators in the recipe.\n")
     cols = row_columns(rows)
     lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:

@@ -4,7 +4,8 @@ before anything is loaded, and said with what the rows do provide."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .batch import RESERVED_KEYS
 from .errors import PolyalignError

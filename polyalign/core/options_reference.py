@@ -129,7 +129,7 @@ def kind_page(kind: str, components: list[Component]) -> str:
     """The reference page of one kind: every component's options."""
     title = KIND_TITLES.get(kind, kind)
     head = [f"# {title}: options", "",
-            f"Every built-in {kind} plugin and its options, read from its pydantic config model (generated; "
-            f"`polyalign plugins NAME` prints the same for any installed plugin). Give them in the recipe's "
-            f"`{{plugin: NAME, ...}}` node.", ""]
+            (f"Every built-in {kind} plugin and its options, read from its pydantic config model (generated; "
+             f"`polyalign plugins NAME` prints the same for any installed plugin). Give them in the recipe's "
+             f"`{{plugin: NAME, ...}}` node."), ""]
     return "\n".join(head) + "\n" + "\n".join(component_markdown(c) for c in components)
