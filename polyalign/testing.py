@@ -726,12 +726,11 @@ def _tiny_parts() -> Any:
     """A tiny untrained model, loss and dataset (``_TinyData``) to run an evaluator on."""
     import polyalign
     from polyalign.core.assemble import Assembled
-    from polyalign.encoders.byte_text import ByteTextConfig, ByteTextEncoder
-    from polyalign.encoders.vector import VectorEncoder
 
     with _seeded():
-        encoders = {"a": VectorEncoder(3, []), "b": VectorEncoder(4, []),
-                    "text": ByteTextEncoder(ByteTextConfig(dim=8, layers=1, heads=2, max_length=16))}
+        encoders = {"a": polyalign.build("encoder", "vector", dim=3, hidden=[]),
+                    "b": polyalign.build("encoder", "vector", dim=4, hidden=[]),
+                    "text": polyalign.build("encoder", "byte_text", dim=8, layers=1, heads=2, max_length=16)}
         model = MultiModalModel(encoders, embed_dim=8, normalize="l2")
         loss = polyalign.build("loss", "clip", modalities=list(encoders), embed_dim=8)
     return Assembled(_TinyData(), model, loss, "clip")
