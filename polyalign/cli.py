@@ -174,9 +174,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plugin_options(name: str) -> int:
+def _plugin_options(name: str, as_json: bool) -> int:
     """``polyalign plugins NAME``: every component registered under NAME, with its options."""
-    from polyalign.core.options_reference import component_lines
+    from polyalign.core.options_reference import component_lines, options
     from polyalign.core.plugins import default_plugins
     from polyalign.core.registry import KINDS, unknown_name_message
 
@@ -185,6 +185,10 @@ def _plugin_options(name: str) -> int:
     if not found:
         every = sorted({n for kind in KINDS for n in registry.names(kind)})
         raise PolyalignError(unknown_name_message("plugin component", name, every))
+    if as_json:
+        print(json.dumps([{"kind": c.kind, "name": c.name, "plugin": c.plugin, "help": c.help,
+                           "options": [o.__dict__ for o in options(c.config)]} for c in found], indent=2))
+        return 0
     out.print("\n\n".join("\n".join(component_lines(c)) for c in found), markup=False, highlight=False,
               soft_wrap=True)
     return 0
@@ -194,7 +198,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from polyalign.core.plugins import default_plugins, describe
 
     if args.name is not None:
-        return _plugin_options(args.name)
+        return _plugin_options(args.name, args.json)
     listing = describe(default_plugins())
     if args.json:
         print(json.dumps(listing, indent=2))

@@ -143,6 +143,11 @@ def test_plugins_name_prints_the_options_and_the_listing_names_the_extra(capsys)
     out = capsys.readouterr().out
     assert "  modalities: dict[str, str | list[str]] (required), length >= 1" in out
     assert "  sources.weight: float = 1.0, > 0" in out  # a nested model's options
+    assert main(["plugins", "clip", "--json"]) == 0
+    (clip,) = json.loads(capsys.readouterr().out)
+    assert (clip["kind"], clip["options"][0]) == ("loss", {
+        "name": "temperature", "type": "float", "default": "0.07", "constraints": ">= 0.01, <= 1.0",
+        "description": "initial temperature τ, in [0.01, 1] (1/τ is kept in [1, 100])"})
     assert main(["plugins", "vectr"]) == 2
     assert "did you mean 'vector'?" in capsys.readouterr().err
     assert main(["plugins"]) == 0

@@ -43,8 +43,8 @@ def no_rows_note(where: str, ctx: EvalContext, caught: list[warnings.WarningMess
         why = (f"{', '.join(map(repr, absent))} {'is' if len(absent) == 1 else 'are'} absent from every one of the "
                f"{len(samples)} rows of the {ctx.split!r} split, whose rows provide "
                f"{provided_text(ctx.parts.dataset.split(ctx.split), samples)}")
-    elif caught:
-        why = "; ".join(str(w.message) for w in caught)
+    elif any(issubclass(w.category, UserWarning) for w in caught):
+        why = "; ".join(str(w.message) for w in caught if issubclass(w.category, UserWarning))
     else:
         why = (f"no row of the {ctx.split!r} split ({len(samples)} rows) has every modality one of its queries "
                f"and targets needs, or the rows it needs (labels, distinct values) are missing")

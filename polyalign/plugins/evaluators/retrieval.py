@@ -13,7 +13,7 @@ query's label (``match: label``).
 the others, and every pair of modalities from each other. With ``both_ways`` (default) each
 direction is also ranked the other way round (all the others, as tuples, from each modality).
 A loss that ranks one modality only (no ``score_tuples``) skips the default tuple directions
-with a warning, and stops with an error on ones the recipe names.
+with a one-line notice, and stops with an error on ones the recipe names.
 
 Rows: ``task: retrieval``, ``target`` (target modalities joined by '+'), ``query`` (sorted),
 metrics ``R@k`` for each k of ``top_k`` (share of queries with a correct candidate among the
