@@ -60,7 +60,7 @@ def test_a_modality_no_row_provides_is_refused_by_validate_and_before_training(t
     message = str(info.value)
     assert message.startswith("modalities.spectrum: no row provides 'spectrum': it is absent from all 16 rows of "
                               "the 'train' split of the dataset (spectra_rows), whose rows provide keys 'smiles', "
-                              "'spectra', 'label'")
+                              "'spectra', 'label' (did you mean 'spectra'?)")
     with pytest.raises(PolyalignError, match="no row provides 'spectrum'"):
         polyalign.train(recipe, out=tmp_path, plugins=plugins)
     assert list(tmp_path.iterdir()) == []  # refused before the first step: no run directory left

@@ -4,6 +4,7 @@ before anything is loaded, and said with what the rows do provide."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -45,9 +46,15 @@ def absent_modality_problems(modalities: Sequence[str], split_name: str, split: 
         return []
     rows = f"all {len(samples)} rows" if len(samples) < HEAD else f"the first {len(samples)} rows"
     provided = provided_text(split, samples)
-    return [f"modalities.{m}: no row provides {m!r}: it is absent from {rows} of the {split_name!r} split of "
-            f"the dataset ({plugin}), whose rows provide {provided}. Name the modality as the dataset does, or "
-            f"fix the dataset (or its modality map)" for m in absent]
+    unused = [k for k in have if k not in modalities and k not in RESERVED_KEYS]
+    problems = []
+    for m in absent:
+        close = difflib.get_close_matches(m, unused, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"modalities.{m}: no row provides {m!r}: it is absent from {rows} of the {split_name!r} "
+                        f"split of the dataset ({plugin}), whose rows provide {provided}{hint}. Name the modality "
+                        f"as the dataset does, or fix the dataset (or its modality map)")
+    return problems
 
 
 def check_modalities_present(modalities: Sequence[str], split_name: str, split: Any,
