@@ -54,6 +54,8 @@ def test_api_reference_documents_the_public_api_and_every_hook(site):
     import polyalign.core.hookspecs as hookspecs
 
     hooks = [n for n in dir(hookspecs) if n.startswith(("on_", "register_"))]
+    for check in ("check_encoder", "check_loss", "check_dataset", "check_evaluator"):
+        assert f'id="polyalign.testing.{check}"' in html, check
     assert len(hooks) >= 10
     for hook in hooks:
         assert f'id="polyalign.core.hookspecs.{hook}"' in html, hook
