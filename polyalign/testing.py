@@ -618,6 +618,11 @@ def check_dataset(dataset: Any, *, rows: int = 64, skip: Collection[str] = (), *
             if bad is not None:
                 raise _fail(who, "rows", f"row {bad} of {s!r} is {describe_value(head[bad])}; a row is a dict "
                                          f"{{modality: raw value}} (plus optional label and id)")
+        if "modalities" not in skipped and s == "train":
+            plugin = dataset if isinstance(dataset, str) else type(dataset).__name__
+            problems = absent_modality_problems(names, "train", splits["train"], head, plugin)
+            if problems:
+                raise _fail(who, "modalities", problems[0])
         if "modalities" not in skipped:
             strays = [k for k in dict.fromkeys(k for r in head for k in r) if k not in names and k not in RESERVED_KEYS]
             if strays:
@@ -632,11 +637,6 @@ def check_dataset(dataset: Any, *, rows: int = 64, skip: Collection[str] = (), *
             if twice is not None:
                 raise _fail(who, "ids", f"id {twice!r} appears {ids.count(twice)} times in the first {len(head)} rows "
                                         f"of {s!r}; ids name rows in search results and must be distinct")
-    if "modalities" not in skipped:
-        plugin = dataset if isinstance(dataset, str) else type(dataset).__name__
-        problems = absent_modality_problems(names, "train", splits["train"], heads["train"], plugin)
-        if problems:
-            raise _fail(who, "modalities", problems[0])
     if "determinism" not in skipped:
         again = _build_dataset(dataset, who, options) if isinstance(dataset, str) else data
         for s in SPLITS:

@@ -44,7 +44,8 @@ def absent_modality_problems(modalities: Sequence[str], split_name: str, split: 
     absent = [m for m in modalities if m not in have]
     if not absent:
         return []
-    rows = f"all {len(samples)} rows" if len(samples) < HEAD else f"the first {len(samples)} rows"
+    whole = hasattr(split, "__len__") and len(split) == len(samples)
+    rows = f"all {len(samples)} rows" if whole else f"the first {len(samples)} rows"
     provided = provided_text(split, samples)
     unused = [k for k in have if k not in modalities and k not in RESERVED_KEYS]
     problems = []
