@@ -520,15 +520,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """``warnings.showwarning`` of the CLI: a :class:`Notice` as one ``note:`` line, others as Python shows them."""
-    if issubclass(category, Notice):
-        err.print(f"[yellow]note:[/yellow] {escape(str(message))}", soft_wrap=True)
-    else:
-        _python_showwarning(message, category, filename, lineno, file, line)
-
-
-_python_showwarning = warnings.showwarning
+def notices_as_lines(show: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing a :class:`Notice` as one ``note:`` line and passing
+    every other warning to ``show``."""
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, Notice):
+            err.print(f"[yellow]note:[/yellow] {escape(str(message))}", soft_wrap=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return show_warning
 
 
 def _error_message(exc: BaseException) -> tuple[str, int]:
@@ -554,9 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train" and args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
         args.overrides.insert(0, args.recipe)  # `train --resume RUN key=value`: no recipe, only overrides
         args.recipe = None
-    warnings.showwarning = _show_warning
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # restored on return, for callers of main() in the same process
+            warnings.showwarning = notices_as_lines(warnings.showwarning)
+            return args.func(args)
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

@@ -155,10 +155,14 @@ def test_plugins_name_prints_the_options_and_the_listing_names_the_extra(capsys)
 
 
 def test_a_notice_is_one_line_without_the_source(capsys):
+    others = []
     with warnings.catch_warnings():
-        warnings.showwarning = cli._show_warning
+        warnings.simplefilter("always")
+        warnings.showwarning = cli.notices_as_lines(lambda *args: others.append(args[0]))
         warnings.warn(Notice("retrieval: tuple targets are left out"), stacklevel=1)
+        warnings.warn("a library's own warning", stacklevel=1)
     assert capsys.readouterr().err == "note: retrieval: tuple targets are left out\n"
+    assert [str(w) for w in others] == ["a library's own warning"]
 
 
 def test_every_built_in_option_is_described():
