@@ -99,7 +99,8 @@ def test_an_evaluator_without_rows_says_why_in_the_report_and_validate_names_the
     captured = capsys.readouterr()
     assert "valid" not in captured.out  # the data check failed: no "valid" line first
     assert "modalities.c: no row provides 'c': it is absent from all 8 rows of the 'test' split" in captured.err
-    run = polyalign.train(polyalign.load_recipe(recipe), out=tmp_path / "runs")
+    with pytest.warns(Notice, match=r"eval\.0 \(zero_shot\) produced no rows: 'c' is absent"):
+        run = polyalign.train(polyalign.load_recipe(recipe), out=tmp_path / "runs")
     report = (run / "eval" / "report.md").read_text()
     assert "No evaluators in the recipe" not in report
     assert ("- eval.0 (zero_shot) produced no rows: 'c' is absent from every one of the 8 rows of the 'test' "

@@ -13,7 +13,7 @@ import torch
 from polyalign.core.assemble import Assembled, assemble
 from polyalign.core.atomic import atomic_write_text
 from polyalign.core.device import pick_device
-from polyalign.core.errors import PluginError, PolyalignError
+from polyalign.core.errors import Notice, PluginError, PolyalignError
 from polyalign.core.evaluator import EvalContext, report_markdown, row_problem
 from polyalign.core.modality_check import provided_text, row_keys
 from polyalign.core.plugins import Plugins, default_plugins
@@ -53,8 +53,8 @@ def no_rows_note(where: str, ctx: EvalContext, caught: list[warnings.WarningMess
 
 def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: torch.device,
                    split: str = "test", notes: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run every evaluator of the recipe on ``split``; return all rows. ``notes``, when given,
-    receives a line per evaluator that produced no rows, saying why."""
+    """Run every evaluator of the recipe on ``split``; return all rows. An evaluator that produced
+    no rows is a :class:`Notice` saying why, and a line in ``notes`` when given."""
     ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed)
     rows: list[dict[str, Any]] = []
     for i, node in enumerate(recipe.eval):
@@ -64,8 +64,11 @@ def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: t
             got = evaluator(ctx)
         for w in caught:  # shown as before, and kept to explain an empty result
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        if notes is not None and got == []:
-            notes.append(no_rows_note(f"eval.{i} ({node.plugin})", ctx, caught))
+        if got == []:  # said on the console as a notice, and in report.md through ``notes``
+            note = no_rows_note(f"eval.{i} ({node.plugin})", ctx, caught)
+            warnings.warn(Notice(note), stacklevel=2)
+            if notes is not None:
+                notes.append(note)
         if not isinstance(got, list):
             problem = f"it returned a {type(got).__name__}"
         else:
