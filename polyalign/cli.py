@@ -219,9 +219,20 @@ def _plugin_options(name: str, as_json: bool) -> int:
         print(json.dumps([{"kind": c.kind, "name": c.name, "plugin": c.plugin, "help": c.help,
                            "options": [o.__dict__ for o in options(c.config)]} for c in found], indent=2))
         return 0
-    out.print("\n\n".join("\n".join(component_lines(c)) for c in found), markup=False, highlight=False,
-              soft_wrap=True)
+    blocks = []
+    for c in found:
+        missing = _not_installed(dict(c.requires))
+        blocks.append("\n".join(component_lines(c) + ([f"  {missing}"] if missing else [])))
+    out.print("\n\n".join(blocks), markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def _not_installed(requires: dict[str, str]) -> str:
+    """'not installed: pip install ...' for each module a component needs and this environment lacks."""
+    from polyalign.core.requirements import install_hint, is_installed
+
+    missing = [install_hint(r) for m, r in requires.items() if not is_installed(m)]
+    return f"not installed: {'; '.join(missing)}" if missing else ""
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -246,7 +257,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         t.add_column("plugin")
         t.add_column("help")
         for c in listing[kind]:
-            t.add_row(escape(c["name"]), escape(c["plugin"]), escape(c["help"]))  # help may hold [extra]
+            missing = _not_installed(c["requires"])
+            t.add_row(escape(c["name"]), escape(c["plugin"]),  # help may hold [extra]: escaped
+                      escape(c["help"]) + (f"\n[yellow]{escape(missing)}[/yellow]" if missing else ""))
         out.print(t)
     return 0
 

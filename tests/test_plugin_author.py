@@ -175,3 +175,14 @@ def test_every_built_in_option_is_described():
     bare = [f"{kind} {c.name}: {o.name}" for kind in KINDS for c in registry.components(kind)
             if c.plugin.startswith("polyalign:") for o in options(c.config) if not o.description]
     assert bare == []
+
+
+def test_plugins_name_the_install_command_of_a_missing_module(monkeypatch, capsys):
+    from polyalign.core import requirements
+
+    monkeypatch.setattr(requirements, "is_installed", lambda module: module != "mlflow")
+    assert main(["plugins"]) == 0
+    listing = " ".join(capsys.readouterr().out.replace("│", " ").split())  # the table's cells, wrapped
+    assert listing.count("not installed: pip install 'polyalign[mlflow]'") == 1
+    assert main(["plugins", "mlflow"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("\n  not installed: pip install 'polyalign[mlflow]'")
