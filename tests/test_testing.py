@@ -318,11 +318,11 @@ def test_correct_datasets_pass():
 
 
 @pytest.mark.parametrize("dataset, prop, says", [
-    (StrayKey, "modalities", "modalities.spectrum: no row provides 'spectrum': it is absent from all 12 rows of the "
-                             "'train' split of the dataset (StrayKey), whose rows provide keys 'a', 'spectra' (did "
-                             "you mean 'spectra'?)"),
-    (ExtraKey, "modalities", "rows of 'train' hold 'b_typo', which is no modality of the dataset (a, b) nor "
-                             "label/id: it would be ignored"),
+    (StrayKey, "modalities", ("modalities.spectrum: no row provides 'spectrum': it is absent from all 12 rows of "
+                              "the 'train' split of the dataset (StrayKey), whose rows provide keys 'a', 'spectra' "
+                              "(did you mean 'spectra'?)")),
+    (ExtraKey, "modalities", ("rows of 'train' hold 'b_typo', which is no modality of the dataset (a, b) nor "
+                              "label/id: it would be ignored")),
     (Random, "determinism", "read twice, split 'train' differs at row 0"),
     (SameIds, "ids", "id 'x' appears 12 times in the first 12 rows of 'train'"),
     (LabelPastNames, "labels", "label 1 of 'train' indexes no class of label_names (1 names)"),
