@@ -21,6 +21,7 @@ from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 DEBUG_HELP = "on an error, also print the full traceback (or set POLYALIGN_DEBUG=1)"
+DEMO_MAX_ROWS = 100_000  # tuples per split of demo-data (four small files each)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,8 +31,8 @@ class _Parser(argparse.ArgumentParser):
         super().error(cut(message, 2000))
 
 
-def _count(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``low``."""
+def _count(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``low`` (and at most ``high``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -39,6 +40,8 @@ def _count(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {shown(text)}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {shown(value)}")
         return value
     return parse
 
@@ -242,6 +245,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     from polyalign.plugins.datasets.demo import write_demo
 
     folder = Path(args.dir)
+    if folder.exists() and not folder.is_dir():
+        raise PolyalignError(f"{folder} exists and is not a folder; give a new or empty folder for the demo data")
     if folder.exists() and any(folder.iterdir()):
         raise PolyalignError(f"{folder} is not empty; give a new or empty folder for the demo data")
     write_demo(folder, args.classes, args.n_train, args.n_val, args.n_test, args.missing_rate, args.seed,
@@ -316,7 +321,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     options = IndexOptions(args.kind, args.nlist, args.nprobe, args.hnsw_m, args.ef_search)
     options.check()
-    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=_device(args.device))
     report = index_to_file(model, args.modality, args.input, args.out, options, args.batch_size)
     quality = ("exact inner-product search" if report.recall is None else
                f"recall@10 = {report.recall:.3f} against exact search, measured with {report.recall_queries} "
@@ -417,9 +422,9 @@ def parser() -> argparse.ArgumentParser:
     dd = sub.add_parser("demo-data", help="write the demo dataset (PNG, WAV, .npy ECG, .txt + manifests) to DIR")
     dd.add_argument("dir", metavar="DIR")
     dd.add_argument("--classes", type=_count(2), default=4, help="classes shared by the modalities (2-8)")
-    dd.add_argument("--n-train", type=_count(1), default=600)
-    dd.add_argument("--n-val", type=_count(0), default=100)
-    dd.add_argument("--n-test", type=_count(0), default=200)
+    dd.add_argument("--n-train", type=_count(1, DEMO_MAX_ROWS), default=600)
+    dd.add_argument("--n-val", type=_count(0, DEMO_MAX_ROWS), default=100)
+    dd.add_argument("--n-test", type=_count(0, DEMO_MAX_ROWS), default=200)
     dd.add_argument("--missing-rate", type=_rate, default=0.1, help="chance a train modality is left out")
     dd.add_argument("--seed", type=_count(0), default=0)
     dd.add_argument("--flip-rate", type=_rate, default=0.15, help="chance a modality shows another class")

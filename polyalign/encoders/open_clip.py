@@ -16,6 +16,7 @@ from torch import nn
 
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
+from polyalign.core.json_file import JsonError, read_json
 from polyalign.core.layer_groups import named_layer_groups
 
 from .files import local_weights_file, refuse_download
@@ -61,8 +62,8 @@ def architecture(model: str) -> tuple[str, dict[str, Any]]:
     folder = Path(model).expanduser()
     if folder.is_dir():
         try:
-            config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            config = read_json(folder / CONFIG_FILE, "model config", max_bytes=1 << 20)
+        except JsonError as exc:
             raise PolyalignError(f"encoder 'open_clip': {folder} is not an open_clip model folder: cannot read its "
                                  f"{CONFIG_FILE} ({exc})") from None
         if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):

@@ -93,6 +93,10 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
     from its checkpoint and rewrite its report."""
     plugins = plugins or default_plugins()
     run_dir = Path(run_dir)
+    if not (run_dir / RECIPE_FILE).is_file():
+        problem = ("does not exist" if not run_dir.exists() else "is not a folder" if not run_dir.is_dir()
+                   else f"holds no {RECIPE_FILE}")
+        raise PolyalignError(f"{run_dir} {problem}; give a run directory (the folder `polyalign train` printed)")
     recipe = load_recipe(run_dir / RECIPE_FILE, plugins=plugins)
     if evaluators:
         raw = recipe.model_dump(mode="json")
