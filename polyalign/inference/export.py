@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from safetensors.torch import save_file
 
 from polyalign.core.assemble import with_rebuild_options
-from polyalign.core.atomic import atomic_write_text
+from polyalign.core.atomic import WriteError, atomic_write_text, save_tensors, write_failure
 from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.evaluator import read_report, report_markdown
 from polyalign.core.plugins import Plugins, default_plugins
@@ -138,7 +137,7 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
     try:
         tmp.mkdir(parents=True)
         if merged:
-            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+            save_tensors({k: v.contiguous() for k, v in weights.items()}, tmp / WEIGHTS)
         else:  # the checkpoint's own file: embeddings made by the run still match the export
             shutil.copyfile(model.weights_file, tmp / WEIGHTS)
         header = {"polyalign_version": version("polyalign"), "name": recipe.name,
@@ -155,6 +154,9 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
                 os.replace(file, final / file.name)
         else:
             os.replace(tmp, final)
+    except (OSError, WriteError) as exc:
+        raise PolyalignError(f"could not write the export {dest}: {write_failure(exc)}; nothing of it was left "
+                             f"behind") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

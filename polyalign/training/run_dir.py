@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
+from polyalign.core.atomic import atomic_write_text, describe_os_error
 from polyalign.core.errors import PolyalignError
 from polyalign.core.plugins import Plugins
 from polyalign.core.recipe import Recipe, load_recipe
@@ -28,8 +29,12 @@ def new_run_dir(base: Path, recipe: Recipe) -> Path:
                 n += 1
                 run_dir = base / f"{recipe.name}-{stamp}-{n}"
     except OSError as exc:
-        raise PolyalignError(f"cannot create a run directory under {base}: {exc.strerror or exc}") from None
-    write_recipe(run_dir, recipe)
+        raise PolyalignError(f"cannot create a run directory under {base}: {describe_os_error(exc)}") from None
+    try:
+        write_recipe(run_dir, recipe)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # no run directory without its recipe
+        raise
     return run_dir
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
+from polyalign.core.atomic import atomic_write_text, describe_os_error
 from polyalign.core.data import SPLITS, Sample
 from polyalign.core.errors import PolyalignError
 
@@ -69,7 +70,10 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
         raise PolyalignError(f"--shard-size must be at least 1, got {shard_size}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
-        raise PolyalignError(f"{out} is not empty; give a new or empty folder for the shards")
+        if not unfinished_shards(out):
+            raise PolyalignError(f"{out} is not empty; give a new or empty folder for the shards")
+        for leftover in out.iterdir():  # what an interrupted `polyalign shards` wrote: written again
+            leftover.unlink()
     data = ManifestDataset(ManifestConfig(path=str(data_dir)))
     out.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
@@ -85,15 +89,27 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
         for start in range(0, len(order), shard_size):
             path = out / f"{split}-{len(result.shards):06d}.tar"
             tmp = path.with_name(f".{path.name}.tmp")
-            with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:
-                for row in order[start:start + shard_size]:
-                    tar.write({"__key__": f"{row:08d}", **sample_members(samples[row], data, split, row, result)})
-            os.replace(tmp, path)
+            try:
+                with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:
+                    for row in order[start:start + shard_size]:
+                        tar.write({"__key__": f"{row:08d}", **sample_members(samples[row], data, split, row, result)})
+                os.replace(tmp, path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise PolyalignError(f"could not write the shard {path}: {describe_os_error(exc)}; the shards "
+                                     f"written so far are replaced when the same command runs again") from exc
             sizes[path.name] = len(order[start:start + shard_size])
             result.shards.append(path)
         written.append(result)
     atomic_write_text(out / SIZES_FILE, json.dumps(sizes, indent=1) + "\n")
     return written
+
+
+def unfinished_shards(out: Path) -> bool:
+    """Whether ``out`` holds only what an interrupted ``polyalign shards`` wrote: shards (and a
+    temporary shard) without the ``sizes.json`` written last."""
+    pattern = re.compile(rf"^\.?({'|'.join(SPLITS)})-\d{{6}}\.tar(\.tmp)?$")
+    return all(p.is_file() and not p.is_symlink() and pattern.match(p.name) for p in out.iterdir())
 
 
 def sample_members(sample: Sample, data: ManifestDataset, split: str, row: int,
