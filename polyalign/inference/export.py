@@ -155,8 +155,8 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
         else:
             os.replace(tmp, final)
     except (OSError, WriteError) as exc:
-        raise PolyalignError(f"could not write the export {dest}: {write_failure(exc)}; nothing of it was left "
-                             f"behind") from exc
+        raise WriteError(f"could not write the export {dest}: {write_failure(exc)}; nothing of it was left "
+                         f"behind") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

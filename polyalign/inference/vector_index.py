@@ -162,6 +162,25 @@ class IndexFile:
         return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
 
 
+WRITTEN = ("IndexFlatIP", "IndexIVFFlat", "IndexHNSWFlat")  # the faiss classes build_index makes
+
+
+def check_inner_product(index: Any, path: Path) -> None:
+    """Refuse an index that :func:`build_index` does not make: another metric (L2 ranks by distance, not
+    by the model's score) or a lossy code (PQ, scalar quantisers: its scores and vectors are approximations)."""
+    faiss = import_faiss()
+    name = type(index).__name__
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        metric = {faiss.METRIC_L2: "L2"}.get(index.metric_type, f"number {index.metric_type}")
+        raise PolyalignError(f"{path} is a faiss {name} with the {metric} metric, not inner product; "
+                             f"polyalign ranks candidates by the inner product of their embeddings. Build the "
+                             f"index with `polyalign index`")
+    if name not in WRITTEN:
+        raise PolyalignError(f"{path} is a faiss {name}; polyalign serves the indexes `polyalign index` builds "
+                             f"({', '.join(WRITTEN)}), whose scores and stored vectors are exact. Build it with "
+                             f"`polyalign index`")
+
+
 def read_index(path: str | Path) -> IndexFile:
     """An index written by :func:`write_index`, checked against its JSON file before faiss reads it."""
     faiss = import_faiss()
@@ -186,6 +205,7 @@ def read_index(path: str | Path) -> IndexFile:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as exc:
         raise PolyalignError(f"faiss cannot read {path}: {str(exc).splitlines()[-1]}") from None
+    check_inner_product(index, path)
     if index.ntotal != len(meta["ids"]):
         raise PolyalignError(f"{path} holds {index.ntotal} vectors but {meta_path.name} {len(meta['ids'])} ids")
     if meta.get("kind") == "ivf":  # reconstructing a hit's vector needs the id -> list map

@@ -12,6 +12,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.plugins import Plugins
 from polyalign.core.recipe import Recipe, load_recipe
 from polyalign.core.run_files import RECIPE_FILE
+from polyalign.core.weights import WEIGHTS
 
 
 def new_run_dir(base: Path, recipe: Recipe) -> Path:
@@ -65,6 +66,10 @@ def resume_recipe(run_dir: Path, overrides: list[str] | None, plugins: Plugins) 
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():
         raise PolyalignError(f"--resume {run_dir}: not a run directory (no {RECIPE_FILE})")
+    if (Path(run_dir) / WEIGHTS).is_file():  # a run keeps its weights under checkpoints/, an export beside its recipe
+        raise PolyalignError(f"--resume {run_dir}: this is an exported model ({WEIGHTS} beside {RECIPE_FILE}), not a "
+                             f"run directory, and training inside it would change the export. Resume the run it was "
+                             f"exported from, or start a new run: polyalign train {path}")
     saved = load_recipe(path, None, plugins)
     if not overrides:
         return saved, []
