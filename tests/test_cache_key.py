@@ -160,3 +160,22 @@ def test_the_key_changes_with_the_library_versions(monkeypatch):
     real = cache_key._version
     monkeypatch.setattr(cache_key, "_version", lambda name: "0.0" if name == "numpy" else real(name))
     assert all(options_key(node, encoder, kind) != before[kind] for kind in before)
+
+
+def test_a_model_folder_rewritten_in_place_changes_the_key(tmp_path):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path / "bert"
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(WORDS)}).save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32)).save_pretrained(folder)
+    node = PluginNode(plugin="text", model=str(folder))
+
+    def keys_and_tokens() -> tuple[str, list[int]]:
+        encoder = polyalign.build("encoder", "text", model=str(folder))
+        return options_key(node, encoder, "inputs"), encoder.decode("a red circle", None)["input_ids"].tolist()
+
+    before = keys_and_tokens()
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(reversed(WORDS))}).save_pretrained(folder)  # same path
+    after = keys_and_tokens()
+    assert before[1] != after[1] and before[0] != after[0]

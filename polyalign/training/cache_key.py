@@ -6,6 +6,9 @@ values themselves (the value's own key is :func:`polyalign.training.input_cache.
 * ``features`` (what a frozen encoder computed): every option of the encoder as it was built, its
   weights and buffers, the library versions, the cache format.
 
+Both also hold the size and modification time of the files and folders the options name (a model
+folder whose tokenizer or preprocessing was rewritten in place).
+
 A change to any of them names another folder, so a stale entry is never read.
 """
 
@@ -15,6 +18,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -34,6 +38,29 @@ def encoder_options(node: PluginNode, encoder: Encoder) -> dict[str, Any]:
     config = getattr(encoder, "config", None)
     options = config.model_dump(mode="json") if isinstance(config, BaseModel) else node.options()
     return {**options, **encoder.rebuild_options()}
+
+
+MAX_FOLDER_FILES = 200  # files of a folder an option names whose state enters the key
+
+
+def file_states(options: dict[str, Any]) -> dict[str, Any]:
+    """The state (size, modification time) of the files and folders the options name (a model folder,
+    a weights file), so that one rewritten in place (a new tokenizer, new preprocessing) changes the key."""
+    states: dict[str, Any] = {}
+    for name, value in sorted(options.items()):
+        if not isinstance(value, str) or not value.strip():
+            continue
+        path = Path(value).expanduser()
+        try:
+            if path.is_file():
+                st = path.stat()
+                states[name] = [st.st_size, st.st_mtime_ns]
+            elif path.is_dir():
+                files = sorted(p for p in path.iterdir() if p.is_file())[:MAX_FOLDER_FILES]
+                states[name] = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+        except OSError:  # unreadable: the encoder said what it could when it was built
+            continue
+    return states
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,11 +99,12 @@ def options_key(node: PluginNode, encoder: Encoder, kind: Literal["inputs", "fea
     """The folder name of the cached values of ``kind`` of ``encoder`` (built from the recipe ``node``
     ``modalities.<m>.encoder``): the encoder's class and a hash of all the values depend on."""
     options = encoder.load_options() if kind == "inputs" else None
+    if options is None:
+        options = encoder_options(node, encoder)
     depends: dict[str, Any] = {
         "format": CACHE_FORMAT, "kind": kind, "plugin": node.plugin,
         "class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
-        "options": encoder_options(node, encoder) if options is None else options,
-        "libraries": library_versions(encoder)}
+        "options": options, "files": file_states(options), "libraries": library_versions(encoder)}
     if kind == "features":
         depends["weights"] = weights_digest(encoder)
     text = json.dumps(depends, sort_keys=True, default=str)
