@@ -115,14 +115,17 @@ def test_shards_on_a_full_disk_say_where_and_the_rerun_replaces_what_was_written
     err = _one_error(capsys)
     assert "could not write the shard" in err and "No space left on device" in err and "--resume" not in err
     assert "run the command again" in err
-    assert not (out / "sizes.json").exists() and not list(out.glob(".*"))
+    assert not (out / "sizes.json").exists() and not list(out.glob(".*.tmp"))
     monkeypatch.setattr(tarfile.TarFile, "addfile", real)
     assert main(["shards", str(data), str(out), "--shard-size", "3"]) == 0  # not refused as "not empty"
     assert json.loads((out / "sizes.json").read_text()) == {f"{s}-{i:06d}.tar": 3 for s in ("train", "val", "test")
                                                             for i in range(2)}
-    (out / "notes.txt").write_text("mine")
-    assert main(["shards", str(data), str(out), "--shard-size", "3"]) == 2  # a finished or foreign folder is kept
-    assert "not empty" in capsys.readouterr().err
+    assert [p.name for p in out.glob(".*")] == []  # finished: no marker of an unfinished write
+    for folder in (out, tmp_path / "mine"):  # a finished folder, or shards the user made, are never deleted
+        folder.mkdir(exist_ok=True)
+        (folder / "train-000000.tar").touch()
+        assert main(["shards", str(data), str(folder), "--shard-size", "3"]) == 2
+        assert "not empty" in capsys.readouterr().err
 
 
 def test_an_export_to_a_full_disk_names_the_export(tmp_path, monkeypatch, capsys):

@@ -25,6 +25,8 @@ from polyalign.core.errors import PolyalignError
 from .manifest import ManifestConfig, ManifestDataset
 from .webdataset import ID_EXT, LABEL_EXT, SIZES_FILE, load_webdataset
 
+UNFINISHED = ".polyalign-shards-unfinished"  # in OUT_DIR while `polyalign shards` writes it
+
 
 @dataclass
 class SplitShards:
@@ -76,6 +78,7 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
             leftover.unlink()
     data = ManifestDataset(ManifestConfig(path=str(data_dir)))
     out.mkdir(parents=True, exist_ok=True)
+    (out / UNFINISHED).touch()
     sizes: dict[str, int] = {}
     written = []
     for split in SPLITS:
@@ -96,19 +99,24 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
                 os.replace(tmp, path)
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
+                if exc.filename not in (None, str(tmp)):  # reading an input file, not writing the shard
+                    raise
                 raise PolyalignError(f"could not write the shard {path}: {describe_os_error(exc)}; the shards "
                                      f"written so far are replaced when the same command runs again") from exc
             sizes[path.name] = len(order[start:start + shard_size])
             result.shards.append(path)
         written.append(result)
     atomic_write_text(out / SIZES_FILE, json.dumps(sizes, indent=1) + "\n")
+    (out / UNFINISHED).unlink()
     return written
 
 
 def unfinished_shards(out: Path) -> bool:
-    """Whether ``out`` holds only what an interrupted ``polyalign shards`` wrote: shards (and a
-    temporary shard) without the ``sizes.json`` written last."""
-    pattern = re.compile(rf"^\.?({'|'.join(SPLITS)})-\d{{6}}\.tar(\.tmp)?$")
+    """Whether ``out`` holds only what an interrupted ``polyalign shards`` wrote: its marker, shards and
+    a temporary shard (the marker is removed once ``sizes.json`` is written)."""
+    if not (out / UNFINISHED).is_file():
+        return False
+    pattern = re.compile(rf"^(\.?({'|'.join(SPLITS)})-\d{{6}}\.tar(\.tmp)?|{re.escape(UNFINISHED)})$")
     return all(p.is_file() and not p.is_symlink() and pattern.match(p.name) for p in out.iterdir())
 
 
