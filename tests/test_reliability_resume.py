@@ -180,7 +180,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
             raise Killed
         return real(tensors, filename, *a, **k)
 
-    monkeypatch.setattr(ckpt, "save_file", dies_on_third_save)
+    monkeypatch.setattr(ckpt, "save_tensors", dies_on_third_save)
     with pytest.raises(Killed):
         polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE)
     monkeypatch.setattr(ckpt, "save_tensors", real)
