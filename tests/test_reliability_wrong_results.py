@@ -68,20 +68,23 @@ def test_features_filled_with_other_options_are_not_reused(tmp_path):
 
 
 # --------------------------------------------------------------------------- a modality no sample holds
-def test_shards_where_a_modality_is_in_no_sample_stop_naming_it(tmp_path, capsys):
+@pytest.mark.parametrize("resampled", [False, True], ids=["epochs", "resampled-max-steps"])
+def test_shards_where_a_modality_is_in_no_sample_stop_naming_it(tmp_path, capsys, resampled):
     data = tmp_path / "data"
     data.mkdir()
     for split, n in {"train": 16, "val": 4, "test": 4}.items():
         (data / f"{split}.jsonl").write_text("".join(json.dumps({"a": [float(i), 1.0], "b": [1.0, float(i)]}) + "\n"
                                                      for i in range(n)))
     write_shards(data, tmp_path / "shards", 8)
-    overrides = [f"data={{plugin: webdataset, path: '{tmp_path / 'shards'}', modalities: {{a: a.json, b: b.npy}}}}",
+    overrides = [f"data={{plugin: webdataset, path: '{tmp_path / 'shards'}', modalities: {{a: a.json, b: b.npy}}, "
+                 f"resampled: {str(resampled).lower()}}}",
                  "modalities={a: {encoder: {plugin: vector}}, b: {encoder: {plugin: vector, dim: 2}}}",
                  "loss={plugin: clip}", "eval=[]", "train.batch_size=4", "train.epochs=2", "train.num_workers=0",
-                 "logging=[]"]
+                 "logging=[]", *(["train.max_steps=3"] if resampled else [])]
     assert main(["train", str(XOR), *overrides, "--out", str(tmp_path / "runs")]) == 2
     err = _errors(capsys)
-    assert "modality 'b' had no value in any of the 16 train samples of epoch 1" in err
+    read = 12 if resampled else 16  # 3 steps of 4 inside the nominal epoch of 16, or the whole epoch
+    assert f"modality 'b' had no value in any of the {read} train samples read in epoch 1" in err
     assert "'a'" not in err.split("error:")[-1]
 
 

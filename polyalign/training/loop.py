@@ -270,7 +270,8 @@ class Trainer:
         k = cfg.accumulate
         t0, samples = time.perf_counter(), 0
         window: list[Batch] = []
-        tally = PresenceTally(list(self.recipe.modalities)) if progress.batch_in_epoch == 0 else None  # whole epochs
+        tally = PresenceTally(list(self.recipe.modalities)) if progress.batch_in_epoch == 0 else None
+        whole_run = progress.step == 0  # the tally sees every step of the run so far
         for batch in self.train_loader:
             if tally is not None:
                 tally.add(batch)
@@ -294,7 +295,7 @@ class Trainer:
                     self.save()
             window = []
             if progress.step >= self.total_steps or epoch_ends:
-                tally = tally if epoch_ends else None  # max_steps ends the epoch early: not all of it was read
+                tally = tally if epoch_ends or whole_run else None  # max_steps cut the epoch after a resume
                 break
         if self.pending:  # the loader ended early: settle the steps taken since the last check
             self._check(None)

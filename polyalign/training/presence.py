@@ -1,4 +1,5 @@
-"""A modality that no train sample of a whole epoch holds: every step had nothing to learn from it.
+"""A modality that no train sample of a whole epoch (or of a whole run that ``train.max_steps`` ends
+inside its first epoch) holds: every step had nothing to learn from it.
 
 A manifest that never names a modality is refused when it is read (``data.modalities``); streamed
 shards are only known once read, so the trainer tallies which modalities each epoch's batches held.
@@ -34,8 +35,8 @@ class PresenceTally:
         if absent:
             names = ", ".join(map(repr, absent))
             raise PolyalignError(
-                f"data ({source}): modality {names} had no value in any of the {self.rows} train samples of epoch "
-                f"{epoch + 1}, so no step had anything to learn from it. Check that the data holds it: for shards, "
-                f"the member extensions under data.modalities and that each sample's members are adjacent, "
+                f"data ({source}): modality {names} had no value in any of the {self.rows} train samples read in "
+                f"epoch {epoch + 1}, so no step had anything to learn from it. Check that the data holds it: for "
+                f"shards, the member extensions under data.modalities and that each sample's members are adjacent, "
                 f"regular files named <key>.<extension> (`polyalign validate --check-data RECIPE` shows what the "
                 f"first rows hold).")
