@@ -131,4 +131,4 @@ def test_an_index_that_does_not_rank_by_inner_product_is_refused(run, tmp_path, 
     assert main(["search", str(run), "--query", "a=[1,0,1,1,0]", "--query", "c=[0,1,1,0,1]",
                  "--candidates", f"b={path}"]) == 2
     err = _errors(capsys)
-    assert ("L2 metric, not inner product" if kind == "l2" else "is a faiss IndexPQ") in err
+    assert ("is a faiss IndexFlatL2" if kind == "l2" else "is a faiss IndexPQ") in err

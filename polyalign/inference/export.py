@@ -154,9 +154,9 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
                 os.replace(file, final / file.name)
         else:
             os.replace(tmp, final)
-    except (OSError, WriteError) as exc:
-        raise WriteError(f"could not write the export {dest}: {write_failure(exc)}; nothing of it was left "
-                         f"behind") from exc
+    except (OSError, WriteError) as exc:  # named by the export, not by the file copied or the temporary folder
+        raise WriteError(f"could not write the export {dest}: {write_failure(exc, 'then export again')}; nothing "
+                         f"was left there (the run {run_dir} is unchanged)") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

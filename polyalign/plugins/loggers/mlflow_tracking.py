@@ -15,7 +15,7 @@ from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import eval_tag, row_columns
 from polyalign.core.hookspecs import hookimpl
-from polyalign.core.run_files import REPORT_DIR
+from polyalign.core.run_files import REPORT_DIR, read_tracker_run
 
 from .tracker_failures import TrackerFailures
 
@@ -105,7 +105,7 @@ class MlflowLogger:
     def _start(self, recipe: Any) -> None:
         id_file = self.run_dir / RUN_FILE
         if id_file.is_file():  # a resumed run: the same store and run
-            saved = json.loads(id_file.read_text(encoding="utf-8"))
+            saved = read_tracker_run(id_file, ("tracking_uri", "run_id"), "mlflow")
             check_reachable(saved["tracking_uri"])
             self.client, self.run_id = self._client_class(tracking_uri=saved["tracking_uri"]), saved["run_id"]
             run = self.client.get_run(self.run_id)
