@@ -168,4 +168,5 @@ def test_a_resampled_source_that_reads_as_empty_is_an_error_naming_it(tmp_path, 
         code = main(["train", str(XOR), *overrides, "--out", str(tmp_path / "runs")])
     assert code == 2
     err = _errors(capsys)
-    assert "source 0 of the stream" in err and "train-000000.tar" in err and "gives none" in err
+    assert "source 0 of the stream" in err and "train-000000.tar" in err
+    assert ("has no samples" if members_in_a_folder else "gives none") in err  # counted as empty, or read so

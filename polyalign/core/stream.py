@@ -69,7 +69,9 @@ class StreamSplit(ABC):
         self.shuffle_buffer = shuffle_buffer
         empty = [k for k in range(len(self.weights)) if not any(s.size for s in self.shards if s.source == k)]
         if self.shards and empty:
-            raise PolyalignError(f"source {empty[0]} of the stream has no samples in any of its shards")
+            names = [s.name for s in self.shards if s.source == empty[0]]
+            shown_names = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+            raise PolyalignError(f"source {empty[0]} of the stream ({shown_names}) has no samples in any of its shards")
 
     @abstractmethod
     def read(self, shard: Shard, skip: int = 0) -> Iterator[tuple[str, Sample]]:
