@@ -143,3 +143,9 @@ def test_an_export_to_a_full_disk_names_the_export(tmp_path, monkeypatch, capsys
     err = _one_error(capsys)
     assert f"could not write the export {tmp_path / 'export'}: No space left on device" in err
     assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".export*"))
+
+
+def test_a_cache_folder_name_over_the_limit_says_so(tmp_path):
+    with pytest.raises(PolyalignError, match=r"cannot create the cache folder .*: File name too long \(a file or "
+                                             r"folder name is longer than the file system allows"):
+        TensorStore(tmp_path / ("n" * 300) / "inputs")
