@@ -61,12 +61,13 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
                 metrics = trainer.fit()
                 parts = trainer.evaluation_parts()
                 if dist.is_main:
+                    notes: list[str] = []
                     try:
-                        rows = run_evaluators(recipe, parts, plugins, trainer.device, split="test")
+                        rows = run_evaluators(recipe, parts, plugins, trainer.device, split="test", notes=notes)
                     except EvaluatorsFailed as exc:  # the others' rows are kept, and how to evaluate again said
-                        write_report(run_dir, exc.rows)
+                        write_report(run_dir, exc.rows, notes)
                         raise EvaluatorsFailed(exc.failures, exc.rows, run_dir) from None
-                    write_report(run_dir, rows)
+                    write_report(run_dir, rows, notes)
                     plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split="test")
                     plugins.pm.hook.on_train_end(run_dir=run_dir, metrics=metrics)
                 finish_distributed()

@@ -26,7 +26,7 @@ class WandbConfig(BaseModel):
     mode: Literal["online", "offline", "disabled"] | None = Field(
         None, description="default: the WANDB_MODE environment variable, else online")
     group: str | None = Field(None, description="group runs together in the W&B interface")
-    tags: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, description="tags of the W&B run")
 
 
 class WandbLogger:
