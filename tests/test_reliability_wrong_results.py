@@ -67,25 +67,46 @@ def test_features_filled_with_other_options_are_not_reused(tmp_path):
     torch.testing.assert_close(got, expected)
 
 
-# --------------------------------------------------------------------------- a modality no sample holds
+# --------------------------------------------------------------------------- rows with nothing to learn from
+def _webdataset(shards: str, resampled: bool) -> list[str]:
+    return [f"data={{plugin: webdataset, train: '{shards}', modalities: {{a: a.json, b: b.json}}, "
+            f"resampled: {str(resampled).lower()}}}",
+            "modalities={a: {encoder: {plugin: vector, dim: 2}}, b: {encoder: {plugin: vector, dim: 2}}}",
+            "loss={plugin: clip}", "eval=[]", "train.batch_size=4", "train.epochs=2", "train.num_workers=0",
+            "logging=[]", *(["train.max_steps=3"] if resampled else [])]
+
+
 @pytest.mark.parametrize("resampled", [False, True], ids=["epochs", "resampled-max-steps"])
-def test_shards_where_a_modality_is_in_no_sample_stop_naming_it(tmp_path, capsys, resampled):
+def test_shards_whose_members_are_not_adjacent_stop_naming_the_modalities(tmp_path, capsys, resampled):
+    import io
+    import tarfile
+
+    shard = tmp_path / "train-000000.tar"
+    with tarfile.open(shard, "w") as tar:  # every key's .a member, then every key's .b member
+        for ext in ("a", "b"):
+            for i in range(8):
+                data = json.dumps([float(i), 1.0]).encode()
+                info = tarfile.TarInfo(f"{i:08d}.{ext}.json")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert main(["train", str(XOR), *_webdataset(str(shard), resampled), "--out", str(tmp_path / "runs")]) == 2
+    err = _errors(capsys)
+    read = 12 if resampled else 16  # 3 steps of 4 inside the nominal epoch of 16, or the whole epoch
+    assert f"modality 'a', 'b' had no value beside another modality's in any of the {read} train samples" in err
+    assert "adjacent" in err
+
+
+def test_shards_where_a_modality_is_in_no_sample_are_refused_naming_it(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     for split, n in {"train": 16, "val": 4, "test": 4}.items():
         (data / f"{split}.jsonl").write_text("".join(json.dumps({"a": [float(i), 1.0], "b": [1.0, float(i)]}) + "\n"
                                                      for i in range(n)))
     write_shards(data, tmp_path / "shards", 8)
-    overrides = [f"data={{plugin: webdataset, path: '{tmp_path / 'shards'}', modalities: {{a: a.json, b: b.npy}}, "
-                 f"resampled: {str(resampled).lower()}}}",
-                 "modalities={a: {encoder: {plugin: vector}}, b: {encoder: {plugin: vector, dim: 2}}}",
-                 "loss={plugin: clip}", "eval=[]", "train.batch_size=4", "train.epochs=2", "train.num_workers=0",
-                 "logging=[]", *(["train.max_steps=3"] if resampled else [])]
+    overrides = [o.replace("b: b.json", "b: b.npy") for o in _webdataset(f"{tmp_path}/shards/train-00000{{0..1}}.tar",
+                                                                          False)]
     assert main(["train", str(XOR), *overrides, "--out", str(tmp_path / "runs")]) == 2
-    err = _errors(capsys)
-    read = 12 if resampled else 16  # 3 steps of 4 inside the nominal epoch of 16, or the whole epoch
-    assert f"modality 'b' had no value in any of the {read} train samples read in epoch 1" in err
-    assert "'a'" not in err.split("error:")[-1]
+    assert "no row provides 'b'" in _errors(capsys)
 
 
 # --------------------------------------------------------------------------- wrong targets
