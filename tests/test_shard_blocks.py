@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from itertools import islice
 
 import pytest
@@ -38,7 +39,7 @@ def blocks(tmp_path):
                 "t": polyalign.build("encoder", "byte_text", dim=8, layers=1, heads=2, max_length=16)}
     stores = {m: TensorStore(tmp_path / "cache" / m) for m in encoders}
     decoders = {m: CachedDecode(encoders[m], stores[m]).decoded for m in encoders}
-    stream = BlockStream(data.split("train"), {m: (lambda d: lambda v: d(v, None))(d) for m, d in decoders.items()},
+    stream = BlockStream(data.split("train"), {m: partial(d, root=None) for m, d in decoders.items()},
                          {m: m for m in encoders}, tmp_path / "cache" / "blocks")
     return stream, encoders, tmp_path
 
@@ -81,7 +82,7 @@ def test_no_block_for_a_partial_read_a_changed_shard_or_other_options(blocks):
     assert len(list(islice(stream.read(stream.shards[1]), 3))) == 3 and not list(folder.glob("*.pt"))
     assert len(list(stream.read(stream.shards[1], 1))) == 3 and not list(folder.glob("*.pt"))
     list(stream.read(stream.shards[1]))
-    (block,) = folder.glob("*.pt")
+    assert len(list(folder.glob("*.pt"))) == 1
     stat = os.stat(stream.shards[1].name)
     os.utime(stream.shards[1].name, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the shard changed
     list(stream.read(stream.shards[1]))
