@@ -110,14 +110,14 @@ def test_missing_rows_use_complete_tuples_only():
 
 def test_dim_scale_starts_from_the_same_logits_and_raises_the_ceiling():
     zs = unit(6, 16, 3, seed=6)
-    plain = build64("symile", 0.1)
-    scaled = polyalign.build("loss", "symile", temperature=0.1, scale="dim", modalities=["a", "b", "c"],
-                             embed_dim=16).double()
+    plain = build64("symile", 0.1, negatives="n_squared")
+    scaled = polyalign.build("loss", "symile", temperature=0.1, scale="dim", negatives="n_squared",
+                             modalities=["a", "b", "c"], embed_dim=16).double()
     emb = dict(zip("abc", zs))
     assert torch.allclose(plain(emb).loss, scaled(emb).loss, rtol=1e-6)  # τ is stored in float32
     assert torch.isclose(scaled.temperature.scale, torch.tensor(10.0 / 16, dtype=D64), rtol=1e-6)
     with pytest.raises(polyalign.core.errors.PolyalignError, match="embed_dim"):
-        polyalign.build("loss", "symile", scale="dim")
+        polyalign.build("loss", "symile", scale="dim", negatives="n_squared")
 
 
 def test_score_is_the_product_of_queries_against_candidates():
@@ -129,6 +129,6 @@ def test_score_is_the_product_of_queries_against_candidates():
 
 
 def test_symile_options_keep_the_loss_contract():
-    check_loss("symile", scale="dim", chunk_size=5)
+    check_loss("symile", scale="dim", negatives="n_squared", chunk_size=5)
     # n negatives are random banks drawn in modality order: every property but that order holds
     check_loss("symile", negatives="n", skip=["modality order"])

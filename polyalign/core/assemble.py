@@ -91,7 +91,8 @@ class Assembled:
 
 def build_loss(recipe: Recipe, plugins: Plugins) -> Loss:
     """The recipe's loss: one plugin, or a weighted sum when ``loss`` is a list."""
-    context = {"modalities": list(recipe.modalities), "embed_dim": recipe.model.embed_dim}
+    context = {"modalities": list(recipe.modalities), "embed_dim": recipe.model.embed_dim,
+               "batch_size": recipe.train.batch_size}
     nodes = recipe.losses
     built = {}
     for i, node in enumerate(nodes):
