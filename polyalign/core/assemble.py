@@ -102,7 +102,8 @@ def build_loss(recipe: Recipe, plugins: Plugins) -> Loss:
             built[key] = (comp.create(comp.make_config(node.options()), **context), node.weight)
     if len(built) == 1 and nodes[0].weight == 1.0:
         return next(iter(built.values()))[0]
-    return WeightedLoss({k: v[0] for k, v in built.items()}, {k: v[1] for k, v in built.items()})
+    score_with = next((key for key, node in zip(built, nodes) if node.score_with), None)
+    return WeightedLoss({k: v[0] for k, v in built.items()}, {k: v[1] for k, v in built.items()}, score_with)
 
 
 def assemble(recipe: Recipe, plugins: Plugins | None = None) -> Assembled:

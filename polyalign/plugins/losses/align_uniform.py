@@ -60,6 +60,8 @@ def uniformity(z: torch.Tensor, t: float) -> torch.Tensor:
 class AlignUniformLoss(Loss):
     """Weighted alignment of paired rows plus uniformity of each modality on the sphere."""
 
+    scores_in_a_sum = False  # a regulariser: a weighted list scores with its other terms
+
     def __init__(self, config: AlignUniformConfig):
         super().__init__()
         self.config = config

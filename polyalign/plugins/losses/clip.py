@@ -27,6 +27,8 @@ class ClipConfig(LossConfig):
 class ClipLoss(Loss):
     """Mean over pairs of symmetric InfoNCE; each pair uses the rows where both are present."""
 
+    exact_inner_product = True
+
     def __init__(self, config: ClipConfig):
         super().__init__()
         self.config = config

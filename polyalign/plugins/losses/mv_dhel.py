@@ -45,6 +45,8 @@ def _within_modality_logits(present_rows: torch.Tensor):
 class MvDhelLoss(Loss):
     """Multi-view DHEL: within-tuple alignment against per-modality uniformity terms."""
 
+    exact_inner_product = True
+
     def __init__(self, config: MvDhelConfig):
         super().__init__()
         self.config = config

@@ -45,6 +45,8 @@ def _all_pairs_logits(present_flat: torch.Tensor):
 class MvInfoNceLoss(Loss):
     """Multi-view InfoNCE: all positives of a tuple in one numerator, every other view as negative."""
 
+    exact_inner_product = True
+
     def __init__(self, config: MvInfoNceConfig):
         super().__init__()
         self.config = config

@@ -137,6 +137,8 @@ def mip_multiplier(embed_dim: int, n_modalities: int) -> float:
 class SymileLoss(Loss):
     """Mean over anchor modalities of the cross-entropy of multilinear-inner-product logits."""
 
+    exact_inner_product = True
+
     def __init__(self, config: SymileConfig, modalities: list[str] | None = None, embed_dim: int | None = None,
                  batch_size: int | None = None):
         super().__init__()
@@ -150,6 +152,7 @@ class SymileLoss(Loss):
                                      "them, from Python call build('loss', 'symile', scale='dim', "
                                      "modalities=[...], embed_dim=...)")
             init = mip_multiplier(embed_dim, len(modalities))
+        self.multiplier = init
         self.temperature = Temperature(config.temperature * init, config.learn_temperature,
                                        min_scale=MIN_LOGIT_SCALE / init)  # the floor on the scaled logits
 
@@ -200,6 +203,10 @@ class SymileLoss(Loss):
             per_anchor = torch.stack([self._anchor_n(zs, k, pos, scale) for k in range(len(zs))])
         metrics.update({f"loss_{m}": v for m, v in zip(names, per_anchor.detach())})
         return LossOutput(per_anchor.mean(), metrics)
+
+    def logit_scale(self) -> torch.Tensor:
+        """``1/τ`` times the MIP's multiplier (``scale: dim``): what turns the score into the logits."""
+        return self.temperature.scale * self.multiplier
 
     @property
     def negatives(self) -> str:
