@@ -135,6 +135,12 @@ class Loss(nn.Module):
         is None; override it when the scoring rule allows it."""
         return None
 
+    def step_flops(self, n: int, d: int, m: int) -> float | None:
+        """Floating-point operations of one forward and backward pass on ``n`` tuples of ``m``
+        modalities of size ``d`` (the count :mod:`polyalign.core.step_cost` turns into seconds and
+        compares with CLIP's); None = not counted, and then no estimate is shown."""
+        return None
+
     def logit_scale(self) -> torch.Tensor | float:
         """``1/τ``: the factor turning ``score`` into this loss's logits (its :class:`Temperature`
         attribute ``temperature``; 1 without one, e.g. a score that is a log-probability already)."""
@@ -293,6 +299,11 @@ class WeightedLoss(Loss):
             metrics[f"{name}/loss"] = out.loss.detach()
             metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
         return LossOutput(total, metrics)
+
+    def step_flops(self, n: int, d: int, m: int) -> float | None:
+        counts = [t.step_flops(n, d, m) for t in self.terms.values() if hasattr(t, "step_flops")]
+        counts = [c for c in counts if c is not None]
+        return sum(counts) if counts else None
 
     def score_tuples(self, queries: dict[str, torch.Tensor],
                      candidates: dict[str, torch.Tensor]) -> torch.Tensor:

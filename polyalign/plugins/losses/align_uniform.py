@@ -23,6 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from polyalign.core.loss import Loss, LossOutput, full_present
+from polyalign.core.step_cost import contrast_flops
 
 from .pairwise import PairGraph, pair_graph, paired_rows
 from .rows import zero_loss
@@ -90,6 +91,9 @@ class AlignUniformLoss(Loss):
         metrics = {f"align_{k}": v.detach() for k, v in align.items()}
         metrics.update({f"uniform_{k}": v.detach() for k, v in uniform.items()})
         return LossOutput(loss, metrics)
+
+    def step_flops(self, n: int, d: int, m: int) -> float:
+        return m * contrast_flops(n, n, d)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         return -sum(squared_distances(q, c) for q in queries.values() for c in candidates.values())

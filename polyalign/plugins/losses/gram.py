@@ -29,6 +29,7 @@ from pydantic import Field
 
 from polyalign.core.errors import PolyalignError
 from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
+from polyalign.core.step_cost import ENTRY_FLOPS
 
 from .blockwise import Reductions, reduce_blockwise
 from .rows import zero_loss
@@ -106,6 +107,10 @@ class GramLoss(Loss):
                         f"loss_tuple_to_{anchor}": cols_ce.detach(),
                         "positive_volume": (-pos / scale).detach().mean()})
         return LossOutput(0.5 * (rows_ce + cols_ce), metrics)
+
+    def step_flops(self, n: int, d: int, m: int) -> float:
+        k = m - 1  # Vol² per logit: k dot products with the anchor, a k x k quadratic form
+        return float(n) * n * (3 * (2 * k * d + 2 * k * k) + ENTRY_FLOPS)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         left = torch.stack(list(queries.values()), 1)  # (Q, k, d)

@@ -58,6 +58,7 @@ from pydantic import Field, ValidationInfo, model_validator
 from polyalign.core.errors import PolyalignError
 from polyalign.core.loss import MIN_LOGIT_SCALE, Loss, LossConfig, LossOutput, Temperature, full_present
 from polyalign.core.memory import memory_problem
+from polyalign.core.step_cost import ENTRY_FLOPS, contrast_flops
 
 from .multilinear import anchor_logsumexps, elementwise_product, mip
 from .pairwise import symmetric_info_nce
@@ -207,6 +208,13 @@ class SymileLoss(Loss):
     def logit_scale(self) -> torch.Tensor:
         """``1/τ`` times the MIP's multiplier (``scale: dim``): what turns the score into the logits."""
         return self.temperature.scale * self.multiplier
+
+    def step_flops(self, n: int, d: int, m: int) -> float:
+        """n_squared: ``N^M`` logits, each a d-long product in 5 matmuls (forward, recomputed forward,
+        3 in backward) and 2 log-sum-exps; per_modality and n: ``M`` blocks of ``N x N``."""
+        if resolve_negatives(self.config.negatives, m, n) == "n_squared":
+            return float(n) ** m * (2.0 * 5 * d + 2 * ENTRY_FLOPS)
+        return m * contrast_flops(n, n, d)
 
     @property
     def negatives(self) -> str:
