@@ -188,3 +188,21 @@ def test_float64_inputs_stay_float64():
     for name in LOSSES:
         out = build(name).score_tuples({"a": emb["a"]}, {"b": emb["b"], "c": emb["c"]})
         assert out.dtype == D64, name
+
+
+def test_a_recipe_picks_the_scoring_term_with_score_with(tmp_path):
+    from conftest import RECIPES
+
+    from polyalign.core.assemble import build_loss
+    from polyalign.core.errors import RecipeError
+    from polyalign.core.plugins import default_plugins
+
+    both = "loss=[{plugin: clip}, {plugin: symile, weight: 0.5}]"
+    loss = build_loss(polyalign.load_recipe(RECIPES / "xor-clip.yaml", [both]), default_plugins())
+    assert loss.score_with is None and list(loss.scoring_terms()) == ["clip", "symile"]
+    chosen = "loss=[{plugin: clip}, {plugin: symile, weight: 0.5, score_with: true}]"
+    loss = build_loss(polyalign.load_recipe(RECIPES / "xor-clip.yaml", [chosen]), default_plugins())
+    assert list(loss.scoring_terms()) == ["symile"]
+    with pytest.raises(RecipeError, match="score_with is set on loss nodes 0, 1"):
+        polyalign.load_recipe(RECIPES / "xor-clip.yaml",
+                              ["loss=[{plugin: clip, score_with: true}, {plugin: symile, score_with: true}]"])

@@ -2,7 +2,9 @@
 
 The images are scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits``:
 1,797 scans of 8 x 8 pixels, 17 grey levels, from the UCI "Optical Recognition of Handwritten
-Digits" set; shipped inside the package, nothing is downloaded). Each image gives one tuple;
+Digits" set; shipped inside the package, nothing is downloaded). They are read from the file
+``load_digits`` reads, ``sklearn/datasets/data/digits.csv.gz``, without importing scikit-learn
+(which takes seconds). Each image gives one tuple;
 each modality is a different family of features of that one image, in the spirit of UCI's
 "Multiple Features" set (Fourier, Karhunen-Loève, pixel, Zernike, morphological views of one
 scan), which scikit-learn does not ship:
@@ -24,6 +26,7 @@ Each sample also has ``label`` (the digit) and ``id`` (its index in ``load_digit
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -35,7 +38,6 @@ from polyalign.core.errors import PolyalignError
 
 ViewName = Literal["pixels", "zones", "profiles", "gradients", "dct", "moments"]
 VIEWS: tuple[str, ...] = ("pixels", "zones", "profiles", "gradients", "dct", "moments")
-N_IMAGES = 1797
 
 
 class DigitViewsConfig(BaseModel):
@@ -107,6 +109,18 @@ FEATURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
+    """``(images (1797, 8, 8), digits (1797,))`` from scikit-learn's bundled ``digits.csv.gz``."""
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.is_file():
+        raise PolyalignError("dataset digit_views reads the digits scikit-learn ships "
+                             f"({path or 'sklearn/datasets/data/digits.csv.gz'}), which is not installed: "
+                             "pip install 'polyalign[probe]'")
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
+
+
 def digit_views(images: np.ndarray, views: list[str]) -> dict[str, np.ndarray]:
     """``view -> (n, width)`` features of ``(n, 8, 8)`` grey-level images."""
     images = np.asarray(images, dtype=np.float64)
@@ -119,25 +133,20 @@ class DigitViewsDataset:
     root: Path | None = None
 
     def __init__(self, config: DigitViewsConfig, seed: int):
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError as exc:
-            raise PolyalignError("dataset digit_views needs scikit-learn (its bundled digits): "
-                                 "pip install 'polyalign[probe]'") from exc
-        digits = load_digits()
-        if config.n_val + config.n_test >= len(digits.images):
-            raise PolyalignError(f"digit_views has {len(digits.images)} images; n_val + n_test = "
+        images, digits = load_digit_images()
+        if config.n_val + config.n_test >= len(images):
+            raise PolyalignError(f"digit_views has {len(images)} images; n_val + n_test = "
                                  f"{config.n_val + config.n_test} leaves none to train on")
         self.modalities = tuple(config.views)
-        order = np.random.default_rng(config.seed if config.seed is not None else seed).permutation(len(digits.images))
+        order = np.random.default_rng(config.seed if config.seed is not None else seed).permutation(len(images))
         parts = {"test": order[:config.n_test], "val": order[config.n_test:config.n_test + config.n_val],
                  "train": order[config.n_test + config.n_val:]}
-        features = digit_views(digits.images, config.views)
+        features = digit_views(images, config.views)
         train = parts["train"]
         for v, x in features.items():
             std = x[train].std(0)
             features[v] = ((x - x[train].mean(0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
-        self._splits = {name: [{**{v: features[v][i] for v in config.views}, "label": int(digits.target[i]),
+        self._splits = {name: [{**{v: features[v][i] for v in config.views}, "label": int(digits[i]),
                                 "id": str(int(i))} for i in rows] for name, rows in parts.items()}
 
     def split(self, name: str) -> list[Sample]:
