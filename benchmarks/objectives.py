@@ -205,20 +205,22 @@ def main(argv: list[str] | None = None) -> None:
              "overrides": [*SETS[s][1], f"loss={OBJECTIVES[name]}", f"seed={seed}", "logging=[]", *args.set]}
             for seed in range(args.seeds) for s in args.sets for name in args.objectives]
     runs, start = [], time.perf_counter()
+    out = args.out or RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/" + " ".join([Path(__file__).name, *(sys.argv[1:] if argv is None else argv)])
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for run in pool.map(one_run, jobs):
             runs.append(run)
             shown = f"accuracy={run['accuracy']:.3f} ({run['seconds']:.0f} s)" if "accuracy" in run else "skipped"
             print(f"[{len(runs)}/{len(jobs)}] {run['objective']:34s} {run['set']:7s} seed={run['seed']} {shown}",
                   file=sys.stderr, flush=True)
-    table = markdown(runs, args.objectives, args.sets, args.seeds)
+            table = markdown(runs, args.objectives, args.sets, args.seeds)
+            out.write_text(json.dumps({"command": command, "seeds": args.seeds, "jobs": args.jobs,
+                                       "cpu_count": os.cpu_count(), "finished": len(runs) == len(jobs),
+                                       "minutes": round((time.perf_counter() - start) / 60, 1),
+                                       "load_average": os.getloadavg(), "runs": runs, "table": table},
+                                      indent=2) + "\n")  # after every run: a long sweep stopped early keeps its rows
     print(table)
-    out = args.out or RESULTS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": "python benchmarks/" + " ".join([Path(__file__).name, *(argv or sys.argv[1:])]),
-                               "seeds": args.seeds, "jobs": args.jobs, "cpu_count": os.cpu_count(),
-                               "minutes": round((time.perf_counter() - start) / 60, 1),
-                               "load_average": os.getloadavg(), "runs": runs, "table": table}, indent=2) + "\n")
     print(f"\nwrote {out}", file=sys.stderr)
 
 

@@ -58,7 +58,8 @@ class XorDataset:
     def __init__(self, config: XorConfig, seed: int):
         rng = np.random.default_rng(config.seed if config.seed is not None else seed)
         sizes = {"train": config.n_train, "val": config.n_val, "test": config.n_test}
-        self._splits = {name: generate_xor(n, config.d_v, config.p_hat, rng, config.d_shared) for name, n in sizes.items()}
+        self._splits = {name: generate_xor(n, config.d_v, config.p_hat, rng, config.d_shared)
+                        for name, n in sizes.items()}
 
     def split(self, name: str) -> list[Sample]:
         return self._splits[name]

@@ -42,9 +42,9 @@ with a learned embedding and the loss sees complete tuples (the Symile paper's r
 Score: ``(⊙_{q∈Q} z_q) · (⊙_{c∈C} z_c)``, the MIP of the query and candidate modalities together
 (one candidate modality: ``(⊙_q z_q) · z_t``) -- one elementwise product per side, then one
 matmul. Trained with ``per_modality`` negatives, a side made of several modalities enters as its
-direction (``P / ‖P‖``), as it did in training: the same ranking of one modality's candidates. From a subset of the modalities it is the MIP of that subset only: a quantity the loss
-never trained unless the model fills the absent ones (``missing: {strategy: learned}``), see
-docs/losses.md.
+direction (``P / ‖P‖``), as it did in training: the same ranking of one modality's candidates.
+From a subset of the modalities it is the MIP of that subset only: a quantity the loss never
+trained unless the model fills the absent ones (``missing: {strategy: learned}``), see docs/losses.md.
 """
 
 from __future__ import annotations
