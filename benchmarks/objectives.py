@@ -166,17 +166,29 @@ def cost_table(objectives: list[str], shapes: list[tuple[int, int]], d: int = 64
                 row["measured_ms"] = min(times[1:]) * 1e3
             rows.append(row)
             print(f"{name} M={m} N={n}: {row}", file=sys.stderr, flush=True)
-    head = "| objective | " + " | ".join(f"M={m}, N={n}" for m, n in shapes) + " |"
+    return cost_markdown(rows, objectives, shapes, rate, d), rows
+
+
+def number(x: float) -> str:
+    """Three significant digits, without an exponent below ten million."""
+    return f"{x:.3g}" if x < 1000 else f"{x:,.0f}" if x < 1e7 else f"{x:.2g}"
+
+
+def cost_markdown(rows: list[dict], objectives: list[str], shapes: list[tuple[int, int]], rate: float,
+                  d: int) -> str:
+    """One row per objective, one column per (M, N): measured (estimated) ms and the multiple of CLIP."""
     lines = [f"Milliseconds of one loss step (forward + backward, d = {d}, one CPU thread): measured "
-             f"(estimated) and the estimate's multiple of a CLIP step; this machine's measured rate "
-             f"{rate / 1e9:.3g} GFLOP/s.", "", head, "|---|" + "---|" * len(shapes)]
+             f"(estimated), and the estimate as a multiple of a CLIP step on the same batch; this "
+             f"machine's measured rate {rate / 1e9:.3g} GFLOP/s.", "",
+             "| objective | " + " | ".join(f"M={m}, N={n}" for m, n in shapes) + " |",
+             "|---|" + "---|" * len(shapes)]
     for name in objectives:
         cells = []
         for r in (r for r in rows if r["objective"] == name):
-            measured = f"{r['measured_ms']:.3g}" if "measured_ms" in r else "not run"
-            cells.append(f"{measured} ({r['estimate_ms']:.3g}), {r['ratio_to_clip']:.3g}x")
+            measured = number(r["measured_ms"]) if "measured_ms" in r else "not run"
+            cells.append(f"{measured} ({number(r['estimate_ms'])}), {number(r['ratio_to_clip'])}x")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines), rows
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,11 +206,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.costs:
-        table, rows = cost_table(args.objectives, [(3, 128), (3, 512), (6, 128), (6, 512)])
+        shapes = [(3, 128), (3, 512), (6, 128), (6, 512)]
+        table, rows = cost_table(args.objectives, shapes)
         print(table)
         out = args.out or COSTS
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"rows": rows, "table": table, "load_average": os.getloadavg()}, indent=2) + "\n")
+        out.write_text(json.dumps({"command": "python benchmarks/objectives.py --costs", "shapes": shapes,
+                                   "rows": rows, "table": table, "load_average": os.getloadavg()}, indent=2) + "\n")
         print(f"\nwrote {out}", file=sys.stderr)
         return
     jobs = [{"objective": name, "set": s, "seed": seed, "max_step_seconds": args.max_step_seconds,

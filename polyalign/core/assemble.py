@@ -17,6 +17,7 @@ from .data import Dataset, Loader, Sample, TupleDataset
 from .errors import PluginError, PolyalignError
 from .layer_groups import lock_layers
 from .loss import Loss, WeightedLoss
+from .step_cost import loss_rows
 from .model import MultiModalModel
 from .plugins import Plugins, default_plugins
 from .recipe import Recipe
@@ -92,7 +93,7 @@ class Assembled:
 def build_loss(recipe: Recipe, plugins: Plugins) -> Loss:
     """The recipe's loss: one plugin, or a weighted sum when ``loss`` is a list."""
     context = {"modalities": list(recipe.modalities), "embed_dim": recipe.model.embed_dim,
-               "batch_size": recipe.train.batch_size}
+               "batch_size": loss_rows(recipe.train)}
     nodes = recipe.losses
     built = {}
     for i, node in enumerate(nodes):

@@ -51,7 +51,8 @@ def register_losses(register: Register) -> None:
     (optional, ``candidates`` a dict of modalities) also ranks tuples; define it and ``score``
     follows (docs/losses.md).
     Context arguments the factory may accept: ``modalities`` (names), ``embed_dim`` and
-    ``batch_size`` (the recipe's ``train.batch_size``: the rows a training batch contrasts).
+    ``batch_size`` (the rows one loss call contrasts: ``train.batch_size``, times ``accumulate``
+    when ``negatives: window`` spans the micro-batches of a step).
     """
 
 

@@ -112,9 +112,15 @@ def step_cost_line(cost: StepCost, loss_name: str, n: int, d: int, m: int) -> st
     return line
 
 
+def loss_rows(train) -> int:
+    """Rows one loss call contrasts under a recipe's ``train`` section: the batch, or with
+    ``accumulate: K`` and ``negatives: window`` the K micro-batches of the step together."""
+    return train.batch_size * (train.accumulate if train.negatives == "window" else 1)
+
+
 def recipe_step_cost(recipe, loss: torch.nn.Module, device: torch.device | str) -> tuple[StepCost, str] | None:
     """The estimate for ``recipe``'s batch and its line, or None when the loss counts no operations."""
-    n, d, m = recipe.train.batch_size, recipe.model.embed_dim, len(recipe.modalities)
+    n, d, m = loss_rows(recipe.train), recipe.model.embed_dim, len(recipe.modalities)
     cost = estimate_step(loss, n, d, m, measured_rate(d, device, rows=min(n, RATE_ROWS)))
     if cost is None or not math.isfinite(cost.flops):
         return None

@@ -5,9 +5,10 @@ tuple ``(i, ..., i)``; the loss is the mean over the ``M`` anchors of the cross-
 
 - ``negatives: auto`` (default): ``n_squared`` while its ``N^M`` logits of a batch of ``N`` stay
   within :data:`AFFORDABLE_LOGITS` (M = 3 up to N = 256, M = 4 up to N = 64, M = 6 up to N = 16),
-  ``per_modality`` beyond, so that no default grows like ``N^M``. ``N`` is the recipe's
-  ``train.batch_size`` (a factory context argument), so every batch of a run, the last smaller
-  one included, takes the same branch; built without it, the branch follows each batch's rows.
+  ``per_modality`` beyond, so that no default grows like ``N^M``. ``N`` is the rows one loss call
+  contrasts, ``train.batch_size`` (times ``accumulate`` under ``negatives: window``), a factory
+  context argument: every batch of a run, the last smaller one included, takes the same branch.
+  Built without it, the first batch's rows decide.
 - ``negatives: n_squared``: every combination of the other modalities' rows is a
   candidate (``N^(M-1)`` per anchor row). Computed exactly, but blockwise: all ``M`` anchors
   share one logit tensor, which is streamed block by block and recomputed in backward (see
