@@ -331,7 +331,7 @@ class WeightedLoss(Loss):
             return ""
         return (f"the weighted sum scores with every term ({' + '.join(terms)}, a product of experts), and the "
                 f"score of {', '.join(inexact)} is no exact inner product, so neither is the sum; score_with: "
-                f"<term> on one loss node ranks with that term alone")
+                f"true on one loss node ranks with that term alone")
 
 
 def can_rank_tuples(loss: nn.Module) -> bool:
