@@ -65,6 +65,7 @@ OBJECTIVES = {  # row name -> the recipe's `loss:` node, as YAML
     "symile (per_modality)": "{plugin: symile, negatives: per_modality}",
     "clip + symile (scored together)": "[{plugin: clip}, {plugin: symile}]",
     "clip + symile (score_with clip)": "[{plugin: clip, score_with: true}, {plugin: symile}]",
+    "clip + symile (per_modality)": "[{plugin: clip}, {plugin: symile, negatives: per_modality}]",
 }
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -202,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
     parser.add_argument("--max-step-seconds", type=float, default=2.0,
                         help="skip a configuration whose estimated loss step takes longer")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the results file's runs of the objectives not named, and rerun only these")
     parser.add_argument("--costs", action="store_true", help="print the per-step cost table instead")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -218,19 +221,25 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [{"objective": name, "set": s, "seed": seed, "max_step_seconds": args.max_step_seconds,
              "overrides": [*SETS[s][1], f"loss={OBJECTIVES[name]}", f"seed={seed}", "logging=[]", *args.set]}
             for seed in range(args.seeds) for s in args.sets for name in args.objectives]
-    runs, start = [], time.perf_counter()
+    runs, start, commands, rows = [], time.perf_counter(), [], list(args.objectives)
     out = args.out or RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/" + " ".join([Path(__file__).name, *(sys.argv[1:] if argv is None else argv)])
+    if args.keep and out.exists():  # the earlier sweep's other rows, in the table's order
+        earlier = json.loads(out.read_text())
+        runs = [r for r in earlier["runs"] if r["objective"] not in args.objectives]
+        commands = earlier.get("commands", [earlier.get("command")])
+        rows = [o for o in OBJECTIVES if o in args.objectives or any(r["objective"] == o for r in runs)]
+    commands.append("python benchmarks/" + " ".join([Path(__file__).name, *(sys.argv[1:] if argv is None else argv)]))
+    kept = len(runs)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for run in pool.map(one_run, jobs):
             runs.append(run)
             shown = f"accuracy={run['accuracy']:.3f} ({run['seconds']:.0f} s)" if "accuracy" in run else "skipped"
-            print(f"[{len(runs)}/{len(jobs)}] {run['objective']:34s} {run['set']:7s} seed={run['seed']} {shown}",
-                  file=sys.stderr, flush=True)
-            table = markdown(runs, args.objectives, args.sets, args.seeds)
-            out.write_text(json.dumps({"command": command, "seeds": args.seeds, "jobs": args.jobs,
-                                       "cpu_count": os.cpu_count(), "finished": len(runs) == len(jobs),
+            print(f"[{len(runs) - kept}/{len(jobs)}] {run['objective']:34s} {run['set']:7s} seed={run['seed']} "
+                  f"{shown}", file=sys.stderr, flush=True)
+            table = markdown(runs, rows, args.sets, args.seeds)
+            out.write_text(json.dumps({"commands": commands, "seeds": args.seeds, "jobs": args.jobs,
+                                       "cpu_count": os.cpu_count(), "finished": len(runs) - kept == len(jobs),
                                        "minutes": round((time.perf_counter() - start) / 60, 1),
                                        "load_average": os.getloadavg(), "runs": runs, "table": table},
                                       indent=2) + "\n")  # after every run: a long sweep stopped early keeps its rows
