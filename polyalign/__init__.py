@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polyalign.core.hookspecs import hookimpl
-from polyalign.core.recipe import Recipe, load_recipe
-from polyalign.evaluation.evaluate import evaluate
-from polyalign.inference.trained import TrainedModel, load
-from polyalign.run import train
+
+if TYPE_CHECKING:
+    from polyalign.core.recipe import Recipe, load_recipe
+    from polyalign.evaluation.evaluate import evaluate
+    from polyalign.inference.trained import TrainedModel, load
+    from polyalign.run import train
 
 __version__ = version("polyalign")  # pyproject.toml is the one place the version is set
 
+# The public API is imported on first use, so that `import polyalign` (and `polyalign --help`, a plugin's
+# `@polyalign.hookimpl`) does not import torch.
+def __getattr__(name: str) -> Any:
+    """The public API's functions and classes, imported when first asked for."""
+    if name in ("Recipe", "load_recipe"):
+        from polyalign.core import recipe as module
+    elif name == "evaluate":
+        from polyalign.evaluation import evaluate as module
+    elif name in ("TrainedModel", "load"):
+        from polyalign.inference import trained as module
+    elif name == "train":
+        from polyalign import run as module
+    else:
+        raise AttributeError(f"module 'polyalign' has no attribute {name!r}")
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
 
 def build(kind: str, name: str, **config: Any) -> Any:
     """A registered component at its defaults plus ``config``, e.g. ``build("loss", "clip")``.

@@ -1,5 +1,5 @@
 """The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, index, search,
-export, plot, demo-data, shards, cache."""
+export, serve, plot, demo-data, shards, cache."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,12 +16,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from polyalign.core.errors import MAX_MESSAGE_CHARS, PolyalignError, cut, shown
+from polyalign.core.errors import MAX_MESSAGE_CHARS, Notice, PolyalignError, cut, shown
 from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 DEBUG_HELP = "on an error, also print the full traceback (or set POLYALIGN_DEBUG=1)"
+DEMO_MAX_ROWS = 100_000  # tuples per split of demo-data (four small files each)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,8 +32,24 @@ class _Parser(argparse.ArgumentParser):
         super().error(cut(message, 2000))
 
 
-def _count(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``low``."""
+class _CommandParser(_Parser):
+    """A subcommand's parser: options may come between and after its positionals, so
+    ``train R --out D k=v`` gives R, D and the override (argparse's intermixed parsing)."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside:  # intermixed parsing calls this twice: options first, then positionals
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
+def _count(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``low`` (and at most ``high``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -39,6 +57,8 @@ def _count(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {shown(text)}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {shown(value)}")
         return value
     return parse
 
@@ -54,6 +74,14 @@ def _rate(text: str) -> float:
     return value
 
 
+def _name_cells(lines: list[list[str]], n_ids: int) -> tuple[list[list[str]], list[int]]:
+    """The identity cells with spaces around '+' (a narrow table wraps between modality names, never
+    inside one), and each identity column's longest name (its least width)."""
+    lines = [[c.replace("+", " + ") if i < n_ids else c for i, c in enumerate(line)] for line in lines]
+    widths = [max((len(word) for line in lines for word in line[i].split()), default=1) for i in range(n_ids)]
+    return lines, widths
+
+
 def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     """One table per task: a line per (target, query, ...) and a column per metric."""
     from polyalign.evaluation.report_table import pivot_rows
@@ -61,9 +89,11 @@ def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     tables = []
     for pivot in pivot_rows(rows, interval_metrics={"accuracy"}):  # one interval per line keeps it narrow
         table = Table(title=escape(f"{title}: {pivot.task}"), caption=escape(pivot.caption()) or None)
+        lines, widths = _name_cells(pivot.lines, pivot.n_ids)
         for i, c in enumerate(pivot.header):
-            table.add_column(escape(c), justify="left" if i < pivot.n_ids else "right", overflow="fold")
-        for line in pivot.lines:
+            table.add_column(escape(c), justify="left" if i < pivot.n_ids else "right", overflow="fold",
+                             min_width=max(widths[i], len(c)) if i < pivot.n_ids else None)
+        for line in lines:
             table.add_row(*map(escape, line))
         tables.append(table)
     return tables
@@ -71,6 +101,7 @@ def _rows_tables(rows: list[dict], title: str) -> list[Table]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import polyalign
+    from polyalign.evaluation.evaluate import EvaluatorsFailed
     from polyalign.shipped import resolve_recipe_path
 
     if args.recipe is None and args.resume is None:
@@ -79,8 +110,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise PolyalignError(f"--resume continues {args.resume} with its own recipe.yaml; give no RECIPE "
                              f"({args.recipe}), only key.path=value overrides if needed")
     recipe = None if args.recipe is None else polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
-    run_dir = polyalign.train(recipe, out=args.out, resume=args.resume,
-                              overrides=args.overrides if args.resume else None)
+    try:
+        run_dir = polyalign.train(recipe, out=args.out, resume=args.resume,
+                                  overrides=args.overrides if args.resume else None)
+    except EvaluatorsFailed as exc:  # trained: show what the other evaluators produced, then the error
+        if exc.run_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+            _print_report(exc.run_dir)
+            out.print(f"run directory: [bold]{escape(str(exc.run_dir))}[/bold]")
+        raise
     if int(os.environ.get("RANK", "0")) == 0:
         _print_report(run_dir)
         out.print(f"run directory: [bold]{run_dir}[/bold]")
@@ -110,9 +147,14 @@ def _evaluator_node(text: str) -> dict:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import polyalign
+    from polyalign.evaluation.evaluate import EvaluatorsFailed
 
     added = [_evaluator_node(a) for a in args.add or []]
-    polyalign.evaluate(args.run_dir, checkpoint=args.checkpoint, evaluators=added)
+    try:
+        polyalign.evaluate(args.run_dir, checkpoint=args.checkpoint, evaluators=added)
+    except EvaluatorsFailed:
+        _print_report(Path(args.run_dir))  # what the other evaluators produced, then the error
+        raise
     _print_report(Path(args.run_dir))
     out.print(f"report: {Path(args.run_dir) / REPORT_DIR / REPORT_MD}")
     return 0
@@ -123,10 +165,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     result = compare_runs(args.run_dirs, args.out, args.metric)
     table = Table(title="comparison", caption=escape("value [bootstrap interval]; — = no such row in that run"))
+    n_ids = len(result.header) - len(result.runs)
+    lines, widths = _name_cells(result.lines, n_ids)
     for i, c in enumerate(result.header):
-        table.add_column(escape(c), justify="right" if i >= len(result.header) - len(result.runs) else "left",
-                         overflow="fold")
-    for line in result.lines:
+        table.add_column(escape(c), justify="right" if i >= n_ids else "left", overflow="fold",
+                         min_width=max(widths[i], len(c)) if i < n_ids else None)
+    for line in lines:
         table.add_row(*map(escape, line))
     out.print(table)
     for run in result.runs:
@@ -139,18 +183,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     import polyalign
+    from polyalign.core.plugins import default_plugins
+    from polyalign.core.requirements import check_requirements
     from polyalign.shipped import resolve_recipe_path
 
     recipe = polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
+    check_requirements(recipe, default_plugins(), args.recipe)
+    lines = None
+    if args.check_data:  # before the "valid" line: a recipe its data refuses is not valid
+        from polyalign.core.data_check import check_data
+
+        lines = check_data(recipe)
     if args.print:
         print(recipe.to_yaml())
     out.print(f"{args.recipe}: valid ({len(recipe.modalities)} modalities, "
               f"loss {'+'.join(n.plugin for n in recipe.losses)}, data {recipe.data.plugin})")
     _print_step_cost(recipe)
-    if args.check_data:
-        from polyalign.core.data_check import check_data
-
-        lines = check_data(recipe)
+    if lines is not None:
         out.print("checked with the data (every plugin built, the first rows of each split loaded):\n"
                   + "\n".join(f"  {escape(line)}" for line in lines), soft_wrap=True)
     return 0
@@ -172,9 +221,42 @@ def _print_step_cost(recipe) -> None:
         out.print(f"{'note' if found[0].slow else 'step cost'}: {escape(found[1])}", soft_wrap=True)
 
 
+def _plugin_options(name: str, as_json: bool) -> int:
+    """``polyalign plugins NAME``: every component registered under NAME, with its options."""
+    from polyalign.core.options_reference import component_lines, options
+    from polyalign.core.plugins import default_plugins
+    from polyalign.core.registry import KINDS, unknown_name_message
+
+    registry = default_plugins().registry
+    found = [registry.get(kind, name) for kind in KINDS if name in registry.names(kind)]
+    if not found:
+        every = sorted({n for kind in KINDS for n in registry.names(kind)})
+        raise PolyalignError(unknown_name_message("plugin component", name, every))
+    if as_json:
+        print(json.dumps([{"kind": c.kind, "name": c.name, "plugin": c.plugin, "help": c.help,
+                           "options": [o.__dict__ for o in options(c.config)]} for c in found], indent=2))
+        return 0
+    blocks = []
+    for c in found:
+        missing = _not_installed(dict(c.requires))
+        blocks.append("\n".join(component_lines(c) + ([f"  {missing}"] if missing else [])))
+    out.print("\n\n".join(blocks), markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def _not_installed(requires: dict[str, str]) -> str:
+    """'not installed: pip install ...' for each module a component needs and this environment lacks."""
+    from polyalign.core.requirements import install_hint, is_installed
+
+    missing = [install_hint(r) for m, r in requires.items() if not is_installed(m)]
+    return f"not installed: {'; '.join(missing)}" if missing else ""
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from polyalign.core.plugins import default_plugins, describe
 
+    if args.name is not None:
+        return _plugin_options(args.name, args.json)
     listing = describe(default_plugins())
     if args.json:
         print(json.dumps(listing, indent=2))
@@ -183,8 +265,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for c in ("name", "distribution", "version", "status"):
         table.add_column(c)
     for p in listing["plugins"]:
-        table.add_row(p["name"], p["distribution"], p["version"],
-                      "[red]" + p["error"] + "[/red]" if p["error"] else ("built-in" if p["builtin"] else "loaded"))
+        status = "[red]" + escape(p["error"]) + "[/red]" if p["error"] else ("built-in" if p["builtin"] else "loaded")
+        table.add_row(escape(p["name"]), escape(p["distribution"]), escape(p["version"]), status)
     out.print(table)
     for kind in ("encoders", "losses", "datasets", "evaluators", "loggers"):
         t = Table(title=kind)
@@ -192,7 +274,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         t.add_column("plugin")
         t.add_column("help")
         for c in listing[kind]:
-            t.add_row(c["name"], c["plugin"], c["help"])
+            missing = _not_installed(c["requires"])
+            t.add_row(escape(c["name"]), escape(c["plugin"]),  # help may hold [extra]: escaped
+                      escape(c["help"]) + (f"\n[yellow]{escape(missing)}[/yellow]" if missing else ""))
         out.print(t)
     return 0
 
@@ -214,14 +298,17 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         atomic_write_text(dest, recipes[args.name].read_text(encoding="utf-8"))
         out.print(f"copied {args.name} to {dest}")
         return 0
+    summaries = {name: recipe_summary(path) for name, path in recipes.items()}
+    longest = max((len(command) for command, _ in summaries.values()), default=0)
     table = Table(title="shipped recipes")
-    table.add_column("name", style="bold")
-    table.add_column("description")
-    table.add_column("command")
-    for name, path in recipes.items():
-        command, description = recipe_summary(path)
-        table.add_row(name, description, command)
-    out.print(table)
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("description", min_width=30)
+    table.add_column("command", no_wrap=True, min_width=longest)  # the column people copy: never cut
+    for name, (command, description) in summaries.items():
+        table.add_row(escape(name), escape(description), escape(command))
+    # Piped, rich assumes 80 columns; widen to what the whole commands need.
+    wide = max(out.width, max(map(len, recipes), default=0) + longest + 40)
+    (out if out.is_terminal else Console(highlight=False, width=wide)).print(table)
     return 0
 
 
@@ -229,6 +316,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     from polyalign.plugins.datasets.demo import write_demo
 
     folder = Path(args.dir)
+    if folder.exists() and not folder.is_dir():
+        raise PolyalignError(f"{folder} exists and is not a folder; give a new or empty folder for the demo data")
     if folder.exists() and any(folder.iterdir()):
         raise PolyalignError(f"{folder} is not empty; give a new or empty folder for the demo data")
     write_demo(folder, args.classes, args.n_train, args.n_val, args.n_test, args.missing_rate, args.seed,
@@ -303,7 +392,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     options = IndexOptions(args.kind, args.nlist, args.nprobe, args.hnsw_m, args.ef_search)
     options.check()
-    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=_device(args.device))
     report = index_to_file(model, args.modality, args.input, args.out, options, args.batch_size)
     quality = ("exact inner-product search" if report.recall is None else
                f"recall@10 = {report.recall:.3f} against exact search, measured with {report.recall_queries} "
@@ -347,6 +436,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from polyalign.serving.app import ServeSettings
+    from polyalign.serving.limits import Limits
+    from polyalign.serving.server import default_threads, resolve_token, serve
+
+    token, made = resolve_token(args.token)
+    limits = Limits(args.max_body_mb, args.max_values, args.max_k, args.max_batch, args.batch_wait_ms)
+    settings = ServeSettings(args.run_dir, args.checkpoint, _device(args.device), args.candidates, args.index,
+                             limits, token, args.threads or default_threads(args.workers))
+    if made:
+        out.print(f"bearer token (send 'Authorization: Bearer TOKEN'; set POLYALIGN_SERVE_TOKEN to choose it): "
+                  f"{token}", markup=False, soft_wrap=True)
+    serve(settings, args.host, args.port, args.workers, say=lambda *a, **k: out.print(*a, markup=False))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from polyalign.evaluation.training_plots import plot_runs
 
@@ -360,7 +465,7 @@ def parser() -> argparse.ArgumentParser:
     """The argument parser of ``polyalign``."""
     p = _Parser(prog="polyalign", description="Contrastive learning over any number of modalities.")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     t = sub.add_parser("train", help="train a recipe, then evaluate it")
     t.add_argument("recipe", nargs="?", help="recipe file or shipped recipe name")
@@ -391,7 +496,9 @@ def parser() -> argparse.ArgumentParser:
                    help="also build every plugin and load, collate and embed the first rows of each split")
     v.set_defaults(func=cmd_validate)
 
-    pl = sub.add_parser("plugins", help="list loaded plugins and registered components")
+    pl = sub.add_parser("plugins", help="list loaded plugins and registered components, or one component's options")
+    pl.add_argument("name", nargs="?", metavar="NAME",
+                    help="print the options of the component(s) of this name: type, default, constraints")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
 
@@ -404,9 +511,9 @@ def parser() -> argparse.ArgumentParser:
     dd = sub.add_parser("demo-data", help="write the demo dataset (PNG, WAV, .npy ECG, .txt + manifests) to DIR")
     dd.add_argument("dir", metavar="DIR")
     dd.add_argument("--classes", type=_count(2), default=4, help="classes shared by the modalities (2-8)")
-    dd.add_argument("--n-train", type=_count(1), default=600)
-    dd.add_argument("--n-val", type=_count(0), default=100)
-    dd.add_argument("--n-test", type=_count(0), default=200)
+    dd.add_argument("--n-train", type=_count(1, DEMO_MAX_ROWS), default=600)
+    dd.add_argument("--n-val", type=_count(0, DEMO_MAX_ROWS), default=100)
+    dd.add_argument("--n-test", type=_count(0, DEMO_MAX_ROWS), default=200)
     dd.add_argument("--missing-rate", type=_rate, default=0.1, help="chance a train modality is left out")
     dd.add_argument("--seed", type=_count(0), default=0)
     dd.add_argument("--flip-rate", type=_rate, default=0.15, help="chance a modality shows another class")
@@ -484,6 +591,32 @@ def parser() -> argparse.ArgumentParser:
                          "needs pip install 'polyalign[onnx]')")
     ex.set_defaults(func=cmd_export)
 
+    sv = sub.add_parser("serve", help="serve a trained model over HTTP: /embed, /search, a search page at /")
+    sv.add_argument("run_dir", metavar="RUN_OR_EXPORT",
+                    help="a run directory or a folder written by `polyalign export`")
+    sv.add_argument("--candidates", action="append", default=[], metavar="MODALITY=SOURCE",
+                    help="what /search ranks: a folder, manifest, .npy, .txt or embeddings file, embedded at start; "
+                         "repeatable (one per modality)")
+    sv.add_argument("--index", action="append", default=[], metavar="MODALITY=FILE.faiss",
+                    help="what /search ranks: an index from `polyalign index`; repeatable")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=_count(0), default=8000)
+    sv.add_argument("--token", action="store_true",
+                    help="require 'Authorization: Bearer TOKEN' on every route but /health (the token: "
+                         "$POLYALIGN_SERVE_TOKEN, which also turns this on, or a new one printed at start)")
+    sv.add_argument("--workers", type=_count(1), default=1, help="processes, each with its own copy of the model")
+    sv.add_argument("--threads", type=_count(1), default=None,
+                    help="torch threads per worker (default: cores / workers - 1, at least 1)")
+    sv.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16 MB; 413 above)")
+    sv.add_argument("--max-values", type=_count(1), default=64, help="values per request (default 64; 413 above)")
+    sv.add_argument("--max-k", type=_count(1), default=100, help="largest k of a search (default 100; 422 above)")
+    sv.add_argument("--max-batch", type=_count(1), default=64, help="requests batched into one model run (default 64)")
+    sv.add_argument("--batch-wait-ms", type=float, default=2.0,
+                    help="how long a batch waits for more requests after its first (default 2 ms)")
+    for name, kw in use.items():
+        sv.add_argument(f"--{name}", **kw)
+    sv.set_defaults(func=cmd_serve)
+
     pt = sub.add_parser("plot", help="plot loss, temperature, learning rate and evaluation of runs (PNG)")
     pt.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more runs, overlaid")
     pt.add_argument("--out", metavar="FILE.png",
@@ -492,6 +625,17 @@ def parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # `polyalign train --debug ...` as well as `polyalign --debug train ...`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return p
+
+
+def notices_as_lines(show: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing a :class:`Notice` as one ``note:`` line and passing
+    every other warning to ``show``."""
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, Notice):
+            err.print(f"[yellow]note:[/yellow] {escape(str(message))}", soft_wrap=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return show_warning
 
 
 def _error_message(exc: BaseException) -> tuple[str, int]:
@@ -518,7 +662,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.insert(0, args.recipe)  # `train --resume RUN key=value`: no recipe, only overrides
         args.recipe = None
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # restored on return, for callers of main() in the same process
+            warnings.showwarning = notices_as_lines(warnings.showwarning)
+            return args.func(args)
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

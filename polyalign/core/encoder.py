@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from .errors import PluginError, PolyalignError
+from .errors import PluginError, PolyalignError, not_a_file
 
 Input = Union[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -118,6 +119,15 @@ class Encoder(nn.Module):
         """
         return {}
 
+    def fit(self, values: Iterator[Any], root: Path | None) -> None:
+        """Take statistics from the train split before training (e.g. ``tabular``'s ``mean: auto``).
+
+        ``values`` are the raw values of this encoder's modality in the train split (its first
+        rows for a streamed split); the default ignores them. An encoder that computes options
+        here returns them from :meth:`rebuild_options`, so the run's ``recipe.yaml`` and an
+        export hold the numbers, not ``auto``; an encoder built with those numbers needs no fit.
+        """
+
     def export_example(self, batch: int) -> Input | None:
         """A synthetic collated batch of ``batch`` inputs, in the form ``forward`` takes (what
         ``load`` and ``collate`` make of real values), to trace the encoder into ONNX
@@ -209,6 +219,8 @@ def resolve_file(value: Any, root: Path | None, what: str) -> Path | FileBytes:
         path = Path(root) / path
     if not path.is_file():
         where = f" (relative paths resolve against {root})" if root is not None else ""
+        if path.exists():
+            raise PolyalignError(f"{what} file: {not_a_file(path)}{where}")
         raise PolyalignError(f"{what} file not found: {path}{where}")
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import reprlib
+from pathlib import Path
 from typing import Any
 
 MAX_MESSAGE_CHARS = 6000
@@ -30,6 +31,16 @@ def cut(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return f"{text[:limit - tail]} [... {len(text) - limit} characters cut ...] {text[-tail:]}"
 
 
+def not_a_file(path: Any) -> str:
+    """Why ``path`` cannot be read as a file, in words: it is missing, a folder, or not a regular file."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    if path.exists():
+        return f"{path} is not a regular file (a device, pipe or socket)"
+    return f"{path} does not exist"
+
+
 class PolyalignError(Exception):
     """An error the CLI prints as one clear message (no traceback); cut to MAX_MESSAGE_CHARS."""
 
@@ -52,3 +63,8 @@ class RecipeError(PolyalignError):
 
 class PluginError(PolyalignError):
     """A plugin was missing, registered twice, or returned something it should not."""
+
+
+class Notice(UserWarning):
+    """Something a user should know that is no error (work left out, a fallback taken): the CLI
+    prints it as one ``note:`` line, without the warning's source line."""

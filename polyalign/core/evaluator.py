@@ -3,7 +3,6 @@ and the ranking metrics the built-in evaluators share."""
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -16,7 +15,8 @@ import torch
 from .assemble import Assembled
 from .data import EpochSampler, Sample, make_loader, skip_summary
 from .encoder import FileBytes
-from .errors import PolyalignError, cut, shown
+from .errors import PolyalignError, shown
+from .json_file import JsonError, read_json
 from .loss import score_candidates
 
 ROW_KEYS = ("task", "target", "query", "metric", "value")
@@ -163,11 +163,9 @@ def read_report(path: Path, missing_ok: bool = False) -> list[dict[str, Any]]:
         return []
     redo = f"run `polyalign eval {path.parent.parent}` to write it again"
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PolyalignError(f"{path} not found; {redo}") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise PolyalignError(f"{path} cannot be read as JSON ({cut(str(exc), 200)}); {redo}") from None
+        rows = read_json(path, "evaluation report", max_bytes=64 << 20)
+    except JsonError as exc:
+        raise PolyalignError(f"{exc}; {redo}") from None
     if not isinstance(rows, list):
         raise PolyalignError(f"{path} must hold a list of evaluation rows, got {type(rows).__name__}; {redo}")
     for i, row in enumerate(rows):
@@ -194,13 +192,16 @@ def eval_tag(row: dict[str, Any], split: str) -> str:
     return "/".join(["eval", split] + [re.sub(r"\s+", "_", p) for p in parts])
 
 
-def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation") -> str:
-    """The rows as a Markdown table (query lists joined with '+')."""
+def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation", notes: Sequence[str] = ()) -> str:
+    """The rows as a Markdown table (query lists joined with '+'), then ``notes`` (e.g. why an
+    evaluator produced no rows)."""
+    noted = "".join(f"\n- {n}" for n in notes)
     if not rows:
-        return f"# {title}\n\nNo evaluators in the recipe.\n"
+        return f"# {title}\n\n" + (f"No evaluator produced rows:\n{noted}\n" if notes
+                                    else "No evaluators in the recipe.\n")
     cols = row_columns(rows)
     lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = ["+".join(r[c]) if c == "query" else format_value(r.get(c, "")) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (f"\nNotes:\n{noted}\n" if notes else "")

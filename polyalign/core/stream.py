@@ -88,6 +88,14 @@ class StreamSplit(ABC):
     def __iter__(self) -> Iterator[Sample]:
         return (sample for _, sample in self.entries())
 
+    def provided(self, count: int) -> str:
+        """What the first ``count`` samples hold, for messages (here: their keys); a subclass that
+        maps stored fields to modalities says which fields it read (e.g. shard members)."""
+        keys: dict[str, None] = {}
+        for sample in islice(self, count):
+            keys.update((k, None) for k, v in sample.items() if v is not None)
+        return "keys " + (", ".join(map(repr, keys)) or "(none)")
+
 
 def is_stream(split: Any) -> bool:
     """Whether a split is in the iterable form."""
