@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -229,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
         runs = [r for r in earlier["runs"] if r["objective"] not in args.objectives]
         commands = earlier.get("commands", [earlier.get("command")])
         rows = [o for o in OBJECTIVES if o in args.objectives or any(r["objective"] == o for r in runs)]
-    commands.append("python benchmarks/" + " ".join([Path(__file__).name, *(sys.argv[1:] if argv is None else argv)]))
+    commands.append("python " + shlex.join([f"benchmarks/{Path(__file__).name}",
+                                             *(sys.argv[1:] if argv is None else argv)]))
     kept = len(runs)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for run in pool.map(one_run, jobs):
