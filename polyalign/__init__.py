@@ -33,6 +33,7 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
 def build(kind: str, name: str, **config: Any) -> Any:
     """A registered component at its defaults plus ``config``, e.g. ``build("loss", "clip")``.
 

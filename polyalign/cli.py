@@ -643,10 +643,9 @@ def _error_message(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, PolyalignError):
         return str(exc), 2
     if isinstance(exc, OSError):  # the machine, not the code: a full disk, a missing permission...
-        from polyalign.core.atomic import describe_os_error
+        from polyalign.core.atomic import os_error_message
 
-        where = f"{exc.filename}: " if exc.filename else ""
-        return cut(where + describe_os_error(exc)), 2
+        return cut(os_error_message(exc)), 2
     if isinstance(exc, MemoryError):
         return f"out of memory ({cut(str(exc), 300) or 'MemoryError'}); use smaller inputs or settings", 2
     return (f"unexpected {type(exc).__name__}: {cut(str(exc), 2000)}. This is a bug in polyalign or in a "

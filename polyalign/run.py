@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from polyalign.core.assemble import with_rebuild_options
+from polyalign.core.atomic import os_error_message
 from polyalign.core.device import pick_device
+from polyalign.core.errors import PolyalignError
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe
 from polyalign.core.requirements import check_requirements
@@ -88,8 +90,12 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
             finally:
                 for logger in loggers:
                     plugins.pm.unregister(logger)
-    except BaseException:
-        if resume is None and dist.is_main and (trainer is None or not trainer.started):
+    except BaseException as exc:
+        started = trainer is not None and trainer.started
+        if resume is None and dist.is_main and not started:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing was trained: leave no half run directory
+        if isinstance(exc, OSError) and (started or resume is not None):  # a full disk: the run goes on after it
+            raise PolyalignError(os_error_message(exc, f"then continue with `polyalign train --resume {run_dir}`")) \
+                from exc
         raise
     return run_dir
