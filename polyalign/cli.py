@@ -57,6 +57,14 @@ def _rate(text: str) -> float:
     return value
 
 
+def _name_cells(lines: list[list[str]], n_ids: int) -> tuple[list[list[str]], list[int]]:
+    """The identity cells with spaces around '+' (a narrow table wraps between modality names, never
+    inside one), and each identity column's longest name (its least width)."""
+    lines = [[c.replace("+", " + ") if i < n_ids else c for i, c in enumerate(line)] for line in lines]
+    widths = [max((len(word) for line in lines for word in line[i].split()), default=1) for i in range(n_ids)]
+    return lines, widths
+
+
 def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     """One table per task: a line per (target, query, ...) and a column per metric."""
     from polyalign.evaluation.report_table import pivot_rows
@@ -64,9 +72,11 @@ def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     tables = []
     for pivot in pivot_rows(rows, interval_metrics={"accuracy"}):  # one interval per line keeps it narrow
         table = Table(title=escape(f"{title}: {pivot.task}"), caption=escape(pivot.caption()) or None)
+        lines, widths = _name_cells(pivot.lines, pivot.n_ids)
         for i, c in enumerate(pivot.header):
-            table.add_column(escape(c), justify="left" if i < pivot.n_ids else "right", overflow="fold")
-        for line in pivot.lines:
+            table.add_column(escape(c), justify="left" if i < pivot.n_ids else "right", overflow="fold",
+                             min_width=max(widths[i], len(c)) if i < pivot.n_ids else None)
+        for line in lines:
             table.add_row(*map(escape, line))
         tables.append(table)
     return tables
@@ -74,6 +84,7 @@ def _rows_tables(rows: list[dict], title: str) -> list[Table]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import polyalign
+    from polyalign.evaluation.evaluate import EvaluatorsFailed
     from polyalign.shipped import resolve_recipe_path
 
     if args.recipe is None and args.resume is None:
@@ -82,8 +93,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise PolyalignError(f"--resume continues {args.resume} with its own recipe.yaml; give no RECIPE "
                              f"({args.recipe}), only key.path=value overrides if needed")
     recipe = None if args.recipe is None else polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
-    run_dir = polyalign.train(recipe, out=args.out, resume=args.resume,
-                              overrides=args.overrides if args.resume else None)
+    try:
+        run_dir = polyalign.train(recipe, out=args.out, resume=args.resume,
+                                  overrides=args.overrides if args.resume else None)
+    except EvaluatorsFailed as exc:  # trained: show what the other evaluators produced, then the error
+        if exc.run_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+            _print_report(exc.run_dir)
+            out.print(f"run directory: [bold]{escape(str(exc.run_dir))}[/bold]")
+        raise
     if int(os.environ.get("RANK", "0")) == 0:
         _print_report(run_dir)
         out.print(f"run directory: [bold]{run_dir}[/bold]")
@@ -113,9 +130,14 @@ def _evaluator_node(text: str) -> dict:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import polyalign
+    from polyalign.evaluation.evaluate import EvaluatorsFailed
 
     added = [_evaluator_node(a) for a in args.add or []]
-    polyalign.evaluate(args.run_dir, checkpoint=args.checkpoint, evaluators=added)
+    try:
+        polyalign.evaluate(args.run_dir, checkpoint=args.checkpoint, evaluators=added)
+    except EvaluatorsFailed:
+        _print_report(Path(args.run_dir))  # what the other evaluators produced, then the error
+        raise
     _print_report(Path(args.run_dir))
     out.print(f"report: {Path(args.run_dir) / REPORT_DIR / REPORT_MD}")
     return 0
@@ -126,10 +148,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     result = compare_runs(args.run_dirs, args.out, args.metric)
     table = Table(title="comparison", caption=escape("value [bootstrap interval]; — = no such row in that run"))
+    n_ids = len(result.header) - len(result.runs)
+    lines, widths = _name_cells(result.lines, n_ids)
     for i, c in enumerate(result.header):
-        table.add_column(escape(c), justify="right" if i >= len(result.header) - len(result.runs) else "left",
-                         overflow="fold")
-    for line in result.lines:
+        table.add_column(escape(c), justify="right" if i >= n_ids else "left", overflow="fold",
+                         min_width=max(widths[i], len(c)) if i < n_ids else None)
+    for line in lines:
         table.add_row(*map(escape, line))
     out.print(table)
     for run in result.runs:
@@ -142,9 +166,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     import polyalign
+    from polyalign.core.plugins import default_plugins
+    from polyalign.core.requirements import check_requirements
     from polyalign.shipped import resolve_recipe_path
 
     recipe = polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
+    check_requirements(recipe, default_plugins(), args.recipe)
     if args.print:
         print(recipe.to_yaml())
     out.print(f"{args.recipe}: valid ({len(recipe.modalities)} modalities, "
@@ -200,14 +227,17 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         atomic_write_text(dest, recipes[args.name].read_text(encoding="utf-8"))
         out.print(f"copied {args.name} to {dest}")
         return 0
+    summaries = {name: recipe_summary(path) for name, path in recipes.items()}
+    longest = max((len(command) for command, _ in summaries.values()), default=0)
     table = Table(title="shipped recipes")
-    table.add_column("name", style="bold")
-    table.add_column("description")
-    table.add_column("command")
-    for name, path in recipes.items():
-        command, description = recipe_summary(path)
-        table.add_row(name, description, command)
-    out.print(table)
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("description", min_width=30)
+    table.add_column("command", no_wrap=True, min_width=longest)  # the column people copy: never cut
+    for name, (command, description) in summaries.items():
+        table.add_row(escape(name), escape(description), escape(command))
+    # Piped, rich assumes 80 columns; widen to what the whole commands need.
+    wide = max(out.width, max(map(len, recipes), default=0) + longest + 40)
+    (out if out.is_terminal else Console(highlight=False, width=wide)).print(table)
     return 0
 
 

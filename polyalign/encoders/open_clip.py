@@ -21,7 +21,7 @@ from polyalign.core.layer_groups import named_layer_groups
 
 from .files import local_weights_file, refuse_download
 from .image import read_image, timm_layer_groups
-from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
+from .lora import LoraOptions, add_lora, base_network, check_not_frozen, lora_requirements, merge_lora
 from .text import example_texts, read_text
 
 CONFIG_FILE = "open_clip_config.json"  # open_clip's model folder: this file beside the weights
@@ -49,6 +49,10 @@ class OpenClipConfig(BaseModel):
     _no_download = field_validator("pretrained")(refuse_download)
 
     _lora_trains = model_validator(mode="after")(check_not_frozen)
+
+    def requires(self) -> dict[str, str]:
+        """Modules these options need beyond polyalign's own: peft for lora."""
+        return lora_requirements(self.lora)
 
 
 def architecture(model: str) -> tuple[str, dict[str, Any]]:
