@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import polyalign
 from polyalign.core.errors import PolyalignError
-from polyalign.core.json_file import MAX_DEPTH, JsonError, parse_json, read_json
+from polyalign.core.json_file import MAX_DEPTH, JsonError, nesting, parse_json, read_json
 from polyalign.plugins.datasets.brace_count import count_expansions
 from polyalign.training.feature_cache import FeatureLookup
 from polyalign.training.input_cache import value_key
@@ -39,6 +39,25 @@ def test_every_json_polyalign_reads_goes_through_the_bounded_reader():
 def test_json_nested_up_to_the_bound_is_read(depth):
     assert parse_json("[" * depth + "]" * depth, "x") is not None
     assert parse_json('{"a": ' * depth + "1" + "}" * depth, "x") is not None
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\a,:'),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                                 max_size=3),
+                     max_leaves=30)
+
+
+def _depth(value) -> int:
+    if not isinstance(value, (dict, list)):
+        return 0
+    return 1 + max([_depth(v) for v in (value.values() if isinstance(value, dict) else value)], default=0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_nesting_is_counted_in_the_text_as_deep_as_the_tree(value):
+    """Brackets inside strings (and escaped quotes) do not count."""
+    assert nesting(json.dumps(value)) == _depth(value)
 
 
 @pytest.mark.parametrize("text, fragment", [
