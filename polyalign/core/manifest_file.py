@@ -81,9 +81,8 @@ def parse_cell(text: str, where: str) -> Any:
         try:
             return parse_json(stripped, where)
         except JsonError as exc:  # not JSON, nested too deeply, an integer of 5000 digits...
-            reason = str(exc).removeprefix(f"{where}: ")
-            raise ManifestError(f"{where}: a cell starting with {stripped[0]!r} must be JSON ({reason}); quote "
-                                f"text that is not") from None
+            raise ManifestError(f"{exc}; a cell starting with {stripped[0]!r} is read as JSON: quote text "
+                                f"that is not") from None
     return text
 
 
