@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from polyalign.core.errors import PluginError, PolyalignError
+from polyalign.core.json_file import parse_json
 from polyalign.core.plugins import default_plugins
 from polyalign.inference.model_card import requirements
 from polyalign.inference.retrieval import show_value
@@ -58,7 +59,7 @@ class ServeSettings:
     @classmethod
     def from_json(cls, text: str) -> ServeSettings:
         """Settings written by :meth:`to_json`."""
-        raw = json.loads(text)
+        raw = parse_json(text, "serve settings")
         return cls(**{**raw, "limits": Limits(**raw["limits"])})
 
 

@@ -4,7 +4,6 @@ reaches an encoder (which would read it as a path on the server's disk)."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import PurePosixPath
@@ -12,6 +11,7 @@ from typing import Any
 
 from polyalign.core.encoder import FileBytes
 from polyalign.core.errors import PolyalignError, cut, shown
+from polyalign.core.json_file import JsonError, parse_json
 from polyalign.core.manifest_file import parse_cell
 
 # what an upload without a usable file name is taken to be, from its content type
@@ -87,9 +87,9 @@ def upload_value(data: bytes, filename: str | None, content_type: str | None) ->
 def read_json(body: bytes) -> Any:
     """A request body as JSON, or a 400 saying why it is not."""
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deeply
-        raise RequestError(400, f"the body is not valid JSON ({cut(str(exc), 200)}); send "
+        return parse_json(body, "body")
+    except JsonError as exc:  # not JSON, not UTF-8, nested too deeply (the bounded reader's message)
+        raise RequestError(400, f"the body is not valid JSON ({cut(str(exc).removeprefix('body: '), 200)}); send "
                                 f"Content-Type: application/json or multipart/form-data") from None
 
 

@@ -165,7 +165,7 @@ def _sizes_file(folder: Path) -> dict[str, int]:
     except JsonError as exc:
         raise PolyalignError(f"{exc}; delete it to have the shards counted, or write it again with "
                              f"`polyalign shards`") from None
-    if not isinstance(sizes, dict) or not all(isinstance(v, int) and v >= 0 for v in sizes.values()):
+    if not isinstance(sizes, dict) or not all(type(v) is int and v >= 0 for v in sizes.values()):
         raise PolyalignError(f"{file}: expected {{shard file name: number of samples}}")
     return sizes
 
