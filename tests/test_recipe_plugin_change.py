@@ -23,8 +23,9 @@ def test_changing_the_loss_plugin_drops_the_old_plugins_options_and_names_them()
 
 
 def test_options_the_new_plugin_shares_are_kept_and_ones_given_on_the_command_line_are_checked():
-    recipe = polyalign.load_recipe(SYMILE, ["loss={plugin: symile, negatives: n, temperature: 0.2}",
-                                            "loss.plugin=clip"])
+    with pytest.warns(UserWarning, match=r"\(negatives: \"n\"\)"):
+        recipe = polyalign.load_recipe(SYMILE, ["loss={plugin: symile, negatives: n, temperature: 0.2}",
+                                                "loss.plugin=clip"])
     assert recipe.losses[0].options()["temperature"] == pytest.approx(0.2)  # a LossConfig field clip takes too
     with pytest.raises(RecipeError, match="loss.negatives"):  # set on purpose: an error, not dropped
         polyalign.load_recipe(SYMILE, ["loss.plugin=clip", "loss.negatives=n"])
