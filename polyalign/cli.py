@@ -339,6 +339,40 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from polyalign.shipped import resolve_recipe_path
+
+    if args.status:
+        from polyalign.sweep.progress import sweep_progress
+
+        out.print(sweep_progress(args.status).text(), markup=False, soft_wrap=True)
+        return 0
+    if args.recipe is None:
+        raise PolyalignError("sweep needs a RECIPE (a path or a name from `polyalign recipes`), or --status SWEEP_DIR")
+    from polyalign.sweep.launchers import SlurmOptions
+
+    slurm = SlurmOptions(args.partition, args.time, args.gpus_per_node, args.cpus_per_task, args.mem_gb)
+    echo = lambda line: out.print(line, markup=False, soft_wrap=True, highlight=False)  # noqa: E731
+    recipe = resolve_recipe_path(args.recipe)
+    if args.search:
+        from polyalign.sweep.search import run_search
+
+        found = run_search(recipe, args.grid or [], args.trials, args.metric, args.direction, args.overrides,
+                           args.out, args.jobs, args.threads, args.launcher, slurm, echo)
+        out.print(found.text(), markup=False, soft_wrap=True)
+        return 0
+    from polyalign.sweep.plan import parse_grid
+    from polyalign.sweep.runner import run_sweep
+
+    result = run_sweep(recipe, parse_grid(args.grid), args.seeds, args.overrides, args.out, args.jobs,
+                       args.threads, args.launcher, slurm, echo)
+    if result.failed:
+        raise PolyalignError(f"{len(result.failed)} run(s) of the sweep failed (their errors above and in "
+                             f"{result.sweep_dir}/runs/*/*/status.json); the same command tries them again")
+    echo(f"sweep directory: {result.sweep_dir}\ncompare its configurations: polyalign compare {result.sweep_dir}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``polyalign``."""
     p = _Parser(prog="polyalign", description="Contrastive learning over any number of modalities.")
@@ -472,6 +506,35 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", metavar="FILE.png",
                     help="default: RUN_DIR/training.png for one run, ./training.png for several")
     pt.set_defaults(func=cmd_plot)
+    sw = sub.add_parser("sweep", help="run a recipe's grid x seeds (or an Optuna search) as runs in one sweep "
+                                      "directory; resumable; --status DIR shows its progress")
+    sw.add_argument("recipe", nargs="?", help="recipe file or shipped recipe name")
+    sw.add_argument("overrides", nargs="*", help="key.path=value overrides every run shares")
+    sw.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                    help="values of one key (repeatable: the runs are every combination); with --search optuna "
+                         "also KEY=LOW..HIGH or KEY=LOW..HIGH/log for a range")
+    sw.add_argument("--seeds", type=_count(1), default=1, help="seeds per configuration: S, S+1, ... from the "
+                                                              "recipe's seed S (default 1)")
+    sw.add_argument("--jobs", type=_count(1), default=1, help="runs at once (default 1)")
+    sw.add_argument("--threads", type=_count(1), help="threads per run (default: the cores shared by the jobs)")
+    sw.add_argument("--out", metavar="SWEEP_DIR", help="the sweep directory (default: sweeps/<recipe name>)")
+    sw.add_argument("--launcher", choices=["local", "submitit-local", "slurm"], default="local",
+                    help="local = processes here; submitit-local / slurm = submitit jobs (pip install "
+                         "'polyalign[sweep]'; for slurm the sweep directory must be on shared storage)")
+    sw.add_argument("--partition", help="slurm: partition")
+    sw.add_argument("--time", type=_count(1), default=60, metavar="MINUTES", help="slurm: time limit per run")
+    sw.add_argument("--gpus-per-node", type=_count(0), default=0, help="slurm: GPUs per run")
+    sw.add_argument("--cpus-per-task", type=_count(1), help="slurm: CPUs per run (default: --threads)")
+    sw.add_argument("--mem-gb", type=float, help="slurm: memory per run")
+    sw.add_argument("--status", metavar="SWEEP_DIR", help="show a sweep's runs done, running, failed, and the "
+                                                          "time left; runs nothing")
+    sw.add_argument("--search", choices=["optuna"], help="search the --grid space with Optuna (TPE, pruning on "
+                                                         "the validation loss) instead of running every point")
+    sw.add_argument("--trials", type=_count(1), default=20, help="--search: trials in all (default 20)")
+    sw.add_argument("--metric", metavar="ROW", help="--search: the evaluation row to optimise on the validation "
+                                                    "split, e.g. zero_shot/b_from_a+c/accuracy")
+    sw.add_argument("--direction", choices=["maximize", "minimize"], default="maximize")
+    sw.set_defaults(func=cmd_sweep)
     for command in sub.choices.values():  # `polyalign train --debug ...` as well as `polyalign --debug train ...`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return p

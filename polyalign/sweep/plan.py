@@ -1,0 +1,186 @@
+"""What a sweep runs: the grid of ``key=value`` overrides times seeds, and its manifest ``sweep.json``."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polyalign.core.atomic import atomic_write_text
+from polyalign.core.errors import PolyalignError, shown
+
+MANIFEST = "sweep.json"
+RUNS_DIR = "runs"
+STATUS_FILE = "status.json"
+OUTPUT_FILE = "output.log"
+VERSION = 1
+
+
+@dataclass
+class RunSpec:
+    """One run of a sweep: its configuration (the grid's overrides) and seed; ``id`` names its slot folder."""
+
+    id: str
+    config: str
+    overrides: list[str]
+    seed: int
+
+
+@dataclass
+class SweepPlan:
+    """A sweep: the recipe, the overrides every run shares, the grid, the seeds and the runs."""
+
+    recipe: str
+    recipe_sha256: str
+    overrides: list[str]
+    grid: dict[str, list[str]]
+    seeds: list[int]
+    cwd: str
+    runs: list[RunSpec] = field(default_factory=list)
+    search: dict[str, Any] | None = None
+
+    def run(self, run_id: str) -> RunSpec:
+        """The run called ``run_id``."""
+        for r in self.runs:
+            if r.id == run_id:
+                return r
+        raise PolyalignError(f"the sweep has no run {run_id!r}")
+
+    def all_overrides(self, spec: RunSpec) -> list[str]:
+        """Every override of a run: the shared ones, its configuration's, its seed."""
+        return [*self.overrides, *spec.overrides, f"seed={spec.seed}"]
+
+
+def split_values(text: str) -> list[str]:
+    """``V1,V2,...`` split at the commas outside brackets, braces and quotes (``[a, b],c`` is two values)."""
+    values, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            values.append(text[start:i].strip())
+            start = i + 1
+    values.append(text[start:].strip())
+    return values
+
+
+def parse_grid(items: list[str] | None) -> dict[str, list[str]]:
+    """``["loss.plugin=symile,clip", "train.lr=0.01,0.1"]`` -> ``{"loss.plugin": ["symile", "clip"], ...}``."""
+    grid: dict[str, list[str]] = {}
+    for item in items or []:
+        key, sep, rest = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise PolyalignError(f"--grid {shown(item)}: give KEY=V1,V2,... (e.g. --grid loss.plugin=symile,clip)")
+        if key == "seed":
+            raise PolyalignError("--grid seed=...: seeds are set with --seeds N (seeds S, S+1, ... from the "
+                                 "recipe's seed S)")
+        if key in grid:
+            raise PolyalignError(f"--grid {key} is given twice; give all its values in one --grid {key}=V1,V2")
+        values = split_values(rest)
+        if any(v == "" for v in values) or len(set(values)) != len(values):
+            raise PolyalignError(f"--grid {shown(item)}: the values must be distinct and not empty")
+        grid[key] = values
+    return grid
+
+
+def config_name(overrides: list[str]) -> str:
+    """A configuration's folder name: its overrides joined by ',' (``base`` for none); characters a
+    file name should not hold become '_', and a long name ends with a hash to stay unique."""
+    if not overrides:
+        return "base"
+    text = ",".join(overrides)
+    name = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", text)
+    if len(name) > 100 or name != text:
+        name = name[:80] + "-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+    return name
+
+
+def grid_runs(grid: dict[str, list[str]], seeds: list[int]) -> list[RunSpec]:
+    """The runs of a grid: every combination of values (first key slowest) times every seed."""
+    runs = []
+    for combo in itertools.product(*grid.values()):
+        overrides = [f"{k}={v}" for k, v in zip(grid, combo)]
+        config = config_name(overrides)
+        runs += [RunSpec(f"{config}/seed-{s}", config, overrides, s) for s in seeds]
+    return runs
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (to notice a recipe edited between two calls of one sweep)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def new_plan(recipe: Path, overrides: list[str], grid: dict[str, list[str]], seeds: list[int],
+             search: dict[str, Any] | None = None) -> SweepPlan:
+    """A plan for ``recipe`` (its absolute path recorded, and the folder the command ran in)."""
+    recipe = Path(recipe).resolve()
+    plan = SweepPlan(str(recipe), file_sha256(recipe), list(overrides), grid, seeds, os.getcwd(), search=search)
+    if search is None:
+        plan.runs = grid_runs(grid, seeds)
+    return plan
+
+
+def slot_dir(sweep_dir: Path, spec: RunSpec) -> Path:
+    """The folder of one run of the sweep (its run directory and status inside)."""
+    return Path(sweep_dir) / RUNS_DIR / spec.id
+
+
+def _plan_from(raw: dict[str, Any]) -> SweepPlan:
+    runs = [RunSpec(**r) for r in raw.pop("runs")]
+    raw.pop("version", None)
+    return SweepPlan(**raw, runs=runs)
+
+
+def read_plan(sweep_dir: Path) -> SweepPlan:
+    """The plan recorded in ``sweep_dir/sweep.json``."""
+    path = Path(sweep_dir) / MANIFEST
+    if not path.is_file():
+        raise PolyalignError(f"{sweep_dir} is not a sweep directory (no {MANIFEST}); `polyalign sweep RECIPE "
+                             f"--grid KEY=V1,V2 --seeds N --out {sweep_dir}` makes one")
+    try:
+        return _plan_from(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PolyalignError(f"{path} is not a sweep manifest polyalign wrote ({exc})") from None
+
+
+def write_plan(sweep_dir: Path, plan: SweepPlan) -> None:
+    """Write ``sweep.json`` (atomically)."""
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps({"version": VERSION, **asdict(plan)}, indent=2) + "\n")
+
+
+def merge_plan(sweep_dir: Path, plan: SweepPlan) -> SweepPlan:
+    """``plan`` recorded in ``sweep_dir``: a new sweep, or the same sweep called again (its runs and any
+    new grid values or seeds). Refuses a folder that holds a sweep of another recipe or overrides."""
+    if not (Path(sweep_dir) / MANIFEST).is_file():
+        write_plan(sweep_dir, plan)
+        return plan
+    old = read_plan(sweep_dir)
+    if (old.recipe, old.recipe_sha256, old.overrides) != (plan.recipe, plan.recipe_sha256, plan.overrides):
+        what = ("the recipe file changed since" if old.recipe == plan.recipe and old.overrides == plan.overrides
+                else f"it holds a sweep of {old.recipe} {' '.join(old.overrides)}".rstrip())
+        raise PolyalignError(f"{sweep_dir}: {what}; the runs there would not be runs of this command. Give "
+                             f"another --out for a new sweep")
+    if (old.search is None) != (plan.search is None):
+        raise PolyalignError(f"{sweep_dir} holds a {'grid' if old.search is None else 'search'}; give another "
+                             f"--out for a {'search' if plan.search else 'grid'}")
+    known = {r.id for r in old.runs}
+    old.runs += [r for r in plan.runs if r.id not in known]
+    for k, values in plan.grid.items():
+        old.grid[k] = list(dict.fromkeys([*old.grid.get(k, []), *values]))
+    old.seeds = sorted({*old.seeds, *plan.seeds})
+    old.search = plan.search
+    write_plan(sweep_dir, old)
+    return old
