@@ -118,9 +118,67 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_lines(title: str, header: list[str], lines: list[list[str]], caption: str, n_left: int) -> None:
+    table = Table(title=escape(title), caption=escape(caption))
+    for i, c in enumerate(header):
+        table.add_column(escape(c), justify="left" if i < n_left else "right", overflow="fold")
+    for line in lines:
+        table.add_row(*map(escape, line))
+    out.print(table)
+
+
+def _compare_paired(args: argparse.Namespace) -> int:
+    from polyalign.evaluation.aggregate import run_dirs_in
+    from polyalign.evaluation.paired import PAIRED_HEADER, RESAMPLES, paired_test, write_paired
+    from polyalign.sweep.plan import is_sweep_dir, sweep_groups
+
+    if len(args.run_dirs) == 1 and is_sweep_dir(args.run_dirs[0]):
+        groups = {k: v for k, v in sweep_groups(args.run_dirs[0]).items() if v}
+        if len(groups) != 2:
+            raise PolyalignError(f"--paired on a sweep compares its two configurations; {args.run_dirs[0]} has "
+                                 f"{len(groups)} ({', '.join(groups)}). Give two: polyalign compare --paired "
+                                 f"{args.run_dirs[0]}/runs/CONFIG_A {args.run_dirs[0]}/runs/CONFIG_B")
+        (a_label, a), (b_label, b) = groups.items()
+    elif len(args.run_dirs) == 2:
+        (a_label, b_label), (a, b) = args.run_dirs, [run_dirs_in(d) for d in args.run_dirs]
+    else:
+        raise PolyalignError("--paired compares two sides: give A B (each a run directory or a folder of runs, "
+                             "such as a sweep's runs/CONFIG), or one sweep directory of two configurations")
+    rows = [r for metric in args.metric or ["accuracy"] for r in paired_test(a, b, metric)]
+    _print_lines("paired comparison", PAIRED_HEADER, [r.line() for r in rows],
+                 f"A = {a_label}; B = {b_label}; interval: paired bootstrap over seeds and tuples; p: paired "
+                 f"permutation test ({RESAMPLES} sign flips)", 4)
+    files = write_paired(rows, a_label, b_label, args.out)
+    out.print("table: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _compare_groups(args: argparse.Namespace) -> int:
+    from polyalign.evaluation.aggregate import aggregate_groups, run_dirs_in
+    from polyalign.sweep.plan import is_sweep_dir, sweep_groups
+
+    groups: dict[str, list] = {}
+    for d in args.run_dirs:
+        found = sweep_groups(d) if is_sweep_dir(d) else {str(d): run_dirs_in(d)}
+        groups.update({(f"{Path(d).name}: {k}" if len(args.run_dirs) > 1 else k): v for k, v in found.items()})
+    result = aggregate_groups(groups, args.out, args.metric)
+    header, lines = result.lines()
+    _print_lines("comparison of configurations", header, lines,
+                 "mean over the runs (seeds) [95% Student-t interval of the mean]", 2 + len(result.ids))
+    for reason in result.skipped:
+        err.print(f"[yellow]skipped:[/yellow] {escape(reason)}", soft_wrap=True)
+    out.print("tables and plot: " + ", ".join(str(f) for f in result.files))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
+    from polyalign.core.run_files import RECIPE_FILE
     from polyalign.evaluation.compare import compare_runs
 
+    if args.paired:
+        return _compare_paired(args)
+    if any(not (Path(d) / RECIPE_FILE).is_file() and Path(d).is_dir() for d in args.run_dirs):
+        return _compare_groups(args)  # a sweep or a folder of runs: configurations aggregated over their runs
     result = compare_runs(args.run_dirs, args.out, args.metric)
     table = Table(title="comparison", caption=escape("value [bootstrap interval]; — = no such row in that run"))
     for i, c in enumerate(result.header):
@@ -394,10 +452,16 @@ def parser() -> argparse.ArgumentParser:
                         "'{plugin: missing_modality, targets: all}'); repeatable")
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("compare", help="compare the evaluation reports of several runs: one table, one plot")
-    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c = sub.add_parser("compare", help="compare the evaluation reports of several runs: one table, one plot; a "
+                                       "sweep directory: mean and 95%% interval over seeds per configuration")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or a sweep directory (or a "
+                                                                  "folder of runs) to aggregate over seeds")
     c.add_argument("--out", default=".", help="folder for compare.md and compare.png (default: current folder)")
-    c.add_argument("--metric", action="append", help="only this metric (repeatable; default: every metric)")
+    c.add_argument("--metric", action="append", help="only this metric (repeatable; default: every metric; "
+                                                     "with --paired: accuracy)")
+    c.add_argument("--paired", action="store_true",
+                   help="test A against B on the same test tuples (runs matched by seed): difference, 95%% "
+                        "interval (paired bootstrap) and p-value (paired permutation test)")
     c.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("validate", help="check a recipe and report every problem at once")

@@ -57,8 +57,9 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
                 metrics = trainer.fit()
                 parts = trainer.evaluation_parts()
                 if dist.is_main:
-                    rows = run_evaluators(recipe, parts, plugins, trainer.device, split="test")
-                    write_report(run_dir, rows)
+                    ranks: list = []
+                    rows = run_evaluators(recipe, parts, plugins, trainer.device, split="test", ranks=ranks)
+                    write_report(run_dir, rows, ranks)
                     plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split="test")
                     plugins.pm.hook.on_train_end(run_dir=run_dir, metrics=metrics)
                 finish_distributed()

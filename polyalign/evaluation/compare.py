@@ -141,7 +141,8 @@ def _collect(runs: list[RunReport]) -> tuple[list[tuple], dict[tuple, dict[int, 
     return keys, bars, curves
 
 
-def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tuple, dict[int, dict]]) -> None:
+def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tuple, dict[int, dict]],
+               interval: str) -> None:
     width = 0.8 / len(runs)
     for i, run in enumerate(runs):
         xs, ys, lo, hi = [], [], [], []
@@ -167,7 +168,7 @@ def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tup
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("target ← query modalities")
     ax.set_ylabel(METRIC_LABEL)
-    ax.set_title("Zero-shot accuracy from each query subset (error bars: bootstrap interval)", fontsize=10)
+    ax.set_title(f"Zero-shot accuracy from each query subset (error bars: {interval})", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
@@ -199,9 +200,10 @@ def _curve_panel(ax: Any, runs: list[RunReport], target: str, per_run: dict[int,
     ax.legend(fontsize=7, loc="best")
 
 
-def plot_comparison(runs: list[RunReport], path: Path) -> Path | None:
+def plot_comparison(runs: list[RunReport], path: Path, interval: str = "bootstrap interval") -> Path | None:
     """Grouped bars of accuracy per (target, query subset), and accuracy-vs-dropout curves per
-    target, one colour per run (line style and marker: the dropped modality)."""
+    target, one colour per run (line style and marker: the dropped modality); ``interval`` names
+    what the error bars are."""
     keys, bars, curves = _collect(runs)
     if not keys and not curves:
         return None
@@ -213,7 +215,7 @@ def plot_comparison(runs: list[RunReport], path: Path) -> Path | None:
     subfigs = fig.subfigures(len(parts), 1, height_ratios=[h for _, h in parts], squeeze=False)[:, 0]
     for sub, (kind, _) in zip(subfigs, parts):
         if kind == "bars":
-            _bar_panel(sub.subplots(), runs, keys, bars)
+            _bar_panel(sub.subplots(), runs, keys, bars, interval)
             continue
         axes = sub.subplots(crow, ncols, squeeze=False).ravel()
         for ax, (target, per_run) in zip(axes, curves.items()):

@@ -15,7 +15,7 @@ from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.evaluator import EvalContext, report_markdown, row_problem
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe, validate_recipe
-from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
+from polyalign.core.run_files import RANKS_JSON, RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
 from polyalign.core.weights import load_weights, run_checkpoint
 
 from .report_plots import write_plots
@@ -31,9 +31,10 @@ def check_eval_split(recipe: Recipe, parts: Assembled, split: str = "test") -> N
 
 
 def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: torch.device,
-                   split: str = "test") -> list[dict[str, Any]]:
-    """Run every evaluator of the recipe on ``split``; return all rows."""
-    ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed)
+                   split: str = "test", ranks: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Run every evaluator of the recipe on ``split``; return all rows (and append the per-query ranks
+    the evaluators record to ``ranks`` when given)."""
+    ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed, ranks)
     rows: list[dict[str, Any]] = []
     for i, node in enumerate(recipe.eval):
         evaluator = plugins.build("evaluator", node.plugin, **node.options())
@@ -49,10 +50,13 @@ def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: t
     return rows
 
 
-def write_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write ``eval/report.json``, ``eval/report.md`` and the PNG plots; return the folder."""
+def write_report(run_dir: Path, rows: list[dict[str, Any]], ranks: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``eval/report.json``, ``eval/report.md``, the PNG plots and (when given) the per-query ranks
+    ``eval/ranks.json``; return the folder."""
     out = Path(run_dir) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
+    if ranks is not None:  # before report.json: a run whose report exists has both
+        atomic_write_text(out / RANKS_JSON, json.dumps(ranks) + "\n")
     atomic_write_text(out / REPORT_JSON, json.dumps(rows, indent=2) + "\n")
     plots = write_plots(out, rows, Path(run_dir).name)
     markdown = report_markdown(rows, f"Evaluation of {Path(run_dir).name}")
@@ -78,7 +82,8 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
     device = pick_device(recipe.train.device)
     parts.model.to(device)
     parts.loss.to(device)
-    rows = run_evaluators(recipe, parts, plugins, device, split)
-    write_report(run_dir, rows)
+    ranks: list[dict[str, Any]] = []
+    rows = run_evaluators(recipe, parts, plugins, device, split, ranks)
+    write_report(run_dir, rows, ranks)
     plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split=split)
     return rows

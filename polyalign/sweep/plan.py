@@ -184,3 +184,23 @@ def merge_plan(sweep_dir: Path, plan: SweepPlan) -> SweepPlan:
     old.search = plan.search
     write_plan(sweep_dir, old)
     return old
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a sweep (its ``sweep.json``)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def sweep_groups(sweep_dir: str | Path) -> dict[str, list[Path]]:
+    """The run directories of a sweep by configuration (the grid's overrides, e.g. ``loss.plugin=clip``),
+    in the manifest's order; runs never started are left out."""
+    from .worker import find_run_dir
+
+    plan = read_plan(Path(sweep_dir))
+    groups: dict[str, list[Path]] = {}
+    for spec in plan.runs:
+        run_dir = find_run_dir(slot_dir(Path(sweep_dir), spec))
+        groups.setdefault(spec.config, [])
+        if run_dir is not None:
+            groups[spec.config].append(run_dir)
+    return groups
