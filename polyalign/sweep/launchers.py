@@ -7,7 +7,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,20 +47,21 @@ def threads_per_run(jobs: int, threads: int | None = None) -> int:
     return threads or max(1, len(usable_cores()) // jobs)
 
 
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when its parent dies (a sweep killed with -9 leaves no run going on)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+def _die_with(sweep_alive: Any) -> None:
+    """End this process (SIGKILL, as the sweep got) once the sweep process is gone: ``sweep_alive`` is the
+    read end of a pipe whose only write end the sweep holds, so reading it ends when the sweep ends."""
+    def watch() -> None:
+        try:
+            sweep_alive.recv()
+        except (EOFError, OSError):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
 
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the call
-        os._exit(1)
+    threading.Thread(target=watch, name="polyalign-sweep-watch", daemon=True).start()
 
 
-def _child(sweep_dir: str, run_id: str, threads: int, cores: list[int] | None) -> None:
-    _die_with_parent()
+def _child(sweep_dir: str, run_id: str, threads: int, cores: list[int] | None, sweep_alive: Any) -> None:
+    _die_with(sweep_alive)
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
     run_slot_logged(sweep_dir, run_id, threads)
@@ -82,8 +83,9 @@ def _ended(sweep_dir: Path, run_id: str, exitcode: int | None) -> dict[str, Any]
 
 def launch_local(sweep_dir: Path, run_ids: list[str], jobs: int, threads: int, report: Report) -> None:
     """Run ``run_ids`` as processes on this machine, ``jobs`` at a time, each pinned to its own share of
-    the cores (when there are enough) with ``threads`` threads; each dies with this process."""
+    the cores (when there are enough) with ``threads`` threads; each dies with this process, however it ends."""
     ctx = multiprocessing.get_context("forkserver")
+    sweep_alive, keep_open = ctx.Pipe(duplex=False)  # this process holds the only write end
     ctx.set_forkserver_preload(["polyalign.run", "polyalign.sweep.worker"])  # imported once, forked per run
     cores = usable_cores()
     pinned = len(cores) >= jobs * threads
@@ -95,7 +97,7 @@ def launch_local(sweep_dir: Path, run_ids: list[str], jobs: int, threads: int, r
             while todo and free:
                 j, run_id = free.pop(0), todo.pop(0)
                 share = cores[j * threads:(j + 1) * threads] if pinned else None
-                proc = ctx.Process(target=_child, args=(str(sweep_dir), run_id, threads, share),
+                proc = ctx.Process(target=_child, args=(str(sweep_dir), run_id, threads, share, sweep_alive),
                                    name=f"polyalign sweep {run_id}")
                 proc.start()
                 active[proc.sentinel] = (proc, run_id, j)
@@ -109,6 +111,8 @@ def launch_local(sweep_dir: Path, run_ids: list[str], jobs: int, threads: int, r
             proc.terminate()
         for proc, _, _ in active.values():
             proc.join()
+        sweep_alive.close()
+        keep_open.close()
 
 
 def _submitit_executor(sweep_dir: Path, cluster: str, jobs: int, threads: int, slurm: SlurmOptions) -> Any:
