@@ -60,11 +60,12 @@ def _die_with(sweep_alive: Any) -> None:
     threading.Thread(target=watch, name="polyalign-sweep-watch", daemon=True).start()
 
 
-def _child(sweep_dir: str, run_id: str, threads: int, cores: list[int] | None, sweep_alive: Any) -> None:
+def _child(work: Callable[[str, str, int], Any], sweep_dir: str, run_id: str, threads: int,
+           cores: list[int] | None, sweep_alive: Any) -> None:
     _die_with(sweep_alive)
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
-    run_slot_logged(sweep_dir, run_id, threads)
+    work(sweep_dir, run_id, threads)
 
 
 def _ended(sweep_dir: Path, run_id: str, exitcode: int | None) -> dict[str, Any]:
@@ -81,9 +82,13 @@ def _ended(sweep_dir: Path, run_id: str, exitcode: int | None) -> dict[str, Any]
     return status
 
 
-def launch_local(sweep_dir: Path, run_ids: list[str], jobs: int, threads: int, report: Report) -> None:
-    """Run ``run_ids`` as processes on this machine, ``jobs`` at a time, each pinned to its own share of
-    the cores (when there are enough) with ``threads`` threads; each dies with this process, however it ends."""
+def launch_local(sweep_dir: Path, run_ids: list[str], jobs: int, threads: int, report: Report,
+                 work: Callable[[str, str, int], Any] = run_slot_logged,
+                 ended: Callable[[Path, str, int | None], dict[str, Any]] | None = None) -> None:
+    """Run ``work(sweep_dir, run_id, threads)`` for each of ``run_ids`` as processes on this machine, ``jobs``
+    at a time, each pinned to its own share of the cores (when there are enough) with ``threads`` threads;
+    each dies with this process, however it ends. ``ended`` gives a run's status from its exit code."""
+    ended = ended or _ended
     ctx = multiprocessing.get_context("forkserver")
     sweep_alive, keep_open = ctx.Pipe(duplex=False)  # this process holds the only write end
     ctx.set_forkserver_preload(["polyalign.run", "polyalign.sweep.worker"])  # imported once, forked per run
@@ -97,7 +102,7 @@ def launch_local(sweep_dir: Path, run_ids: list[str], jobs: int, threads: int, r
             while todo and free:
                 j, run_id = free.pop(0), todo.pop(0)
                 share = cores[j * threads:(j + 1) * threads] if pinned else None
-                proc = ctx.Process(target=_child, args=(str(sweep_dir), run_id, threads, share, sweep_alive),
+                proc = ctx.Process(target=_child, args=(work, str(sweep_dir), run_id, threads, share, sweep_alive),
                                    name=f"polyalign sweep {run_id}")
                 proc.start()
                 active[proc.sentinel] = (proc, run_id, j)
@@ -105,7 +110,7 @@ def launch_local(sweep_dir: Path, run_ids: list[str], jobs: int, threads: int, r
                 proc, run_id, j = active.pop(sentinel)
                 proc.join()
                 free.append(j)
-                report(run_id, _ended(sweep_dir, run_id, proc.exitcode))
+                report(run_id, ended(sweep_dir, run_id, proc.exitcode))
     finally:
         for proc, _, _ in active.values():  # interrupted: stop the runs (resumed by the next call)
             proc.terminate()

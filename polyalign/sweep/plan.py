@@ -197,6 +197,9 @@ def sweep_groups(sweep_dir: str | Path) -> dict[str, list[Path]]:
     from .worker import find_run_dir
 
     plan = read_plan(Path(sweep_dir))
+    if plan.search is not None:  # a search: each trial its own configuration
+        return {slot.name: [run] for slot in sorted((Path(sweep_dir) / RUNS_DIR).glob("trial-*"))
+                if (run := find_run_dir(slot)) is not None}
     groups: dict[str, list[Path]] = {}
     for spec in plan.runs:
         run_dir = find_run_dir(slot_dir(Path(sweep_dir), spec))
