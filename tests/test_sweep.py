@@ -164,3 +164,45 @@ def test_a_sweep_refuses_a_folder_of_another_sweep_and_reports_every_bad_run_bef
         merge_plan(sweep, new_plan(SYMILE, SMALL[:-1], {}, [0]))
     assert main(["sweep", str(SYMILE), "--grid", "nokey"]) == 2
     assert "KEY=V1,V2" in capsys.readouterr().err
+
+
+def test_optuna_search_on_sqlite_writes_the_best_recipe_and_the_same_command_adds_no_trial(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from polyalign.sweep.search import parse_space, run_search
+
+    space = ["loss.plugin=symile,clip", "train.lr=0.01..0.1/log"]
+    assert parse_space(space + ["train.epochs=1..3"])["train.epochs"] == {"kind": "int", "low": 1, "high": 3,
+                                                                          "log": False}
+    with pytest.raises(PolyalignError, match="LOW < HIGH"):
+        parse_space(["train.lr=0.1..0.01"])
+    out = tmp_path / "search"
+    args = (SYMILE, space, 3, "zero_shot/b_from_a+c/accuracy", "maximize", SMALL, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_search(*args)
+    assert result.states == {"COMPLETE": 3}
+    study = optuna.load_study(study_name="xor-symile", storage=f"sqlite:///{out / 'study.db'}")
+    best = study.best_trial
+    assert result.best_value == best.value == max(t.value for t in study.trials)
+    recipe = polyalign.load_recipe(result.best_recipe)
+    assert recipe.losses[0].plugin == best.params["loss.plugin"]
+    assert recipe.train.lr == pytest.approx(best.params["train.lr"])
+    assert result.best_run == best.user_attrs["run_dir"] and (Path(result.best_run) / "eval" / "ranks.json").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run_search(*args).states == {"COMPLETE": 3}  # the same command: the study has its trials
+    assert len(sweep_groups(out)) == 3
+
+
+def test_a_trial_worse_than_the_pruner_allows_stops_after_its_first_epoch(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from polyalign.sweep.search import run_search
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_search(SYMILE, ["train.lr=0.01,0.02"], 1, "zero_shot/b_from_a+c/accuracy", "maximize", SMALL,
+                            tmp_path / "s", pruner=optuna.pruners.ThresholdPruner(upper=-1.0))  # any loss is above
+    assert result.states == {"PRUNED": 1} and result.best_recipe is None
+    (run,) = [find_run_dir(s) for s in (tmp_path / "s" / "runs").iterdir()]
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in epochs if r.get("kind") == "epoch"] == [1] and not (run / "eval").exists()
