@@ -1,5 +1,5 @@
 """The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, index, search,
-export, plot, demo-data, shards, cache."""
+export, plot, demo-data, shards, cache, sweep."""
 
 from __future__ import annotations
 
@@ -410,7 +410,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from polyalign.sweep.launchers import SlurmOptions
 
     slurm = SlurmOptions(args.partition, args.time, args.gpus_per_node, args.cpus_per_task, args.mem_gb)
-    echo = lambda line: out.print(line, markup=False, soft_wrap=True, highlight=False)  # noqa: E731
+
+    def echo(line: str) -> None:
+        out.print(line, markup=False, soft_wrap=True, highlight=False)
+
     recipe = resolve_recipe_path(args.recipe)
     if args.search:
         from polyalign.sweep.search import run_search

@@ -40,7 +40,8 @@ def test_student_t_quantiles_match_the_tables_and_the_interval_is_mean_plus_minu
     got = mean_interval([0.5, 0.6, 0.7])
     half = 4.302653 * 0.1 / math.sqrt(3)
     assert got["value"] == pytest.approx(0.6) and got["std"] == pytest.approx(0.1)
-    assert got["ci_low"] == pytest.approx(0.6 - half, abs=1e-5) and got["ci_high"] == pytest.approx(0.6 + half, abs=1e-5)
+    assert got["ci_low"] == pytest.approx(0.6 - half, abs=1e-5)
+    assert got["ci_high"] == pytest.approx(0.6 + half, abs=1e-5)
     assert "ci_low" not in mean_interval([0.3])  # one run: a mean, no interval
 
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from conftest import RECIPES
 
 import polyalign
 from polyalign.core.errors import RecipeError
-
-from conftest import RECIPES
 
 SYMILE = RECIPES / "xor-symile.yaml"
 
 
 def test_changing_the_loss_plugin_drops_the_old_plugins_options_and_names_them():
-    with pytest.warns(UserWarning, match=r"loss: plugin changed from 'symile' to 'clip'; .*\(negatives: \"n_squared\"\)"):
+    with pytest.warns(UserWarning, match=r"loss: plugin changed from 'symile' to 'clip'; .*\(negatives: "):
         recipe = polyalign.load_recipe(SYMILE, ["loss.plugin=clip"])
     assert recipe.losses[0].plugin == "clip"
     assert "negatives" not in recipe.losses[0].options()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RECIPES, ROOT
 from safetensors.torch import load_file
 
 import polyalign
@@ -25,8 +26,6 @@ from polyalign.sweep.plan import config_name, grid_runs, parse_grid, read_plan, 
 from polyalign.sweep.progress import sweep_progress
 from polyalign.sweep.runner import run_sweep
 from polyalign.sweep.worker import find_run_dir, slot_busy
-
-from conftest import RECIPES, ROOT
 
 SYMILE = RECIPES / "xor-symile.yaml"
 # 4 steps of 32 per epoch, 2 epochs: a checkpoint at step 4
@@ -39,7 +38,8 @@ def test_grid_values_split_outside_brackets_and_runs_are_every_combination_times
     grid = parse_grid(["loss.plugin=symile,clip", "train.lr=0.1,0.01"])
     runs = grid_runs(grid, [0, 1])
     assert len(runs) == 8 and runs[0].overrides == ["loss.plugin=symile", "train.lr=0.1"]
-    assert [r.id for r in runs[:2]] == ["loss.plugin=symile,train.lr=0.1/seed-0", "loss.plugin=symile,train.lr=0.1/seed-1"]
+    assert [r.id for r in runs[:2]] == ["loss.plugin=symile,train.lr=0.1/seed-0",
+                                        "loss.plugin=symile,train.lr=0.1/seed-1"]
     assert config_name([]) == "base"
     assert config_name(["data.path=/a/b"]).startswith("data.path=_a_b-")  # no '/' in a folder name
     for bad, why in ((["seed=1,2"], "--seeds"), (["x=1,1"], "distinct"), (["nokey"], "KEY=V1,V2"),

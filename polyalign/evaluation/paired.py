@@ -159,10 +159,10 @@ def paired_test(a_runs: list[Path], b_runs: list[Path], metric: str = "accuracy"
         diffs = [va - vb for _, va, vb in per_seed]
         pooled = np.concatenate(diffs)
         low, high = np.quantile(paired_bootstrap(diffs, rng), [0.025, 0.975])
-        rows.append(PairedRow(task, target, list(query), metric, float(np.concatenate([v for _, v, _ in per_seed]).mean()),
-                              float(np.concatenate([v for _, _, v in per_seed]).mean()), float(pooled.mean()),
-                              float(low), float(high), sign_flip_p(pooled, rng), [s for s, _, _ in per_seed],
-                              int(pooled.size)))
+        a_mean = float(np.concatenate([v for _, v, _ in per_seed]).mean())
+        b_mean = float(np.concatenate([v for _, _, v in per_seed]).mean())
+        rows.append(PairedRow(task, target, list(query), metric, a_mean, b_mean, float(pooled.mean()), float(low),
+                              float(high), sign_flip_p(pooled, rng), [s for s, _, _ in per_seed], int(pooled.size)))
     if not rows:
         raise PolyalignError("the two sides share no evaluation row with per-tuple ranks (zero_shot and "
                              "retrieval record them)")

@@ -142,7 +142,7 @@ def _job_status(sweep_dir: Path, run_id: str, job: Any) -> dict[str, Any]:
     """A submitit job's result; a job that failed outside the run (killed, out of time) is recorded as failed."""
     try:
         return job.result()
-    except Exception as exc:  # noqa: BLE001 - recorded, the others go on
+    except Exception as exc:
         from .plan import read_plan, slot_dir
 
         slot = slot_dir(sweep_dir, read_plan(sweep_dir).run(run_id))
@@ -154,8 +154,6 @@ def launch_submitit(sweep_dir: Path, run_ids: list[str], jobs: int, threads: int
                     cluster: str = "submitit-local", slurm: SlurmOptions | None = None) -> None:
     """Run ``run_ids`` as submitit jobs: on Slurm one job array (``jobs`` at a time); with the local
     executor ``jobs`` processes at a time. Waits for every job."""
-    import time
-
     executor = _submitit_executor(sweep_dir, cluster, jobs, threads, slurm or SlurmOptions())
     if cluster == "slurm":
         n = len(run_ids)

@@ -192,8 +192,8 @@ def is_sweep_dir(path: str | Path) -> bool:
 
 
 def sweep_groups(sweep_dir: str | Path) -> dict[str, list[Path]]:
-    """The run directories of a sweep by configuration (the grid's overrides, e.g. ``loss.plugin=clip``),
-    in the manifest's order; runs never started are left out."""
+    """The run directories of a sweep by configuration, named by its grid overrides (``loss.plugin=clip``;
+    its folder under ``runs/`` may be shortened), in the manifest's order; runs never started are left out."""
     from .worker import find_run_dir
 
     plan = read_plan(Path(sweep_dir))
@@ -202,8 +202,9 @@ def sweep_groups(sweep_dir: str | Path) -> dict[str, list[Path]]:
                 if (run := find_run_dir(slot)) is not None}
     groups: dict[str, list[Path]] = {}
     for spec in plan.runs:
+        label = ", ".join(spec.overrides) or "base"
         run_dir = find_run_dir(slot_dir(Path(sweep_dir), spec))
-        groups.setdefault(spec.config, [])
+        groups.setdefault(label, [])
         if run_dir is not None:
-            groups[spec.config].append(run_dir)
+            groups[label].append(run_dir)
     return groups

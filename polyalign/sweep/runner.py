@@ -78,7 +78,10 @@ def run_sweep(recipe: str | Path, grid: dict[str, list[str]], seeds: int, overri
     result = SweepResult(sweep_dir, plan)
     result.kept = [i for i in wanted if finished(find_run_dir(slot_dir(sweep_dir, plan.run(i))))]
     todo = [i for i in wanted if i not in result.kept]
-    threads = threads_per_run(jobs, threads) if launcher != "slurm" else (threads or (slurm or SlurmOptions()).cpus_per_task or 1)
+    if launcher == "slurm":
+        threads = threads or (slurm or SlurmOptions()).cpus_per_task or 1
+    else:
+        threads = threads_per_run(jobs, threads)
     echo(f"sweep {sweep_dir}: {len(wanted)} run(s), {len(result.kept)} finished before, {len(todo)} to run "
          f"({launcher}, {jobs} at a time, {threads} thread(s) each)")
 

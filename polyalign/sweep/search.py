@@ -115,7 +115,8 @@ def _study(sweep_dir: Path, pruner: Any = None, worker: int = 0) -> Any:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = optuna.storages.RDBStorage(search["storage"], heartbeat_interval=60, grace_period=180)
     return optuna.create_study(study_name=search["study"], storage=storage, load_if_exists=True,
-                               direction=search["direction"], sampler=optuna.samplers.TPESampler(seed=plan.seeds[0] + worker),
+                               direction=search["direction"],
+                               sampler=optuna.samplers.TPESampler(seed=plan.seeds[0] + worker),
                                pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
 
 
@@ -150,7 +151,7 @@ def search_worker(sweep_dir: str | Path, worker: str = "worker-0", threads: int 
             return validation_value(run_dir, search["metric"])
         except optuna.TrialPruned:
             raise
-        except Exception as exc:  # noqa: BLE001 - recorded on the trial; the study goes on
+        except Exception as exc:
             trial.set_user_attr("error", error_text(exc))
             raise
 
@@ -240,6 +241,6 @@ def run_search(recipe: str | Path, space_items: list[str], trials: int, metric: 
         for job in [executor.submit(search_worker, str(sweep_dir), w, threads) for w in workers]:
             try:
                 job.result()
-            except Exception as exc:  # noqa: BLE001 - a worker lost; the study is intact
+            except Exception as exc:
                 echo(f"submitit job {job.job_id} failed: {str(exc).strip()[-500:]}")
     return search_result(sweep_dir)
