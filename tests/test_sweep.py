@@ -4,11 +4,9 @@ progress, and the submitit local executor."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import RECIPES, ROOT
+from crash_plugin import entry_point_env
 from safetensors.torch import load_file
 
 import polyalign
@@ -63,18 +62,6 @@ GATE_PLUGIN = """
 """
 
 
-def _gate_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for a sweep whose runs load a plugin (entry point) that holds the clip run mid-epoch."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "polyalign_gate.py").write_text(textwrap.dedent(GATE_PLUGIN))
-    info = site / "polyalign_gate-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: polyalign-gate\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[polyalign]\ngate = polyalign_gate\n")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-
-
 def _wait_for(what: str, ready, proc: subprocess.Popen | None = None, limit: float = 300) -> None:
     deadline = time.monotonic() + limit
     while not ready():
@@ -93,7 +80,7 @@ def test_kill_9_mid_sweep_then_the_same_command_finishes_every_run_and_trains_no
     sweep = tmp_path / "sweep"
     command = ["sweep", str(SYMILE), *SMALL, "--grid", "loss.plugin=symile,clip,gram", "--jobs", "1",
                "--threads", "1", "--out", str(sweep)]
-    proc = subprocess.Popen([sys.executable, "-m", "polyalign", *command], env=_gate_env(tmp_path), cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "polyalign", *command], env=entry_point_env(tmp_path, "gate", GATE_PLUGIN), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     symile, clip, gram = (sweep / "runs" / f"loss.plugin={p}" / "seed-0" for p in ("symile", "clip", "gram"))
     try:

@@ -15,7 +15,7 @@ from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
 from polyalign.core.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR
 
-from .compare import RunReport, load_run, plot_comparison
+from .compare import RunReport, load_run, out_folder, plot_comparison
 from .report_table import cell_text, hashable, identity_fields
 
 AGGREGATE_FILES = ("compare.md", "compare.csv", "compare.json", "compare.png")
@@ -151,12 +151,9 @@ def aggregate_groups(groups: dict[str, list[str | Path]], out_dir: str | Path = 
     ids = identity_fields([r for runs in loaded.values() for run in runs for r in run.rows])
     rows = {label: aggregate_rows(runs, ids, metrics) for label, runs in loaded.items()}
     if not any(rows.values()):
-        raise PolyalignError(f"the runs' reports have no rows{' with metric ' + ', '.join(metrics) if metrics else ''}")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PolyalignError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+        wanted = f" with metric {', '.join(metrics)}" if metrics else ""
+        raise PolyalignError(f"the runs' reports have no rows{wanted} to compare")
+    out = out_folder(out_dir)
     result = Aggregate(loaded, ids, rows, skipped, [])
     md, csv_path, js, png = (out / name for name in AGGREGATE_FILES)
     figure = plot_comparison([RunReport(Path(label), label, r) for label, r in rows.items()], png,

@@ -226,6 +226,16 @@ def plot_comparison(runs: list[RunReport], path: Path, interval: str = "bootstra
     return save_figure(fig, path)
 
 
+def out_folder(out_dir: str | Path) -> Path:
+    """The ``--out`` folder of a comparison, created if needed."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PolyalignError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+    return out
+
+
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = ".",
                  metrics: list[str] | None = None) -> Comparison:
     """Load each run's report, align the rows, write ``compare.md`` and ``compare.png`` to ``out_dir``."""
@@ -243,11 +253,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = ".",
     if not lines:
         wanted = f" with metric {', '.join(metrics)}" if metrics else ""
         raise PolyalignError(f"the runs' reports have no rows{wanted} to compare")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PolyalignError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+    out = out_folder(out_dir)
     figure = plot_comparison(runs, out / COMPARE_PNG)
     markdown = out / COMPARE_MD
     atomic_write_text(markdown, compare_markdown(runs, header, lines, figure.name if figure else None))

@@ -21,6 +21,8 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.run_files import RANKS_JSON, RECIPE_FILE, REPORT_DIR
 from polyalign.core.yaml_file import YamlError, read_yaml
 
+from .compare import out_folder
+
 PAIRED_MD = "paired.md"
 PAIRED_JSON = "paired.json"
 RESAMPLES = 10000
@@ -171,11 +173,10 @@ def paired_test(a_runs: list[Path], b_runs: list[Path], metric: str = "accuracy"
 
 def write_paired(rows: list[PairedRow], a_label: str, b_label: str, out_dir: str | Path) -> list[Path]:
     """``paired.md`` and ``paired.json`` in ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_folder(out_dir)
     md = ["# Paired comparison", "", f"A = {a_label}", f"B = {b_label}", "",
-          "A - B: mean over (seed, tuple) of the difference; interval: paired bootstrap over seeds and tuples; "
-          f"p: paired permutation test (two-sided, {RESAMPLES} sign flips).", "",
+          ("A - B: mean over (seed, tuple) of the difference; interval: paired bootstrap over seeds and tuples; "
+           f"p: paired permutation test (two-sided, {RESAMPLES} sign flips)."), "",
           "| " + " | ".join(PAIRED_HEADER) + " |", "|" + "---|" * len(PAIRED_HEADER)]
     md += ["| " + " | ".join(r.line()) + " |" for r in rows]
     atomic_write_text(out / PAIRED_MD, "\n".join(md) + "\n")

@@ -142,7 +142,7 @@ def _job_status(sweep_dir: Path, run_id: str, job: Any) -> dict[str, Any]:
     """A submitit job's result; a job that failed outside the run (killed, out of time) is recorded as failed."""
     try:
         return job.result()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - recorded, the others go on
         from .plan import read_plan, slot_dir
 
         slot = slot_dir(sweep_dir, read_plan(sweep_dir).run(run_id))

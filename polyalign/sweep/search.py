@@ -241,6 +241,6 @@ def run_search(recipe: str | Path, space_items: list[str], trials: int, metric: 
         for job in [executor.submit(search_worker, str(sweep_dir), w, threads) for w in workers]:
             try:
                 job.result()
-            except Exception as exc:  # a worker lost: the study keeps what it finished
+            except Exception as exc:  # noqa: BLE001 - a worker lost: the study keeps what it finished
                 echo(f"submitit job {job.job_id} failed: {str(exc).strip()[-500:]}")
     return search_result(sweep_dir)

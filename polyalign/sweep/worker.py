@@ -137,7 +137,7 @@ def run_slot(sweep_dir: str | Path, run_id: str, threads: int | None = None) -> 
             else:
                 print(f"resuming {run_dir} (attempt {attempts})", flush=True)
                 run_dir = polyalign.train(None, resume=run_dir)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed run is recorded; the sweep goes on
             traceback.print_exc()
             seconds = base["seconds_before"] + time.monotonic() - t0
             return write_status(slot, **base, state=FAILED, error=error_text(exc), seconds=seconds,
