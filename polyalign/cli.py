@@ -177,8 +177,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.paired:
         return _compare_paired(args)
-    if any(not (Path(d) / RECIPE_FILE).is_file() and Path(d).is_dir() for d in args.run_dirs):
-        return _compare_groups(args)  # a sweep or a folder of runs: configurations aggregated over their runs
+    from polyalign.sweep.plan import is_sweep_dir
+
+    folders = [Path(d).is_dir() and not (Path(d) / RECIPE_FILE).is_file() for d in args.run_dirs]
+    if all(folders) or any(is_sweep_dir(d) for d in args.run_dirs):
+        return _compare_groups(args)  # sweeps or folders of runs: configurations aggregated over their runs
     result = compare_runs(args.run_dirs, args.out, args.metric)
     table = Table(title="comparison", caption=escape("value [bootstrap interval]; — = no such row in that run"))
     for i, c in enumerate(result.header):

@@ -87,11 +87,13 @@ def run_sweep(recipe: str | Path, grid: dict[str, list[str]], seeds: int, overri
 
     def report(run_id: str, status: dict[str, Any]) -> None:
         result.ended[run_id] = status
-        n = len(result.ended)
+        spec = plan.run(run_id)
+        name = f"{', '.join(spec.overrides) or 'base'}, seed {spec.seed}"
+        head = f"[{len(result.ended)}/{len(todo)}] {status.get('state', FAILED)}: {name}"
         if status.get("state") == DONE:
-            echo(f"[{n}/{len(todo)}] done   {run_id} ({status.get('seconds', 0):.0f} s) {status.get('run_dir')}")
+            echo(f"{head} ({status.get('seconds', 0):.0f} s) {status.get('run_dir')}")
         else:
-            echo(f"[{n}/{len(todo)}] {status.get('state', FAILED)} {run_id}: {status.get('error', '')}")
+            echo(f"{head}: {status.get('error', '')}")
 
     if todo:
         if launcher == "local":
