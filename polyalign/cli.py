@@ -417,7 +417,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def echo(line: str) -> None:
         out.print(line, markup=False, soft_wrap=True, highlight=False)
 
+    from polyalign.sweep.plan import read_sweep_file
+
     recipe = resolve_recipe_path(args.recipe)
+    written = read_sweep_file(recipe) if recipe.is_file() else None
+    if written is not None:  # a sweep file: its grid, seeds and overrides, then the command line's
+        recipe, args.grid = written.recipe, [*written.grid, *(args.grid or [])]
+        args.overrides = [*written.overrides, *args.overrides]
+        args.seeds = args.seeds or written.seeds
+    args.seeds = args.seeds or 1
     if args.search:
         from polyalign.sweep.search import run_search
 
@@ -578,13 +586,14 @@ def parser() -> argparse.ArgumentParser:
     pt.set_defaults(func=cmd_plot)
     sw = sub.add_parser("sweep", help="run a recipe's grid x seeds (or an Optuna search) as runs in one sweep "
                                       "directory; resumable; --status DIR shows its progress")
-    sw.add_argument("recipe", nargs="?", help="recipe file or shipped recipe name")
+    sw.add_argument("recipe", nargs="?", help="recipe file or shipped recipe name, or a sweep file (recipe: FILE "
+                                              "and a sweep: block of grid, seeds, overrides)")
     sw.add_argument("overrides", nargs="*", help="key.path=value overrides every run shares")
     sw.add_argument("--grid", action="append", metavar="KEY=V1,V2",
                     help="values of one key (repeatable: the runs are every combination); with --search optuna "
                          "also KEY=LOW..HIGH or KEY=LOW..HIGH/log for a range")
-    sw.add_argument("--seeds", type=_count(1), default=1, help="seeds per configuration: S, S+1, ... from the "
-                                                              "recipe's seed S (default 1)")
+    sw.add_argument("--seeds", type=_count(1), help="seeds per configuration: S, S+1, ... from the recipe's "
+                                                   "seed S (default 1)")
     sw.add_argument("--jobs", type=_count(1), default=1, help="runs at once (default 1)")
     sw.add_argument("--threads", type=_count(1), help="threads per run (default: the cores shared by the jobs)")
     sw.add_argument("--out", metavar="SWEEP_DIR", help="the sweep directory (default: sweeps/<recipe name>)")

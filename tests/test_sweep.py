@@ -163,11 +163,11 @@ def test_optuna_search_on_sqlite_writes_the_best_recipe_and_the_same_command_add
     with pytest.raises(PolyalignError, match="LOW < HIGH"):
         parse_space(["train.lr=0.1..0.01"])
     out = tmp_path / "search"
-    args = (SYMILE, space, 3, "zero_shot/b_from_a+c/accuracy", "maximize", SMALL, out)
+    args = (SYMILE, space, 2, "zero_shot/b_from_a+c/accuracy", "maximize", SMALL, out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = run_search(*args)
-    assert result.states == {"COMPLETE": 3}
+    assert result.states == {"COMPLETE": 2}
     study = optuna.load_study(study_name="xor-symile", storage=f"sqlite:///{out / 'study.db'}")
     best = study.best_trial
     assert result.best_value == best.value == max(t.value for t in study.trials)
@@ -177,8 +177,8 @@ def test_optuna_search_on_sqlite_writes_the_best_recipe_and_the_same_command_add
     assert result.best_run == best.user_attrs["run_dir"] and (Path(result.best_run) / "eval" / "ranks.json").is_file()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert run_search(*args).states == {"COMPLETE": 3}  # the same command: the study has its trials
-    assert len(sweep_groups(out)) == 3
+        assert run_search(*args).states == {"COMPLETE": 2}  # the same command: the study has its trials
+    assert len(sweep_groups(out)) == 2
 
 
 def test_a_trial_worse_than_the_pruner_allows_stops_after_its_first_epoch(tmp_path):
@@ -193,3 +193,21 @@ def test_a_trial_worse_than_the_pruner_allows_stops_after_its_first_epoch(tmp_pa
     (run,) = [find_run_dir(s) for s in (tmp_path / "s" / "runs").iterdir()]
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in epochs if r.get("kind") == "epoch"] == [1] and not (run / "eval").exists()
+
+
+def test_a_sweep_file_next_to_the_recipe_gives_the_grid_seeds_and_overrides(tmp_path):
+    from polyalign.sweep.plan import read_sweep_file
+
+    (tmp_path / "r.yaml").write_text(SYMILE.read_text())
+    path = tmp_path / "r.sweep.yaml"
+    path.write_text("recipe: r.yaml\nsweep:\n  grid: {loss: [{plugin: clip}, {plugin: symile, negatives: n}],"
+                    " data.p_hat: [0.5, 1.0]}\n  seeds: 2\n  overrides: [train.epochs=1]\n")
+    written = read_sweep_file(path)
+    assert written.recipe == tmp_path / "r.yaml" and written.seeds == 2 and written.overrides == ["train.epochs=1"]
+    grid = parse_grid(written.grid)
+    assert grid == {"loss": ["{plugin: clip}", "{negatives: n, plugin: symile}"], "data.p_hat": ["0.5", "1.0"]}
+    assert polyalign.load_recipe(written.recipe, [f"loss={grid['loss'][1]}"]).losses[0].options()["negatives"] == "n"
+    assert read_sweep_file(SYMILE) is None  # a recipe
+    path.write_text("recipe: r.yaml\nsweep: {grid: {loss.plugin: clip}, seed: 2}\n")
+    with pytest.raises(PolyalignError, match="unknown key"):
+        read_sweep_file(path)

@@ -208,3 +208,51 @@ def sweep_groups(sweep_dir: str | Path) -> dict[str, list[Path]]:
         if run_dir is not None:
             groups[label].append(run_dir)
     return groups
+
+
+@dataclass
+class SweepFile:
+    """A sweep written down: ``recipe:`` (relative to the file) and a ``sweep:`` block of ``grid``,
+    ``seeds`` and ``overrides``."""
+
+    recipe: Path
+    grid: list[str]
+    seeds: int | None
+    overrides: list[str]
+
+
+def _yaml_text(value: Any) -> str:
+    """A grid value as the override text that parses back to it."""
+    import yaml
+
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def read_sweep_file(path: Path) -> SweepFile | None:
+    """The sweep in ``path`` if it is a sweep file (a mapping with a ``sweep:`` block), else None (a recipe)."""
+    from polyalign.core.yaml_file import YamlError, read_yaml
+
+    try:
+        raw = read_yaml(path)
+    except YamlError:
+        return None  # not YAML a sweep file could be: loading it as a recipe says what is wrong
+    if not isinstance(raw, dict) or "sweep" not in raw:
+        return None
+    block, where = raw["sweep"], f"{path}: sweep"
+    if not isinstance(raw.get("recipe"), str) or not isinstance(block, dict):
+        raise PolyalignError(f"{path}: a sweep file has `recipe: FILE` (relative to it) and a `sweep:` mapping "
+                             f"of grid, seeds and overrides")
+    unknown = sorted(set(block) - {"grid", "seeds", "overrides"})
+    grid, seeds, overrides = block.get("grid") or {}, block.get("seeds"), block.get("overrides") or []
+    if unknown:
+        raise PolyalignError(f"{where}: unknown key(s) {', '.join(unknown)}; it takes grid, seeds, overrides")
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise PolyalignError(f"{where}.grid: give each key a list of values, e.g. {{loss.plugin: [symile, clip]}}")
+    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+        raise PolyalignError(f"{where}.seeds: a whole number of at least 1, got {shown(seeds)}")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise PolyalignError(f"{where}.overrides: a list of key.path=value texts")
+    items = [f"{k}=" + ",".join(_yaml_text(v) for v in values) for k, values in grid.items()]
+    return SweepFile((path.parent / raw["recipe"]).resolve(), items, seeds, overrides)
