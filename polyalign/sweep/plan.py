@@ -43,6 +43,7 @@ class SweepPlan:
     cwd: str
     runs: list[RunSpec] = field(default_factory=list)
     search: dict[str, Any] | None = None
+    jobs: int = 1  # runs at once in the latest call (for the estimate of the time left)
 
     def run(self, run_id: str) -> RunSpec:
         """The run called ``run_id``."""
@@ -181,7 +182,7 @@ def merge_plan(sweep_dir: Path, plan: SweepPlan) -> SweepPlan:
     for k, values in plan.grid.items():
         old.grid[k] = list(dict.fromkeys([*old.grid.get(k, []), *values]))
     old.seeds = sorted({*old.seeds, *plan.seeds})
-    old.search = plan.search
+    old.search, old.jobs = plan.search, plan.jobs
     write_plan(sweep_dir, old)
     return old
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,23 +86,29 @@ def run_state(slot: Path) -> tuple[str, dict[str, Any], Path | None]:
 
 
 def sweep_progress(sweep_dir: str | Path) -> SweepProgress:
-    """The progress of the sweep in ``sweep_dir``; time left = the runs' remaining share x the mean time of a
-    finished run, over the number of runs going at once (at least one)."""
+    """The progress of the sweep in ``sweep_dir``. Time left: each unfinished run's untrained share times
+    the mean time of the finished runs of its configuration (the median of all finished runs if none),
+    summed, over the runs going at once (as many as the sweep's ``--jobs`` while enough are left)."""
     sweep_dir = Path(sweep_dir)
     plan = read_plan(sweep_dir)
     progress = SweepProgress(sweep_dir)
-    durations, remaining = [], 0.0
+    durations: dict[str, list[float]] = {}
+    left: list[tuple[str, float]] = []  # (configuration, untrained share) of each unfinished run
     for spec in plan.runs:
         state, status, run_dir = run_state(slot_dir(sweep_dir, spec))
-        progress.states[spec.id] = state
+        name = f"{', '.join(spec.overrides) or 'base'}, seed {spec.seed}"
+        progress.states[name] = state
         if state == DONE and status.get("seconds"):
-            durations.append(float(status["seconds"]))
+            durations.setdefault(spec.config, []).append(float(status["seconds"]))
         elif state == FAILED:
-            progress.errors[spec.id] = str(status.get("error", ""))
+            progress.errors[name] = str(status.get("error", ""))
         if state in (RUNNING, INTERRUPTED, PENDING):
-            progress.fraction[spec.id] = trained_fraction(run_dir)
-            remaining += 1.0 - progress.fraction[spec.id]
-    if durations:
-        at_once = max(1, progress.counts()[RUNNING])
-        progress.seconds_left = remaining * sum(durations) / len(durations) / at_once
+            progress.fraction[name] = trained_fraction(run_dir)
+            left.append((spec.config, 1.0 - progress.fraction[name]))
+    every = [d for ds in durations.values() for d in ds]
+    if every:
+        mean = {config: sum(ds) / len(ds) for config, ds in durations.items()}
+        typical = statistics.median(every)  # for a configuration not seen yet
+        total = sum(share * mean.get(config, typical) for config, share in left)
+        progress.seconds_left = total / max(1, progress.counts()[RUNNING], min(plan.jobs, len(left)))
     return progress

@@ -71,6 +71,7 @@ def run_sweep(recipe: str | Path, grid: dict[str, list[str]], seeds: int, overri
     overrides = list(overrides or [])
     base = load_recipe(recipe, overrides)
     plan = new_plan(Path(recipe), overrides, grid, [base.seed + i for i in range(seeds)])
+    plan.jobs = jobs
     check_runs(plan, echo)
     sweep_dir = sweep_dir_for(out, base.name).resolve()
     wanted = [r.id for r in plan.runs]
