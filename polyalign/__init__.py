@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polyalign.core.hookspecs import hookimpl
-from polyalign.core.recipe import Recipe, load_recipe
-from polyalign.evaluation.evaluate import evaluate
-from polyalign.inference.trained import TrainedModel, load
-from polyalign.run import train
+
+if TYPE_CHECKING:
+    from polyalign.core.recipe import Recipe, load_recipe
+    from polyalign.evaluation.evaluate import evaluate
+    from polyalign.inference.trained import TrainedModel, load
+    from polyalign.run import train
 
 __version__ = version("polyalign")  # pyproject.toml is the one place the version is set
+
+# The public API is imported on first use, so that `import polyalign` (and `polyalign --help`, a plugin's
+# `@polyalign.hookimpl`) does not import torch.
+_LAZY = {"Recipe": "polyalign.core.recipe", "load_recipe": "polyalign.core.recipe",
+         "evaluate": "polyalign.evaluation.evaluate", "TrainedModel": "polyalign.inference.trained",
+         "load": "polyalign.inference.trained", "train": "polyalign.run"}
+
+
+def __getattr__(name: str) -> Any:
+    """The public API's functions and classes, imported when first asked for."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'polyalign' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
 
 
 def build(kind: str, name: str, **config: Any) -> Any:

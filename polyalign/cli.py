@@ -21,6 +21,7 @@ from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 DEBUG_HELP = "on an error, also print the full traceback (or set POLYALIGN_DEBUG=1)"
+DEMO_MAX_ROWS = 100_000  # tuples per split of demo-data (four small files each)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,8 +31,8 @@ class _Parser(argparse.ArgumentParser):
         super().error(cut(message, 2000))
 
 
-def _count(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``low``."""
+def _count(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``low`` (and at most ``high``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -39,6 +40,8 @@ def _count(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {shown(text)}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {shown(value)}")
         return value
     return parse
 
@@ -54,6 +57,14 @@ def _rate(text: str) -> float:
     return value
 
 
+def _name_cells(lines: list[list[str]], n_ids: int) -> tuple[list[list[str]], list[int]]:
+    """The identity cells with spaces around '+' (a narrow table wraps between modality names, never
+    inside one), and each identity column's longest name (its least width)."""
+    lines = [[c.replace("+", " + ") if i < n_ids else c for i, c in enumerate(line)] for line in lines]
+    widths = [max((len(word) for line in lines for word in line[i].split()), default=1) for i in range(n_ids)]
+    return lines, widths
+
+
 def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     """One table per task: a line per (target, query, ...) and a column per metric."""
     from polyalign.evaluation.report_table import pivot_rows
@@ -61,9 +72,11 @@ def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     tables = []
     for pivot in pivot_rows(rows, interval_metrics={"accuracy"}):  # one interval per line keeps it narrow
         table = Table(title=escape(f"{title}: {pivot.task}"), caption=escape(pivot.caption()) or None)
+        lines, widths = _name_cells(pivot.lines, pivot.n_ids)
         for i, c in enumerate(pivot.header):
-            table.add_column(escape(c), justify="left" if i < pivot.n_ids else "right", overflow="fold")
-        for line in pivot.lines:
+            table.add_column(escape(c), justify="left" if i < pivot.n_ids else "right", overflow="fold",
+                             min_width=max(widths[i], len(c)) if i < pivot.n_ids else None)
+        for line in lines:
             table.add_row(*map(escape, line))
         tables.append(table)
     return tables
@@ -71,6 +84,7 @@ def _rows_tables(rows: list[dict], title: str) -> list[Table]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import polyalign
+    from polyalign.evaluation.evaluate import EvaluatorsFailed
     from polyalign.shipped import resolve_recipe_path
 
     if args.recipe is None and args.resume is None:
@@ -79,8 +93,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise PolyalignError(f"--resume continues {args.resume} with its own recipe.yaml; give no RECIPE "
                              f"({args.recipe}), only key.path=value overrides if needed")
     recipe = None if args.recipe is None else polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
-    run_dir = polyalign.train(recipe, out=args.out, resume=args.resume,
-                              overrides=args.overrides if args.resume else None)
+    try:
+        run_dir = polyalign.train(recipe, out=args.out, resume=args.resume,
+                                  overrides=args.overrides if args.resume else None)
+    except EvaluatorsFailed as exc:  # trained: show what the other evaluators produced, then the error
+        if exc.run_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+            _print_report(exc.run_dir)
+            out.print(f"run directory: [bold]{escape(str(exc.run_dir))}[/bold]")
+        raise
     if int(os.environ.get("RANK", "0")) == 0:
         _print_report(run_dir)
         out.print(f"run directory: [bold]{run_dir}[/bold]")
@@ -110,9 +130,14 @@ def _evaluator_node(text: str) -> dict:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import polyalign
+    from polyalign.evaluation.evaluate import EvaluatorsFailed
 
     added = [_evaluator_node(a) for a in args.add or []]
-    polyalign.evaluate(args.run_dir, checkpoint=args.checkpoint, evaluators=added)
+    try:
+        polyalign.evaluate(args.run_dir, checkpoint=args.checkpoint, evaluators=added)
+    except EvaluatorsFailed:
+        _print_report(Path(args.run_dir))  # what the other evaluators produced, then the error
+        raise
     _print_report(Path(args.run_dir))
     out.print(f"report: {Path(args.run_dir) / REPORT_DIR / REPORT_MD}")
     return 0
@@ -184,10 +209,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return _compare_groups(args)  # sweeps or folders of runs: configurations aggregated over their runs
     result = compare_runs(args.run_dirs, args.out, args.metric)
     table = Table(title="comparison", caption=escape("value [bootstrap interval]; — = no such row in that run"))
+    n_ids = len(result.header) - len(result.runs)
+    lines, widths = _name_cells(result.lines, n_ids)
     for i, c in enumerate(result.header):
-        table.add_column(escape(c), justify="right" if i >= len(result.header) - len(result.runs) else "left",
-                         overflow="fold")
-    for line in result.lines:
+        table.add_column(escape(c), justify="right" if i >= n_ids else "left", overflow="fold",
+                         min_width=max(widths[i], len(c)) if i < n_ids else None)
+    for line in lines:
         table.add_row(*map(escape, line))
     out.print(table)
     for run in result.runs:
@@ -200,9 +227,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     import polyalign
+    from polyalign.core.plugins import default_plugins
+    from polyalign.core.requirements import check_requirements
     from polyalign.shipped import resolve_recipe_path
 
     recipe = polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
+    check_requirements(recipe, default_plugins(), args.recipe)
     if args.print:
         print(recipe.to_yaml())
     out.print(f"{args.recipe}: valid ({len(recipe.modalities)} modalities, "
@@ -258,14 +288,17 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         atomic_write_text(dest, recipes[args.name].read_text(encoding="utf-8"))
         out.print(f"copied {args.name} to {dest}")
         return 0
+    summaries = {name: recipe_summary(path) for name, path in recipes.items()}
+    longest = max((len(command) for command, _ in summaries.values()), default=0)
     table = Table(title="shipped recipes")
-    table.add_column("name", style="bold")
-    table.add_column("description")
-    table.add_column("command")
-    for name, path in recipes.items():
-        command, description = recipe_summary(path)
-        table.add_row(name, description, command)
-    out.print(table)
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("description", min_width=30)
+    table.add_column("command", no_wrap=True, min_width=longest)  # the column people copy: never cut
+    for name, (command, description) in summaries.items():
+        table.add_row(escape(name), escape(description), escape(command))
+    # Piped, rich assumes 80 columns; widen to what the whole commands need.
+    wide = max(out.width, max(map(len, recipes), default=0) + longest + 40)
+    (out if out.is_terminal else Console(highlight=False, width=wide)).print(table)
     return 0
 
 
@@ -273,6 +306,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     from polyalign.plugins.datasets.demo import write_demo
 
     folder = Path(args.dir)
+    if folder.exists() and not folder.is_dir():
+        raise PolyalignError(f"{folder} exists and is not a folder; give a new or empty folder for the demo data")
     if folder.exists() and any(folder.iterdir()):
         raise PolyalignError(f"{folder} is not empty; give a new or empty folder for the demo data")
     write_demo(folder, args.classes, args.n_train, args.n_val, args.n_test, args.missing_rate, args.seed,
@@ -347,7 +382,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     options = IndexOptions(args.kind, args.nlist, args.nprobe, args.hnsw_m, args.ef_search)
     options.check()
-    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=_device(args.device))
     report = index_to_file(model, args.modality, args.input, args.out, options, args.batch_size)
     quality = ("exact inner-product search" if report.recall is None else
                f"recall@10 = {report.recall:.3f} against exact search, measured with {report.recall_queries} "
@@ -499,9 +534,9 @@ def parser() -> argparse.ArgumentParser:
     dd = sub.add_parser("demo-data", help="write the demo dataset (PNG, WAV, .npy ECG, .txt + manifests) to DIR")
     dd.add_argument("dir", metavar="DIR")
     dd.add_argument("--classes", type=_count(2), default=4, help="classes shared by the modalities (2-8)")
-    dd.add_argument("--n-train", type=_count(1), default=600)
-    dd.add_argument("--n-val", type=_count(0), default=100)
-    dd.add_argument("--n-test", type=_count(0), default=200)
+    dd.add_argument("--n-train", type=_count(1, DEMO_MAX_ROWS), default=600)
+    dd.add_argument("--n-val", type=_count(0, DEMO_MAX_ROWS), default=100)
+    dd.add_argument("--n-test", type=_count(0, DEMO_MAX_ROWS), default=200)
     dd.add_argument("--missing-rate", type=_rate, default=0.1, help="chance a train modality is left out")
     dd.add_argument("--seed", type=_count(0), default=0)
     dd.add_argument("--flip-rate", type=_rate, default=0.15, help="chance a modality shows another class")

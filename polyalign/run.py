@@ -14,7 +14,8 @@ from polyalign.core.assemble import with_rebuild_options
 from polyalign.core.device import pick_device
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe
-from polyalign.evaluation.evaluate import check_eval_split, run_evaluators, write_report
+from polyalign.core.requirements import check_requirements
+from polyalign.evaluation.evaluate import EvaluatorsFailed, check_eval_split, run_evaluators, write_report
 from polyalign.training.distributed import broadcast_from_main, finish_distributed, init_distributed
 from polyalign.training.loop import Trainer
 from polyalign.training.run_dir import new_run_dir, resume_recipe, write_recipe
@@ -36,6 +37,7 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
         recipe, changed = resume_recipe(run_dir, overrides, plugins)
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides, plugins)
+    check_requirements(recipe, plugins, f"recipe {recipe.name!r}")  # before any step: not after training
     dist = init_distributed(pick_device(recipe.train.device).type)
     if resume is None:
         run_dir = broadcast_from_main(new_run_dir(Path(out) if out else Path("runs"), recipe)
@@ -58,7 +60,11 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
                 parts = trainer.evaluation_parts()
                 if dist.is_main:
                     ranks: list = []
-                    rows = run_evaluators(recipe, parts, plugins, trainer.device, split="test", ranks=ranks)
+                    try:
+                        rows = run_evaluators(recipe, parts, plugins, trainer.device, split="test", ranks=ranks)
+                    except EvaluatorsFailed as exc:  # the others' rows are kept, and how to evaluate again said
+                        write_report(run_dir, exc.rows, ranks)
+                        raise EvaluatorsFailed(exc.failures, exc.rows, run_dir) from None
                     write_report(run_dir, rows, ranks)
                     plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split="test")
                     plugins.pm.hook.on_train_end(run_dir=run_dir, metrics=metrics)

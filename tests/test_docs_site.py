@@ -33,11 +33,30 @@ def test_every_page_of_the_nav_is_built(site):
 
 def test_home_page_is_the_readme_with_links_that_work_in_the_site(site):
     html = (site / "index.html").read_text()
-    assert "A five-minute tour" in html and "Using a trained model" in html
-    assert 'href="writing-a-plugin/"' in html and 'href="benchmarks/#search-over-a-million-candidates"' in html
-    assert 'src="img/xor-symile-vs-clip.png"' in html and (site / "img" / "xor-symile-vs-clip.png").is_file()
-    assert "<code>examples/polyalign-imu</code> in the repository" in html
+    assert "A five-minute tour" in html and "Binary XOR" in html
+    assert 'href="writing-a-plugin/"' in html and 'href="using-a-trained-model/"' in html
     assert not re.search(r'href="(docs/|[^"]*\.md)', html)  # no link left pointing at a repository file
+
+
+def test_pages_moved_out_of_the_readme_keep_their_links_and_images(site):
+    html = (site / "using-a-trained-model" / "index.html").read_text()
+    assert 'href="../benchmarks/#search-over-a-million-candidates"' in html
+    assert 'src="../img/xor-symile-vs-clip.png"' in html and (site / "img" / "xor-symile-vs-clip.png").is_file()
+    assert "<code>examples/polyalign-imu</code> in the repository" in (site / "your-files" / "index.html").read_text()
+    results = (site / "results" / "index.html").read_text()
+    assert 'href="../#binary-xor-what-only-an-n-way-objective-can-see-symile-paper-51"' in results
+    for page in ("using-a-trained-model", "your-files", "results", "missing-modalities"):
+        text = (site / page / "index.html").read_text()
+        assert not re.search(r'href="(docs/|[^"]*\.md)', text), page
+
+
+def test_readme_is_short_and_its_sections_live_once():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 250
+    pages = [p.read_text() for p in (ROOT / "docs").glob("*.md")]
+    for line in readme.splitlines():
+        if len(line) > 60 and not line.startswith(("#", "|", "-", "pip ", "polyalign ")):
+            assert not any(line in page for page in pages), f"README line also in docs: {line}"
 
 
 def test_benchmarks_page_is_benchmarks_md(site):

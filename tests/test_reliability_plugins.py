@@ -14,6 +14,7 @@ from polyalign import run as run_module
 from polyalign.cli import main
 from polyalign.core import recipe as recipe_module
 from polyalign.core.errors import PluginError, PolyalignError
+from polyalign.evaluation.evaluate import EvaluatorsFailed
 from polyalign.core.loss import LossOutput
 from polyalign.core.plugins import make_plugins
 from polyalign.encoders.vector import VectorConfig, VectorEncoder, load_vector
@@ -137,7 +138,7 @@ def test_bad_term_of_a_weighted_loss_is_named(tmp_path, plugins):
     ("score_nan", "score() returned NaN scores for target 'b'"),
 ])
 def test_loss_breaking_score_contract_is_named(fault, says, tmp_path, plugins):
-    with pytest.raises(PluginError) as info:  # 32 test queries against the distinct values of b (fewer)
+    with pytest.raises(EvaluatorsFailed) as info:  # 32 test queries against the distinct values of b (fewer)
         _train(tmp_path, plugins, f"loss={{plugin: bad_loss, fault: {fault}}}")
     msg = str(info.value)
     assert "loss plugin 'bad_loss'" in msg and says in msg

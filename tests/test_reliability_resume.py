@@ -384,7 +384,7 @@ def test_resume_applies_and_records_what_may_change(tmp_path, capsys):
     assert (recipe.train.epochs, recipe.train.log_every) == (3, 1)  # recorded (batch_size=32 is no change)
     rows = _rows(run)
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2, 3]
-    assert [r["step"] for r in rows if r["kind"] == "step" and r["epoch"] == 2] == list(range(17, 25))
+    assert [r["step"] for r in rows if r["kind"] == "step" and r["epoch"] == 3] == list(range(17, 25))
     assert load_state(run / "checkpoints" / "last")["epoch"] == 3
 
 

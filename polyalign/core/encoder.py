@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from .errors import PluginError, PolyalignError
+from .errors import PluginError, PolyalignError, not_a_file
 
 Input = Union[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -209,6 +209,8 @@ def resolve_file(value: Any, root: Path | None, what: str) -> Path | FileBytes:
         path = Path(root) / path
     if not path.is_file():
         where = f" (relative paths resolve against {root})" if root is not None else ""
+        if path.exists():
+            raise PolyalignError(f"{what} file: {not_a_file(path)}{where}")
         raise PolyalignError(f"{what} file not found: {path}{where}")
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import reprlib
+from pathlib import Path
 from typing import Any
 
 MAX_MESSAGE_CHARS = 6000
@@ -28,6 +29,16 @@ def cut(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
         return text
     tail = limit // 10
     return f"{text[:limit - tail]} [... {len(text) - limit} characters cut ...] {text[-tail:]}"
+
+
+def not_a_file(path: Any) -> str:
+    """Why ``path`` cannot be read as a file, in words: it is missing, a folder, or not a regular file."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    if path.exists():
+        return f"{path} is not a regular file (a device, pipe or socket)"
+    return f"{path} does not exist"
 
 
 class PolyalignError(Exception):

@@ -3,7 +3,6 @@ and the ranking metrics the built-in evaluators share."""
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -16,7 +15,8 @@ import torch
 from .assemble import Assembled
 from .data import EpochSampler, Sample, make_loader, skip_summary
 from .encoder import FileBytes
-from .errors import PolyalignError, cut, shown
+from .errors import PolyalignError, shown
+from .json_file import JsonError, read_json
 from .loss import score_candidates
 
 ROW_KEYS = ("task", "target", "query", "metric", "value")
@@ -173,11 +173,9 @@ def read_report(path: Path, missing_ok: bool = False) -> list[dict[str, Any]]:
         return []
     redo = f"run `polyalign eval {path.parent.parent}` to write it again"
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PolyalignError(f"{path} not found; {redo}") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise PolyalignError(f"{path} cannot be read as JSON ({cut(str(exc), 200)}); {redo}") from None
+        rows = read_json(path, "evaluation report", max_bytes=64 << 20)
+    except JsonError as exc:
+        raise PolyalignError(f"{exc}; {redo}") from None
     if not isinstance(rows, list):
         raise PolyalignError(f"{path} must hold a list of evaluation rows, got {type(rows).__name__}; {redo}")
     for i, row in enumerate(rows):

@@ -11,6 +11,12 @@ A component's ``config`` model is validated with every recipe. Its validators ma
 ``batch_size`` (:func:`polyalign.core.recipe.plugin_context`), to refuse options that cannot run
 with them before anything starts (Symile's ``n_squared`` negatives refuse a batch and modality
 count whose memory exceeds the machine's, with the estimate).
+
+A component that imports modules beyond polyalign's own dependencies declares them when it is
+registered, ``register(..., requires={"sklearn": "scikit-learn"})`` (module -> what to pip install), and
+its config may add some from its options with a ``requires()`` method returning the same kind of mapping
+(an encoder's ``lora`` needs peft). A recipe using a component whose modules are not installed is
+refused before training starts, and by ``polyalign validate``, with the ``pip install`` command.
 """
 
 from __future__ import annotations
@@ -105,12 +111,13 @@ def on_train_start(run_dir: Any, recipe: Any, model: Any, loss: Any, start_step:
 
 @hookspec
 def on_step_end(step: int, epoch: int, metrics: dict, run_dir: Any) -> None:
-    """Called after each logged optimizer step with ``metrics`` (floats) on the main process."""
+    """Called after each logged optimizer step with ``metrics`` (floats) on the main process;
+    ``epoch`` is the epoch the step belongs to, counted from 1 (the number its ``on_epoch_end`` gets)."""
 
 
 @hookspec
 def on_epoch_end(epoch: int, step: int, metrics: dict, run_dir: Any) -> None:
-    """Called after each epoch (``epoch`` = epochs done) with ``train_loss``/``val_loss``."""
+    """Called after each epoch (``epoch`` = epochs done, so the first is 1) with ``train_loss``/``val_loss``."""
 
 
 @hookspec

@@ -6,13 +6,13 @@ Read by the ``manifest`` dataset plugin and by ``polyalign embed``/``search`` al
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
 from .batch import RESERVED_KEYS
 from .data import Sample
-from .errors import PolyalignError, cut
+from .errors import PolyalignError
+from .json_file import JsonError, parse_json
 
 SUFFIXES = (".jsonl", ".csv")
 
@@ -63,11 +63,9 @@ def read_jsonl(path: Path) -> tuple[list[Sample], list[int]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path}, line {n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        except (ValueError, RecursionError) as exc:  # nested too deeply, an integer of 5000 digits...
-            raise ManifestError(f"{path}, line {n}: cannot be read ({cut(str(exc), 200)})") from None
+            row = parse_json(line, f"{path}, line {n}")
+        except JsonError as exc:  # not JSON, nested too deeply, an integer of 5000 digits...
+            raise ManifestError(str(exc)) from None
         if not isinstance(row, dict):
             raise ManifestError(f"{path}, line {n}: expected a JSON object {{modality: value, ...}}, "
                                 f"got {type(row).__name__}")
@@ -81,13 +79,10 @@ def parse_cell(text: str, where: str) -> Any:
     stripped = text.strip()
     if stripped[:1] in ("[", "{"):
         try:
-            return json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{where}: a cell starting with {stripped[0]!r} must be JSON "
-                                f"({exc.msg}); quote text that is not") from None
-        except (ValueError, RecursionError) as exc:  # nested too deeply, an integer of 5000 digits...
-            raise ManifestError(f"{where}: a cell starting with {stripped[0]!r} cannot be read as JSON "
-                                f"({cut(str(exc), 200)})") from None
+            return parse_json(stripped, where)
+        except JsonError as exc:  # not JSON, nested too deeply, an integer of 5000 digits...
+            raise ManifestError(f"{exc}; a cell starting with {stripped[0]!r} is read as JSON: quote text "
+                                f"that is not") from None
     return text
 
 

@@ -17,12 +17,13 @@ def read_npy(path: Path | FileBytes, what: str = "NumPy array") -> np.ndarray:
     The file is memory-mapped before it is copied (a file held in memory has its header checked
     against its size), so a header that announces more data than the file holds (a truncated
     file, or a forged shape of 10^12 rows) is refused before anything is allocated; an array of
-    Python objects is refused, never unpickled.
+    Python objects is refused, never unpickled; so is an array of anything but booleans, integers
+    and real numbers (complex numbers, text, dates), which would otherwise be cut or converted.
     """
     try:
         if isinstance(path, FileBytes):
-            return _read_held(path)
-        return np.array(np.load(path, mmap_mode="r", allow_pickle=False))
+            return _numbers(_read_held(path), path, what)
+        return np.array(_numbers(np.load(path, mmap_mode="r", allow_pickle=False), path, what))
     except ValueError as exc:
         text = str(exc)
         if "mmap length" in text:
@@ -34,6 +35,15 @@ def read_npy(path: Path | FileBytes, what: str = "NumPy array") -> np.ndarray:
         raise PolyalignError(f"cannot read {what} {path}: {reason}") from None
     except OSError as exc:
         raise PolyalignError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _numbers(array: np.ndarray, path: Path | FileBytes, what: str) -> np.ndarray:
+    """``array`` if it holds booleans, integers or real numbers; else an error naming its type."""
+    if array.dtype.kind not in "biuf":
+        raise PolyalignError(f"cannot read {what} {path}: it holds {array.dtype} values; polyalign reads arrays of "
+                             f"booleans, integers and real numbers only (convert it, e.g. keep the real part, "
+                             f"yourself)")
+    return array
 
 
 def _read_held(member: FileBytes) -> np.ndarray:

@@ -149,7 +149,8 @@ def _fill_registry(pm: pluggy.PluginManager, infos: dict[str, PluginInfo] | None
                     registry.add(kind, impl.plugin_name, *args, **kwargs)
                 except TypeError as exc:
                     raise PluginError(f"plugin {impl.plugin_name!r}: bad call in {hook_name}: {exc}; the form is "
-                                      f"register(name, factory, config=Model, help='...')") from None
+                                      f"register(name, factory, config=Model, help='...', "
+                                      f"requires={{module: what to pip install}})") from None
     return registry
 
 
@@ -163,6 +164,7 @@ def describe(plugins: Plugins) -> dict[str, Any]:
     """A JSON-ready listing of loaded plugins and every registered component."""
     return {
         "plugins": [info.__dict__ for info in plugins.loaded],
-        **{_REGISTER_HOOKS[kind][len("register_"):]: [{"name": c.name, "plugin": c.plugin, "help": c.help}
+        **{_REGISTER_HOOKS[kind][len("register_"):]: [{"name": c.name, "plugin": c.plugin, "help": c.help,
+                                                       "requires": dict(c.requires)}
                         for c in plugins.registry.components(kind)] for kind in KINDS},
     }

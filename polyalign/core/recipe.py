@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import warnings
 from pathlib import Path
@@ -353,6 +354,8 @@ def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = 
         except ValidationError as exc:
             problems += _pydantic_problems(exc, loc, models={(): comp.config})
         problems += _unknown_options(comp.config, options, loc, kind, name)
+        reported = {path for path, _ in problems}
+        problems += [p for p in _non_finite(options, loc) if p[0] not in reported]
     if isinstance(raw.get("logging"), list):
         names = plugins.registry.names("logger")
         problems += [(f"logging.{i}", unknown_name_message("logger", n, names))
@@ -363,6 +366,18 @@ def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = 
         raise RecipeError(source, list(dict.fromkeys(problems)))
     assert recipe is not None
     return _with_resolved_options(recipe, resolved)
+
+
+def _non_finite(value: Any, loc: tuple) -> list[tuple[str, str]]:
+    """A problem for every NaN or infinite number among a plugin node's options (as the recipe's own
+    sections refuse them): no option of a plugin means anything at infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(_path(loc), f"must be a finite number, got {value}")]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, loc + (k,))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, loc + (i,))]
+    return []
 
 
 def plugin_context(recipe: Recipe) -> dict[str, Any]:
@@ -475,7 +490,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
     """Read a YAML recipe, apply ``key.path=value`` overrides and validate it."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(str(path), [("", "file not found; `polyalign recipes` lists the shipped recipes")])
+        problem = "file not found" if not path.exists() else "a folder, not a file" if path.is_dir() else \
+            "not a regular file (a device, pipe or socket)"
+        raise RecipeError(str(path), [("", f"{problem}; `polyalign recipes` lists the shipped recipes")])
     try:
         raw = read_yaml(path)
     except YamlError as exc:

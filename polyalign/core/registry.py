@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict
@@ -39,6 +39,7 @@ class Component:
     config: type[BaseModel]
     help: str
     plugin: str
+    requires: Mapping[str, str] = field(default_factory=dict)  # importable module -> what to pip install
 
     def make_config(self, options: dict[str, Any], context: dict[str, Any] | None = None) -> BaseModel:
         """Validate ``options`` with this component's config model (raises ValidationError);
@@ -84,8 +85,13 @@ class Registry:
         self._items: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
 
     def add(self, kind: str, plugin: str, name: str, factory: Callable[..., Any],
-            config: type[BaseModel] | None = None, help: str = "") -> None:
-        """Register ``name``; a name already taken is an error naming both plugins."""
+            config: type[BaseModel] | None = None, help: str = "", requires: Mapping[str, str] | None = None) -> None:
+        """Register ``name``; a name already taken is an error naming both plugins. ``requires`` maps each
+        module the component imports when it runs, beyond polyalign's own dependencies, to what installs it."""
+        if requires is not None and not (isinstance(requires, Mapping) and all(
+                isinstance(k, str) and isinstance(v, str) and k and v for k, v in requires.items())):
+            raise PluginError(f"plugin {plugin!r}: requires for {kind} {name!r} must map module names to what "
+                              f"to pip install, e.g. {{'sklearn': 'scikit-learn'}}; got {requires!r}")
         if config is not None and not (isinstance(config, type) and issubclass(config, BaseModel)):
             raise PluginError(f"plugin {plugin!r}: config for {kind} {name!r} must be a pydantic "
                               f"BaseModel subclass, got {config!r}")
@@ -96,7 +102,7 @@ class Registry:
                 f"plugin {plugin!r}. Rename one, or disable one plugin with POLYALIGN_PLUGINS.")
         self._items[kind][name] = Component(kind, name, factory, config or NoConfig,
                                             help.strip().splitlines()[0] if help.strip() else "",
-                                            plugin)
+                                            plugin, dict(requires or {}))
 
     def get(self, kind: str, name: str) -> Component:
         """The component, or an error listing the available names and the closest match."""

@@ -18,7 +18,7 @@ def register_encoders(register):
              help="MLP over fixed-size float vectors (lists, arrays or .npy files); hidden: [] = one linear layer")
     register("image", build_image, config=ImageConfig,
              help="Any timm model over PNG/JPEG files; pretrained: false or a local .safetensors/.pth file")
-    register("open_clip", build_open_clip, config=OpenClipConfig,
+    register("open_clip", build_open_clip, config=OpenClipConfig, requires={"open_clip": "polyalign[open_clip]"},
              help="The image or text tower of an open_clip model (ViT-B-32, ... or a local folder); local weights only")
     register("text", build_text, config=TextConfig,
              help="Local Hugging Face model (AutoModel + AutoTokenizer, offline) over text; mean or cls pooling")

@@ -15,7 +15,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import named_layer_groups
 
 from .files import load_weights_into, local_weights_file, refuse_download
-from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
+from .lora import LoraOptions, add_lora, base_network, check_not_frozen, lora_requirements, merge_lora
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,6 +42,10 @@ class ImageConfig(BaseModel):
     _no_download = field_validator("pretrained")(refuse_download)
 
     _lora_trains = model_validator(mode="after")(check_not_frozen)
+
+    def requires(self) -> dict[str, str]:
+        """Modules these options need beyond polyalign's own: peft for lora."""
+        return lora_requirements(self.lora)
 
 
 def read_image(value: Any, root: Path | None, mode: str) -> Any:

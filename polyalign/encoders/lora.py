@@ -22,6 +22,11 @@ class LoraOptions(BaseModel):
                                         "default: the encoder's own choice")
 
 
+def lora_requirements(options: LoraOptions | None) -> dict[str, str]:
+    """What an encoder config's ``requires()`` adds for its ``lora`` option: peft, when set."""
+    return {"peft": "polyalign[lora]"} if options is not None else {}
+
+
 def check_not_frozen(config: Any) -> Any:
     """An encoder config's check that ``lora`` and ``freeze`` are not both set."""
     if config.lora is not None and config.freeze:

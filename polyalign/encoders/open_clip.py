@@ -16,11 +16,12 @@ from torch import nn
 
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
+from polyalign.core.json_file import JsonError, read_json
 from polyalign.core.layer_groups import named_layer_groups
 
 from .files import local_weights_file, refuse_download
 from .image import read_image, timm_layer_groups
-from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
+from .lora import LoraOptions, add_lora, base_network, check_not_frozen, lora_requirements, merge_lora
 from .text import example_texts, read_text
 
 CONFIG_FILE = "open_clip_config.json"  # open_clip's model folder: this file beside the weights
@@ -49,6 +50,10 @@ class OpenClipConfig(BaseModel):
 
     _lora_trains = model_validator(mode="after")(check_not_frozen)
 
+    def requires(self) -> dict[str, str]:
+        """Modules these options need beyond polyalign's own: peft for lora."""
+        return lora_requirements(self.lora)
+
 
 def architecture(model: str) -> tuple[str, dict[str, Any]]:
     """open_clip's name for ``model`` (``local-dir:`` + a folder, or a built-in name) and its model config."""
@@ -57,8 +62,8 @@ def architecture(model: str) -> tuple[str, dict[str, Any]]:
     folder = Path(model).expanduser()
     if folder.is_dir():
         try:
-            config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            config = read_json(folder / CONFIG_FILE, "model config", max_bytes=1 << 20)
+        except JsonError as exc:
             raise PolyalignError(f"encoder 'open_clip': {folder} is not an open_clip model folder: cannot read its "
                                  f"{CONFIG_FILE} ({exc})") from None
         if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):

@@ -6,7 +6,6 @@ entries replaced by a fill value, and an indicator that is 1 where the entry was
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from torch import nn
 
 from polyalign.core.encoder import FILE_VALUES, Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
+from polyalign.core.json_file import read_json
 from polyalign.core.npy_file import read_npy
 
 
@@ -50,10 +50,7 @@ def read_row(value: Any, root: Path | None) -> Any:
             return read_npy(path, "table row").astype(np.float64).reshape(-1).tolist()
         if text.endswith(".json"):
             path = resolve_file(value, root, "tabular .json")
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise PolyalignError(f"table row {path} is not valid JSON: {exc}") from exc
+            return read_json(path, "table row", max_bytes=16 << 20)
         raise PolyalignError(f"a tabular value must be numbers (a list, or a {{column: value}} mapping) "
                              f"or a .npy/.json file; got the string {text!r}")
     if isinstance(value, np.ndarray):

@@ -14,7 +14,7 @@ from polyalign.core.encoder import Encoder, FileBytes, pad_with_mask, resolve_fi
 from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import named_layer_groups
 
-from .lora import LoraOptions, add_lora, base_network, check_not_frozen, merge_lora
+from .lora import LoraOptions, add_lora, base_network, check_not_frozen, lora_requirements, merge_lora
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model")
 
@@ -104,6 +104,10 @@ class TextConfig(BaseModel):
                                                       "target_modules default: all-linear")
 
     _lora_trains = model_validator(mode="after")(check_not_frozen)
+
+    def requires(self) -> dict[str, str]:
+        """Modules these options need beyond polyalign's own: peft for lora."""
+        return lora_requirements(self.lora)
 
 
 def transformer_blocks(model: nn.Module) -> nn.ModuleList:

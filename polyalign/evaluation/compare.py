@@ -144,6 +144,7 @@ def _collect(runs: list[RunReport]) -> tuple[list[tuple], dict[tuple, dict[int, 
 def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tuple, dict[int, dict]],
                interval: str) -> None:
     width = 0.8 / len(runs)
+    intervals = False  # the title mentions error bars only when some are drawn
     for i, run in enumerate(runs):
         xs, ys, lo, hi = [], [], [], []
         for j, key in enumerate(keys):
@@ -155,8 +156,10 @@ def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tup
             ys.append(v)
             lo.append(v - float(r.get("ci_low", v)))
             hi.append(float(r.get("ci_high", v)) - v)
+        drawn = any(lo) or any(hi)
+        intervals = intervals or drawn
         ax.bar(xs, ys, width=width, color=COLORS[i % len(COLORS)], label=run.label,
-               yerr=[lo, hi] if any(lo) or any(hi) else None, capsize=2, error_kw={"linewidth": 0.8})
+               yerr=[lo, hi] if drawn else None, capsize=2, error_kw={"linewidth": 0.8})
     multi_task = len({k[0] for k in keys}) > 1
     tilt = len(keys) > 6
     ax.set_xticks(range(len(keys)), labels=[(f"{k[0]}: " if multi_task else "") + f"{k[1]} ← {query_text(k[2])}"
@@ -168,13 +171,15 @@ def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tup
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("target ← query modalities")
     ax.set_ylabel(METRIC_LABEL)
-    ax.set_title(f"Zero-shot accuracy from each query subset (error bars: {interval})", fontsize=10)
+    ax.set_title("Zero-shot accuracy from each query subset"
+                 + (f" (error bars: {interval})" if intervals else ""), fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def _curve_panel(ax: Any, runs: list[RunReport], target: str, per_run: dict[int, list[dict[str, Any]]]) -> None:
     dropped_names: list[str] = []
+    shaded = False
     for i, rows in per_run.items():
         lines: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
@@ -189,10 +194,12 @@ def _curve_panel(ax: Any, runs: list[RunReport], target: str, per_run: dict[int,
             ax.plot(x, [float(r["value"]) for r in line], color=color, linestyle=LINESTYLES[k % len(LINESTYLES)],
                     marker=MARKERS[k % len(MARKERS)], markersize=4, label=f"{runs[i].label}, drop {name}")
             if all("ci_low" in r for r in line):
+                shaded = True
                 ax.fill_between(x, [r["ci_low"] for r in line], [r["ci_high"] for r in line],
                                 color=color, alpha=0.10, linewidth=0)
     ax.set_xticks(sorted({float(r["rate"]) for rows in per_run.values() for r in rows}))
-    ax.set_title(f"target {target}: accuracy vs test-time dropout", fontsize=10)
+    ax.set_title(f"target {target}: accuracy vs test-time dropout" + (" (shaded: bootstrap interval)" if shaded else ""),
+                 fontsize=10)
     ax.set_xlabel("test-time dropout rate")
     ax.set_ylabel(METRIC_LABEL)
     ax.set_ylim(-0.02, 1.02)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ import torch
 from polyalign.core.assemble import Assembled, assemble
 from polyalign.core.atomic import atomic_write_text
 from polyalign.core.device import pick_device
-from polyalign.core.errors import PluginError, PolyalignError
+from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import EvalContext, report_markdown, row_problem
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe, validate_recipe
+from polyalign.core.requirements import check_requirements
 from polyalign.core.run_files import RANKS_JSON, RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
 from polyalign.core.weights import load_weights, run_checkpoint
 
@@ -30,23 +32,47 @@ def check_eval_split(recipe: Recipe, parts: Assembled, split: str = "test") -> N
             f"manifest folder: {split}.jsonl or {split}.csv) or train without evaluators (eval=[]).")
 
 
+class EvaluatorsFailed(PolyalignError):
+    """Some evaluators failed; ``rows`` holds what the others produced. With ``run_dir``, the message
+    says where those rows and the weights are and gives the command that runs the evaluation again."""
+
+    def __init__(self, failures: list[str], rows: list[dict[str, Any]], run_dir: Path | None = None):
+        self.failures, self.rows, self.run_dir = failures, rows, run_dir
+        text = f"{len(failures)} evaluator(s) failed: " + "; ".join(failures)
+        if run_dir is not None:
+            text += (f". The rows of the other evaluators are in {run_dir / REPORT_DIR / REPORT_MD}, the trained "
+                     f"weights in {run_dir}; after fixing it, evaluate again with: polyalign eval "
+                     f"{shlex.quote(str(run_dir))}")
+        super().__init__(text)
+
+
 def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: torch.device,
                    split: str = "test", ranks: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Run every evaluator of the recipe on ``split``; return all rows (and append the per-query ranks
-    the evaluators record to ``ranks`` when given)."""
+    the evaluators record to ``ranks`` when given). An evaluator that fails does not stop the others:
+    :class:`EvaluatorsFailed` is raised at the end, with their rows."""
     ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed, ranks)
     rows: list[dict[str, Any]] = []
+    failures: list[str] = []
     for i, node in enumerate(recipe.eval):
-        evaluator = plugins.build("evaluator", node.plugin, **node.options())
-        got = evaluator(ctx)
+        try:
+            evaluator = plugins.build("evaluator", node.plugin, **node.options())
+            got = evaluator(ctx)
+        except Exception as exc:  # noqa: BLE001 - reported with the others' rows below
+            reason = str(exc) if isinstance(exc, PolyalignError) else f"unexpected {type(exc).__name__}: {exc}"
+            failures.append(f"eval.{i} ({node.plugin}): {reason}")
+            continue
         if not isinstance(got, list):
             problem = f"it returned a {type(got).__name__}"
         else:
             problem = next((f"row {j}: {p}" for j, r in enumerate(got) if (p := row_problem(r))), None)
         if problem:
-            raise PluginError(f"eval.{i}: evaluator plugin {node.plugin!r} must return a list of rows "
-                              f"{{task, target, query, metric, value}}; {problem}")
+            failures.append(f"eval.{i}: evaluator plugin {node.plugin!r} must return a list of rows "
+                            f"{{task, target, query, metric, value}}; {problem}")
+            continue
         rows += got
+    if failures:
+        raise EvaluatorsFailed(failures, rows)
     return rows
 
 
@@ -71,11 +97,16 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
     from its checkpoint and rewrite its report."""
     plugins = plugins or default_plugins()
     run_dir = Path(run_dir)
+    if not (run_dir / RECIPE_FILE).is_file():
+        problem = ("does not exist" if not run_dir.exists() else "is not a folder" if not run_dir.is_dir()
+                   else f"holds no {RECIPE_FILE}")
+        raise PolyalignError(f"{run_dir} {problem}; give a run directory (the folder `polyalign train` printed)")
     recipe = load_recipe(run_dir / RECIPE_FILE, plugins=plugins)
     if evaluators:
         raw = recipe.model_dump(mode="json")
         raw["eval"] = raw["eval"] + list(evaluators)
         recipe = validate_recipe(raw, f"{run_dir / RECIPE_FILE} with the added evaluators", plugins)
+    check_requirements(recipe, plugins, str(run_dir / RECIPE_FILE), kinds=("dataset", "encoder", "loss", "evaluator"))
     parts = assemble(recipe, plugins)
     check_eval_split(recipe, parts, split)
     parts.load_state_dict(load_weights(run_checkpoint(run_dir, checkpoint)))
@@ -83,7 +114,11 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
     parts.model.to(device)
     parts.loss.to(device)
     ranks: list[dict[str, Any]] = []
-    rows = run_evaluators(recipe, parts, plugins, device, split, ranks)
+    try:
+        rows = run_evaluators(recipe, parts, plugins, device, split, ranks)
+    except EvaluatorsFailed as exc:
+        write_report(run_dir, exc.rows, ranks)
+        raise EvaluatorsFailed(exc.failures, exc.rows, run_dir) from None
     write_report(run_dir, rows, ranks)
     plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split=split)
     return rows

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 from polyalign.core.atomic import atomic_write_bytes
 from polyalign.core.errors import PolyalignError, cut, shown
 from polyalign.core.evaluator import read_report
+from polyalign.core.json_file import parse_json
 from polyalign.core.run_files import METRICS_FILE, REPORT_DIR, REPORT_JSON
 
 CSV_FILE = "metrics.csv"
@@ -75,10 +75,7 @@ def _logged_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise PolyalignError(f"{path}, line {n}: not JSON ({cut(str(exc), 200)})") from None
+        row = parse_json(line, f"{path}, line {n}")
         if not isinstance(row, dict):
             raise PolyalignError(f"{path}, line {n}: expected a JSON object (one logged row), "
                                  f"got {type(row).__name__}")

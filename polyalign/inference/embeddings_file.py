@@ -12,8 +12,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from polyalign.core.atomic import atomic_write_bytes
-from polyalign.core.errors import PolyalignError, cut, shown
+from polyalign.core.errors import PolyalignError, cut, not_a_file, shown
+from polyalign.core.json_file import JsonError, parse_json
 
+from .sources import check_ids
 from .trained import TrainedModel
 
 FORMAT = "polyalign.embeddings/1"
@@ -59,6 +61,8 @@ def read_embeddings(path: str | Path) -> EmbeddingsFile:
     """An embeddings file written by :func:`save_embeddings` (``polyalign embed``), checked: a 2-D
     floating tensor of finite numbers, one JSON id per row, and its modality."""
     path = Path(path)
+    if not path.is_file():
+        raise PolyalignError(f"cannot read the embeddings file: {not_a_file(path)}")
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
@@ -74,13 +78,13 @@ def read_embeddings(path: str | Path) -> EmbeddingsFile:
     if not torch.isfinite(tensor).all():
         raise PolyalignError(f"{path}: {TENSOR!r} holds NaN or infinite values; {redo}")
     try:
-        ids = json.loads(metadata["ids"])
-    except (KeyError, ValueError, RecursionError):
+        ids = parse_json(metadata["ids"], f"{path}: the metadata 'ids'")
+    except (KeyError, JsonError):
         raise PolyalignError(f"{path}: the metadata 'ids' must be a JSON list of ids, one per row; {redo}") from None
-    if not isinstance(ids, list) or len(ids) != tensor.shape[0] or not all(
-            isinstance(i, (str, int, float)) and not isinstance(i, bool) for i in ids):
+    if not isinstance(ids, list) or len(ids) != tensor.shape[0]:
         raise PolyalignError(f"{path}: the metadata 'ids' must be a JSON list of {tensor.shape[0]} ids (text or "
                              f"numbers), one per row; {redo}")
+    check_ids(ids, f"{path}: the metadata 'ids'", f"; {redo}")
     if not isinstance(metadata.get("modality"), str):
         raise PolyalignError(f"{path}: the metadata does not say which modality it holds; {redo}")
     return EmbeddingsFile(tensor.float(), ids, metadata["modality"], metadata)

@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import save_file
 
 from polyalign.core.assemble import with_rebuild_options
-from polyalign.core.atomic import atomic_write_text
+from polyalign.core.atomic import WriteError, atomic_write_text
 from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.evaluator import read_report, report_markdown
 from polyalign.core.plugins import Plugins, default_plugins
@@ -155,6 +155,10 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
                 os.replace(file, final / file.name)
         else:
             os.replace(tmp, final)
+    except OSError as exc:  # named by the export, not by the file copied or the temporary folder
+        raise WriteError(f"could not write the export {dest}: {exc.strerror or exc}; nothing was left there "
+                         f"(the run {run_dir} is unchanged). Free some space or give a writable folder, then "
+                         f"export again.") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

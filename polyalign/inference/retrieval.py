@@ -111,6 +111,9 @@ def index_hits(model: TrainedModel, queries: dict[str, torch.Tensor], target: st
     if found.modality != target:
         raise PolyalignError(f"{path} indexes {found.modality!r} embeddings, not {target!r}")
     check_same_model(found.metadata, model, path, command="index")
+    if found.index.d != model.embed_dim:
+        raise PolyalignError(f"{path} holds vectors of {found.index.d} numbers; this model's embeddings have "
+                             f"{model.embed_dim}: build the index again with `polyalign index {model.source} ...`")
     vectors = model.inner_product_query(queries, target)
     rows = [int(r) for r in found.search(vectors.cpu().numpy(), top_k)[0] if r >= 0]
     bank = torch.from_numpy(found.vectors(rows)).to(model.device)

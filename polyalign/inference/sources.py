@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.errors import PolyalignError, shown
+from polyalign.core.errors import PolyalignError, not_a_file, shown
 from polyalign.core.manifest_file import SUFFIXES, parse_cell, read_lines, read_manifest
 from polyalign.core.npy_file import read_npy
 
@@ -23,6 +23,20 @@ class Values:
     root: Path | None
 
 
+def check_ids(ids: list[Any], where: str, redo: str = "") -> None:
+    """Refuse ids that are not text or numbers, or that repeat (compared as printed: 3 and "3" are one
+    id), naming ``where`` they came from; ``redo`` says how to make them again."""
+    seen: dict[str, int] = {}
+    for row, value in enumerate(ids):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise PolyalignError(f"{where}: the id of row {row} is {shown(value)}; an id is text or a number{redo}")
+        if str(value) in seen:
+            raise PolyalignError(f"{where}: rows {seen[str(value)]} and {row} have the same id {shown(value)}; "
+                                 f"each candidate needs its own id, or a search cannot say which one it found"
+                                 f"{redo}")
+        seen[str(value)] = row
+
+
 def read_manifest_column(path: Path, modality: str) -> Values:
     """The ``modality`` column of a manifest; rows without it are skipped; ids from ``id`` or the row number."""
     samples, _ = read_manifest(path)
@@ -30,7 +44,9 @@ def read_manifest_column(path: Path, modality: str) -> Values:
     if modality not in columns:
         raise PolyalignError(f"{path} has no column {shown(modality)}; its columns are: {', '.join(columns) or 'none'}")
     rows = [(i, s) for i, s in enumerate(samples) if modality in s]
-    return Values([s[modality] for _, s in rows], [s.get("id", i) for i, s in rows], path.parent)
+    ids = [s.get("id", i) for i, s in rows]
+    check_ids(ids, f"{path}", "; give each row its own value in the id column")
+    return Values([s[modality] for _, s in rows], ids, path.parent)
 
 
 def read_folder(path: Path) -> Values:
@@ -49,7 +65,7 @@ def read_source(source: str | Path, modality: str) -> Values:
             raise PolyalignError(f"the folder {path} holds no files")
         return found
     if not path.is_file():
-        raise PolyalignError(f"{path} does not exist; give {SOURCE_KINDS}")
+        raise PolyalignError(f"{not_a_file(path)}; give {SOURCE_KINDS}")
     if path.suffix in SUFFIXES:
         return read_manifest_column(path, modality)
     if path.suffix == ".npy":
@@ -61,6 +77,8 @@ def read_source(source: str | Path, modality: str) -> Values:
         return Values(list(rows), list(range(len(rows))), None)
     if path.suffix == ".txt":
         lines = [line.strip() for line in read_lines(path) if line.strip()]
+        check_ids(lines, f"{path}", " (the id of a line is its text); remove the repeated line, or give a "
+                                     "manifest with an id column")
         return Values(lines, list(lines), path.parent)
     raise PolyalignError(f"{path}: cannot tell what values it holds; give {SOURCE_KINDS}")
 

@@ -17,7 +17,10 @@ from typing import Any, Literal
 import numpy as np
 
 from polyalign.core.atomic import atomic_write_bytes, atomic_write_text
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import PolyalignError, not_a_file, shown
+from polyalign.core.json_file import read_json
+
+from .sources import check_ids
 
 FORMAT = "polyalign.index/1"
 SUFFIX = ".faiss"
@@ -41,6 +44,16 @@ def sidecar(path: str | Path) -> Path:
     return Path(f"{path}.json")
 
 
+OPTION_RANGES = {
+    "nlist": (1, 1 << 24, "clusters; at most one per indexed vector"),
+    "nprobe": (1, 1 << 16, "clusters searched per query; more than nlist searches them all"),
+    "hnsw_m": (2, 256, "links per vector; each vector stores 2 x M of them, faiss advises 4 to 64, "
+                       "and below 2 faiss crashes"),
+    "ef_search": (1, 1 << 16, "candidates kept per query; past a few thousand it is an exhaustive search"),
+}
+"""(lowest, highest, what it is) of each numeric index option."""
+
+
 @dataclass(frozen=True)
 class IndexOptions:
     """How to index: ``flat`` is exact; ``ivf`` probes ``nprobe`` of ``nlist`` clusters; ``hnsw``
@@ -53,10 +66,13 @@ class IndexOptions:
     ef_search: int = 64
 
     def check(self) -> None:
-        """Refuse options that cannot build an index, naming the command-line option."""
+        """Refuse options that cannot build an index, naming the command-line option and its range."""
         for name in ("nprobe", "hnsw_m", "ef_search") + (("nlist",) if self.nlist is not None else ()):
-            if getattr(self, name) < 1:
-                raise PolyalignError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+            low, high, why = OPTION_RANGES[name]
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise PolyalignError(f"--{name.replace('_', '-')} must be a whole number from {low} to {high} "
+                                     f"({why}), got {shown(value)}")
 
 
 def default_nlist(n: int) -> int:
@@ -162,22 +178,47 @@ class IndexFile:
         return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
 
 
+KIND_CLASSES = {"flat": "IndexFlatIP", "ivf": "IndexIVFFlat", "hnsw": "IndexHNSWFlat"}
+"""The faiss class :func:`build_index` makes for each kind."""
+
+
+def check_index(index: Any, meta: dict[str, Any], path: Path) -> None:
+    """Refuse a faiss index that is not what its sidecar says (kind, inner-product metric, dimension,
+    count), so that it is never searched as something it is not."""
+    faiss = import_faiss()
+    redo = "build it again with `polyalign index`"
+    kind, made = meta.get("kind"), type(faiss.downcast_index(index)).__name__
+    if not isinstance(kind, str) or kind not in KIND_CLASSES:
+        raise PolyalignError(f"{sidecar(path)}: 'kind' must be one of {', '.join(KIND_CLASSES)}, got {shown(kind)}; "
+                             f"{redo}")
+    if made != KIND_CLASSES[kind]:
+        raise PolyalignError(f"{path} is a faiss {made}, but {sidecar(path).name} says a {kind} index "
+                             f"({KIND_CLASSES[kind]}); {redo}")
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise PolyalignError(f"{path} ranks by another metric than the inner product (faiss metric "
+                             f"{index.metric_type}), which is not the score of polyalign's embeddings; {redo}")
+    for key, value in (("dim", index.d), ("count", index.ntotal)):
+        if meta.get(key) != value:
+            raise PolyalignError(f"{path} holds {value} {'numbers per vector' if key == 'dim' else 'vectors'}, but "
+                                 f"{sidecar(path).name} says {key} {shown(meta.get(key))}; {redo}")
+    if index.ntotal != len(meta["ids"]):
+        raise PolyalignError(f"{path} holds {index.ntotal} vectors but {sidecar(path).name} {len(meta['ids'])} ids")
+
+
 def read_index(path: str | Path) -> IndexFile:
     """An index written by :func:`write_index`, checked against its JSON file before faiss reads it."""
     faiss = import_faiss()
     path, meta_path = Path(path), sidecar(path)
     if not path.is_file():
-        raise PolyalignError(f"{path} does not exist; build it with `polyalign index RUN --modality M "
+        raise PolyalignError(f"{not_a_file(path)}; build an index with `polyalign index RUN --modality M "
                              f"--input SOURCE --out {path.name}`")
-    if not meta_path.is_file():
+    if not meta_path.exists():
         raise PolyalignError(f"{path} has no {meta_path.name} beside it (the ids and the model that made it); "
                              f"an index for polyalign is the pair written by `polyalign index`")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise PolyalignError(f"cannot read {meta_path}: {exc}") from None
+    meta = read_json(meta_path, "index sidecar")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("ids"), list):
         raise PolyalignError(f"{meta_path} was not written by `polyalign index` (format {FORMAT})")
+    check_ids(meta["ids"], f"{meta_path}: 'ids'", "; build the index again with `polyalign index`")
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta.get("index_sha256"):
         raise PolyalignError(f"{path} does not match {meta_path.name} (its SHA-256 differs): the index was "
@@ -186,8 +227,7 @@ def read_index(path: str | Path) -> IndexFile:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as exc:
         raise PolyalignError(f"faiss cannot read {path}: {str(exc).splitlines()[-1]}") from None
-    if index.ntotal != len(meta["ids"]):
-        raise PolyalignError(f"{path} holds {index.ntotal} vectors but {meta_path.name} {len(meta['ids'])} ids")
+    check_index(index, meta, path)
     if meta.get("kind") == "ivf":  # reconstructing a hit's vector needs the id -> list map
         faiss.extract_index_ivf(index).make_direct_map()
     return IndexFile(index, meta.pop("ids"), meta)

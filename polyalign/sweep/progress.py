@@ -76,7 +76,7 @@ def run_state(slot: Path) -> tuple[str, dict[str, Any], Path | None]:
     """A slot's state (done, running, failed, interrupted or pending), its status record and run directory."""
     status = read_status(slot)
     run_dir = find_run_dir(slot) if slot.is_dir() else None
-    if finished(run_dir):
+    if finished(run_dir, status):
         return DONE, status, run_dir
     if slot_busy(slot):
         return RUNNING, status, run_dir

@@ -12,7 +12,7 @@ from polyalign.core.errors import PolyalignError, RecipeError
 
 from .launchers import LAUNCHERS, SlurmOptions, launch_local, launch_submitit, threads_per_run
 from .plan import SweepPlan, merge_plan, new_plan, slot_dir
-from .worker import DONE, FAILED, find_run_dir, finished
+from .worker import DONE, FAILED, find_run_dir, finished, read_status
 
 DEFAULT_ROOT = Path("sweeps")
 
@@ -77,7 +77,8 @@ def run_sweep(recipe: str | Path, grid: dict[str, list[str]], seeds: int, overri
     wanted = [r.id for r in plan.runs]
     plan = merge_plan(sweep_dir, plan)
     result = SweepResult(sweep_dir, plan)
-    result.kept = [i for i in wanted if finished(find_run_dir(slot_dir(sweep_dir, plan.run(i))))]
+    slots = {i: slot_dir(sweep_dir, plan.run(i)) for i in wanted}
+    result.kept = [i for i in wanted if finished(find_run_dir(slots[i]), read_status(slots[i]))]
     todo = [i for i in wanted if i not in result.kept]
     if launcher == "slurm":
         threads = threads or (slurm or SlurmOptions()).cpus_per_task or 1

@@ -62,9 +62,11 @@ def find_run_dir(slot: Path) -> Path | None:
     return runs[0] if runs else None
 
 
-def finished(run_dir: Path | None) -> bool:
-    """Whether a run directory holds a finished run (its evaluation report is written last)."""
-    return run_dir is not None and (run_dir / REPORT_DIR / REPORT_JSON).is_file()
+def finished(run_dir: Path | None, status: dict[str, Any] | None = None) -> bool:
+    """Whether a run directory holds a finished run: its evaluation report written (last), and its slot's
+    ``status`` not a failure (a failed evaluator leaves the other evaluators' report)."""
+    return (run_dir is not None and (run_dir / REPORT_DIR / REPORT_JSON).is_file()
+            and (status or {}).get("state") != FAILED)
 
 
 @contextlib.contextmanager
@@ -116,7 +118,7 @@ def run_slot(sweep_dir: str | Path, run_id: str, threads: int | None = None) -> 
             return {"state": BUSY, "id": run_id}
         old = read_status(slot)
         run_dir = find_run_dir(slot)
-        if finished(run_dir):
+        if finished(run_dir, old):
             return old if old.get("state") == DONE else write_status(
                 slot, **{**old, "state": DONE, "id": run_id, "run_dir": str(run_dir)})
         if threads:

@@ -115,8 +115,8 @@ def encode_into(encoder: Encoder, modality: str, pending: dict[str, tuple[str, A
 class FeatureLookup:
     """A modality's loader that returns the cached feature of a value instead of loading it."""
 
-    def __init__(self, store: TensorStore, modality: str):
-        self.store, self.modality = store, modality
+    def __init__(self, store: TensorStore, modality: str, width: int):
+        self.store, self.modality, self.width = store, modality, width
 
     def __call__(self, value: Any, root: Path | None) -> torch.Tensor:
         feature = self.store.get(value_key(value, root))
@@ -124,4 +124,11 @@ class FeatureLookup:
             raise DataError(f"not in the feature cache of {self.modality!r} ({self.store.folder}): the value "
                             f"is new or its file changed since the cache was filled; run `polyalign cache "
                             f"RECIPE` (or train again, which fills it first)")
-        return feature  # type: ignore[return-value]
+        if not isinstance(feature, torch.Tensor) or feature.shape != (self.width,) or not feature.is_floating_point():
+            found = (f"a {tuple(feature.shape)} {feature.dtype} tensor" if isinstance(feature, torch.Tensor)
+                     else f"the fields {', '.join(sorted(feature))}")
+            raise DataError(f"the feature cache of {self.modality!r} ({self.store.folder}) holds {found} for this "
+                            f"value, where the encoder gives {self.width} floating-point numbers: the cache was "
+                            f"written by something else or damaged; delete that folder and run `polyalign cache "
+                            f"RECIPE` (or train again, which fills it first)")
+        return feature

@@ -89,7 +89,7 @@ class TrainingData:
         collate_fns = {m: torch.stack if m in self.features else enc.collate for m, enc in encoders.items()}
         if self.features or self.inputs:
             loaders: dict[str, Loader] = {
-                m: FeatureLookup(self.features[m], m) if m in self.features else
+                m: FeatureLookup(self.features[m], m, enc.width) if m in self.features else
                 CachedDecode(enc, self.inputs[m]) if m in self.inputs else enc.load for m, enc in encoders.items()}
             batch_loaders = {m: BatchOf(load, collate_fns[m]) for m, load in loaders.items()}
         else:

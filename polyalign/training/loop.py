@@ -21,6 +21,7 @@ from polyalign.core.recipe import Recipe
 from polyalign.core.run_files import CHECKPOINTS_DIR
 from polyalign.core.stream import is_stream
 
+from .console import epoch_line
 from .distributed import DistInfo, mean_across_ranks
 from .loaders import TrainingData
 from .optim import build_optimizer
@@ -101,7 +102,7 @@ class Trainer:
                 print(f"note: the checkpoint was written mid-epoch with {progress.data_layout or '?'} "
                       f"(processes x DataLoader workers) reading the shards, this run has {self.data.layout}; "
                       f"a streamed epoch cannot be continued with another layout, so training goes on from "
-                      f"the start of epoch {progress.epoch + 1} (the rest of epoch {progress.epoch} is not seen)")
+                      f"the start of epoch {progress.epoch + 2} (the rest of epoch {progress.epoch + 1} is not seen)")
             progress.next_epoch()
 
     @property
@@ -159,7 +160,7 @@ class Trainer:
         if cfg.on_nan == "skip" and progress.nan_skips < cfg.max_nan_skips:
             progress.nan_skips += 1
             if self.dist.is_main:
-                self.plugins.pm.hook.on_step_end(step=progress.step, epoch=progress.epoch, run_dir=self.run_dir,
+                self.plugins.pm.hook.on_step_end(step=progress.step, epoch=progress.epoch + 1, run_dir=self.run_dir,
                                                  metrics={"nan_skipped": float(progress.nan_skips)})
             return
         kept = (f"the last good checkpoint ({self.run_dir / CHECKPOINTS_DIR / 'last'}, step {self.saved_step}) "
@@ -211,8 +212,8 @@ class Trainer:
         if tau is not None:
             metrics["temperature"] = tau
         if self.dist.is_main:
-            self.plugins.pm.hook.on_step_end(step=self.progress.step, epoch=self.progress.epoch, metrics=metrics,
-                                             run_dir=self.run_dir)
+            self.plugins.pm.hook.on_step_end(step=self.progress.step, epoch=self.progress.epoch + 1,
+                                             metrics=metrics, run_dir=self.run_dir)
         return metrics
 
     @torch.no_grad()
@@ -234,9 +235,16 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train until ``epochs`` or ``max_steps``; returns the last epoch's metrics."""
+        from rich import get_console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         cfg, progress = self.recipe.train, self.progress
+        if progress.epoch >= cfg.epochs or progress.step >= self.total_steps:
+            if self.dist.is_main:
+                print(f"note: {self.run_dir} has finished training ({progress.epoch}/{cfg.epochs} epochs, "
+                      f"{progress.step} steps): nothing to train; its evaluation runs again. To train it longer: "
+                      f"polyalign train --resume {self.run_dir} train.epochs=N", flush=True)
+            return {}
         if self.dist.is_main:
             self.plugins.pm.hook.on_train_start(run_dir=self.run_dir, recipe=self.recipe, model=self.model,
                                                 loss=self.loss_fn, start_step=progress.step,
@@ -247,12 +255,13 @@ class Trainer:
         bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                        TextColumn("{task.completed}/{task.total} steps"),
                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
-                       TimeRemainingColumn(), disable=not self.dist.is_main, transient=False)
+                       TimeRemainingColumn(), transient=False,
+                       disable=not (self.dist.is_main and get_console().is_terminal))  # piped: epoch lines alone
         self.model.feature_inputs = frozenset(self.data.features)  # cached features in, heads only
         try:
             with bar:
                 task = bar.add_task("train", total=self.total_steps, completed=progress.step,
-                                    epoch=progress.epoch, loss="-", speed="")
+                                    epoch=f"{progress.epoch + 1}/{cfg.epochs}", loss="-", speed="")
                 while progress.epoch < cfg.epochs and progress.step < self.total_steps:
                     last = self._epoch(bar, task)
         finally:
@@ -283,7 +292,8 @@ class Trainer:
             if newest is not None:  # else not checked now, or the newest step was skipped (steps renumbered)
                 if self._log_due():
                     metrics = self._log(newest, time.perf_counter() - t0, samples)
-                    bar.update(task, completed=progress.step, epoch=progress.epoch, loss=f"{metrics['loss']:.4f}",
+                    bar.update(task, completed=progress.step, epoch=f"{progress.epoch + 1}/{cfg.epochs}",
+                               loss=f"{metrics['loss']:.4f}",
                                speed=f"{metrics['samples_per_s']:.0f} samples/s")
                     t0, samples = time.perf_counter(), 0
                 if self._checkpoint_due():
@@ -304,6 +314,8 @@ class Trainer:
         progress.next_epoch()
         if self.dist.is_main:
             hook.on_epoch_end(epoch=progress.epoch, step=progress.step, metrics=metrics, run_dir=self.run_dir)
+            bar.console.print(epoch_line(progress.epoch, cfg.epochs, progress.step, self.total_steps, metrics),
+                              markup=False, highlight=False, soft_wrap=True)
         is_best = val is not None and val < progress.best_val
         if is_best:
             progress.best_val = val

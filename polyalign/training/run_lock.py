@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from polyalign.core.errors import PolyalignError, cut
+from polyalign.core.json_file import JsonError, parse_json
 from polyalign.core.run_files import LOCK_FILE
 
 from .distributed import DistInfo, broadcast_from_main
@@ -55,10 +56,10 @@ if hasattr(os, "register_at_fork"):
 def _holder(fd: int) -> str:
     """The holder recorded in an open lock file, in words."""
     try:
-        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        info = parse_json(os.pread(fd, 4096, 0), "lock file")
         return (f"pid {info['pid']} on host {info['host']}, since {info['started']}: "
                 f"{cut(str(info['command']), 200)}")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, JsonError, KeyError, TypeError):
         return "a process that has not recorded itself yet"
 
 

@@ -16,5 +16,5 @@ def register_datasets(register):
              help="JSON Lines or CSV manifests per split: one row per tuple, one column per modality (paths or inline)")
     register("demo", build_demo, config=DemoConfig,
              help="Image + audio + ECG + text files sharing a class, generated into a cache folder on first use")
-    register("webdataset", build_webdataset, config=WebDatasetConfig,
+    register("webdataset", build_webdataset, config=WebDatasetConfig, requires={"webdataset": "polyalign[webdataset]"},
              help="Tuples streamed from tar shards (webdataset format; `polyalign shards` writes them from manifests)")

@@ -10,19 +10,21 @@ the shards, ``sizes.json`` gives each shard's number of samples.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
+from polyalign.core.atomic import WriteError, atomic_write_text
 from polyalign.core.data import SPLITS, Sample
 from polyalign.core.errors import PolyalignError
 
 from .manifest import ManifestConfig, ManifestDataset
-from .webdataset import ID_EXT, LABEL_EXT, SIZES_FILE, load_webdataset
+from .webdataset import ID_EXT, LABEL_EXT, MAX_MEMBER_BYTES, SIZES_FILE, load_webdataset
 
 
 @dataclass
@@ -44,8 +46,9 @@ class SplitShards:
         return str(self.shards[0].parent / f"{self.split}-{{{start}..{stop}}}.tar")
 
 
-def member(value: Any, modality: str, root: Path | None, where: str) -> tuple[str, bytes]:
-    """The member extension (after the key) and bytes of one raw value."""
+def member(value: Any, modality: str, root: Path | None, where: str) -> tuple[str, bytes | Path]:
+    """The member extension (after the key) and bytes of one raw value (a file: its path, streamed
+    into the shard when it is written)."""
     if isinstance(value, str):
         path = Path(value).expanduser()
         path = path if path.is_absolute() or root is None else root / path
@@ -54,7 +57,11 @@ def member(value: Any, modality: str, root: Path | None, where: str) -> tuple[st
             if suffix in ("", "hea", "dat"):
                 raise PolyalignError(f"{where}, {modality!r}: {path} has no single-file format (a WFDB record is "
                                      f"a .hea and a .dat file); convert it to .npy before writing shards")
-            return f"{modality}.{suffix}", path.read_bytes()
+            size = path.stat().st_size
+            if size > MAX_MEMBER_BYTES:
+                raise PolyalignError(f"{where}, {modality!r}: {path} holds {size} bytes, more than the "
+                                     f"{MAX_MEMBER_BYTES} polyalign reads of one shard member; leave it out")
+            return f"{modality}.{suffix}", path
         if Path(value).suffix.lower() in (".png", ".jpg", ".jpeg", ".wav", ".flac", ".npy", ".txt", ".json"):
             raise PolyalignError(f"{where}, {modality!r}: file {path} not found")
         return f"{modality}.txt", value.encode("utf-8")
@@ -68,6 +75,8 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
     if shard_size < 1:
         raise PolyalignError(f"--shard-size must be at least 1, got {shard_size}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PolyalignError(f"{out} exists and is not a folder; give a new or empty folder for the shards")
     if out.exists() and any(out.iterdir()):
         raise PolyalignError(f"{out} is not empty; give a new or empty folder for the shards")
     data = ManifestDataset(ManifestConfig(path=str(data_dir)))
@@ -85,10 +94,14 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
         for start in range(0, len(order), shard_size):
             path = out / f"{split}-{len(result.shards):06d}.tar"
             tmp = path.with_name(f".{path.name}.tmp")
-            with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:
-                for row in order[start:start + shard_size]:
-                    tar.write({"__key__": f"{row:08d}", **sample_members(samples[row], data, split, row, result)})
-            os.replace(tmp, path)
+            try:
+                with wds.TarWriter(str(tmp), encoder=False, mtime=0) as tar:
+                    for row in order[start:start + shard_size]:
+                        write_sample(tar, f"{row:08d}", sample_members(samples[row], data, split, row, result))
+                os.replace(tmp, path)
+            except OSError as exc:  # named by the shard, not by its temporary file or the file being copied
+                tmp.unlink(missing_ok=True)
+                raise WriteError(f"could not write the shard {path}: {exc.strerror or exc}") from exc
             sizes[path.name] = len(order[start:start + shard_size])
             result.shards.append(path)
         written.append(result)
@@ -96,8 +109,28 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
     return written
 
 
+def write_sample(writer: Any, key: str, members: dict[str, bytes | Path]) -> None:
+    """One sample's members, as webdataset's ``TarWriter.write`` writes them (in name order, with its
+    mode, owner and time); a file is streamed from disk, never held whole in memory."""
+    for ext in sorted(members):
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.mode, info.uname, info.gname, info.mtime = writer.mode, writer.user, writer.group, writer.mtime
+        value = members[ext]
+        if isinstance(value, Path):
+            try:
+                fh = open(value, "rb")
+            except OSError as exc:
+                raise PolyalignError(f"cannot read {value} (sample {key}): {exc.strerror or exc}") from None
+            with fh:
+                info.size = os.fstat(fh.fileno()).st_size
+                writer.tarstream.addfile(info, fh)
+        else:
+            info.size = len(value)
+            writer.tarstream.addfile(info, io.BytesIO(value))
+
+
 def sample_members(sample: Sample, data: ManifestDataset, split: str, row: int,
-                   result: SplitShards) -> dict[str, bytes]:
+                   result: SplitShards) -> dict[str, bytes | Path]:
     """The members of one tuple; records each modality's extension in ``result``."""
     where = data.locate(split, row)
     members = {}

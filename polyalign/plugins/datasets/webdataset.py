@@ -14,22 +14,31 @@ writes it; open_clip's format), else the shards are counted once at start.
 
 from __future__ import annotations
 
-import json
+import re
 import tarfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import BinaryIO, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from polyalign.core.data import SPLITS, Sample
 from polyalign.core.encoder import FileBytes
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import PolyalignError, shown
+from polyalign.core.json_file import JsonError, parse_json, read_json
 from polyalign.core.manifest_file import ManifestError, parse_label
 from polyalign.core.stream import Shard, StreamSplit
 
+from .brace_count import count_expansions
+
 SIZES_FILE = "sizes.json"
 LABEL_EXT, ID_EXT = "cls", "id"
+MAX_SHARDS = 1_000_000
+"""Shard files one pattern (or list) may name: a brace pattern is counted before it is expanded."""
+MAX_MEMBER_BYTES = 1 << 30
+"""Bytes of one member read at most: its size in the tar header is checked before it is read."""
+META = re.compile(r"__[^/]*__($|/)")
+"""Members webdataset skips as metadata (``__meta__/...``, ``__index__``): never counted, never read."""
 Urls = str | list[str]
 
 
@@ -110,6 +119,13 @@ def expand(urls: Urls, where: str) -> list[Path]:
         if "://" in pattern or pattern.startswith("pipe:"):
             raise PolyalignError(f"{where}: {pattern!r} is not a local path; polyalign reads local shard files "
                                  f"only (nothing is downloaded at run time)")
+        try:
+            count = sum(count_expansions(part) for part in pattern.split("::"))
+        except ValueError as exc:
+            raise PolyalignError(f"{where}: {exc}") from None
+        if count + len(found) > MAX_SHARDS:
+            raise PolyalignError(f"{where}: {shown(pattern)} names {count} shard files; polyalign reads at most "
+                                 f"{MAX_SHARDS} (a range such as {{000000..000099}} names 100)")
         for name in expand_urls(pattern):
             path = Path(name).expanduser()
             if not path.is_file():
@@ -123,13 +139,13 @@ def expand(urls: Urls, where: str) -> list[Path]:
 @lru_cache(maxsize=256)
 def _sizes_file(folder: Path) -> dict[str, int]:
     file = folder / SIZES_FILE
-    if not file.is_file():
+    if not file.exists():
         return {}
     try:
-        sizes = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise PolyalignError(f"{file}: cannot read the shard sizes ({exc}); delete it to have the shards "
-                             f"counted, or write it again with `polyalign shards`") from None
+        sizes = read_json(file, "shard sizes", max_bytes=256 << 20)
+    except JsonError as exc:
+        raise PolyalignError(f"{exc}; delete it to have the shards counted, or write it again with "
+                             f"`polyalign shards`") from None
     if not isinstance(sizes, dict) or not all(isinstance(v, int) and v >= 0 for v in sizes.values()):
         raise PolyalignError(f"{file}: expected {{shard file name: number of samples}}")
     return sizes
@@ -145,7 +161,7 @@ def count_samples(path: Path) -> int:
             for info in tar:
                 name = info.name
                 meta = "/" not in name and name.startswith(meta_prefix) and name.endswith(meta_suffix)
-                if not info.isreg() or meta:
+                if not info.isreg() or meta or META.match(name):
                     continue
                 key, _ = base_plus_ext(name)
                 if key is not None and key != last:
@@ -153,6 +169,26 @@ def count_samples(path: Path) -> int:
     except (tarfile.TarError, OSError) as exc:
         raise PolyalignError(f"shard {path}: not a readable tar file ({exc}); write it again") from None
     return count
+
+
+def bounded_members(fh: BinaryIO, shard: str) -> Iterator[dict]:
+    """The regular members of a tar stream as webdataset's ``tar_file_iterator`` yields them
+    (``{"fname", "data"}``, metadata skipped), each refused before it is read when its header
+    announces more than MAX_MEMBER_BYTES (a sparse member of gigabytes in a shard of kilobytes)."""
+    from webdataset.tariterators import meta_prefix, meta_suffix
+
+    stream = tarfile.open(fileobj=fh, mode="r|*")
+    for info in stream:
+        name = info.name
+        if not info.isreg() or META.match(name) or (
+                "/" not in name and name.startswith(meta_prefix) and name.endswith(meta_suffix)):
+            continue
+        if info.size > MAX_MEMBER_BYTES:
+            raise PolyalignError(f"shard {shard}: member {shown(name)} announces {info.size} bytes, more than "
+                                 f"the {MAX_MEMBER_BYTES} polyalign reads of one member; leave such files out of "
+                                 f"the shards (or check the shard: a forged or sparse member)")
+        yield {"fname": name, "data": stream.extractfile(info).read()}
+        stream.members = []
 
 
 def shard_size(path: Path) -> int:
@@ -169,11 +205,11 @@ class ShardStream(StreamSplit):
         self.modality_of = {ext: m for m, exts in config.modalities.items() for ext in extensions(exts)}
 
     def read(self, shard: Shard, skip: int = 0) -> Iterator[tuple[str, Sample]]:
-        from webdataset.tariterators import group_by_keys, tar_file_iterator
+        from webdataset.tariterators import group_by_keys
 
         try:
             with open(shard.name, "rb") as fh:
-                members = ({**m, "__url__": shard.name} for m in tar_file_iterator(fh))
+                members = ({**m, "__url__": shard.name} for m in bounded_members(fh, shard.name))
                 for i, raw in enumerate(group_by_keys(members)):
                     if i >= skip:
                         yield raw["__key__"], self.sample(raw, shard.name)
@@ -193,9 +229,15 @@ class ShardStream(StreamSplit):
             sample[m] = member
             if ext.endswith("json"):
                 try:
-                    sample[m] = json.loads(data)
-                except ValueError:
+                    sample[m] = parse_json(data, member.name)
+                except JsonError:
                     pass  # the encoder fails on the member itself, naming it (and data.on_error applies)
+        if not sample:
+            found = sorted(e for e in raw if not e.startswith("__"))
+            wanted = ", ".join(f"{m}: .{e}" for e, m in self.modality_of.items())
+            raise PolyalignError(f"shard {shard}, sample {key!r}: no member holds a modality (its members end in "
+                                 f"{shown(found)}; data.modalities reads {wanted}); name the extensions "
+                                 f"the shards use in data.modalities")
         if LABEL_EXT in raw:
             where = f"shard {shard}, sample {key!r}, member .{LABEL_EXT}"
             try:

@@ -21,6 +21,6 @@ def register_evaluators(register):
     register("zero_shot_classification", build_zero_shot_classification, config=ZeroShotClassificationConfig,
              help="Classify from any query subset against text prompts of the class names, averaged per class "
                   "(CLIP); top-1/top-5 and per-class accuracy")
-    register("linear_probe", build_linear_probe, config=LinearProbeConfig,
+    register("linear_probe", build_linear_probe, config=LinearProbeConfig, requires={"sklearn": "polyalign[probe]"},
              help="Logistic regression (scikit-learn) on frozen embeddings of a modality or several; C chosen "
                   "on val; few-shot k per class")

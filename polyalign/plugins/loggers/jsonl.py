@@ -9,6 +9,7 @@ from typing import Any
 from polyalign.core.atomic import atomic_write_text, describe_os_error
 from polyalign.core.errors import PolyalignError
 from polyalign.core.hookspecs import hookimpl
+from polyalign.core.json_file import JsonError, parse_json
 from polyalign.core.run_files import METRICS_FILE, logged_before
 
 
@@ -33,8 +34,8 @@ class JsonlLogger:
         keep = []
         for n, line in enumerate(self.path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
             try:
-                row = json.loads(line)
-            except (ValueError, RecursionError):  # a row torn by a kill mid-write; the resumed run logs it again
+                row = parse_json(line, f"{self.path}, line {n}")
+            except JsonError:  # a row torn by a kill mid-write; the resumed run logs it again
                 continue
             try:
                 if logged_before(row, start_step, start_epoch):

@@ -15,7 +15,7 @@ from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import eval_tag, row_columns
 from polyalign.core.hookspecs import hookimpl
-from polyalign.core.run_files import REPORT_DIR
+from polyalign.core.run_files import REPORT_DIR, read_tracker_run
 
 RUN_FILE = "mlflow-run.json"  # in the run directory: the MLflow run a resume continues
 PARAM_VALUE_LIMIT = 6000  # MLflow's longest parameter value
@@ -82,7 +82,7 @@ class MlflowLogger:
     def _start(self, recipe: Any) -> None:
         id_file = self.run_dir / RUN_FILE
         if id_file.is_file():  # a resumed run: the same store and run
-            saved = json.loads(id_file.read_text(encoding="utf-8"))
+            saved = read_tracker_run(id_file, ("tracking_uri", "run_id"), "mlflow")
             self.client, self.run_id = self._client_class(tracking_uri=saved["tracking_uri"]), saved["run_id"]
             run = self.client.get_run(self.run_id)
             self.logged = {(key, m.step) for key in run.data.metrics
@@ -111,6 +111,8 @@ class MlflowLogger:
         self.step = start_step
         try:
             self._start(recipe)
+        except PolyalignError:
+            raise
         except Exception as exc:  # MLflow's own errors: an unreachable server, a bad URI, a locked database
             store = self.config.tracking_uri or "the default tracking store (MLFLOW_TRACKING_URI)"
             raise PolyalignError(f"logger 'mlflow' could not start a run in {store}: "

@@ -12,7 +12,7 @@ from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import eval_tag, row_columns
 from polyalign.core.hookspecs import hookimpl
-from polyalign.core.run_files import REPORT_DIR
+from polyalign.core.run_files import REPORT_DIR, read_tracker_run
 
 RUN_FILE = "wandb-run.json"  # in the run directory: the W&B run a resume continues
 
@@ -52,7 +52,7 @@ class WandbLogger:
             "tags": cfg.tags or None, "name": self.run_dir.name, "dir": str(self.run_dir),
             "config": recipe.model_dump(mode="json"), "reinit": "create_new"}
         if id_file.is_file():  # a resumed run: continue it from the checkpoint's step
-            run_id = json.loads(id_file.read_text(encoding="utf-8"))["id"]
+            run_id = read_tracker_run(id_file, ("id",), "wandb")["id"]
             options["resume_from"] = f"{run_id}?_step={start_step}"
         try:
             self.run = self.wandb.init(**options)
