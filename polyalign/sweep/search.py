@@ -126,8 +126,8 @@ def search_worker(sweep_dir: str | Path, worker: str = "worker-0", threads: int 
     returns the number this worker ran."""
     import optuna
 
-    import polyalign
     from polyalign.core.plugins import make_plugins
+    from polyalign.run import train
 
     sweep_dir = Path(sweep_dir).resolve()
     plan = read_plan(sweep_dir)
@@ -145,7 +145,7 @@ def search_worker(sweep_dir: str | Path, worker: str = "worker-0", threads: int 
         trial.set_user_attr("overrides", overrides)
         slot = sweep_dir / RUNS_DIR / f"trial-{trial.number:04d}"
         try:
-            run_dir = polyalign.train(plan.recipe, out=slot, overrides=[*plan.overrides, *overrides],
+            run_dir = train(plan.recipe, out=slot, overrides=[*plan.overrides, *overrides],
                                       plugins=make_plugins(extra=[PruneOnValidationLoss(trial)]))
             trial.set_user_attr("run_dir", str(run_dir))
             return validation_value(run_dir, search["metric"])

@@ -106,7 +106,7 @@ def error_text(exc: BaseException) -> str:
 def run_slot(sweep_dir: str | Path, run_id: str, threads: int | None = None) -> dict[str, Any]:
     """Run (or resume, or skip if finished) the run ``run_id`` of the sweep in ``sweep_dir``; return its
     status. Errors of the run are recorded in the status, not raised."""
-    import polyalign
+    from polyalign.run import train
 
     sweep_dir = Path(sweep_dir).resolve()
     plan = read_plan(sweep_dir)
@@ -135,10 +135,10 @@ def run_slot(sweep_dir: str | Path, run_id: str, threads: int | None = None) -> 
         os.chdir(plan.cwd)  # relative paths in the recipe mean what they meant to the sweep command
         try:
             if run_dir is None:
-                run_dir = polyalign.train(plan.recipe, out=slot, overrides=plan.all_overrides(spec))
+                run_dir = train(plan.recipe, out=slot, overrides=plan.all_overrides(spec))
             else:
                 print(f"resuming {run_dir} (attempt {attempts})", flush=True)
-                run_dir = polyalign.train(None, resume=run_dir)
+                run_dir = train(None, resume=run_dir)
         except Exception as exc:  # noqa: BLE001 - a failed run is recorded; the sweep goes on
             traceback.print_exc()
             seconds = base["seconds_before"] + time.monotonic() - t0
