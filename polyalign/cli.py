@@ -465,7 +465,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from polyalign.sweep.search import run_search
 
         found = run_search(recipe, args.grid or [], args.trials, args.metric, args.direction, args.overrides,
-                           args.out, args.jobs, args.threads, args.launcher, slurm, echo)
+                           args.out, args.jobs, args.threads, args.launcher, slurm, echo, storage=args.storage)
         out.print(found.text(), markup=False, soft_wrap=True)
         return 0
     from polyalign.sweep.plan import parse_grid
@@ -648,6 +648,8 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--metric", metavar="ROW", help="--search: the evaluation row to optimise on the validation "
                                                     "split, e.g. zero_shot/b_from_a+c/accuracy")
     sw.add_argument("--direction", choices=["maximize", "minimize"], default="maximize")
+    sw.add_argument("--storage", metavar="URL", help="--search: the study's database (an SQLAlchemy URL such as "
+                                                     "postgresql://host/db; default: SQLite in the sweep directory)")
     sw.set_defaults(func=cmd_sweep)
     for command in sub.choices.values():  # `polyalign train --debug ...` as well as `polyalign --debug train ...`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)

@@ -212,9 +212,9 @@ def search_result(sweep_dir: Path) -> SearchResult:
 def run_search(recipe: str | Path, space_items: list[str], trials: int, metric: str | None, direction: str,
                overrides: list[str] | None = None, out: str | Path | None = None, jobs: int = 1,
                threads: int | None = None, launcher: str = "local", slurm: SlurmOptions | None = None,
-               echo: Callable[[str], None] = print, pruner: Any = None) -> SearchResult:
-    """Search the space with ``jobs`` workers on one SQLite study (resumed by the same command), then
-    write the best trial's recipe."""
+               echo: Callable[[str], None] = print, pruner: Any = None, storage: str | None = None) -> SearchResult:
+    """Search the space with ``jobs`` workers on one study (resumed by the same command) in ``storage``
+    (an SQLAlchemy URL; default: SQLite in the sweep directory), then write the best trial's recipe."""
     from polyalign.core.recipe import load_recipe
 
     if not metric:
@@ -225,7 +225,7 @@ def run_search(recipe: str | Path, space_items: list[str], trials: int, metric: 
     base = load_recipe(recipe, overrides)
     sweep_dir = Path(out).resolve() if out else (Path("sweeps") / f"{base.name}-optuna").resolve()
     search = {"space": space, "trials": trials, "metric": metric, "direction": direction,
-              "storage": f"sqlite:///{sweep_dir / STUDY_DB}", "study": base.name}
+              "storage": storage or f"sqlite:///{sweep_dir / STUDY_DB}", "study": base.name}
     merge_plan(sweep_dir, new_plan(Path(recipe), overrides, {}, [base.seed], search))
     threads = threads_per_run(jobs, threads)
     echo(f"search {sweep_dir}: {trials} trial(s) of {', '.join(space)}; {jobs} worker(s) ({launcher}), "
