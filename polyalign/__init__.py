@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
@@ -18,16 +17,19 @@ __version__ = version("polyalign")  # pyproject.toml is the one place the versio
 
 # The public API is imported on first use, so that `import polyalign` (and `polyalign --help`, a plugin's
 # `@polyalign.hookimpl`) does not import torch.
-_LAZY = {"Recipe": "polyalign.core.recipe", "load_recipe": "polyalign.core.recipe",
-         "evaluate": "polyalign.evaluation.evaluate", "TrainedModel": "polyalign.inference.trained",
-         "load": "polyalign.inference.trained", "train": "polyalign.run"}
-
-
 def __getattr__(name: str) -> Any:
     """The public API's functions and classes, imported when first asked for."""
-    if name not in _LAZY:
+    if name in ("Recipe", "load_recipe"):
+        from polyalign.core import recipe as module
+    elif name == "evaluate":
+        from polyalign.evaluation import evaluate as module
+    elif name in ("TrainedModel", "load"):
+        from polyalign.inference import trained as module
+    elif name == "train":
+        from polyalign import run as module
+    else:
         raise AttributeError(f"module 'polyalign' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
+    value = getattr(module, name)
     globals()[name] = value
     return value
 

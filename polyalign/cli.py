@@ -1,5 +1,5 @@
 """The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, index, search,
-export, plot, demo-data, shards, cache, sweep."""
+export, serve, plot, demo-data, shards, cache, sweep."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from polyalign.core.errors import MAX_MESSAGE_CHARS, PolyalignError, cut, shown
+from polyalign.core.errors import MAX_MESSAGE_CHARS, Notice, PolyalignError, cut, shown
 from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 
 err = Console(stderr=True, highlight=False)
@@ -29,6 +30,22 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         super().error(cut(message, 2000))
+
+
+class _CommandParser(_Parser):
+    """A subcommand's parser: options may come between and after its positionals, so
+    ``train R --out D k=v`` gives R, D and the override (argparse's intermixed parsing)."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside:  # intermixed parsing calls this twice: options first, then positionals
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
 
 
 def _count(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -233,22 +250,57 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     recipe = polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
     check_requirements(recipe, default_plugins(), args.recipe)
+    lines = None
+    if args.check_data:  # before the "valid" line: a recipe its data refuses is not valid
+        from polyalign.core.data_check import check_data
+
+        lines = check_data(recipe)
     if args.print:
         print(recipe.to_yaml())
     out.print(f"{args.recipe}: valid ({len(recipe.modalities)} modalities, "
               f"loss {'+'.join(n.plugin for n in recipe.losses)}, data {recipe.data.plugin})")
-    if args.check_data:
-        from polyalign.core.data_check import check_data
-
-        lines = check_data(recipe)
+    if lines is not None:
         out.print("checked with the data (every plugin built, the first rows of each split loaded):\n"
                   + "\n".join(f"  {escape(line)}" for line in lines), soft_wrap=True)
     return 0
 
 
+def _plugin_options(name: str, as_json: bool) -> int:
+    """``polyalign plugins NAME``: every component registered under NAME, with its options."""
+    from polyalign.core.options_reference import component_lines, options
+    from polyalign.core.plugins import default_plugins
+    from polyalign.core.registry import KINDS, unknown_name_message
+
+    registry = default_plugins().registry
+    found = [registry.get(kind, name) for kind in KINDS if name in registry.names(kind)]
+    if not found:
+        every = sorted({n for kind in KINDS for n in registry.names(kind)})
+        raise PolyalignError(unknown_name_message("plugin component", name, every))
+    if as_json:
+        print(json.dumps([{"kind": c.kind, "name": c.name, "plugin": c.plugin, "help": c.help,
+                           "options": [o.__dict__ for o in options(c.config)]} for c in found], indent=2))
+        return 0
+    blocks = []
+    for c in found:
+        missing = _not_installed(dict(c.requires))
+        blocks.append("\n".join(component_lines(c) + ([f"  {missing}"] if missing else [])))
+    out.print("\n\n".join(blocks), markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def _not_installed(requires: dict[str, str]) -> str:
+    """'not installed: pip install ...' for each module a component needs and this environment lacks."""
+    from polyalign.core.requirements import install_hint, is_installed
+
+    missing = [install_hint(r) for m, r in requires.items() if not is_installed(m)]
+    return f"not installed: {'; '.join(missing)}" if missing else ""
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from polyalign.core.plugins import default_plugins, describe
 
+    if args.name is not None:
+        return _plugin_options(args.name, args.json)
     listing = describe(default_plugins())
     if args.json:
         print(json.dumps(listing, indent=2))
@@ -257,8 +309,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for c in ("name", "distribution", "version", "status"):
         table.add_column(c)
     for p in listing["plugins"]:
-        table.add_row(p["name"], p["distribution"], p["version"],
-                      "[red]" + p["error"] + "[/red]" if p["error"] else ("built-in" if p["builtin"] else "loaded"))
+        status = "[red]" + escape(p["error"]) + "[/red]" if p["error"] else ("built-in" if p["builtin"] else "loaded")
+        table.add_row(escape(p["name"]), escape(p["distribution"]), escape(p["version"]), status)
     out.print(table)
     for kind in ("encoders", "losses", "datasets", "evaluators", "loggers"):
         t = Table(title=kind)
@@ -266,7 +318,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         t.add_column("plugin")
         t.add_column("help")
         for c in listing[kind]:
-            t.add_row(c["name"], c["plugin"], c["help"])
+            missing = _not_installed(c["requires"])
+            t.add_row(escape(c["name"]), escape(c["plugin"]),  # help may hold [extra]: escaped
+                      escape(c["help"]) + (f"\n[yellow]{escape(missing)}[/yellow]" if missing else ""))
         out.print(t)
     return 0
 
@@ -426,6 +480,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from polyalign.serving.app import ServeSettings
+    from polyalign.serving.limits import Limits
+    from polyalign.serving.server import default_threads, resolve_token, serve
+
+    token, made = resolve_token(args.token)
+    limits = Limits(args.max_body_mb, args.max_values, args.max_k, args.max_batch, args.batch_wait_ms)
+    settings = ServeSettings(args.run_dir, args.checkpoint, _device(args.device), args.candidates, args.index,
+                             limits, token, args.threads or default_threads(args.workers))
+    if made:
+        out.print(f"bearer token (send 'Authorization: Bearer TOKEN'; set POLYALIGN_SERVE_TOKEN to choose it): "
+                  f"{token}", markup=False, soft_wrap=True)
+    serve(settings, args.host, args.port, args.workers, say=lambda *a, **k: out.print(*a, markup=False))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from polyalign.evaluation.training_plots import plot_runs
 
@@ -484,7 +554,7 @@ def parser() -> argparse.ArgumentParser:
     """The argument parser of ``polyalign``."""
     p = _Parser(prog="polyalign", description="Contrastive learning over any number of modalities.")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     t = sub.add_parser("train", help="train a recipe, then evaluate it")
     t.add_argument("recipe", nargs="?", help="recipe file or shipped recipe name")
@@ -521,7 +591,9 @@ def parser() -> argparse.ArgumentParser:
                    help="also build every plugin and load, collate and embed the first rows of each split")
     v.set_defaults(func=cmd_validate)
 
-    pl = sub.add_parser("plugins", help="list loaded plugins and registered components")
+    pl = sub.add_parser("plugins", help="list loaded plugins and registered components, or one component's options")
+    pl.add_argument("name", nargs="?", metavar="NAME",
+                    help="print the options of the component(s) of this name: type, default, constraints")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
 
@@ -614,6 +686,32 @@ def parser() -> argparse.ArgumentParser:
                          "needs pip install 'polyalign[onnx]')")
     ex.set_defaults(func=cmd_export)
 
+    sv = sub.add_parser("serve", help="serve a trained model over HTTP: /embed, /search, a search page at /")
+    sv.add_argument("run_dir", metavar="RUN_OR_EXPORT",
+                    help="a run directory or a folder written by `polyalign export`")
+    sv.add_argument("--candidates", action="append", default=[], metavar="MODALITY=SOURCE",
+                    help="what /search ranks: a folder, manifest, .npy, .txt or embeddings file, embedded at start; "
+                         "repeatable (one per modality)")
+    sv.add_argument("--index", action="append", default=[], metavar="MODALITY=FILE.faiss",
+                    help="what /search ranks: an index from `polyalign index`; repeatable")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=_count(0), default=8000)
+    sv.add_argument("--token", action="store_true",
+                    help="require 'Authorization: Bearer TOKEN' on every route but /health (the token: "
+                         "$POLYALIGN_SERVE_TOKEN, which also turns this on, or a new one printed at start)")
+    sv.add_argument("--workers", type=_count(1), default=1, help="processes, each with its own copy of the model")
+    sv.add_argument("--threads", type=_count(1), default=None,
+                    help="torch threads per worker (default: cores / workers - 1, at least 1)")
+    sv.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16 MB; 413 above)")
+    sv.add_argument("--max-values", type=_count(1), default=64, help="values per request (default 64; 413 above)")
+    sv.add_argument("--max-k", type=_count(1), default=100, help="largest k of a search (default 100; 422 above)")
+    sv.add_argument("--max-batch", type=_count(1), default=64, help="requests batched into one model run (default 64)")
+    sv.add_argument("--batch-wait-ms", type=float, default=2.0,
+                    help="how long a batch waits for more requests after its first (default 2 ms)")
+    for name, kw in use.items():
+        sv.add_argument(f"--{name}", **kw)
+    sv.set_defaults(func=cmd_serve)
+
     pt = sub.add_parser("plot", help="plot loss, temperature, learning rate and evaluation of runs (PNG)")
     pt.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more runs, overlaid")
     pt.add_argument("--out", metavar="FILE.png",
@@ -656,15 +754,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def notices_as_lines(show: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing a :class:`Notice` as one ``note:`` line and passing
+    every other warning to ``show``."""
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, Notice):
+            err.print(f"[yellow]note:[/yellow] {escape(str(message))}", soft_wrap=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return show_warning
+
+
 def _error_message(exc: BaseException) -> tuple[str, int]:
     """What the CLI prints for an error, and its exit code: 2 for the input or the machine, 1 for a bug."""
     if isinstance(exc, PolyalignError):
         return str(exc), 2
     if isinstance(exc, OSError):  # the machine, not the code: a full disk, a missing permission...
-        from polyalign.core.atomic import describe_os_error
+        from polyalign.core.atomic import os_error_message
 
-        where = f"{exc.filename}: " if exc.filename else ""
-        return cut(where + describe_os_error(exc)), 2
+        return cut(os_error_message(exc)), 2
     if isinstance(exc, MemoryError):
         return f"out of memory ({cut(str(exc), 300) or 'MemoryError'}); use smaller inputs or settings", 2
     return (f"unexpected {type(exc).__name__}: {cut(str(exc), 2000)}. This is a bug in polyalign or in a "
@@ -680,7 +788,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.insert(0, args.recipe)  # `train --resume RUN key=value`: no recipe, only overrides
         args.recipe = None
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # restored on return, for callers of main() in the same process
+            warnings.showwarning = notices_as_lines(warnings.showwarning)
+            return args.func(args)
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

@@ -11,7 +11,9 @@ import shutil
 from pathlib import Path
 
 from polyalign.core.assemble import with_rebuild_options
+from polyalign.core.atomic import os_error_message
 from polyalign.core.device import pick_device
+from polyalign.core.errors import PolyalignError
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe
 from polyalign.core.requirements import check_requirements
@@ -59,13 +61,15 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
                 metrics = trainer.fit()
                 parts = trainer.evaluation_parts()
                 if dist.is_main:
+                    notes: list[str] = []
                     ranks: list = []
                     try:
-                        rows = run_evaluators(recipe, parts, plugins, trainer.device, split="test", ranks=ranks)
+                        rows = run_evaluators(recipe, parts, plugins, trainer.device, split="test", notes=notes,
+                                              ranks=ranks)
                     except EvaluatorsFailed as exc:  # the others' rows are kept, and how to evaluate again said
-                        write_report(run_dir, exc.rows, ranks)
+                        write_report(run_dir, exc.rows, notes, ranks)
                         raise EvaluatorsFailed(exc.failures, exc.rows, run_dir) from None
-                    write_report(run_dir, rows, ranks)
+                    write_report(run_dir, rows, notes, ranks)
                     plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split="test")
                     plugins.pm.hook.on_train_end(run_dir=run_dir, metrics=metrics)
                 finish_distributed()
@@ -77,8 +81,12 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
             finally:
                 for logger in loggers:
                     plugins.pm.unregister(logger)
-    except BaseException:
-        if resume is None and dist.is_main and (trainer is None or not trainer.started):
+    except BaseException as exc:
+        started = trainer is not None and trainer.started
+        if resume is None and dist.is_main and not started:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing was trained: leave no half run directory
+        if isinstance(exc, OSError) and (started or resume is not None):  # a full disk: the run goes on after it
+            raise PolyalignError(os_error_message(exc, f"then continue with `polyalign train --resume {run_dir}`")) \
+                from exc
         raise
     return run_dir

@@ -9,25 +9,34 @@
     def test_vicreg_keeps_the_loss_contract():
         check_loss("vicreg")
 
+    def test_my_folders_keep_the_dataset_contract(tmp_path):
+        ...  # write a small tree of real files
+        check_dataset("my_folders", path=str(tmp_path))
+
+    def test_gap_keeps_the_evaluator_contract():
+        check_evaluator("modality_gap")
+
 Each check raises :class:`ConformanceError` (an ``AssertionError``) saying which property failed,
-for which plugin, with the numbers. The built-in encoders and losses are tested with these
-same checks.
+for which plugin, with the numbers. The built-in encoders, losses, datasets and evaluators are
+tested with these same checks.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import string
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from polyalign.core.batch import Collator
 from polyalign.core.data import describe_value
-from polyalign.core.encoder import Encoder, Input, encoder_width
+from polyalign.core.encoder import Encoder, FileBytes, Input, encoder_width
 from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import checked_layer_groups
 from polyalign.core.loss import Loss, LossOutput, check_loss_output, float_metrics
@@ -528,3 +537,294 @@ class _LossCheck:
                                     f"{float(scores[i, best[i]]):.4g}) above its own {target!r} (score "
                                     f"{float(scores[i, where[i]]):.4g}); {len(wrong)} of {n_q} queries miss. Higher "
                                     f"scores must mean a better match")
+
+
+DATASET_PROPERTIES = ("splits", "rows", "modalities", "labels", "ids", "determinism", "iterable form")
+EVALUATOR_PROPERTIES = ("rows", "names", "finite", "determinism")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two raw values are equal (arrays and lists element-wise, shard members by bytes)."""
+    if isinstance(a, FileBytes) or isinstance(b, FileBytes):
+        return isinstance(a, FileBytes) and isinstance(b, FileBytes) and a.data == b.data
+    if isinstance(a, (str, bytes, Path, int, float)) or a is None:
+        return type(a) is type(b) and a == b
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except (TypeError, ValueError):
+        return a == b
+
+
+def _first_rows(split: Any, count: int) -> list[Any]:
+    return list(itertools.islice(iter(split), count))
+
+
+def check_dataset(dataset: Any, *, rows: int = 64, skip: Collection[str] = (), **options: Any) -> Any:
+    """Check a dataset plugin on the first ``rows`` rows of each split.
+
+    ``dataset`` is a registered name, built like a run builds it (``options`` plus the context
+    ``seed=0``), or a dataset object. Properties checked, in order: ``splits`` (``split(name)`` of
+    train, val and test gives a sequence or a :class:`~polyalign.core.stream.StreamSplit`; train
+    has rows), ``rows`` (each row a dict with text keys), ``modalities`` (``modalities`` names
+    usable modalities; each is provided by some checked train row, and no row holds a key that is
+    neither a modality nor ``label``/``id``: such a value would be silently ignored), ``labels``
+    (within a split all ints or all strings; ints index ``label_names`` when the dataset has
+    them), ``ids`` (distinct within a split), ``determinism`` (a registered name built twice with
+    the same seed, or an object asked twice, gives the same rows) and ``iterable form`` (for a
+    stream: its length is the sum of its shard sizes, each shard reads as many samples as its
+    size says, and reading from a position skips exactly the samples before it). ``skip`` names
+    properties not to check. Returns the dataset.
+    """
+    from polyalign.core.batch import RESERVED_KEYS
+    from polyalign.core.data import SPLITS
+    from polyalign.core.modality_check import absent_modality_problems
+    from polyalign.core.recipe import modality_name_problem
+    from polyalign.core.stream import is_stream
+
+    skipped = _check_skip(skip, DATASET_PROPERTIES)
+    if isinstance(dataset, str):
+        who = f"dataset {dataset!r}"
+        data = _build_dataset(dataset, who, options)
+    else:
+        if options:
+            raise ValueError("options are for a registered dataset name; build the object with them instead")
+        data, who = dataset, f"dataset {type(dataset).__name__}"
+    names = getattr(data, "modalities", None)
+    if "modalities" not in skipped:
+        if not names or isinstance(names, str) or not all(isinstance(m, str) for m in names):
+            raise _fail(who, "modalities", f"modalities is {names!r}; it must be a non-empty sequence of names")
+        bad = [p for m in names if (p := modality_name_problem(m))]
+        if bad:
+            raise _fail(who, "modalities", bad[0])
+    names = list(names or [])
+    splits, heads = {}, {}
+    for s in SPLITS:
+        try:
+            splits[s] = data.split(s)
+        except Exception as exc:
+            raise _fail(who, "splits", f"split({s!r}) raised {type(exc).__name__}: {exc}") from exc
+        split = splits[s]
+        sequence = hasattr(split, "__len__") and hasattr(split, "__getitem__") and not isinstance(split, Mapping)
+        if "splits" not in skipped and not is_stream(split) and not sequence:
+            raise _fail(who, "splits", f"split({s!r}) returned a {type(split).__name__}; return a sequence of "
+                                       f"samples (the map form) or a StreamSplit (the iterable form)")
+        heads[s] = _first_rows(split, rows)
+    if "splits" not in skipped and not heads["train"]:
+        raise _fail(who, "splits", "the train split has no rows")
+    for s, head in heads.items():
+        if "rows" not in skipped:
+            bad = next((i for i, r in enumerate(head) if not isinstance(r, dict)
+                        or not all(isinstance(k, str) for k in r)), None)
+            if bad is not None:
+                raise _fail(who, "rows", f"row {bad} of {s!r} is {describe_value(head[bad])}; a row is a dict "
+                                         f"{{modality: raw value}} (plus optional label and id)")
+        if "modalities" not in skipped and s == "train":
+            plugin = dataset if isinstance(dataset, str) else type(dataset).__name__
+            problems = absent_modality_problems(names, "train", splits["train"], head, plugin)
+            if problems:
+                raise _fail(who, "modalities", problems[0])
+        if "modalities" not in skipped:
+            strays = [k for k in dict.fromkeys(k for r in head for k in r) if k not in names and k not in RESERVED_KEYS]
+            if strays:
+                raise _fail(who, "modalities", f"rows of {s!r} hold {', '.join(map(repr, strays))}, which is no "
+                                               f"modality of the dataset ({', '.join(names)}) nor label/id: it "
+                                               f"would be ignored. Name it as in modalities, or leave it out")
+        if "labels" not in skipped:
+            _check_labels(who, s, head, getattr(data, "label_names", None))
+        if "ids" not in skipped:
+            ids = [r["id"] for r in head if r.get("id") is not None]
+            twice = next((i for i in ids if ids.count(i) > 1), None)
+            if twice is not None:
+                raise _fail(who, "ids", f"id {twice!r} appears {ids.count(twice)} times in the first {len(head)} rows "
+                                        f"of {s!r}; ids name rows in search results and must be distinct")
+    if "determinism" not in skipped:
+        again = _build_dataset(dataset, who, options) if isinstance(dataset, str) else data
+        for s in SPLITS:
+            other = _first_rows(again.split(s), rows)
+            diff = next((i for i, (x, y) in enumerate(zip(heads[s], other))
+                         if set(x) != set(y) or not all(_same(x[k], y[k]) for k in x)), None)
+            if len(other) != len(heads[s]) or diff is not None:
+                how = "built twice with seed 0" if isinstance(dataset, str) else "read twice"
+                raise _fail(who, "determinism", f"{how}, split {s!r} differs at row "
+                                                f"{diff if diff is not None else min(len(other), len(heads[s]))}: "
+                                                f"draw random numbers from the seed given to the factory")
+    if "iterable form" not in skipped:
+        for s, split in splits.items():
+            if is_stream(split):
+                _check_stream(who, s, split)
+    return data
+
+
+def _build_dataset(name: str, who: str, options: dict[str, Any]) -> Any:
+    import polyalign
+
+    try:
+        return polyalign.build("dataset", name, seed=0, **options)
+    except Exception as exc:
+        raise _fail(who, "build", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _check_labels(who: str, split: str, head: list[dict], label_names: Any) -> None:
+    labels = [r["label"] for r in head if r.get("label") is not None]
+    kinds = {"int" if isinstance(x, int) and not isinstance(x, bool) else "str" if isinstance(x, str) else "other"
+             for x in labels}
+    if "other" in kinds or len(kinds) > 1:
+        odd = next(x for x in labels if isinstance(x, bool) or not isinstance(x, (int, str)) or len(kinds) > 1)
+        raise _fail(who, "labels", f"labels of {split!r} must be all ints (class indices) or all strings (class "
+                                   f"names); found {describe_value(odd)} among {', '.join(sorted(kinds))} labels")
+    if label_names is None:
+        return
+    if isinstance(label_names, str) or not all(isinstance(n, str) for n in label_names):
+        raise _fail(who, "labels", f"label_names is {describe_value(label_names)}; it must be a list of class names")
+    out = [x for x in labels if isinstance(x, int) and not 0 <= x < len(label_names)]
+    if out:
+        raise _fail(who, "labels", f"label {out[0]} of {split!r} indexes no class of label_names "
+                                   f"({len(label_names)} names)")
+
+
+def _check_stream(who: str, split_name: str, split: Any) -> None:
+    total = sum(s.size for s in split.shards)
+    if len(split) != total:
+        raise _fail(who, "iterable form", f"split {split_name!r}: len() is {len(split)} but its shards hold {total}")
+    for shard in split.shards[:3]:
+        read = [key for key, _ in split.read(shard)]
+        if len(read) != shard.size:
+            raise _fail(who, "iterable form", f"shard {shard.name} of {split_name!r} says it holds {shard.size} "
+                                              f"samples but read() gives {len(read)}")
+        skip = shard.size // 2
+        tail = [key for key, _ in split.read(shard, skip)]
+        if tail != read[skip:]:
+            raise _fail(who, "iterable form", f"shard {shard.name}: read(shard, skip={skip}) gives keys "
+                                              f"{tail[:3]}..., expected {read[skip:skip + 3]}...: skip must pass "
+                                              f"exactly the samples before it (resuming relies on it)")
+
+
+class _TinyData:
+    """What :func:`check_evaluator` evaluates on by default: vectors ``a`` and ``b`` and a ``text``
+    naming the class, three classes with ``label_names``, ids, and 24 rows per split."""
+
+    modalities = ("a", "b", "text")
+    root = None
+    label_names: ClassVar[list[str]] = ["red", "green", "blue"]
+
+    def __init__(self, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self._splits = {}
+        for s in ("train", "val", "test"):
+            labels = np.arange(24) % 3
+            a = np.eye(3)[labels] + 0.3 * rng.normal(size=(24, 3))
+            b = np.eye(3)[labels] @ rng.normal(size=(3, 4)) + 0.3 * rng.normal(size=(24, 4))
+            self._splits[s] = [{"a": a[i].astype(np.float32), "b": b[i].astype(np.float32),
+                                "text": f"{self.label_names[labels[i]]} {i}", "label": int(labels[i]), "id": f"{s}{i}"}
+                               for i in range(24)]
+
+    def split(self, name: str) -> list[dict]:
+        return self._splits[name]
+
+
+def _tiny_parts() -> Any:
+    """A tiny untrained model, loss and dataset (``_TinyData``) to run an evaluator on."""
+    import polyalign
+    from polyalign.core.assemble import Assembled
+
+    with _seeded():
+        encoders = {"a": polyalign.build("encoder", "vector", dim=3, hidden=[]),
+                    "b": polyalign.build("encoder", "vector", dim=4, hidden=[]),
+                    "text": polyalign.build("encoder", "byte_text", dim=8, layers=1, heads=2, max_length=16)}
+        model = MultiModalModel(encoders, embed_dim=8, normalize="l2")
+        loss = polyalign.build("loss", "clip", modalities=list(encoders), embed_dim=8)
+    return Assembled(_TinyData(), model, loss, "clip")
+
+
+def check_evaluator(evaluator: Any, parts: Any = None, *, split: str = "test", skip: Collection[str] = (),
+                    **options: Any) -> list[dict[str, Any]]:
+    """Check an evaluator plugin by running it on a tiny model and dataset.
+
+    ``evaluator`` is a registered name, built with ``options``, or an evaluator object (called
+    with an :class:`~polyalign.core.evaluator.EvalContext`). ``parts`` is what it runs on (an
+    :class:`~polyalign.core.assemble.Assembled`, e.g. ``assemble(recipe)``); by default an
+    untrained model over vectors ``a`` (3 numbers) and ``b`` (4) and a ``text`` naming the class,
+    with int labels, ``label_names`` and ids, 24 rows per split, clip loss. Properties checked:
+    ``rows`` (a non-empty list of rows ``{task, target, query, metric, value}`` as
+    :func:`~polyalign.core.evaluator.row_problem` wants them, no two alike but for their numbers),
+    ``names`` (``query`` sorted modality names of the model, ``target`` a modality or modalities
+    joined by ``+`` or a name of its own such as ``class``; ``task``, ``target`` and ``metric``
+    without ``/`` or spaces, as they become metric paths), ``finite`` (values) and ``determinism``
+    (a second run gives the same rows). ``skip`` names properties not to check. Returns the rows.
+    """
+    from polyalign.core.evaluator import NUMBER_KEYS, EvalContext, row_problem
+
+    skipped = _check_skip(skip, EVALUATOR_PROPERTIES)
+    if isinstance(evaluator, str):
+        import polyalign
+
+        who = f"evaluator {evaluator!r}"
+        try:
+            fn = polyalign.build("evaluator", evaluator, **options)
+        except Exception as exc:
+            raise _fail(who, "build", f"{type(exc).__name__}: {exc}") from exc
+    else:
+        if options:
+            raise ValueError("options are for a registered evaluator name; build the object with them instead")
+        fn, who = evaluator, f"evaluator {type(evaluator).__name__}"
+    parts = parts if parts is not None else _tiny_parts()
+    parts.model.eval()
+
+    def run() -> list[dict[str, Any]]:
+        with _seeded():
+            try:
+                return fn(EvalContext(parts, split, torch.device("cpu"), batch_size=16, seed=0))
+            except Exception as exc:
+                raise _fail(who, "rows", f"it raised {type(exc).__name__} on {len(parts.samples(split))} rows "
+                                         f"of {split!r}: {exc}") from exc
+
+    rows = run()
+    if "rows" not in skipped:
+        if not isinstance(rows, list) or not rows:
+            got = "no rows" if rows == [] else f"a {type(rows).__name__}"
+            raise _fail(who, "rows", f"it returned {got} on {len(parts.samples(split))} complete rows of {split!r}; "
+                                     f"return a list of rows {{task, target, query, metric, value}}")
+        for i, row in enumerate(rows):
+            problem = row_problem(row)
+            if problem:
+                raise _fail(who, "rows", f"row {i}: {problem}")
+        seen: dict[str, int] = {}
+        for i, row in enumerate(rows):
+            key = repr(sorted((k, v) for k, v in row.items() if k not in ("value", "ci_low", "ci_high")))
+            if key in seen:
+                raise _fail(who, "rows", f"rows {seen[key]} and {i} are alike but for their numbers ({row['task']}, "
+                                         f"{row['target']} from {'+'.join(row['query'])}, {row['metric']}); add a key "
+                                         f"that tells them apart")
+            seen[key] = i
+    if "names" not in skipped:
+        modalities = list(parts.model.modalities)
+        for i, row in enumerate(rows):
+            query = row["query"]
+            if query != sorted(query) or not all(q in modalities for q in query):
+                raise _fail(who, "names", f"row {i}: query {query} must be a sorted list of modalities of the model "
+                                          f"({', '.join(modalities)})")
+            for key in ("task", "target", "metric"):
+                if not row[key] or "/" in row[key] or any(c.isspace() for c in row[key]):
+                    raise _fail(who, "names", f"row {i}: {key} {row[key]!r} must be non-empty, without '/' or "
+                                              f"spaces (it becomes part of a metric path such as "
+                                              f"eval/test/TASK/TARGET_from_QUERY/METRIC)")
+    if "finite" not in skipped:
+        bad = next(((i, k) for i, r in enumerate(rows) for k in NUMBER_KEYS
+                    if k in r and not math.isfinite(r[k])), None)
+        if bad is not None:
+            raise _fail(who, "finite", f"row {bad[0]}: {bad[1]} is {rows[bad[0]][bad[1]]}")
+    if "determinism" not in skipped:
+        again = run()
+        diff = next((i for i, (x, y) in enumerate(zip(rows, again))
+                     if set(x) != set(y) or any(not _close_value(x[k], y[k]) for k in x)), None)
+        if len(again) != len(rows) or diff is not None:
+            raise _fail(who, "determinism", f"a second run on the same model and data gives {len(again)} rows "
+                                            f"(first {len(rows)}), differing at row {diff}: seed its random draws "
+                                            f"from the context's seed")
+    return rows
+
+
+def _close_value(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+    return a == b

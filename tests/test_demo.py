@@ -13,6 +13,7 @@ from PIL import Image
 import polyalign
 from polyalign.cli import main
 from polyalign.plugins.datasets.demo import AUDIO_RATE, COLOURS, PITCHES_HZ, write_demo
+from polyalign.testing import check_dataset
 
 TINY_DEMO = ["data.n_train=48", "data.n_val=16", "data.n_test=16", "data.classes=2",
              "modalities.image.encoder.model=test_resnet", "modalities.image.encoder.image_size=16",
@@ -99,3 +100,8 @@ def test_demo_recipe_trains_and_loss_falls(tmp_path):
 def test_demo_config_is_validated(bad):
     with pytest.raises(polyalign.core.errors.RecipeError, match="data"):
         polyalign.load_recipe(RECIPES / "demo-multimodal.yaml", [bad])
+
+
+def test_the_demo_dataset_keeps_the_dataset_contract(tmp_path):
+    data = check_dataset("demo", path=str(tmp_path / "demo"), n_train=8, n_val=3, n_test=3)
+    assert data.label_names[0] == "red circle"

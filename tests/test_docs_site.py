@@ -73,6 +73,24 @@ def test_api_reference_documents_the_public_api_and_every_hook(site):
     import polyalign.core.hookspecs as hookspecs
 
     hooks = [n for n in dir(hookspecs) if n.startswith(("on_", "register_"))]
+    for check in ("check_encoder", "check_loss", "check_dataset", "check_evaluator"):
+        assert f'id="polyalign.testing.{check}"' in html, check
     assert len(hooks) >= 10
     for hook in hooks:
         assert f'id="polyalign.core.hookspecs.{hook}"' in html, hook
+
+
+def test_plugin_options_pages_list_every_built_in_option(site):
+    from polyalign.core.options_reference import KIND_TITLES, options
+    from polyalign.core.plugins import default_plugins
+
+    registry = default_plugins().registry
+    for kind, title in KIND_TITLES.items():
+        html = (site / "options" / title.lower() / "index.html").read_text()
+        for comp in registry.components(kind):
+            if comp.plugin.startswith("polyalign:"):
+                assert f"<code>{comp.name}</code>" in html, (kind, comp.name)
+                for option in options(comp.config):
+                    assert f"<code>{option.name}</code>" in html, (kind, comp.name, option.name)
+    encoders = (site / "options" / "encoders" / "index.html").read_text()
+    assert "input size; default: from the data" in encoders and "lora.r" in encoders

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 import polyalign
 from polyalign.core.batch import Collator
@@ -69,3 +70,47 @@ def test_tabular_and_vector_encoders_keep_the_encoder_contract(tmp_path):
     check_encoder("tabular", rows, hidden=[8], mean=[13.0, 7.0, 138.0], std=[1.5, 2.0, 3.0])  # columns inferred
     np.save(tmp_path / "v.npy", np.array([0.5, -1.0, 2.0]))
     check_encoder("vector", ["v.npy", [1.0, 2.0, 3.0], np.zeros(3)], root=tmp_path, hidden=[8, 4], dropout=0.1)
+
+
+def test_auto_statistics_are_the_train_columns_mean_and_std():
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(50, 4)) * [1.0, 10.0, 0.001, 1.0] + [0.0, -3.0, 1e6, 7.0]
+    table[rng.random((50, 4)) < 0.3] = np.nan
+    table[:, 3] = 7.0  # a constant column: std 1, not 0
+    enc = polyalign.build("encoder", "tabular", dim=4, mean="auto", std="auto", hidden=[])
+    with pytest.raises(PolyalignError, match="mean and std: auto needs the train split's statistics"):
+        enc.load(table[0].tolist(), None)
+    enc.fit(iter([[None if math.isnan(x) else x for x in row] for row in table]), None)
+    options = enc.rebuild_options()
+    np.testing.assert_allclose(options["mean"], np.nanmean(table, axis=0), rtol=1e-12)
+    # rtol 1e-6 on a column of std 1e-3 around 1e6 (a sum of squares would lose every digit there)
+    np.testing.assert_allclose(options["std"][:3], np.nanstd(table[:, :3], axis=0), rtol=1e-6)
+    assert options["std"][3] == 1.0 and options["dim"] == 4
+    np.testing.assert_allclose(enc.load(table[1].tolist(), None)[:4].numpy(),
+                               np.nan_to_num((table[1] - options["mean"]) / options["std"]), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_statistics_are_recorded_in_the_run_and_the_export(tmp_path):
+    from polyalign.inference.export import export_model
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    labs = {}
+    for split, n in (("train", 32), ("val", 8), ("test", 8)):
+        labs[split] = rng.normal(size=(n, 3)) * [1.0, 5.0, 0.5] + [10.0, -2.0, 0.0]
+        rows = [{"lab": [float(x) for x in labs[split][i]], "v": rng.normal(size=2).tolist()} for i in range(n)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = polyalign.load_recipe(ROOT / "recipes" / "xor-clip.yaml", [
+        f"data={{plugin: manifest, path: '{folder}'}}",
+        ("modalities={lab: {encoder: {plugin: tabular, mean: auto, std: auto, hidden: [8]}}, "
+         "v: {encoder: {plugin: vector, hidden: []}}}"),
+        "eval=[]", "train.epochs=1", "train.batch_size=16", "train.warmup_steps=0", "model.embed_dim=8"])
+    run = polyalign.train(recipe, out=tmp_path / "runs")
+    node = polyalign.load_recipe(run / "recipe.yaml").modalities["lab"].encoder.options()
+    np.testing.assert_allclose(node["mean"], labs["train"].mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(node["std"], labs["train"].std(axis=0), rtol=1e-9)
+    exported = export_model(run, tmp_path / "export")
+    assert polyalign.load_recipe(exported / "recipe.yaml").modalities["lab"].encoder.options()["mean"] == node["mean"]
+    model = polyalign.load(exported)  # rebuilt from the recorded numbers, without the data
+    assert model.embed({"lab": [labs["test"][0].tolist()]})["lab"].shape == (1, 8)

@@ -18,6 +18,7 @@ FORBIDDEN = {
     "inference": {"training", "evaluation", "encoders", "plugins", "run", "cli", "sweep"},
     "encoders": {"training", "evaluation", "inference", "plugins", "run", "cli", "sweep"},
     "plugins": {"training", "evaluation", "inference", "encoders", "run", "cli", "sweep"},
+    "serving": {"training", "evaluation", "encoders", "plugins", "run", "cli", "sweep"},
     "sweep": {"encoders", "plugins", "cli"},  # orchestrates runs: above run.py, below the command line
 }
 
@@ -54,6 +55,14 @@ def test_rooms_import_downwards_only(room):
              for target, line in sorted(imported_rooms(path)) if target in FORBIDDEN[room] or target == ""]
     assert not wrong, "\n".join(wrong)
 
+
+
+def test_only_the_cli_imports_the_server():
+    """FastAPI and uvicorn load only when `polyalign serve` runs: no other room imports polyalign.serving."""
+    users = [str(path.relative_to(PACKAGE)) for path in sorted(PACKAGE.rglob("*.py"))
+             if path.relative_to(PACKAGE).parts[0] not in ("serving", "cli.py")
+             and "serving" in {room for room, _ in imported_rooms(path)}]
+    assert not users, users
 
 
 def test_the_plugin_kit_uses_only_core_and_the_public_api():

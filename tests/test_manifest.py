@@ -20,6 +20,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.plugins import make_plugins
 from polyalign.core.recipe import validate_recipe
 from polyalign.plugins.datasets.manifest import ManifestError
+from polyalign.testing import check_dataset
 
 COLUMNS = ["id", "label", "image", "audio", "ecg", "text", "lab"]
 ENCODERS = {"image": {"plugin": "image", "model": "test_resnet", "image_size": 16},
@@ -175,7 +176,7 @@ def test_manifest_file_errors(tmp_path):
         polyalign.build("dataset", "manifest", path=str(tmp_path))
     (tmp_path / "train.jsonl").unlink()
     (tmp_path / "train.csv").write_text('a,b\nhello,"[1, 2"\n')
-    with pytest.raises(ManifestError, match=r"train\.csv, line 2, column 'b': a cell starting with '\['"):
+    with pytest.raises(ManifestError, match=r"train\.csv, line 2, column 'b': not valid JSON .*a cell starting with '\['"):
         polyalign.build("dataset", "manifest", path=str(tmp_path))
     (tmp_path / "train.csv").write_text("a,b\nhello,world\n")
     with pytest.raises(ManifestError, match=r"data\.modalities: 'c' never appear"):
@@ -231,3 +232,7 @@ def test_check_data_reports_every_unreadable_row_and_plugin_that_fails(folder, t
     assert main(["validate", str(tmp_path / "recipe.yaml"), "--check-data"]) == 2
     err = capsys.readouterr().err
     assert "2 problem(s) with the data or the plugins" in err and "Traceback" not in err
+
+
+def test_the_manifest_dataset_keeps_the_dataset_contract(folder):
+    check_dataset("manifest", path=str(folder))

@@ -163,7 +163,7 @@ def test_sigkill_then_resume_twice_matches_uninterrupted_run(tmp_path):
 
 # --------------------------------------------------------------------------- kills during a save
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, small_reference):
-    real = ckpt.save_file
+    real = ckpt.save_tensors
     calls = []
 
     def dies_on_third_save(tensors, filename, *a, **k):
@@ -173,10 +173,10 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
             raise Killed
         return real(tensors, filename, *a, **k)
 
-    monkeypatch.setattr(ckpt, "save_file", dies_on_third_save)
+    monkeypatch.setattr(ckpt, "save_tensors", dies_on_third_save)
     with pytest.raises(Killed):
         polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE)
-    monkeypatch.setattr(ckpt, "save_file", real)
+    monkeypatch.setattr(ckpt, "save_tensors", real)
     run = _only_run(tmp_path)
     assert (run / "checkpoints" / ".step-00000008.tmp").is_dir()  # the torn save
     assert load_state(ckpt.latest_checkpoint(run / "checkpoints"))["step"] == 6
@@ -210,7 +210,7 @@ def test_kill_between_the_two_renames_of_the_swap(tmp_path, monkeypatch, small_r
 
 
 def test_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys, small_reference):
-    real = ckpt.save_file
+    real = ckpt.save_tensors
     calls = []
 
     def disk_fills_up(tensors, filename, *a, **k):
@@ -220,7 +220,7 @@ def test_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monk
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
         return real(tensors, filename, *a, **k)
 
-    monkeypatch.setattr(ckpt, "save_file", disk_fills_up)
+    monkeypatch.setattr(ckpt, "save_tensors", disk_fills_up)
     overrides = SMALL_RECIPE
     assert main(["train", str(XOR), *overrides, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -231,7 +231,7 @@ def test_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monk
     assert load_state(run / "checkpoints" / "last")["step"] == 3
     assert not list((run / "checkpoints").glob(".*.tmp"))
     # space is freed: resume and finish as if nothing happened
-    monkeypatch.setattr(ckpt, "save_file", real)
+    monkeypatch.setattr(ckpt, "save_tensors", real)
     assert main(["train", "--resume", str(run)]) == 0
     _assert_same_run(small_reference, run)
 

@@ -12,9 +12,10 @@ from polyalign.core import plugins as plugins_module
 from polyalign.core.encoder import Encoder, pad_with_mask
 from polyalign.core.loss import LossOutput
 from polyalign.core.plugins import make_plugins
+from polyalign.core.stream import Shard, StreamSplit
 from polyalign.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
-from polyalign.testing import ConformanceError, check_encoder, check_loss
+from polyalign.testing import ConformanceError, check_dataset, check_encoder, check_evaluator, check_loss
 
 SEQUENCES = [[1.0, 2.0, 3.0], [4.0, 5.0], [6.0]]
 
@@ -257,3 +258,176 @@ def test_each_number_of_modalities_is_checked_and_named(registered):
     with pytest.raises(ConformanceError, match=r"loss 'clip' \(M=3\) fails 'modality order'"):
         check_loss("clip", pairs="star")  # the star's default anchor is the first modality given
     check_loss("clip", pairs="star", anchor="a")
+
+
+# --------------------------------------------------------------------------- datasets
+class Rows:
+    """A correct map-form dataset of vectors ``a`` and ``b`` with labels, label names and ids."""
+
+    modalities = ("a", "b")
+    root = None
+    label_names = ("no", "yes")
+
+    def __init__(self, n: int = 12):
+        self.rows = [{"a": [float(i), 1.0], "b": [1.0, float(-i)], "label": i % 2, "id": f"r{i}"} for i in range(n)]
+
+    def split(self, name):
+        return self.rows if name == "train" else self.rows[:4]
+
+
+class StrayKey(Rows):
+    modalities = ("a", "spectrum")
+
+    def __init__(self):
+        super().__init__()
+        self.rows = [{"a": r["a"], "spectra": r["b"]} for r in self.rows]
+
+
+class ExtraKey(Rows):
+    def split(self, name):
+        return [{**r, "b_typo": r["b"]} for r in self.rows]
+
+
+class Random(Rows):
+    def split(self, name):
+        return [{**r, "a": torch.randn(2).tolist()} for r in self.rows]
+
+
+class SameIds(Rows):
+    def split(self, name):
+        return [{**r, "id": "x"} for r in self.rows]
+
+
+class LabelPastNames(Rows):
+    label_names = ("only",)
+
+
+class MixedLabels(Rows):
+    def split(self, name):
+        return [{**r, "label": "yes" if i else 0} for i, r in enumerate(self.rows)]
+
+
+class NotASequence(Rows):
+    def split(self, name):
+        return {"rows": self.rows}
+
+
+def test_correct_datasets_pass():
+    assert isinstance(check_dataset(Rows()), Rows)
+    check_dataset("xor", n_train=32, n_val=8, n_test=8)
+
+
+@pytest.mark.parametrize("dataset, prop, says", [
+    (StrayKey, "modalities", ("modalities.spectrum: no row provides 'spectrum': it is absent from all 12 rows of "
+                              "the 'train' split of the dataset (StrayKey), whose rows provide keys 'a', 'spectra' "
+                              "(did you mean 'spectra'?)")),
+    (ExtraKey, "modalities", ("rows of 'train' hold 'b_typo', which is no modality of the dataset (a, b) nor "
+                              "label/id: it would be ignored")),
+    (Random, "determinism", "read twice, split 'train' differs at row 0"),
+    (SameIds, "ids", "id 'x' appears 12 times in the first 12 rows of 'train'"),
+    (LabelPastNames, "labels", "label 1 of 'train' indexes no class of label_names (1 names)"),
+    (MixedLabels, "labels", "must be all ints (class indices) or all strings (class names)"),
+    (NotASequence, "splits", "split('train') returned a dict"),
+])
+def test_a_broken_dataset_fails_the_property_it_breaks(dataset, prop, says):
+    with pytest.raises(ConformanceError) as info:
+        check_dataset(dataset())
+    assert str(info.value).startswith(f"dataset {dataset.__name__} fails {prop!r}: ") and says in str(info.value)
+
+
+def test_a_promised_modality_no_row_provides_is_named():
+    class Promises(Rows):
+        modalities = ("a", "b", "c")
+
+    with pytest.raises(ConformanceError, match=r"fails 'modalities': modalities\.c: no row provides 'c': it is "
+                                               r"absent from all 12 rows of the 'train' split"):
+        check_dataset(Promises())
+    with pytest.raises(ConformanceError, match="dataset 'xor' fails 'build': ValidationError"):
+        check_dataset("xor", n_train=0)
+
+
+# --------------------------------------------------------------------------- evaluators
+class Fixed:
+    """An evaluator returning given rows (each test breaks them in one way)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __call__(self, ctx):
+        return [dict(r) for r in self.rows]
+
+
+ROW = {"task": "mine", "target": "b", "query": ["a"], "metric": "accuracy", "value": 0.5}
+
+
+class Unseeded:
+    calls = 0
+
+    def __call__(self, ctx):
+        Unseeded.calls += 1
+        return [{**ROW, "value": 0.1 * Unseeded.calls}]
+
+
+@pytest.mark.parametrize("name, options", [
+    ("zero_shot", {"target": "b"}), ("retrieval", {"top_k": [1]}), ("missing_modality", {"resamples": 10}),
+    ("zero_shot_classification", {}), ("linear_probe", {"features": [["a"]], "draws": 1, "cs": [1.0]}),
+])
+def test_the_built_in_evaluators_pass(name, options):
+    if name == "linear_probe":
+        pytest.importorskip("sklearn")
+    rows = check_evaluator(name, **options)
+    assert name in {r["task"] for r in rows}
+
+
+@pytest.mark.parametrize("rows, prop, says", [
+    ([], "rows", "it returned no rows on 24 complete rows of 'test'"),
+    ([{**ROW, "value": "high"}], "rows", "row 0: 'value' must be a number, got 'high'"),
+    ([ROW, ROW], "rows", "rows 0 and 1 are alike but for their numbers (mine, b from a, accuracy)"),
+    ([{**ROW, "query": ["b", "a"]}], "names", "row 0: query ['b', 'a'] must be a sorted list of modalities"),
+    ([{**ROW, "query": ["z"]}], "names", "query ['z'] must be a sorted list of modalities of the model (a, b, text)"),
+    ([{**ROW, "metric": "top 5"}], "names", "row 0: metric 'top 5' must be non-empty, without '/' or spaces"),
+    ([{**ROW, "value": float("nan")}], "finite", "row 0: value is nan"),
+])
+def test_a_broken_evaluator_fails_the_property_it_breaks(rows, prop, says):
+    with pytest.raises(ConformanceError) as info:
+        check_evaluator(Fixed(rows))
+    assert str(info.value).startswith(f"evaluator Fixed fails {prop!r}: ") and says in str(info.value)
+
+
+def test_an_evaluator_giving_other_numbers_each_run_fails_determinism():
+    with pytest.raises(ConformanceError, match="evaluator Unseeded fails 'determinism': a second run on the same "
+                                               "model and data gives 1 rows"):
+        check_evaluator(Unseeded())
+    with pytest.raises(ConformanceError, match="evaluator 'zero_shot' fails 'build': ValidationError"):
+        check_evaluator("zero_shot")  # target is required
+
+
+class ListStream(StreamSplit):
+    """Shards of rows held in lists (the iterable form); ``honest=False`` ignores ``skip``."""
+
+    def __init__(self, shards: list[list[dict]], honest: bool = True):
+        super().__init__([Shard(f"s{k}", len(rows)) for k, rows in enumerate(shards)])
+        self.rows, self.honest = shards, honest
+
+    def read(self, shard, skip=0):
+        rows = self.rows[int(shard.name[1:])]
+        for i, row in enumerate(rows):
+            if i >= skip or not self.honest:
+                yield f"{shard.name}-{i}", row
+
+
+def test_the_iterable_form_is_read_as_its_shards_say():
+    rows = Rows().rows
+
+    class Streamed(Rows):
+        honest = True
+
+        def split(self, name):
+            return ListStream([rows[:5], rows[5:]], self.honest)
+
+    check_dataset(Streamed())
+    Streamed.honest = False
+    with pytest.raises(ConformanceError, match=r"fails 'iterable form': shard s0: read\(shard, skip=2\) gives "
+                                               r"keys \['s0-0', 's0-1', 's0-2'\]\.\.\., expected "
+                                               r"\['s0-2', 's0-3', 's0-4'\]"):
+        check_dataset(Streamed())

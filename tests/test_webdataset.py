@@ -26,6 +26,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.stream import StreamLoader, StreamTuples
 from polyalign.plugins.datasets.demo import write_demo
 from polyalign.plugins.datasets.shards import write_shards
+from polyalign.testing import check_dataset
 
 pytest.importorskip("webdataset")
 
@@ -348,3 +349,8 @@ def test_auto_workers_are_chosen_from_the_data_and_machine_and_recorded(tmp_path
     streamed = polyalign.train(XOR, out=tmp_path / "shards", overrides=overrides)
     expected = max(0, min(MAX_WORKERS, usable_cpus() - 1))
     assert yaml.safe_load((streamed / "recipe.yaml").read_text())["train"]["num_workers"] == expected
+
+
+def test_the_webdataset_dataset_keeps_the_dataset_contract(tmp_path):
+    shards = _xor_shards(tmp_path)
+    check_dataset("webdataset", path=str(shards), modalities={"a": "a.json", "b": "b.json", "c": "c.json"})

@@ -14,15 +14,15 @@ from pydantic import ValidationError
 
 from .batch import Collator
 from .data import Dataset, Loader, Sample, TupleDataset
+from .encoder import Encoder
 from .errors import PluginError, PolyalignError
 from .layer_groups import lock_layers
 from .loss import Loss, WeightedLoss
+from .modality_check import HEAD, check_modalities_present
 from .model import MultiModalModel
 from .plugins import Plugins, default_plugins
 from .recipe import Recipe
 from .stream import is_stream
-
-HEAD = 1000  # samples of a streamed train split looked at before training (examples, load checks)
 
 
 @dataclass
@@ -117,11 +117,13 @@ def assemble(recipe: Recipe, plugins: Plugins | None = None) -> Assembled:
             f"modalities.{lacking[0]}: the dataset ({recipe.data.plugin}) has no modality "
             f"{lacking[0]!r}; it provides: {', '.join(dataset.modalities)}. Rename the modality "
             f"in the recipe or change data.")
-    train = dataset.split("train")
-    if is_stream(train):
-        train = list(itertools.islice(train, HEAD))
+    split = dataset.split("train")
+    head = list(itertools.islice(split, HEAD))
+    check_modalities_present(list(recipe.modalities), "train", split, head, recipe.data.plugin)
+    train = head if is_stream(split) else split
     examples = {m: next((s[m] for s in train if s.get(m) is not None), None) for m in recipe.modalities}
     model = build_model(recipe, plugins, examples, dataset.root)
+    fit_encoders(recipe, model, train, dataset.root)
     check_encoders_load(recipe, model, train, dataset.root)
     loss = build_loss(recipe, plugins)
     return Assembled(dataset, model, loss, "+".join(n.plugin for n in recipe.losses))
@@ -136,6 +138,17 @@ def _plugin_context(where: str, plugin: str) -> Iterator[None]:
         raise type(exc)(f"{where} ({plugin}): {exc}") if type(exc) in (PolyalignError, PluginError) else exc
     except Exception as exc:
         raise PluginError(f"{where}: plugin {plugin!r} failed to build: {type(exc).__name__}: {exc}") from exc
+
+
+def fit_encoders(recipe: Recipe, model: MultiModalModel, train: Any, root: Path | None) -> None:
+    """Let each encoder that takes statistics from the train split (:meth:`Encoder.fit`) see its
+    modality's values; errors name the recipe path."""
+    for m, node in recipe.modalities.items():
+        encoder = model.encoders[m]
+        if type(encoder).fit is Encoder.fit:
+            continue
+        with _plugin_context(f"modalities.{m}.encoder", node.encoder.plugin):
+            encoder.fit((s[m] for s in train if s.get(m) is not None), root)
 
 
 def check_encoders_load(recipe: Recipe, model: MultiModalModel, train: Any, root: Path | None,

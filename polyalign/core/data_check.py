@@ -3,6 +3,7 @@ split through its encoders, so a constructor that raises or an unreadable file s
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from .assemble import Assembled, assemble
 from .data import SPLITS, DataError
 from .errors import PolyalignError
 from .loss import check_loss_output
+from .modality_check import HEAD, absent_modality_problems
 from .plugins import Plugins, default_plugins
 from .recipe import Recipe
 
@@ -41,6 +43,10 @@ def check_data(recipe: Recipe, plugins: Plugins | None = None, rows: int = 4) ->
     if recipe.eval:
         lines.append("evaluators: " + ", ".join(n.plugin for n in recipe.eval))
     parts.model.eval()
+    for split in SPLITS[1:]:  # train: checked by assemble
+        head = list(itertools.islice(parts.samples(split), HEAD))
+        problems += absent_modality_problems(list(recipe.modalities), split, parts.dataset.split(split), head,
+                                             recipe.data.plugin)
     for split in SPLITS:
         if sizes[split]:
             lines.append(_check_split(parts, recipe, split, min(rows, sizes[split]), problems))

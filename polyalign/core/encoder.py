@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -117,6 +118,15 @@ class Encoder(nn.Module):
         encoder's config model.
         """
         return {}
+
+    def fit(self, values: Iterator[Any], root: Path | None) -> None:
+        """Take statistics from the train split before training (e.g. ``tabular``'s ``mean: auto``).
+
+        ``values`` are the raw values of this encoder's modality in the train split (its first
+        rows for a streamed split); the default ignores them. An encoder that computes options
+        here returns them from :meth:`rebuild_options`, so the run's ``recipe.yaml`` and an
+        export hold the numbers, not ``auto``; an encoder built with those numbers needs no fit.
+        """
 
     def export_example(self, batch: int) -> Input | None:
         """A synthetic collated batch of ``batch`` inputs, in the form ``forward`` takes (what

@@ -63,3 +63,8 @@ class RecipeError(PolyalignError):
 
 class PluginError(PolyalignError):
     """A plugin was missing, registered twice, or returned something it should not."""
+
+
+class Notice(UserWarning):
+    """Something a user should know that is no error (work left out, a fallback taken): the CLI
+    prints it as one ``note:`` line, without the warning's source line."""

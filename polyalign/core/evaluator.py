@@ -202,13 +202,16 @@ def eval_tag(row: dict[str, Any], split: str) -> str:
     return "/".join(["eval", split] + [re.sub(r"\s+", "_", p) for p in parts])
 
 
-def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation") -> str:
-    """The rows as a Markdown table (query lists joined with '+')."""
+def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation", notes: Sequence[str] = ()) -> str:
+    """The rows as a Markdown table (query lists joined with '+'), then ``notes`` (e.g. why an
+    evaluator produced no rows)."""
+    noted = "".join(f"\n- {n}" for n in notes)
     if not rows:
-        return f"# {title}\n\nNo evaluators in the recipe.\n"
+        return f"# {title}\n\n" + (f"No evaluator produced rows:\n{noted}\n" if notes
+                                    else "No evaluators in the recipe.\n")
     cols = row_columns(rows)
     lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = ["+".join(r[c]) if c == "query" else format_value(r.get(c, "")) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (f"\nNotes:\n{noted}\n" if notes else "")

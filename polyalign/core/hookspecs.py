@@ -41,7 +41,9 @@ def register_encoders(register: Register) -> None:
     only those you need): ``modality`` (the recipe's name for it), ``example`` (one raw value
     from the train split, e.g. to infer an input size) and ``root`` (the dataset's folder).
     An encoder that infers options from ``example`` returns them from ``rebuild_options()``,
-    so a trained model can be rebuilt without its data (``polyalign.load``). An encoder with
+    so a trained model can be rebuilt without its data (``polyalign.load``); one that takes
+    statistics from the whole train split (``tabular``'s ``mean: auto``) computes them in
+    ``fit(values, root)`` and returns them from ``rebuild_options()`` too. An encoder with
     blocks returns them from ``layer_groups()`` (for ``unlocked_layers`` and ``train.layer_decay``);
     one with training-only structure (LoRA adapters) folds it away in ``merge_for_export()``.
     """
@@ -70,7 +72,9 @@ def register_datasets(register: Register) -> None:
     to hold, a :class:`polyalign.core.stream.StreamSplit` (shards with their sizes and a reader;
     the core splits them over processes and workers). A sample is a dict ``modality -> raw value``
     (a path, a :class:`~polyalign.core.encoder.FileBytes`, text, numbers) with missing modalities
-    absent, plus optional ``label`` and ``id``.
+    absent, plus optional ``label`` and ``id``; a key that is neither a modality nor these is
+    ignored, and a modality that no row of a split provides is an error before training
+    (``polyalign.testing.check_dataset`` checks all of this).
     The object may also have ``on_error`` (``"raise"`` or ``"skip"``: what to do with a row
     whose value fails to load), ``locate(split, index) -> str`` (where a row comes from,
     e.g. ``manifest data/train.jsonl, line 7``, used in error messages) and ``label_names``
@@ -86,7 +90,10 @@ def register_evaluators(register: Register) -> None:
 
     ``factory(config)`` returns a callable taking a :class:`polyalign.core.evaluator.EvalContext`
     and returning rows ``{"task", "target", "query", "metric", "value"}`` (``query`` is a
-    sorted list of modality names; ``ci_low``/``ci_high`` may be added).
+    sorted list of modality names, ``target`` a modality, modalities joined by ``+`` or a name
+    such as ``class``; ``ci_low``/``ci_high`` and keys telling rows apart, such as ``rate``, may be
+    added; docs/writing-a-plugin.md specifies them and ``polyalign.testing.check_evaluator``
+    checks them).
     """
 
 

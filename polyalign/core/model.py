@@ -91,13 +91,17 @@ class MultiModalModel(nn.Module):
         encoder and embedded ``batch_size`` at a time in eval mode -> ``(N, embed_dim)`` on ``device``."""
         encoder = self.encoders[m]
         was_training = self.training
-        self.eval()
+        # switching walks every module (two thirds of a small model's embed call): only when it trains
+        switch = was_training or any(e.training for e in self.encoders.values())
+        if switch:
+            self.eval()
         try:
             chunks = [self.encode(m, to_device(encoder.collate(
                 [load_value(encoder, m, v, root, start + i) for i, v in enumerate(values[start:start + batch_size])]),
                 device)) for start in range(0, len(values), batch_size)]
         finally:
-            self.train(was_training)
+            if switch:
+                self.train(was_training)
         return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim, device=device)
 
     @torch.no_grad()

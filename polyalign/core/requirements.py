@@ -5,7 +5,8 @@ e.g. an encoder's ``lora`` needs peft). A missing module is found without import
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .errors import RecipeError
 from .registry import KINDS
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
 
 def install_hint(requirement: str) -> str:
     """``pip install 'polyalign[probe]'`` for a requirement (quoted when the shell would read it)."""
-    return f"pip install '{requirement}'" if any(c in requirement for c in "[]<>=!~; ") else f"pip install {requirement}"
+    quoted = any(c in requirement for c in "[]<>=!~; ")
+    return f"pip install '{requirement}'" if quoted else f"pip install {requirement}"
 
 
 def is_installed(module: str) -> bool:
@@ -57,8 +59,9 @@ def missing_requirements(recipe: Recipe, plugins: Plugins,
             needs.update(asked())
         for module, requirement in needs.items():
             if not is_installed(module):
-                problems.append((path, f"{kind} {node.plugin!r} needs the module {module!r}, which is not "
-                                       f"installed: {install_hint(requirement)}"))
+                problem = (f"{kind} {node.plugin!r} needs the module {module!r}, which is not installed: "
+                           f"{install_hint(requirement)}")
+                problems.append((path, problem))
     return problems
 
 

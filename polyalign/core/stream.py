@@ -69,7 +69,9 @@ class StreamSplit(ABC):
         self.shuffle_buffer = shuffle_buffer
         empty = [k for k in range(len(self.weights)) if not any(s.size for s in self.shards if s.source == k)]
         if self.shards and empty:
-            raise PolyalignError(f"source {empty[0]} of the stream has no samples in any of its shards")
+            names = [s.name for s in self.shards if s.source == empty[0]]
+            shown_names = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+            raise PolyalignError(f"source {empty[0]} of the stream ({shown_names}) has no samples in any of its shards")
 
     @abstractmethod
     def read(self, shard: Shard, skip: int = 0) -> Iterator[tuple[str, Sample]]:
@@ -87,6 +89,14 @@ class StreamSplit(ABC):
 
     def __iter__(self) -> Iterator[Sample]:
         return (sample for _, sample in self.entries())
+
+    def provided(self, count: int) -> str:
+        """What the first ``count`` samples hold, for messages (here: their keys); a subclass that
+        maps stored fields to modalities says which fields it read (e.g. shard members)."""
+        keys: dict[str, None] = {}
+        for sample in islice(self, count):
+            keys.update((k, None) for k, v in sample.items() if v is not None)
+        return "keys " + (", ".join(map(repr, keys)) or "(none)")
 
 
 def is_stream(split: Any) -> bool:
@@ -135,18 +145,30 @@ def draw_records(split: StreamSplit, rng: random.Random, count: int) -> Iterator
     """``count`` samples drawn with replacement: a source by weight, then the next sample of
     a shard of it drawn at random (a new shard when that one is used up)."""
     by_source = [[s for s in split.shards if s.source == k and s.size] for k in range(len(split.weights))]
-    open_shards: list[Iterator[tuple[str, Sample]] | None] = [None] * len(by_source)
+    counted = [list(shards) for shards in by_source]
+    open_shards: list[tuple[Shard, Iterator[tuple[str, Sample]], list[int]] | None] = [None] * len(by_source)
     sources = list(range(len(by_source)))
     for _ in range(count):
         k = rng.choices(sources, split.weights)[0]
         while True:
             if open_shards[k] is None:
+                if not by_source[k]:  # each of its shards read as empty: drawing again would never end
+                    names = ", ".join(s.name for s in counted[k][:3]) + (" ..." if len(counted[k]) > 3 else "")
+                    raise DataError(f"source {k} of the stream ({names}): its shards were counted as holding "
+                                    f"{sum(s.size for s in counted[k])} samples, but reading them gives none "
+                                    f"(members inside folders such as __x__/, which are not samples, or a sizes "
+                                    f"file that does not match the shards?). Rewrite the shards with `polyalign "
+                                    f"shards`, or delete the sizes file beside them to have them counted.")
                 shard = rng.choice(by_source[k])
-                open_shards[k] = ((where(shard, key), sample) for key, sample in split.read(shard))
-            item = next(open_shards[k], None)  # type: ignore[arg-type]
+                open_shards[k] = (shard, ((where(shard, key), sample) for key, sample in split.read(shard)), [0])
+            shard, reader, read = open_shards[k]  # type: ignore[misc]
+            item = next(reader, None)
             if item is not None:
+                read[0] += 1
                 yield item
                 break
+            if not read[0]:
+                by_source[k].remove(shard)  # it read as empty: never draw it again
             open_shards[k] = None
 
 

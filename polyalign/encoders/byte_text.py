@@ -25,7 +25,7 @@ class ByteTextConfig(BaseModel):
     heads: int = Field(4, ge=1, description="attention heads (must divide dim)")
     ff_dim: int | None = Field(None, ge=1, description="feed-forward width (default 4 * dim)")
     max_length: int = Field(256, ge=2, description="bytes kept per text, plus the summary token")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout inside the transformer layers")
     pooling: Literal["mean", "cls"] = Field("mean", description="mean over tokens, or the summary token")
     grad_checkpointing: bool = Field(False, description="recompute each layer's activations in backward "
                                                         "(less memory for about one more forward)")

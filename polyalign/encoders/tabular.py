@@ -7,8 +7,9 @@ entries replaced by a fill value, and an indicator that is 1 where the entry was
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,12 +27,16 @@ class TabularConfig(BaseModel):
     columns: list[str] | None = Field(None, min_length=1, description="column names (for rows given as "
                                       "{column: value}); default: the keys of an example row")
     dim: int | None = Field(None, ge=1, description="entries per row (for rows given as lists); default: the data's")
-    mean: list[float] | None = Field(None, description="per-column mean to standardise with (e.g. train statistics)")
-    std: list[float] | None = Field(None, description="per-column std to standardise with")
+    mean: list[float] | Literal["auto"] | None = Field(
+        None, description="per-column mean to standardise with; auto = the train split's (recorded in the run's "
+                          "recipe.yaml); default: 0")
+    std: list[float] | Literal["auto"] | None = Field(
+        None, description="per-column std to standardise with; auto = the train split's (1 for a constant or "
+                          "never measured column); default: 1")
     fill: float = Field(0.0, description="value used for a missing entry (after standardisation)")
     indicators: bool = Field(True, description="append one missingness bit per column")
     hidden: list[int] = Field(default_factory=lambda: [128, 128], description="MLP hidden widths; [] = none")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer")
 
 
 def is_missing(entry: Any) -> bool:
@@ -68,12 +73,14 @@ class TabularEncoder(Encoder):
         self.n = n
         for name in ("mean", "std"):
             stats = getattr(config, name)
-            if stats is not None and len(stats) != n:
+            if isinstance(stats, list) and len(stats) != n:
                 raise PolyalignError(f"encoder 'tabular': {name} has {len(stats)} values for {n} columns")
-        if config.std is not None and any(s <= 0 for s in config.std):
+        if isinstance(config.std, list) and any(s <= 0 for s in config.std):
             raise PolyalignError(f"encoder 'tabular': std values must be positive, got {config.std}")
-        self.offset = np.asarray(config.mean if config.mean is not None else [0.0] * n, dtype=np.float64)
-        self.scale = np.asarray(config.std if config.std is not None else [1.0] * n, dtype=np.float64)
+        self.offset = np.asarray(config.mean if isinstance(config.mean, list) else [0.0] * n, dtype=np.float64)
+        self.scale = np.asarray(config.std if isinstance(config.std, list) else [1.0] * n, dtype=np.float64)
+        self.unfitted = [name for name in ("mean", "std") if getattr(config, name) == "auto"]
+        self.fitted: dict[str, list[float]] = {}
         width = 2 * n if config.indicators else n
         layers: list[nn.Module] = []
         for a, b in zip([width, *config.hidden][:-1], config.hidden):
@@ -82,7 +89,35 @@ class TabularEncoder(Encoder):
         self.width = config.hidden[-1] if config.hidden else width
 
     def rebuild_options(self) -> dict[str, Any]:
-        return {"columns": self.columns} if self.columns is not None else {"dim": self.n}
+        shape = {"columns": self.columns} if self.columns is not None else {"dim": self.n}
+        return {**shape, **self.fitted}
+
+    def fit(self, values: Iterator[Any], root: Path | None) -> None:
+        """``mean``/``std: auto``: each column's mean and (population) std over the train rows
+        that measured it; a column never measured gets mean 0, a constant one std 1."""
+        if not self.unfitted:
+            return
+        mean, m2, count = np.zeros(self.n), np.zeros(self.n), np.zeros(self.n)
+        for value in values:  # Welford's running mean and sum of squared deviations, per column
+            entries = self.entries(read_row(value, root))
+            seen = np.array([not is_missing(e) for e in entries])
+            try:
+                raw = np.array([float(e) if ok else 0.0 for e, ok in zip(entries, seen)], dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise PolyalignError(f"a tabular entry is not a number: {exc}") from exc
+            count += seen
+            delta = np.where(seen, raw - mean, 0.0)
+            mean += np.divide(delta, count, out=np.zeros(self.n), where=seen)
+            m2 += np.where(seen, delta * (raw - mean), 0.0)
+        std = np.sqrt(np.divide(m2, count, out=np.zeros(self.n), where=count > 0))
+        std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+        if "mean" in self.unfitted:
+            self.offset = mean
+            self.fitted["mean"] = [float(x) for x in mean]
+        if "std" in self.unfitted:
+            self.scale = std
+            self.fitted["std"] = [float(x) for x in std]
+        self.unfitted = []
 
     def entries(self, row: Any) -> list[Any]:
         """The ``n`` entries of a row (list in column order, or a mapping by column name)."""
@@ -103,6 +138,10 @@ class TabularEncoder(Encoder):
 
     def load(self, value: Any, root: Path | None) -> torch.Tensor:
         """One row -> ``(2n,)``: standardised values with ``fill`` where missing, then indicators."""
+        if self.unfitted:
+            raise PolyalignError(f"encoder 'tabular': {' and '.join(self.unfitted)}: auto needs the train split's "
+                                 f"statistics, which are computed when a run assembles the recipe with its data; "
+                                 f"give the numbers (a run's recipe.yaml holds them) to use the encoder without it")
         entries = self.entries(read_row(value, root))
         seen = np.array([not is_missing(e) for e in entries])
         try:

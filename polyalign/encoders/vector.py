@@ -19,7 +19,7 @@ class VectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dim: int | None = Field(None, gt=0, description="input size; default: from the data")
     hidden: list[int] = Field(default_factory=list, description="hidden widths; [] = one linear layer")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer")
 
 
 def load_vector(value: Any, root: Path | None) -> torch.Tensor:

@@ -198,8 +198,8 @@ def _curve_panel(ax: Any, runs: list[RunReport], target: str, per_run: dict[int,
                 ax.fill_between(x, [r["ci_low"] for r in line], [r["ci_high"] for r in line],
                                 color=color, alpha=0.10, linewidth=0)
     ax.set_xticks(sorted({float(r["rate"]) for rows in per_run.values() for r in rows}))
-    ax.set_title(f"target {target}: accuracy vs test-time dropout" + (" (shaded: bootstrap interval)" if shaded else ""),
-                 fontsize=10)
+    shading = " (shaded: bootstrap interval)" if shaded else ""
+    ax.set_title(f"target {target}: accuracy vs test-time dropout{shading}", fontsize=10)
     ax.set_xlabel("test-time dropout rate")
     ax.set_ylabel(METRIC_LABEL)
     ax.set_ylim(-0.02, 1.02)

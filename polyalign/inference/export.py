@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from safetensors.torch import save_file
 
 from polyalign.core.assemble import with_rebuild_options
-from polyalign.core.atomic import WriteError, atomic_write_text
+from polyalign.core.atomic import WriteError, atomic_write_text, save_tensors, write_failure
 from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.evaluator import read_report, report_markdown
 from polyalign.core.plugins import Plugins, default_plugins
@@ -138,7 +137,7 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
     try:
         tmp.mkdir(parents=True)
         if merged:
-            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+            save_tensors({k: v.contiguous() for k, v in weights.items()}, tmp / WEIGHTS)
         else:  # the checkpoint's own file: embeddings made by the run still match the export
             shutil.copyfile(model.weights_file, tmp / WEIGHTS)
         header = {"polyalign_version": version("polyalign"), "name": recipe.name,
@@ -155,10 +154,9 @@ def export_model(run_dir: str | Path, dest: str | Path, checkpoint: str = "last"
                 os.replace(file, final / file.name)
         else:
             os.replace(tmp, final)
-    except OSError as exc:  # named by the export, not by the file copied or the temporary folder
-        raise WriteError(f"could not write the export {dest}: {exc.strerror or exc}; nothing was left there "
-                         f"(the run {run_dir} is unchanged). Free some space or give a writable folder, then "
-                         f"export again.") from exc
+    except (OSError, WriteError) as exc:  # named by the export, not by the file copied or the temporary folder
+        raise WriteError(f"could not write the export {dest}: {write_failure(exc, 'then export again')}; nothing "
+                         f"was left there (the run {run_dir} is unchanged)") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

@@ -15,7 +15,7 @@ from polyalign.core.errors import PolyalignError, shown
 from .embeddings_file import check_same_model, provenance, read_embeddings, save_embeddings
 from .sources import Values, one_value, query_value, read_source, split_assignment
 from .trained import Hit, TrainedModel, rank_hits
-from .vector_index import (SUFFIX, IndexOptions, build_index, index_settings, read_index, recall_at_k,
+from .vector_index import (SUFFIX, IndexFile, IndexOptions, build_index, index_settings, read_index, recall_at_k,
                            sample_queries, write_index)
 
 
@@ -43,9 +43,10 @@ def embed_to_file(model: TrainedModel, modality: str, source: str | Path, out: s
     return save_embeddings(out, model, modality, embeddings, found.ids, str(source)), len(found.ids)
 
 
-def candidate_bank(model: TrainedModel, modality: str, source: str | Path,
-                   batch_size: int | None = None) -> tuple[torch.Tensor, list[Any], list[Any] | None]:
-    """Candidate embeddings, ids and raw values (None from an embeddings file of this model)."""
+def candidate_bank(model: TrainedModel, modality: str, source: str | Path, batch_size: int | None = None
+                   ) -> tuple[torch.Tensor, list[Any], list[Any] | None, Path | None]:
+    """Candidate embeddings, ids, raw values (None from an embeddings file of this model) and the
+    folder the values' relative paths resolve against."""
     if str(source).endswith(".safetensors"):
         saved = read_embeddings(source)
         if saved.modality != modality:
@@ -54,9 +55,9 @@ def candidate_bank(model: TrainedModel, modality: str, source: str | Path,
         if saved.embeddings.shape[1] != model.embed_dim:
             raise PolyalignError(f"{source} holds embeddings of {saved.embeddings.shape[1]} numbers; this model's "
                                  f"have {model.embed_dim}")
-        return saved.embeddings.to(model.device), saved.ids, None
+        return saved.embeddings.to(model.device), saved.ids, None, None
     embeddings, found = embed_source(model, modality, source, batch_size)
-    return embeddings, found.ids, found.values
+    return embeddings, found.ids, found.values, found.root
 
 
 def check_index_serves(model: TrainedModel, target: str) -> None:
@@ -91,7 +92,7 @@ def index_to_file(model: TrainedModel, modality: str, source: str | Path, out: s
     check_index_serves(model, modality)
     if Path(out).suffix != SUFFIX:
         raise PolyalignError(f"--out {out}: an index file must end in {SUFFIX}")
-    bank, ids, _ = candidate_bank(model, modality, source, batch_size)
+    bank, ids, _, _ = candidate_bank(model, modality, source, batch_size)
     vectors = bank.detach().float().cpu().numpy()
     index = build_index(vectors, options)
     queries = sample_queries(vectors)
@@ -101,12 +102,8 @@ def index_to_file(model: TrainedModel, modality: str, source: str | Path, out: s
     return IndexReport(write_index(out, index, ids, metadata), len(ids), recall, metadata["recall_queries"])
 
 
-def index_hits(model: TrainedModel, queries: dict[str, torch.Tensor], target: str, path: str | Path,
-               top_k: int) -> tuple[list[Hit], int]:
-    """The ``top_k`` candidates of a faiss index for one embedded query tuple, scored with the
-    run's own rule; and how many candidates the index holds."""
-    if top_k < 1:
-        raise PolyalignError(f"top_k must be at least 1, got {top_k}")
+def open_index(model: TrainedModel, target: str, path: str | Path) -> IndexFile:
+    """The index at ``path``, checked: it holds ``target`` embeddings made by this model."""
     found = read_index(path)
     if found.modality != target:
         raise PolyalignError(f"{path} indexes {found.modality!r} embeddings, not {target!r}")
@@ -114,11 +111,33 @@ def index_hits(model: TrainedModel, queries: dict[str, torch.Tensor], target: st
     if found.index.d != model.embed_dim:
         raise PolyalignError(f"{path} holds vectors of {found.index.d} numbers; this model's embeddings have "
                              f"{model.embed_dim}: build the index again with `polyalign index {model.source} ...`")
+    return found
+
+
+def rank_in_index(model: TrainedModel, queries: dict[str, torch.Tensor], target: str, found: IndexFile,
+                  top_k: int) -> list[list[Hit]]:
+    """The ``top_k`` candidates of an opened index for each embedded query tuple (a row of every
+    ``queries[m]``), ranked by the index and scored with the run's own rule."""
+    if top_k < 1:
+        raise PolyalignError(f"top_k must be at least 1, got {top_k}")
     vectors = model.inner_product_query(queries, target)
-    rows = [int(r) for r in found.search(vectors.cpu().numpy(), top_k)[0] if r >= 0]
-    bank = torch.from_numpy(found.vectors(rows)).to(model.device)
-    scores = model.score_embeddings(queries, bank, target)[0].tolist()
-    return [Hit(rank + 1, r, found.ids[r], s) for rank, (r, s) in enumerate(zip(rows, scores))], len(found.ids)
+    hits = []
+    for i, found_rows in enumerate(found.search(vectors.cpu().numpy(), top_k)):
+        rows = [int(r) for r in found_rows if r >= 0]
+        bank = torch.from_numpy(found.vectors(rows)).to(model.device)
+        scores = model.score_embeddings({m: z[i:i + 1] for m, z in queries.items()}, bank, target)[0].tolist()
+        hits.append([Hit(rank + 1, r, found.ids[r], s) for rank, (r, s) in enumerate(zip(rows, scores))])
+    return hits
+
+
+def index_hits(model: TrainedModel, queries: dict[str, torch.Tensor], target: str, path: str | Path,
+               top_k: int) -> tuple[list[Hit], int]:
+    """The ``top_k`` candidates of a faiss index for one embedded query tuple, scored with the
+    run's own rule; and how many candidates the index holds."""
+    if top_k < 1:
+        raise PolyalignError(f"top_k must be at least 1, got {top_k}")
+    found = open_index(model, target, path)
+    return rank_in_index(model, queries, target, found, top_k)[0], len(found.ids)
 
 
 def show_value(value: Any) -> str:
@@ -158,7 +177,7 @@ def search_sources(model: TrainedModel, queries: list[str], candidates: str, top
     if source.endswith(SUFFIX):
         hits, count = index_hits(model, embedded, target, source, top_k)
         return SearchResult(target, query, hits, count)
-    bank, ids, values = candidate_bank(model, target, source)
+    bank, ids, values, _ = candidate_bank(model, target, source)
     hits = rank_hits(model.score_embeddings(embedded, bank, target), top_k, ids)[0]
     return SearchResult(target, query, hits, int(bank.shape[0]),
                         None if values is None else [values[h.index] for h in hits])

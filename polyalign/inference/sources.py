@@ -58,6 +58,9 @@ def read_folder(path: Path) -> Values:
 
 def read_source(source: str | Path, modality: str) -> Values:
     """The raw values of ``modality`` that ``source`` names (see :data:`SOURCE_KINDS`)."""
+    if not str(source).strip():  # Path("") is the current folder: never read it for an empty source
+        raise PolyalignError(f"the source of {shown(modality)} is empty; give {SOURCE_KINDS} (`.` for the files of "
+                             f"the current folder)")
     path = Path(source).expanduser()
     if path.is_dir():
         found = read_folder(path)

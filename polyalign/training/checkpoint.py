@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from polyalign.core.atomic import WriteError, atomic_write_bytes, describe_os_error, fsync_dir, fsync_file
+from polyalign.core.atomic import (RESUME, WriteError, atomic_write_bytes, describe_os_error, fsync_dir, fsync_file,
+                                   save_tensors, write_failure)
 from polyalign.core.weights import STATE, WEIGHTS, CheckpointError, has_checkpoint, resolve_checkpoint
 
 STEP_PREFIX = "step-"
@@ -54,7 +54,7 @@ def save_checkpoint(directory: Path, weights: dict[str, torch.Tensor], state: di
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file(_contiguous(weights), str(tmp / WEIGHTS))
+        save_tensors(_contiguous(weights), tmp / WEIGHTS)
         fsync_file(tmp / WEIGHTS)
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -62,9 +62,7 @@ def save_checkpoint(directory: Path, weights: dict[str, torch.Tensor], state: di
         _swap_in(tmp, directory)
     except (OSError, WriteError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        cause = exc.__cause__ if isinstance(exc, WriteError) and isinstance(exc.__cause__, OSError) else exc
-        reason = describe_os_error(cause) if isinstance(cause, OSError) else str(cause)
-        raise CheckpointError(f"could not save checkpoint {directory}: {reason}. "
+        raise CheckpointError(f"could not save checkpoint {directory}: {write_failure(exc, RESUME)}. "
                               f"The last complete checkpoint is kept.") from exc
 
 
@@ -87,8 +85,8 @@ def link_checkpoint(source: Path, directory: Path) -> None:
         _swap_in(tmp, directory)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint {directory} (from {source}): {describe_os_error(exc)}. "
-                              f"The last complete checkpoint is kept.") from exc
+        raise CheckpointError(f"could not write checkpoint {directory} (from {source}): "
+                              f"{describe_os_error(exc, RESUME)}. The last complete checkpoint is kept.") from exc
 
 
 def step_checkpoint_name(step: int) -> str:

@@ -3,7 +3,8 @@
 For every encoder whose parameters are all frozen (``freeze: true``), its output is computed
 once per value of the train and val splits (eval mode, no gradient; the evaluation ``finish``,
 so no augmentation) and stored under ``cache.dir/features/<encoder>-<hash>/``, keyed by the
-value (as the input cache) and by the encoder's options and weights. Training then loads those
+value (as the input cache) and by everything the feature depends on besides it: every option of the
+encoder, its weights, the library versions (:mod:`polyalign.training.cache_key`). Training then loads those
 features instead of raw values, and the model runs only its trainable parts on them (the heads,
 the unfrozen encoders): the setup of the Symile paper's M3 experiments. ``polyalign cache
 RECIPE`` fills the cache ahead of time; ``polyalign train`` fills what is missing first.
@@ -14,7 +15,6 @@ Checkpoints hold the whole model, frozen towers included, so evaluation, ``embed
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from polyalign.core.data import DataError, describe_value
 from polyalign.core.encoder import Encoder, to_device
 from polyalign.core.recipe import Recipe
 
-from .input_cache import SPLITS, cache_dir, options_key, split_values, value_key
+from .cache_key import options_key
+from .input_cache import SPLITS, cache_dir, split_values, value_key
 from .tensor_store import TensorStore
 
 
@@ -35,22 +36,12 @@ def frozen_modalities(parts: Assembled) -> list[str]:
             if any(True for _ in enc.parameters()) and not any(p.requires_grad for p in enc.parameters())]
 
 
-def weights_digest(encoder: Encoder) -> str:
-    """A hash of an encoder's weights and buffers (the features depend on them)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in encoder.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
 def feature_stores(recipe: Recipe, parts: Assembled) -> dict[str, TensorStore]:
     """The feature store of each frozen modality (none unless ``cache.features``)."""
     if not recipe.cache.features:
         return {}
     return {m: TensorStore(cache_dir(recipe, "features") /
-                           options_key(recipe, m, parts.model.encoders[m], weights_digest(parts.model.encoders[m])))
+                           options_key(recipe.modalities[m].encoder, parts.model.encoders[m], "features"))
             for m in frozen_modalities(parts)}
 
 

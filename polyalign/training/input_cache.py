@@ -8,7 +8,8 @@ every use. Encoders whose ``load`` is random and not split that way are refused.
   first epoch and send what they decoded back with each batch; when the cache has grown, the
   next epoch starts new workers, which see the whole cache (forked with the process, not
   copied) and only finish and collate. Map-form (manifest) splits only.
-* ``disk``: safetensors files under ``cache.dir/inputs/<encoder>-<hash of its load options>/``,
+* ``disk``: safetensors files under ``cache.dir/inputs/<encoder>-<hash of its load options and the
+  library versions>/`` (:mod:`polyalign.training.cache_key`),
   keyed by the value: a file's absolute path, size, inode and modification time, a shard
   member's bytes, or an inline value itself. A changed file or load option is therefore
   decoded again (the stale entries are never read), and later runs reuse the folder.
@@ -17,7 +18,6 @@ every use. Encoders whose ``load`` is random and not split that way are refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -35,10 +35,10 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.recipe import Recipe
 from polyalign.core.stream import is_stream
 
+from .cache_key import options_key
 from .state import rng_state, set_rng_state
 from .tensor_store import TensorStore
 
-CACHE_FORMAT = 1  # bump when what a cache file means changes
 SPLITS = ("train", "val")  # the splits the caches are filled for
 
 
@@ -73,17 +73,6 @@ def value_key(value: Any, root: Path | None) -> str:
         else:
             digest.update(f"array\0{arr.dtype.str}\0{arr.shape}\0".encode() + arr.tobytes())
     return digest.hexdigest()
-
-
-def options_key(recipe: Recipe, modality: str, encoder: Encoder, *extra: Any) -> str:
-    """The folder name of one encoder's entries: its class and a hash of what shapes its output."""
-    node = recipe.modalities[modality].encoder
-    options = encoder.load_options()
-    if options is None:
-        options = node.options()
-    text = json.dumps([CACHE_FORMAT, node.plugin, type(encoder).__qualname__, options, *extra],
-                      sort_keys=True, default=str)
-    return f"{type(encoder).__name__}-{hashlib.blake2b(text.encode(), digest_size=8).hexdigest()}"
 
 
 def cache_dir(recipe: Recipe, kind: str) -> Path:
@@ -239,7 +228,7 @@ def input_stores(recipe: Recipe, encoders: dict[str, Encoder], examples: dict[st
     for m, encoder in encoders.items():
         check_deterministic(encoder, m, recipe.modalities[m].encoder.plugin, examples.get(m), root)
         stores[m] = MemoryStore() if mode == "memory" else \
-            TensorStore(cache_dir(recipe, "inputs") / options_key(recipe, m, encoder))
+            TensorStore(cache_dir(recipe, "inputs") / options_key(recipe.modalities[m].encoder, encoder, "inputs"))
     return stores
 
 

@@ -25,6 +25,7 @@ from .console import epoch_line
 from .distributed import DistInfo, mean_across_ranks
 from .loaders import TrainingData
 from .optim import build_optimizer
+from .presence import PresenceTally
 from .sharding import ShardedParts
 from .state import TrainProgress, restore_state, save_state, seed_everything
 from .step import NonFiniteError, Stepper, temperature_of
@@ -278,7 +279,11 @@ class Trainer:
         k = cfg.accumulate
         t0, samples = time.perf_counter(), 0
         window: list[Batch] = []
+        tally = PresenceTally(list(self.recipe.modalities)) if progress.batch_in_epoch == 0 else None
+        whole_run = progress.step == 0  # the tally sees every step of the run so far
         for batch in self.train_loader:
+            if tally is not None:
+                tally.add(batch)
             window.append(batch)
             progress.batch_in_epoch += 1
             if len(window) < k:
@@ -300,9 +305,12 @@ class Trainer:
                     self.save()
             window = []
             if progress.step >= self.total_steps or epoch_ends:
+                tally = tally if epoch_ends or whole_run else None  # max_steps cut the epoch after a resume
                 break
         if self.pending:  # the loader ended early: settle the steps taken since the last check
             self._check(None)
+        if tally is not None:
+            tally.check(self.recipe.data.plugin, progress.epoch)
         val = self.validate()
         metrics = {"train_loss": progress.epoch_loss / max(progress.epoch_steps, 1)}
         if val is not None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
+from polyalign.core.atomic import atomic_write_text, describe_os_error
 from polyalign.core.errors import PolyalignError
 from polyalign.core.plugins import Plugins
 from polyalign.core.recipe import Recipe, load_recipe
 from polyalign.core.run_files import RECIPE_FILE
+from polyalign.core.weights import WEIGHTS
 
 
 def new_run_dir(base: Path, recipe: Recipe) -> Path:
@@ -28,8 +30,12 @@ def new_run_dir(base: Path, recipe: Recipe) -> Path:
                 n += 1
                 run_dir = base / f"{recipe.name}-{stamp}-{n}"
     except OSError as exc:
-        raise PolyalignError(f"cannot create a run directory under {base}: {exc.strerror or exc}") from None
-    write_recipe(run_dir, recipe)
+        raise PolyalignError(f"cannot create a run directory under {base}: {describe_os_error(exc)}") from None
+    try:
+        write_recipe(run_dir, recipe)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # no run directory without its recipe
+        raise
     return run_dir
 
 
@@ -60,6 +66,10 @@ def resume_recipe(run_dir: Path, overrides: list[str] | None, plugins: Plugins) 
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():
         raise PolyalignError(f"--resume {run_dir}: not a run directory (no {RECIPE_FILE})")
+    if (Path(run_dir) / WEIGHTS).is_file():  # a run keeps its weights under checkpoints/, an export beside its recipe
+        raise PolyalignError(f"--resume {run_dir}: this is an exported model ({WEIGHTS} beside {RECIPE_FILE}), not a "
+                             f"run directory, and training inside it would change the export. Resume the run it was "
+                             f"exported from, or start a new run: polyalign train {path}")
     saved = load_recipe(path, None, plugins)
     if not overrides:
         return saved, []

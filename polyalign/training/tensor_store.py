@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 
-from polyalign.core.atomic import describe_os_error
+from polyalign.core.atomic import describe_os_error, save_tensors
 from polyalign.core.encoder import Input
 from polyalign.core.errors import PolyalignError
 
 SUFFIX = ".safetensors"
 OPEN_FILES = 64  # files kept open (memory-mapped) at once
 RESCAN_SECONDS = 1.0  # a miss looks for files other processes wrote at most this often
+ELSEWHERE = "or set cache.dir to another folder, then run the command again"
 
 
 class TensorStore:
@@ -35,7 +36,7 @@ class TensorStore:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise PolyalignError(f"cannot create the cache folder {self.folder}: {describe_os_error(exc)}. "
+            raise PolyalignError(f"cannot create the cache folder {self.folder}: {describe_os_error(exc, ELSEWHERE)}. "
                                  f"Set cache.dir to a writable folder.") from exc
         self.index: dict[str, tuple[Path, tuple[str, ...] | None]] = {}  # key -> (file, dict fields or None)
         self.files: set[str] = set()
@@ -60,7 +61,7 @@ class TensorStore:
 
         self.scanned_at = time.monotonic()
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
-            if path.name in self.files:
+            if path.name in self.files or path.name.startswith("."):  # `.tmp-*`: a write that did not finish
                 continue
             try:
                 with safe_open(str(path), "pt") as fh:
@@ -100,8 +101,6 @@ class TensorStore:
         """Write the pending entries to a new file of the folder."""
         if not self.pending:
             return
-        from safetensors.torch import save_file
-
         tensors: dict[str, torch.Tensor] = {}
         for key, value in self.pending.items():
             items = value.items() if isinstance(value, dict) else [("", value)]
@@ -111,12 +110,12 @@ class TensorStore:
         path = self.folder / name
         tmp = self.folder / f".tmp-{name}"
         try:
-            save_file(tensors, str(tmp))
+            save_tensors(tensors, tmp)
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise PolyalignError(f"cannot write to the cache folder {self.folder}: {describe_os_error(exc)}. "
-                                 f"Free some space or set cache.dir elsewhere.") from exc
+            raise PolyalignError(f"cannot write to the cache folder {self.folder}: "
+                                 f"{describe_os_error(exc, ELSEWHERE)}. Nothing half-written is left there.") from exc
         self.written += 1
         self.files.add(name)
         for key, value in self.pending.items():

@@ -4,6 +4,7 @@ import pytest
 
 import polyalign
 from polyalign.core.errors import PolyalignError
+from polyalign.testing import check_dataset
 
 
 def write_tuple(folder, **files):
@@ -36,3 +37,11 @@ def test_bad_trees_say_what_to_fix(tmp_path):
     (tmp_path / "train" / "t1" / "label.txt").write_text("1")
     with pytest.raises(PolyalignError, match="no file in .* is named audio; the modalities found are: imu"):
         polyalign.build("dataset", "tuple_folders", path=str(tmp_path), modalities=["imu", "audio"])
+
+
+def test_tuple_folders_keeps_the_dataset_contract(tmp_path):
+    write_tuple(tmp_path / "train" / "t1", **{"imu.csv": "x,y,z\n0,0,1\n", "caption.txt": "sitting", "label.txt": "0"})
+    write_tuple(tmp_path / "train" / "t2", **{"imu.csv": "x,y,z\n0,1,0\n", "label.txt": "1"})
+    write_tuple(tmp_path / "test" / "t3", **{"caption.txt": "running"})
+    # splits, rows, the modalities promised against those the rows provide, labels, ids, determinism
+    check_dataset("tuple_folders", path=str(tmp_path))

@@ -14,17 +14,20 @@ import io
 import json
 import os
 import random
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import WriteError, atomic_write_text
+from polyalign.core.atomic import WriteError, atomic_write_text, describe_os_error
 from polyalign.core.data import SPLITS, Sample
 from polyalign.core.errors import PolyalignError
 
 from .manifest import ManifestConfig, ManifestDataset
 from .webdataset import ID_EXT, LABEL_EXT, MAX_MEMBER_BYTES, SIZES_FILE, load_webdataset
+
+UNFINISHED = ".polyalign-shards-unfinished"  # in OUT_DIR while `polyalign shards` writes it
 
 
 @dataclass
@@ -78,9 +81,13 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
     if out.exists() and not out.is_dir():
         raise PolyalignError(f"{out} exists and is not a folder; give a new or empty folder for the shards")
     if out.exists() and any(out.iterdir()):
-        raise PolyalignError(f"{out} is not empty; give a new or empty folder for the shards")
+        if not unfinished_shards(out):
+            raise PolyalignError(f"{out} is not empty; give a new or empty folder for the shards")
+        for leftover in out.iterdir():  # what an interrupted `polyalign shards` wrote: written again
+            leftover.unlink()
     data = ManifestDataset(ManifestConfig(path=str(data_dir)))
     out.mkdir(parents=True, exist_ok=True)
+    (out / UNFINISHED).touch()
     sizes: dict[str, int] = {}
     written = []
     for split in SPLITS:
@@ -101,12 +108,23 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, shard_size: int, see
                 os.replace(tmp, path)
             except OSError as exc:  # named by the shard, not by its temporary file or the file being copied
                 tmp.unlink(missing_ok=True)
-                raise WriteError(f"could not write the shard {path}: {exc.strerror or exc}") from exc
+                raise WriteError(f"could not write the shard {path}: {describe_os_error(exc)}; the shards written "
+                                 f"so far are replaced when the same command runs again") from exc
             sizes[path.name] = len(order[start:start + shard_size])
             result.shards.append(path)
         written.append(result)
     atomic_write_text(out / SIZES_FILE, json.dumps(sizes, indent=1) + "\n")
+    (out / UNFINISHED).unlink()
     return written
+
+
+def unfinished_shards(out: Path) -> bool:
+    """Whether ``out`` holds only what an interrupted ``polyalign shards`` wrote: its marker, shards and
+    a temporary shard (the marker is removed once ``sizes.json`` is written)."""
+    if not (out / UNFINISHED).is_file():
+        return False
+    pattern = re.compile(rf"^(\.?({'|'.join(SPLITS)})-\d{{6}}\.tar(\.tmp)?|{re.escape(UNFINISHED)})$")
+    return all(p.is_file() and not p.is_symlink() and pattern.match(p.name) for p in out.iterdir())
 
 
 def write_sample(writer: Any, key: str, members: dict[str, bytes | Path]) -> None:

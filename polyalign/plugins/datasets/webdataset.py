@@ -14,6 +14,7 @@ writes it; open_clip's format), else the shards are counted once at start.
 
 from __future__ import annotations
 
+import itertools
 import re
 import tarfile
 from functools import lru_cache
@@ -205,17 +206,31 @@ class ShardStream(StreamSplit):
         self.modality_of = {ext: m for m, exts in config.modalities.items() for ext in extensions(exts)}
 
     def read(self, shard: Shard, skip: int = 0) -> Iterator[tuple[str, Sample]]:
+        for i, raw in enumerate(self.raw_samples(shard)):
+            if i >= skip:
+                yield raw["__key__"], self.sample(raw, shard.name)
+
+    def raw_samples(self, shard: Shard) -> Iterator[dict]:
+        """The webdataset samples of a shard: ``__key__`` and the member bytes by extension."""
         from webdataset.tariterators import group_by_keys
 
         try:
             with open(shard.name, "rb") as fh:
                 members = ({**m, "__url__": shard.name} for m in bounded_members(fh, shard.name))
-                for i, raw in enumerate(group_by_keys(members)):
-                    if i >= skip:
-                        yield raw["__key__"], self.sample(raw, shard.name)
+                yield from group_by_keys(members)
         except (tarfile.TarError, OSError, ValueError) as exc:
             raise PolyalignError(f"shard {shard.name}: cannot read it as a tar of samples "
                                  f"({str(exc).split(' @ ')[0]}); write it again") from None
+
+    def provided(self, count: int) -> str:
+        """The member extensions of the first ``count`` samples, and the modality map they meet."""
+        seen: dict[str, None] = {}
+        raws = (raw for shard in self.shards for raw in self.raw_samples(shard))
+        for raw in itertools.islice(raws, count):
+            seen.update((f".{ext}", None) for ext in raw if not ext.startswith("__"))
+        mapped = ", ".join(f"{m}: .{ext}" for ext, m in self.modality_of.items())
+        return (f"shard members {', '.join(seen) or '(none)'} (data.modalities maps {mapped}; a member "
+                f"named KEY.EXT matches the extension EXT, everything after the key's first dot)")
 
     def sample(self, raw: dict, shard: str) -> Sample:
         """The polyalign sample of one webdataset sample (members by extension)."""

@@ -18,9 +18,9 @@ class XorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     d_v: int = Field(5, ge=1, le=16, description="bits per vector")
     p_hat: float = Field(1.0, ge=0, le=1, description="probability that c = a XOR b (else c = a)")
-    n_train: int = Field(10000, ge=1)
-    n_val: int = Field(1000, ge=0)
-    n_test: int = Field(1000, ge=0)
+    n_train: int = Field(10000, ge=1, description="train tuples")
+    n_val: int = Field(1000, ge=0, description="val tuples")
+    n_test: int = Field(1000, ge=0, description="test tuples")
     seed: int | None = Field(None, description="data seed (default: the recipe's seed)")
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ query's label (``match: label``).
 the others, and every pair of modalities from each other. With ``both_ways`` (default) each
 direction is also ranked the other way round (all the others, as tuples, from each modality).
 A loss that ranks one modality only (no ``score_tuples``) skips the default tuple directions
-with a warning, and stops with an error on ones the recipe names.
+with a one-line notice, and stops with an error on ones the recipe names.
 
 Rows: ``task: retrieval``, ``target`` (target modalities joined by '+'), ``query`` (sorted),
 metrics ``R@k`` for each k of ``top_k`` (share of queries with a correct candidate among the
@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import Notice, PolyalignError
 from polyalign.core.evaluator import EvalContext, recall_and_rank
 from polyalign.core.loss import can_rank_tuples
 
@@ -99,9 +99,9 @@ class Retrieval:
         if self.config.directions is None and not can_rank_tuples(ctx.parts.loss):
             skipped = [t for _, t in out if len(t) > 1]
             if skipped:
-                warnings.warn(f"retrieval: loss {ctx.parts.loss_name or type(ctx.parts.loss).__name__!r} ranks one "
-                              f"modality at a time (no score_tuples), so the tuple targets "
-                              f"{', '.join('+'.join(t) for t in skipped)} are left out", stacklevel=2)
+                warnings.warn(Notice(f"retrieval: loss {ctx.parts.loss_name or type(ctx.parts.loss).__name__!r} "
+                                     f"ranks one modality at a time (no score_tuples), so the tuple targets "
+                                     f"{', '.join('+'.join(t) for t in skipped)} are left out"), stacklevel=2)
             out = [(q, t) for q, t in out if len(t) == 1]
         return out
 

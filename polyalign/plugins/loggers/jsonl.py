@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text, describe_os_error
+from polyalign.core.atomic import RESUME, atomic_write_text, describe_os_error
 from polyalign.core.errors import PolyalignError
 from polyalign.core.hookspecs import hookimpl
 from polyalign.core.json_file import JsonError, parse_json
@@ -24,7 +24,7 @@ class JsonlLogger:
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
         except OSError as exc:
-            raise PolyalignError(f"could not append to {self.path}: {describe_os_error(exc)}; the rows past "
+            raise PolyalignError(f"could not append to {self.path}: {describe_os_error(exc, RESUME)}; the rows past "
                                  f"the last checkpoint are rewritten on resume") from None
 
     @hookimpl

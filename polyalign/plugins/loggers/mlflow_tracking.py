@@ -17,9 +17,12 @@ from polyalign.core.evaluator import eval_tag, row_columns
 from polyalign.core.hookspecs import hookimpl
 from polyalign.core.run_files import REPORT_DIR, read_tracker_run
 
+from .tracker_failures import TrackerFailures
+
 RUN_FILE = "mlflow-run.json"  # in the run directory: the MLflow run a resume continues
 PARAM_VALUE_LIMIT = 6000  # MLflow's longest parameter value
 BATCH = 100  # MLflow's most parameters per log_batch call
+PROBE_SECONDS = 5.0  # how long a tracking server may take to answer before the run is refused
 
 
 class MlflowConfig(BaseModel):
@@ -55,6 +58,25 @@ def default_artifacts(tracking_uri: str) -> str | None:
     return str((Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve())
 
 
+def check_reachable(uri: str) -> None:
+    """One request, of at most ``PROBE_SECONDS``, to an HTTP(S) tracking server before anything is logged:
+    MLflow's own client retries an unreachable server for minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    seconds = PROBE_SECONDS
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=seconds).close()
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy or an older server may not know /health)
+    except (OSError, ValueError) as exc:  # URLError, a refused connection, a timeout, a malformed URI
+        raise PolyalignError(f"logger 'mlflow': the tracking server {uri} cannot be reached "
+                             f"({getattr(exc, 'reason', exc)}; waited at most {seconds:.0f} s). Start it, give "
+                             f"another tracking_uri, or remove mlflow from the recipe's logging list.") from None
+
+
 class MlflowLogger:
     """Logs ``train/*`` per logged step and ``epoch/*`` per epoch at the optimizer step, the resolved
     recipe as parameters (and ``recipe.yaml``), the evaluator rows as metrics and a table, and the
@@ -78,11 +100,13 @@ class MlflowLogger:
         self.run_id = ""
         self.logged: set[tuple[str, int]] = set()  # (metric, step) pairs the run already holds
         self.step = 0
+        self.failures = TrackerFailures("mlflow")
 
     def _start(self, recipe: Any) -> None:
         id_file = self.run_dir / RUN_FILE
         if id_file.is_file():  # a resumed run: the same store and run
             saved = read_tracker_run(id_file, ("tracking_uri", "run_id"), "mlflow")
+            check_reachable(saved["tracking_uri"])
             self.client, self.run_id = self._client_class(tracking_uri=saved["tracking_uri"]), saved["run_id"]
             run = self.client.get_run(self.run_id)
             self.logged = {(key, m.step) for key in run.data.metrics
@@ -91,8 +115,10 @@ class MlflowLogger:
             params = set(run.data.params)
         else:
             cfg = self.config
-            self.client = self._client_class(tracking_uri=cfg.tracking_uri)
-            uri = self.client.tracking_uri
+            client = self._client_class(tracking_uri=cfg.tracking_uri)
+            uri = client.tracking_uri
+            check_reachable(uri)
+            self.client = client
             experiment = self.client.get_experiment_by_name(cfg.experiment)
             experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
                 cfg.experiment, artifact_location=cfg.artifact_location or default_artifacts(uri))
@@ -126,8 +152,9 @@ class MlflowLogger:
         metrics = [self._metric(metric_key(k), float(v), now, step) for k, v in values.items()
                    if (metric_key(k), step) not in self.logged]
         if metrics:
-            self.client.log_batch(self.run_id, metrics=metrics)
-            self.logged.update((m.key, step) for m in metrics)
+            with self.failures.guard(f"step {step}"):
+                self.client.log_batch(self.run_id, metrics=metrics)
+                self.logged.update((m.key, step) for m in metrics)
 
     @hookimpl
     def on_step_end(self, step: int, metrics: dict) -> None:
@@ -145,13 +172,15 @@ class MlflowLogger:
                   self.step)
         columns = row_columns(rows)
         table = {c: ["+".join(r[c]) if c == "query" else r.get(c) for r in rows] for c in columns}
-        self.client.log_table(self.run_id, table, f"eval/{split}_rows.json")
-        for png in sorted((self.run_dir / REPORT_DIR).glob("*.png")):
-            self.client.log_artifact(self.run_id, str(png), f"eval/{split}")
+        with self.failures.guard(f"the {split} evaluation"):
+            self.client.log_table(self.run_id, table, f"eval/{split}_rows.json")
+            for png in sorted((self.run_dir / REPORT_DIR).glob("*.png")):
+                self.client.log_artifact(self.run_id, str(png), f"eval/{split}")
 
     def _finish(self, status: int) -> None:
-        if self.client is not None:
-            self.client.set_terminated(self.run_id, self._status.to_string(status))
+        if self.client is not None and self.run_id:  # a run was started in the store
+            with self.failures.guard("the end of the run"):
+                self.client.set_terminated(self.run_id, self._status.to_string(status))
             self.client = None
 
     @hookimpl

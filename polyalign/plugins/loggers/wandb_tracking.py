@@ -14,6 +14,8 @@ from polyalign.core.evaluator import eval_tag, row_columns
 from polyalign.core.hookspecs import hookimpl
 from polyalign.core.run_files import REPORT_DIR, read_tracker_run
 
+from .tracker_failures import TrackerFailures
+
 RUN_FILE = "wandb-run.json"  # in the run directory: the W&B run a resume continues
 
 
@@ -24,7 +26,7 @@ class WandbConfig(BaseModel):
     mode: Literal["online", "offline", "disabled"] | None = Field(
         None, description="default: the WANDB_MODE environment variable, else online")
     group: str | None = Field(None, description="group runs together in the W&B interface")
-    tags: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, description="tags of the W&B run")
 
 
 class WandbLogger:
@@ -43,6 +45,7 @@ class WandbLogger:
         self.wandb, self.config, self.run_dir = wandb, config, Path(run_dir)
         self.run: Any = None
         self.step = 0
+        self.failures = TrackerFailures("wandb")
 
     @hookimpl
     def on_train_start(self, recipe: Any, start_step: int) -> None:
@@ -66,7 +69,8 @@ class WandbLogger:
     def _log(self, data: dict[str, Any], step: int) -> None:
         if self.run is not None:
             self.step = step
-            self.run.log(data, step=step)
+            with self.failures.guard(f"step {step}"):
+                self.run.log(data, step=step)
 
     @hookimpl
     def on_step_end(self, step: int, metrics: dict) -> None:

@@ -32,8 +32,8 @@ class AlignUniformConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     alpha: float = Field(2.0, gt=0, description="exponent of the alignment distance")
     t: float = Field(2.0, gt=0, description="sharpness of the uniformity kernel exp(-t·‖x−y‖²)")
-    align_weight: float = Field(1.0, ge=0)
-    uniform_weight: float = Field(1.0, ge=0)
+    align_weight: float = Field(1.0, ge=0, description="weight of the alignment term")
+    uniform_weight: float = Field(1.0, ge=0, description="weight of the uniformity term")
     pairs: PairGraph = Field("full", description="pairs aligned: full = every pair; star = pairs with the anchor")
     anchor: str | None = Field(None, description="anchor modality of the star graph (default: first)")
 

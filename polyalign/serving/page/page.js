@@ -1,0 +1,137 @@
+// The search page of `polyalign serve`: reads /info, sends the query to /search as multipart, shows the hits.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let card = null;
+
+function headers() {
+  const token = sessionStorage.getItem("polyalign-token") || $("token").value;
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
+async function call(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  if (response.status === 401) {
+    $("token-box").hidden = false;
+    throw new Error("this server needs its token: type it above and search again");
+  }
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail; } catch (e) { /* not JSON */ }
+    throw new Error(`${response.status}: ${detail}`);
+  }
+  return response;
+}
+
+function queryRow(modality) {
+  const row = document.createElement("div");
+  row.className = "query";
+  row.innerHTML = `<label><input type="checkbox" class="use"> <span></span></label>
+    <input type="file" class="file"><input type="text" class="text" placeholder="or type text, or [numbers]">`;
+  row.querySelector("span").textContent = modality;
+  row.dataset.modality = modality;
+  const use = row.querySelector(".use");
+  for (const input of row.querySelectorAll(".file, .text")) {
+    input.addEventListener("input", () => { use.checked = true; refreshTargets(); });
+  }
+  use.addEventListener("change", refreshTargets);
+  return row;
+}
+
+function chosen() {
+  return [...document.querySelectorAll(".query")].filter((row) => row.querySelector(".use").checked);
+}
+
+function refreshTargets() {
+  const used = new Set(chosen().map((row) => row.dataset.modality));
+  for (const option of $("target").options) option.disabled = used.has(option.value);
+}
+
+async function loadCard() {
+  try {
+    card = await (await call("/info")).json();
+  } catch (error) {
+    $("model").textContent = error.message;
+    return;
+  }
+  const targets = card.candidates.map((c) => c.modality);
+  $("model").textContent = `${card.name}: ${card.modalities.join(", ")}; embeddings of ${card.embed_dim}; ` +
+    `scored by ${card.scored_by}. Candidates: ` +
+    (card.candidates.map((c) => `${c.count} ${c.modality} (${c.ranking})`).join(", ") || "none");
+  $("queries").replaceChildren(...card.modalities.map(queryRow));
+  $("target").replaceChildren(...targets.map((m) => new Option(m, m)));
+  $("k").max = card.limits.max_k;
+  refreshTargets();
+}
+
+async function mediaElement(hit, target) {
+  const response = await call(hit.media);
+  const type = response.headers.get("content-type") || "";
+  if (type.startsWith("text/")) {
+    const p = document.createElement("p");
+    p.className = "text";
+    p.textContent = await response.text();
+    return p;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const element = document.createElement(type.startsWith("audio/") ? "audio" : "img");
+  if (element.tagName === "AUDIO") element.controls = true;
+  else element.alt = `${target} ${hit.id}`;
+  element.src = url;
+  return element;
+}
+
+async function showHits(result) {
+  const items = await Promise.all(result.hits.map(async (hit) => {
+    const li = document.createElement("li");
+    li.className = "hit";
+    if (hit.media) {
+      li.append(await mediaElement(hit, result.target));
+    } else if (hit.value !== null) {
+      const p = document.createElement("p");
+      p.className = "text";
+      p.textContent = hit.value;
+      li.append(p);
+    }
+    const caption = document.createElement("div");
+    caption.innerHTML = `<b></b> <span class="id"></span><br><span class="score"></span>`;
+    caption.querySelector("b").textContent = `#${hit.rank}`;
+    caption.querySelector(".id").textContent = String(hit.id);
+    caption.querySelector(".score").textContent = `score ${hit.score.toFixed(4)}`;
+    li.append(caption);
+    return li;
+  }));
+  $("results").replaceChildren(...items);
+}
+
+async function search(event) {
+  event.preventDefault();
+  const status = $("status");
+  status.className = "";
+  $("results").replaceChildren();
+  if ($("token").value) sessionStorage.setItem("polyalign-token", $("token").value);
+  if (!card) await loadCard();
+  const form = new FormData();
+  for (const row of chosen()) {
+    const file = row.querySelector(".file").files[0];
+    const text = row.querySelector(".text").value;
+    if (file) form.append(row.dataset.modality, file, file.name);
+    else if (text) form.append(row.dataset.modality, text);
+  }
+  form.append("target", $("target").value);
+  form.append("k", $("k").value);
+  status.textContent = "searching…";
+  try {
+    const result = await (await call("/search", { method: "POST", body: form })).json();
+    status.textContent = `best ${result.hits.length} ${result.target} of ${result.candidates} for ` +
+      `${result.query.join(" + ")} (${result.scored_by}, ${result.ranking} ranking)`;
+    await showHits(result);
+  } catch (error) {
+    status.className = "error";
+    status.textContent = error.message;
+  }
+}
+
+$("search").addEventListener("submit", search);
+$("token").addEventListener("change", loadCard);
+loadCard();

@@ -1,0 +1,102 @@
+"""Values from a request, made safe for the encoders: every text and upload is held in memory as a
+:class:`~polyalign.core.encoder.FileBytes`, numbers are checked, and no string from a request ever
+reaches an encoder (which would read it as a path on the server's disk)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import PurePosixPath
+from typing import Any
+
+from polyalign.core.encoder import FileBytes
+from polyalign.core.errors import PolyalignError, cut, shown
+from polyalign.core.manifest_file import parse_cell
+
+# what an upload without a usable file name is taken to be, from its content type
+SUFFIX_OF_TYPE = {"image/png": ".png", "image/jpeg": ".jpg", "audio/wav": ".wav", "audio/x-wav": ".wav",
+                  "audio/wave": ".wav", "audio/flac": ".flac", "text/plain": ".txt"}
+
+
+class RequestError(Exception):
+    """A request the server refuses: the HTTP status and a message saying what was wrong."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(cut(message, 2000))
+        self.status = status
+
+
+def inline_text(modality: str, index: int, text: str) -> FileBytes:
+    """Inline text as a ``.txt`` file held in memory: text encoders read it as the text itself."""
+    return FileBytes(f"inline text {modality}[{index}].txt", text.encode("utf-8"))
+
+
+def check_numbers(value: Any, where: str) -> None:
+    """Refuse anything but finite numbers (and null, for a missing table entry) inside a list or mapping."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, bool) or not (item is None or isinstance(item, (int, float))):
+            raise RequestError(422, f"{where}: {shown(item)} inside a list or mapping; only numbers (and null) "
+                                    f"may be nested; send text as a value of its own")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise RequestError(422, f"{where}: holds {item} (NaN or infinity); send finite numbers")
+
+
+def inline_value(modality: str, index: int, value: Any) -> Any:
+    """One JSON value: text -> text held in memory; a number, list or mapping of numbers as it is."""
+    where = f"modality {modality!r}, value {index}"
+    if isinstance(value, str):
+        return inline_text(modality, index, value)
+    if value is None or isinstance(value, bool):
+        raise RequestError(422, f"{where}: {shown(value)} is no value; send text, numbers or a file upload")
+    check_numbers(value, where)
+    return value
+
+
+def form_value(modality: str, index: int, text: str) -> Any:
+    """A form field's text, read as ``polyalign search --query`` reads one: ``[...]``/``{...}`` is JSON
+    (numbers), anything else is inline text (never a path)."""
+    try:
+        value = parse_cell(text, f"modality {modality!r}, value {index}")
+    except PolyalignError as exc:
+        raise RequestError(422, str(exc)) from None
+    return inline_value(modality, index, value)
+
+
+def upload_name(filename: str | None, content_type: str | None) -> str:
+    """A name for an upload's bytes in messages: the client's base name (plain characters only)
+    ending in its extension, or one from the content type. Never used as a path."""
+    base = PurePosixPath((filename or "").replace("\\", "/")).name
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base)[-80:]
+    if not re.search(r"\.[A-Za-z0-9]{1,8}$", base):
+        base += SUFFIX_OF_TYPE.get((content_type or "").split(";")[0].strip().lower(), "")
+    return f"upload {base or 'file'}"
+
+
+def upload_value(data: bytes, filename: str | None, content_type: str | None) -> FileBytes:
+    """An uploaded file, held in memory, read by the encoder as it reads a file of that extension."""
+    return FileBytes(upload_name(filename, content_type), data)
+
+
+def read_json(body: bytes) -> Any:
+    """A request body as JSON, or a 400 saying why it is not."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deeply
+        raise RequestError(400, f"the body is not valid JSON ({cut(str(exc), 200)}); send "
+                                f"Content-Type: application/json or multipart/form-data") from None
+
+
+def count_values(values: dict[str, list[Any]], limit: int) -> None:
+    """Refuse a request holding more than ``limit`` values (413, naming the limit)."""
+    n = sum(len(v) for v in values.values())
+    if n > limit:
+        raise RequestError(413, f"{n} values in one request; the limit is {limit} (polyalign serve --max-values)")
+    if n == 0:
+        raise RequestError(422, "no values given; send at least one, e.g. {\"values\": {\"text\": [\"a red circle\"]}}")
