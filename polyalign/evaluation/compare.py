@@ -142,7 +142,7 @@ def _collect(runs: list[RunReport]) -> tuple[list[tuple], dict[tuple, dict[int, 
 
 
 def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tuple, dict[int, dict]],
-               interval: str) -> None:
+               interval: str = "bootstrap interval") -> None:
     width = 0.8 / len(runs)
     intervals = False  # the title mentions error bars only when some are drawn
     for i, run in enumerate(runs):
