@@ -259,10 +259,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(recipe.to_yaml())
     out.print(f"{args.recipe}: valid ({len(recipe.modalities)} modalities, "
               f"loss {'+'.join(n.plugin for n in recipe.losses)}, data {recipe.data.plugin})")
+    _print_step_cost(recipe)
     if lines is not None:
         out.print("checked with the data (every plugin built, the first rows of each split loaded):\n"
                   + "\n".join(f"  {escape(line)}" for line in lines), soft_wrap=True)
     return 0
+
+
+def _print_step_cost(recipe) -> None:
+    """The estimated cost of one loss step on this machine against a CLIP step (core/step_cost.py)."""
+    from polyalign.core.assemble import build_loss
+    from polyalign.core.device import pick_device
+    from polyalign.core.plugins import default_plugins
+    from polyalign.core.step_cost import recipe_step_cost
+
+    try:
+        device = pick_device(recipe.train.device)
+    except PolyalignError:  # validating for a device this machine lacks: its own rate stands in
+        device = pick_device("cpu")
+    found = recipe_step_cost(recipe, build_loss(recipe, default_plugins()), device)
+    if found is not None:
+        out.print(f"{'note' if found[0].slow else 'step cost'}: {escape(found[1])}", soft_wrap=True)
 
 
 def _plugin_options(name: str, as_json: bool) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 from pathlib import Path
 
 from polyalign.core.assemble import with_rebuild_options
@@ -17,11 +18,19 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe
 from polyalign.core.requirements import check_requirements
+from polyalign.core.step_cost import recipe_step_cost
 from polyalign.evaluation.evaluate import EvaluatorsFailed, check_eval_split, run_evaluators, write_report
 from polyalign.training.distributed import broadcast_from_main, finish_distributed, init_distributed
 from polyalign.training.loop import Trainer
 from polyalign.training.run_dir import new_run_dir, resume_recipe, write_recipe
 from polyalign.training.run_lock import hold_run_dir
+
+
+def note_step_cost(recipe: Recipe, trainer: Trainer) -> None:
+    """Say before the first step when one loss step costs over 10 CLIP steps or over a minute."""
+    found = recipe_step_cost(recipe, trainer.loss_fn, trainer.device)
+    if found is not None and found[0].slow:
+        print(f"note: {found[1]}", file=sys.stderr, flush=True)
 
 
 def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: str | Path | None = None,
@@ -58,6 +67,8 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
                 check_eval_split(recipe, trainer.parts, split="test")
                 if resume is None and dist.is_main:  # record inferred encoder options (load without data)
                     write_recipe(run_dir, with_rebuild_options(trainer.recipe, trainer.model, plugins))
+                if dist.is_main:
+                    note_step_cost(recipe, trainer)
                 metrics = trainer.fit()
                 parts = trainer.evaluation_parts()
                 if dist.is_main:

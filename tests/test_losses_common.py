@@ -148,16 +148,24 @@ def test_inner_product_query_ranks_candidates_as_the_score_does(name):
             assert torch.allclose(scores, products, rtol=1e-12, atol=1e-12)
 
 
-def test_a_weighted_sum_of_losses_has_the_inner_product_form_of_the_loss_it_scores_with():
+def test_a_weighted_sum_of_losses_has_the_inner_product_form_of_its_scaled_terms():
     from polyalign.core.loss import WeightedLoss
 
-    queries = {q: z[:4] for q, z in unit(8, 6, seed=9).items() if q != "b"}
-    clip_first = WeightedLoss({"clip": build("clip"), "align_uniform": build("align_uniform")},
-                              {"clip": 1, "align_uniform": 0.1})
-    regulariser_first = WeightedLoss({"align_uniform": build("align_uniform"), "clip": build("clip")},
-                                     {"align_uniform": 0.1, "clip": 1})
-    assert torch.equal(clip_first.inner_product_query(queries, "b"), queries["a"] + queries["c"])
-    assert regulariser_first.inner_product_query(queries, "b") is None
+    emb = unit(8, 6, seed=9)
+    queries = {q: z[:4] for q, z in emb.items() if q != "b"}
+    clip, symile = build("clip", temperature=0.1), build("symile", temperature=0.25)
+    with_regulariser = WeightedLoss({"align_uniform": build("align_uniform"), "clip": clip},
+                                    {"align_uniform": 0.1, "clip": 1})
+    assert torch.allclose(with_regulariser.inner_product_query(queries, "b"), 10 * (queries["a"] + queries["c"]),
+                          rtol=1e-6)
+    experts = WeightedLoss({"clip": clip, "symile": symile}, {"clip": 1, "symile": 2})
+    vectors = experts.inner_product_query(queries, "b")
+    assert torch.allclose(vectors @ emb["b"].T, experts.score(queries, emb["b"], "b"), rtol=1e-10)
+    with_siglip = WeightedLoss({"clip": clip, "siglip": build("siglip")}, {"clip": 1, "siglip": 1})
+    assert with_siglip.inner_product_query(queries, "b") is None
+    assert "siglip is no exact inner product" in with_siglip.inner_product_refusal()
+    chosen = WeightedLoss({"clip": clip, "siglip": build("siglip")}, {"clip": 1, "siglip": 1}, score_with="clip")
+    assert torch.equal(chosen.inner_product_query(queries, "b"), queries["a"] + queries["c"])
 
 
 @pytest.mark.parametrize("name", [n for n in LOSSES if n != "align_uniform"])

@@ -133,6 +133,19 @@ def test_score_is_minus_the_volume_of_queries_and_candidate():
     assert torch.allclose(scores[1, 2], -brute_volume([a[1], c[1], cand[2]]), rtol=1e-10)
 
 
-@pytest.mark.parametrize("options", [{"anchor": "b", "label_smoothing": 0.1}, {"chunk_size": 3}])
+@pytest.mark.parametrize("m,chunk", [(2, None), (3, None), (4, 2)])
+def test_per_modality_is_the_mean_over_every_anchor_of_brute_force_determinants(m, chunk):
+    zs = unit(5, 6, m, seed=40 + m)
+    loss = build64("gram", 0.2, label_smoothing=0.1, negatives="per_modality", chunk_size=chunk)
+    ours = loss(dict(zip(NAMES, zs))).loss
+    ref = torch.stack([brute_gram_loss([zs[a], *(z for k, z in enumerate(zs) if k != a)], 0.2, 0.1)
+                       for a in range(m)]).mean()
+    assert torch.allclose(ours, ref, rtol=1e-10)
+    for g_ours, g_ref in zip(torch.autograd.grad(ours, zs), torch.autograd.grad(ref, zs)):
+        assert torch.allclose(g_ours, g_ref, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [{"anchor": "b", "label_smoothing": 0.1}, {"chunk_size": 3},
+                                     {"negatives": "per_modality"}])
 def test_gram_options_keep_the_loss_contract(options):
     check_loss("gram", **options)

@@ -19,7 +19,7 @@ from polyalign.plugins.losses.clip import ClipConfig
 
 NAMES = ["a", "b", "c", "d"]
 LOSSES = {"clip": {}, "dcl": {}, "dclw": {}, "mv_infonce": {}, "mv_dhel": {}, "symile": {}, "gram": {},
-          "siglip": {"modalities": NAMES}, "align_uniform": {}}
+          "siglip": {"modalities": NAMES}, "align_uniform": {}, "symile_per_modality": {"negatives": "per_modality"}}
 
 
 def dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -45,6 +45,14 @@ def multilinear(loss, q, c):
     return prod.sum()
 
 
+def product_directions(loss, q, c):
+    """Symile after per_modality: a side of several modalities enters as the direction of its product."""
+    def side(zs):
+        prod = torch.stack(zs).prod(0)
+        return prod / prod.norm() if len(zs) > 1 else prod
+    return dot(side(list(q.values())), side(list(c.values())))
+
+
 def minus_volume(loss, q, c):
     v = torch.stack([*q.values(), *c.values()])
     return -torch.sqrt(torch.linalg.det(v @ v.T).clamp_min(0))
@@ -55,6 +63,7 @@ BRUTE = {  # loss -> score of ONE query tuple and ONE candidate tuple, from the 
     "siglip": pairwise(siglip_pair),
     "align_uniform": pairwise(lambda loss, mq, zq, mc, zc: -((zq - zc) ** 2).sum()),
     "symile": multilinear,
+    "symile_per_modality": product_directions,
     "gram": minus_volume,
 }
 
@@ -64,7 +73,8 @@ def embeddings(seed: int = 0, n: int = 5) -> dict[str, torch.Tensor]:
 
 
 def build(name: str):
-    loss = build64(name, 0.2, **LOSSES[name]) if name != "align_uniform" else \
+    plugin = name.split("_per_")[0]
+    loss = build64(plugin, 0.2, **LOSSES[name]) if name != "align_uniform" else \
         polyalign.build("loss", name).double()
     if name == "siglip":  # a distinct (t, b) per pair, so using the wrong pair would show
         with torch.no_grad():
@@ -132,15 +142,39 @@ def test_a_loss_without_any_scoring_rule_is_named():
         NoScore().score({"a": torch.zeros(1, 2)}, torch.zeros(3, 2), "b")
 
 
-def test_weighted_loss_ranks_tuples_with_its_first_term():
+def test_weighted_loss_scores_with_the_sum_of_its_terms_scaled_logits():
     from polyalign.core.loss import WeightedLoss
 
     emb = embeddings(seed=13)
-    first, second = build("symile"), build("clip")
-    loss = WeightedLoss({"symile": first, "clip": second}, {"symile": 1.0, "clip": 0.5})
+    symile, clip = build64("symile", 0.2), build64("clip", 0.05)
+    loss = WeightedLoss({"symile": symile, "clip": clip}, {"symile": 1.0, "clip": 0.5})
     q, c = {"a": emb["a"]}, {"b": emb["b"], "c": emb["c"]}
-    assert torch.equal(score_candidates(loss, q, c, "symile+clip"), first.score_tuples(q, c))
-    assert torch.equal(loss.score(q, emb["b"], "b"), first.score(q, emb["b"], "b"))
+    experts = 1.0 * 5.0 * symile.score_tuples(q, c) + 0.5 * 20.0 * clip.score_tuples(q, c)
+    assert torch.allclose(score_candidates(loss, q, c, "symile+clip"), experts, rtol=1e-6)  # τ stored in float32
+    one = 5.0 * symile.score(q, emb["b"], "b") + 10.0 * clip.score(q, emb["b"], "b")
+    assert torch.allclose(loss.score(q, emb["b"], "b"), one, rtol=1e-6)
+    chosen = WeightedLoss({"symile": symile, "clip": clip}, {"symile": 1.0, "clip": 0.5}, score_with="clip")
+    assert torch.equal(score_candidates(chosen, q, c, "symile+clip"), clip.score_tuples(q, c))
+
+
+def test_a_regulariser_is_left_out_of_the_product_of_experts():
+    from polyalign.core.loss import WeightedLoss
+
+    emb = embeddings(seed=15)
+    clip = build64("clip", 0.1)
+    loss = WeightedLoss({"clip": clip, "align_uniform": polyalign.build("loss", "align_uniform").double()},
+                        {"clip": 1.0, "align_uniform": 0.1})
+    q = {"a": emb["a"], "c": emb["c"]}
+    assert torch.allclose(loss.score(q, emb["b"], "b"), 10.0 * clip.score(q, emb["b"], "b"), rtol=1e-6)
+
+
+def test_a_sum_of_terms_that_cannot_rank_tuples_names_them():
+    from polyalign.core.loss import WeightedLoss
+
+    emb = embeddings(seed=16)
+    loss = WeightedLoss({"clip": build64("clip"), "one": OneModalityLoss(ClipConfig())}, {"clip": 1.0, "one": 1.0})
+    with pytest.raises(PluginError, match="'one'.*cannot rank candidates made of b\\+c"):
+        score_candidates(loss, {"a": emb["a"]}, {"b": emb["b"], "c": emb["c"]}, "clip+one")
 
 
 def test_candidate_rows_must_line_up():
@@ -154,3 +188,21 @@ def test_float64_inputs_stay_float64():
     for name in LOSSES:
         out = build(name).score_tuples({"a": emb["a"]}, {"b": emb["b"], "c": emb["c"]})
         assert out.dtype == D64, name
+
+
+def test_a_recipe_picks_the_scoring_term_with_score_with(tmp_path):
+    from conftest import RECIPES
+
+    from polyalign.core.assemble import build_loss
+    from polyalign.core.errors import RecipeError
+    from polyalign.core.plugins import default_plugins
+
+    both = "loss=[{plugin: clip}, {plugin: symile, weight: 0.5}]"
+    loss = build_loss(polyalign.load_recipe(RECIPES / "xor-clip.yaml", [both]), default_plugins())
+    assert loss.score_with is None and list(loss.scoring_terms()) == ["clip", "symile"]
+    chosen = "loss=[{plugin: clip}, {plugin: symile, weight: 0.5, score_with: true}]"
+    loss = build_loss(polyalign.load_recipe(RECIPES / "xor-clip.yaml", [chosen]), default_plugins())
+    assert list(loss.scoring_terms()) == ["symile"]
+    with pytest.raises(RecipeError, match="score_with is set on loss nodes 0, 1"):
+        polyalign.load_recipe(RECIPES / "xor-clip.yaml",
+                              ["loss=[{plugin: clip, score_with: true}, {plugin: symile, score_with: true}]"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import string
 
 import pytest
@@ -110,14 +111,14 @@ def test_missing_rows_use_complete_tuples_only():
 
 def test_dim_scale_starts_from_the_same_logits_and_raises_the_ceiling():
     zs = unit(6, 16, 3, seed=6)
-    plain = build64("symile", 0.1)
-    scaled = polyalign.build("loss", "symile", temperature=0.1, scale="dim", modalities=["a", "b", "c"],
-                             embed_dim=16).double()
+    plain = build64("symile", 0.1, negatives="n_squared")
+    scaled = polyalign.build("loss", "symile", temperature=0.1, scale="dim", negatives="n_squared",
+                             modalities=["a", "b", "c"], embed_dim=16).double()
     emb = dict(zip("abc", zs))
     assert torch.allclose(plain(emb).loss, scaled(emb).loss, rtol=1e-6)  # τ is stored in float32
     assert torch.isclose(scaled.temperature.scale, torch.tensor(10.0 / 16, dtype=D64), rtol=1e-6)
     with pytest.raises(polyalign.core.errors.PolyalignError, match="embed_dim"):
-        polyalign.build("loss", "symile", scale="dim")
+        polyalign.build("loss", "symile", scale="dim", negatives="n_squared")
 
 
 def test_score_is_the_product_of_queries_against_candidates():
@@ -129,6 +130,77 @@ def test_score_is_the_product_of_queries_against_candidates():
 
 
 def test_symile_options_keep_the_loss_contract():
-    check_loss("symile", scale="dim", chunk_size=5)
+    check_loss("symile", scale="dim", negatives="n_squared", chunk_size=5)
     # n negatives are random banks drawn in modality order: every property but that order holds
     check_loss("symile", negatives="n", skip=["modality order"])
+
+
+def dense_per_modality(zs: list[torch.Tensor], tau: float) -> torch.Tensor:
+    """For each m: symmetric CE of z_m against the unit direction of the product of the others."""
+    labels = torch.arange(zs[0].shape[0])
+    terms = []
+    for m, z in enumerate(zs):
+        rest = torch.stack([x for k, x in enumerate(zs) if k != m]).prod(0)
+        if len(zs) > 2:
+            rest = rest / rest.norm(dim=1, keepdim=True)
+        logits = z @ rest.T / tau
+        terms.append(0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)))
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("m,chunk", [(2, None), (3, None), (4, 3), (6, None)])
+def test_per_modality_equals_its_formula_in_float64(m, chunk):
+    zs = unit(7, 5, m, seed=20 + m)
+    loss = build64("symile", 0.3, negatives="per_modality", chunk_size=chunk)
+    ours = loss(dict(zip(string.ascii_lowercase, zs))).loss
+    dense = dense_per_modality(zs, 0.3)
+    assert torch.allclose(ours, dense, rtol=1e-12)
+    for g_ours, g_dense in zip(grads(ours, zs), grads(dense, zs)):
+        assert torch.allclose(g_ours, g_dense, rtol=1e-10, atol=1e-13)
+
+
+def test_per_modality_at_two_modalities_is_clip():
+    x, y = unit(7, 4, 2, seed=2)
+    ours = build64("symile", 0.2, negatives="per_modality")({"x": x, "y": y}).loss
+    assert torch.allclose(ours, build64("clip", 0.2)({"x": x, "y": y}).loss, rtol=1e-12)
+
+
+def test_per_modality_ranks_one_held_out_modality_as_the_multilinear_product_does():
+    a, b, c, d = unit(5, 6, 4, seed=21)
+    cand = unit(9, 6, 1, seed=22)[0]
+    per_modality = build64("symile", negatives="per_modality")
+    queries = {"a": a, "c": c, "d": d}
+    scores = per_modality.score(queries, cand, "b")
+    product = a * c * d
+    assert torch.allclose(scores, product @ cand.T / product.norm(dim=1, keepdim=True), rtol=1e-12)
+    assert torch.equal(scores.argsort(1), build64("symile", negatives="n").score(queries, cand, "b").argsort(1))
+
+
+def test_auto_is_n_squared_while_affordable_and_per_modality_beyond():
+    from polyalign.plugins.losses.symile import AFFORDABLE_LOGITS, resolve_negatives
+
+    assert resolve_negatives("auto", 3, 256) == "n_squared" and 256 ** 3 <= AFFORDABLE_LOGITS
+    assert resolve_negatives("auto", 3, 257) == "per_modality"
+    assert resolve_negatives("auto", 6, 16) == "n_squared" and resolve_negatives("auto", 6, 17) == "per_modality"
+    assert resolve_negatives("n_squared", 6, 4096) == "n_squared"  # a named scheme is never replaced
+    zs = dict(zip("abcd", unit(6, 5, 4, seed=23)))
+    big_batches = polyalign.build("loss", "symile", temperature=0.3, modalities=list(zs), batch_size=128).double()
+    with torch.no_grad():
+        big_batches.temperature.log_scale.fill_(math.log(1 / 0.3))
+    assert big_batches.negatives == "per_modality"  # the recipe's batch decides, not this batch of 6
+    assert torch.allclose(big_batches(zs).loss, build64("symile", 0.3, negatives="per_modality")(zs).loss, rtol=1e-12)
+    assert torch.allclose(build64("symile", 0.3)(zs).loss, build64("symile", 0.3, negatives="n_squared")(zs).loss,
+                          rtol=1e-12)
+
+
+def test_dim_scale_is_refused_with_the_product_direction():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="negatives per_modality contrasts the direction"):
+        polyalign.build("loss", "symile", scale="dim", negatives="per_modality", modalities=["a", "b", "c"],
+                        embed_dim=8)
+
+
+def test_per_modality_keeps_the_loss_contract():
+    check_loss("symile", negatives="per_modality")
+    check_loss("symile", negatives="per_modality", chunk_size=3)

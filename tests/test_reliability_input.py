@@ -319,7 +319,7 @@ SEVEN = "modalities={" + ", ".join(f"{m}: {{encoder: {{plugin: vector}}}}" for m
 
 
 @pytest.mark.parametrize("overrides, path, number", [
-    ([SEVEN, "loss={plugin: symile}", "eval=[]"], "loss", "256^5 = 1.1e+12 log-sum-exps"),
+    ([SEVEN, "loss={plugin: symile, negatives: n_squared}", "eval=[]"], "loss", "256^5 = 1.1e+12 log-sum-exps"),
     (["model.embed_dim=1000000000000"], "model.embed_dim", "1000000000000 dimensions x 3 modalities"),
     (["data.n_train=1000000000000"], "data", "1000000002000 tuples generated in memory x 1200 bytes")])
 def test_configurations_that_cannot_fit_in_memory_are_refused_with_the_estimate(overrides, path, number, capsys):

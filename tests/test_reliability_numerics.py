@@ -231,7 +231,8 @@ def test_an_initial_temperature_outside_the_bounds_is_refused(capsys):
 
 
 def test_symile_scale_dim_puts_the_floor_on_the_scaled_logits():
-    loss = polyalign.build("loss", "symile", scale="dim", modalities=["a", "b", "c"], embed_dim=16)
+    loss = polyalign.build("loss", "symile", scale="dim", negatives="n_squared", modalities=["a", "b", "c"],
+                           embed_dim=16)
     with torch.no_grad():
         loss.temperature.log_scale.fill_(-50.0)
     clamp_temperatures(loss)

@@ -22,6 +22,7 @@ from .modality_check import HEAD, check_modalities_present
 from .model import MultiModalModel
 from .plugins import Plugins, default_plugins
 from .recipe import Recipe
+from .step_cost import loss_rows
 from .stream import is_stream
 
 
@@ -91,7 +92,8 @@ class Assembled:
 
 def build_loss(recipe: Recipe, plugins: Plugins) -> Loss:
     """The recipe's loss: one plugin, or a weighted sum when ``loss`` is a list."""
-    context = {"modalities": list(recipe.modalities), "embed_dim": recipe.model.embed_dim}
+    context = {"modalities": list(recipe.modalities), "embed_dim": recipe.model.embed_dim,
+               "batch_size": loss_rows(recipe.train)}
     nodes = recipe.losses
     built = {}
     for i, node in enumerate(nodes):
@@ -101,7 +103,8 @@ def build_loss(recipe: Recipe, plugins: Plugins) -> Loss:
             built[key] = (comp.create(comp.make_config(node.options()), **context), node.weight)
     if len(built) == 1 and nodes[0].weight == 1.0:
         return next(iter(built.values()))[0]
-    return WeightedLoss({k: v[0] for k, v in built.items()}, {k: v[1] for k, v in built.items()})
+    score_with = next((key for key, node in zip(built, nodes) if node.score_with), None)
+    return WeightedLoss({k: v[0] for k, v in built.items()}, {k: v[1] for k, v in built.items()}, score_with)
 
 
 def assemble(recipe: Recipe, plugins: Plugins | None = None) -> Assembled:

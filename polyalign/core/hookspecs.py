@@ -58,7 +58,9 @@ def register_losses(register: Register) -> None:
     candidates, target)`` ranks candidates of one modality; ``score_tuples(queries, candidates)``
     (optional, ``candidates`` a dict of modalities) also ranks tuples; define it and ``score``
     follows (docs/losses.md).
-    Context arguments the factory may accept: ``modalities`` (names) and ``embed_dim``.
+    Context arguments the factory may accept: ``modalities`` (names), ``embed_dim`` and
+    ``batch_size`` (the rows one loss call contrasts: ``train.batch_size``, times ``accumulate``
+    when ``negatives: window`` spans the micro-batches of a step).
     """
 
 

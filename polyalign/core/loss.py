@@ -95,7 +95,17 @@ class Loss(nn.Module):
     it with one candidate modality); a loss that defines only ``score`` ranks one modality.
     ``inner_product_query(queries, target)``: whether the score reduces to an inner product
     with the candidate, which is what lets an index (``polyalign index``) serve the loss.
+    ``logit_scale()``: the factor that turns the score into the logits the loss trains, which is
+    how a weighted list of losses adds its terms' scores (a product of experts).
     """
+
+    exact_inner_product: bool = False
+    """True when ``score`` equals ``inner_product_query(queries, target) · candidate`` itself, not
+    only in order: then a sum of such scores is one inner product too."""
+
+    scores_in_a_sum: bool = True
+    """Whether a weighted list of losses adds this term's score to its own (False for a
+    regulariser, such as ``align_uniform``, which shapes the embeddings but is no expert)."""
 
     def forward(self, embeddings: dict[str, torch.Tensor],
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:  # pragma: no cover
@@ -124,6 +134,18 @@ class Loss(nn.Module):
         index cannot rank for this loss and ``polyalign search`` refuses to use one. The default
         is None; override it when the scoring rule allows it."""
         return None
+
+    def step_flops(self, n: int, d: int, m: int) -> float | None:
+        """Floating-point operations of one forward and backward pass on ``n`` tuples of ``m``
+        modalities of size ``d`` (the count :mod:`polyalign.core.step_cost` turns into seconds and
+        compares with CLIP's); None = not counted, and then no estimate is shown."""
+        return None
+
+    def logit_scale(self) -> torch.Tensor | float:
+        """``1/τ``: the factor turning ``score`` into this loss's logits (its :class:`Temperature`
+        attribute ``temperature``; 1 without one, e.g. a score that is a log-probability already)."""
+        temperature = getattr(self, "temperature", None)
+        return temperature.scale if isinstance(temperature, Temperature) else 1.0
 
 
 def cannot_rank_tuples(plugin: str, candidates: list[str]) -> str:
@@ -154,6 +176,10 @@ def score_candidates(loss: nn.Module, queries: dict[str, torch.Tensor], candidat
     else:
         method = "score_tuples()"
         if not can_rank_tuples(loss):
+            if isinstance(loss, WeightedLoss):  # name the term, and the way out
+                plugin = next(k for k, t in loss.scoring_terms().items() if not can_rank_tuples(t))
+                raise PluginError(cannot_rank_tuples(plugin, list(candidates)) + "; or score the weighted "
+                                  "sum with one term that can (score_with: true on its loss node)")
             raise PluginError(cannot_rank_tuples(plugin, list(candidates)))
         out = loss.score_tuples(queries, candidates)
     expected = (int(next(iter(queries.values())).shape[0]), int(next(iter(candidates.values())).shape[0]))
@@ -226,12 +252,35 @@ def full_present(embeddings: dict[str, torch.Tensor],
 
 
 class WeightedLoss(Loss):
-    """A weighted sum of losses (a recipe's list under ``loss:``); scores with the first term's rule."""
+    """A weighted sum of losses (a recipe's list under ``loss:``).
 
-    def __init__(self, terms: dict[str, Loss], weights: dict[str, float]):
+    It scores as one model, with a product of experts: the sum over its terms of ``weight ·
+    logit_scale() · score``, each term's logits as it trained them, so that [clip, symile] ranks
+    with CLIP's pairwise and Symile's joint information together. ``score_with`` names one term
+    to score with alone instead. Terms with ``scores_in_a_sum = False`` (regularisers) are left out.
+    """
+
+    def __init__(self, terms: dict[str, Loss], weights: dict[str, float], score_with: str | None = None):
         super().__init__()
         self.terms = nn.ModuleDict(terms)
         self.weights = dict(weights)
+        if score_with is not None and score_with not in self.terms:
+            raise PolyalignError(f"score_with {score_with!r} is not a term of the weighted sum "
+                                 f"({', '.join(self.terms)})")
+        self.score_with = score_with
+
+    def scoring_terms(self) -> dict[str, nn.Module]:
+        """The terms whose scores the weighted sum adds (``score_with`` alone when it is set)."""
+        if self.score_with is not None:
+            return {self.score_with: self.terms[self.score_with]}
+        experts = {k: t for k, t in self.terms.items() if getattr(t, "scores_in_a_sum", True)}
+        return experts or dict(self.terms)
+
+    def _factor(self, name: str, term: nn.Module) -> torch.Tensor | float:
+        if self.score_with is not None:
+            return 1.0
+        scale = term.logit_scale() if hasattr(term, "logit_scale") else 1.0
+        return self.weights[name] * (scale.detach() if isinstance(scale, torch.Tensor) else scale)
 
     def forward(self, embeddings: dict[str, torch.Tensor],
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:
@@ -251,17 +300,42 @@ class WeightedLoss(Loss):
             metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
         return LossOutput(total, metrics)
 
+    def step_flops(self, n: int, d: int, m: int) -> float | None:
+        counts = [t.step_flops(n, d, m) for t in self.terms.values() if hasattr(t, "step_flops")]
+        counts = [c for c in counts if c is not None]
+        return sum(counts) if counts else None
+
     def score_tuples(self, queries: dict[str, torch.Tensor],
                      candidates: dict[str, torch.Tensor]) -> torch.Tensor:
-        name, first = next(iter(self.terms.items()))
-        return score_candidates(first, queries, candidates, name)
+        total = None
+        for name, term in self.scoring_terms().items():
+            part = self._factor(name, term) * score_candidates(term, queries, candidates, name)
+            total = part if total is None else total + part
+        return total
 
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
-        return next(iter(self.terms.values())).inner_product_query(queries, target)
+        terms = self.scoring_terms()
+        if len(terms) == 1:
+            (name, term), = terms.items()
+            vectors = term.inner_product_query(queries, target)
+            return None if vectors is None else self._factor(name, term) * vectors
+        if not all(getattr(t, "exact_inner_product", False) for t in terms.values()):
+            return None
+        return sum(self._factor(k, t) * t.inner_product_query(queries, target) for k, t in terms.items())
+
+    def inner_product_refusal(self) -> str:
+        """Why no index can serve this sum's score (for the error that refuses one), or ''."""
+        terms = self.scoring_terms()
+        inexact = [k for k, t in terms.items() if not getattr(t, "exact_inner_product", False)]
+        if len(terms) == 1 or not inexact:
+            return ""
+        return (f"the weighted sum scores with every term ({' + '.join(terms)}, a product of experts), and the "
+                f"score of {', '.join(inexact)} is no exact inner product, so neither is the sum; score_with: "
+                f"true on one loss node ranks with that term alone")
 
 
 def can_rank_tuples(loss: nn.Module) -> bool:
     """Whether the loss's scoring rule ranks candidates made of several modalities (``score_tuples``)."""
     if isinstance(loss, WeightedLoss):
-        return can_rank_tuples(next(iter(loss.terms.values())))
+        return all(can_rank_tuples(t) for t in loss.scoring_terms().values())
     return getattr(type(loss), "score_tuples", Loss.score_tuples) is not Loss.score_tuples

@@ -41,6 +41,8 @@ class LossNode(PluginNode):
     """A loss plugin node with its weight in a sum of losses."""
 
     weight: float = Field(1.0, ge=0, allow_inf_nan=False)
+    score_with: bool = Field(False, description="in a list of losses, score with this term alone (default: "
+                                                "every term, the sum of their scaled scores)")
 
 
 class ModalityNode(Strict):
@@ -279,7 +281,7 @@ def _plugin_nodes(raw: dict) -> list[tuple[str, tuple, Any]]:
     return found
 
 
-_NODE_KEYS = {"loss": ("plugin", "weight")}
+_NODE_KEYS = {"loss": ("plugin", "weight", "score_with")}
 
 
 def plugin_names(raw: dict) -> dict[tuple, Any]:
@@ -449,6 +451,10 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
         for key in ("anchor",):
             if node.options().get(key) is not None:
                 check(f"{prefix}.{key}", node.options()[key])
+    chosen = [i for i, node in enumerate(recipe.losses) if node.score_with]
+    if len(chosen) > 1:
+        problems.append(("loss", f"score_with is set on loss nodes {', '.join(map(str, chosen))}; a weighted sum "
+                                 f"scores with one term alone, or (no score_with) with every term"))
     for i, node in enumerate(recipe.eval):
         for key in ("target", "targets", "query"):
             if node.options().get(key) is not None:

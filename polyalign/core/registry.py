@@ -16,7 +16,7 @@ KINDS = ("encoder", "loss", "dataset", "evaluator", "logger")
 # The context arguments polyalign offers each kind's factory, besides its config (see hookspecs.py).
 CONTEXT: dict[str, tuple[str, ...]] = {
     "encoder": ("modality", "example", "root"),
-    "loss": ("modalities", "embed_dim"),
+    "loss": ("modalities", "embed_dim", "batch_size"),
     "dataset": ("seed",),
     "evaluator": (),
     "logger": ("run_dir",),

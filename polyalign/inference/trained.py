@@ -210,9 +210,11 @@ class TrainedModel:
         q = self.query_tuple(queries, target)
         vectors = self.loss.inner_product_query(q, target)
         if vectors is None:
+            why = getattr(self.loss, "inner_product_refusal", lambda: "")()
             raise PolyalignError(
                 f"the run's loss ({type(self.loss).__name__}) scores a query of {', '.join(sorted(queries))} "
-                f"against {target} with a rule that is no inner product with the candidate, so an index "
+                f"against {target} with a rule that is no inner product with the candidate"
+                f"{f' ({why})' if why else ''}, so an index "
                 f"cannot rank for it; give the candidates as an embeddings file (polyalign embed) or a "
                 f"source instead of a .faiss index")
         expected = (next(iter(q.values())).shape[0], self.embed_dim)

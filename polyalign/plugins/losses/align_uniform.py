@@ -23,6 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from polyalign.core.loss import Loss, LossOutput, full_present
+from polyalign.core.step_cost import contrast_flops
 
 from .pairwise import PairGraph, pair_graph, paired_rows
 from .rows import zero_loss
@@ -60,6 +61,8 @@ def uniformity(z: torch.Tensor, t: float) -> torch.Tensor:
 class AlignUniformLoss(Loss):
     """Weighted alignment of paired rows plus uniformity of each modality on the sphere."""
 
+    scores_in_a_sum = False  # a regulariser: a weighted list scores with its other terms
+
     def __init__(self, config: AlignUniformConfig):
         super().__init__()
         self.config = config
@@ -88,6 +91,9 @@ class AlignUniformLoss(Loss):
         metrics = {f"align_{k}": v.detach() for k, v in align.items()}
         metrics.update({f"uniform_{k}": v.detach() for k, v in uniform.items()})
         return LossOutput(loss, metrics)
+
+    def step_flops(self, n: int, d: int, m: int) -> float:
+        return m * contrast_flops(n, n, d)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         return -sum(squared_distances(q, c) for q in queries.values() for c in candidates.values())

@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 
 from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
+from polyalign.core.step_cost import contrast_flops
 
 from .pairwise import PairGraph, pair_graph, paired_rows, sum_of_cosines, summed_query, symmetric_info_nce
 from .rows import zero_loss
@@ -26,6 +27,8 @@ class ClipConfig(LossConfig):
 
 class ClipLoss(Loss):
     """Mean over pairs of symmetric InfoNCE; each pair uses the rows where both are present."""
+
+    exact_inner_product = True
 
     def __init__(self, config: ClipConfig):
         super().__init__()
@@ -46,6 +49,14 @@ class ClipLoss(Loss):
         metrics["logit_scale"] = scale.detach()
         metrics["temperature"] = (-self.temperature.log_scale).exp().detach()  # τ even where 1/τ underflows
         return LossOutput(loss, metrics)
+
+    def step_flops(self, n: int, d: int, m: int) -> float:
+        pairs = m * (m - 1) / 2 if self.config.pairs == "full" else m - 1
+        return pairs * self.pair_flops(n, d)
+
+    def pair_flops(self, n: int, d: int) -> float:
+        """Operations of one pair's term: one ``N x N`` logit matrix."""
+        return contrast_flops(n, n, d)
 
     def pair_loss(self, zm: torch.Tensor, zn: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """The loss of one pair of modalities on their matched rows."""

@@ -25,6 +25,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from polyalign.core.step_cost import contrast_flops
+
 from .blockwise import Reductions, reduce_blockwise
 from .clip import ClipConfig, ClipLoss
 
@@ -69,6 +71,10 @@ class DclLoss(ClipLoss):
     def positive_weights(self, zm: torch.Tensor, zn: torch.Tensor) -> torch.Tensor | float:
         """``w_i`` of the positive terms (1 for DCL)."""
         return 1.0
+
+    def pair_flops(self, n: int, d: int) -> float:
+        """The cross-view ``N x N`` logits, and with negatives: all, both in-view ones."""
+        return (3 if self.config.negatives == "all" else 1) * contrast_flops(n, n, d)
 
     def pair_loss(self, zm: torch.Tensor, zn: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         weights = self.positive_weights(zm, zn)

@@ -11,6 +11,14 @@ embeddings (no matrix inverse), and the square root is clamped at machine epsilo
 gradient is finite even at an exactly aligned positive. Volume is sign-blind: ``x`` and ``−x``
 count as aligned.
 
+``negatives: per_modality`` takes every modality in turn as the anchor and averages the ``M``
+losses. With one anchor, a negative differs from the positive in the anchor or in the whole
+tuple of the others, never in one of them: at ``M = 6`` the easy modalities separate the tuples
+and the others are never made to align, so retrieving one of them from the rest is poor (docs/
+choosing-an-objective.md). With each modality as the anchor once, each is contrasted alone
+against the others held fixed, the comparison that retrieval makes. The volume is symmetric in
+its vectors, so the score does not change.
+
 Missing modalities: each tuple uses its present modalities. A tuple takes part when its anchor
 and at least one other modality are present; an absent non-anchor vector is replaced by a unit
 vector orthogonal to everything else (its row and column of the Gram matrix become those of the
@@ -23,12 +31,15 @@ serve this loss: ``inner_product_query`` is None and ``polyalign search`` refuse
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from polyalign.core.errors import PolyalignError
 from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
+from polyalign.core.step_cost import ENTRY_FLOPS
 
 from .blockwise import Reductions, reduce_blockwise
 from .rows import zero_loss
@@ -40,6 +51,9 @@ class GramConfig(LossConfig):
                                                  "paper, else the first modality)")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of both cross-entropies "
                                                                 "(0.1, the paper's)")
+    negatives: Literal["anchor", "per_modality"] = Field(
+        "anchor", description="anchor = the anchor against tuples of the others (the paper's); per_modality = "
+                              "every modality in turn as the anchor, mean of the M losses (O(M²·N²·d))")
     chunk_size: int | None = Field(None, ge=1, description="anchor rows per block (memory linear in the "
                                                            "batch); default: the dense N x N logits")
 
@@ -72,14 +86,32 @@ class GramLoss(Loss):
         if anchor not in embeddings:
             raise PolyalignError(f"gram anchor {anchor!r} is not among the embedded modalities "
                                  f"({', '.join(names)}); set loss.anchor to one of them")
-        others = [m for m in names if m != anchor]
         present = full_present(embeddings, present)
-        mask = torch.stack([present[m] for m in others], 1)  # (N, k)
-        rows = (present[anchor] & mask.any(1)).nonzero(as_tuple=True)[0]
         scale = self.temperature.scale
         metrics = {"temperature": (1.0 / scale).detach()}
-        if rows.numel() < 2:
+        anchors = names if self.config.negatives == "per_modality" else [anchor]
+        terms = []
+        for a in anchors:
+            term = self._anchor_loss(a, embeddings, present, scale)
+            if term is None:
+                continue
+            loss, rows_ce, cols_ce, volume = term
+            terms.append(loss)
+            metrics.update({f"loss_{a}_to_tuple": rows_ce.detach(), f"loss_tuple_to_{a}": cols_ce.detach()})
+            metrics[f"positive_volume_{a}" if len(anchors) > 1 else "positive_volume"] = volume
+        if not terms:
             return LossOutput(zero_loss(embeddings), metrics)
+        return LossOutput(torch.stack(terms).mean(), metrics)
+
+    def _anchor_loss(self, anchor: str, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                     scale: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """``(loss, anchor->tuple CE, tuple->anchor CE, mean positive volume)`` with ``anchor``, or
+        None when fewer than two tuples have it and another modality."""
+        others = [m for m in embeddings if m != anchor]
+        mask = torch.stack([present[m] for m in others], 1)  # (N, k)
+        rows = (present[anchor] & mask.any(1)).nonzero(as_tuple=True)[0]
+        if rows.numel() < 2:
+            return None
         a = embeddings[anchor][rows]
         o = torch.stack([embeddings[m][rows] for m in others], 1)  # (N, k, d)
         pm = mask[rows]
@@ -102,10 +134,12 @@ class GramLoss(Loss):
             if eps > 0:
                 rows_ce = rows_ce - eps * row_sum.mean() / n
                 cols_ce = cols_ce - eps * col_sum.mean() / n
-        metrics.update({f"loss_{anchor}_to_tuple": rows_ce.detach(),
-                        f"loss_tuple_to_{anchor}": cols_ce.detach(),
-                        "positive_volume": (-pos / scale).detach().mean()})
-        return LossOutput(0.5 * (rows_ce + cols_ce), metrics)
+        return 0.5 * (rows_ce + cols_ce), rows_ce, cols_ce, (-pos / scale).detach().mean()
+
+    def step_flops(self, n: int, d: int, m: int) -> float:
+        k = m - 1  # Vol² per logit: k dot products with the anchor, a k x k quadratic form
+        anchors = m if self.config.negatives == "per_modality" else 1
+        return anchors * float(n) * n * (3 * (2 * k * d + 2 * k * k) + ENTRY_FLOPS)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         left = torch.stack(list(queries.values()), 1)  # (Q, k, d)

@@ -22,6 +22,8 @@ from pydantic import Field
 
 from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
 
+from polyalign.core.step_cost import contrast_flops
+
 from .blockwise import Reductions, reduce_blockwise
 from .multiview import positive_logsumexp, stack_views
 from .pairwise import sum_of_cosines, summed_query
@@ -44,6 +46,8 @@ def _within_modality_logits(present_rows: torch.Tensor):
 
 class MvDhelLoss(Loss):
     """Multi-view DHEL: within-tuple alignment against per-modality uniformity terms."""
+
+    exact_inner_product = True
 
     def __init__(self, config: MvDhelConfig):
         super().__init__()
@@ -79,6 +83,9 @@ class MvDhelLoss(Loss):
         num, den = num[valid], den[valid]
         metrics["positives_lse"] = num.detach().mean()
         return LossOutput((den - num).mean(), metrics)
+
+    def step_flops(self, n: int, d: int, m: int) -> float:
+        return m * contrast_flops(n, n, d)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum_of_cosines(queries, candidates)

@@ -22,6 +22,8 @@ from pydantic import Field
 
 from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
 
+from polyalign.core.step_cost import contrast_flops
+
 from .blockwise import Reductions, reduce_blockwise
 from .multiview import positive_logsumexp, stack_views
 from .pairwise import sum_of_cosines, summed_query
@@ -44,6 +46,8 @@ def _all_pairs_logits(present_flat: torch.Tensor):
 
 class MvInfoNceLoss(Loss):
     """Multi-view InfoNCE: all positives of a tuple in one numerator, every other view as negative."""
+
+    exact_inner_product = True
 
     def __init__(self, config: MvInfoNceConfig):
         super().__init__()
@@ -71,6 +75,9 @@ class MvInfoNceLoss(Loss):
         num, den = num[valid], den[valid]
         metrics.update({"positives_lse": num.detach().mean(), "all_lse": den.detach().mean()})
         return LossOutput((den - num).mean(), metrics)
+
+    def step_flops(self, n: int, d: int, m: int) -> float:
+        return contrast_flops(m * n, m * n, d)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum_of_cosines(queries, candidates)

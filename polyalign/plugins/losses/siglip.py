@@ -34,6 +34,8 @@ from polyalign.core.loss import (
     full_present,
 )
 
+from polyalign.core.step_cost import contrast_flops
+
 from .blockwise import Reductions, reduce_blockwise
 from .pairwise import PairGraph, pair_graph, paired_rows
 from .rows import zero_loss
@@ -114,6 +116,10 @@ class SiglipLoss(Loss):
             metrics[f"temperature_{key}"] = (1.0 / self.scales[key].scale).detach()
             metrics[f"bias_{key}"] = self.biases[key].detach()
         return LossOutput(loss, metrics)
+
+    def step_flops(self, n: int, d: int, m: int) -> float:
+        pairs = m * (m - 1) / 2 if self.config.pairs == "full" else m - 1
+        return pairs * contrast_flops(n, n, d)
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         out = 0.0
