@@ -39,3 +39,9 @@ def test_a_list_node_and_an_unchanged_plugin():
         warnings.simplefilter("error")
         recipe = polyalign.load_recipe(SYMILE, ["loss.plugin=symile"])
     assert recipe.losses[0].options()["negatives"] == "n_squared"
+
+
+def test_an_option_both_plugins_take_is_dropped_when_the_new_one_refuses_its_value():
+    with pytest.warns(UserWarning, match=r"'gram' does not take, or not with that value \(negatives: \"n_squared\"\)"):
+        recipe = polyalign.load_recipe(SYMILE, ["loss.plugin=gram"])
+    assert recipe.losses[0].plugin == "gram" and recipe.losses[0].options()["negatives"] != "n_squared"

@@ -306,13 +306,20 @@ def drop_replaced_plugin_options(old_names: dict[tuple, Any], raw: dict, given: 
             continue  # validation names the unknown plugin
         if config.model_config.get("extra") == "allow":
             continue
-        takes = {*_NODE_KEYS.get(kind, ("plugin",)), *config.model_fields,
-                 *(f.alias for f in config.model_fields.values() if f.alias)}
-        dropped = {k: node.pop(k) for k in list(node) if k not in takes and at + (str(k),) not in given}
+        reserved = _NODE_KEYS.get(kind, ("plugin",))
+        takes = {*reserved, *config.model_fields, *(f.alias for f in config.model_fields.values() if f.alias)}
+        kept = [k for k in node if k not in reserved and (k in takes or at + (str(k),) in given)]
+        try:  # an option both plugins take may hold a value only the old one accepts (symile's negatives: n_squared)
+            config.model_validate({k: node[k] for k in kept})
+            refused = set()
+        except ValidationError as exc:
+            refused = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        dropped = {k: node.pop(k) for k in list(node) if (k not in takes or str(k) in refused and k not in reserved)
+                   and at + (str(k),) not in given}
         if dropped:
             shown_options = ", ".join(f"{k}: {cut(json.dumps(v, default=str), 60)}" for k, v in dropped.items())
             notes.append(f"{_path(loc)}: plugin changed from {old!r} to {new!r}; dropped the option(s) {new!r} "
-                         f"does not take ({shown_options})")
+                         f"does not take, or not with that value ({shown_options})")
     return notes
 
 
