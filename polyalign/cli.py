@@ -1,5 +1,5 @@
 """The ``polyalign`` command line: train, eval, compare, validate, plugins, recipes, embed, index, search,
-export, serve, plot, demo-data, shards, cache."""
+export, serve, plot, demo-data, shards, cache, sweep."""
 
 from __future__ import annotations
 
@@ -160,9 +160,70 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_lines(title: str, header: list[str], lines: list[list[str]], caption: str, n_left: int) -> None:
+    table = Table(title=escape(title), caption=escape(caption))
+    for i, c in enumerate(header):
+        table.add_column(escape(c), justify="left" if i < n_left else "right", overflow="fold")
+    for line in lines:
+        table.add_row(*map(escape, line))
+    out.print(table)
+
+
+def _compare_paired(args: argparse.Namespace) -> int:
+    from polyalign.evaluation.aggregate import run_dirs_in
+    from polyalign.evaluation.paired import PAIRED_HEADER, RESAMPLES, paired_test, write_paired
+    from polyalign.sweep.plan import is_sweep_dir, sweep_groups
+
+    if len(args.run_dirs) == 1 and is_sweep_dir(args.run_dirs[0]):
+        groups = {k: v for k, v in sweep_groups(args.run_dirs[0]).items() if v}
+        if len(groups) != 2:
+            raise PolyalignError(f"--paired on a sweep compares its two configurations; {args.run_dirs[0]} has "
+                                 f"{len(groups)} ({', '.join(groups)}). Give two: polyalign compare --paired "
+                                 f"{args.run_dirs[0]}/runs/CONFIG_A {args.run_dirs[0]}/runs/CONFIG_B")
+        (a_label, a), (b_label, b) = groups.items()
+    elif len(args.run_dirs) == 2:
+        (a_label, b_label), (a, b) = args.run_dirs, [run_dirs_in(d) for d in args.run_dirs]
+    else:
+        raise PolyalignError("--paired compares two sides: give A B (each a run directory or a folder of runs, "
+                             "such as a sweep's runs/CONFIG), or one sweep directory of two configurations")
+    rows = [r for metric in args.metric or ["accuracy"] for r in paired_test(a, b, metric)]
+    _print_lines("paired comparison", PAIRED_HEADER, [r.line() for r in rows],
+                 f"A = {a_label}; B = {b_label}; interval: paired bootstrap over seeds and tuples; p: paired "
+                 f"permutation test ({RESAMPLES} sign flips)", 4)
+    files = write_paired(rows, a_label, b_label, args.out)
+    out.print("table: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _compare_groups(args: argparse.Namespace) -> int:
+    from polyalign.evaluation.aggregate import aggregate_groups, run_dirs_in
+    from polyalign.sweep.plan import is_sweep_dir, sweep_groups
+
+    groups: dict[str, list] = {}
+    for d in args.run_dirs:
+        found = sweep_groups(d) if is_sweep_dir(d) else {str(d): run_dirs_in(d)}
+        groups.update({(f"{Path(d).name}: {k}" if len(args.run_dirs) > 1 else k): v for k, v in found.items()})
+    result = aggregate_groups(groups, args.out, args.metric)
+    header, lines = result.lines()
+    _print_lines("comparison of configurations", header, lines,
+                 "mean over the runs (seeds) [95% Student-t interval of the mean]", 2 + len(result.ids))
+    for reason in result.skipped:
+        err.print(f"[yellow]skipped:[/yellow] {escape(reason)}", soft_wrap=True)
+    out.print("tables and plot: " + ", ".join(str(f) for f in result.files))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
+    from polyalign.core.run_files import RECIPE_FILE
     from polyalign.evaluation.compare import compare_runs
 
+    if args.paired:
+        return _compare_paired(args)
+    from polyalign.sweep.plan import is_sweep_dir
+
+    folders = [Path(d).is_dir() and not (Path(d) / RECIPE_FILE).is_file() for d in args.run_dirs]
+    if all(folders) or any(is_sweep_dir(d) for d in args.run_dirs):
+        return _compare_groups(args)  # sweeps or folders of runs: configurations aggregated over their runs
     result = compare_runs(args.run_dirs, args.out, args.metric)
     table = Table(title="comparison", caption=escape("value [bootstrap interval]; — = no such row in that run"))
     n_ids = len(result.header) - len(result.runs)
@@ -461,6 +522,51 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from polyalign.shipped import resolve_recipe_path
+
+    if args.status:
+        from polyalign.sweep.progress import sweep_progress
+
+        out.print(sweep_progress(args.status).text(), markup=False, soft_wrap=True)
+        return 0
+    if args.recipe is None:
+        raise PolyalignError("sweep needs a RECIPE (a path or a name from `polyalign recipes`), or --status SWEEP_DIR")
+    from polyalign.sweep.launchers import SlurmOptions
+
+    slurm = SlurmOptions(args.partition, args.time, args.gpus_per_node, args.cpus_per_task, args.mem_gb)
+
+    def echo(line: str) -> None:
+        out.print(line, markup=False, soft_wrap=True, highlight=False)
+
+    from polyalign.sweep.plan import read_sweep_file
+
+    recipe = resolve_recipe_path(args.recipe)
+    written = read_sweep_file(recipe) if recipe.is_file() else None
+    if written is not None:  # a sweep file: its grid, seeds and overrides, then the command line's
+        recipe, args.grid = written.recipe, [*written.grid, *(args.grid or [])]
+        args.overrides = [*written.overrides, *args.overrides]
+        args.seeds = args.seeds or written.seeds
+    args.seeds = args.seeds or 1
+    if args.search:
+        from polyalign.sweep.search import run_search
+
+        found = run_search(recipe, args.grid or [], args.trials, args.metric, args.direction, args.overrides,
+                           args.out, args.jobs, args.threads, args.launcher, slurm, echo, storage=args.storage)
+        out.print(found.text(), markup=False, soft_wrap=True)
+        return 0
+    from polyalign.sweep.plan import parse_grid
+    from polyalign.sweep.runner import run_sweep
+
+    result = run_sweep(recipe, parse_grid(args.grid), args.seeds, args.overrides, args.out, args.jobs,
+                       args.threads, args.launcher, slurm, echo)
+    if result.failed:
+        raise PolyalignError(f"{len(result.failed)} run(s) of the sweep failed (their errors above and in "
+                             f"{result.sweep_dir}/runs/*/*/status.json); the same command tries them again")
+    echo(f"sweep directory: {result.sweep_dir}\ncompare its configurations: polyalign compare {result.sweep_dir}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``polyalign``."""
     p = _Parser(prog="polyalign", description="Contrastive learning over any number of modalities.")
@@ -482,10 +588,16 @@ def parser() -> argparse.ArgumentParser:
                         "'{plugin: missing_modality, targets: all}'); repeatable")
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("compare", help="compare the evaluation reports of several runs: one table, one plot")
-    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c = sub.add_parser("compare", help="compare the evaluation reports of several runs: one table, one plot; a "
+                                       "sweep directory: mean and 95%% interval over seeds per configuration")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or a sweep directory (or a "
+                                                                  "folder of runs) to aggregate over seeds")
     c.add_argument("--out", default=".", help="folder for compare.md and compare.png (default: current folder)")
-    c.add_argument("--metric", action="append", help="only this metric (repeatable; default: every metric)")
+    c.add_argument("--metric", action="append", help="only this metric (repeatable; default: every metric; "
+                                                     "with --paired: accuracy)")
+    c.add_argument("--paired", action="store_true",
+                   help="test A against B on the same test tuples (runs matched by seed): difference, 95%% "
+                        "interval (paired bootstrap) and p-value (paired permutation test)")
     c.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("validate", help="check a recipe and report every problem at once")
@@ -622,6 +734,38 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", metavar="FILE.png",
                     help="default: RUN_DIR/training.png for one run, ./training.png for several")
     pt.set_defaults(func=cmd_plot)
+    sw = sub.add_parser("sweep", help="run a recipe's grid x seeds (or an Optuna search) as runs in one sweep "
+                                      "directory; resumable; --status DIR shows its progress")
+    sw.add_argument("recipe", nargs="?", help="recipe file or shipped recipe name, or a sweep file (recipe: FILE "
+                                              "and a sweep: block of grid, seeds, overrides)")
+    sw.add_argument("overrides", nargs="*", help="key.path=value overrides every run shares")
+    sw.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                    help="values of one key (repeatable: the runs are every combination); with --search optuna "
+                         "also KEY=LOW..HIGH or KEY=LOW..HIGH/log for a range")
+    sw.add_argument("--seeds", type=_count(1), help="seeds per configuration: S, S+1, ... from the recipe's "
+                                                   "seed S (default 1)")
+    sw.add_argument("--jobs", type=_count(1), default=1, help="runs at once (default 1)")
+    sw.add_argument("--threads", type=_count(1), help="threads per run (default: the cores shared by the jobs)")
+    sw.add_argument("--out", metavar="SWEEP_DIR", help="the sweep directory (default: sweeps/<recipe name>)")
+    sw.add_argument("--launcher", choices=["local", "submitit-local", "slurm"], default="local",
+                    help="local = processes here; submitit-local / slurm = submitit jobs (pip install "
+                         "'polyalign[sweep]'; for slurm the sweep directory must be on shared storage)")
+    sw.add_argument("--partition", help="slurm: partition")
+    sw.add_argument("--time", type=_count(1), default=60, metavar="MINUTES", help="slurm: time limit per run")
+    sw.add_argument("--gpus-per-node", type=_count(0), default=0, help="slurm: GPUs per run")
+    sw.add_argument("--cpus-per-task", type=_count(1), help="slurm: CPUs per run (default: --threads)")
+    sw.add_argument("--mem-gb", type=float, help="slurm: memory per run")
+    sw.add_argument("--status", metavar="SWEEP_DIR", help="show a sweep's runs done, running, failed, and the "
+                                                          "time left; runs nothing")
+    sw.add_argument("--search", choices=["optuna"], help="search the --grid space with Optuna (TPE, pruning on "
+                                                         "the validation loss) instead of running every point")
+    sw.add_argument("--trials", type=_count(1), default=20, help="--search: trials in all (default 20)")
+    sw.add_argument("--metric", metavar="ROW", help="--search: the evaluation row to optimise on the validation "
+                                                    "split, e.g. zero_shot/b_from_a+c/accuracy")
+    sw.add_argument("--direction", choices=["maximize", "minimize"], default="maximize")
+    sw.add_argument("--storage", metavar="URL", help="--search: the study's database (an SQLAlchemy URL such as "
+                                                     "postgresql://host/db; default: SQLite in the sweep directory)")
+    sw.set_defaults(func=cmd_sweep)
     for command in sub.choices.values():  # `polyalign train --debug ...` as well as `polyalign --debug train ...`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return p

@@ -76,12 +76,14 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
                 parts = trainer.evaluation_parts()
                 if dist.is_main:
                     notes: list[str] = []
+                    ranks: list = []
                     try:
-                        rows = run_evaluators(recipe, parts, plugins, trainer.device, split="test", notes=notes)
+                        rows = run_evaluators(recipe, parts, plugins, trainer.device, split="test", notes=notes,
+                                              ranks=ranks)
                     except EvaluatorsFailed as exc:  # the others' rows are kept, and how to evaluate again said
-                        write_report(run_dir, exc.rows, notes)
+                        write_report(run_dir, exc.rows, notes, ranks)
                         raise EvaluatorsFailed(exc.failures, exc.rows, run_dir) from None
-                    write_report(run_dir, rows, notes)
+                    write_report(run_dir, rows, notes, ranks)
                     plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split="test")
                     plugins.pm.hook.on_train_end(run_dir=run_dir, metrics=metrics)
                 finish_distributed()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import textwrap
+from pathlib import Path
+
 import polyalign
 
 
@@ -29,3 +33,16 @@ class StopAtStep:
     def on_step_end(self, step):
         if step == self.step:
             raise KeyboardInterrupt
+
+
+def entry_point_env(tmp_path: Path, name: str, source: str) -> dict[str, str]:
+    """Environment for a subprocess that loads ``source`` as the plugin module ``polyalign_<name>``
+    through an entry point (installed in a folder put first on PYTHONPATH)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / f"polyalign_{name}.py").write_text(textwrap.dedent(source))
+    info = site / f"polyalign_{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: polyalign-{name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[polyalign]\n{name} = polyalign_{name}\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}

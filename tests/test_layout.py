@@ -11,13 +11,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "polyalign"
 
 # room -> the rooms it must not import (``run`` is polyalign/run.py, ``cli`` polyalign/cli.py)
 FORBIDDEN = {
-    "core": {"training", "evaluation", "inference", "encoders", "plugins", "testing", "run", "cli", "shipped"},
-    "training": {"evaluation", "inference", "encoders", "plugins", "run", "cli"},
-    "evaluation": {"training", "inference", "encoders", "plugins", "run", "cli"},
-    "inference": {"training", "evaluation", "encoders", "plugins", "run", "cli"},
-    "encoders": {"training", "evaluation", "inference", "plugins", "run", "cli"},
-    "plugins": {"training", "evaluation", "inference", "encoders", "run", "cli"},
-    "serving": {"training", "evaluation", "encoders", "plugins", "run", "cli"},
+    "core": {"training", "evaluation", "inference", "encoders", "plugins", "testing", "run", "cli", "shipped",
+             "sweep"},
+    "training": {"evaluation", "inference", "encoders", "plugins", "run", "cli", "sweep"},
+    "evaluation": {"training", "inference", "encoders", "plugins", "run", "cli", "sweep"},
+    "inference": {"training", "evaluation", "encoders", "plugins", "run", "cli", "sweep"},
+    "encoders": {"training", "evaluation", "inference", "plugins", "run", "cli", "sweep"},
+    "plugins": {"training", "evaluation", "inference", "encoders", "run", "cli", "sweep"},
+    "serving": {"training", "evaluation", "encoders", "plugins", "run", "cli", "sweep"},
+    "sweep": {"encoders", "plugins", "cli"},  # orchestrates runs: above run.py, below the command line
 }
 
 

@@ -14,12 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from crash_plugin import entry_point_env
 from safetensors.torch import load_file
 
 import polyalign
@@ -92,14 +92,7 @@ SLOW_PLUGIN = """
 
 def _slow_env(tmp_path: Path) -> dict[str, str]:
     """Environment for a subprocess that loads a plugin (entry point) slowing each step."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "polyalign_slow.py").write_text(textwrap.dedent(SLOW_PLUGIN))
-    info = site / "polyalign_slow-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: polyalign-slow\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[polyalign]\nslow = polyalign_slow\n")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    return {**entry_point_env(tmp_path, "slow", SLOW_PLUGIN),
             "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same arithmetic as this process
 
 

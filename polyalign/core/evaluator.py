@@ -33,7 +33,17 @@ class EvalContext:
     device: torch.device
     batch_size: int = 256
     seed: int = 0
+    ranks: list[dict[str, Any]] | None = None  # per-query ranks recorded by the evaluators, when asked for
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def record_ranks(self, task: str, target: str, query: list[str], rows: torch.Tensor, ranks: torch.Tensor,
+                     candidates: int) -> None:
+        """Keep the rank of the right candidate for each query row of the split (when ``ranks`` is a
+        list): ``polyalign compare --paired`` tests two runs on the same tuples with them."""
+        if self.ranks is not None:
+            self.ranks.append({"task": task, "target": target, "query": sorted(query), "split": self.split,
+                               "candidates": int(candidates), "tuples": [int(i) for i in rows.tolist()],
+                               "ranks": [int(r) for r in ranks.tolist()]})
 
     @property
     def samples(self) -> Sequence[Sample]:

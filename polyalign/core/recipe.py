@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -301,6 +303,46 @@ def _plugin_nodes(raw: dict) -> list[tuple[str, tuple, Any]]:
 _NODE_KEYS = {"loss": ("plugin", "weight", "score_with")}
 
 
+def plugin_names(raw: dict) -> dict[tuple, Any]:
+    """The ``plugin`` of every plugin node of a raw recipe, by YAML path."""
+    return {loc: node.get("plugin") for _, loc, node in _plugin_nodes(raw)}
+
+
+def drop_replaced_plugin_options(old_names: dict[tuple, Any], raw: dict, given: list[tuple[str, ...]],
+                                 plugins: Plugins) -> list[str]:
+    """Where an override changed a node's ``plugin`` from ``old_names`` (``loss.plugin=clip`` on a
+    Symile node with ``negatives:``), drop from ``raw`` the options the new plugin does not take,
+    unless the command line set them too (``given`` key paths); return a note per node naming them."""
+    notes = []
+    for kind, loc, node in _plugin_nodes(raw):
+        old, new = old_names.get(loc), node.get("plugin")
+        at = tuple(str(p) for p in loc)
+        if old is None or old == new or at + ("plugin",) not in given or not isinstance(new, str):
+            continue
+        try:
+            config = plugins.registry.get(kind, new).config
+        except PluginError:
+            continue  # validation names the unknown plugin
+        if config.model_config.get("extra") == "allow":
+            continue
+        reserved = _NODE_KEYS.get(kind, ("plugin",))
+        takes = {*reserved, *config.model_fields, *(f.alias for f in config.model_fields.values() if f.alias)}
+        kept = [k for k in node if k not in reserved and (k in takes or at + (str(k),) in given)]
+        try:  # an option both plugins take may hold a value only the old one accepts (symile's negatives: n_squared)
+            config.model_validate({k: node[k] for k in kept})
+            refused = set()
+        except ValidationError as exc:
+            refused = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        dropped = {k: node.pop(k) for k in list(node) if (k not in takes or str(k) in refused and k not in reserved)
+                   and at + (str(k),) not in given}
+        if dropped:
+            shown_options = ", ".join(f"{k}: {cut(json.dumps(v, default=str), 60)}" for k, v in dropped.items())
+            notes.append(f"{_path(loc)}: plugin changed from {old!r} to {new!r}; dropped the option(s) {new!r} "
+                         f"does not take, or not with that value ({shown_options})")
+    return notes
+
+
+
 def validate_recipe(raw: Any, source: str = "recipe", plugins: Plugins | None = None) -> Recipe:
     """Validate a raw recipe mapping; raise :class:`RecipeError` listing every problem."""
     plugins = plugins or default_plugins()
@@ -491,5 +533,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
         raise RecipeError(str(path), [(exc.path, exc.reason)]) from None
     if isinstance(raw, dict):
         raw.setdefault("name", name_from_file(path))
-    return validate_recipe(apply_overrides(raw, overrides) if isinstance(raw, dict) else raw,
-                           str(path), plugins)
+        given = [tuple(keys) for keys, _ in parse_overrides(overrides)]
+        for item in overrides or []:  # one at a time: each plugin change is seen against the node it replaced
+            names = plugin_names(raw)
+            raw = apply_overrides(raw, [item])
+            for note in drop_replaced_plugin_options(names, raw, given, plugins or default_plugins()):
+                warnings.warn(note, stacklevel=2)
+    return validate_recipe(raw, str(path), plugins)

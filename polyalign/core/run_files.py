@@ -13,6 +13,7 @@ CHECKPOINTS_DIR = "checkpoints"
 REPORT_DIR = "eval"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+RANKS_JSON = "ranks.json"  # per-tuple ranks of the right candidate, for paired tests between runs
 LOCK_FILE = ".polyalign.lock"
 
 

@@ -141,7 +141,8 @@ def _collect(runs: list[RunReport]) -> tuple[list[tuple], dict[tuple, dict[int, 
     return keys, bars, curves
 
 
-def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tuple, dict[int, dict]]) -> None:
+def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tuple, dict[int, dict]],
+               interval: str = "bootstrap interval") -> None:
     width = 0.8 / len(runs)
     intervals = False  # the title mentions error bars only when some are drawn
     for i, run in enumerate(runs):
@@ -171,7 +172,7 @@ def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tup
     ax.set_xlabel("target ← query modalities")
     ax.set_ylabel(METRIC_LABEL)
     ax.set_title("Zero-shot accuracy from each query subset"
-                 + (" (error bars: bootstrap interval)" if intervals else ""), fontsize=10)
+                 + (f" (error bars: {interval})" if intervals else ""), fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
@@ -206,9 +207,10 @@ def _curve_panel(ax: Any, runs: list[RunReport], target: str, per_run: dict[int,
     ax.legend(fontsize=7, loc="best")
 
 
-def plot_comparison(runs: list[RunReport], path: Path) -> Path | None:
+def plot_comparison(runs: list[RunReport], path: Path, interval: str = "bootstrap interval") -> Path | None:
     """Grouped bars of accuracy per (target, query subset), and accuracy-vs-dropout curves per
-    target, one colour per run (line style and marker: the dropped modality)."""
+    target, one colour per run (line style and marker: the dropped modality); ``interval`` names
+    what the error bars are."""
     keys, bars, curves = _collect(runs)
     if not keys and not curves:
         return None
@@ -220,7 +222,7 @@ def plot_comparison(runs: list[RunReport], path: Path) -> Path | None:
     subfigs = fig.subfigures(len(parts), 1, height_ratios=[h for _, h in parts], squeeze=False)[:, 0]
     for sub, (kind, _) in zip(subfigs, parts):
         if kind == "bars":
-            _bar_panel(sub.subplots(), runs, keys, bars)
+            _bar_panel(sub.subplots(), runs, keys, bars, interval)
             continue
         axes = sub.subplots(crow, ncols, squeeze=False).ravel()
         for ax, (target, per_run) in zip(axes, curves.items()):
@@ -229,6 +231,16 @@ def plot_comparison(runs: list[RunReport], path: Path) -> Path | None:
             ax.set_visible(False)
     fig.suptitle("Run comparison: " + " vs ".join(run.label for run in runs), fontsize=11)
     return save_figure(fig, path)
+
+
+def out_folder(out_dir: str | Path) -> Path:
+    """The ``--out`` folder of a comparison, created if needed."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PolyalignError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+    return out
 
 
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = ".",
@@ -248,11 +260,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = ".",
     if not lines:
         wanted = f" with metric {', '.join(metrics)}" if metrics else ""
         raise PolyalignError(f"the runs' reports have no rows{wanted} to compare")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PolyalignError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+    out = out_folder(out_dir)
     figure = plot_comparison(runs, out / COMPARE_PNG)
     markdown = out / COMPARE_MD
     atomic_write_text(markdown, compare_markdown(runs, header, lines, figure.name if figure else None))

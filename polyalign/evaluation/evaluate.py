@@ -20,7 +20,7 @@ from polyalign.core.modality_check import provided_text, row_keys
 from polyalign.core.plugins import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe, validate_recipe
 from polyalign.core.requirements import check_requirements
-from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
+from polyalign.core.run_files import RANKS_JSON, RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
 from polyalign.core.weights import load_weights, run_checkpoint
 
 from .report_plots import write_plots
@@ -68,11 +68,13 @@ class EvaluatorsFailed(PolyalignError):
 
 
 def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: torch.device,
-                   split: str = "test", notes: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run every evaluator of the recipe on ``split``; return all rows. An evaluator that fails does
-    not stop the others: :class:`EvaluatorsFailed` is raised at the end, with their rows. One that
-    produces no rows is a :class:`Notice` saying why, and a line in ``notes`` when given."""
-    ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed)
+                   split: str = "test", notes: list[str] | None = None,
+                   ranks: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Run every evaluator of the recipe on ``split``; return all rows (and append the per-query ranks
+    the evaluators record to ``ranks`` when given). An evaluator that fails does not stop the others:
+    :class:`EvaluatorsFailed` is raised at the end, with their rows. One that produces no rows is a
+    :class:`Notice` saying why, and a line in ``notes`` when given."""
+    ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed, ranks)
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
     for i, node in enumerate(recipe.eval):
@@ -108,11 +110,15 @@ def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: t
     return rows
 
 
-def write_report(run_dir: Path, rows: list[dict[str, Any]], notes: Sequence[str] = ()) -> Path:
+def write_report(run_dir: Path, rows: list[dict[str, Any]], notes: Sequence[str] = (),
+                 ranks: list[dict[str, Any]] | None = None) -> Path:
     """Write ``eval/report.json``, ``eval/report.md`` (with ``notes``, e.g. why an evaluator
-    produced no rows) and the PNG plots; return the folder."""
+    produced no rows), the PNG plots and (when given) the per-query ranks ``eval/ranks.json``;
+    return the folder."""
     out = Path(run_dir) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
+    if ranks is not None:  # before report.json: a run whose report exists has both
+        atomic_write_text(out / RANKS_JSON, json.dumps(ranks) + "\n")
     atomic_write_text(out / REPORT_JSON, json.dumps(rows, indent=2) + "\n")
     plots = write_plots(out, rows, Path(run_dir).name)
     markdown = report_markdown(rows, f"Evaluation of {Path(run_dir).name}", notes)
@@ -144,11 +150,12 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
     parts.model.to(device)
     parts.loss.to(device)
     notes: list[str] = []
+    ranks: list[dict[str, Any]] = []
     try:
-        rows = run_evaluators(recipe, parts, plugins, device, split, notes)
+        rows = run_evaluators(recipe, parts, plugins, device, split, notes, ranks)
     except EvaluatorsFailed as exc:
-        write_report(run_dir, exc.rows, notes)
+        write_report(run_dir, exc.rows, notes, ranks)
         raise EvaluatorsFailed(exc.failures, exc.rows, run_dir) from None
-    write_report(run_dir, rows, notes)
+    write_report(run_dir, rows, notes, ranks)
     plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split=split)
     return rows

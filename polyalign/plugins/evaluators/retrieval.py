@@ -112,6 +112,7 @@ class Retrieval:
             found, ranks, n_candidates = rank_queries(ctx, target, query, cfg.candidates, cfg.match)
             if found.numel() == 0:
                 continue
+            ctx.record_ranks(TASK, "+".join(sorted(target)), query, found, ranks, n_candidates)
             base = {"task": TASK, "target": "+".join(sorted(target)), "query": sorted(query),
                     "n": int(found.numel()), "candidates": n_candidates}
             rows += [{**base, "metric": k, "value": v} for k, v in recall_and_rank(ranks, cfg.top_k).items()]

@@ -105,6 +105,8 @@ def zero_shot_rows(ctx: EvalContext, target: str, query: list[str], candidates: 
     rows, ranks, n_candidates = rank_queries(ctx, target, query, candidates, match, rows_mask)
     if rows.numel() == 0:
         return [], ranks
+    if rows_mask is None:  # every query row of the split: kept for paired tests between runs
+        ctx.record_ranks(task, target, query, rows, ranks, n_candidates)
     metrics = retrieval_metrics(ranks, top_k)
     base = {"task": task, "target": target, "query": sorted(query), "n": int(rows.numel()),
             "candidates": n_candidates}

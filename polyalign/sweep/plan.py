@@ -1,0 +1,259 @@
+"""What a sweep runs: the grid of ``key=value`` overrides times seeds, and its manifest ``sweep.json``."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polyalign.core.atomic import atomic_write_text
+from polyalign.core.errors import PolyalignError, shown
+
+MANIFEST = "sweep.json"
+RUNS_DIR = "runs"
+STATUS_FILE = "status.json"
+OUTPUT_FILE = "output.log"
+VERSION = 1
+
+
+@dataclass
+class RunSpec:
+    """One run of a sweep: its configuration (the grid's overrides) and seed; ``id`` names its slot folder."""
+
+    id: str
+    config: str
+    overrides: list[str]
+    seed: int
+
+
+@dataclass
+class SweepPlan:
+    """A sweep: the recipe, the overrides every run shares, the grid, the seeds and the runs."""
+
+    recipe: str
+    recipe_sha256: str
+    overrides: list[str]
+    grid: dict[str, list[str]]
+    seeds: list[int]
+    cwd: str
+    runs: list[RunSpec] = field(default_factory=list)
+    search: dict[str, Any] | None = None
+    jobs: int = 1  # runs at once in the latest call (for the estimate of the time left)
+
+    def run(self, run_id: str) -> RunSpec:
+        """The run called ``run_id``."""
+        for r in self.runs:
+            if r.id == run_id:
+                return r
+        raise PolyalignError(f"the sweep has no run {run_id!r}")
+
+    def all_overrides(self, spec: RunSpec) -> list[str]:
+        """Every override of a run: the shared ones, its configuration's, its seed."""
+        return [*self.overrides, *spec.overrides, f"seed={spec.seed}"]
+
+
+def split_values(text: str) -> list[str]:
+    """``V1,V2,...`` split at the commas outside brackets, braces and quotes (``[a, b],c`` is two values)."""
+    values, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            values.append(text[start:i].strip())
+            start = i + 1
+    values.append(text[start:].strip())
+    return values
+
+
+def parse_grid(items: list[str] | None) -> dict[str, list[str]]:
+    """``["loss.plugin=symile,clip", "train.lr=0.01,0.1"]`` -> ``{"loss.plugin": ["symile", "clip"], ...}``."""
+    grid: dict[str, list[str]] = {}
+    for item in items or []:
+        key, sep, rest = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise PolyalignError(f"--grid {shown(item)}: give KEY=V1,V2,... (e.g. --grid loss.plugin=symile,clip)")
+        if key == "seed":
+            raise PolyalignError("--grid seed=...: seeds are set with --seeds N (seeds S, S+1, ... from the "
+                                 "recipe's seed S)")
+        if key in grid:
+            raise PolyalignError(f"--grid {key} is given twice; give all its values in one --grid {key}=V1,V2")
+        values = split_values(rest)
+        if any(v == "" for v in values) or len(set(values)) != len(values):
+            raise PolyalignError(f"--grid {shown(item)}: the values must be distinct and not empty")
+        grid[key] = values
+    return grid
+
+
+def config_name(overrides: list[str]) -> str:
+    """A configuration's folder name: its overrides joined by ',' (``base`` for none); characters a
+    file name should not hold become '_', and a long name ends with a hash to stay unique."""
+    if not overrides:
+        return "base"
+    text = ",".join(overrides)
+    name = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", text)
+    if len(name) > 100 or name != text:
+        name = name[:80] + "-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+    return name
+
+
+def grid_runs(grid: dict[str, list[str]], seeds: list[int]) -> list[RunSpec]:
+    """The runs of a grid: every combination of values (first key slowest) times every seed."""
+    runs = []
+    for combo in itertools.product(*grid.values()):
+        overrides = [f"{k}={v}" for k, v in zip(grid, combo)]
+        config = config_name(overrides)
+        runs += [RunSpec(f"{config}/seed-{s}", config, overrides, s) for s in seeds]
+    return runs
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (to notice a recipe edited between two calls of one sweep)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def new_plan(recipe: Path, overrides: list[str], grid: dict[str, list[str]], seeds: list[int],
+             search: dict[str, Any] | None = None) -> SweepPlan:
+    """A plan for ``recipe`` (its absolute path recorded, and the folder the command ran in)."""
+    recipe = Path(recipe).resolve()
+    plan = SweepPlan(str(recipe), file_sha256(recipe), list(overrides), grid, seeds, os.getcwd(), search=search)
+    if search is None:
+        plan.runs = grid_runs(grid, seeds)
+    return plan
+
+
+def slot_dir(sweep_dir: Path, spec: RunSpec) -> Path:
+    """The folder of one run of the sweep (its run directory and status inside)."""
+    return Path(sweep_dir) / RUNS_DIR / spec.id
+
+
+def _plan_from(raw: dict[str, Any]) -> SweepPlan:
+    runs = [RunSpec(**r) for r in raw.pop("runs")]
+    raw.pop("version", None)
+    return SweepPlan(**raw, runs=runs)
+
+
+def read_plan(sweep_dir: Path) -> SweepPlan:
+    """The plan recorded in ``sweep_dir/sweep.json``."""
+    path = Path(sweep_dir) / MANIFEST
+    if not path.is_file():
+        raise PolyalignError(f"{sweep_dir} is not a sweep directory (no {MANIFEST}); `polyalign sweep RECIPE "
+                             f"--grid KEY=V1,V2 --seeds N --out {sweep_dir}` makes one")
+    try:
+        return _plan_from(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PolyalignError(f"{path} is not a sweep manifest polyalign wrote ({exc})") from None
+
+
+def write_plan(sweep_dir: Path, plan: SweepPlan) -> None:
+    """Write ``sweep.json`` (atomically)."""
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps({"version": VERSION, **asdict(plan)}, indent=2) + "\n")
+
+
+def merge_plan(sweep_dir: Path, plan: SweepPlan) -> SweepPlan:
+    """``plan`` recorded in ``sweep_dir``: a new sweep, or the same sweep called again (its runs and any
+    new grid values or seeds). Refuses a folder that holds a sweep of another recipe or overrides."""
+    if not (Path(sweep_dir) / MANIFEST).is_file():
+        write_plan(sweep_dir, plan)
+        return plan
+    old = read_plan(sweep_dir)
+    if (old.recipe, old.recipe_sha256, old.overrides) != (plan.recipe, plan.recipe_sha256, plan.overrides):
+        what = ("the recipe file changed since" if old.recipe == plan.recipe and old.overrides == plan.overrides
+                else f"it holds a sweep of {old.recipe} {' '.join(old.overrides)}".rstrip())
+        raise PolyalignError(f"{sweep_dir}: {what}; the runs there would not be runs of this command. Give "
+                             f"another --out for a new sweep")
+    if (old.search is None) != (plan.search is None):
+        raise PolyalignError(f"{sweep_dir} holds a {'grid' if old.search is None else 'search'}; give another "
+                             f"--out for a {'search' if plan.search else 'grid'}")
+    known = {r.id for r in old.runs}
+    old.runs += [r for r in plan.runs if r.id not in known]
+    for k, values in plan.grid.items():
+        old.grid[k] = list(dict.fromkeys([*old.grid.get(k, []), *values]))
+    old.seeds = sorted({*old.seeds, *plan.seeds})
+    old.search, old.jobs = plan.search, plan.jobs
+    write_plan(sweep_dir, old)
+    return old
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a sweep (its ``sweep.json``)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def sweep_groups(sweep_dir: str | Path) -> dict[str, list[Path]]:
+    """The run directories of a sweep by configuration, named by its grid overrides (``loss.plugin=clip``;
+    its folder under ``runs/`` may be shortened), in the manifest's order; runs never started are left out."""
+    from .worker import find_run_dir
+
+    plan = read_plan(Path(sweep_dir))
+    if plan.search is not None:  # a search: each trial its own configuration
+        return {slot.name: [run] for slot in sorted((Path(sweep_dir) / RUNS_DIR).glob("trial-*"))
+                if (run := find_run_dir(slot)) is not None}
+    groups: dict[str, list[Path]] = {}
+    for spec in plan.runs:
+        label = ", ".join(spec.overrides) or "base"
+        run_dir = find_run_dir(slot_dir(Path(sweep_dir), spec))
+        groups.setdefault(label, [])
+        if run_dir is not None:
+            groups[label].append(run_dir)
+    return groups
+
+
+@dataclass
+class SweepFile:
+    """A sweep written down: ``recipe:`` (relative to the file) and a ``sweep:`` block of ``grid``,
+    ``seeds`` and ``overrides``."""
+
+    recipe: Path
+    grid: list[str]
+    seeds: int | None
+    overrides: list[str]
+
+
+def _yaml_text(value: Any) -> str:
+    """A grid value as the override text that parses back to it."""
+    import yaml
+
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def read_sweep_file(path: Path) -> SweepFile | None:
+    """The sweep in ``path`` if it is a sweep file (a mapping with a ``sweep:`` block), else None (a recipe)."""
+    from polyalign.core.yaml_file import YamlError, read_yaml
+
+    try:
+        raw = read_yaml(path)
+    except YamlError:
+        return None  # not YAML a sweep file could be: loading it as a recipe says what is wrong
+    if not isinstance(raw, dict) or "sweep" not in raw:
+        return None
+    block, where = raw["sweep"], f"{path}: sweep"
+    if not isinstance(raw.get("recipe"), str) or not isinstance(block, dict):
+        raise PolyalignError(f"{path}: a sweep file has `recipe: FILE` (relative to it) and a `sweep:` mapping "
+                             f"of grid, seeds and overrides")
+    unknown = sorted(set(block) - {"grid", "seeds", "overrides"})
+    grid, seeds, overrides = block.get("grid") or {}, block.get("seeds"), block.get("overrides") or []
+    if unknown:
+        raise PolyalignError(f"{where}: unknown key(s) {', '.join(unknown)}; it takes grid, seeds, overrides")
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise PolyalignError(f"{where}.grid: give each key a list of values, e.g. {{loss.plugin: [symile, clip]}}")
+    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+        raise PolyalignError(f"{where}.seeds: a whole number of at least 1, got {shown(seeds)}")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise PolyalignError(f"{where}.overrides: a list of key.path=value texts")
+    items = [f"{k}=" + ",".join(_yaml_text(v) for v in values) for k, values in grid.items()]
+    return SweepFile((path.parent / raw["recipe"]).resolve(), items, seeds, overrides)
