@@ -99,12 +99,7 @@ class TabularEncoder(Encoder):
             return
         mean, m2, count = np.zeros(self.n), np.zeros(self.n), np.zeros(self.n)
         for value in values:  # Welford's running mean and sum of squared deviations, per column
-            entries = self.entries(read_row(value, root))
-            seen = np.array([not is_missing(e) for e in entries])
-            try:
-                raw = np.array([float(e) if ok else 0.0 for e, ok in zip(entries, seen)], dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise PolyalignError(f"a tabular entry is not a number: {exc}") from exc
+            seen, raw = self.measured(value, root)
             count += seen
             delta = np.where(seen, raw - mean, 0.0)
             mean += np.divide(delta, count, out=np.zeros(self.n), where=seen)
@@ -136,18 +131,23 @@ class TabularEncoder(Encoder):
             raise PolyalignError(f"expected a row of {self.n} entries, got {len(row)}")
         return list(row)
 
-    def load(self, value: Any, root: Path | None) -> torch.Tensor:
-        """One row -> ``(2n,)``: standardised values with ``fill`` where missing, then indicators."""
-        if self.unfitted:
-            raise PolyalignError(f"encoder 'tabular': {' and '.join(self.unfitted)}: auto needs the train split's "
-                                 f"statistics, which are computed when a run assembles the recipe with its data; "
-                                 f"give the numbers (a run's recipe.yaml holds them) to use the encoder without it")
+    def measured(self, value: Any, root: Path | None) -> tuple[np.ndarray, np.ndarray]:
+        """One row's ``(seen, raw)``: which entries are present, and their values as float64 (0 where missing)."""
         entries = self.entries(read_row(value, root))
         seen = np.array([not is_missing(e) for e in entries])
         try:
             raw = np.array([float(e) if ok else 0.0 for e, ok in zip(entries, seen)], dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise PolyalignError(f"a tabular entry is not a number: {exc}") from exc
+        return seen, raw
+
+    def load(self, value: Any, root: Path | None) -> torch.Tensor:
+        """One row -> ``(2n,)``: standardised values with ``fill`` where missing, then indicators."""
+        if self.unfitted:
+            raise PolyalignError(f"encoder 'tabular': {' and '.join(self.unfitted)}: auto needs the train split's "
+                                 f"statistics, which are computed when a run assembles the recipe with its data; "
+                                 f"give the numbers (a run's recipe.yaml holds them) to use the encoder without it")
+        seen, raw = self.measured(value, root)
         values = np.where(seen, (raw - self.offset) / self.scale, self.config.fill)
         parts = [values, seen.astype(np.float64)] if self.config.indicators else [values]
         return torch.from_numpy(np.concatenate(parts).astype(np.float32))
