@@ -114,15 +114,15 @@ def test_webdataset_extension_matching_no_member_names_the_members(tmp_path, cap
 
     write_shards(_manifests(tmp_path / "data"), tmp_path / "shards", 16)
     data = {"plugin": "webdataset", "path": str(tmp_path / "shards"),
-            "modalities": {"a": "a.json", "b": "b.json", "c": "json"}}
+            "modalities": {"a": "a.json", "b": "b.json", "c": "npy"}}
     recipe = _recipe_file(tmp_path, data, [])
     assert main(["validate", str(recipe), "--check-data"]) == 2
     captured = capsys.readouterr()
     assert "valid" not in captured.out
     err = " ".join(captured.err.split())
     assert "modalities.c: no row provides 'c': it is absent from all 48 rows of the 'train' split" in err
-    assert "whose rows provide shard members .a.json, .b.json, .c.json, .id (data.modalities maps a: .a.json, " \
-           "b: .b.json, c: .json;" in err
+    assert "whose rows provide shard members .a.json, .b.json, .c.json, .id.txt (data.modalities maps a: .a.json, " \
+           "b: .b.json, c: .npy;" in err
 
 
 def test_overrides_may_follow_options(tmp_path, xor_clip, capsys):
@@ -142,7 +142,7 @@ def test_plugins_name_prints_the_options_and_the_listing_names_the_extra(capsys)
     assert "  dim: int | None = null, > 0  -- input size; default: from the data" in out
     assert main(["plugins", "webdataset"]) == 0
     out = capsys.readouterr().out
-    assert "  modalities: dict[str, str | list[str]] (required), length >= 1" in out
+    assert "  modalities: dict[str, str | list[str]] = {'image': 'jpg;jpeg;png;webp', 'text': 'txt'}, length >= 1" in out
     assert "  sources.weight: float = 1.0, > 0" in out  # a nested model's options
     assert main(["plugins", "clip", "--json"]) == 0
     (clip,) = json.loads(capsys.readouterr().out)

@@ -18,6 +18,7 @@ import numpy as np
 
 from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
+from polyalign.core.json_file import JsonError, read_json
 from polyalign.core.run_files import RANKS_JSON, RECIPE_FILE, REPORT_DIR
 from polyalign.core.yaml_file import YamlError, read_yaml
 
@@ -88,13 +89,13 @@ def _seed_and_data(run_dir: Path) -> tuple[int, Any]:
 
 def _ranks(run_dir: Path) -> dict[tuple, dict[str, Any]]:
     path = run_dir / REPORT_DIR / RANKS_JSON
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-        return {(r["task"], r["target"], tuple(r["query"])): r for r in records}
-    except FileNotFoundError:
+    if not path.exists():
         raise PolyalignError(f"{run_dir} has no per-tuple ranks ({REPORT_DIR}/{RANKS_JSON}); `polyalign eval "
-                             f"{run_dir}` writes them") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+                             f"{run_dir}` writes them")
+    try:
+        records = read_json(path, "per-tuple ranks")
+        return {(r["task"], r["target"], tuple(r["query"])): r for r in records}
+    except (JsonError, KeyError, TypeError) as exc:
         raise PolyalignError(f"{path} cannot be read ({exc}); `polyalign eval {run_dir}` writes it again") from None
 
 

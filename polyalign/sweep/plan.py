@@ -13,6 +13,7 @@ from typing import Any
 
 from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError, shown
+from polyalign.core.json_file import JsonError, read_json
 
 MANIFEST = "sweep.json"
 RUNS_DIR = "runs"
@@ -151,8 +152,8 @@ def read_plan(sweep_dir: Path) -> SweepPlan:
         raise PolyalignError(f"{sweep_dir} is not a sweep directory (no {MANIFEST}); `polyalign sweep RECIPE "
                              f"--grid KEY=V1,V2 --seeds N --out {sweep_dir}` makes one")
     try:
-        return _plan_from(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError, KeyError) as exc:
+        return _plan_from(read_json(path, "sweep manifest"))
+    except (JsonError, ValueError, TypeError, KeyError) as exc:
         raise PolyalignError(f"{path} is not a sweep manifest polyalign wrote ({exc})") from None
 
 

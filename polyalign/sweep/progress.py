@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from polyalign.core.json_file import JsonError, parse_json
 from polyalign.core.run_files import METRICS_FILE, RECIPE_FILE
 from polyalign.core.yaml_file import YamlError, read_yaml
 
@@ -64,10 +64,10 @@ def trained_fraction(run_dir: Path | None) -> float:
     done = 0
     for line in lines:
         try:
-            row: Any = json.loads(line)
+            row: Any = parse_json(line, str(run_dir / METRICS_FILE))
             if row.get("kind") == "epoch":
                 done = max(done, int(row["epoch"]))
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (JsonError, ValueError, KeyError, TypeError, AttributeError):
             continue
     return min(1.0, done / max(epochs, 1))
 

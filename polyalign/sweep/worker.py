@@ -16,6 +16,7 @@ from typing import Any
 
 from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError, cut
+from polyalign.core.json_file import JsonError, read_json
 from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
 
 from .plan import OUTPUT_FILE, STATUS_FILE, read_plan, slot_dir
@@ -32,8 +33,8 @@ DONE, FAILED, RUNNING, PENDING, INTERRUPTED, BUSY = "done", "failed", "running",
 def read_status(slot: Path) -> dict[str, Any]:
     """A slot's ``status.json`` (``{}`` when the run never started or the file is unreadable)."""
     try:
-        status = json.loads((Path(slot) / STATUS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        status = read_json(Path(slot) / STATUS_FILE, "sweep run status")
+    except JsonError:
         return {}
     return status if isinstance(status, dict) else {}
 

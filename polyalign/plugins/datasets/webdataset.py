@@ -222,6 +222,7 @@ class ShardStream(StreamSplit):
     def __init__(self, shards: list[Shard], config: WebDatasetConfig, weights: list[float]):
         super().__init__(shards, weights, config.resampled, config.shuffle_buffer)
         self.modality_of = member_modalities(config.modalities)
+        self.mapped = ", ".join(f"{m}: .{e}" for m, exts in config.modalities.items() for e in extensions(exts))
 
     def read(self, shard: Shard, skip: int = 0) -> Iterator[tuple[str, Sample]]:
         for i, raw in enumerate(self.raw_samples(shard)):
@@ -246,8 +247,7 @@ class ShardStream(StreamSplit):
         raws = (raw for shard in self.shards for raw in self.raw_samples(shard))
         for raw in itertools.islice(raws, count):
             seen.update((f".{ext}", None) for ext in raw if not ext.startswith("__"))
-        mapped = ", ".join(f"{m}: .{ext}" for ext, m in self.modality_of.items())
-        return (f"shard members {', '.join(seen) or '(none)'} (data.modalities maps {mapped}; a member "
+        return (f"shard members {', '.join(seen) or '(none)'} (data.modalities maps {self.mapped}; a member "
                 f"named KEY.EXT matches the extension EXT, everything after the key's first dot)")
 
     def sample(self, raw: dict, shard: str) -> Sample:
@@ -267,9 +267,8 @@ class ShardStream(StreamSplit):
                     pass  # the encoder fails on the member itself, naming it (and data.on_error applies)
         if not sample:
             found = sorted(e for e in raw if not e.startswith("__"))
-            wanted = ", ".join(f"{m}: .{e}" for e, m in self.modality_of.items())
             raise PolyalignError(f"shard {shard}, sample {key!r}: no member holds a modality (its members end in "
-                                 f"{shown(found)}; data.modalities reads {wanted}); name the extensions "
+                                 f"{shown(found)}; data.modalities reads {self.mapped}); name the extensions "
                                  f"the shards use in data.modalities")
         label = next((ext for ext in (LABEL_EXT, LABEL_TEXT_EXT) if ext in raw), None)
         if label is not None:
