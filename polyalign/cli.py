@@ -20,7 +20,10 @@ from polyalign.core.errors import MAX_MESSAGE_CHARS, Notice, PolyalignError, cut
 from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Piped (a log, a notebook cell), rich would assume 80 columns and wrap table cells mid-word; 160 fits the
+# widest tables polyalign prints (compare, paired tests). COLUMNS still wins where it is set.
+PIPED_WIDTH = 160
+out = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH)
 DEBUG_HELP = "on an error, also print the full traceback (or set POLYALIGN_DEBUG=1)"
 DEMO_MAX_ROWS = 100_000  # tuples per split of demo-data (four small files each)
 
