@@ -107,7 +107,7 @@ def step_cost_line(cost: StepCost, loss_name: str, n: int, d: int, m: int) -> st
             f"about {duration(cost.seconds)} at this machine's measured {cost.rate / 1e9:.3g} GFLOP/s, "
             f"{cost.ratio:.3g}x a CLIP step on the same batch")
     if cost.slow:
-        line += ("; a cheaper form of the objective (symile negatives: per_modality or auto, a smaller batch) "
+        line += ("; a cheaper form of the objective (for symile, negatives: per_modality) or a smaller batch "
                  "keeps steps near CLIP's: docs/choosing-an-objective.md")
     return line
 
