@@ -176,7 +176,8 @@ def test_manifest_file_errors(tmp_path):
         polyalign.build("dataset", "manifest", path=str(tmp_path))
     (tmp_path / "train.jsonl").unlink()
     (tmp_path / "train.csv").write_text('a,b\nhello,"[1, 2"\n')
-    with pytest.raises(ManifestError, match=r"train\.csv, line 2, column 'b': not valid JSON .*a cell starting with '\['"):
+    cell = r"train\.csv, line 2, column 'b': not valid JSON .*a cell starting with '\['"
+    with pytest.raises(ManifestError, match=cell):
         polyalign.build("dataset", "manifest", path=str(tmp_path))
     (tmp_path / "train.csv").write_text("a,b\nhello,world\n")
     with pytest.raises(ManifestError, match=r"data\.modalities: 'c' never appear"):

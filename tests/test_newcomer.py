@@ -139,7 +139,8 @@ def test_a_failing_evaluator_keeps_the_others_rows_and_says_how_to_evaluate_agai
 def test_epochs_count_from_one_everywhere_and_each_reaches_a_piped_log(tmp_path, capsys):
     assert main(["train", str(XOR_CLIP), *TINY, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    epochs = re.findall(r"^epoch (\d+)/2 \(step (\d+)/16\): train_loss [\d.]+, val_loss [\d.]+$", out, flags=re.MULTILINE)
+    epochs = re.findall(r"^epoch (\d+)/2 \(step (\d+)/16\): train_loss [\d.]+, val_loss [\d.]+$", out,
+                        flags=re.MULTILINE)
     assert epochs == [("1", "8"), ("2", "16")]
     assert not re.search(r"\d+/16 steps", out)  # no progress bar when piped
     (run,) = tmp_path.iterdir()

@@ -142,7 +142,8 @@ def test_plugins_name_prints_the_options_and_the_listing_names_the_extra(capsys)
     assert "  dim: int | None = null, > 0  -- input size; default: from the data" in out
     assert main(["plugins", "webdataset"]) == 0
     out = capsys.readouterr().out
-    assert "  modalities: dict[str, str | list[str]] = {'image': 'jpg;jpeg;png;webp', 'text': 'txt'}, length >= 1" in out
+    assert ("  modalities: dict[str, str | list[str]] = {'image': 'jpg;jpeg;png;webp', 'text': 'txt'}, "
+            "length >= 1") in out
     assert "  sources.weight: float = 1.0, > 0" in out  # a nested model's options
     assert main(["plugins", "clip", "--json"]) == 0
     (clip,) = json.loads(capsys.readouterr().out)

@@ -80,7 +80,8 @@ def test_kill_9_mid_sweep_then_the_same_command_finishes_every_run_and_trains_no
     sweep = tmp_path / "sweep"
     command = ["sweep", str(SYMILE), *SMALL, "--grid", "loss.plugin=symile,clip,gram", "--jobs", "1",
                "--threads", "1", "--out", str(sweep)]
-    proc = subprocess.Popen([sys.executable, "-m", "polyalign", *command], env=entry_point_env(tmp_path, "gate", GATE_PLUGIN), cwd=ROOT,
+    env = entry_point_env(tmp_path, "gate", GATE_PLUGIN)
+    proc = subprocess.Popen([sys.executable, "-m", "polyalign", *command], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     symile, clip, gram = (sweep / "runs" / f"loss.plugin={p}" / "seed-0" for p in ("symile", "clip", "gram"))
     try:

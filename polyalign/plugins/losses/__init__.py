@@ -17,7 +17,8 @@ def register_losses(register):
     register("clip", build_clip, config=ClipConfig,
              help="Pairwise InfoNCE (CLIP/CMC) over all pairs or a star around one anchor; mean over pairs")
     register("symile", build_symile, config=SymileConfig,
-             help="Symile: InfoNCE on the multilinear inner product of all M modalities (negatives: auto, n_squared, per_modality, n)")
+             help="Symile: InfoNCE on the multilinear inner product of all M modalities "
+                  "(negatives: auto, n_squared, per_modality, n)")
     register("gram", build_gram, config=GramConfig,
              help="GRAM: symmetric InfoNCE on minus the Gram-matrix volume of an anchor and the other modalities")
     register("mv_infonce", build_mv_infonce, config=MvInfoNceConfig,
