@@ -57,6 +57,22 @@ def _fail(plugin: str, prop: str, detail: str) -> ConformanceError:
     return ConformanceError(f"{plugin} fails {prop!r}: {detail}")
 
 
+def _component(kind: str, plugin: Any, options: dict[str, Any], suffix: str = "", **context: Any) -> tuple[Any, str]:
+    """The plugin to check and how messages name it: built from its registered name with ``options``
+    (and the ``context`` its factory takes), or the object given (then ``options`` must be empty)."""
+    if isinstance(plugin, str):
+        import polyalign
+
+        who = f"{kind} {plugin!r}{suffix}"
+        try:
+            return polyalign.build(kind, plugin, **context, **options), who
+        except Exception as exc:
+            raise _fail(who, "build", f"{type(exc).__name__}: {exc}") from exc
+    if options:
+        raise ValueError(f"options are for a registered {kind} name; build the object with them instead")
+    return plugin, f"{kind} {type(plugin).__name__}{suffix}"
+
+
 def _check_skip(skip: Collection[str], known: tuple[str, ...]) -> set[str]:
     unknown = [s for s in skip if s not in known]
     if unknown:
@@ -124,18 +140,7 @@ def check_encoder(encoder: Encoder | str, values: Sequence[Any], root: Path | st
         raise ValueError(f"check_encoder needs at least two raw values (got {len(values)}): a batch of one hides "
                          f"collate and padding bugs")
     root = Path(root) if root is not None else None
-    if isinstance(encoder, str):
-        import polyalign
-
-        who = f"encoder {encoder!r}"
-        try:
-            enc = polyalign.build("encoder", encoder, modality=MODALITY, example=values[0], root=root, **options)
-        except Exception as exc:
-            raise _fail(who, "build", f"{type(exc).__name__}: {exc}") from exc
-    else:
-        if options:
-            raise ValueError("options are for a registered encoder name; build the object with them instead")
-        enc, who = encoder, f"encoder {type(encoder).__name__}"
+    enc, who = _component("encoder", encoder, options, modality=MODALITY, example=values[0], root=root)
     if "width" not in skipped:
         try:
             encoder_width(enc, who)
@@ -325,18 +330,7 @@ def check_loss(loss: Loss | str, *, modality_counts: Sequence[int] = (2, 3, 4, 5
         if not 2 <= m <= len(string.ascii_lowercase):
             raise ValueError(f"modality_counts: {m} is not between 2 and 26")
         names = list(string.ascii_lowercase[:m])
-        if isinstance(loss, str):
-            import polyalign
-
-            who = f"loss {loss!r} (M={m})"
-            try:
-                fn = polyalign.build("loss", loss, modalities=names, embed_dim=embed_dim, **options)
-            except Exception as exc:
-                raise _fail(who, "build", f"{type(exc).__name__}: {exc}") from exc
-        else:
-            if options:
-                raise ValueError("options are for a registered loss name; build the object with them instead")
-            fn, who = loss, f"loss {type(loss).__name__} (M={m})"
+        fn, who = _component("loss", loss, options, f" (M={m})", modalities=names, embed_dim=embed_dim)
         _LossCheck(fn, who, names, batch_size, embed_dim, skipped).run()
 
 
@@ -582,13 +576,7 @@ def check_dataset(dataset: Any, *, rows: int = 64, skip: Collection[str] = (), *
     from polyalign.core.stream import is_stream
 
     skipped = _check_skip(skip, DATASET_PROPERTIES)
-    if isinstance(dataset, str):
-        who = f"dataset {dataset!r}"
-        data = _build_dataset(dataset, who, options)
-    else:
-        if options:
-            raise ValueError("options are for a registered dataset name; build the object with them instead")
-        data, who = dataset, f"dataset {type(dataset).__name__}"
+    data, who = _component("dataset", dataset, options, seed=0)
     names = getattr(data, "modalities", None)
     if "modalities" not in skipped:
         if not names or isinstance(names, str) or not all(isinstance(m, str) for m in names):
@@ -638,7 +626,7 @@ def check_dataset(dataset: Any, *, rows: int = 64, skip: Collection[str] = (), *
                 raise _fail(who, "ids", f"id {twice!r} appears {ids.count(twice)} times in the first {len(head)} rows "
                                         f"of {s!r}; ids name rows in search results and must be distinct")
     if "determinism" not in skipped:
-        again = _build_dataset(dataset, who, options) if isinstance(dataset, str) else data
+        again = _component("dataset", dataset, options, seed=0)[0] if isinstance(dataset, str) else data
         for s in SPLITS:
             other = _first_rows(again.split(s), rows)
             diff = next((i for i, (x, y) in enumerate(zip(heads[s], other))
@@ -653,15 +641,6 @@ def check_dataset(dataset: Any, *, rows: int = 64, skip: Collection[str] = (), *
             if is_stream(split):
                 _check_stream(who, s, split)
     return data
-
-
-def _build_dataset(name: str, who: str, options: dict[str, Any]) -> Any:
-    import polyalign
-
-    try:
-        return polyalign.build("dataset", name, seed=0, **options)
-    except Exception as exc:
-        raise _fail(who, "build", f"{type(exc).__name__}: {exc}") from exc
 
 
 def _check_labels(who: str, split: str, head: list[dict], label_names: Any) -> None:
@@ -755,18 +734,7 @@ def check_evaluator(evaluator: Any, parts: Any = None, *, split: str = "test", s
     from polyalign.core.evaluator import NUMBER_KEYS, EvalContext, row_problem
 
     skipped = _check_skip(skip, EVALUATOR_PROPERTIES)
-    if isinstance(evaluator, str):
-        import polyalign
-
-        who = f"evaluator {evaluator!r}"
-        try:
-            fn = polyalign.build("evaluator", evaluator, **options)
-        except Exception as exc:
-            raise _fail(who, "build", f"{type(exc).__name__}: {exc}") from exc
-    else:
-        if options:
-            raise ValueError("options are for a registered evaluator name; build the object with them instead")
-        fn, who = evaluator, f"evaluator {type(evaluator).__name__}"
+    fn, who = _component("evaluator", evaluator, options)
     parts = parts if parts is not None else _tiny_parts()
     parts.model.eval()
 
