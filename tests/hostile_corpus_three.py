@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from hostile_corpus import XOR, Case, Made, _bits, _embeddings, _recipe, _run_with, _search
+from hostile_corpus import XOR, Case, Made, _bits, _embeddings, _recipe, _run_with, _save, _search, _text
 
 DEEP = "[" * 100_000 + "]" * 100_000
 BIG = 2 << 30  # 2 GiB: over the 1 GiB a shard member may hold, written as a sparse file (no disk used)
@@ -214,15 +214,15 @@ CASES: dict[str, Case] = {
     "train: shard whose samples hold no modality": lambda f, m: _train(_shard_recipe(
         f, [(f"{i:08d}.{ext}", b"1") for i in range(32) for ext in ("cls", "txt")]), f),
     # ---- 7. accepted silently before: refused now
-    "search: manifest with a repeated id": lambda f, m: _search(m, "b=" + _text_file(
+    "search: manifest with a repeated id": lambda f, m: _search(m, "b=" + _text(
         f / "m.jsonl", "".join(json.dumps({"id": "x", "b": [1, 0, 0, 0, i]}) + "\n" for i in range(2)))),
-    "search: id column repeating a row number": lambda f, m: _search(m, "b=" + _text_file(
+    "search: id column repeating a row number": lambda f, m: _search(m, "b=" + _text(
         f / "m.csv", "b,id\n\"[1, 0, 0, 0, 0]\",1\n\"[0, 1, 0, 0, 0]\",\n")),
-    "search: .txt with a repeated line": lambda f, m: _search(m, "b=" + _text_file(f / "t.txt", "a dog\na dog\n")),
-    "search: complex .npy": lambda f, m: _search(m, "b=" + _save_npy(f / "c.npy", np.eye(5) * (1 + 2j))),
+    "search: .txt with a repeated line": lambda f, m: _search(m, "b=" + _text(f / "t.txt", "a dog\na dog\n")),
+    "search: complex .npy": lambda f, m: _search(m, "b=" + _save(f / "c.npy", np.eye(5) * (1 + 2j))),
     "embed --value: complex .npy": lambda f, m: ["embed", str(m.run), "--modality", "b", "--value",
-                                                 _save_npy(f / "c.npy", np.ones(5) * 1j), "--out", "e.safetensors"],
-    "search: .npy of text": lambda f, m: _search(m, "b=" + _save_npy(f / "u.npy", np.array([["a"] * 5] * 2))),
+                                                 _save(f / "c.npy", np.ones(5) * 1j), "--out", "e.safetensors"],
+    "search: .npy of text": lambda f, m: _search(m, "b=" + _save(f / "u.npy", np.array([["a"] * 5] * 2))),
     "search: embeddings file with a repeated id": lambda f, m: _search(m, "b=" + _embeddings(
         f, m, torch.zeros(2, 16), ids="[1, 1]")),
     "search: index ids that are a mapping": lambda f, m: _search(m, "b=" + _index(f, m, ids={"0": 1})),
@@ -293,14 +293,3 @@ EXPECTED: dict[str, str] = {
 UNWANTED = ("does not exist", "not found", ".tmp-", "changed since it was counted", "loss plugin", "error: device:",
             "could not start a run", "AssertionError", "MemoryError")
 """Fragments no message of this corpus may hold: what the misleading messages said before."""
-
-
-def _text_file(path: Path, text: str) -> str:
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> str:
-    np.save(path, array)
-    return str(path)
-
