@@ -4,15 +4,17 @@ Both train the same open_clip architecture (a ViT-S-like CLIP: image ViT 64 px, 
 192, 3 layers; text width 128, 3 layers; embed_dim 128) from the same random initial weights
 (one safetensors file) on the same PNG + caption set (a CSV for open_clip, a manifest for
 polyalign), with batch 64, AdamW, warmup + cosine, gradient clipping at 1.0, one DataLoader
-worker, one torch thread, fp32 (``--device cuda`` with ``--precision bf16`` or ``fp32`` on a GPU).
-polyalign's recipe uses ``model.head: none``, so both models have the same parameters.
+worker, one torch thread, fp32 (``--device cuda`` with ``--precision bf16`` or ``fp32`` on a GPU),
+a checkpoint (weights and optimizer state) at the end of each epoch — polyalign's default, and
+open_clip's ``--save-frequency 1``. polyalign's recipe uses ``model.head: none``, so both models
+have the same parameters.
 
 Each run is a fresh process (imports and start-up count); the pairs are interleaved (polyalign
 first in even pairs, open_clip first in odd ones). Reported per trainer: median samples/s
 (training samples over the process's wall time), CPU seconds per sample (the process and its
 children), peak resident memory of the host (``VmHWM``; GPU memory is not measured), the final
-training loss, and the ratio of polyalign's samples/s
-to open_clip's with a bootstrap 95% interval over the pairs.
+training loss, and polyalign's samples/s over open_clip's: the geometric mean of the pairs'
+ratios, with a bootstrap 95% interval over the pairs.
 
     python benchmarks/peer_open_clip.py [--n 2048] [--epochs 2] [--pairs 5] [--device cpu] [--precision fp32]
     python benchmarks/peer_open_clip.py --forward-backward [--repeats 7]   # where a step's time goes
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -43,7 +46,8 @@ MODEL_CFG = {"embed_dim": 128,
              "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 3}}
 WORDS = ["red", "green", "blue", "circle", "square", "small", "large", "left", "right", "bright", "dark", "stripe"]
 
-# Runs a trainer's main in this process, then prints its peak memory and CPU seconds (with children).
+# Runs a trainer's main in this process, then prints its peak memory (host; GPU: torch's peak allocated)
+# and CPU seconds (with children).
 RUNNER = """
 import json, os, re, sys, time
 start = time.perf_counter()
@@ -57,8 +61,11 @@ else:
     assert code == 0, code
 t = os.times()
 status = open("/proc/self/status").read()
+import torch
+gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else None
 print("RESULT", json.dumps({"wall": time.perf_counter() - start, "cpu": t.user + t.system + t.children_user +
-      t.children_system, "peak_mb": int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024}))
+      t.children_system, "peak_mb": int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024,
+      "gpu_peak_mb": gpu}))
 """
 
 
@@ -126,16 +133,15 @@ def open_clip_loss(logs: Path) -> float:
     return float(re.findall(r"Contrastive_loss: ([0-9.]+)", text)[-1])
 
 
-def bootstrap(ratios_a: list[float], ratios_b: list[float], draws: int = 10000) -> tuple[float, float]:
-    """95% interval of median(a) / median(b), resampling the pairs."""
+def paired_ratio(a: list[float], b: list[float], draws: int = 10000) -> tuple[float, float, float]:
+    """The geometric mean of the pairs' ratios a_i / b_i and its bootstrap 95% interval (the pairs
+    resampled). The two runs of a pair ran back to back, so a slow spell of the machine slows both:
+    their ratio carries less of it than a ratio of medians over all runs."""
+    logs = [math.log(x / y) for x, y in zip(a, b)]
     rng = random.Random(0)
-    pairs = list(zip(ratios_a, ratios_b))
-    stats = []
-    for _ in range(draws):
-        sample = [rng.choice(pairs) for _ in pairs]
-        stats.append(statistics.median(a for a, _ in sample) / statistics.median(b for _, b in sample))
-    stats.sort()
-    return stats[int(0.025 * draws)], stats[int(0.975 * draws) - 1]
+    stats = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(draws))
+    return (math.exp(statistics.fmean(logs)), math.exp(stats[int(0.025 * draws)]),
+            math.exp(stats[int(0.975 * draws) - 1]))
 
 
 def forward_backward(args: argparse.Namespace) -> None:
@@ -237,7 +243,7 @@ def main() -> None:
                         str(weights), "--batch-size", str(args.batch), "--epochs", str(args.epochs), "--lr",
                         str(args.lr), "--wd", "0.1", "--warmup", str(args.warmup), "--grad-clip-norm", "1.0",
                         "--workers", "1", "--precision", precision, "--seed", "0", "--logs", str(out),
-                        "--name", "run", "--save-frequency", "0", "--log-every-n-steps", "1",
+                        "--name", "run", "--save-frequency", "1", "--log-every-n-steps", "1",
                         "--device", args.device], work)
                     result["loss"] = open_clip_loss(out)
                 result["samples_per_s"] = (args.n // args.batch) * args.batch * args.epochs / result["wall"]
@@ -246,21 +252,23 @@ def main() -> None:
                 print(f"pair {i} {kind}: {result['samples_per_s']:.1f} samples/s, peak {result['peak_mb']:.0f} MB, "
                       f"loss {result['loss']:.4f}", flush=True)
     speed = {k: [r["samples_per_s"] for r in v] for k, v in results.items()}
-    ratio = statistics.median(speed["polyalign"]) / statistics.median(speed["open_clip"])
-    low, high = bootstrap(speed["polyalign"], speed["open_clip"])
-    summary = {k: {m: statistics.median(r[m] for r in v) for m in ("samples_per_s", "cpu_s_per_sample", "peak_mb",
-                                                                     "loss", "wall")}
-               for k, v in results.items()}
-    memory = summary["polyalign"]["peak_mb"] / summary["open_clip"]["peak_mb"]
+    ratio, low, high = paired_ratio(speed["polyalign"], speed["open_clip"])
+    measures = ["samples_per_s", "cpu_s_per_sample", "peak_mb", "loss", "wall"]
+    if args.device != "cpu":
+        measures.append("gpu_peak_mb")
+    summary = {k: {m: statistics.median(r[m] for r in v) for m in measures} for k, v in results.items()}
+    memory = {m: summary["polyalign"][m] / summary["open_clip"][m] for m in measures if m.endswith("peak_mb")}
     print(f"\n{args.pairs} pairs, n {args.n}, {args.epochs} epochs, batch {args.batch}, {args.device} "
           f"{args.precision}; load averages {[round(x, 2) for x in load_before]} at start, "
           f"{[round(x, 2) for x in os.getloadavg()]} at end")
-    print("| trainer | samples/s | CPU s / sample | peak MB | final loss |\n|---|---|---|---|---|")
+    gpu = args.device != "cpu"
+    print("| trainer | samples/s | CPU s / sample | peak host MB |" + (" peak GPU MB |" if gpu else "") + " final loss |")
+    print("|---|---|---|---|---|" + ("---|" if gpu else ""))
     for k, s in summary.items():
         print(f"| {k} | {s['samples_per_s']:.1f} | {s['cpu_s_per_sample']:.4f} | {s['peak_mb']:.0f} | "
-              f"{s['loss']:.4f} |")
-    print(f"polyalign / open_clip samples/s: {ratio:.2f}x (95% bootstrap interval {low:.2f}-{high:.2f}); "
-          f"peak memory {memory:.2f}x")
+              + (f"{s['gpu_peak_mb']:.0f} | " if gpu else "") + f"{s['loss']:.4f} |")
+    print(f"polyalign / open_clip samples/s: {ratio:.2f}x (95% bootstrap interval {low:.2f}-{high:.2f}); peak memory "
+          + ", ".join(f"{'GPU' if m.startswith('gpu') else 'host'} {r:.2f}x" for m, r in memory.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": results,
                                     "summary": summary, "ratio": ratio, "interval": [low, high],

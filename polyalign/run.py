@@ -30,7 +30,7 @@ from polyalign.training.run_lock import hold_run_dir
 
 def note_step_cost(recipe: Recipe, trainer: Trainer) -> None:
     """Say before the first step when one loss step costs over 10 CLIP steps or over a minute."""
-    found = recipe_step_cost(recipe, trainer.loss_fn, trainer.device)
+    found = recipe_step_cost(recipe, trainer.loss_fn, trainer.device, only_slow=True)
     if found is not None and found[0].slow:
         print(f"note: {found[1]}", file=sys.stderr, flush=True)
 

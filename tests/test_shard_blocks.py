@@ -80,6 +80,9 @@ def test_no_block_for_a_partial_read_a_changed_shard_or_other_options(blocks):
     stream, _, tmp_path = blocks
     folder = tmp_path / "cache" / "blocks"
     assert len(list(islice(stream.read(stream.shards[1]), 3))) == 3 and not list(folder.glob("*.pt"))
+    assert len(list(islice(stream.read(stream.shards[2]), 2))) == 2  # readers take a shard's size and stop
+    assert len(list(folder.glob("*.pt"))) == 1
+    next(iter(folder.glob("*.pt"))).unlink()
     assert len(list(stream.read(stream.shards[1], 1))) == 3 and not list(folder.glob("*.pt"))
     list(stream.read(stream.shards[1]))
     assert len(list(folder.glob("*.pt"))) == 1

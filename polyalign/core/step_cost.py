@@ -27,6 +27,10 @@ SLOW_SECONDS = 60.0
 RATE_ROWS = 512
 """Rows of the timed reference step (capped, so that measuring takes milliseconds)."""
 
+MIN_RATE = 1e9
+"""Operations a second below any machine that runs torch on the reference step: a step that is
+not slow at this rate is not slow anywhere, and needs no measurement to say so."""
+
 
 def contrast_flops(rows: int | float, cols: int | float, d: int, matmuls: float = 3.0) -> float:
     """Operations of ``rows x cols`` logits that each cost a ``d``-long dot product in ``matmuls``
@@ -118,9 +122,15 @@ def loss_rows(train) -> int:
     return train.batch_size * (train.accumulate if train.negatives == "window" else 1)
 
 
-def recipe_step_cost(recipe, loss: torch.nn.Module, device: torch.device | str) -> tuple[StepCost, str] | None:
-    """The estimate for ``recipe``'s batch and its line, or None when the loss counts no operations."""
+def recipe_step_cost(recipe, loss: torch.nn.Module, device: torch.device | str,
+                     only_slow: bool = False) -> tuple[StepCost, str] | None:
+    """The estimate for ``recipe``'s batch and its line, or None when the loss counts no operations
+    (or, with ``only_slow``, when the step cannot be slow even at :data:`MIN_RATE`: nothing is measured)."""
     n, d, m = loss_rows(recipe.train), recipe.model.embed_dim, len(recipe.modalities)
+    if only_slow:
+        bound = estimate_step(loss, n, d, m, MIN_RATE)
+        if bound is None or not bound.slow:
+            return None
     cost = estimate_step(loss, n, d, m, measured_rate(d, device, rows=min(n, RATE_ROWS)))
     if cost is None or not math.isfinite(cost.flops):
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -26,11 +26,13 @@ from .distributed import DistInfo, mean_across_ranks
 from .loaders import TrainingData
 from .optim import build_optimizer
 from .presence import PresenceTally
-from .sharding import ShardedParts
 from .state import TrainProgress, restore_state, save_state, seed_everything
 from .step import NonFiniteError, Stepper, temperature_of
 from .threads import auto_threads
 from .window import StepRecord
+
+if TYPE_CHECKING:  # imported with strategy: fsdp only (torch.distributed.checkpoint: ~0.9 s to import)
+    from .sharding import ShardedParts
 
 TIMING_KEYS = ("samples_per_s",)  # metrics that differ between identical runs
 
@@ -119,6 +121,8 @@ class Trainer:
         compiled when asked."""
         forward: nn.Module = self.model
         if self.dist.enabled and self.recipe.train.strategy == "fsdp":
+            from .sharding import ShardedParts
+
             self.sharded = ShardedParts(self.model, self.loss_fn, self.device, self.dist.world)
         elif self.dist.enabled:  # an encoder goes unused when its modality is absent from a rank's batch
             train = self.parts.dataset.split("train")

@@ -143,9 +143,10 @@ class BlockStream(StreamSplit):
                     rows = None
             if rows is not None:
                 rows.append((key, out))
+                if len(rows) == shard.size:  # written before the last row goes: a reader may stop there
+                    self._write(name, rows)  # type: ignore[arg-type]
+                    rows = None
             yield key, out
-        if rows is not None and len(rows) == shard.size and name is not None:
-            self._write(name, rows)
 
     def _open(self, name: str) -> dict[str, Any] | None:
         if name in self.open_blocks:
