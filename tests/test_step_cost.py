@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import polyalign
 from polyalign.cli import main
 from polyalign.core.plugins import default_plugins
 from polyalign.core.step_cost import clip_flops, duration, estimate_step, measured_rate
-
 
 
 def build(name: str, m: int, n: int, **config):
@@ -58,3 +59,16 @@ def test_train_says_so_before_the_first_step(tmp_path, tiny_xor, capsys):
     polyalign.train(RECIPES / "xor-symile.yaml", out=tmp_path, overrides=[*tiny_xor, "train.epochs=1"])
     err = capsys.readouterr().err
     assert "note: one step of loss symile (M = 3, batch 64, d = 16)" in err
+
+
+@pytest.mark.parametrize("loss,device,rows", [("symile", "cpu", 128), ("symile", "cuda", 8192), ("clip", "cpu", None)])
+def test_the_rate_is_measured_where_it_matters_at_a_size_the_device_is_timed_by(monkeypatch, loss, device, rows):
+    from polyalign.core import step_cost
+
+    measured = []
+    monkeypatch.setattr(step_cost, "measured_rate", lambda d, dev, rows: measured.append(rows) or 1e9)
+    recipe = polyalign.load_recipe(Path(__file__).parents[1] / "recipes" / "xor-symile.yaml",
+                                   ["train.batch_size=128"])
+    found = step_cost.recipe_step_cost(recipe, build(loss, 3, 128), device, only_slow=True)
+    assert measured == ([rows] if rows else [])  # a CLIP step cannot be slow: nothing measured, no note
+    assert (found is not None and found[0].slow) == (loss == "symile")
