@@ -12,7 +12,7 @@ have the same parameters.
 Each run is a fresh process (imports and start-up count); the pairs are interleaved (polyalign
 first in even pairs, open_clip first in odd ones). Reported per trainer: median samples/s
 (training samples over the process's wall time), CPU seconds per sample (the process and its
-children), peak resident memory of the host (``VmHWM``; GPU memory is not measured), the final
+children), peak resident memory of the host (``VmHWM``) and, on a GPU, torch's peak allocated, the final
 training loss, and polyalign's samples/s over open_clip's: the geometric mean of the pairs'
 ratios, with a bootstrap 95% interval over the pairs.
 

@@ -143,8 +143,8 @@ class BlockStream(StreamSplit):
                     rows = None
             if rows is not None:
                 rows.append((key, out))
-                if len(rows) == shard.size:  # written before the last row goes: a reader may stop there
-                    self._write(name, rows)  # type: ignore[arg-type]
+                if len(rows) == shard.size and name is not None:  # before the last row goes: a reader may stop there
+                    self._write(name, rows)
                     rows = None
             yield key, out
 
