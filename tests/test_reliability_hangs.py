@@ -90,14 +90,24 @@ def test_a_silent_tracking_server_gets_one_bounded_check(tmp_path, capsys, silen
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ctrl_c_while_waiting_for_the_tracking_server_stops_at_once(tmp_path, capsys, silent_server, monkeypatch):
+def _ctrl_c_to_the_process() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _ctrl_c_to_this_thread() -> None:  # the kernel may hand a process's SIGINT to any of its threads
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("send", [_ctrl_c_to_the_process, _ctrl_c_to_this_thread])
+def test_ctrl_c_while_waiting_for_the_tracking_server_stops_at_once(tmp_path, capsys, silent_server, monkeypatch,
+                                                                     send):
     from polyalign.plugins.loggers import mlflow_tracking
 
     monkeypatch.setattr(mlflow_tracking, "PROBE_SECONDS", 300.0)
     real = mlflow_tracking.check_reachable
 
     def interrupted_while_waiting(uri):
-        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        threading.Timer(0.5, send).start()
         return real(uri)
 
     monkeypatch.setattr(mlflow_tracking, "check_reachable", interrupted_while_waiting)

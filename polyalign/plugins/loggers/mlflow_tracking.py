@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,26 @@ def check_reachable(uri: str) -> None:
     import urllib.error
     import urllib.request
 
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=seconds).close()
-    except urllib.error.HTTPError:
+    failed: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=seconds).close()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=probe, name="mlflow-probe", daemon=True)
+    thread.start()
+    while thread.is_alive():  # in slices: a Ctrl-C that the kernel hands to another thread is still seen at once
+        thread.join(0.1)
+    exc = failed[0] if failed else None
+    if exc is None or isinstance(exc, urllib.error.HTTPError):
         return  # it answered (a proxy or an older server may not know /health)
-    except (OSError, ValueError) as exc:  # URLError, a refused connection, a timeout, a malformed URI
+    if isinstance(exc, (OSError, ValueError)):  # URLError, a refused connection, a timeout, a malformed URI
         raise PolyalignError(f"logger 'mlflow': the tracking server {uri} cannot be reached "
                              f"({getattr(exc, 'reason', exc)}; waited at most {seconds:.0f} s). Start it, give "
                              f"another tracking_uri, or remove mlflow from the recipe's logging list.") from None
+    raise exc
 
 
 class MlflowLogger:
