@@ -98,9 +98,20 @@ def _ctrl_c_to_this_thread() -> None:  # the kernel may hand a process's SIGINT 
     signal.pthread_kill(threading.get_ident(), signal.SIGINT)
 
 
+@pytest.fixture
+def terminal_ctrl_c() -> Iterator[None]:
+    """Python's own Ctrl-C handler, as in a terminal: a shell that starts the tests in the background
+    (``cmd &``) hands them SIGINT ignored, and Python then keeps it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("send", [_ctrl_c_to_the_process, _ctrl_c_to_this_thread])
 def test_ctrl_c_while_waiting_for_the_tracking_server_stops_at_once(tmp_path, capsys, silent_server, monkeypatch,
-                                                                     send):
+                                                                     terminal_ctrl_c, send):
     from polyalign.plugins.loggers import mlflow_tracking
 
     monkeypatch.setattr(mlflow_tracking, "PROBE_SECONDS", 300.0)
