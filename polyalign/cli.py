@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from polyalign.core.errors import MAX_MESSAGE_CHARS, Notice, PolyalignError, cut, shown
-from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
+from polyalign.files.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 
 err = Console(stderr=True, highlight=False)
 # Piped (a log, a notebook cell), rich would assume 80 columns and wrap table cells mid-word; 160 fits the
@@ -137,7 +137,7 @@ def _print_report(run_dir: Path) -> None:
 
 def _evaluator_node(text: str) -> dict:
     """``--add`` value: an evaluator name, or a YAML mapping with a ``plugin`` key."""
-    from polyalign.core.yaml_file import parse_yaml
+    from polyalign.files.yaml_file import parse_yaml
 
     node = parse_yaml(text, f"--add {shown(text)}")
     if isinstance(node, str):
@@ -217,8 +217,8 @@ def _compare_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from polyalign.core.run_files import RECIPE_FILE
     from polyalign.evaluation.compare import compare_runs
+    from polyalign.files.run_files import RECIPE_FILE
 
     if args.paired:
         return _compare_paired(args)
@@ -247,7 +247,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.requirements import check_requirements
     from polyalign.shipped import resolve_recipe_path
 
@@ -255,7 +255,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_requirements(recipe, default_plugins(), args.recipe)
     lines = None
     if args.check_data:  # before the "valid" line: a recipe its data refuses is not valid
-        from polyalign.core.data_check import check_data
+        from polyalign.commands.data_check import check_data
 
         lines = check_data(recipe)
     if args.print:
@@ -273,7 +273,7 @@ def _print_step_cost(recipe) -> None:
     """The estimated cost of one loss step on this machine against a CLIP step (core/step_cost.py)."""
     from polyalign.core.assemble import build_loss
     from polyalign.core.device import pick_device
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.step_cost import recipe_step_cost
 
     try:
@@ -287,8 +287,8 @@ def _print_step_cost(recipe) -> None:
 
 def _plugin_options(name: str, as_json: bool) -> int:
     """``polyalign plugins NAME``: every component registered under NAME, with its options."""
-    from polyalign.core.options_reference import component_lines, options
-    from polyalign.core.plugins import default_plugins
+    from polyalign.commands.options_reference import component_lines, options
+    from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.registry import KINDS, unknown_name_message
 
     registry = default_plugins().registry
@@ -317,7 +317,7 @@ def _not_installed(requires: dict[str, str]) -> str:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from polyalign.core.plugins import default_plugins, describe
+    from polyalign.core.plugin_manager import default_plugins, describe
 
     if args.name is not None:
         return _plugin_options(args.name, args.json)
@@ -346,7 +346,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from polyalign.core.atomic import atomic_write_text
+    from polyalign.files.atomic import atomic_write_text
     from polyalign.shipped import recipe_summary, shipped_recipes
 
     recipes = shipped_recipes()
@@ -439,7 +439,7 @@ def _device(name: str) -> str:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.inference.retrieval import embed_to_file
+    from polyalign.inference.search import embed_to_file
 
     model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=_device(args.device))
     source = args.input if args.value is None else args.value
@@ -451,7 +451,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.inference.retrieval import index_to_file
+    from polyalign.inference.search import index_to_file
     from polyalign.inference.vector_index import IndexOptions
 
     options = IndexOptions(args.kind, args.nlist, args.nprobe, args.hnsw_m, args.ef_search)
@@ -469,7 +469,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.inference.retrieval import search_sources, show_value
+    from polyalign.inference.search import search_sources, show_value
 
     model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=_device(args.device))
     result = search_sources(model, args.query, args.candidates, args.top)
@@ -552,7 +552,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.seeds = args.seeds or written.seeds
     args.seeds = args.seeds or 1
     if args.search:
-        from polyalign.sweep.search import run_search
+        from polyalign.sweep.optuna_search import run_search
 
         found = run_search(recipe, args.grid or [], args.trials, args.metric, args.direction, args.overrides,
                            args.out, args.jobs, args.threads, args.launcher, slurm, echo, storage=args.storage)
@@ -790,7 +790,7 @@ def _error_message(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, PolyalignError):
         return str(exc), 2
     if isinstance(exc, OSError):  # the machine, not the code: a full disk, a missing permission...
-        from polyalign.core.atomic import os_error_message
+        from polyalign.files.atomic import os_error_message
 
         return cut(os_error_message(exc)), 2
     if isinstance(exc, MemoryError):

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError, shown
-from polyalign.core.json_file import JsonError, read_json
+from polyalign.files.atomic import atomic_write_text
+from polyalign.files.json_file import JsonError, read_json
+from polyalign.files.run_files import RECIPE_FILE
 
 MANIFEST = "sweep.json"
 RUNS_DIR = "runs"
@@ -193,11 +194,20 @@ def is_sweep_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def find_run_dir(slot: Path) -> Path | None:
+    """The run directory inside a slot (the one with a ``recipe.yaml``), or None if none was made yet."""
+    if not Path(slot).is_dir():
+        return None
+    runs = [d for d in sorted(Path(slot).iterdir()) if d.is_dir() and (d / RECIPE_FILE).is_file()]
+    if len(runs) > 1:
+        raise PolyalignError(f"{slot} holds {len(runs)} run directories ({', '.join(r.name for r in runs)}); a "
+                             f"sweep slot holds one. Move the extra ones out and run the sweep again")
+    return runs[0] if runs else None
+
+
 def sweep_groups(sweep_dir: str | Path) -> dict[str, list[Path]]:
     """The run directories of a sweep by configuration, named by its grid overrides (``loss.plugin=clip``;
     its folder under ``runs/`` may be shortened), in the manifest's order; runs never started are left out."""
-    from .worker import find_run_dir
-
     plan = read_plan(Path(sweep_dir))
     if plan.search is not None:  # a search: each trial its own configuration
         return {slot.name: [run] for slot in sorted((Path(sweep_dir) / RUNS_DIR).glob("trial-*"))
@@ -234,7 +244,7 @@ def _yaml_text(value: Any) -> str:
 
 def read_sweep_file(path: Path) -> SweepFile | None:
     """The sweep in ``path`` if it is a sweep file (a mapping with a ``sweep:`` block), else None (a recipe)."""
-    from polyalign.core.yaml_file import YamlError, read_yaml
+    from polyalign.files.yaml_file import YamlError, read_yaml
 
     try:
         raw = read_yaml(path)

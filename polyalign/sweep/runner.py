@@ -11,8 +11,8 @@ from typing import Any
 from polyalign.core.errors import PolyalignError, RecipeError
 
 from .launchers import LAUNCHERS, SlurmOptions, launch_local, launch_submitit, threads_per_run
-from .plan import SweepPlan, merge_plan, new_plan, slot_dir
-from .worker import DONE, FAILED, find_run_dir, finished, read_status
+from .plan import SweepPlan, find_run_dir, merge_plan, new_plan, slot_dir
+from .worker import DONE, FAILED, finished, read_status
 
 DEFAULT_ROOT = Path("sweeps")
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError, shown
 from polyalign.core.hookspecs import hookimpl
+from polyalign.files.atomic import atomic_write_text
 
 from .launchers import SlurmOptions, _submitit_executor, launch_local, threads_per_run
 from .plan import RUNS_DIR, merge_plan, new_plan, read_plan, split_values
@@ -64,11 +64,11 @@ def validation_value(run_dir: Path, metric: str) -> float:
     from polyalign.core.assemble import assemble
     from polyalign.core.device import pick_device
     from polyalign.core.evaluator import eval_tag
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.recipe import load_recipe
-    from polyalign.core.run_files import RECIPE_FILE
-    from polyalign.core.weights import load_weights, run_checkpoint
     from polyalign.evaluation.evaluate import run_evaluators
+    from polyalign.files.run_files import RECIPE_FILE
+    from polyalign.files.weights import load_weights, run_checkpoint
 
     plugins = default_plugins()
     recipe = load_recipe(run_dir / RECIPE_FILE, plugins=plugins)
@@ -126,7 +126,7 @@ def search_worker(sweep_dir: str | Path, worker: str = "worker-0", threads: int 
     returns the number this worker ran."""
     import optuna
 
-    from polyalign.core.plugins import make_plugins
+    from polyalign.core.plugin_manager import make_plugins
     from polyalign.run import train
 
     sweep_dir = Path(sweep_dir).resolve()
