@@ -66,15 +66,19 @@ def _count(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _rate(text: str) -> float:
-    """An argparse type: a probability in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {shown(text)}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
+def _number(low: float, high: float, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] (in (low, high] when ``above``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {shown(text)}") from None
+        if not (low < value if above else low <= value) or not value <= high:  # NaN fails both
+            side = f"above {low:g}" if above else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a number {side} and at most {high:g}, got {shown(text)}")
+        return value
+    return parse
+
 
 
 def _name_cells(lines: list[list[str]], n_ids: int) -> tuple[list[list[str]], list[int]]:
@@ -629,9 +633,9 @@ def parser() -> argparse.ArgumentParser:
     dd.add_argument("--n-train", type=_count(1, DEMO_MAX_ROWS), default=600)
     dd.add_argument("--n-val", type=_count(0, DEMO_MAX_ROWS), default=100)
     dd.add_argument("--n-test", type=_count(0, DEMO_MAX_ROWS), default=200)
-    dd.add_argument("--missing-rate", type=_rate, default=0.1, help="chance a train modality is left out")
+    dd.add_argument("--missing-rate", type=_number(0, 1), default=0.1, help="chance a train modality is left out")
     dd.add_argument("--seed", type=_count(0), default=0)
-    dd.add_argument("--flip-rate", type=_rate, default=0.15, help="chance a modality shows another class")
+    dd.add_argument("--flip-rate", type=_number(0, 1), default=0.15, help="chance a modality shows another class")
     dd.set_defaults(func=cmd_demo_data)
 
     sh = sub.add_parser("shards", help="write a manifest folder as webdataset tar shards (one set per split)")
@@ -715,19 +719,21 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--index", action="append", default=[], metavar="MODALITY=FILE.faiss",
                     help="what /search ranks: an index from `polyalign index`; repeatable")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=_count(0), default=8000)
+    sv.add_argument("--port", type=_count(0, 65535), default=8000,
+                    help="port to listen on (default 8000; 0 = any free port)")
     sv.add_argument("--token", action="store_true",
                     help="require 'Authorization: Bearer TOKEN' on every route but /health (the token: "
                          "$POLYALIGN_SERVE_TOKEN, which also turns this on, or a new one printed at start)")
     sv.add_argument("--workers", type=_count(1), default=1, help="processes, each with its own copy of the model")
     sv.add_argument("--threads", type=_count(1), default=None,
                     help="torch threads per worker (default: cores / workers - 1, at least 1)")
-    sv.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16 MB; 413 above)")
+    sv.add_argument("--max-body-mb", type=_number(0, 4096, above=True), default=16.0,
+                    help="largest request body (default 16 MB, at most 4096; 413 above)")
     sv.add_argument("--max-values", type=_count(1), default=64, help="values per request (default 64; 413 above)")
     sv.add_argument("--max-k", type=_count(1), default=100, help="largest k of a search (default 100; 422 above)")
     sv.add_argument("--max-batch", type=_count(1), default=64, help="requests batched into one model run (default 64)")
-    sv.add_argument("--batch-wait-ms", type=float, default=2.0,
-                    help="how long a batch waits for more requests after its first (default 2 ms)")
+    sv.add_argument("--batch-wait-ms", type=_number(0, 1000), default=2.0,
+                    help="how long a batch waits for more requests after its first (default 2 ms, at most 1000)")
     for name, kw in use.items():
         sv.add_argument(f"--{name}", **kw)
     sv.set_defaults(func=cmd_serve)
