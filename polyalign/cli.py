@@ -561,6 +561,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         found = run_search(recipe, args.grid or [], args.trials, args.metric, args.direction, args.overrides,
                            args.out, args.jobs, args.threads, args.launcher, slurm, echo, storage=args.storage)
         out.print(found.text(), markup=False, soft_wrap=True)
+        if found.best_recipe is None:
+            raise PolyalignError(f"no trial of the search completed (see the failed trials above and the study in "
+                                 f"{found.sweep_dir}); the same command resumes it")
         return 0
     from polyalign.sweep.plan import parse_grid
     from polyalign.sweep.runner import run_sweep
@@ -763,7 +766,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--time", type=_count(1), default=60, metavar="MINUTES", help="slurm: time limit per run")
     sw.add_argument("--gpus-per-node", type=_count(0), default=0, help="slurm: GPUs per run")
     sw.add_argument("--cpus-per-task", type=_count(1), help="slurm: CPUs per run (default: --threads)")
-    sw.add_argument("--mem-gb", type=float, help="slurm: memory per run")
+    sw.add_argument("--mem-gb", type=_number(0, 1e6, above=True), help="slurm: memory per run")
     sw.add_argument("--status", metavar="SWEEP_DIR", help="show a sweep's runs done, running, failed, and the "
                                                           "time left; runs nothing")
     sw.add_argument("--search", choices=["optuna"], help="search the --grid space with Optuna (TPE, pruning on "
