@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -110,8 +111,21 @@ def config_name(overrides: list[str]) -> str:
     return name
 
 
+MAX_RUNS = 10_000  # a larger sweep is refused before it is expanded (its plan alone would take minutes)
+
+
+def check_size(grid: dict[str, list[str]], seeds: int) -> None:
+    """Refuse a grid x seeds of more than :data:`MAX_RUNS` runs, saying how it multiplies out."""
+    total = math.prod(len(v) for v in grid.values()) * seeds
+    if total > MAX_RUNS:
+        sizes = " x ".join([f"{len(v)} values of {k}" for k, v in grid.items()] + [f"{seeds:,} seed(s)"])
+        raise PolyalignError(f"the sweep would hold {total:,} runs ({sizes}); at most {MAX_RUNS:,} fit one sweep: "
+                             f"split it into several, or search the space with --search optuna --trials N")
+
+
 def grid_runs(grid: dict[str, list[str]], seeds: list[int]) -> list[RunSpec]:
     """The runs of a grid: every combination of values (first key slowest) times every seed."""
+    check_size(grid, len(seeds))
     runs = []
     for combo in itertools.product(*grid.values()):
         overrides = [f"{k}={v}" for k, v in zip(grid, combo)]

@@ -1,7 +1,9 @@
-"""`polyalign sweep --search optuna` checks its metric and its storage before any trial trains, and a search
-with no completed trial is a failure."""
+"""`polyalign sweep`: a search checks its metric and its storage before any trial trains, a search with no
+completed trial is a failure, and a grid too large for one sweep is refused before it is expanded."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from conftest import RECIPES
@@ -55,3 +57,17 @@ def test_a_search_where_no_trial_completed_fails_without_optuna_tracebacks(tmp_p
     captured = capfd.readouterr()
     assert "no trial of the search completed" in captured.err and "train.batch_size" in captured.out
     assert "Traceback" not in captured.err + captured.out
+
+
+@pytest.mark.parametrize("extra, said", [
+    (["--grid", "train.lr=" + ",".join(f"0.{i:04d}1" for i in range(101)),
+      "--grid", "train.batch_size=" + ",".join(str(i) for i in range(1, 101))],
+     "the sweep would hold 10,100 runs (101 values of train.lr x 100 values of train.batch_size x 1 seed(s))"),
+    (["--seeds", "1000000000"], "the sweep would hold 1,000,000,000 runs (1,000,000,000 seed(s))"),
+])
+def test_a_grid_too_large_is_refused_at_once_with_its_size(extra, said, tmp_path, capsys):
+    started = time.monotonic()
+    assert main(["sweep", str(RECIPES / "xor-symile.yaml"), "--out", str(tmp_path / "big"), *extra]) == 2
+    assert time.monotonic() - started < 10
+    err = capsys.readouterr().err
+    assert said in err and "at most 10,000" in err and not (tmp_path / "big").exists()
