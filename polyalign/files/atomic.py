@@ -27,6 +27,11 @@ def describe_os_error(exc: OSError, then: str = "then run the command again") ->
         text += f" (the disk or quota is full: free some space, {then})"
     elif exc.errno == errno.EFBIG:
         text += f" (a file would exceed this process's file size limit, `ulimit -f`: raise the limit, {then})"
+    elif exc.errno == errno.EEXIST:
+        text += " (something of that name is there already; where a folder is needed, move or rename the file, " \
+                "or choose another folder)"
+    elif exc.errno == errno.ENOTDIR:
+        text += " (a part of the path is a file, not a folder: choose a folder, or move the file out of the way)"
     elif exc.errno == errno.ENAMETOOLONG:
         text += " (a file or folder name is longer than the file system allows, usually 255 bytes: choose a " \
                 "shorter name or folder)"
