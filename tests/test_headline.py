@@ -3,6 +3,7 @@ paired tests of two sweep configurations named by their grid values."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from polyalign.evaluation.headline import config_headline, paired_headline, pars
 from polyalign.sweep.grid_values import configuration
 from polyalign.sweep.plan import new_plan, slot_dir, write_plan
 
+ROOT = Path(__file__).resolve().parents[1]
 N = 100  # test tuples per seed
 REST = [parse_pattern("zero_shot/*_from_rest/accuracy")]
 
@@ -135,3 +137,33 @@ def test_a_selector_naming_several_configurations_asks_for_the_other_keys(tmp_pa
     with pytest.raises(PolyalignError, match="names 2 configurations .*give a value of each grid key"):
         configuration(sweep, "loss.plugin=clip")
     assert configuration(sweep, "train.lr=0.010, loss.plugin=clip")[0] == "loss.plugin=clip, train.lr=0.01"
+
+
+def test_the_objectives_benchmark_is_a_polyalign_sweep_read_back_by_the_compare_headline(tmp_path, capsys):
+    """A tiny real sweep: 2 objectives x 2 seeds of a few steps on the xor recipe."""
+    spec = importlib.util.spec_from_file_location("objectives", ROOT / "benchmarks" / "objectives.py")
+    objectives = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(objectives)
+    small = ["data.n_train=128", "data.n_val=32", "data.n_test=64", "train.batch_size=32", "train.epochs=1"]
+    objectives.main(["--sets", "xor", "--objectives", "clip", "clip + symile (scored together)", "--seeds", "2",
+                     "--jobs", "2", "--sweeps", str(tmp_path / "sweeps"), "--out", str(tmp_path / "o.json"),
+                     "--set", *small])
+    saved = json.loads((tmp_path / "o.json").read_text())
+    sweep = tmp_path / "sweeps" / "xor"
+    assert saved["commands"][1].startswith("polyalign sweep recipes/xor-symile.yaml --grid 'loss={plugin: clip},")
+    heads = saved["headlines"]["xor"]
+    for name, selector in (("clip", "loss=clip"), ("clip + symile (scored together)", "loss=[clip, symile]")):
+        _, runs = configuration(sweep, selector)
+        by_hand = [next(r["value"] for r in json.loads((run / "eval" / "report.json").read_text())
+                        if r["target"] == "b" and r["query"] == ["a", "c"] and r["metric"] == "accuracy")
+                   for run in sorted(runs, key=lambda r: r.parent.name)]  # seed-0, seed-1
+        assert heads[name]["values"] == pytest.approx(by_hand) and heads[name]["value"] == pytest.approx(
+            sum(by_hand) / 2)
+        assert 0.0 <= heads[name]["ci_low"] <= heads[name]["value"] <= heads[name]["ci_high"] <= 1.0
+        assert f"| {name} | {heads[name]['value']:.3f} [" in saved["table"]
+    assert main(["compare", str(sweep), "--paired", "loss=[clip, symile]", "loss=clip", "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "paired.json").read_text())["rows"][0]
+    both, clip = heads["clip + symile (scored together)"]["value"], heads["clip"]["value"]
+    assert (row["task"], row["seeds"], row["tuples"]) == ("headline", [0, 1], 2 * 64)
+    assert (row["a"], row["b"], row["difference"]) == (pytest.approx(both), pytest.approx(clip),
+                                                       pytest.approx(both - clip))
