@@ -308,17 +308,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _print_step_cost(recipe) -> None:
-    """The estimated cost of one loss step on this machine against a CLIP step (core/step_cost.py)."""
+    """What each ``auto`` of the recipe stands for here, and the estimated cost of one loss step on this machine
+    against a CLIP step (core/step_cost.py)."""
     from polyalign.core.assemble import build_loss
     from polyalign.core.device import pick_device
     from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.step_cost import recipe_step_cost
+    from polyalign.training.auto_values import autos_text, resolved_autos
 
     try:
         device = pick_device(recipe.train.device)
     except PolyalignError:  # validating for a device this machine lacks: its own rate stands in
         device = pick_device("cpu")
-    found = recipe_step_cost(recipe, build_loss(recipe, default_plugins()), device)
+    loss = build_loss(recipe, default_plugins())
+    for line in autos_text(resolved_autos(recipe, loss, device)):
+        out.print(escape(line), soft_wrap=True)
+    found = recipe_step_cost(recipe, loss, device)
     if found is not None:
         out.print(f"{'note' if found[0].slow else 'step cost'}: {escape(found[1])}", soft_wrap=True)
 

@@ -43,7 +43,8 @@ class Pattern:
         else:
             query_ok = fnmatch.fnmatchcase("+".join(query), self.query)
         return (query_ok and fnmatch.fnmatchcase(str(row.get("task", "")), self.task)
-                and fnmatch.fnmatchcase(target, self.target) and fnmatch.fnmatchcase(str(row.get("metric")), self.metric))
+                and fnmatch.fnmatchcase(target, self.target)
+                and fnmatch.fnmatchcase(str(row.get("metric")), self.metric))
 
 
 def parse_pattern(text: str) -> Pattern:
