@@ -172,8 +172,8 @@ def config_headline(label: str, runs: list[RunReport], patterns: list[Pattern], 
     rng = np.random.default_rng(seed)
     tables = [tuple_table(run.run_dir, rows) for run, rows in zip(runs, chosen)]
     if all(t is not None for t in tables):
-        boot, interval = seed_bootstrap(np.stack([tuple_bootstrap(t[1], t[2], rng) for t in tables]), rng), \
-            "seeds and tuples"
+        per_seed = np.stack([tuple_bootstrap(values, present, rng) for _, values, present in tables])
+        boot, interval = seed_bootstrap(per_seed, rng), "seeds and tuples"
     elif len(runs) > 1:
         boot, interval = seed_bootstrap(values, rng), "seeds"
     else:
