@@ -1,11 +1,12 @@
-"""Every built-in objective on three kinds of multi-modal information, over several seeds.
+"""Every built-in objective on three kinds of multi-modal information, over several seeds, as one
+``polyalign sweep`` per set (the loss the grid) read back with ``polyalign compare``'s headline.
 
     python benchmarks/objectives.py                       # 3 seeds, every objective, 3 sets, 2 jobs
     python benchmarks/objectives.py --seeds 1 --objectives clip "symile (per_modality)" --sets digits
     python benchmarks/objectives.py --costs               # the per-step cost table instead
 
-The three sets, each trained with ``polyalign.train`` from a shipped recipe with only the loss
-replaced (and the overrides below), then scored with the loss's own rule:
+The three sets, each a shipped recipe with only the loss replaced (and the overrides below), every
+objective scored with the loss's own rule:
 
 - ``xor`` (joint information only): the Symile paper's XOR (recipes/xor-symile.yaml, d_v = 5,
   p̂ = 1): predict b from (a, c) among the 32 distinct b vectors. Pairwise objectives stay at
@@ -18,24 +19,25 @@ replaced (and the overrides below), then scored with the loss's own rule:
   and c share; predict b from (a, c) among the 64 distinct b vectors. Pairwise information finds
   the shared bits (0.125 at best), joint information the rest.
 
-Prints one Markdown table (mean and 95% interval over seeds, Student's t) and writes
-``benchmarks/results/objectives.json``. Runs go ``--jobs`` at a time, one torch thread each.
-A configuration whose loss step the cost estimate puts above ``--max-step-seconds`` is skipped
-and its cell says so (symile n_squared at M = 6).
+Each set is the sweep directory ``--sweeps/<set>`` (its command printed before it runs): the same
+command again keeps the finished runs, and more objectives or seeds add runs to it. A cell is the
+configuration's headline (``polyalign compare SWEEP``: the mean of the one-from-rest accuracy rows,
+95% percentile bootstrap over seeds and test tuples); the table holds every objective the sweeps
+hold. Prints it as Markdown and writes ``benchmarks/results/objectives.json``. A configuration whose
+loss step the cost estimate puts above ``--max-step-seconds`` is left out of the grid and its cell
+says so (symile n_squared at M = 6). Two configurations are tested against each other with
+``polyalign compare SWEEP --paired 'loss=clip' 'loss=[clip, symile]'``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
-import statistics
+import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,66 +71,64 @@ OBJECTIVES = {  # row name -> the recipe's `loss:` node, as YAML
     "clip + symile (per_modality)": "[{plugin: clip}, {plugin: symile, negatives: per_modality}]",
 }
 
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-"""Student's t quantile 0.975 by degrees of freedom (seeds - 1)."""
+SWEEPS = Path("sweeps") / "objectives"
 
 
-def accuracy(run_dir: Path) -> float:
-    """Mean top-1 accuracy over the run's zero_shot evaluations."""
-    rows = json.loads((run_dir / "eval" / "report.json").read_text())
-    values = [r["value"] for r in rows if r["task"] == "zero_shot" and r["metric"] == "accuracy"]
-    return sum(values) / len(values)
+def label(name: str) -> str:
+    """The configuration's label in the sweep (its grid override)."""
+    return f"loss={OBJECTIVES[name]}"
 
 
-def one_run(job: dict) -> dict:
-    """Train and evaluate one (objective, set, seed), or skip it when one step would take too long."""
-    import contextlib
-    import io
-
-    import torch
-
+def too_slow(set_name: str, name: str, overrides: list[str], max_seconds: float) -> str | None:
+    """Why the objective is left out of the set's grid (its estimated loss step above ``max_seconds``), or None."""
     import polyalign
     from polyalign.core.assemble import build_loss
     from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.step_cost import recipe_step_cost
 
-    torch.set_num_threads(1)
-    recipe_path, overrides = ROOT / SETS[job["set"]][0], job["overrides"]
-    recipe = polyalign.load_recipe(recipe_path, overrides)
+    recipe = polyalign.load_recipe(ROOT / SETS[set_name][0], [*overrides, f"loss={OBJECTIVES[name]}"])
     found = recipe_step_cost(recipe, build_loss(recipe, default_plugins()), "cpu")
-    out = {k: job[k] for k in ("objective", "set", "seed", "overrides")}
-    if found is not None and found[0].seconds > job["max_step_seconds"]:
-        return {**out, "skipped": found[1]}
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="objectives-") as tmp, contextlib.redirect_stderr(io.StringIO()):
-        run_dir = polyalign.train(recipe_path, out=tmp, overrides=overrides)
-        acc = accuracy(run_dir)
-    return {**out, "accuracy": acc, "seconds": round(time.perf_counter() - start, 1)}
+    return found[1] if found is not None and found[0].seconds > max_seconds else None
 
 
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% confidence interval (Student's t; 0 for one value)."""
-    mean = statistics.mean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+def sweep_command(set_name: str, names: list[str], seeds: int, jobs: int, sweep_dir: Path,
+                  overrides: list[str]) -> list[str]:
+    """The ``polyalign sweep`` command of one set (run in the repository): its recipe, the objectives as the grid of
+    ``loss``."""
+    grid = "loss=" + ",".join(OBJECTIVES[n] for n in names)
+    return ["polyalign", "sweep", SETS[set_name][0], "--grid", grid,
+            "--seeds", str(seeds), "--jobs", str(jobs), "--threads", "1", "--out", str(sweep_dir), *overrides]
 
 
-def markdown(runs: list[dict], objectives: list[str], sets: list[str], seeds: int) -> str:
-    """One row per objective, one column per set: mean ± 95% half-width of the accuracy."""
-    lines = [f"Top-1 accuracy, mean ± 95% interval over {seeds} seed(s) (Student's t), each objective "
-             f"scored with its own rule. " + "; ".join(f"{s}: {SETS[s][2]}" for s in sets) + ".", "",
+def headlines(sweep_dir: Path) -> dict[str, dict]:
+    """Objective name -> the headline of its configuration in the sweep (as ``polyalign compare`` computes it)."""
+    from polyalign.evaluation.compare import load_run
+    from polyalign.evaluation.headline import config_headline, default_patterns
+    from polyalign.sweep.plan import sweep_groups
+
+    names = {label(n): n for n in OBJECTIVES}
+    groups = {k: [load_run(r) for r in runs] for k, runs in sweep_groups(sweep_dir).items() if runs and k in names}
+    patterns = default_patterns([run for runs in groups.values() for run in runs])
+    return {names[k]: vars(config_headline(k, runs, patterns)) for k, runs in groups.items()}
+
+
+def markdown(found: dict[str, dict[str, dict]], skipped: dict[str, dict[str, str]], sets: list[str]) -> str:
+    """One row per objective, one column per set: the headline and its 95% bootstrap interval."""
+    lines = ["Top-1 accuracy (one-from-rest, mean over the targets), mean over seeds [95% percentile bootstrap over "
+             "seeds and test tuples], each objective scored with its own rule. "
+             + "; ".join(f"{s}: {SETS[s][2]}" for s in sets) + ".", "",
              "| objective | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
-    for name in objectives:
+    for name in OBJECTIVES:
+        if not any(name in found[s] or name in skipped[s] for s in sets):
+            continue
         cells = []
         for s in sets:
-            mine = [r for r in runs if r["objective"] == name and r["set"] == s]
-            accs = [r["accuracy"] for r in mine if "accuracy" in r]
-            if accs:
-                mean, half = interval(accs)
-                cells.append(f"{mean:.3f} ± {half:.3f}")
+            h = found[s].get(name)
+            if h is None:
+                cells.append("skipped: step too slow" if name in skipped[s] else "—")
             else:
-                cells.append("skipped: step too slow" if mine else "—")
+                ci = f" [{h['ci_low']:.3f}, {h['ci_high']:.3f}]" if h["ci_low"] is not None else ""
+                cells.append(f"{h['value']:.3f}{ci} ({h['runs']} seeds)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -195,20 +195,20 @@ def cost_markdown(rows: list[dict], objectives: list[str], shapes: list[tuple[in
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell (0..seeds-1)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration (0, 1, ...)")
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES),
                         metavar="OBJECTIVE")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides applied to every run, e.g. train.epochs=10")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
+    parser.add_argument("--sweeps", type=Path, default=SWEEPS, help="folder of the sweep directories, one per set")
     parser.add_argument("--max-step-seconds", type=float, default=2.0,
                         help="skip a configuration whose estimated loss step takes longer")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the results file's runs of the objectives not named, and rerun only these")
     parser.add_argument("--costs", action="store_true", help="print the per-step cost table instead")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    args.sweeps = args.sweeps.resolve()  # the sweeps run in the repository
     if args.costs:
         shapes = [(3, 128), (3, 512), (6, 128), (6, 512)]
         table, rows = cost_table(args.objectives, shapes)
@@ -219,32 +219,33 @@ def main(argv: list[str] | None = None) -> None:
                                    "rows": rows, "table": table, "load_average": os.getloadavg()}, indent=2) + "\n")
         print(f"\nwrote {out}", file=sys.stderr)
         return
-    jobs = [{"objective": name, "set": s, "seed": seed, "max_step_seconds": args.max_step_seconds,
-             "overrides": [*SETS[s][1], f"loss={OBJECTIVES[name]}", f"seed={seed}", "logging=[]", *args.set]}
-            for seed in range(args.seeds) for s in args.sets for name in args.objectives]
-    runs, start, commands, rows = [], time.perf_counter(), [], list(args.objectives)
+    given = sys.argv[1:] if argv is None else argv
+    commands = ["python " + shlex.join([f"benchmarks/{Path(__file__).name}", *given])]
+    found: dict[str, dict[str, dict]] = {}
+    skipped: dict[str, dict[str, str]] = {}
+    start = time.perf_counter()
+    for s in args.sets:
+        overrides = [*SETS[s][1], "logging=[]", *args.set]
+        skipped[s] = {n: why for n in args.objectives if (why := too_slow(s, n, overrides, args.max_step_seconds))}
+        names = [n for n in args.objectives if n not in skipped[s]]
+        sweep_dir = args.sweeps / s
+        command = sweep_command(s, names, args.seeds, args.jobs, sweep_dir, overrides)
+        commands.append(shlex.join(command))
+        for n, why in skipped[s].items():
+            print(f"{s}: {n} left out: {why}", file=sys.stderr, flush=True)
+        if names:
+            print(f"$ {shlex.join(command)}", file=sys.stderr, flush=True)
+            if subprocess.run([sys.executable, "-m", *command], cwd=ROOT).returncode:
+                print(f"{s}: some runs failed (their errors above); the table holds the finished ones, and the "
+                      f"same command tries the others again", file=sys.stderr, flush=True)
+        found[s] = headlines(sweep_dir) if (sweep_dir / "sweep.json").is_file() else {}
+    table = markdown(found, skipped, args.sets)
     out = args.out or RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.keep and out.exists():  # the earlier sweep's other rows, in the table's order
-        earlier = json.loads(out.read_text())
-        runs = [r for r in earlier["runs"] if r["objective"] not in args.objectives]
-        commands = earlier.get("commands", [earlier.get("command")])
-        rows = [o for o in OBJECTIVES if o in args.objectives or any(r["objective"] == o for r in runs)]
-    commands.append("python " + shlex.join([f"benchmarks/{Path(__file__).name}",
-                                             *(sys.argv[1:] if argv is None else argv)]))
-    kept = len(runs)
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for run in pool.map(one_run, jobs):
-            runs.append(run)
-            shown = f"accuracy={run['accuracy']:.3f} ({run['seconds']:.0f} s)" if "accuracy" in run else "skipped"
-            print(f"[{len(runs) - kept}/{len(jobs)}] {run['objective']:34s} {run['set']:7s} seed={run['seed']} "
-                  f"{shown}", file=sys.stderr, flush=True)
-            table = markdown(runs, rows, args.sets, args.seeds)
-            out.write_text(json.dumps({"commands": commands, "seeds": args.seeds, "jobs": args.jobs,
-                                       "cpu_count": os.cpu_count(), "finished": len(runs) - kept == len(jobs),
-                                       "minutes": round((time.perf_counter() - start) / 60, 1),
-                                       "load_average": os.getloadavg(), "runs": runs, "table": table},
-                                      indent=2) + "\n")  # after every run: a long sweep stopped early keeps its rows
+    out.write_text(json.dumps({"commands": commands, "seeds": args.seeds, "jobs": args.jobs,
+                               "cpu_count": os.cpu_count(), "minutes": round((time.perf_counter() - start) / 60, 1),
+                               "load_average": os.getloadavg(), "sweeps": {s: str(args.sweeps / s) for s in args.sets},
+                               "headlines": found, "skipped": skipped, "table": table}, indent=2) + "\n")
     print(table)
     print(f"\nwrote {out}", file=sys.stderr)
 

@@ -176,30 +176,67 @@ def _print_lines(title: str, header: list[str], lines: list[list[str]], caption:
     out.print(table)
 
 
+def _headline_patterns(args: argparse.Namespace) -> list | None:
+    from polyalign.evaluation.headline import parse_pattern
+
+    return [parse_pattern(t) for t in args.headline] if args.headline else None
+
+
 def _compare_paired(args: argparse.Namespace) -> int:
     from polyalign.evaluation.aggregate import run_dirs_in
+    from polyalign.evaluation.compare import load_run
+    from polyalign.evaluation.headline import default_patterns, paired_headline
     from polyalign.evaluation.paired import PAIRED_HEADER, RESAMPLES, paired_test, write_paired
+    from polyalign.sweep.grid_values import configuration
     from polyalign.sweep.plan import is_sweep_dir, sweep_groups
 
-    if len(args.run_dirs) == 1 and is_sweep_dir(args.run_dirs[0]):
-        groups = {k: v for k, v in sweep_groups(args.run_dirs[0]).items() if v}
+    sweep = args.run_dirs[0] if is_sweep_dir(args.run_dirs[0]) else None
+    if sweep and len(args.run_dirs) == 3:  # two configurations named by their grid values
+        (a_label, a), (b_label, b) = (configuration(sweep, s) for s in args.run_dirs[1:])
+    elif sweep and len(args.run_dirs) == 1:
+        groups = {k: v for k, v in sweep_groups(sweep).items() if v}
         if len(groups) != 2:
-            raise PolyalignError(f"--paired on a sweep compares its two configurations; {args.run_dirs[0]} has "
-                                 f"{len(groups)} ({', '.join(groups)}). Give two: polyalign compare --paired "
-                                 f"{args.run_dirs[0]}/runs/CONFIG_A {args.run_dirs[0]}/runs/CONFIG_B")
+            raise PolyalignError(f"--paired on a sweep compares two configurations; {sweep} has {len(groups)} "
+                                 f"({'; '.join(groups)}). Name two by their grid values: polyalign compare "
+                                 f"{sweep} --paired 'KEY=A' 'KEY=B'")
         (a_label, a), (b_label, b) = groups.items()
-    elif len(args.run_dirs) == 2:
+    elif len(args.run_dirs) == 2 and not sweep:
         (a_label, b_label), (a, b) = args.run_dirs, [run_dirs_in(d) for d in args.run_dirs]
     else:
-        raise PolyalignError("--paired compares two sides: give A B (each a run directory or a folder of runs, "
-                             "such as a sweep's runs/CONFIG), or one sweep directory of two configurations")
-    rows = [r for metric in args.metric or ["accuracy"] for r in paired_test(a, b, metric)]
+        raise PolyalignError("--paired compares two sides: give A B (each a run directory or a folder of runs), a "
+                             "sweep directory and two of its configurations by grid value (SWEEP 'KEY=A' 'KEY=B'), "
+                             "or one sweep directory of two configurations")
+    for label, side in ((a_label, a), (b_label, b)):
+        if not side:
+            raise PolyalignError(f"configuration {label}: no run of it has started yet")
+    patterns = _headline_patterns(args) or default_patterns([load_run(d) for d in [*a, *b]])
+    rows = [paired_headline(a, b, patterns)] if patterns else []
+    rows += [r for metric in args.metric or ["accuracy"] for r in paired_test(a, b, metric)]
     _print_lines("paired comparison", PAIRED_HEADER, [r.line() for r in rows],
                  f"A = {a_label}; B = {b_label}; interval: paired bootstrap over seeds and tuples; p: paired "
                  f"permutation test ({RESAMPLES} sign flips)", 4)
     files = write_paired(rows, a_label, b_label, args.out)
     out.print("table: " + ", ".join(str(f) for f in files))
     return 0
+
+
+def _print_headlines(args: argparse.Namespace, groups: dict[str, list]) -> None:
+    """The headline of each configuration (the chosen rows' mean over runs, with its bootstrap interval)."""
+    from polyalign.evaluation.headline import HEADLINE_HEADER, config_headline, default_patterns, pattern_text
+    from polyalign.files.atomic import atomic_write_text
+
+    patterns = _headline_patterns(args) or default_patterns([run for runs in groups.values() for run in runs])
+    if patterns is None:
+        return  # no default headline fits these reports; --headline names one
+    found = [config_headline(label, runs, patterns) for label, runs in groups.items()]
+    chosen = " ".join(pattern_text(p) for p in patterns)
+    _print_lines("headline", HEADLINE_HEADER, [h.line() for h in found],
+                 f"headline: mean of the rows {chosen}, then over the runs; 95% interval: percentile bootstrap "
+                 f"(resampled: seeds, and test tuples within each seed where the runs kept their ranks)", 1)
+    path = Path(args.out) / "headline.json"
+    atomic_write_text(path, json.dumps({"headline": chosen, "configurations": [vars(h) for h in found]},
+                                       indent=2) + "\n")
+    out.print(f"headline: {path}")
 
 
 def _compare_groups(args: argparse.Namespace) -> int:
@@ -217,6 +254,7 @@ def _compare_groups(args: argparse.Namespace) -> int:
     for reason in result.skipped:
         err.print(f"[yellow]skipped:[/yellow] {escape(reason)}", soft_wrap=True)
     out.print("tables and plot: " + ", ".join(str(f) for f in result.files))
+    _print_headlines(args, result.groups)
     return 0
 
 
@@ -274,17 +312,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _print_step_cost(recipe) -> None:
-    """The estimated cost of one loss step on this machine against a CLIP step (core/step_cost.py)."""
+    """What each ``auto`` of the recipe stands for here, and the estimated cost of one loss step on this machine
+    against a CLIP step (core/step_cost.py)."""
     from polyalign.core.assemble import build_loss
     from polyalign.core.device import pick_device
     from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.step_cost import recipe_step_cost
+    from polyalign.training.auto_values import autos_text, resolved_autos
 
     try:
         device = pick_device(recipe.train.device)
     except PolyalignError:  # validating for a device this machine lacks: its own rate stands in
         device = pick_device("cpu")
-    found = recipe_step_cost(recipe, build_loss(recipe, default_plugins()), device)
+    loss = build_loss(recipe, default_plugins())
+    for line in autos_text(resolved_autos(recipe, loss, device)):
+        out.print(escape(line), soft_wrap=True)
+    found = recipe_step_cost(recipe, loss, device)
     if found is not None:
         out.print(f"{'note' if found[0].slow else 'step cost'}: {escape(found[1])}", soft_wrap=True)
 
@@ -607,7 +650,12 @@ def parser() -> argparse.ArgumentParser:
                                                      "with --paired: accuracy)")
     c.add_argument("--paired", action="store_true",
                    help="test A against B on the same test tuples (runs matched by seed): difference, 95%% "
-                        "interval (paired bootstrap) and p-value (paired permutation test)")
+                        "interval (paired bootstrap) and p-value (paired permutation test); on a sweep, name "
+                        "the two configurations by grid value: SWEEP --paired 'loss=clip' 'loss=[clip, symile]'")
+    c.add_argument("--headline", action="append", metavar="TASK/TARGET_from_QUERY/METRIC",
+                   help="the rows whose mean is each configuration's headline, as shell patterns (repeatable; "
+                        "QUERY 'rest' = every other modality; default: zero_shot/*_from_rest/accuracy, else "
+                        "retrieval/*_from_rest/R@1)")
     c.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("validate", help="check a recipe and report every problem at once")

@@ -22,6 +22,7 @@ from polyalign.core.requirements import check_requirements
 from polyalign.core.step_cost import recipe_step_cost
 from polyalign.evaluation.evaluate import EvaluatorsFailed, check_eval_split, run_evaluators, write_report
 from polyalign.files.atomic import os_error_message
+from polyalign.training.auto_values import autos_text
 from polyalign.training.distributed import broadcast_from_main, finish_distributed, init_distributed
 from polyalign.training.loop import Trainer
 from polyalign.training.run_dir import new_run_dir, resume_recipe, write_recipe
@@ -69,8 +70,10 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
                 trainer = Trainer(recipe, run_dir, plugins, dist, resume=resume is not None)
                 check_eval_split(recipe, trainer.parts, split="test")
                 if resume is None and dist.is_main:  # record inferred encoder options (load without data)
-                    write_recipe(run_dir, with_rebuild_options(trainer.recipe, trainer.model, plugins))
+                    write_recipe(run_dir, with_rebuild_options(trainer.recipe, trainer.model, plugins), trainer.autos)
                 if dist.is_main:
+                    for line in autos_text(trainer.autos):
+                        print(line, file=sys.stderr, flush=True)
                     note_step_cost(recipe, trainer)
                 metrics = trainer.fit()
                 parts = trainer.evaluation_parts()

@@ -54,11 +54,19 @@ def pick_device(name: str, option: str = "train.device") -> torch.device:
     return torch.device(name)
 
 
+def resolved_precision(precision: str, device: torch.device) -> str:
+    """What ``precision`` trains in on ``device``: ``auto`` is bf16 on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast for ``bf16`` (or ``auto`` on CUDA), fp16 autocast for ``fp16``; nothing for fp32."""
+    precision = resolved_precision(precision, device)
     if precision == "fp16":
         return torch.autocast(device_type=device.type, dtype=torch.float16)
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

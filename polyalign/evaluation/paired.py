@@ -87,7 +87,8 @@ def _seed_and_data(run_dir: Path) -> tuple[int, Any]:
         raise PolyalignError(f"{run_dir}: cannot read its seed and data from {RECIPE_FILE} ({exc})") from None
 
 
-def _ranks(run_dir: Path) -> dict[tuple, dict[str, Any]]:
+def read_ranks(run_dir: Path) -> dict[tuple, dict[str, Any]]:
+    """A run's per-query ranks (``eval/ranks.json``) by (task, target, query)."""
     path = run_dir / REPORT_DIR / RANKS_JSON
     if not path.exists():
         raise PolyalignError(f"{run_dir} has no per-tuple ranks ({REPORT_DIR}/{RANKS_JSON}); `polyalign eval "
@@ -99,7 +100,8 @@ def _ranks(run_dir: Path) -> dict[tuple, dict[str, Any]]:
         raise PolyalignError(f"{path} cannot be read ({exc}); `polyalign eval {run_dir}` writes it again") from None
 
 
-def _by_seed(runs: list[Path], side: str) -> dict[int, tuple[Path, Any]]:
+def runs_by_seed(runs: list[Path], side: str) -> dict[int, tuple[Path, Any]]:
+    """Seed -> (run, its data section) of one side of a paired test; two runs of one seed are refused."""
     out: dict[int, tuple[Path, Any]] = {}
     for run in runs:
         seed, data = _seed_and_data(run)
@@ -113,7 +115,7 @@ def _by_seed(runs: list[Path], side: str) -> dict[int, tuple[Path, Any]]:
 def paired_differences(a_runs: list[Path], b_runs: list[Path], metric: str) -> dict[tuple, list[tuple]]:
     """(task, target, query) -> per seed ``(seed, metric under A, metric under B)`` arrays over the tuples
     both runs of that seed ranked."""
-    a, b = _by_seed(a_runs, "A"), _by_seed(b_runs, "B")
+    a, b = runs_by_seed(a_runs, "A"), runs_by_seed(b_runs, "B")
     seeds = sorted(set(a) & set(b))
     if not seeds:
         raise PolyalignError(f"no seed has a run on both sides (A: seeds {sorted(a)}, B: seeds {sorted(b)}); a "
@@ -124,7 +126,7 @@ def paired_differences(a_runs: list[Path], b_runs: list[Path], metric: str) -> d
         if data_a != data_b:
             raise PolyalignError(f"seed {seed}: {run_a} and {run_b} have different data sections, so not the same "
                                  f"test tuples; a paired test needs the same data")
-        ranks_a, ranks_b = _ranks(run_a), _ranks(run_b)
+        ranks_a, ranks_b = read_ranks(run_a), read_ranks(run_b)
         for key in ranks_a.keys() & ranks_b.keys():
             ra, rb = ranks_a[key], ranks_b[key]
             common, ia, ib = np.intersect1d(np.asarray(ra["tuples"]), np.asarray(rb["tuples"]), return_indices=True)

@@ -32,8 +32,12 @@ def default_workers(first: dict[str, Any], streamed: bool) -> int:
     use (its affinity and cgroup quota; shared among the processes of this machine,
     ``LOCAL_WORLD_SIZE``), less one for the main process, at most 8."""
     reads = streamed or any(isinstance(v, (str, Path, FileBytes)) for k, v in first.items() if k not in ("label", "id"))
-    if not reads:
-        return 0
+    return reading_workers() if reads else 0
+
+
+def reading_workers() -> int:
+    """``train.num_workers: auto`` for data read from files: this process's share of the usable CPUs less one
+    for itself, at most 8."""
     return max(0, min(MAX_WORKERS, usable_cpus() // local_processes() - 1))
 
 

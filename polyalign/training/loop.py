@@ -21,6 +21,7 @@ from polyalign.core.recipe import Recipe
 from polyalign.core.stream import is_stream
 from polyalign.files.run_files import CHECKPOINTS_DIR
 
+from .auto_values import resolved_autos
 from .console import epoch_line
 from .distributed import DistInfo, mean_across_ranks
 from .loaders import TrainingData
@@ -63,6 +64,7 @@ class Trainer:
         self.train_loader, self.val_loader = self.data.train, self.data.val
         self.threads = auto_threads(self.data.workers) if cfg.threads == "auto" else cfg.threads
         torch.set_num_threads(self.threads)
+        self.autos = resolved_autos(recipe, self.loss_fn, self.device, self.data.workers)  # what each auto chose
         # recorded, so that a resumed run reads its stream the same way, and to say what was chosen
         self.recipe = recipe = recipe.model_copy(
             update={"train": cfg.model_copy(update={"num_workers": self.data.workers, "threads": self.threads})})

@@ -39,9 +39,13 @@ def new_run_dir(base: Path, recipe: Recipe) -> Path:
     return run_dir
 
 
-def write_recipe(run_dir: Path, recipe: Recipe) -> None:
-    """Write the resolved ``recipe.yaml`` of a run (atomically)."""
-    atomic_write_text(Path(run_dir) / RECIPE_FILE, f"# polyalign train {RECIPE_FILE} (resolved)\n" + recipe.to_yaml())
+def write_recipe(run_dir: Path, recipe: Recipe, autos: dict[str, str] | None = None) -> None:
+    """Write the resolved ``recipe.yaml`` of a run (atomically), opening with what each ``auto`` left in it
+    stands for on the machine that trained it (``autos``: YAML path -> value), as comments: the values stay
+    ``auto``, so that the run resumes and evaluates on another machine with that machine's choice."""
+    chose = "".join(f"# {path}: auto -> {value} on this machine\n" for path, value in (autos or {}).items())
+    atomic_write_text(Path(run_dir) / RECIPE_FILE,
+                      f"# polyalign train {RECIPE_FILE} (resolved)\n" + chose + recipe.to_yaml())
 
 
 RESUMABLE = ("description", "eval", "logging", "train.epochs", "train.max_steps", "train.log_every",
