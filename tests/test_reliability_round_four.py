@@ -3,6 +3,8 @@ manifest entry that is not a regular file can do."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import RECIPES
 
@@ -18,3 +20,16 @@ def test_out_under_a_file_says_what_is_in_the_way(command, tmp_path, capsys):
         err = capsys.readouterr().err
         assert said in err and str(tmp_path / "taken") in err and "Traceback" not in err
     assert (tmp_path / "taken").read_text() == "a file, not a folder"
+
+
+def test_a_manifest_that_is_a_pipe_is_said_to_be_one(tmp_path, capsys, monkeypatch):
+    os.mkfifo(tmp_path / "train.jsonl")
+    (tmp_path / "ok.jsonl").write_text('{"a": [1, 2], "b": [3, 4]}\n' * 4)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {plugin: manifest, train: train.jsonl, val: ok.jsonl, test: ok.jsonl}\n"
+                      "modalities: {a: {encoder: {plugin: vector}}, b: {encoder: {plugin: vector}}}\n"
+                      "loss: {plugin: clip}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(recipe), "--check-data"]) == 2
+    err = capsys.readouterr().err
+    assert "manifest train.jsonl is not a regular file (a device, pipe or socket)" in err and "not found" not in err

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from polyalign.core.data import SPLITS, Sample
+from polyalign.core.errors import not_a_file
 from polyalign.files.manifest_file import RESERVED_KEYS, SUFFIXES, ManifestError, read_manifest
 
 OnError = Literal["raise", "skip"]
@@ -43,7 +44,8 @@ def find_manifests(config: ManifestConfig) -> dict[str, Path | None]:
         if given is not None:
             path = Path(given).expanduser()
             if not path.is_file():
-                raise ManifestError(f"data.{split}: manifest {path} not found")
+                what = "not found" if not path.exists() else not_a_file(path).removeprefix(f"{path} ")
+                raise ManifestError(f"data.{split}: manifest {path} {what}")
             found[split] = path
             continue
         candidates = [folder / f"{split}{s}" for s in SUFFIXES if folder and (folder / f"{split}{s}").is_file()]
