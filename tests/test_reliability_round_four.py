@@ -9,6 +9,7 @@ import pytest
 from conftest import RECIPES
 
 from polyalign.cli import main
+from polyalign.core.errors import PolyalignError
 
 
 @pytest.mark.parametrize("command", ["train", "sweep"])
@@ -33,3 +34,19 @@ def test_a_manifest_that_is_a_pipe_is_said_to_be_one(tmp_path, capsys, monkeypat
     assert main(["validate", str(recipe), "--check-data"]) == 2
     err = capsys.readouterr().err
     assert "manifest train.jsonl is not a regular file (a device, pipe or socket)" in err and "not found" not in err
+
+
+def test_a_metrics_log_too_large_is_refused_by_name(tmp_path, monkeypatch):
+    from polyalign.files import run_files
+    from polyalign.files.run_files import log_lines
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"kind": "step", "step": 1}\n' * 100)
+    assert [n for n, _ in log_lines(log)] == list(range(1, 101))
+    monkeypatch.setattr(run_files, "MAX_LOG_BYTES", 1000)
+    with pytest.raises(PolyalignError, match=r"metrics.jsonl is 0 MB, more than the 0 MB polyalign reads"):
+        list(log_lines(log))
+    log.write_bytes(b'{"kind": "st\xff"}\n')
+    monkeypatch.setattr(run_files, "MAX_LOG_BYTES", 1 << 20)
+    with pytest.raises(PolyalignError, match="cannot read it"):
+        list(log_lines(log))

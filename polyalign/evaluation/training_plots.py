@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from polyalign.core.errors import PolyalignError, cut, shown
+from polyalign.core.errors import PolyalignError, shown
 from polyalign.core.evaluator import read_report
 from polyalign.files.atomic import atomic_write_bytes
 from polyalign.files.json_file import parse_json
-from polyalign.files.run_files import METRICS_FILE, REPORT_DIR, REPORT_JSON
+from polyalign.files.run_files import METRICS_FILE, REPORT_DIR, REPORT_JSON, log_lines
 
 CSV_FILE = "metrics.csv"
 MAX_EVAL_GROUPS = 12
@@ -61,18 +61,14 @@ def _number(value: Any) -> float | None:
 
 def _logged_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) of every row of ``metrics.jsonl`` or ``metrics.csv``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolyalignError(f"{path}: cannot read it ({cut(str(exc), 200)})") from None
     if path.suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+        reader = csv.DictReader(line for _, line in log_lines(path))
         try:
             return [(reader.line_num, row) for row in reader]
         except csv.Error as exc:
             raise PolyalignError(f"{path}, line {reader.line_num + 1}: not a CSV row ({exc})") from None
     rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in log_lines(path):
         if not line.strip():
             continue
         row = parse_json(line, f"{path}, line {n}")

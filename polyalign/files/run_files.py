@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-from polyalign.core.errors import PolyalignError, shown
+from polyalign.core.errors import PolyalignError, cut, shown
 
 from .json_file import JsonError, read_json
 
@@ -16,6 +17,21 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 RANKS_JSON = "ranks.json"  # per-tuple ranks of the right candidate, for paired tests between runs
 LOCK_FILE = ".polyalign.lock"
+MAX_LOG_BYTES = 256 << 20  # a run's metrics log larger than this is not read (1M steps of 20 metrics: ~250 MB)
+
+
+def log_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a run's metrics log, read line by line; a file over :data:`MAX_LOG_BYTES` or one
+    that is not UTF-8 text is an error naming it."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_LOG_BYTES:
+            raise PolyalignError(f"{path} is {size / 2**20:.0f} MB, more than the {MAX_LOG_BYTES >> 20} MB polyalign "
+                                 f"reads of a metrics log; log less often (train.log_every) or trim the file")
+        with path.open(encoding="utf-8") as fh:
+            yield from enumerate(fh, start=1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolyalignError(f"{path}: cannot read it ({cut(str(exc), 200)})") from None
 
 
 def read_tracker_run(path: Path, keys: tuple[str, ...], logger: str) -> dict[str, str]:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from polyalign.core.errors import PolyalignError
 from polyalign.files.json_file import JsonError, parse_json
-from polyalign.files.run_files import METRICS_FILE, RECIPE_FILE
+from polyalign.files.run_files import METRICS_FILE, RECIPE_FILE, log_lines
 from polyalign.files.yaml_file import YamlError, read_yaml
 
 from .plan import find_run_dir, read_plan, slot_dir
@@ -58,8 +59,8 @@ def trained_fraction(run_dir: Path | None) -> float:
         return 0.0
     try:
         epochs = int(read_yaml(run_dir / RECIPE_FILE)["train"]["epochs"])
-        lines = (run_dir / METRICS_FILE).read_text(encoding="utf-8").splitlines()
-    except (OSError, YamlError, KeyError, TypeError, ValueError):
+        lines = [line for _, line in log_lines(run_dir / METRICS_FILE)]
+    except (PolyalignError, YamlError, KeyError, TypeError, ValueError):
         return 0.0
     done = 0
     for line in lines:
