@@ -50,3 +50,18 @@ def test_a_metrics_log_too_large_is_refused_by_name(tmp_path, monkeypatch):
     monkeypatch.setattr(run_files, "MAX_LOG_BYTES", 1 << 20)
     with pytest.raises(PolyalignError, match="cannot read it"):
         list(log_lines(log))
+
+
+def test_status_of_a_sweep_whose_runs_are_all_done_leaves_no_time(tmp_path):
+    from polyalign.files.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
+    from polyalign.sweep.plan import merge_plan, new_plan, slot_dir
+    from polyalign.sweep.progress import sweep_progress
+
+    plan = merge_plan(tmp_path, new_plan(RECIPES / "xor-symile.yaml", [], {"train.lr": ["0.1", "0.2"]}, [0, 1]))
+    for spec in plan.runs:  # finished, with no time recorded (as a run finished by an older version)
+        run = slot_dir(tmp_path, spec) / "run"
+        (run / REPORT_DIR).mkdir(parents=True)
+        (run / RECIPE_FILE).write_text("name: x\n")
+        (run / REPORT_DIR / REPORT_JSON).write_text("[]")
+    text = sweep_progress(tmp_path).text()
+    assert "4 run(s): 4 done; time left: none" in text and "no run has finished" not in text

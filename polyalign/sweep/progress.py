@@ -36,7 +36,7 @@ class SweepProgress:
         """The progress in a few lines."""
         counts = self.counts()
         head = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        left = ("unknown (no run has finished yet)" if self.seconds_left is None
+        left = ("unknown (no finished run has a recorded time yet)" if self.seconds_left is None
                 else f"about {_duration(self.seconds_left)}" if self.seconds_left > 0 else "none")
         lines = [f"{self.sweep_dir}: {len(self.states)} run(s): {head}; time left: {left}"]
         lines += [f"  running     {k} ({self.fraction.get(k, 0.0):.0%} trained)" for k, s in self.states.items()
@@ -107,7 +107,9 @@ def sweep_progress(sweep_dir: str | Path) -> SweepProgress:
             progress.fraction[name] = trained_fraction(run_dir)
             left.append((spec.config, 1.0 - progress.fraction[name]))
     every = [d for ds in durations.values() for d in ds]
-    if every:
+    if not left:
+        progress.seconds_left = 0.0
+    elif every:
         mean = {config: sum(ds) / len(ds) for config, ds in durations.items()}
         typical = statistics.median(every)  # for a configuration not seen yet
         total = sum(share * mean.get(config, typical) for config, share in left)
