@@ -56,9 +56,15 @@ def get(url: str, body: dict | None = None, timeout: float = 30) -> int:
         return exc.code
 
 
-def test_sigterm_stops_the_server_within_seconds_with_a_request_in_flight(tmp_path):
-    run = polyalign.train(RECIPES / "xor-symile.yaml", out=tmp_path / "runs",
-                          overrides=["train.epochs=1", "data.n_train=256", "data.n_val=64", "data.n_test=64", "eval=[]"])
+@pytest.fixture(scope="module")
+def xor_run(tmp_path_factory):
+    """A small trained XOR model's run directory."""
+    return polyalign.train(RECIPES / "xor-symile.yaml", out=tmp_path_factory.mktemp("serve") / "runs",
+                           overrides=["train.epochs=1", "data.n_train=256", "data.n_val=64", "data.n_test=64", "eval=[]"])
+
+
+def test_sigterm_stops_the_server_within_seconds_with_a_request_in_flight(xor_run):
+    run = xor_run
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "POLYALIGN_SERVE_TOKEN"}
     server = subprocess.Popen([sys.executable, "-m", "polyalign", "serve", str(run), "--port", str(port),
@@ -96,3 +102,34 @@ def test_sigterm_stops_the_server_within_seconds_with_a_request_in_flight(tmp_pa
     assert stopped_in < 10, f"the server took {stopped_in:.1f} s to stop after SIGTERM"
     assert statuses, "the request in flight never finished"
     assert "Traceback" not in server.stderr.read().decode()
+
+
+def test_a_client_that_leaves_mid_body_leaves_no_traceback_in_the_log(xor_run, caplog):
+    import uvicorn
+
+    from polyalign.serving.app import create_app
+    from polyalign.serving.candidates import load_candidates
+
+    model = polyalign.load(xor_run, device="cpu")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(model, load_candidates(model, [], [])), log_config=None))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        for _ in range(3):
+            with socket.create_connection(sock.getsockname(), timeout=5) as client:
+                client.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: 1000\r\n\r\n{\"values\": {\"a\"")
+            time.sleep(0.3)
+        port = sock.getsockname()[1]
+        assert get(f"http://127.0.0.1:{port}/health") == 200  # still serving
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+    logged = "\n".join(r.getMessage() + (str(r.exc_info) if r.exc_info else "") for r in caplog.records)
+    assert "Exception in ASGI application" not in logged and not any(r.exc_info for r in caplog.records), logged

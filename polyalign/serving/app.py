@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.plugin_manager import default_plugins
@@ -231,6 +232,10 @@ def create_app(model: TrainedModel, candidates: dict[str, CandidateSet] | None =
         if isinstance(exc, PluginError):  # a plugin broke its contract: the server's fault, not the request's
             return error_response(500, f"a plugin failed: {exc}")
         return error_response(422, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=499)  # nobody to answer: counted in /metrics, nothing in the log
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> JSONResponse:
