@@ -16,6 +16,7 @@ import torch
 from polyalign.core.assemble import with_rebuild_options
 from polyalign.core.device import pick_device
 from polyalign.core.errors import PolyalignError
+from polyalign.core.machine_fit import check_fit
 from polyalign.core.plugin_manager import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe
 from polyalign.core.requirements import check_requirements
@@ -36,9 +37,10 @@ def note_step_cost(recipe: Recipe, trainer: Trainer) -> None:
 
 
 def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: str | Path | None = None,
-          overrides: list[str] | None = None, plugins: Plugins | None = None) -> Path:
+          overrides: list[str] | None = None, plugins: Plugins | None = None, force: bool = False) -> Path:
     """Train a recipe (or resume the run in ``resume``, with the ``overrides`` a resume allows);
-    evaluate it; return the run directory.
+    evaluate it; return the run directory. A recipe that does not fit this machine's memory is
+    refused before anything starts, unless ``force``.
 
     One process at a time holds a run directory. A new run that fails before its first optimizer
     step leaves no run directory behind.
@@ -51,6 +53,8 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides, plugins)
     check_requirements(recipe, plugins, f"recipe {recipe.name!r}")  # before any step: not after training
+    for line in check_fit(recipe, plugins, f"recipe {recipe.name!r}", force):
+        print(line, file=sys.stderr, flush=True)
     dist = init_distributed(pick_device(recipe.train.device).type)
     if resume is None:
         run_dir = broadcast_from_main(new_run_dir(Path(out) if out else Path("runs"), recipe)

@@ -10,7 +10,8 @@ import yaml
 
 import polyalign
 from polyalign.core.errors import RecipeError
-from polyalign.core.recipe import apply_overrides, validate_recipe
+from polyalign.core.overrides import apply_overrides
+from polyalign.core.recipe import validate_recipe
 
 
 def _raw(xor_clip):

@@ -20,7 +20,7 @@ from polyalign.core.data import DataError, TupleDataset
 from polyalign.core.device import device_problem
 from polyalign.core.errors import MAX_MESSAGE_CHARS
 from polyalign.core.memory import bytes_text, physical_memory
-from polyalign.core.recipe import modality_name_problem
+from polyalign.core.recipe_schema import modality_name_problem
 from polyalign.files.yaml_file import MAX_EXPANDED_CHARS, MAX_NODES, MAX_TEXT_CHARS, YamlError, parse_yaml
 from polyalign.shipped import shipped_recipes
 
