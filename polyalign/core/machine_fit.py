@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from . import memory
 from .errors import PolyalignError
-from .memory import MemoryNeed, bytes_text, memory_problem, physical_memory
 from .plugin_manager import Plugins
 from .recipe_schema import Recipe
 from .requirements import recipe_nodes
@@ -23,11 +23,11 @@ class DoesNotFit(PolyalignError):
         super().__init__("\n".join(lines + [f"  {path}: {message}" for path, message in problems]))
 
 
-def memory_needs(recipe: Recipe, plugins: Plugins) -> list[tuple[str, MemoryNeed]]:
+def memory_needs(recipe: Recipe, plugins: Plugins) -> list[tuple[str, memory.MemoryNeed]]:
     """(yaml path, need) for the projection heads and every plugin whose config counts its memory
     (a ``memory_need(context)`` method, given the recipe's plugin context)."""
     dim, batch, m = recipe.model.embed_dim, recipe.train.batch_size, len(recipe.modalities)
-    needs = [("model.embed_dim", MemoryNeed(
+    needs = [("model.embed_dim", memory.MemoryNeed(
         4.0 * dim * m * (8 + 2 * batch), f"{dim} dimensions x {m} modalities x (8 numbers per dimension for each "
         f"head's weights, gradients and optimizer state + 2 x {batch} embeddings of a batch and their gradients) "
         f"x 4 bytes", "lower model.embed_dim"))]
@@ -44,7 +44,7 @@ def memory_needs(recipe: Recipe, plugins: Plugins) -> list[tuple[str, MemoryNeed
 def memory_problems(recipe: Recipe, plugins: Plugins) -> list[tuple[str, str]]:
     """(yaml path, message with the estimate and what to change) for every need over this machine's memory."""
     return [(path, problem) for path, need in memory_needs(recipe, plugins)
-            if (problem := memory_problem(need)) is not None]
+            if (problem := memory.memory_problem(need)) is not None]
 
 
 def check_fit(recipe: Recipe, plugins: Plugins, source: str, force: bool = False) -> list[str]:
@@ -59,16 +59,15 @@ def check_fit(recipe: Recipe, plugins: Plugins, source: str, force: bool = False
 
 def fit_lines(recipe: Recipe, plugins: Plugins, loss: torch.nn.Module, device: torch.device | str) -> list[str]:
     """What ``polyalign validate`` prints of this machine: memory (fits, or each need over it, with the
-    estimate and what to change) and the cost of one loss step."""
+    estimate and what to change) and, when it fits, the cost of one loss step (measured: it allocates)."""
     problems = memory_problems(recipe, plugins)
     if problems:
-        lines = [f"memory: does not fit (train refuses it; --force trains anyway): {path}: {message}"
-                 for path, message in problems]
-    else:
-        path, need = max(memory_needs(recipe, plugins), key=lambda found: found[1].bytes)
-        have = physical_memory()
-        lines = [f"memory: fits (the largest need known before any step, {path}, is {bytes_text(need.bytes)}"
-                 + (f"; this machine has {bytes_text(have)})" if have is not None else ")")]
+        return [f"memory: does not fit (train refuses it; --force trains anyway): {path}: {message}"
+                for path, message in problems]
+    path, need = max(memory_needs(recipe, plugins), key=lambda found: found[1].bytes)
+    have = memory.physical_memory()
+    lines = [f"memory: fits (the largest need known before any step, {path}, is {memory.bytes_text(need.bytes)}"
+             + (f"; this machine has {memory.bytes_text(have)})" if have is not None else ")")]
     found = recipe_step_cost(recipe, loss, device)
     if found is not None:
         lines.append(f"{'note' if found[0].slow else 'step cost'}: {found[1]}")
