@@ -16,11 +16,10 @@ import torch
 from polyalign.core.assemble import with_rebuild_options
 from polyalign.core.device import pick_device
 from polyalign.core.errors import PolyalignError
-from polyalign.core.machine_fit import check_fit
+from polyalign.core.machine_fit import check_fit, step_cost_line
 from polyalign.core.plugin_manager import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe
 from polyalign.core.requirements import check_requirements
-from polyalign.core.step_cost import recipe_step_cost
 from polyalign.evaluation.evaluate import EvaluatorsFailed, check_eval_split, run_evaluators, write_report
 from polyalign.files.atomic import os_error_message
 from polyalign.training.distributed import broadcast_from_main, finish_distributed, init_distributed
@@ -31,9 +30,9 @@ from polyalign.training.run_lock import hold_run_dir
 
 def note_step_cost(recipe: Recipe, trainer: Trainer) -> None:
     """Say before the first step when one loss step costs over 10 CLIP steps or over a minute."""
-    found = recipe_step_cost(recipe, trainer.loss_fn, trainer.device, only_slow=True)
-    if found is not None and found[0].slow:
-        print(f"note: {found[1]}", file=sys.stderr, flush=True)
+    note = step_cost_line(recipe, trainer.loss_fn, trainer.device, only_slow=True)
+    if note is not None:
+        print(note, file=sys.stderr, flush=True)
 
 
 def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: str | Path | None = None,

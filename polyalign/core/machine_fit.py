@@ -41,16 +41,15 @@ def memory_needs(recipe: Recipe, plugins: Plugins) -> list[tuple[str, memory.Mem
     return needs
 
 
-def memory_problems(recipe: Recipe, plugins: Plugins) -> list[tuple[str, str]]:
+def memory_problems(needs: list[tuple[str, memory.MemoryNeed]]) -> list[tuple[str, str]]:
     """(yaml path, message with the estimate and what to change) for every need over this machine's memory."""
-    return [(path, problem) for path, need in memory_needs(recipe, plugins)
-            if (problem := memory.memory_problem(need)) is not None]
+    return [(path, problem) for path, need in needs if (problem := memory.memory_problem(need)) is not None]
 
 
 def check_fit(recipe: Recipe, plugins: Plugins, source: str, force: bool = False) -> list[str]:
     """Before training: raise :class:`DoesNotFit` when the recipe needs more memory than this machine
     has; with ``force``, return those problems as warning lines instead (and nothing when it fits)."""
-    problems = memory_problems(recipe, plugins)
+    problems = memory_problems(memory_needs(recipe, plugins))
     if problems and not force:
         raise DoesNotFit(source, problems)
     return [f"warning: does not fit this machine, training anyway (force): {path}: {message}"
@@ -60,16 +59,25 @@ def check_fit(recipe: Recipe, plugins: Plugins, source: str, force: bool = False
 def fit_lines(recipe: Recipe, plugins: Plugins, loss: torch.nn.Module, device: torch.device | str) -> list[str]:
     """What ``polyalign validate`` prints of this machine: memory (fits, or each need over it, with the
     estimate and what to change) and, when it fits, the cost of one loss step (measured: it allocates)."""
-    problems = memory_problems(recipe, plugins)
+    needs = memory_needs(recipe, plugins)
+    problems = memory_problems(needs)
     if problems:
         return [f"memory: does not fit (train refuses it; --force trains anyway): {path}: {message}"
                 for path, message in problems]
-    path, need = max(memory_needs(recipe, plugins), key=lambda found: found[1].bytes)
+    path, need = max(needs, key=lambda found: found[1].bytes)
     have = memory.physical_memory()
     lines = [f"memory: fits (the largest need known before any step, {path}, is {memory.bytes_text(need.bytes)}"
              + (f"; this machine has {memory.bytes_text(have)})" if have is not None else ")")]
-    found = recipe_step_cost(recipe, loss, device)
-    if found is not None:
-        lines.append(f"{'note' if found[0].slow else 'step cost'}: {found[1]}")
-    return lines
+    step = step_cost_line(recipe, loss, device)
+    return lines + ([step] if step is not None else [])
+
+
+def step_cost_line(recipe: Recipe, loss: torch.nn.Module, device: torch.device | str,
+                   only_slow: bool = False) -> str | None:
+    """``step cost: ...`` for one loss step on ``device`` (``note: ...`` when it is slow), or None when the
+    loss counts no operations; with ``only_slow``, only a slow step's note (measured only if it can be slow)."""
+    found = recipe_step_cost(recipe, loss, device, only_slow)
+    if found is None or (only_slow and not found[0].slow):
+        return None
+    return f"{'note' if found[0].slow else 'step cost'}: {found[1]}"
 
