@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = None if args.recipe is None else polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
     try:
         run_dir = polyalign.train(recipe, out=args.out, resume=args.resume,
-                                  overrides=args.overrides if args.resume else None)
+                                  overrides=args.overrides if args.resume else None, force=args.force)
     except EvaluatorsFailed as exc:  # trained: show what the other evaluators produced, then the error
         if exc.run_dir is not None and int(os.environ.get("RANK", "0")) == 0:
             _print_report(exc.run_dir)
@@ -298,38 +298,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
     lines = None
     if args.check_data:  # before the "valid" line: a recipe its data refuses is not valid
         from polyalign.commands.data_check import check_data
+        from polyalign.core.machine_fit import check_fit
 
+        check_fit(recipe, default_plugins(), args.recipe)  # building the plugins must not exhaust the machine
         lines = check_data(recipe)
     if args.print:
         print(recipe.to_yaml())
     out.print(f"{args.recipe}: valid ({len(recipe.modalities)} modalities, "
               f"loss {'+'.join(n.plugin for n in recipe.losses)}, data {recipe.data.plugin})")
-    _print_step_cost(recipe)
+    _print_fit(recipe)
     if lines is not None:
         out.print("checked with the data (every plugin built, the first rows of each split loaded):\n"
                   + "\n".join(f"  {escape(line)}" for line in lines), soft_wrap=True)
     return 0
 
 
-def _print_step_cost(recipe) -> None:
-    """What each ``auto`` of the recipe stands for here, and the estimated cost of one loss step on this machine
-    against a CLIP step (core/step_cost.py)."""
+def _print_fit(recipe) -> None:
+    """What each ``auto`` of the recipe stands for here, and whether the valid recipe fits this machine
+    (core/machine_fit.py): its memory and one loss step's cost."""
     from polyalign.core.assemble import build_loss
     from polyalign.core.device import pick_device
+    from polyalign.core.machine_fit import fit_lines
     from polyalign.core.plugin_manager import default_plugins
-    from polyalign.core.step_cost import recipe_step_cost
     from polyalign.training.auto_values import autos_text, resolved_autos
 
     try:
         device = pick_device(recipe.train.device)
     except PolyalignError:  # validating for a device this machine lacks: its own rate stands in
         device = pick_device("cpu")
-    loss = build_loss(recipe, default_plugins())
+    plugins = default_plugins()
+    loss = build_loss(recipe, plugins)
     for line in autos_text(resolved_autos(recipe, loss, device)):
         out.print(escape(line), soft_wrap=True)
-    found = recipe_step_cost(recipe, loss, device)
-    if found is not None:
-        out.print(f"{'note' if found[0].slow else 'step cost'}: {escape(found[1])}", soft_wrap=True)
+    lines = fit_lines(recipe, plugins, loss, device)
+    out.print("on this machine (apart from validity):\n" + "\n".join(f"  {escape(line)}" for line in lines),
+              soft_wrap=True)
 
 
 def _plugin_options(name: str, as_json: bool) -> int:
@@ -631,6 +634,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key.path=value overrides")
     t.add_argument("--out", help="folder for run directories (default: runs/)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument("--force", action="store_true", help="train even when the recipe needs more memory than this "
+                                                       "machine has (`polyalign validate` shows the estimate)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run directory with its recipe's evaluators")

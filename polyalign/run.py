@@ -16,10 +16,10 @@ import torch
 from polyalign.core.assemble import with_rebuild_options
 from polyalign.core.device import pick_device
 from polyalign.core.errors import PolyalignError
+from polyalign.core.machine_fit import check_fit, step_cost_line
 from polyalign.core.plugin_manager import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe
 from polyalign.core.requirements import check_requirements
-from polyalign.core.step_cost import recipe_step_cost
 from polyalign.evaluation.evaluate import EvaluatorsFailed, check_eval_split, run_evaluators, write_report
 from polyalign.files.atomic import os_error_message
 from polyalign.training.auto_values import autos_text
@@ -31,15 +31,16 @@ from polyalign.training.run_lock import hold_run_dir
 
 def note_step_cost(recipe: Recipe, trainer: Trainer) -> None:
     """Say before the first step when one loss step costs over 10 CLIP steps or over a minute."""
-    found = recipe_step_cost(recipe, trainer.loss_fn, trainer.device, only_slow=True)
-    if found is not None and found[0].slow:
-        print(f"note: {found[1]}", file=sys.stderr, flush=True)
+    note = step_cost_line(recipe, trainer.loss_fn, trainer.device, only_slow=True)
+    if note is not None:
+        print(note, file=sys.stderr, flush=True)
 
 
 def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: str | Path | None = None,
-          overrides: list[str] | None = None, plugins: Plugins | None = None) -> Path:
+          overrides: list[str] | None = None, plugins: Plugins | None = None, force: bool = False) -> Path:
     """Train a recipe (or resume the run in ``resume``, with the ``overrides`` a resume allows);
-    evaluate it; return the run directory.
+    evaluate it; return the run directory. A recipe that does not fit this machine's memory is
+    refused before anything starts, unless ``force``.
 
     One process at a time holds a run directory. A new run that fails before its first optimizer
     step leaves no run directory behind.
@@ -52,6 +53,8 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides, plugins)
     check_requirements(recipe, plugins, f"recipe {recipe.name!r}")  # before any step: not after training
+    for line in check_fit(recipe, plugins, f"recipe {recipe.name!r}", force):
+        print(line, file=sys.stderr, flush=True)
     dist = init_distributed(pick_device(recipe.train.device).type)
     if resume is None:
         run_dir = broadcast_from_main(new_run_dir(Path(out) if out else Path("runs"), recipe)

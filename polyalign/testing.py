@@ -571,7 +571,7 @@ def check_dataset(dataset: Any, *, rows: int = 64, skip: Collection[str] = (), *
     """
     from polyalign.core.data import SPLITS
     from polyalign.core.modality_check import absent_modality_problems
-    from polyalign.core.recipe import modality_name_problem
+    from polyalign.core.recipe_schema import modality_name_problem
     from polyalign.core.stream import is_stream
     from polyalign.files.manifest_file import RESERVED_KEYS
 

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 import polyalign
 from polyalign.core.plugin_manager import default_plugins
-from polyalign.core.recipe import PluginNode
+from polyalign.core.recipe_schema import PluginNode
 from polyalign.training.cache_key import options_key
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "blue", "square"]

@@ -10,7 +10,8 @@ import yaml
 
 import polyalign
 from polyalign.core.errors import RecipeError
-from polyalign.core.recipe import apply_overrides, validate_recipe
+from polyalign.core.overrides import apply_overrides
+from polyalign.core.recipe import validate_recipe
 
 
 def _raw(xor_clip):
@@ -93,3 +94,18 @@ def test_cli_bad_recipe_prints_message_not_traceback(tmp_path, xor_clip):
     ok = subprocess.run([sys.executable, "-m", "polyalign", "validate", str(xor_clip), "train.lr=0.1"],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "valid" in ok.stdout
+
+
+@pytest.mark.parametrize("section, value, expected", [
+    ("loss", 3, [("loss", "must be a plugin node {plugin: NAME, ...} or a list of them")]),
+    ("loss", {"plugin": "clip", "weight": -1}, [("loss.weight", "Input should be greater than or equal to 0")]),
+    ("loss", [{"plugin": "clip"}, {"weight": 2}], [("loss.1.plugin", "Field required")]),
+    ("logging", ["jsonl", 3],
+     [("logging.1", "a logger is a name (jsonl) or a plugin node {plugin: NAME, ...options}")]),
+    ("logging", [{"plugn": "csv"}], [("logging.0.plugin", "Field required")])])
+def test_each_form_of_loss_and_logging_reports_only_its_own_errors(xor_clip, section, value, expected):
+    raw = _raw(xor_clip)
+    raw[section] = value
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(raw)
+    assert info.value.problems == expected

@@ -20,7 +20,7 @@ from polyalign.core.data import DataError, TupleDataset
 from polyalign.core.device import device_problem
 from polyalign.core.errors import MAX_MESSAGE_CHARS
 from polyalign.core.memory import bytes_text, physical_memory
-from polyalign.core.recipe import modality_name_problem
+from polyalign.core.recipe_schema import modality_name_problem
 from polyalign.files.yaml_file import MAX_EXPANDED_CHARS, MAX_NODES, MAX_TEXT_CHARS, YamlError, parse_yaml
 from polyalign.shipped import shipped_recipes
 
@@ -322,10 +322,16 @@ SEVEN = "modalities={" + ", ".join(f"{m}: {{encoder: {{plugin: vector}}}}" for m
     ([SEVEN, "loss={plugin: symile, negatives: n_squared}", "eval=[]"], "loss", "256^5 = 1.1e+12 log-sum-exps"),
     (["model.embed_dim=1000000000000"], "model.embed_dim", "1000000000000 dimensions x 3 modalities"),
     (["data.n_train=1000000000000"], "data", "1000000002000 tuples generated in memory x 1200 bytes")])
-def test_configurations_that_cannot_fit_in_memory_are_refused_with_the_estimate(overrides, path, number, capsys):
-    code, err = _cli(capsys, "validate", XOR, *overrides)
+def test_configurations_that_cannot_fit_in_memory_are_valid_but_refused_by_train_with_the_estimate(
+        overrides, path, number, capsys, tmp_path):
+    assert main(["validate", str(XOR), *overrides]) == 0  # valid: validity does not depend on this machine
+    shown = " ".join(capsys.readouterr().out.split())
+    assert ": valid (" in shown and f"memory: does not fit (train refuses it; --force trains anyway): {path}: " in shown
+    assert number in shown and f"this machine has {bytes_text(physical_memory())}" in shown
+    code, err = _cli(capsys, "train", XOR, *overrides, "--out", tmp_path)
     _assert_clear(code, err, path, number)
-    assert f"this machine has {bytes_text(physical_memory())}" in err
+    assert "is valid but does not fit this machine (pass --force" in err
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())
 
 
 def test_memory_estimates_do_not_refuse_what_fits(capsys):

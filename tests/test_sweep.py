@@ -210,5 +210,5 @@ def test_a_sweep_file_next_to_the_recipe_gives_the_grid_seeds_and_overrides(tmp_
     assert polyalign.load_recipe(written.recipe, [f"loss={grid['loss'][1]}"]).losses[0].options()["negatives"] == "n"
     assert read_sweep_file(SYMILE) is None  # a recipe
     path.write_text("recipe: r.yaml\nsweep: {grid: {loss.plugin: clip}, seed: 2}\n")
-    with pytest.raises(PolyalignError, match="unknown key"):
+    with pytest.raises(PolyalignError, match="sweep.seed: Extra inputs are not permitted; did you mean .seeds.?"):
         read_sweep_file(path)

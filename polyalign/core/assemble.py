@@ -21,8 +21,7 @@ from .loss import Loss, WeightedLoss
 from .modality_check import HEAD, check_modalities_present
 from .model import MultiModalModel
 from .plugin_manager import Plugins, default_plugins
-from .recipe import Recipe
-from .step_cost import loss_rows
+from .recipe_schema import Recipe
 from .stream import is_stream
 
 
@@ -92,15 +91,14 @@ class Assembled:
 
 def build_loss(recipe: Recipe, plugins: Plugins) -> Loss:
     """The recipe's loss: one plugin, or a weighted sum when ``loss`` is a list."""
-    context = {"modalities": list(recipe.modalities), "embed_dim": recipe.model.embed_dim,
-               "batch_size": loss_rows(recipe.train)}
+    context = recipe.plugin_context()
     nodes = recipe.losses
     built = {}
     for i, node in enumerate(nodes):
         comp = plugins.registry.get("loss", node.plugin)
         key = node.plugin if node.plugin not in built else f"{node.plugin}_{len(built)}"
         with _plugin_context("loss" if len(nodes) == 1 else f"loss.{i}", node.plugin):
-            built[key] = (comp.create(comp.make_config(node.options()), **context), node.weight)
+            built[key] = (comp.create(comp.make_config(node.options(), context), **context), node.weight)
     if len(built) == 1 and nodes[0].weight == 1.0:
         return next(iter(built.values()))[0]
     score_with = next((key for key, node in zip(built, nodes) if node.score_with), None)

@@ -7,10 +7,13 @@ only the context arguments its kind lists below (``registry.CONTEXT``); any othe
 error listing them. ``polyalign.testing`` checks encoders and losses against their contracts.
 
 A component's ``config`` model is validated with every recipe. Its validators may read
-``info.context`` (``None`` outside a recipe): the recipe's ``modalities``, ``embed_dim`` and global
-``batch_size`` (:func:`polyalign.core.recipe.plugin_context`), to refuse options that cannot run
-with them before anything starts (Symile's ``n_squared`` negatives refuse a batch and modality
-count whose memory exceeds the machine's, with the estimate).
+``info.context`` (``None`` outside a recipe): the recipe's ``modalities``, ``embed_dim`` and
+``batch_size``, the rows one loss call contrasts (:meth:`polyalign.core.recipe_schema.Recipe.plugin_context`,
+the same arguments a loss factory gets), to refuse options that cannot work with them. Whether a recipe
+is valid never depends on the machine: a config that knows the memory its options need before any step
+says so in a ``memory_need(context)`` method returning a :class:`polyalign.core.memory.MemoryNeed` (or
+None), and the fit check (:mod:`polyalign.core.machine_fit`) weighs it against this machine when
+``polyalign validate`` and ``train`` run (Symile's ``n_squared`` negatives over many modalities).
 
 A component that imports modules beyond polyalign's own dependencies declares them when it is
 registered, ``register(..., requires={"sklearn": "scikit-learn"})`` (module -> what to pip install), and

@@ -43,7 +43,8 @@ class Component:
 
     def make_config(self, options: dict[str, Any], context: dict[str, Any] | None = None) -> BaseModel:
         """Validate ``options`` with this component's config model (raises ValidationError);
-        ``context`` (see :func:`polyalign.core.recipe.plugin_context`) reaches its validators as ``info.context``."""
+        ``context`` (:meth:`polyalign.core.recipe_schema.Recipe.plugin_context`) reaches its validators
+        as ``info.context``."""
         return self.config.model_validate(options, context=context)
 
     def create(self, config: BaseModel, **context: Any) -> Any:

@@ -13,7 +13,7 @@ from .registry import KINDS
 
 if TYPE_CHECKING:
     from .plugin_manager import Plugins
-    from .recipe import PluginNode, Recipe
+    from .recipe_schema import PluginNode, Recipe
 
 
 def install_hint(requirement: str) -> str:
@@ -45,8 +45,6 @@ def recipe_nodes(recipe: Recipe) -> list[tuple[str, str, PluginNode]]:
 def missing_requirements(recipe: Recipe, plugins: Plugins,
                          kinds: Iterable[str] = KINDS) -> list[tuple[str, str]]:
     """(yaml path, problem) for every module a plugin of the recipe needs and this environment lacks."""
-    from .recipe import plugin_context
-
     problems: list[tuple[str, str]] = []
     wanted = set(kinds)
     for kind, path, node in recipe_nodes(recipe):
@@ -54,7 +52,7 @@ def missing_requirements(recipe: Recipe, plugins: Plugins,
             continue
         comp = plugins.registry.get(kind, node.plugin)
         needs = dict(comp.requires)
-        asked = getattr(comp.make_config(node.options(), plugin_context(recipe)), "requires", None)
+        asked = getattr(comp.make_config(node.options(), recipe.plugin_context()), "requires", None)
         if callable(asked):
             needs.update(asked())
         for module, requirement in needs.items():

@@ -120,17 +120,11 @@ def step_cost_line(cost: StepCost, loss_name: str, n: int, d: int, m: int) -> st
     return line
 
 
-def loss_rows(train) -> int:
-    """Rows one loss call contrasts under a recipe's ``train`` section: the batch, or with
-    ``accumulate: K`` and ``negatives: window`` the K micro-batches of the step together."""
-    return train.batch_size * (train.accumulate if train.negatives == "window" else 1)
-
-
 def recipe_step_cost(recipe, loss: torch.nn.Module, device: torch.device | str,
                      only_slow: bool = False) -> tuple[StepCost, str] | None:
     """The estimate for ``recipe``'s batch and its line, or None when the loss counts no operations
     (or, with ``only_slow``, when the step cannot be slow even at :data:`MIN_RATE`: nothing is measured)."""
-    n, d, m = loss_rows(recipe.train), recipe.model.embed_dim, len(recipe.modalities)
+    n, d, m = recipe.train.loss_rows, recipe.model.embed_dim, len(recipe.modalities)
     if only_slow:
         bound = estimate_step(loss, n, d, m, MIN_RATE)
         if bound is None or not bound.slow:

@@ -8,11 +8,14 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
 from polyalign.core.errors import PolyalignError, shown
+from polyalign.core.validation_errors import pydantic_problems
 from polyalign.files.atomic import atomic_write_text
 from polyalign.files.json_file import JsonError, read_json
 from polyalign.files.run_files import RECIPE_FILE
@@ -24,29 +27,38 @@ OUTPUT_FILE = "output.log"
 VERSION = 1
 
 
-@dataclass
-class RunSpec:
+class RunSpec(BaseModel):
     """One run of a sweep: its configuration (the grid's overrides) and seed; ``id`` names its slot folder."""
 
-    id: str
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=r"^[A-Za-z0-9_.=,+-]{1,100}/seed-[0-9]{1,10}$",
+                    description="its slot folder under runs/, CONFIG/seed-N (never outside the sweep)")
     config: str
     overrides: list[str]
-    seed: int
+    seed: int = Field(ge=0, lt=2**32)
+
+    @field_validator("id")
+    @classmethod
+    def _inside_the_sweep(cls, value: str) -> str:
+        if value.split("/")[0] in (".", ".."):
+            raise ValueError(f"{value!r} would put the run's folder outside runs/")
+        return value
 
 
-@dataclass
-class SweepPlan:
-    """A sweep: the recipe, the overrides every run shares, the grid, the seeds and the runs."""
+class SweepPlan(BaseModel):
+    """A sweep: the recipe, the overrides every run shares, the grid, the seeds and the runs (``sweep.json``)."""
 
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1] = VERSION
     recipe: str
-    recipe_sha256: str
+    recipe_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     overrides: list[str]
     grid: dict[str, list[str]]
-    seeds: list[int]
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]]
     cwd: str
-    runs: list[RunSpec] = field(default_factory=list)
+    runs: list[RunSpec] = Field(default_factory=list)
     search: dict[str, Any] | None = None
-    jobs: int = 1  # runs at once in the latest call (for the estimate of the time left)
+    jobs: int = Field(1, ge=1, description="runs at once in the latest call (for the estimate of the time left)")
 
     def run(self, run_id: str) -> RunSpec:
         """The run called ``run_id``."""
@@ -130,7 +142,7 @@ def grid_runs(grid: dict[str, list[str]], seeds: list[int]) -> list[RunSpec]:
     for combo in itertools.product(*grid.values()):
         overrides = [f"{k}={v}" for k, v in zip(grid, combo)]
         config = config_name(overrides)
-        runs += [RunSpec(f"{config}/seed-{s}", config, overrides, s) for s in seeds]
+        runs += [RunSpec(id=f"{config}/seed-{s}", config=config, overrides=overrides, seed=s) for s in seeds]
     return runs
 
 
@@ -143,7 +155,8 @@ def new_plan(recipe: Path, overrides: list[str], grid: dict[str, list[str]], see
              search: dict[str, Any] | None = None) -> SweepPlan:
     """A plan for ``recipe`` (its absolute path recorded, and the folder the command ran in)."""
     recipe = Path(recipe).resolve()
-    plan = SweepPlan(str(recipe), file_sha256(recipe), list(overrides), grid, seeds, os.getcwd(), search=search)
+    plan = SweepPlan(recipe=str(recipe), recipe_sha256=file_sha256(recipe), overrides=list(overrides), grid=grid,
+                     seeds=seeds, cwd=os.getcwd(), search=search)
     if search is None:
         plan.runs = grid_runs(grid, seeds)
     return plan
@@ -154,12 +167,6 @@ def slot_dir(sweep_dir: Path, spec: RunSpec) -> Path:
     return Path(sweep_dir) / RUNS_DIR / spec.id
 
 
-def _plan_from(raw: dict[str, Any]) -> SweepPlan:
-    runs = [RunSpec(**r) for r in raw.pop("runs")]
-    raw.pop("version", None)
-    return SweepPlan(**raw, runs=runs)
-
-
 def read_plan(sweep_dir: Path) -> SweepPlan:
     """The plan recorded in ``sweep_dir/sweep.json``."""
     path = Path(sweep_dir) / MANIFEST
@@ -167,15 +174,19 @@ def read_plan(sweep_dir: Path) -> SweepPlan:
         raise PolyalignError(f"{sweep_dir} is not a sweep directory (no {MANIFEST}); `polyalign sweep RECIPE "
                              f"--grid KEY=V1,V2 --seeds N --out {sweep_dir}` makes one")
     try:
-        return _plan_from(read_json(path, "sweep manifest"))
-    except (JsonError, ValueError, TypeError, KeyError) as exc:
+        return SweepPlan.model_validate(read_json(path, "sweep manifest"))
+    except JsonError as exc:
         raise PolyalignError(f"{path} is not a sweep manifest polyalign wrote ({exc})") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{where or '<root>'}: {message}" for where, message in pydantic_problems(exc)[:5])
+        raise PolyalignError(f"{path} is not a sweep manifest polyalign wrote ({problems}). `polyalign sweep` "
+                             f"writes it: restore it, or start the sweep again with another --out") from None
 
 
 def write_plan(sweep_dir: Path, plan: SweepPlan) -> None:
     """Write ``sweep.json`` (atomically)."""
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps({"version": VERSION, **asdict(plan)}, indent=2) + "\n")
+    atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps(plan.model_dump(mode="json"), indent=2) + "\n")
 
 
 def merge_plan(sweep_dir: Path, plan: SweepPlan) -> SweepPlan:
@@ -247,6 +258,23 @@ class SweepFile:
     overrides: list[str]
 
 
+class SweepBlock(BaseModel):
+    """The ``sweep:`` block of a sweep file."""
+
+    model_config = ConfigDict(extra="forbid")
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = Field(
+        None, description="each key.path its list of values, e.g. {loss.plugin: [symile, clip]}")
+    seeds: StrictInt | None = Field(None, ge=1, description="runs per configuration (seeds S, S+1, ...)")
+    overrides: list[StrictStr] | None = Field(None, description="key.path=value texts every run shares")
+
+
+class SweepFileSchema(BaseModel):
+    """A sweep file as written: ``recipe:`` and ``sweep:`` (other keys are left to the reader)."""
+
+    recipe: StrictStr
+    sweep: SweepBlock
+
+
 def _yaml_text(value: Any) -> str:
     """A grid value as the override text that parses back to it."""
     import yaml
@@ -266,19 +294,13 @@ def read_sweep_file(path: Path) -> SweepFile | None:
         return None  # not YAML a sweep file could be: loading it as a recipe says what is wrong
     if not isinstance(raw, dict) or "sweep" not in raw:
         return None
-    block, where = raw["sweep"], f"{path}: sweep"
-    if not isinstance(raw.get("recipe"), str) or not isinstance(block, dict):
-        raise PolyalignError(f"{path}: a sweep file has `recipe: FILE` (relative to it) and a `sweep:` mapping "
-                             f"of grid, seeds and overrides")
-    unknown = sorted(set(block) - {"grid", "seeds", "overrides"})
-    grid, seeds, overrides = block.get("grid") or {}, block.get("seeds"), block.get("overrides") or []
-    if unknown:
-        raise PolyalignError(f"{where}: unknown key(s) {', '.join(unknown)}; it takes grid, seeds, overrides")
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise PolyalignError(f"{where}.grid: give each key a list of values, e.g. {{loss.plugin: [symile, clip]}}")
-    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
-        raise PolyalignError(f"{where}.seeds: a whole number of at least 1, got {shown(seeds)}")
-    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        raise PolyalignError(f"{where}.overrides: a list of key.path=value texts")
-    items = [f"{k}=" + ",".join(_yaml_text(v) for v in values) for k, values in grid.items()]
-    return SweepFile((path.parent / raw["recipe"]).resolve(), items, seeds, overrides)
+    try:
+        written = SweepFileSchema.model_validate(raw)
+    except ValidationError as exc:
+        problems = pydantic_problems(exc, models={("sweep",): SweepBlock})
+        raise PolyalignError(f"{path}: {'; '.join(f'{where}: {message}' for where, message in problems[:5])}. A "
+                             f"sweep file has `recipe: FILE` (relative to it) and a `sweep:` mapping of grid "
+                             f"({{loss.plugin: [symile, clip]}}), seeds and overrides") from None
+    block = written.sweep
+    items = [f"{k}=" + ",".join(_yaml_text(v) for v in values) for k, values in (block.grid or {}).items()]
+    return SweepFile((path.parent / written.recipe).resolve(), items, block.seeds, block.overrides or [])

@@ -25,7 +25,7 @@ import torch
 from pydantic import BaseModel
 
 from polyalign.core.encoder import Encoder
-from polyalign.core.recipe import PluginNode
+from polyalign.core.recipe_schema import PluginNode
 
 CACHE_FORMAT = 2  # bump when what a cache file means changes
 LIBRARIES = ("polyalign", "torch", "numpy", "pillow", "torchvision", "torchaudio", "soundfile", "wfdb", "timm",

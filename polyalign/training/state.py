@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from polyalign.core.recipe import TrainSection
+from polyalign.core.recipe_schema import TrainSection
 from polyalign.files.weights import STATE, CheckpointError, load_state, load_weights
 
 from .checkpoint import (

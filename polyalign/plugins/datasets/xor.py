@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from polyalign.core.data import Sample
-from polyalign.core.memory import memory_problem
+from polyalign.core.memory import MemoryNeed
 
 SAMPLE_BYTES = 1200
 """Memory of one generated tuple, a dict of three small float32 arrays (tracemalloc measures about 1340)."""
@@ -25,13 +25,11 @@ class XorConfig(BaseModel):
     n_test: int = Field(1000, ge=0, description="test tuples")
     seed: int | None = Field(None, description="data seed (default: the recipe's seed)")
 
-    @model_validator(mode="after")
-    def _fits_in_memory(self) -> XorConfig:
+    def memory_need(self, context: dict) -> MemoryNeed:
+        """Every tuple of the three splits is generated in memory."""
         n = self.n_train + self.n_val + self.n_test
-        problem = memory_problem(float(n) * SAMPLE_BYTES, f"{n} tuples generated in memory x {SAMPLE_BYTES} bytes")
-        if problem:
-            raise ValueError(f"{problem}; lower n_train, n_val or n_test")
-        return self
+        return MemoryNeed(float(n) * SAMPLE_BYTES, f"{n} tuples generated in memory x {SAMPLE_BYTES} bytes",
+                          "lower n_train, n_val or n_test")
 
 
 def generate_xor(n: int, d_v: int, p_hat: float, rng: np.random.Generator, d_shared: int = 0) -> list[Sample]:

@@ -54,11 +54,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, model_validator
 
 from polyalign.core.errors import PolyalignError
 from polyalign.core.loss import MIN_LOGIT_SCALE, Loss, LossConfig, LossOutput, Temperature, full_present
-from polyalign.core.memory import memory_problem
+from polyalign.core.memory import MemoryNeed
 from polyalign.core.step_cost import ENTRY_FLOPS, contrast_flops
 
 from .multilinear import anchor_logsumexps, elementwise_product, mip
@@ -93,19 +93,15 @@ class SymileConfig(LossConfig):
                              f"or leave scale: none")
         return self
 
-    @model_validator(mode="after")
-    def _fits_in_memory(self, info: ValidationInfo) -> SymileConfig:
+    def memory_need(self, context: dict) -> MemoryNeed | None:
         """n_squared keeps one log-sum-exp per combination of the first M-2 modalities' rows: N^(M-2)
         numbers for a batch of N, which outgrows any machine as modalities are added."""
-        context = info.context or {}
         m, n = len(context.get("modalities", [])), context.get("batch_size")
-        if self.negatives == "n_squared" and m > 3 and n:
-            problem = memory_problem(4.0 * float(n) ** (m - 2), f"negatives: n_squared over {m} modalities "
-                                     f"with a batch of {n} keeps {n}^{m - 2} = {float(n) ** (m - 2):.3g} "
-                                     f"log-sum-exps of 4 bytes")
-            if problem:
-                raise ValueError(f"{problem}; use negatives: n, or a smaller train.batch_size")
-        return self
+        if self.negatives != "n_squared" or m <= 3 or not n:
+            return None
+        return MemoryNeed(4.0 * float(n) ** (m - 2), f"negatives: n_squared over {m} modalities with a batch of "
+                          f"{n} keeps {n}^{m - 2} = {float(n) ** (m - 2):.3g} log-sum-exps of 4 bytes",
+                          "use negatives: n, or a smaller train.batch_size")
 
 
 def resolve_negatives(negatives: Negatives, n_modalities: int, batch_size: int) -> str:
