@@ -328,9 +328,7 @@ def _print_fit(recipe) -> None:
         device = pick_device("cpu")
     plugins = default_plugins()
     loss = build_loss(recipe, plugins)
-    for line in autos_text(resolved_autos(recipe, loss, device)):
-        out.print(escape(line), soft_wrap=True)
-    lines = fit_lines(recipe, plugins, loss, device)
+    lines = fit_lines(recipe, plugins, loss, device) + autos_text(resolved_autos(recipe, loss, device))
     out.print("on this machine (apart from validity):\n" + "\n".join(f"  {escape(line)}" for line in lines),
               soft_wrap=True)
 
