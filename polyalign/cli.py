@@ -673,7 +673,8 @@ def parser() -> argparse.ArgumentParser:
                     help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines or an embeddings file "
                          "from `polyalign embed`")
     ix.add_argument("--out", required=True, metavar="FILE.faiss",
-                    help="the index; its ids and provenance go to FILE.faiss.json beside it")
+                    help="the index; its ids and provenance go to FILE.faiss.json beside it, its hash to "
+                         "FILE.faiss.hashed")
     ix.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat",
                     help="flat = exact inner product (default); ivf, hnsw = approximate, faster on millions")
     ix.add_argument("--nlist", type=int, default=None, help="ivf: clusters (default about 4 x sqrt(N))")
