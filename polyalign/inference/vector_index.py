@@ -47,7 +47,7 @@ def sidecar(path: str | Path) -> Path:
 
 
 def hash_record(path: str | Path) -> Path:
-    """``FILE.faiss.hashed``: the SHA-256 of ``FILE.faiss`` with the size and mtime it had when hashed."""
+    """``FILE.faiss.hashed``: the SHA-256 of ``FILE.faiss`` with the size, mtime and inode it had when hashed."""
     return Path(f"{path}.hashed")
 
 
@@ -67,8 +67,8 @@ def _stamp(path: Path) -> list[int]:
 
 
 def record_hash(path: Path, sha256: str) -> None:
-    """Record ``sha256`` as the hash of ``path`` at its present size and mtime (not at all where the folder is
-    read-only: the next open hashes again)."""
+    """Record ``sha256`` as the hash of ``path`` as it is now (not at all where the folder is read-only: the next
+    open hashes again)."""
     try:
         atomic_write_text(hash_record(path), json.dumps({"sha256": sha256, "stamp": _stamp(path)}) + "\n")
     except (OSError, PolyalignError):
@@ -76,8 +76,8 @@ def record_hash(path: Path, sha256: str) -> None:
 
 
 def hash_unchanged(path: Path, sha256: str) -> bool:
-    """Whether ``path`` hashes to ``sha256``: trusted from its record while its size and mtime are those recorded,
-    else hashed again (and recorded when it matches)."""
+    """Whether ``path`` hashes to ``sha256``: trusted from its record while its size, mtime and inode are those
+    recorded, else hashed again (and recorded when it matches)."""
     try:
         record = read_json(hash_record(path), "index hash record", max_bytes=1000)
     except PolyalignError:  # missing or broken: hash again
