@@ -421,7 +421,7 @@ EXPECTED: dict[str, str] = {  # what the output of each case must hold (whitespa
     "embed: --batch-size 0": "argument --batch-size: must be at least 1, got 0",
     "embed: --batch-size -1": "argument --batch-size: must be at least 1, got -1",
     "embed: --out not .safetensors": "e.npy: an embeddings file must end in .safetensors",
-    "embed: --out in a folder that is a file": "bits.npy: File exists",
+    "embed: --out in a folder that is a file": "bits.npy is a file, not a folder; give a path in a folder",
     "embed: 10 kB modality name": "is not a modality of this model; it has: a, b, c",
     "embed: model card whose requires is a list of text": "MODEL_CARD.md: requires.0 is 'vector'; each entry of "
                                                           "`requires:` must be a mapping",
