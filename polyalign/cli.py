@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from polyalign.core.errors import MAX_MESSAGE_CHARS, Notice, PolyalignError, cut, shown
+from polyalign.core.errors import Notice, PolyalignError, shown
 from polyalign.files.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 
 err = Console(stderr=True, highlight=False)
@@ -29,10 +29,10 @@ DEMO_MAX_ROWS = 100_000  # tuples per split of demo-data (four small files each)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its usage errors cut (they echo the value given, which may be huge)."""
+    """argparse, with its usage errors cut as polyalign's own are (they echo the value given, which may be huge)."""
 
     def error(self, message: str):  # type: ignore[override]
-        super().error(cut(message, 2000))
+        super().error(str(PolyalignError(message)))
 
 
 class _CommandParser(_Parser):
@@ -731,7 +731,8 @@ def parser() -> argparse.ArgumentParser:
                     help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines or an embeddings file "
                          "from `polyalign embed`")
     ix.add_argument("--out", required=True, metavar="FILE.faiss",
-                    help="the index; its ids and provenance go to FILE.faiss.json beside it")
+                    help="the index; its ids and provenance go to FILE.faiss.json beside it, its hash to "
+                         "FILE.faiss.hashed")
     ix.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat",
                     help="flat = exact inner product (default); ivf, hnsw = approximate, faster on millions")
     ix.add_argument("--nlist", type=int, default=None, help="ivf: clusters (default about 4 x sqrt(N))")
@@ -845,18 +846,19 @@ def notices_as_lines(show: Callable[..., None]) -> Callable[..., None]:
     return show_warning
 
 
-def _error_message(exc: BaseException) -> tuple[str, int]:
-    """What the CLI prints for an error, and its exit code: 2 for the input or the machine, 1 for a bug."""
+def _as_error(exc: BaseException) -> tuple[PolyalignError, int]:
+    """``exc`` as the error the CLI prints (cut once, where every :class:`PolyalignError` is made), and its exit
+    code: 2 for the input or the machine, 1 for a bug."""
     if isinstance(exc, PolyalignError):
-        return str(exc), 2
+        return exc, 2
     if isinstance(exc, OSError):  # the machine, not the code: a full disk, a missing permission...
         from polyalign.files.atomic import os_error_message
 
-        return cut(os_error_message(exc)), 2
+        return PolyalignError(os_error_message(exc)), 2
     if isinstance(exc, MemoryError):
-        return f"out of memory ({cut(str(exc), 300) or 'MemoryError'}); use smaller inputs or settings", 2
-    return (f"unexpected {type(exc).__name__}: {cut(str(exc), 2000)}. This is a bug in polyalign or in a "
-            f"plugin; run the command again with --debug to see where it happened, and report it."), 1
+        return PolyalignError(f"out of memory ({exc or 'MemoryError'}); use smaller inputs or settings"), 2
+    return PolyalignError(f"unexpected {type(exc).__name__}: {exc}. This is a bug in polyalign or in a plugin; run "
+                          f"the command again with --debug to see where it happened, and report it."), 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -877,8 +879,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - every error ends as one message (a bug's says so)
         if debug:
             err.print(escape(traceback.format_exc()), end="", soft_wrap=True)
-        message, code = _error_message(exc)
-        err.print(f"[bold red]error:[/bold red] {escape(cut(message, MAX_MESSAGE_CHARS))}", soft_wrap=True)
+        error, code = _as_error(exc)
+        err.print(f"[bold red]error:[/bold red] {escape(str(error))}", soft_wrap=True)
         return code
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,34 @@ def test_bad_index_files_are_refused_with_a_message(symile_run, bits, tmp_path, 
     assert "--ef-search must be a whole number from 1 to 65536" in capsys.readouterr().err
     assert index(symile_run, tmp_path / "x.faiss", bits, "--kind", "ivf") == 2
     assert "too few" in capsys.readouterr().err
+
+
+def test_an_index_is_hashed_again_only_when_its_file_changed(symile_run, bits, tmp_path, monkeypatch):
+    """The SHA-256 written by `polyalign index` is trusted while the file's size, mtime and inode are those it had;
+    a changed file is hashed again: accepted (once) when its bytes are the same, refused (every time) when not."""
+    from polyalign.core.errors import PolyalignError
+    from polyalign.inference import vector_index
+
+    path = tmp_path / "b.faiss"
+    assert index(symile_run, path, bits) == 0
+    hashed = []
+    real = vector_index.file_sha256
+    monkeypatch.setattr(vector_index, "file_sha256", lambda p: hashed.append(p) or real(p))
+    for _ in range(2):
+        assert len(vector_index.read_index(path).ids) == len(ALL_BITS)
+    assert hashed == []
+
+    data = path.read_bytes()
+    path.write_bytes(data)  # the same bytes (as a copy would): a new mtime, hashed once and recorded
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # past the file system's timestamp granularity
+    for _ in range(2):
+        assert len(vector_index.read_index(path).ids) == len(ALL_BITS)
+    assert hashed == [path]
+
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit changed, the same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10 ** 9))
+    for _ in range(2):
+        with pytest.raises(PolyalignError, match=r"b\.faiss does not match b\.faiss\.json \(its SHA-256 differs\)"):
+            vector_index.read_index(path)
+    assert hashed == [path] * 3

@@ -1,6 +1,7 @@
 """Every CLI command over a corpus of hostile inputs (tests/hostile_corpus.py, and round three in
 tests/hostile_corpus_three.py): it exits 0 or 2, never prints a traceback or "unexpected", never
-prints more than 20 kB, and answers within a time bound (a hang fails the case)."""
+prints more than 20 kB, says what its case expects (the problem, and the file or option it is about) and answers
+within a time bound (a hang fails the case)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import signal
 
 import hostile_corpus_three as three
 import pytest
-from hostile_corpus import CASES, make_models
+from hostile_corpus import CASES, EXPECTED, make_models
 
 from polyalign.cli import main
 
 MAX_OUTPUT = 20_000
 MAX_SECONDS = 120  # a case answers in seconds; this bound only turns a hang into a failure
 ALL_CASES = {**CASES, **three.CASES}
+ALL_EXPECTED = {**EXPECTED, **three.EXPECTED}
 
 
 class NoAnswer(BaseException):
@@ -28,6 +30,10 @@ def made(tmp_path_factory):
 
 def _on_alarm(signum, frame):
     raise NoAnswer
+
+
+def test_every_case_says_what_its_output_must_hold():
+    assert not set(ALL_CASES) ^ set(ALL_EXPECTED), set(ALL_CASES) ^ set(ALL_EXPECTED)
 
 
 @pytest.mark.parametrize("name", list(ALL_CASES))
@@ -54,7 +60,6 @@ def test_hostile_input_gets_one_bounded_message(name, made, tmp_path, capsys, mo
     assert len(printed.encode("utf-8")) <= MAX_OUTPUT, f"{len(printed.encode())} bytes: {printed[:500]}..."
     if code == 2:
         assert "error:" in err
-    if name in three.EXPECTED:
-        assert three.EXPECTED[name] in " ".join(printed.split()), printed[-3000:]
+    assert ALL_EXPECTED[name] in " ".join(printed.split()), printed[-3000:]
     if name in three.CASES:
         assert not [u for u in three.UNWANTED if u in printed], printed[-3000:]

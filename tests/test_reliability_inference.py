@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import time
 import tracemalloc
 from pathlib import Path
@@ -19,7 +20,7 @@ from safetensors.torch import save_file
 
 import polyalign
 from polyalign.cli import main
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import MAX_MESSAGE_CHARS, PolyalignError, cut
 from polyalign.files.atomic import WriteError
 from polyalign.files.manifest_file import ManifestError, read_manifest
 from polyalign.files.npy_file import read_npy
@@ -205,3 +206,31 @@ def test_an_unexpected_exception_is_one_message_exit_1(monkeypatch):
     assert code == 1 and "Traceback" not in err
     assert err.startswith("error: unexpected ZeroDivisionError: float division by zero. This is a bug")
     assert "--debug" in err
+
+
+@pytest.mark.parametrize("exc, start, end", [
+    (ZeroDivisionError("x" * 100_000), "error: unexpected ZeroDivisionError: xxx", "and report it."),
+    (OSError(28, "No space left on device", "/d/" + "d" * 100_000), "error: /d/ddd", "then run the command again)"),
+    (MemoryError("m" * 100_000), "error: out of memory (mmm", "use smaller inputs or settings"),
+    (PolyalignError("p" * 100_000 + "; do this"), "error: ppp", "ppp; do this")])
+def test_a_long_message_is_cut_once_keeping_its_start_and_what_to_do(monkeypatch, exc, start, end):
+    """Whatever the error, the CLI prints it cut once (one note of the cut), its advice at the end kept."""
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr("polyalign.cli.cmd_plugins", fail)
+    code, _, err = _cli("plugins")
+    text = err.strip()
+    assert code in (1, 2) and text.startswith(start) and text.endswith(end), text[-200:]
+    assert text.count("characters cut ...]") == 1 and len(text) <= MAX_MESSAGE_CHARS + len("error: ")
+
+
+@pytest.mark.parametrize("length, limit", [(200, 200), (201, 200), (1000, 200), (10 ** 6, MAX_MESSAGE_CHARS)])
+def test_a_cut_text_is_at_most_its_limit_note_included(length, limit):
+    text = "".join(chr(97 + i % 26) for i in range(length - 3)) + "END"
+    shown_text = cut(text, limit)
+    assert len(shown_text) <= limit and shown_text.endswith("END")
+    assert (shown_text == text) == (length <= limit)
+    if length > limit:
+        kept = len(shown_text) - len(re.search(r" \[\.\.\. \d+ characters cut \.\.\.\] ", shown_text).group(0))
+        assert f"[... {length - kept} characters cut ...]" in shown_text

@@ -22,6 +22,7 @@ from PIL import Image
 
 import polyalign
 from polyalign.cli import main
+from polyalign.core.errors import MAX_MESSAGE_CHARS, PolyalignError
 from polyalign.inference.export import export_model
 from polyalign.inference.search import index_to_file, search_sources
 from polyalign.inference.vector_index import IndexOptions
@@ -249,6 +250,21 @@ def test_body_limit_and_token(demo):
         assert streamed.status_code == 413
         assert c.post("/embed", json={"values": {"text": ["x"]}}, headers=auth).status_code == 200
 
+
+@pytest.mark.parametrize("exc, status, start", [
+    (ValueError("v" * 100_000), 500, "unexpected ValueError (a bug in polyalign or a plugin): vvv"),
+    (PolyalignError("p" * 100_000 + "; do this"), 422, "ppp")])
+def test_a_long_error_is_answered_cut_once(demo, monkeypatch, exc, status, start):
+    """A bug's message, or a polyalign error's, is cut once (to MAX_MESSAGE_CHARS, the note of the cut included)."""
+    def fail(modality):
+        raise exc
+
+    monkeypatch.setattr(demo["model"], "check_modality", fail)
+    with TestClient(create_app(demo["model"], {}, Limits()), raise_server_exceptions=False) as c:
+        answer = c.post("/embed", json={"values": {"text": ["a red circle"]}})
+    detail = answer.json()["detail"]
+    assert answer.status_code == status and detail.startswith(start) and detail.count("characters cut ...]") == 1
+    assert len(detail) <= MAX_MESSAGE_CHARS and detail.endswith("v" * 50 if status == 500 else "; do this")
 
 def test_page_is_served_without_a_cdn(client):
     page = client.get("/")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from functools import partial
 from itertools import islice
 
@@ -14,7 +15,7 @@ import torch
 import polyalign
 from polyalign.plugins.datasets.shards import write_shards
 from polyalign.training.input_cache import CachedDecode
-from polyalign.training.shard_blocks import BlockStream, Decoded
+from polyalign.training.shard_blocks import BlockStream, Decoded, block_name
 from polyalign.training.tensor_store import TensorStore
 
 pytest.importorskip("webdataset")
@@ -93,3 +94,34 @@ def test_no_block_for_a_partial_read_a_changed_shard_or_other_options(blocks):
     other = BlockStream(stream.inner, stream.decoders, {"v": "v-other-options", "t": "t"}, folder)
     list(other.read(stream.shards[1]))
     assert len(list(folder.glob("*.pt"))) == 3
+
+
+def test_one_bounded_lru_of_open_files_serves_both_caches(blocks):
+    """Blocks and tensor-store parts are kept open by one bounded LRU: the least recently used is let go first, a
+    missing file is not kept, and a copy sent to a worker process starts with none open but reads the same."""
+    stream, _, tmp_path = blocks
+    stream.open_blocks.limit = 2
+    names = [block_name(shard, stream.folders) for shard in stream.shards]
+    for _ in range(2):  # the first pass writes the blocks, the second opens them
+        for shard in stream.shards:
+            list(stream.read(shard))
+    assert list(stream.open_blocks.files) == names[1:]
+    list(stream.read(stream.shards[1]))
+    assert list(stream.open_blocks.files) == [names[2], names[1]]
+    assert stream.open_blocks.get("no-such-block.pt", stream._load) is None and len(stream.open_blocks) == 2
+
+    store = TensorStore(tmp_path / "parts")
+    store.handles.limit = 2
+    for i in range(5):  # five parts, one entry each
+        store.put(f"k{i}", torch.full((3,), float(i)))
+        store.flush()
+    opened = []
+    load = store._load
+    store._load = lambda path: opened.append(path.name) or load(path)
+    for i in [0, 1, 2, 0, 2, 1]:
+        assert torch.equal(store.get(f"k{i}"), torch.full((3,), float(i)))
+        assert len(store.handles) <= 2
+    part = {i: store.index[f"k{i}"][0].name for i in range(3)}
+    assert opened == [part[0], part[1], part[2], part[0], part[1]]  # k2 found open; k0, then k1, had been let go
+    worker = pickle.loads(pickle.dumps(store.handles))
+    assert len(worker) == 0 and worker.limit == 2

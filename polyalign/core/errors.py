@@ -24,11 +24,13 @@ def shown(value: Any) -> str:
 
 
 def cut(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """``text`` if it is at most ``limit`` characters, else its start and end around a note of the cut."""
+    """``text`` if it is at most ``limit`` characters, else its start and end around a note of the cut (``limit``
+    characters in all)."""
     if len(text) <= limit:
         return text
-    tail = limit // 10
-    return f"{text[:limit - tail]} [... {len(text) - limit} characters cut ...] {text[-tail:]}"
+    keep = max(limit - len(f" [... {len(text)} characters cut ...] "), 0)
+    tail = keep // 10
+    return f"{text[:keep - tail]} [... {len(text) - keep} characters cut ...] {text[len(text) - tail:]}"
 
 
 def not_a_file(path: Any) -> str:

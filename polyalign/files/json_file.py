@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,22 +29,15 @@ class JsonError(PolyalignError):
     """JSON that cannot be read, is too large or too deeply nested; the message names its source."""
 
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NESTS = (list, dict)
 
 
-def nesting(text: str) -> int:
-    """How deep the arrays and objects of valid JSON ``text`` nest (0 for a bare value), counted in
-    the text at C speed (strings removed first, so brackets inside them do not count)."""
-    import numpy as np  # here, not at the top: the CLI starts without it
-
-    bare = _STRING.sub("", text).encode("utf-8")
-    deepest = level = 0
-    for start in range(0, len(bare), 1 << 24):  # in chunks: a few bytes of memory per character of one chunk
-        codes = np.frombuffer(bare, dtype=np.uint8, count=min(1 << 24, len(bare) - start), offset=start)
-        steps = np.isin(codes, (ord("["), ord("{"))).astype(np.int64) - np.isin(codes, (ord("]"), ord("}")))
-        levels = level + np.cumsum(steps)
-        if len(levels):
-            deepest, level = max(deepest, int(levels.max())), int(levels[-1])
+def nesting(value: Any) -> int:
+    """How deep the lists and dicts of a parsed JSON ``value`` nest (0 for a bare value), walked level by level."""
+    deepest, level = 0, [value] if type(value) in _NESTS else []
+    while level:  # the lists and dicts one level down (a list of millions of numbers adds none)
+        deepest += 1
+        level = [v for c in level for v in (c.values() if type(c) is dict else c) if type(v) in _NESTS]
     return deepest
 
 
@@ -64,7 +56,8 @@ def parse_json(text: str | bytes, source: str, max_depth: int = MAX_DEPTH) -> An
         raise JsonError(f"{source}: nested too deeply (more than {max_depth} levels are refused)") from None
     except ValueError as exc:  # an integer of thousands of digits
         raise JsonError(f"{source}: a value cannot be read ({cut(str(exc), 200)})") from None
-    if text.count("[") + text.count("{") > max_depth and nesting(text) > max_depth:  # else it cannot nest so deep
+    # json.loads bounds nesting by Python's recursion limit (RecursionError above); the walk bounds it to max_depth
+    if text.count("[") + text.count("{") > max_depth and nesting(value) > max_depth:  # else it cannot nest so deep
         raise JsonError(f"{source}: nested too deeply (more than {max_depth} levels are refused)")
     return value
 

@@ -52,7 +52,10 @@ def save_embeddings(path: str | Path, model: TrainedModel, modality: str, embedd
     path = Path(path)
     if path.suffix != ".safetensors":
         raise PolyalignError(f"--out {path}: an embeddings file must end in .safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file where a folder of the path should be
+        raise PolyalignError(f"--out {path}: {exc.filename} is a file, not a folder; give a path in a folder") from None
     atomic_write_bytes(path, save({TENSOR: embeddings.detach().float().cpu().contiguous()}, metadata))
     return path
 

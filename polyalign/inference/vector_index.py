@@ -3,6 +3,8 @@
 ``FILE.faiss`` is a plain faiss index (``faiss.read_index`` opens it); ``FILE.faiss.json`` beside
 it holds the candidates' ids, the model that embedded them, the index options, the measured
 recall and the SHA-256 of the index file, which is checked before faiss reads a byte of it.
+``FILE.faiss.hashed`` records that SHA-256 with the file's size, modification time and inode: while they
+are unchanged, opening the index trusts the hash instead of reading gigabytes to compute it again.
 """
 
 from __future__ import annotations
@@ -42,6 +44,50 @@ def import_faiss() -> Any:
 def sidecar(path: str | Path) -> Path:
     """``FILE.faiss.json``: the ids and provenance of ``FILE.faiss``."""
     return Path(f"{path}.json")
+
+
+def hash_record(path: str | Path) -> Path:
+    """``FILE.faiss.hashed``: the SHA-256 of ``FILE.faiss`` with the size, mtime and inode it had when hashed."""
+    return Path(f"{path}.hashed")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file at ``path``, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stamp(path: Path) -> list[int]:
+    """What changes when a file is written: its size, mtime and inode (an atomic replace is a new inode)."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def record_hash(path: Path, sha256: str) -> None:
+    """Record ``sha256`` as the hash of ``path`` as it is now (not at all where the folder is read-only: the next
+    open hashes again)."""
+    try:
+        atomic_write_text(hash_record(path), json.dumps({"sha256": sha256, "stamp": _stamp(path)}) + "\n")
+    except (OSError, PolyalignError):
+        pass
+
+
+def hash_unchanged(path: Path, sha256: str) -> bool:
+    """Whether ``path`` hashes to ``sha256``: trusted from its record while its size, mtime and inode are those
+    recorded, else hashed again (and recorded when it matches)."""
+    try:
+        record = read_json(hash_record(path), "index hash record", max_bytes=1000)
+    except PolyalignError:  # missing or broken: hash again
+        record = None
+    if isinstance(record, dict) and record.get("sha256") == sha256 and record.get("stamp") == _stamp(path):
+        return True
+    if file_sha256(path) != sha256:
+        return False
+    record_hash(path, sha256)
+    return True
 
 
 OPTION_RANGES = {
@@ -149,9 +195,11 @@ def write_index(path: str | Path, index: Any, ids: list[Any], metadata: dict[str
     data = faiss.serialize_index(index).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
+    sha256 = hashlib.sha256(data).hexdigest()
     meta = {"format": FORMAT, **metadata, "count": int(index.ntotal), "dim": int(index.d),
-            "index_sha256": hashlib.sha256(data).hexdigest(), "ids": ids}
+            "index_sha256": sha256, "ids": ids}
     atomic_write_text(sidecar(path), json.dumps(meta) + "\n")
+    record_hash(path, sha256)
     return path
 
 
@@ -219,12 +267,11 @@ def read_index(path: str | Path) -> IndexFile:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("ids"), list):
         raise PolyalignError(f"{meta_path} was not written by `polyalign index` (format {FORMAT})")
     check_ids(meta["ids"], f"{meta_path}: 'ids'", "; build the index again with `polyalign index`")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != meta.get("index_sha256"):
+    if not hash_unchanged(path, str(meta.get("index_sha256"))):
         raise PolyalignError(f"{path} does not match {meta_path.name} (its SHA-256 differs): the index was "
                              f"changed or cut short after it was written; build it again with `polyalign index`")
     try:
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        index = faiss.read_index(str(path))
     except RuntimeError as exc:
         raise PolyalignError(f"faiss cannot read {path}: {str(exc).splitlines()[-1]}") from None
     check_index(index, meta, path)

@@ -239,7 +239,8 @@ def create_app(model: TrainedModel, candidates: dict[str, CandidateSet] | None =
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(500, f"unexpected {type(exc).__name__} (a bug in polyalign or a plugin): {exc}")
+        error = RequestError(500, f"unexpected {type(exc).__name__} (a bug in polyalign or a plugin): {exc}")
+        return error_response(error.status, str(error))
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -19,11 +19,12 @@ SUFFIX_OF_TYPE = {"image/png": ".png", "image/jpeg": ".jpg", "audio/wav": ".wav"
                   "audio/wave": ".wav", "audio/flac": ".flac", "text/plain": ".txt"}
 
 
-class RequestError(Exception):
-    """A request the server refuses: the HTTP status and a message saying what was wrong."""
+class RequestError(PolyalignError):
+    """A request the server refuses: the HTTP status and a message saying what was wrong (cut as every polyalign
+    error is, once, where it is made)."""
 
     def __init__(self, status: int, message: str):
-        super().__init__(cut(message, 2000))
+        super().__init__(message)
         self.status = status
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,8 @@ from polyalign.core.encoder import Input
 from polyalign.core.errors import PolyalignError
 from polyalign.core.stream import Shard, StreamSplit
 from polyalign.files.atomic import describe_os_error
+
+from .open_files import OpenFiles
 
 BLOCK_FORMAT = 1
 OPEN_BLOCKS = 8  # blocks kept open (memory-mapped) per process
@@ -120,14 +121,11 @@ class BlockStream(StreamSplit):
                  folder: Path):
         super().__init__(inner.shards, inner.weights, inner.resampled, inner.shuffle_buffer)
         self.inner, self.decoders, self.folders, self.folder = inner, decoders, folders, Path(folder)
-        self.open_blocks: OrderedDict[str, dict[str, Any]] = OrderedDict()
-
-    def __getstate__(self) -> dict[str, Any]:  # open blocks stay with their process
-        return {**self.__dict__, "open_blocks": OrderedDict()}
+        self.open_blocks: OpenFiles[str, dict[str, Any]] = OpenFiles(OPEN_BLOCKS)
 
     def read(self, shard: Shard, skip: int = 0) -> Iterator[tuple[str, Sample]]:
         name = block_name(shard, self.folders)
-        block = self._open(name) if name is not None else None
+        block = self.open_blocks.get(name, self._load) if name is not None else None
         if block is not None:
             yield from unpack(block, skip)
             return
@@ -148,10 +146,7 @@ class BlockStream(StreamSplit):
                     rows = None
             yield key, out
 
-    def _open(self, name: str) -> dict[str, Any] | None:
-        if name in self.open_blocks:
-            self.open_blocks.move_to_end(name)
-            return self.open_blocks[name]
+    def _load(self, name: str) -> dict[str, Any] | None:
         path = self.folder / name
         if not path.is_file():
             return None
@@ -160,9 +155,6 @@ class BlockStream(StreamSplit):
         except Exception as exc:
             raise PolyalignError(f"cache file {path} cannot be read ({type(exc).__name__}: {exc}); delete it (the "
                                  f"shard is read and decoded again)") from exc
-        self.open_blocks[name] = block
-        while len(self.open_blocks) > OPEN_BLOCKS:
-            self.open_blocks.popitem(last=False)
         return block
 
     def _write(self, name: str, rows: list[tuple[str, Sample]]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import torch
 from polyalign.core.encoder import Input
 from polyalign.core.errors import PolyalignError
 from polyalign.files.atomic import describe_os_error, save_tensors
+
+from .open_files import OpenFiles
 
 SUFFIX = ".safetensors"
 OPEN_FILES = 64  # files kept open (memory-mapped) at once
@@ -41,13 +42,10 @@ class TensorStore:
         self.index: dict[str, tuple[Path, tuple[str, ...] | None]] = {}  # key -> (file, dict fields or None)
         self.files: set[str] = set()
         self.pending: dict[str, Input] = {}
-        self.handles: OrderedDict[Path, Any] = OrderedDict()
+        self.handles: OpenFiles[Path, Any] = OpenFiles(OPEN_FILES)
         self.written = 0
         self.scanned_at = 0.0
         self.refresh()
-
-    def __getstate__(self) -> dict[str, Any]:  # open files stay with their process
-        return {**self.__dict__, "handles": OrderedDict()}
 
     def __len__(self) -> int:
         return len(self.index) + len(self.pending)
@@ -88,7 +86,7 @@ class TensorStore:
         if entry is None:
             return None
         path, fields = entry
-        handle = self._open(path)
+        handle = self.handles.get(path, self._load)
         if fields is None:
             return handle.get_tensor(key)
         return {f: handle.get_tensor(f"{key}/{f}") for f in fields}
@@ -122,17 +120,11 @@ class TensorStore:
             self.index[key] = (path, tuple(sorted(value)) if isinstance(value, dict) else None)
         self.pending.clear()
 
-    def _open(self, path: Path) -> Any:
+    def _load(self, path: Path) -> Any:
         from safetensors import safe_open
 
-        handle = self.handles.pop(path, None)
-        if handle is None:
-            try:
-                handle = safe_open(str(path), "pt")
-            except Exception as exc:
-                raise PolyalignError(f"cache file {path} cannot be read ({type(exc).__name__}: {exc}); "
-                                     f"delete it (the entries it held are computed again)") from exc
-        self.handles[path] = handle
-        while len(self.handles) > OPEN_FILES:
-            self.handles.popitem(last=False)
-        return handle
+        try:
+            return safe_open(str(path), "pt")
+        except Exception as exc:
+            raise PolyalignError(f"cache file {path} cannot be read ({type(exc).__name__}: {exc}); "
+                                 f"delete it (the entries it held are computed again)") from exc
