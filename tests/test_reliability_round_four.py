@@ -65,3 +65,12 @@ def test_status_of_a_sweep_whose_runs_are_all_done_leaves_no_time(tmp_path):
         (run / REPORT_DIR / REPORT_JSON).write_text("[]")
     text = sweep_progress(tmp_path).text()
     assert "4 run(s): 4 done; time left: none" in text and "no run has finished" not in text
+
+
+@pytest.mark.parametrize("text", ['"\\ud800"', '{"\\udc00": 1}', '[["a", {"b": "x\\uDBFF"}]]'])
+def test_json_with_a_lone_surrogate_is_refused_where_it_is_read(text):
+    from polyalign.files.json_file import JsonError, parse_json
+
+    with pytest.raises(JsonError, match="holds half of a UTF-16 surrogate pair alone"):
+        parse_json(text, "body")
+    assert parse_json('"\\ud83d\\ude00"', "body") == "\U0001f600"  # a complete pair is a character

@@ -133,3 +133,17 @@ def test_a_client_that_leaves_mid_body_leaves_no_traceback_in_the_log(xor_run, c
         sock.close()
     logged = "\n".join(r.getMessage() + (str(r.exc_info) if r.exc_info else "") for r in caplog.records)
     assert "Exception in ASGI application" not in logged and not any(r.exc_info for r in caplog.records), logged
+
+
+def test_a_lone_surrogate_in_a_json_body_is_a_400_that_says_so(xor_run):
+    from fastapi.testclient import TestClient
+
+    from polyalign.serving.app import create_app
+    from polyalign.serving.candidates import load_candidates
+
+    model = polyalign.load(xor_run, device="cpu")
+    with TestClient(create_app(model, load_candidates(model, [], []))) as client:
+        answer = client.post("/embed", content=b'{"values": {"a": ["\\ud800"]}}',
+                             headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400  # a malformed body, as any JSON that cannot be read
+    assert "half of a UTF-16 surrogate pair alone" in answer.json()["detail"]

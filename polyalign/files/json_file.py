@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ class JsonError(PolyalignError):
 
 
 _NESTS = (list, dict)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800-\udfff: half of a pair, never a character alone
 
 
 def nesting(value: Any) -> int:
@@ -39,6 +41,21 @@ def nesting(value: Any) -> int:
         deepest += 1
         level = [v for c in level for v in (c.values() if type(c) is dict else c) if type(v) in _NESTS]
     return deepest
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The first string (or key) of a parsed JSON ``value`` holding half of a surrogate pair alone, or None."""
+    level = [value]
+    while level:
+        for item in level:
+            for s in (item, *item) if type(item) is dict else (item,):
+                if type(s) is str:
+                    try:
+                        s.encode("utf-8")
+                    except UnicodeEncodeError:
+                        return s
+        level = [v for c in level if type(c) in _NESTS for v in (c.values() if type(c) is dict else c)]
+    return None
 
 
 def parse_json(text: str | bytes, source: str, max_depth: int = MAX_DEPTH) -> Any:
@@ -59,6 +76,9 @@ def parse_json(text: str | bytes, source: str, max_depth: int = MAX_DEPTH) -> An
     # json.loads bounds nesting by Python's recursion limit (RecursionError above); the walk bounds it to max_depth
     if text.count("[") + text.count("{") > max_depth and nesting(value) > max_depth:  # else it cannot nest so deep
         raise JsonError(f"{source}: nested too deeply (more than {max_depth} levels are refused)")
+    if _SURROGATE_ESCAPE.search(text) and (bad := lone_surrogate(value)) is not None:
+        raise JsonError(f"{source}: the string {cut(ascii(bad), 80)} holds half of a UTF-16 surrogate pair alone "
+                        f"(\\ud800-\\udfff), which is not a character; send text as UTF-8 or as complete pairs")
     return value
 
 
