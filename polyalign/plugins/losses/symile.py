@@ -56,10 +56,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, model_validator
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.loss import MIN_LOGIT_SCALE, Loss, LossConfig, LossOutput, Temperature, full_present
-from polyalign.core.memory import memory_problem
-from polyalign.core.step_cost import ENTRY_FLOPS, contrast_flops
+from polyalign.plugin import (
+    ENTRY_FLOPS,
+    MIN_LOGIT_SCALE,
+    Loss,
+    LossConfig,
+    LossOutput,
+    PolyalignError,
+    Temperature,
+    contrast_flops,
+    full_present,
+    memory_problem,
+)
 
 from .multilinear import anchor_logsumexps, elementwise_product, mip
 from .pairwise import symmetric_info_nce
@@ -136,7 +144,13 @@ def mip_multiplier(embed_dim: int, n_modalities: int) -> float:
 
 
 class SymileLoss(Loss):
-    """Mean over anchor modalities of the cross-entropy of multilinear-inner-product logits."""
+    """Symile: InfoNCE on the multilinear inner product of all M modalities (negatives: auto, n_squared,
+    per_modality, n)
+
+    Mean over anchor modalities of the cross-entropy of multilinear-inner-product logits."""
+
+    name = "symile"
+    Options = SymileConfig
 
     exact_inner_product = True
 
@@ -233,8 +247,3 @@ class SymileLoss(Loss):
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
         """``⊙_{q∈Q} z_q``: the elementwise product of the query embeddings (its direction after per_modality)."""
         return self._side(list(queries.values()))
-
-
-def build_symile(config: SymileConfig, modalities: list[str] | None = None, embed_dim: int | None = None,
-                 batch_size: int | None = None) -> SymileLoss:
-    return SymileLoss(config, modalities, embed_dim, batch_size)

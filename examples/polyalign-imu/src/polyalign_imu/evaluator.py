@@ -11,8 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluator import EvalContext
+from polyalign.plugin import EvalContext, PolyalignError
 
 
 class ModalityGapConfig(BaseModel):
@@ -22,7 +21,12 @@ class ModalityGapConfig(BaseModel):
 
 
 class ModalityGap:
-    """One row per pair of modalities: the distance between their mean embeddings."""
+    """Distance between the centres of two modalities' embeddings (the modality gap)
+
+    One row per pair of modalities: the distance between their mean embeddings."""
+
+    name = "modality_gap"
+    Options = ModalityGapConfig
 
     def __init__(self, config: ModalityGapConfig):
         self.config = config
