@@ -135,18 +135,17 @@ def _fill_registry(pm: pluggy.PluginManager, infos: dict[str, PluginInfo] | None
     infos = infos or {}
     for kind, hook_name in _REGISTER_HOOKS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            classes: list[Any] = []
+            calls: list[tuple[tuple, dict]] = []
             try:
-                impl.function(register=lambda *args, **kwargs: classes.append(_one_class(impl.plugin_name, hook_name,
-                                                                                           args, kwargs)))
+                impl.function(register=lambda *args, **kwargs: calls.append((args, kwargs)))
             except Exception as exc:
                 info = infos.get(impl.plugin_name)
                 if info is None:
                     raise
                 info.error = f"{hook_name} failed: {type(exc).__name__}: {exc}"
                 continue
-            for cls in classes:
-                registry.add(kind, impl.plugin_name, cls)
+            for args, kwargs in calls:
+                registry.add(kind, impl.plugin_name, _one_class(impl.plugin_name, hook_name, args, kwargs))
     return registry
 
 
