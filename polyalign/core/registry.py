@@ -89,9 +89,9 @@ class Component:
             if p.name not in valid:
                 close = difflib.get_close_matches(p.name, valid, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else "."
-                first = "its options (from Options), then " if self.takes_options else ""
-                raise PluginError(f"{where} asks for {p.name!r}, which polyalign does not provide{hint} A {self.kind} "
-                                  f"class is called with {first}any of: {', '.join(valid) or '(none)'}")
+                after = " (after the options, its first argument)" if self.takes_options else ""
+                raise PluginError(f"{where} asks for {p.name!r}, which polyalign does not provide{hint} The context "
+                                  f"arguments of {self.kind} classes are: {', '.join(valid) or '(none)'}{after}")
             if p.default is inspect.Parameter.empty and p.name not in context:
                 raise PluginError(f"{where} needs the context argument {p.name!r}, which was not given; pass it "
                                   f"(e.g. polyalign.build({self.kind!r}, {self.name!r}, {p.name}=...)) or give it a "
