@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -252,3 +253,14 @@ def test_the_public_plugin_module_gives_every_name_it_lists():
     assert api.hookimpl is polyalign.hookimpl and api.check_loss is polyalign.testing.check_loss
     with pytest.raises(AttributeError, match="no attribute 'build_clip'; the plugin API is: hookimpl, Encoder"):
         api.build_clip  # noqa: B018
+
+
+def test_each_name_of_the_plugin_module_is_documented_once_and_its_stability_stated():
+    import polyalign.plugin as api
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    rows = re.findall(r"^\| `(\w+)` \|", (docs / "api.md").read_text(), flags=re.M)
+    assert sorted(rows) == sorted(api.__all__)  # every name once, nothing else
+    guide = (docs / "writing-a-plugin.md").read_text()
+    for text in (api.__doc__, guide):
+        assert "DeprecationWarning" in text and "at least one minor release" in text and "__all__" in text

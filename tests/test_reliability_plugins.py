@@ -239,8 +239,8 @@ class BadShapes:
         class NoWidth(VectorEncoder):
             name = "no_width"
 
-            def __init__(self, example=None):
-                super().__init__(VectorConfig(hidden=[]), example)
+            def __init__(self, config, example=None):
+                super().__init__(config, example)
                 del self.width
 
         class WantsRows:
