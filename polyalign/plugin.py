@@ -24,108 +24,70 @@ it keeps its name and meaning, and a change that could break a plugin is announc
 ``DeprecationWarning`` for at least one minor release and a line in the changelog (docs/writing-a-plugin.md,
 "Stability"). Anything else of polyalign (``polyalign.core``, ``polyalign.files``, ...) is internal and may change in
 any release; import it through this module, or ask for it to be added here.
-
-The names load on first use, so that ``import polyalign.plugin`` (and a plugin's ``@hookimpl``) does not import torch.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+from polyalign.core.batch import Batch
+from polyalign.core.buffers import kept_buffers
+from polyalign.core.data import SPLITS, DataError, Sample
+from polyalign.core.encoder import FILE_VALUES, Encoder, FileBytes, Input, pad_with_mask, resolve_file
+from polyalign.core.errors import Notice, PluginError, PolyalignError, shown
+from polyalign.core.evaluator import (
+    EvalContext,
+    eval_tag,
+    per_query_metrics,
+    ranks_of_correct,
+    recall_and_rank,
+    retrieval_metrics,
+    row_columns,
+    value_key,
+)
 from polyalign.core.hookspecs import hookimpl
+from polyalign.core.layer_groups import Part, named_layer_groups
+from polyalign.core.loss import (
+    MAX_LOGIT_SCALE,
+    MIN_LOGIT_SCALE,
+    Loss,
+    LossConfig,
+    LossOutput,
+    Metric,
+    Temperature,
+    can_rank_tuples,
+    full_present,
+)
+from polyalign.core.memory import memory_problem
+from polyalign.core.step_cost import ENTRY_FLOPS, contrast_flops
+from polyalign.core.stream import Shard, StreamSplit
+from polyalign.files.atomic import RESUME, WriteError, atomic_write_text, describe_os_error
+from polyalign.files.cache_dir import cache_root
+from polyalign.files.json_file import JsonError, parse_json, read_json
+from polyalign.files.manifest_file import RESERVED_KEYS, SUFFIXES, ManifestError, parse_label, read_manifest
+from polyalign.files.npy_file import read_npy
+from polyalign.files.run_files import METRICS_FILE, REPORT_DIR, logged_before, read_tracker_run
+from polyalign.files.weights import load_failure, torch_load_safely
+from polyalign.testing import ConformanceError, check_dataset, check_encoder, check_evaluator, check_loss
 
-# name -> the module that defines it (one line each, grouped as in __all__)
-_HOME = {
+__all__ = [
+    "hookimpl",
     # Encoders: the base class, one loaded input, file values and padding
-    "Encoder": "polyalign.core.encoder",
-    "Input": "polyalign.core.encoder",
-    "FileBytes": "polyalign.core.encoder",
-    "FILE_VALUES": "polyalign.core.encoder",
-    "resolve_file": "polyalign.core.encoder",
-    "pad_with_mask": "polyalign.core.encoder",
-    "named_layer_groups": "polyalign.core.layer_groups",
-    "Part": "polyalign.core.layer_groups",
-    "kept_buffers": "polyalign.core.buffers",
+    "Encoder", "Input", "FileBytes", "FILE_VALUES", "resolve_file", "pad_with_mask", "named_layer_groups", "Part",
+    "kept_buffers",
     # Losses: the base class, its options, temperature and output, helpers for scoring and cost
-    "Loss": "polyalign.core.loss",
-    "LossConfig": "polyalign.core.loss",
-    "LossOutput": "polyalign.core.loss",
-    "Metric": "polyalign.core.loss",
-    "Temperature": "polyalign.core.loss",
-    "MIN_LOGIT_SCALE": "polyalign.core.loss",
-    "MAX_LOGIT_SCALE": "polyalign.core.loss",
-    "full_present": "polyalign.core.loss",
-    "can_rank_tuples": "polyalign.core.loss",
-    "contrast_flops": "polyalign.core.step_cost",
-    "ENTRY_FLOPS": "polyalign.core.step_cost",
-    "memory_problem": "polyalign.core.memory",
+    "Loss", "LossConfig", "LossOutput", "Metric", "Temperature", "MIN_LOGIT_SCALE", "MAX_LOGIT_SCALE", "full_present",
+    "can_rank_tuples", "contrast_flops", "ENTRY_FLOPS", "memory_problem",
     # Datasets: samples, batches, splits and streamed shards
-    "Sample": "polyalign.core.data",
-    "SPLITS": "polyalign.core.data",
-    "Batch": "polyalign.core.batch",
-    "StreamSplit": "polyalign.core.stream",
-    "Shard": "polyalign.core.stream",
+    "Sample", "SPLITS", "Batch", "StreamSplit", "Shard",
     # Evaluators: what they are given, and the metric helpers the built-ins use
-    "EvalContext": "polyalign.core.evaluator",
-    "ranks_of_correct": "polyalign.core.evaluator",
-    "per_query_metrics": "polyalign.core.evaluator",
-    "retrieval_metrics": "polyalign.core.evaluator",
-    "recall_and_rank": "polyalign.core.evaluator",
-    "value_key": "polyalign.core.evaluator",
+    "EvalContext", "ranks_of_correct", "per_query_metrics", "retrieval_metrics", "recall_and_rank", "value_key",
     # Loggers: run-file names, evaluation rows as columns and tags
-    "METRICS_FILE": "polyalign.files.run_files",
-    "REPORT_DIR": "polyalign.files.run_files",
-    "logged_before": "polyalign.files.run_files",
-    "read_tracker_run": "polyalign.files.run_files",
-    "row_columns": "polyalign.core.evaluator",
-    "eval_tag": "polyalign.core.evaluator",
+    "METRICS_FILE", "REPORT_DIR", "logged_before", "read_tracker_run", "row_columns", "eval_tag",
     # Files: reading and writing safely
-    "read_json": "polyalign.files.json_file",
-    "parse_json": "polyalign.files.json_file",
-    "JsonError": "polyalign.files.json_file",
-    "read_npy": "polyalign.files.npy_file",
-    "read_manifest": "polyalign.files.manifest_file",
-    "parse_label": "polyalign.files.manifest_file",
-    "ManifestError": "polyalign.files.manifest_file",
-    "RESERVED_KEYS": "polyalign.files.manifest_file",
-    "SUFFIXES": "polyalign.files.manifest_file",
-    "atomic_write_text": "polyalign.files.atomic",
-    "describe_os_error": "polyalign.files.atomic",
-    "WriteError": "polyalign.files.atomic",
-    "RESUME": "polyalign.files.atomic",
-    "cache_root": "polyalign.files.cache_dir",
-    "torch_load_safely": "polyalign.files.weights",
-    "load_failure": "polyalign.files.weights",
+    "read_json", "parse_json", "JsonError", "read_npy", "read_manifest", "parse_label", "ManifestError",
+    "RESERVED_KEYS", "SUFFIXES", "atomic_write_text", "describe_os_error", "WriteError", "RESUME", "cache_root",
+    "torch_load_safely", "load_failure",
     # Errors and warnings
-    "PolyalignError": "polyalign.core.errors",
-    "PluginError": "polyalign.core.errors",
-    "DataError": "polyalign.core.data",
-    "Notice": "polyalign.core.errors",
-    "shown": "polyalign.core.errors",
+    "PolyalignError", "PluginError", "DataError", "Notice", "shown",
     # Conformance checks for a plugin's tests
-    "check_encoder": "polyalign.testing",
-    "check_loss": "polyalign.testing",
-    "check_dataset": "polyalign.testing",
-    "check_evaluator": "polyalign.testing",
-    "ConformanceError": "polyalign.testing",
-}
-
-__all__ = ["hookimpl", *_HOME]
-
-if TYPE_CHECKING:
-    pass
-
-
-def __getattr__(name: str) -> Any:
-    """A public name, imported from its module when first asked for."""
-    if name not in _HOME:
-        raise AttributeError(f"module 'polyalign.plugin' has no attribute {name!r}; the plugin API is: "
-                             f"{', '.join(__all__)}")
-    value = getattr(importlib.import_module(_HOME[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+    "check_encoder", "check_loss", "check_dataset", "check_evaluator", "ConformanceError",
+]
