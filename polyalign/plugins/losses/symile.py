@@ -6,8 +6,8 @@ tuple ``(i, ..., i)``; the loss is the mean over the ``M`` anchors of the cross-
 - ``negatives: auto`` (default): ``n_squared`` while its ``N^M`` logits of a batch of ``N`` stay
   within :data:`AFFORDABLE_LOGITS` (M = 3 up to N = 256, M = 4 up to N = 64, M = 6 up to N = 16),
   ``per_modality`` beyond, so that no default grows like ``N^M``. ``N`` is the rows one loss call
-  contrasts, ``train.batch_size`` (times ``accumulate`` under ``negatives: window``), a factory
-  context argument: every batch of a run, the last smaller one included, takes the same branch.
+  contrasts, ``train.batch_size`` (times ``accumulate`` under ``negatives: window``), a context
+  argument of the class: every batch of a run, the last smaller one included, takes the same branch.
   Built without it, the first batch's rows decide.
 - ``negatives: n_squared``: every combination of the other modalities' rows is a
   candidate (``N^(M-1)`` per anchor row). Computed exactly, but blockwise: all ``M`` anchors
