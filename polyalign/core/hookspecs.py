@@ -45,7 +45,8 @@ def register_evaluators(register: Register) -> None:
 
 @hookspec
 def register_loggers(register: Register) -> None:
-    """Register logger classes (with any of the ``on_*`` event methods): ``register(MyLogger)``; context: ``run_dir``."""
+    """Register logger classes (with any of the ``on_*`` event methods): ``register(MyLogger)``; context:
+    ``run_dir``."""
 
 
 @hookspec

@@ -56,7 +56,7 @@ class Component:
         return dict(getattr(self.cls, "requires", None) or {})
 
     def requirements(self, config: BaseModel) -> dict[str, str]:
-        """What these options need installed: ``requires_for(options)`` where the class defines it, else ``requires``."""
+        """What these options need installed: the class's ``requires_for(options)``, else its ``requires``."""
         requires_for = getattr(self.cls, "requires_for", None)
         if requires_for is None:
             return self.requires
