@@ -46,9 +46,7 @@ def read_tuple(folder: Path, root: Path) -> Sample:
 
 
 class TupleFolders:
-    """One folder per tuple, one file per modality (imu.csv, caption.txt, ...), in train/val/test
-
-    The three splits of a ``tuple_folders`` tree; ``root`` is where relative paths start."""
+    """One folder per tuple, one file per modality (imu.csv, caption.txt, ...), in train/val/test."""
 
     name = "tuple_folders"
     Options = TupleFoldersConfig

@@ -37,9 +37,7 @@ def read_recording(value: Any, root: Path | None) -> np.ndarray:
 
 
 class ImuEncoder(Encoder):
-    """Accelerometer recordings (.csv or .npy, samples x axes) into a 1-D CNN
-
-    Recordings -> ``{signal (B, T, axes), mask (B, T)}`` -> convolutions -> masked mean ``(B, hidden)``."""
+    """Accelerometer recordings (.csv or .npy, samples x axes) into a 1-D CNN with a masked mean."""
 
     name = "imu"
     Options = ImuConfig

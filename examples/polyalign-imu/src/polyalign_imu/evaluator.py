@@ -14,21 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from polyalign.plugin import EvalContext, PolyalignError
 
 
-class ModalityGapConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    modalities: list[str] | None = Field(None, min_length=2, description="modalities to compare in pairs "
-                                                                         "(default: all of the model's)")
-
-
 class ModalityGap:
-    """Distance between the centres of two modalities' embeddings (the modality gap)
-
-    One row per pair of modalities: the distance between their mean embeddings."""
+    """Distance between the centres of two modalities' embeddings (the modality gap), one row per pair."""
 
     name = "modality_gap"
-    Options = ModalityGapConfig
 
-    def __init__(self, config: ModalityGapConfig):
+    class Options(BaseModel):  # the options model may also be defined on the class itself
+        model_config = ConfigDict(extra="forbid")
+        modalities: list[str] | None = Field(None, min_length=2, description="modalities to compare in pairs "
+                                                                             "(default: all of the model's)")
+
+    def __init__(self, config: ModalityGap.Options):
         self.config = config
 
     def __call__(self, ctx: EvalContext) -> list[dict[str, Any]]:

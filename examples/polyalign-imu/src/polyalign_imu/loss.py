@@ -24,9 +24,7 @@ class MarginClipConfig(LossConfig):
 
 
 class MarginClipLoss(Loss):
-    """Pairwise InfoNCE with an additive margin on the positives (AM-softmax style)
-
-    Mean over modality pairs of the symmetric InfoNCE of cosines with a margin on the positives."""
+    """Pairwise InfoNCE with an additive margin on the positives (AM-softmax style), mean over pairs."""
 
     name = "margin_clip"
     Options = MarginClipConfig
