@@ -228,6 +228,7 @@ def test_a_class_without_options_is_called_with_its_context_only(tmp_path):
     (type("Nameless", (), {"__doc__": "no name"}), r"loss class Nameless has no name; add the class attribute name"),
     (type("BadOptions", (), {"name": "bad", "Options": dict}), r"Options must be a pydantic BaseModel subclass"),
     (type("BadNeeds", (), {"name": "bad", "requires": ["sklearn"]}), r"requires must map module names to what to pip"),
+    (type("NoRoom", (), {"name": "bad", "Options": LossConfig}), r"declares Options but its __init__ takes no "),
 ])
 def test_registering_something_that_is_not_a_component_class_says_what_to_add(registered, expected):
     with pytest.raises(PluginError, match=expected):

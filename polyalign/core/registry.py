@@ -105,6 +105,13 @@ def _check_requires(requires: Any, where: str) -> None:
                           f"got {shown(requires)}")
 
 
+def _takes_a_first_argument(cls: type) -> bool:
+    """Whether calling ``cls`` accepts one positional argument (the options)."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                  inspect.Parameter.VAR_POSITIONAL)
+    return any(p.kind in positional for p in inspect.signature(cls).parameters.values())
+
+
 def description_of(cls: type) -> str:
     """The first paragraph of the class's own docstring, on one line ('' without one)."""
     doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
@@ -125,6 +132,9 @@ def component(kind: str, plugin: str, cls: Any) -> Component:
     if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
         raise PluginError(f"{where}: Options must be a pydantic BaseModel subclass (or left out: no options), "
                           f"got {shown(options)}")
+    if options is not None and not _takes_a_first_argument(cls):
+        raise PluginError(f"{where} declares Options but its __init__ takes no argument for them; define "
+                          f"__init__(self, options, ...) (polyalign calls {cls.__name__}(options, **context))")
     _check_requires(getattr(cls, "requires", None) or {}, f"{where}: requires")
     if not callable(getattr(cls, "requires_for", lambda options: None)):
         raise PluginError(f"{where}: requires_for must be a classmethod taking the options")
