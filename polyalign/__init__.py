@@ -38,8 +38,9 @@ def __getattr__(name: str) -> Any:
 def build(kind: str, name: str, **config: Any) -> Any:
     """A registered component at its defaults plus ``config``, e.g. ``build("loss", "clip")``.
 
-    Context arguments a factory accepts (``modalities`` for losses, ``seed`` for datasets,
-    ``modality``/``example`` for encoders) may be passed too; they are not config fields.
+    Context arguments its class accepts (``modalities`` for losses, ``seed`` for datasets,
+    ``modality``/``example`` for encoders) may be passed too; they are not options: the class is
+    called as ``cls(options, **context)``.
     """
     from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.registry import CONTEXT

@@ -345,12 +345,12 @@ def _plugin_options(name: str, as_json: bool) -> int:
         every = sorted({n for kind in KINDS for n in registry.names(kind)})
         raise PolyalignError(unknown_name_message("plugin component", name, every))
     if as_json:
-        print(json.dumps([{"kind": c.kind, "name": c.name, "plugin": c.plugin, "help": c.help,
+        print(json.dumps([{"kind": c.kind, "name": c.name, "plugin": c.plugin, "description": c.description,
                            "options": [o.__dict__ for o in options(c.config)]} for c in found], indent=2))
         return 0
     blocks = []
     for c in found:
-        missing = _not_installed(dict(c.requires))
+        missing = _not_installed(c.requires)
         blocks.append("\n".join(component_lines(c) + ([f"  {missing}"] if missing else [])))
     out.print("\n\n".join(blocks), markup=False, highlight=False, soft_wrap=True)
     return 0
@@ -384,11 +384,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         t = Table(title=kind)
         t.add_column("name", style="bold")
         t.add_column("plugin")
-        t.add_column("help")
+        t.add_column("description")
         for c in listing[kind]:
             missing = _not_installed(c["requires"])
-            t.add_row(escape(c["name"]), escape(c["plugin"]),  # help may hold [extra]: escaped
-                      escape(c["help"]) + (f"\n[yellow]{escape(missing)}[/yellow]" if missing else ""))
+            t.add_row(escape(c["name"]), escape(c["plugin"]),  # a description may hold [extra]: escaped
+                      escape(c["description"]) + (f"\n[yellow]{escape(missing)}[/yellow]" if missing else ""))
         out.print(t)
     return 0
 

@@ -59,7 +59,7 @@ def _fail(plugin: str, prop: str, detail: str) -> ConformanceError:
 
 def _component(kind: str, plugin: Any, options: dict[str, Any], suffix: str = "", **context: Any) -> tuple[Any, str]:
     """The plugin to check and how messages name it: built from its registered name with ``options``
-    (and the ``context`` its factory takes), or the object given (then ``options`` must be empty)."""
+    (and the ``context`` its class takes), or the object given (then ``options`` must be empty)."""
     if isinstance(plugin, str):
         import polyalign
 
@@ -635,7 +635,7 @@ def check_dataset(dataset: Any, *, rows: int = 64, skip: Collection[str] = (), *
                 how = "built twice with seed 0" if isinstance(dataset, str) else "read twice"
                 raise _fail(who, "determinism", f"{how}, split {s!r} differs at row "
                                                 f"{diff if diff is not None else min(len(other), len(heads[s]))}: "
-                                                f"draw random numbers from the seed given to the factory")
+                                                f"draw random numbers from the seed given to __init__")
     if "iterable form" not in skipped:
         for s, split in splits.items():
             if is_stream(split):

@@ -10,7 +10,7 @@ from polyalign.core.assemble import Assembled
 from polyalign.core.evaluator import EvalContext
 from polyalign.core.loss import Loss
 from polyalign.core.model import MultiModalModel
-from polyalign.plugins.encoders.vector import VectorEncoder
+from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 
 
@@ -42,7 +42,7 @@ def hand_made_context(emb: dict[str, np.ndarray], present: dict[str, np.ndarray]
             s["label"] = labels[i]
         samples.append(s)
     d = next(iter(emb.values())).shape[1]
-    model = MultiModalModel({m: VectorEncoder(1, []) for m in names}, d, "none", missing)
+    model = MultiModalModel({m: VectorEncoder(VectorConfig(dim=1, hidden=[])) for m in names}, d, "none", missing)
     parts = Assembled(ListDataset(names, samples), model, loss or ClipLoss(ClipConfig()))
     ctx = EvalContext(parts, "test", torch.device("cpu"), seed=0)
     ctx._cache["emb"] = ({m: torch.tensor(v, dtype=torch.float32) for m, v in emb.items()},

@@ -179,11 +179,29 @@ class Noisy(Encoder):
         return self.net(x)
 
 
+class NoisyUndeclared(Noisy):
+    """random load, not declared"""
+
+    name = "noisy"
+
+    def __init__(self):
+        super().__init__(False)
+
+
+class NoisyDeclared(Noisy):
+    """random load, declared"""
+
+    name = "noisy_declared"
+
+    def __init__(self):
+        super().__init__(True)
+
+
 class NoisyPlugin:
     @polyalign.hookimpl
     def register_encoders(self, register):
-        register("noisy", lambda config: Noisy(False), help="random load, not declared")
-        register("noisy_declared", lambda config: Noisy(True), help="random load, declared")
+        register(NoisyUndeclared)
+        register(NoisyDeclared)
 
 
 @pytest.mark.parametrize("plugin, message", [

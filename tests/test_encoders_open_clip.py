@@ -174,7 +174,7 @@ def test_config_and_file_errors(clip_folder, tmp_path):
 def test_polyalign_plugins_lists_open_clip(capsys):
     assert main(["plugins", "--json"]) == 0
     encoders = {c["name"]: c for c in json.loads(capsys.readouterr().out)["encoders"]}
-    assert "open_clip" in encoders and "open_clip" in encoders["open_clip"]["help"]
+    assert "open_clip" in encoders and "open_clip" in encoders["open_clip"]["description"]
 
 
 def test_shipped_lora_recipe_trains_and_its_export_loads_without_peft(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import EvalContext
 from polyalign.core.model import MultiModalModel
 from polyalign.plugins.encoders.byte_text import ByteTextConfig, ByteTextEncoder
-from polyalign.plugins.encoders.vector import VectorEncoder
+from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.plugins.evaluators.linear_probe import LinearProbe, LinearProbeConfig, few_shot_rows
 from polyalign.plugins.evaluators.zero_shot_classification import ZeroShotClassification, ZeroShotClassificationConfig
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
@@ -42,7 +42,7 @@ def context(labels: dict[str, list], emb: dict[str, dict[str, np.ndarray]], labe
     embeddings of ``a`` and ``b`` per split (no encoder runs for them)."""
     torch.manual_seed(0)
     text = ByteTextEncoder(ByteTextConfig(dim=16, layers=1, heads=2, max_length=32))
-    model = MultiModalModel({"text": text, "a": VectorEncoder(1, []), "b": VectorEncoder(1, [])}, D, "l2")
+    model = MultiModalModel({"text": text, "a": VectorEncoder(VectorConfig(dim=1, hidden=[])), "b": VectorEncoder(VectorConfig(dim=1, hidden=[]))}, D, "l2")
     samples = {s: [{"text": "x", "a": [0.0], "b": [0.0], "label": y} for y in ys] for s, ys in labels.items()}
     ctx = EvalContext(Assembled(Splits(samples, label_names), model, ClipLoss(ClipConfig())), "test",
                       torch.device("cpu"), seed=0)

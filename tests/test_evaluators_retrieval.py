@@ -168,4 +168,4 @@ def test_the_new_evaluators_are_listed_with_help():
 
     comps = {c.name: c for c in default_plugins().registry.components("evaluator")}
     assert {"retrieval", "zero_shot_classification", "linear_probe"} <= set(comps)
-    assert all(comps[n].help for n in ("retrieval", "zero_shot_classification", "linear_probe"))
+    assert all(comps[n].description for n in ("retrieval", "zero_shot_classification", "linear_probe"))

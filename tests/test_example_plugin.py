@@ -59,7 +59,7 @@ def test_entry_point_registers_the_imu_encoder_loss_dataset_and_evaluator(imu_in
     for kind, name in (("encoders", "imu"), ("losses", "margin_clip"), ("datasets", "tuple_folders"),
                        ("evaluators", "modality_gap")):
         (component,) = [c for c in listing[kind] if c["name"] == name]
-        assert component["plugin"] == "polyalign-imu:imu" and component["help"]
+        assert component["plugin"] == "polyalign-imu:imu" and component["description"]
 
 
 @pytest.mark.parametrize("file, name", example_tests())

@@ -32,6 +32,11 @@ class NanAtConfig(ClipConfig):
 
 
 class NanAt(ClipLoss):
+    """clip with NaN on chosen calls"""
+
+    name = "nan_at"
+    Options = NanAtConfig
+
     def __init__(self, config: NanAtConfig):
         super().__init__(config)
         self.calls = 0
@@ -48,7 +53,7 @@ class NanAt(ClipLoss):
 class Faults:
     @polyalign.hookimpl
     def register_losses(self, register):
-        register("nan_at", NanAt, config=NanAtConfig, help="clip with NaN on chosen calls")
+        register(NanAt)
 
 
 def _rows(run: Path) -> list[dict]:

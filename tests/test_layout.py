@@ -11,8 +11,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "polyalign"
 
 # room -> the rooms it must not import (``run`` is polyalign/run.py, ``cli`` polyalign/cli.py)
-ABOVE_CORE = {"training", "evaluation", "inference", "plugins", "testing", "run", "cli", "shipped", "sweep", "serving",
-              "commands"}
+ABOVE_CORE = {"training", "evaluation", "inference", "plugins", "plugin", "testing", "run", "cli", "shipped", "sweep",
+              "serving", "commands"}
 FORBIDDEN = {
     "files": ABOVE_CORE,  # readers and writers: polyalign.core.errors is all they use of the core
     "core": ABOVE_CORE,
@@ -130,3 +130,39 @@ def test_no_import_cycles():
                     seen.add(nxt)
                     stack.append((nxt, trail + [nxt]))
     assert not cycles, "\n".join(sorted(set(cycles))[:20])
+
+
+PLUGIN_SOURCES = {"polyalign.plugins": PACKAGE / "plugins",
+                  "polyalign_imu": PACKAGE.parent / "examples" / "polyalign-imu" / "src" / "polyalign_imu"}
+
+
+def private_imports(package: str, folder: Path) -> list[str]:
+    """'file:line imports MODULE' for each import of polyalign beyond polyalign.plugin in a plugin package's files."""
+    wrong = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:  # relative: its own package
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top == "polyalign" and name != "polyalign.plugin" and not name.startswith(package + "."):
+                    wrong.append(f"{path.relative_to(folder.parent)}:{node.lineno} imports {name}")
+    return wrong
+
+
+@pytest.mark.parametrize("package", sorted(PLUGIN_SOURCES))
+def test_plugins_import_only_polyalign_plugin(package):
+    """The built-in plugins and the example package use polyalign through its public plugin module only."""
+    wrong = private_imports(package, PLUGIN_SOURCES[package])
+    assert not wrong, "import these from polyalign.plugin instead:\n" + "\n".join(wrong)
+
+
+def test_a_private_import_is_named_with_its_file_and_line(tmp_path):
+    (tmp_path / "good.py").write_text("from polyalign.plugin import Loss\nfrom .helpers import x\n")
+    (tmp_path / "bad.py").write_text("import torch\n\ndef f():\n    from polyalign.core.loss import Loss\n")
+    wrong = private_imports("polyalign_mine", tmp_path)
+    assert wrong == [f"{tmp_path.name}/bad.py:4 imports polyalign.core.loss"]

@@ -44,7 +44,7 @@ def build(name: str, **extra):
 def test_all_losses_are_registered_with_help():
     comps = {c.name: c for c in default_plugins().registry.components("loss")}
     assert set(LOSSES) <= set(comps)
-    assert all(comps[n].help for n in LOSSES)
+    assert all(comps[n].description for n in LOSSES)
 
 
 @pytest.mark.parametrize("name", list(LOSSES) + ["symile_n"])

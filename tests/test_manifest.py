@@ -209,9 +209,13 @@ def test_check_data_reports_every_unreadable_row_and_plugin_that_fails(folder, t
     class Unbuildable:
         @polyalign.hookimpl
         def register_evaluators(self, register):
-            def factory(config):
-                raise OSError("label map not found")
-            register("unbuildable", factory)
+            class NoLabelMap:
+                name = "unbuildable"
+
+                def __init__(self):
+                    raise OSError("label map not found")
+
+            register(NoLabelMap)
 
     _recipe(tmp_path, {"plugin": "manifest", "path": str(folder)})
     raw = yaml.safe_load((tmp_path / "recipe.yaml").read_text())

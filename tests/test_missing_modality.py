@@ -27,7 +27,7 @@ from polyalign.plugins.evaluators.missing_modality import (
     resample_means,
 )
 from polyalign.plugins.evaluators.zero_shot import ZeroShot, ZeroShotConfig
-from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
+from polyalign.plugins.losses.clip import ClipLoss
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -259,6 +259,7 @@ def test_report_table_has_a_line_per_query_and_a_column_per_metric(known):
 class RecordingClip(ClipLoss):
     """CLIP that records the masks it is given (``None`` when the model fills placeholders)."""
 
+    name = "recording_clip"
     calls: list = []
 
     def forward(self, embeddings, present=None):
@@ -270,10 +271,11 @@ class RecordingClip(ClipLoss):
 class HoleyXor:
     """XOR data where each training sample lacks one modality in turn (no complete tuple)."""
 
+    name = "holey_xor"
     modalities = ("a", "b", "c")
     root = None
 
-    def __init__(self, config, seed=0):
+    def __init__(self, seed=0):
         rng = np.random.default_rng(seed)
         self.splits = {}
         for name, n in (("train", 192), ("val", 64), ("test", 64)):
@@ -291,11 +293,11 @@ class HoleyXor:
 class TestPlugins:
     @polyalign.hookimpl
     def register_datasets(self, register):
-        register("holey_xor", HoleyXor, help="XOR with one modality missing from every training sample")
+        register(HoleyXor)
 
     @polyalign.hookimpl
     def register_losses(self, register):
-        register("recording_clip", RecordingClip, config=ClipConfig, help="CLIP that records its masks")
+        register(RecordingClip)
 
 
 def _holey_recipe(strategy: str, train_rate: dict | None = None, data: str = "holey_xor") -> dict:

@@ -68,13 +68,19 @@ def test_recipes_piped_prints_every_command_whole(capsys):
 
 
 # ------------------------------------------------------------------ optional dependencies
+class NeedsMissing:
+    """an evaluator that needs a module this machine lacks"""
+
+    name = "needs_missing"
+    requires = {"polyalign_no_such_module": "polyalign-no-such-pkg"}
+
+
 class NeedsAMissingModule:
-    """An evaluator whose module is not installed, declared at registration."""
+    """An evaluator whose module is not installed, declared on its class."""
 
     @polyalign.hookimpl
     def register_evaluators(self, register):
-        register("needs_missing", lambda config: None, requires={"polyalign_no_such_module": "polyalign-no-such-pkg"},
-                 help="an evaluator that needs a module this machine lacks")
+        register(NeedsMissing)
 
 
 def test_a_missing_module_refuses_the_recipe_before_any_step(tmp_path):
@@ -91,7 +97,7 @@ def test_a_missing_module_refuses_the_recipe_before_any_step(tmp_path):
 
 def test_requires_must_map_module_names_to_requirements():
     with pytest.raises(PluginError, match="must map module names"):
-        Registry().add("evaluator", "p", "x", lambda c: None, requires=["sklearn"])
+        Registry().add("evaluator", "p", type("X", (), {"name": "x", "requires": ["sklearn"]}))
 
 
 def test_options_add_requirements_and_validate_names_the_extra(monkeypatch, capsys):
@@ -113,11 +119,15 @@ class BrokenEvaluator:
 
     @polyalign.hookimpl
     def register_evaluators(self, register):
-        def build(config):
-            def evaluate(ctx):
+        class Broken:
+            """fails"""
+
+            name = "broken"
+
+            def __call__(self, ctx):
                 raise PolyalignError("broken on purpose")
-            return evaluate
-        register("broken", build, help="fails")
+
+        register(Broken)
 
 
 def test_a_failing_evaluator_keeps_the_others_rows_and_says_how_to_evaluate_again(tmp_path):

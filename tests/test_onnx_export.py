@@ -15,7 +15,7 @@ from polyalign.core.hookspecs import hookimpl
 from polyalign.core.plugin_manager import make_plugins
 from polyalign.inference.export import export_model
 from polyalign.inference.sources import read_source
-from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
+from polyalign.plugins.encoders.vector import VectorEncoder
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -78,6 +78,8 @@ def test_vector_graph_matches(tmp_path, tiny_xor):
 class Opaque(VectorEncoder):
     """A vector encoder that gives no example input, so it cannot be traced."""
 
+    name = "opaque"
+
     def export_example(self, batch):
         return None
 
@@ -85,7 +87,7 @@ class Opaque(VectorEncoder):
 class OpaquePlugin:
     @hookimpl
     def register_encoders(self, register):
-        register("opaque", lambda config, example=None: Opaque(5, []), config=VectorConfig)
+        register(Opaque)
 
 
 def test_an_encoder_without_an_example_is_refused_and_nothing_is_written(tmp_path, tiny_xor):

@@ -25,10 +25,11 @@ VECTOR = {"encoder": {"plugin": "vector", "hidden": []}}
 class SpectraRows:
     """A dataset that promises ``spectrum`` but whose rows hold ``spectra`` (the author's typo)."""
 
+    name = "spectra_rows"
     modalities = ("smiles", "spectrum")
     root = None
 
-    def __init__(self, config, seed: int = 0):
+    def __init__(self, seed: int = 0):
         rng = np.random.default_rng(seed)
         self._rows = [{"smiles": rng.normal(size=3).tolist(), "spectra": rng.normal(size=4).tolist(), "label": i % 2}
                       for i in range(16)]
@@ -40,7 +41,7 @@ class SpectraRows:
 class SpectraPlugin:
     @polyalign.hookimpl
     def register_datasets(self, register):
-        register("spectra_rows", SpectraRows, help="rows keyed 'spectra', modalities promising 'spectrum'")
+        register(SpectraRows)
 
 
 def _spectra_recipe(plugins):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,10 +15,8 @@ import torch
 from pydantic import BaseModel
 
 import polyalign
-from polyalign.core.encoder import Encoder
-from polyalign.core.errors import PluginError
-from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature
 from polyalign.core.plugin_manager import make_plugins
+from polyalign.plugin import Encoder, Loss, LossConfig, LossOutput, PluginError, Temperature
 
 
 class SquareConfig(BaseModel):
@@ -25,7 +24,12 @@ class SquareConfig(BaseModel):
 
 
 class SquareEncoder(Encoder):
-    """Encodes x and x**2 through one linear layer (a new modality encoder for the test)."""
+    """x and x squared, linear
+
+    Encodes x and x**2 through one linear layer (a new modality encoder for the test)."""
+
+    name = "square"
+    Options = SquareConfig
 
     def __init__(self, config: SquareConfig, example=None):
         super().__init__()
@@ -42,6 +46,9 @@ class SquareEncoder(Encoder):
 
 class MeanPairLoss(Loss):
     """InfoNCE of every modality against the mean of the others (a new loss for the test)."""
+
+    name = "mean_pair"
+    Options = LossConfig
 
     def __init__(self, config: LossConfig):
         super().__init__()
@@ -65,11 +72,11 @@ class MeanPairLoss(Loss):
 class TestPlugin:
     @polyalign.hookimpl
     def register_encoders(self, register):
-        register("square", SquareEncoder, config=SquareConfig, help="x and x squared, linear")
+        register(SquareEncoder)
 
     @polyalign.hookimpl
     def register_losses(self, register):
-        register("mean_pair", lambda cfg: MeanPairLoss(cfg), config=LossConfig, help="each vs mean of the rest")
+        register(MeanPairLoss)
 
 
 def test_plugin_in_test_module_adds_encoder_and_loss_that_train(tmp_path, xor_clip, tiny_xor):
@@ -88,7 +95,7 @@ def test_duplicate_name_names_both_plugins():
     class Again:
         @polyalign.hookimpl
         def register_losses(self, register):
-            register("clip", lambda cfg: None, help="a second clip")
+            register(type("SecondClip", (), {"name": "clip"}))
 
     with pytest.raises(PluginError) as info:
         make_plugins(extra=[Again()])
@@ -132,8 +139,12 @@ def test_entry_point_plugin_is_discovered_and_can_be_switched_off(tmp_path):
 
         @polyalign.hookimpl
         def register_losses(register):
-            from polyalign.plugins.losses.clip import ClipConfig, build_clip
-            register("cubes", build_clip, config=ClipConfig, help="clip under another name")
+            from polyalign.plugins.losses.clip import ClipLoss
+
+            class Cubes(ClipLoss):
+                name = "cubes"  # clip under another name
+
+            register(Cubes)
     """)
     _fake_distribution(tmp_path, "polyalign-broken", "polyalign_broken", "raise ImportError('no such lib')\n")
     _fake_distribution(tmp_path, "polyalign-typo", "polyalign_typo", """
@@ -158,3 +169,97 @@ def test_entry_point_plugin_is_discovered_and_can_be_switched_off(tmp_path):
     only = _plugins_json({"PYTHONPATH": str(tmp_path), "POLYALIGN_PLUGINS": "polyalign-cubes"})
     assert "cubes" in [c["name"] for c in only["losses"]]
     assert "polyalign-broken" not in {p["distribution"] for p in only["plugins"]}
+
+
+def _registering(*components):
+    class Registers:
+        @polyalign.hookimpl
+        def register_losses(self, register):
+            for c in components:
+                register(c)
+
+    return Registers()
+
+
+def test_the_class_carries_name_options_description_and_requires():
+    class Needy(MeanPairLoss):
+        """Mean pair with a need.
+
+        The rest of the docstring is not the description."""
+
+        name = "needy"
+        requires = {"polyalign_no_such_module": "polyalign-no-such-pkg"}
+
+    comp = make_plugins(extra=[_registering(Needy)]).registry.get("loss", "needy")
+    assert (comp.cls, comp.config, comp.description) == (Needy, LossConfig, "Mean pair with a need.")
+    assert comp.requirements(comp.make_config({})) == {"polyalign_no_such_module": "polyalign-no-such-pkg"}
+    loss = comp.create(comp.make_config({"temperature": 0.5}), modalities=["a", "b"], embed_dim=4)
+    assert isinstance(loss, Needy) and abs(float(1 / loss.temperature.scale.detach()) - 0.5) < 1e-6
+
+
+def test_requires_for_reads_the_options():
+    comp = make_plugins().registry.get("encoder", "image")
+    assert comp.requirements(comp.make_config({"pretrained": False})) == {}
+    assert comp.requirements(comp.make_config({"pretrained": False, "lora": {}})) == {"peft": "polyalign[lora]"}
+
+
+def test_a_class_without_options_is_called_with_its_context_only(tmp_path):
+    class Quiet:
+        """Writes nothing."""
+
+        name = "quiet"
+
+        def __init__(self, run_dir):
+            self.run_dir = run_dir
+
+    class Registers:
+        @polyalign.hookimpl
+        def register_loggers(self, register):
+            register(Quiet)
+
+    plugins = make_plugins(extra=[Registers()])
+    assert plugins.build("logger", "quiet", {"run_dir": tmp_path}).run_dir == tmp_path
+    with pytest.raises(Exception, match="extra"):  # no Options: any option is refused
+        plugins.build("logger", "quiet", {"run_dir": tmp_path}, level=3)
+
+
+@pytest.mark.parametrize("registered, expected", [
+    (lambda cfg: None, r"registered <function .*>.* which is not a class\. The form is register\(MyClass\)"),
+    (type("Nameless", (), {"__doc__": "no name"}), r"loss class Nameless has no name; add the class attribute name"),
+    (type("BadOptions", (), {"name": "bad", "Options": dict}), r"Options must be a pydantic BaseModel subclass"),
+    (type("BadNeeds", (), {"name": "bad", "requires": ["sklearn"]}), r"requires must map module names to what to pip"),
+    (type("NoRoom", (), {"name": "bad", "Options": LossConfig}), r"declares Options but its __init__ takes no "),
+])
+def test_registering_something_that_is_not_a_component_class_says_what_to_add(registered, expected):
+    with pytest.raises(PluginError, match=expected):
+        make_plugins(extra=[_registering(registered)])
+
+
+def test_the_old_register_form_is_an_error_naming_the_new_one():
+    class Old:
+        @polyalign.hookimpl
+        def register_losses(self, register):
+            register("old", MeanPairLoss, config=LossConfig, help="the 0.x form")
+
+    with pytest.raises(PluginError, match=r"register_losses called register\(\) with 2 argument\(s\) and config, help; "
+                                          r"it takes one class: register\(MyClass\)"):
+        make_plugins(extra=[Old()])
+
+
+def test_the_public_plugin_module_gives_every_name_it_lists():
+    import polyalign.plugin as api
+
+    missing = [name for name in api.__all__ if getattr(api, name, None) is None]
+    assert not missing and len(set(api.__all__)) == len(api.__all__)
+    assert api.hookimpl is polyalign.hookimpl and api.check_loss is polyalign.testing.check_loss
+
+
+def test_each_name_of_the_plugin_module_is_documented_once_and_its_stability_stated():
+    import polyalign.plugin as api
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    rows = re.findall(r"^\| `(\w+)` \|", (docs / "api.md").read_text(), flags=re.M)
+    assert sorted(rows) == sorted(api.__all__)  # every name once, nothing else
+    guide = (docs / "writing-a-plugin.md").read_text()
+    for text in (api.__doc__, guide):
+        assert "DeprecationWarning" in text and "at least one minor release" in text and "__all__" in text

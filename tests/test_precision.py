@@ -14,7 +14,7 @@ import polyalign
 from polyalign.core.batch import Batch
 from polyalign.core.errors import PolyalignError
 from polyalign.core.model import MultiModalModel
-from polyalign.plugins.encoders.vector import VectorEncoder
+from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.training.optim import build_optimizer
 from polyalign.training.step import Stepper
 
@@ -31,7 +31,7 @@ def test_fp16_on_cpu_is_refused_with_what_to_do(tmp_path):
 def _stepper(scaler: torch.amp.GradScaler | None) -> Stepper:
     recipe = polyalign.load_recipe(XOR, ["train.accumulate=2", "loss={plugin: siglip}", "train.grad_clip=0.5"])
     torch.manual_seed(0)
-    model = MultiModalModel({m: VectorEncoder(5, [8]) for m in "abc"}, 4)
+    model = MultiModalModel({m: VectorEncoder(VectorConfig(dim=5, hidden=[8])) for m in "abc"}, 4)
     loss = polyalign.build("loss", "siglip", modalities=list("abc"))
     optimizer, scheduler = build_optimizer(model, loss, recipe, 10)
     return Stepper(recipe, model.train(), model, loss, optimizer, scheduler, torch.device("cpu"), scaler)

@@ -274,12 +274,12 @@ def test_a_modality_name_validate_accepts_can_build_the_model(name):
     """Every name validate accepts keys the model's module and parameter dicts (which refuse '', dots and
     their own attribute names) and makes unambiguous metric names; every other one is refused with the reason."""
     from polyalign.core.model import MultiModalModel
-    from polyalign.plugins.encoders.vector import VectorEncoder
+    from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 
     problem = modality_name_problem(name)
     if problem is None:
         names = [name, "other_" if name != "other_" else "other2"]
-        model = MultiModalModel({m: VectorEncoder(3, []) for m in names}, 4, missing="learned")
+        model = MultiModalModel({m: VectorEncoder(VectorConfig(dim=3, hidden=[])) for m in names}, 4, missing="learned")
         assert set(model.encoders) == set(names) and set(model.missing_embeddings) == set(names)
         assert "-" not in name and "." not in name and name not in ("all", "label", "id")
     else:

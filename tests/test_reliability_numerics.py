@@ -23,7 +23,7 @@ from polyalign.core.loss import MIN_LOGIT_SCALE, Temperature, clamp_temperatures
 from polyalign.core.plugin_manager import make_plugins
 from polyalign.files.weights import load_state, load_weights
 from polyalign.plugins.datasets.xor import XorConfig, XorDataset
-from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder, load_vector
+from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 from polyalign.plugins.losses.symile import mip_multiplier
 from polyalign.training.step import NonFiniteError
@@ -45,6 +45,9 @@ class FaultyClipConfig(ClipConfig):
 
 class FaultyClip(ClipLoss):
     """CLIP that turns NaN on chosen training calls (or in validation)."""
+
+    name = "faulty_clip"
+    Options = FaultyClipConfig
 
     def __init__(self, config: FaultyClipConfig):
         super().__init__(config)
@@ -69,8 +72,13 @@ class FaultyVectorConfig(VectorConfig):
 
 
 class FaultyVector(VectorEncoder):
-    def __init__(self, config: FaultyVectorConfig, dim: int):
-        super().__init__(dim, config.hidden)
+    """vector with NaN features on chosen calls"""
+
+    name = "faulty_vector"
+    Options = FaultyVectorConfig
+
+    def __init__(self, config: FaultyVectorConfig, example=None):
+        super().__init__(config, example)
         self.nan_at = config.nan_at
         self.calls = 0
 
@@ -90,6 +98,9 @@ class NanDataConfig(XorConfig):
 class NanData(XorDataset):
     """XOR with a NaN in modality c of one training row."""
 
+    name = "nan_xor"
+    Options = NanDataConfig
+
     def __init__(self, config: NanDataConfig, seed: int):
         super().__init__(config, seed)
         self._splits["train"][config.nan_row]["c"] = self._splits["train"][config.nan_row]["c"].copy()
@@ -99,16 +110,15 @@ class NanData(XorDataset):
 class Faults:
     @polyalign.hookimpl
     def register_losses(self, register):
-        register("faulty_clip", FaultyClip, config=FaultyClipConfig, help="clip with NaN on chosen calls")
+        register(FaultyClip)
 
     @polyalign.hookimpl
     def register_encoders(self, register):
-        register("faulty_vector", lambda cfg, example=None: FaultyVector(cfg, load_vector(example, None).numel()),
-                 config=FaultyVectorConfig, help="vector with NaN features on chosen calls")
+        register(FaultyVector)
 
     @polyalign.hookimpl
     def register_datasets(self, register):
-        register("nan_xor", NanData, config=NanDataConfig, help="xor with one NaN value")
+        register(NanData)
 
 
 @pytest.fixture(scope="module")

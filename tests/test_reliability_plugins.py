@@ -17,7 +17,7 @@ from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.loss import LossOutput
 from polyalign.core.plugin_manager import make_plugins
 from polyalign.evaluation.evaluate import EvaluatorsFailed
-from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder, load_vector
+from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +36,11 @@ class BadLossConfig(ClipConfig):
 
 
 class BadLoss(ClipLoss):
+    """a loss that breaks its contract"""
+
+    name = "bad_loss"
+    Options = BadLossConfig
+
     def __init__(self, config: BadLossConfig):
         super().__init__(config)
         self.fault = config.fault
@@ -76,8 +81,13 @@ class BadEncoderConfig(VectorConfig):
 
 
 class BadEncoder(VectorEncoder):
-    def __init__(self, config: BadEncoderConfig, dim: int):
-        super().__init__(dim, config.hidden)
+    """an encoder that breaks its contract"""
+
+    name = "bad_encoder"
+    Options = BadEncoderConfig
+
+    def __init__(self, config: BadEncoderConfig, example=None):
+        super().__init__(config, example)
         self.fault = config.fault
 
     def forward(self, x):
@@ -96,12 +106,11 @@ class BadEncoder(VectorEncoder):
 class Misbehaving:
     @polyalign.hookimpl
     def register_losses(self, register):
-        register("bad_loss", BadLoss, config=BadLossConfig, help="a loss that breaks its contract")
+        register(BadLoss)
 
     @polyalign.hookimpl
     def register_encoders(self, register):
-        register("bad_encoder", lambda cfg, example=None: BadEncoder(cfg, load_vector(example, None).numel()),
-                 config=BadEncoderConfig, help="an encoder that breaks its contract")
+        register(BadEncoder)
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +174,13 @@ def test_factory_that_crashes_is_named_with_its_recipe_path(tmp_path):
     class Crashing:
         @polyalign.hookimpl
         def register_encoders(self, register):
-            def factory(config):
-                raise KeyError("weights")
-            register("crashing", factory, help="a factory that raises")
+            class Crashing:
+                name = "crashing"
+
+                def __init__(self):
+                    raise KeyError("weights")
+
+            register(Crashing)
 
     with pytest.raises(PluginError, match=r"modalities.c.encoder: plugin 'crashing' failed to build: "
                                           r"KeyError: 'weights'"):
@@ -194,7 +207,14 @@ def test_unknown_option_of_a_lenient_plugin_config_is_still_reported(tmp_path):
     class LoosePlugin:
         @polyalign.hookimpl
         def register_encoders(self, register):
-            register("loose", lambda cfg, example=None: VectorEncoder(len(example), []), config=Loose)
+            class LooseVector(VectorEncoder):
+                name = "loose"
+                Options = Loose
+
+                def __init__(self, config: Loose, example=None):
+                    super().__init__(VectorConfig(dim=len(example), hidden=[]))
+
+            register(LooseVector)
 
     with pytest.raises(PolyalignError) as info:
         polyalign.load_recipe(XOR, ["modalities.a.encoder={plugin: loose, dpeth: 3}"],
@@ -217,29 +237,49 @@ class BadShapes:
     @polyalign.hookimpl
     def register_encoders(self, register):
         class NoWidth(VectorEncoder):
-            def __init__(self, dim):
-                super().__init__(dim, [])
+            name = "no_width"
+
+            def __init__(self, config, example=None):
+                super().__init__(config, example)
                 del self.width
 
-        register("no_width", lambda cfg, example=None: NoWidth(load_vector(example, None).numel()))
-        register("wants_rows", lambda cfg, rows: None)
-        register("misspelt_context", lambda cfg, exmaple=None: None)
+        class WantsRows:
+            name = "wants_rows"
+
+            def __init__(self, rows):
+                pass
+
+        class MisspeltContext:
+            name = "misspelt_context"
+
+            def __init__(self, exmaple=None):
+                pass
+
+        for cls in (NoWidth, WantsRows, MisspeltContext):
+            register(cls)
 
     @polyalign.hookimpl
     def register_losses(self, register):
         class Exploding(ClipLoss):
+            name = "exploding"
+
             def forward(self, embeddings, present=None):
                 raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-        def needs_modalities(config, modalities):
-            return ClipLoss(config)
+        class NeedsModalities(ClipLoss):
+            name = "needs_modalities"
 
-        def broken_factory(config):
-            raise ValueError("lambda must be positive")
+            def __init__(self, config, modalities):
+                super().__init__(config)
 
-        register("exploding", lambda cfg: Exploding(cfg), config=ClipConfig)
-        register("needs_modalities", needs_modalities, config=ClipConfig)
-        register("broken_factory", broken_factory)
+        class BrokenFactory:
+            name = "broken_factory"
+
+            def __init__(self):
+                raise ValueError("lambda must be positive")
+
+        for cls in (Exploding, NeedsModalities, BrokenFactory):
+            register(cls)
 
 
 @pytest.fixture(scope="module")
@@ -256,10 +296,9 @@ def test_encoder_without_width_names_the_plugin_and_the_attribute(tmp_path, bad_
 def test_factory_asking_for_an_unknown_context_argument_lists_the_valid_ones(tmp_path, bad_shapes):
     with pytest.raises(PluginError) as info:
         _train(tmp_path, bad_shapes, "modalities.b.encoder={plugin: wants_rows}")
-    assert ("modalities.b.encoder (wants_rows): encoder 'wants_rows' (plugin 'BadShapes'): its factory "
-            "BadShapes.register_encoders.<locals>.<lambda> asks for 'rows', which polyalign does not provide. The "
-            "context arguments of encoder factories are: modality, example, root (the first argument is the "
-            "validated config)") == str(info.value)
+    assert ("modalities.b.encoder (wants_rows): encoder 'wants_rows' (plugin 'BadShapes'): "
+            "BadShapes.register_encoders.<locals>.WantsRows.__init__ asks for 'rows', which polyalign does not "
+            "provide. The context arguments of encoder classes are: modality, example, root") == str(info.value)
     with pytest.raises(PluginError, match="asks for 'exmaple', which polyalign does not provide; did you mean "
                                           "'example'?"):
         _train(tmp_path, bad_shapes, "modalities.b.encoder={plugin: misspelt_context}")

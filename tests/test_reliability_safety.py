@@ -149,8 +149,12 @@ PLUGIN_SOURCES = {
 
         @polyalign.hookimpl
         def register_losses(register):
-            from polyalign.plugins.losses.clip import ClipConfig, build_clip
-            register("good_clip", build_clip, config=ClipConfig, help="clip under another name")
+            from polyalign.plugins.losses.clip import ClipLoss
+
+            class GoodClip(ClipLoss):
+                name = "good_clip"  # clip under another name
+
+            register(GoodClip)
     """,
     "polyalign-raising": """
         import polyalign

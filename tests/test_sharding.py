@@ -18,7 +18,7 @@ from torch import nn
 import polyalign
 from polyalign.core.batch import Batch
 from polyalign.core.model import MultiModalModel
-from polyalign.plugins.encoders.vector import VectorEncoder
+from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.training.distributed import all_reduce_mean_grads
 from polyalign.training.optim import build_optimizer
 from polyalign.training.sharding import ShardedParts
@@ -33,7 +33,7 @@ MICRO, DIM = 4, 6
 
 def _model(missing: str) -> MultiModalModel:
     torch.manual_seed(0)
-    return MultiModalModel({m: VectorEncoder(DIM, [8]) for m in MODALITIES}, 5, "l2", missing).double()
+    return MultiModalModel({m: VectorEncoder(VectorConfig(dim=DIM, hidden=[8])) for m in MODALITIES}, 5, "l2", missing).double()
 
 
 def _window(rank: int) -> list[Batch]:

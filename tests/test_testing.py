@@ -13,7 +13,7 @@ from polyalign.core.encoder import Encoder, pad_with_mask
 from polyalign.core.loss import LossOutput
 from polyalign.core.plugin_manager import make_plugins
 from polyalign.core.stream import Shard, StreamSplit
-from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
+from polyalign.plugins.encoders.vector import VectorEncoder
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 from polyalign.testing import ConformanceError, check_dataset, check_encoder, check_evaluator, check_loss
 
@@ -136,6 +136,8 @@ def test_skip_names_known_properties_and_one_value_is_not_enough():
 
 
 class ForgetsInferredDim(VectorEncoder):
+    name = "forgetful"
+
     def rebuild_options(self):
         return {}  # the dim came from the example: without it the encoder cannot be rebuilt
 
@@ -143,11 +145,11 @@ class ForgetsInferredDim(VectorEncoder):
 class Registering:
     @polyalign.hookimpl
     def register_encoders(self, register):
-        register("forgetful", lambda config, example=None: ForgetsInferredDim(len(example), []), config=VectorConfig)
+        register(ForgetsInferredDim)
 
     @polyalign.hookimpl
     def register_losses(self, register):
-        register("m2_broken", lambda config: FailsForTwo(config), config=ClipConfig)
+        register(FailsForTwo)
 
 
 @pytest.fixture
@@ -159,7 +161,7 @@ def registered(monkeypatch):
 def test_registered_encoders_are_built_as_a_run_builds_them_and_rebuilt(registered):
     check_encoder("vector", [[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]], hidden=[8])
     with pytest.raises(ConformanceError, match=r"encoder 'forgetful' fails 'rebuild': building it from its options "
-                                               r"plus rebuild_options\(\) \{\} without an example raised TypeError"):
+                                               r"plus rebuild_options\(\) \{\} without an example raised PolyalignError: encoder 'vector' needs dim"):
         check_encoder("forgetful", [[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]])
     with pytest.raises(ConformanceError, match="encoder 'vector' fails 'build': ValidationError"):
         check_encoder("vector", [[1.0], [2.0]], hiden=[8])
@@ -222,6 +224,8 @@ class WrongInnerProduct(ClipLoss):
 
 
 class FailsForTwo(ClipLoss):
+    name = "m2_broken"
+
     def forward(self, embeddings, present=None):
         if len(embeddings) == 2:
             raise RuntimeError("needs three modalities")

@@ -66,9 +66,9 @@ def rows_of(loader) -> list[list[int]]:
 
 
 def stream_loader(stream, rank: int, world: int, workers: int, batch: int = 4, seed: int = 3) -> StreamLoader:
-    from polyalign.plugins.encoders.vector import VectorEncoder
+    from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 
-    enc = VectorEncoder(2, [])
+    enc = VectorEncoder(VectorConfig(dim=2, hidden=[]))
     rows = RowLoader({"v": enc.load}, None, {"v": enc.load_batch})
     return StreamLoader(StreamTuples(stream, rows, Collator({"v": enc.collate}), batch, seed, rank, world), workers)
 
@@ -286,9 +286,9 @@ def test_missing_members_make_absent_modalities(tmp_path):
     write_manifest(tmp_path / "m", {"train": rows})
     write_shards(tmp_path / "m", tmp_path / "s", 5)
     data = polyalign.build("dataset", "webdataset", path=str(tmp_path / "s"), modalities={"v": "v.json", "w": "w.json"})
-    from polyalign.plugins.encoders.vector import VectorEncoder
+    from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 
-    encoders = {"v": VectorEncoder(2, []), "w": VectorEncoder(3, [])}
+    encoders = {"v": VectorEncoder(VectorConfig(dim=2, hidden=[])), "w": VectorEncoder(VectorConfig(dim=3, hidden=[]))}
     rows_loader = RowLoader({m: e.load for m, e in encoders.items()}, None)
     tuples = StreamTuples(data.split("train"), rows_loader, Collator({m: e.collate for m, e in encoders.items()}),
                           4, 0)

@@ -18,7 +18,7 @@ from polyalign.core.batch import Batch
 from polyalign.core.encoder import Encoder
 from polyalign.core.model import MultiModalModel
 from polyalign.core.plugin_manager import default_plugins
-from polyalign.plugins.encoders.vector import VectorEncoder
+from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.training.distributed import all_reduce_mean_grads
 from polyalign.training.step import Stepper, drop_modalities
 from polyalign.training.window import micro_negatives, window_negatives
@@ -63,7 +63,7 @@ def _loss(name: str, **config) -> nn.Module:
 
 def _model(missing: str = "drop", dropout: float = 0.0, norm: bool = False) -> MultiModalModel:
     torch.manual_seed(0)
-    encoders = {m: NormEncoder(dropout) if norm else VectorEncoder(DIM, [8], dropout) for m in MODALITIES}
+    encoders = {m: NormEncoder(dropout) if norm else VectorEncoder(VectorConfig(dim=DIM, hidden=[8], dropout=dropout)) for m in MODALITIES}
     return MultiModalModel(encoders, 5, "l2", missing).double().train()
 
 

@@ -97,8 +97,8 @@ def options(config: type[BaseModel], prefix: str = "") -> list[Option]:
 
 
 def component_lines(comp: Component) -> list[str]:
-    """A component as plain text lines: its kind, name, plugin and help, then one line per option."""
-    lines = [f"{comp.kind} {comp.name} (plugin {comp.plugin}): {comp.help}".rstrip(": ")]
+    """A component as plain text lines: its kind, name, plugin and description, then one line per option."""
+    lines = [f"{comp.kind} {comp.name} (plugin {comp.plugin}): {comp.description}".rstrip(": ")]
     found = options(comp.config)
     if not found:
         return lines + ["  no options"]
@@ -114,8 +114,8 @@ def _cell(text: str) -> str:
 
 
 def component_markdown(comp: Component) -> str:
-    """A component's section of the reference: heading, help and a table of its options."""
-    lines = [f"## `{comp.name}`", "", comp.help or "(no description)", ""]
+    """A component's section of the reference: heading, description and a table of its options."""
+    lines = [f"## `{comp.name}`", "", comp.description or "(no description)", ""]
     found = options(comp.config)
     if not found:
         return "\n".join(lines + ["No options.", ""])

@@ -132,7 +132,7 @@ def assemble(recipe: Recipe, plugins: Plugins | None = None) -> Assembled:
 
 @contextmanager
 def _plugin_context(where: str, plugin: str) -> Iterator[None]:
-    """Prefix errors a plugin factory raises with the recipe path of its node."""
+    """Prefix errors a plugin raises while it is built with the recipe path of its node."""
     try:
         yield
     except PolyalignError as exc:

@@ -114,7 +114,7 @@ class Encoder(nn.Module):
 
         polyalign writes them into the run's ``recipe.yaml`` so that the model can be rebuilt
         without the training data (``polyalign.load``, ``polyalign export``). Override it when
-        the factory infers anything from ``example``; each key must be a field of the
+        ``__init__`` infers anything from ``example``; each key must be a field of the
         encoder's config model.
         """
         return {}
@@ -152,8 +152,8 @@ class Encoder(nn.Module):
 def encoder_width(encoder: Any, plugin: str) -> int:
     """The ``width`` an encoder declares, or a :class:`PluginError` naming ``plugin`` and what is wrong."""
     if not isinstance(encoder, nn.Module):
-        raise PluginError(f"{plugin}: the factory returned a {type(encoder).__name__}, not an encoder; it must "
-                          f"return an nn.Module (subclass polyalign.core.encoder.Encoder)")
+        raise PluginError(f"{plugin}: it built a {type(encoder).__name__}, not an encoder; an encoder class must "
+                          f"be an nn.Module (subclass polyalign.plugin.Encoder)")
     declared = getattr(encoder, "width", None)
     if declared is None:
         raise PluginError(f"{plugin}: {type(encoder).__name__} has no attribute `width`; set self.width to the "

@@ -1,25 +1,19 @@
-"""Every hook a polyalign plugin can implement.
+"""Every hook a polyalign plugin can implement (the guide: docs/writing-a-plugin.md).
 
-A plugin is a module (or object) with functions decorated by ``polyalign.hookimpl``.
-Hooks are called with keyword arguments only; an implementation may accept fewer
-arguments than the spec lists, so specs can grow without breaking plugins. A factory may name
-only the context arguments its kind lists below (``registry.CONTEXT``); any other name is an
-error listing them. ``polyalign.testing`` checks encoders and losses against their contracts.
+Hooks are called with keyword arguments only; an implementation may accept fewer arguments than the spec.
+A ``register_*`` hook calls ``register(cls)`` once per component class. The class carries ``name`` (what recipes
+use), ``Options`` (a pydantic model of its options; none = no options), its description (the first paragraph
+of its docstring) and ``requires`` (module -> what to pip install; or a classmethod ``requires_for(options)``
+where they depend on the options). polyalign builds it as ``cls(options, **context)``, passing only the context
+arguments its ``__init__`` names, from those its kind lists below (``registry.CONTEXT``).
 
-A component's ``config`` model is validated with every recipe. Its validators may read
-``info.context`` (``None`` outside a recipe): the recipe's ``modalities``, ``embed_dim`` and
-``batch_size``, the rows one loss call contrasts (:meth:`polyalign.core.recipe_schema.Recipe.plugin_context`,
-the same arguments a loss factory gets), to refuse options that cannot work with them. Whether a recipe
-is valid never depends on the machine: a config that knows the memory its options need before any step
-says so in a ``memory_need(context)`` method returning a :class:`polyalign.core.memory.MemoryNeed` (or
-None), and the fit check (:mod:`polyalign.core.machine_fit`) weighs it against this machine when
-``polyalign validate`` and ``train`` run (Symile's ``n_squared`` negatives over many modalities).
-
-A component that imports modules beyond polyalign's own dependencies declares them when it is
-registered, ``register(..., requires={"sklearn": "scikit-learn"})`` (module -> what to pip install), and
-its config may add some from its options with a ``requires()`` method returning the same kind of mapping
-(an encoder's ``lora`` needs peft). A recipe using a component whose modules are not installed is
-refused before training starts, and by ``polyalign validate``, with the ``pip install`` command.
+An options model is validated with every recipe. Its validators may read ``info.context`` (``None`` outside a
+recipe): the recipe's ``modalities``, ``embed_dim`` and ``batch_size``, the rows one loss call contrasts
+(:meth:`polyalign.core.recipe_schema.Recipe.plugin_context`, the same arguments a loss gets), to refuse options
+that cannot work with them. Whether a recipe is valid never depends on the machine: options that know the memory
+they need before any step say so in a ``memory_need(context)`` method returning a
+:class:`polyalign.core.memory.MemoryNeed` (or None), and the fit check (:mod:`polyalign.core.machine_fit`)
+weighs it against this machine when ``polyalign validate`` and ``train`` run.
 """
 
 from __future__ import annotations
@@ -31,86 +25,36 @@ import pluggy
 hookspec = pluggy.HookspecMarker("polyalign")
 hookimpl = pluggy.HookimplMarker("polyalign")
 
-Register = Callable[..., None]
+Register = Callable[[type], None]
 
 
 @hookspec
 def register_encoders(register: Register) -> None:
-    """Register encoder plugins: ``register(name, factory, config=Model, help="...")``.
-
-    ``factory(config, **context)`` returns a :class:`polyalign.core.encoder.Encoder`
-    (an ``nn.Module`` mapping a collated batch to ``(B, width)``, which also knows how to
-    ``load`` one raw value and ``collate`` a list of loaded values). Context arguments the factory may accept (declare
-    only those you need): ``modality`` (the recipe's name for it), ``example`` (one raw value
-    from the train split, e.g. to infer an input size) and ``root`` (the dataset's folder).
-    An encoder that infers options from ``example`` returns them from ``rebuild_options()``,
-    so a trained model can be rebuilt without its data (``polyalign.load``); one that takes
-    statistics from the whole train split (``tabular``'s ``mean: auto``) computes them in
-    ``fit(values, root)`` and returns them from ``rebuild_options()`` too. An encoder with
-    blocks returns them from ``layer_groups()`` (for ``unlocked_layers`` and ``train.layer_decay``);
-    one with training-only structure (LoRA adapters) folds it away in ``merge_for_export()``.
-    """
+    """Register encoder classes (:class:`polyalign.plugin.Encoder`): ``register(MyEncoder)``; context: ``modality``,
+    ``example``, ``root``."""
 
 
 @hookspec
 def register_losses(register: Register) -> None:
-    """Register loss plugins: ``register(name, factory, config=Model, help="...")``.
-
-    ``factory(config, **context)`` returns a :class:`polyalign.core.loss.Loss` with
-    ``forward(embeddings, present) -> LossOutput`` and a scoring rule: ``score(queries,
-    candidates, target)`` ranks candidates of one modality; ``score_tuples(queries, candidates)``
-    (optional, ``candidates`` a dict of modalities) also ranks tuples; define it and ``score``
-    follows (docs/losses.md).
-    Context arguments the factory may accept: ``modalities`` (names), ``embed_dim`` and
-    ``batch_size`` (the rows one loss call contrasts: ``train.batch_size``, times ``accumulate``
-    when ``negatives: window`` spans the micro-batches of a step).
-    """
+    """Register loss classes (:class:`polyalign.plugin.Loss`): ``register(MyLoss)``; context: ``modalities``,
+    ``embed_dim``, ``batch_size``."""
 
 
 @hookspec
 def register_datasets(register: Register) -> None:
-    """Register dataset plugins: ``register(name, factory, config=Model, help="...")``.
-
-    ``factory(config, **context)`` returns a :class:`polyalign.core.data.Dataset`: an object
-    with ``modalities`` (names), ``root`` (folder relative paths resolve against, or None) and
-    ``split(name)`` for ``train``, ``val`` and ``test``: a list of samples, or, for data too large
-    to hold, a :class:`polyalign.core.stream.StreamSplit` (shards with their sizes and a reader;
-    the core splits them over processes and workers). A sample is a dict ``modality -> raw value``
-    (a path, a :class:`~polyalign.core.encoder.FileBytes`, text, numbers) with missing modalities
-    absent, plus optional ``label`` and ``id``; a key that is neither a modality nor these is
-    ignored, and a modality that no row of a split provides is an error before training
-    (``polyalign.testing.check_dataset`` checks all of this).
-    The object may also have ``on_error`` (``"raise"`` or ``"skip"``: what to do with a row
-    whose value fails to load), ``locate(split, index) -> str`` (where a row comes from,
-    e.g. ``manifest data/train.jsonl, line 7``, used in error messages) and ``label_names``
-    (a list: the name of class ``k`` for samples with ``label: k``, used by zero-shot
-    classification prompts).
-    Context argument the factory may accept: ``seed`` (the recipe's seed).
-    """
+    """Register dataset classes (``modalities``, ``root``, ``split(name)``): ``register(MyData)``; context: ``seed``."""
 
 
 @hookspec
 def register_evaluators(register: Register) -> None:
-    """Register evaluator plugins: ``register(name, factory, config=Model, help="...")``.
-
-    ``factory(config)`` returns a callable taking a :class:`polyalign.core.evaluator.EvalContext`
-    and returning rows ``{"task", "target", "query", "metric", "value"}`` (``query`` is a
-    sorted list of modality names, ``target`` a modality, modalities joined by ``+`` or a name
-    such as ``class``; ``ci_low``/``ci_high`` and keys telling rows apart, such as ``rate``, may be
-    added; docs/writing-a-plugin.md specifies them and ``polyalign.testing.check_evaluator``
-    checks them).
-    """
+    """Register evaluator classes (called with an :class:`polyalign.plugin.EvalContext`, returning rows):
+    ``register(MyEvaluator)``."""
 
 
 @hookspec
 def register_loggers(register: Register) -> None:
-    """Register logger plugins: ``register(name, factory, config=Model, help="...")``.
-
-    ``factory(config, run_dir)`` returns an object with any of the event-hook methods
-    (``on_train_start``, ``on_step_end``, ``on_epoch_end``, ``on_eval_end``, ``on_train_end``,
-    ``on_train_error``); the recipe's ``logging`` list chooses which loggers a run uses, by name
-    or as a node ``{plugin: NAME, ...options}`` whose options ``config`` validates.
-    """
+    """Register logger classes (with any of the ``on_*`` event methods): ``register(MyLogger)``; context:
+    ``run_dir``."""
 
 
 @hookspec

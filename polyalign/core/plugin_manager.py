@@ -13,7 +13,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .registry import KINDS, Registry
+from .registry import KINDS, SHAPE, Registry
 
 GROUP = "polyalign"
 BUILTIN_DIST = "polyalign"
@@ -137,7 +137,7 @@ def _fill_registry(pm: pluggy.PluginManager, infos: dict[str, PluginInfo] | None
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             calls: list[tuple[tuple, dict]] = []
             try:
-                impl.function(register=lambda *a, _calls=calls, **k: _calls.append((a, k)))
+                impl.function(register=lambda *args, **kwargs: calls.append((args, kwargs)))
             except Exception as exc:
                 info = infos.get(impl.plugin_name)
                 if info is None:
@@ -145,13 +145,16 @@ def _fill_registry(pm: pluggy.PluginManager, infos: dict[str, PluginInfo] | None
                 info.error = f"{hook_name} failed: {type(exc).__name__}: {exc}"
                 continue
             for args, kwargs in calls:
-                try:
-                    registry.add(kind, impl.plugin_name, *args, **kwargs)
-                except TypeError as exc:
-                    raise PluginError(f"plugin {impl.plugin_name!r}: bad call in {hook_name}: {exc}; the form is "
-                                      f"register(name, factory, config=Model, help='...', "
-                                      f"requires={{module: what to pip install}})") from None
+                registry.add(kind, impl.plugin_name, _one_class(impl.plugin_name, hook_name, args, kwargs))
     return registry
+
+
+def _one_class(plugin: str, hook_name: str, args: tuple, kwargs: dict) -> Any:
+    """The one class a ``register(...)`` call passes; the old form (a name, a factory, options) is an error."""
+    if len(args) != 1 or kwargs:
+        raise PluginError(f"plugin {plugin!r}: {hook_name} called register() with {len(args)} argument(s)"
+                          f"{' and ' + ', '.join(kwargs) if kwargs else ''}; it takes one class: {SHAPE}")
+    return args[0]
 
 
 @functools.lru_cache(maxsize=1)
@@ -164,7 +167,7 @@ def describe(plugins: Plugins) -> dict[str, Any]:
     """A JSON-ready listing of loaded plugins and every registered component."""
     return {
         "plugins": [info.__dict__ for info in plugins.loaded],
-        **{_REGISTER_HOOKS[kind][len("register_"):]: [{"name": c.name, "plugin": c.plugin, "help": c.help,
-                                                       "requires": dict(c.requires)}
+        **{_REGISTER_HOOKS[kind][len("register_"):]: [{"name": c.name, "plugin": c.plugin,
+                                                       "description": c.description, "requires": c.requires}
                         for c in plugins.registry.components(kind)] for kind in KINDS},
     }

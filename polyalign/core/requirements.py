@@ -1,6 +1,6 @@
-"""What a recipe's plugins need installed, checked before anything runs: each component's
-``requires`` (given when it is registered) plus what its options ask for (a config's ``requires()``,
-e.g. an encoder's ``lora`` needs peft). A missing module is found without importing anything."""
+"""What a recipe's plugins need installed, checked before anything runs: each component class's
+``requires``, or ``requires_for(options)`` where what it needs depends on its options (an encoder's ``lora``
+needs peft). A missing module is found without importing anything."""
 
 from __future__ import annotations
 
@@ -51,10 +51,7 @@ def missing_requirements(recipe: Recipe, plugins: Plugins,
         if kind not in wanted:
             continue
         comp = plugins.registry.get(kind, node.plugin)
-        needs = dict(comp.requires)
-        asked = getattr(comp.make_config(node.options(), recipe.plugin_context()), "requires", None)
-        if callable(asked):
-            needs.update(asked())
+        needs = comp.requirements(comp.make_config(node.options(), recipe.plugin_context()))
         for module, requirement in needs.items():
             if not is_installed(module):
                 problem = (f"{kind} {node.plugin!r} needs the module {module!r}, which is not installed: "

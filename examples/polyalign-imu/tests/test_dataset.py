@@ -3,8 +3,7 @@
 import pytest
 
 import polyalign
-from polyalign.core.errors import PolyalignError
-from polyalign.testing import check_dataset
+from polyalign.plugin import PolyalignError, check_dataset
 
 
 def write_tuple(folder, **files):

@@ -5,7 +5,7 @@ import runpy
 from pathlib import Path
 
 import polyalign
-from polyalign.testing import check_evaluator
+from polyalign.plugin import check_evaluator
 
 EXAMPLE = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 import polyalign
-from polyalign.testing import check_encoder
+from polyalign.plugin import check_encoder
 
 
 def test_imu_encoder_keeps_the_encoder_contract(tmp_path):

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import polyalign
-from polyalign.testing import check_loss
+from polyalign.plugin import check_loss
 
 
 def test_margin_clip_lowers_each_positive_by_the_margin():

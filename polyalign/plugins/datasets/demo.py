@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.errors import PolyalignError
-from polyalign.files.cache_dir import cache_root
+from polyalign.plugin import PolyalignError, cache_root
 
 from .manifest import ManifestConfig, ManifestDataset, OnError
 
@@ -230,14 +229,14 @@ def class_names(classes: int) -> list[str]:
 
 
 class DemoDataset(ManifestDataset):
-    """The demo's manifests, with the names of its classes (``label_names``)."""
+    """Image + audio + ECG + text files sharing a class, generated into a cache folder on first use
 
-    def __init__(self, config: ManifestConfig, label_names: list[str]):
-        super().__init__(config)
-        self.label_names = label_names
+    The demo's manifests, with the names of its classes (``label_names``)."""
 
+    name = "demo"
+    Options = DemoConfig
 
-def build_demo(config: DemoConfig) -> DemoDataset:
-    """Factory for ``demo``: generate on first use, then read the manifests."""
-    folder = ensure_demo(config)
-    return DemoDataset(ManifestConfig(path=str(folder), on_error=config.on_error), class_names(config.classes))
+    def __init__(self, config: DemoConfig):
+        folder = ensure_demo(config)  # generated on first use
+        super().__init__(ManifestConfig(path=str(folder), on_error=config.on_error))
+        self.label_names = class_names(config.classes)

@@ -33,8 +33,7 @@ from typing import Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from polyalign.core.data import Sample
-from polyalign.core.errors import PolyalignError
+from polyalign.plugin import PolyalignError, Sample
 
 ViewName = Literal["pixels", "zones", "profiles", "gradients", "dct", "moments"]
 VIEWS: tuple[str, ...] = ("pixels", "zones", "profiles", "gradients", "dct", "moments")
@@ -128,11 +127,18 @@ def digit_views(images: np.ndarray, views: list[str]) -> dict[str, np.ndarray]:
 
 
 class DigitViewsDataset:
-    """One modality per feature family of scikit-learn's 8 x 8 digits; labels are the digits."""
+    """Six feature families (pixels, zones, profiles, gradients, DCT, moments) of scikit-learn's bundled 8x8 digits:
+    one modality each, the same 1,797 scans
+
+    One modality per feature family of scikit-learn's 8 x 8 digits; labels are the digits."""
+
+    name = "digit_views"
+    Options = DigitViewsConfig
+    requires = {"sklearn": "polyalign[probe]"}
 
     root: Path | None = None
 
-    def __init__(self, config: DigitViewsConfig, seed: int):
+    def __init__(self, config: DigitViewsConfig, seed: int = 0):
         images, digits = load_digit_images()
         if config.n_val + config.n_test >= len(images):
             raise PolyalignError(f"digit_views has {len(images)} images; n_val + n_test = "
@@ -151,7 +157,3 @@ class DigitViewsDataset:
 
     def split(self, name: str) -> list[Sample]:
         return self._splits[name]
-
-
-def build_digit_views(config: DigitViewsConfig, seed: int = 0) -> DigitViewsDataset:
-    return DigitViewsDataset(config, seed)

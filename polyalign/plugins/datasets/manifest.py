@@ -12,9 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.data import SPLITS, Sample
-from polyalign.core.errors import not_a_file
-from polyalign.files.manifest_file import RESERVED_KEYS, SUFFIXES, ManifestError, read_manifest
+from polyalign.plugin import RESERVED_KEYS, SPLITS, SUFFIXES, ManifestError, Sample, not_a_file, read_manifest
 
 OnError = Literal["raise", "skip"]
 
@@ -60,7 +58,12 @@ def find_manifests(config: ManifestConfig) -> dict[str, Path | None]:
 
 
 class ManifestDataset:
-    """Splits read from manifest files; ``root`` is the folder their relative paths start from."""
+    """JSON Lines or CSV manifests per split: one row per tuple, one column per modality (paths or inline)
+
+    Splits read from manifest files; ``root`` is the folder their relative paths start from."""
+
+    name = "manifest"
+    Options = ManifestConfig
 
     def __init__(self, config: ManifestConfig):
         self.on_error: OnError = config.on_error
@@ -100,8 +103,3 @@ class ManifestDataset:
     def locate(self, name: str, index: int) -> str:
         """Where sample ``index`` of split ``name`` comes from: the manifest file and line."""
         return f"manifest {self.files[name]}, line {self._lines[name][index]}"
-
-
-def build_manifest(config: ManifestConfig) -> ManifestDataset:
-    """Factory for ``manifest``."""
-    return ManifestDataset(config)

@@ -27,12 +27,20 @@ from typing import BinaryIO, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from polyalign.core.data import SPLITS, Sample
-from polyalign.core.encoder import FileBytes
-from polyalign.core.errors import PolyalignError, shown
-from polyalign.core.stream import Shard, StreamSplit
-from polyalign.files.json_file import JsonError, parse_json, read_json
-from polyalign.files.manifest_file import ManifestError, parse_label
+from polyalign.plugin import (
+    SPLITS,
+    FileBytes,
+    JsonError,
+    ManifestError,
+    PolyalignError,
+    Sample,
+    Shard,
+    StreamSplit,
+    parse_json,
+    parse_label,
+    read_json,
+    shown,
+)
 
 from .brace_count import count_expansions
 
@@ -283,7 +291,13 @@ class ShardStream(StreamSplit):
 
 
 class WebDataset:
-    """Train, val and test splits of tar shards."""
+    """Tuples streamed from tar shards (webdataset format; `polyalign shards` writes them from manifests)
+
+    Train, val and test splits of tar shards."""
+
+    name = "webdataset"
+    Options = WebDatasetConfig
+    requires = {"webdataset": "polyalign[webdataset]"}
 
     root = None  # members are held in memory, not named by path
 
@@ -314,8 +328,3 @@ class WebDataset:
     def split(self, name: str) -> ShardStream:
         """The shards of ``train``, ``val`` or ``test`` as a stream."""
         return self._splits[name]
-
-
-def build_webdataset(config: WebDatasetConfig) -> WebDataset:
-    """Factory for ``webdataset``."""
-    return WebDataset(config)

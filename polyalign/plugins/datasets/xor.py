@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.data import Sample
-from polyalign.core.memory import MemoryNeed
+from polyalign.plugin import MemoryNeed, Sample
 
 SAMPLE_BYTES = 1200
 """Memory of one generated tuple, a dict of three small float32 arrays (tracemalloc measures about 1340)."""
@@ -48,12 +47,17 @@ def generate_xor(n: int, d_v: int, p_hat: float, rng: np.random.Generator, d_sha
 
 
 class XorDataset:
-    """Three modalities ``a``, ``b``, ``c`` of ``d_v + d_shared`` bits each."""
+    """Symile paper's binary XOR: c = a XOR b with probability p_hat, else c = a (3 modalities)
+
+    Three modalities ``a``, ``b``, ``c`` of ``d_v + d_shared`` bits each."""
+
+    name = "xor"
+    Options = XorConfig
 
     modalities = ("a", "b", "c")
     root: Path | None = None
 
-    def __init__(self, config: XorConfig, seed: int):
+    def __init__(self, config: XorConfig, seed: int = 0):
         rng = np.random.default_rng(config.seed if config.seed is not None else seed)
         sizes = {"train": config.n_train, "val": config.n_val, "test": config.n_test}
         self._splits = {name: generate_xor(n, config.d_v, config.p_hat, rng, config.d_shared)
@@ -61,7 +65,3 @@ class XorDataset:
 
     def split(self, name: str) -> list[Sample]:
         return self._splits[name]
-
-
-def build_xor(config: XorConfig, seed: int = 0) -> XorDataset:
-    return XorDataset(config, seed)

@@ -10,9 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import Encoder, FileBytes, resolve_file
-from polyalign.core.errors import PolyalignError
-from polyalign.core.layer_groups import Part, named_layer_groups
+from polyalign.plugin import Encoder, FileBytes, Part, PolyalignError, named_layer_groups, resolve_file
 
 from .checkpointing import checkpoint_blocks, checkpointed_sequential
 from .pretrained import load_weights_into, local_weights_file
@@ -158,7 +156,12 @@ class Wav2Vec2Backbone(nn.Module):
 
 
 class AudioEncoder(Encoder):
-    """Audio files -> mono clips at ``sample_rate`` -> backbone -> ``(B, width)``."""
+    """WAV/FLAC clips (soundfile, resampled, cropped/padded) into a log-mel CNN or wav2vec2
+
+    Audio files -> mono clips at ``sample_rate`` -> backbone -> ``(B, width)``."""
+
+    name = "audio"
+    Options = AudioConfig
 
     def __init__(self, config: AudioConfig):
         super().__init__()
@@ -224,8 +227,3 @@ class AudioEncoder(Encoder):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return self.backbone(wave)
-
-
-def build_audio(config: AudioConfig) -> AudioEncoder:
-    """Factory for ``audio``."""
-    return AudioEncoder(config)

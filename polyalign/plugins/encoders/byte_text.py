@@ -9,8 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from polyalign.core.encoder import Encoder
-from polyalign.core.layer_groups import named_layer_groups
+from polyalign.plugin import Encoder, named_layer_groups
 
 from .checkpointing import checkpoint_blocks
 from .text import TOKEN_AXES, example_texts, pad_token_batch, pool_tokens, read_text
@@ -44,7 +43,12 @@ def encode_bytes(text: str, max_length: int) -> torch.Tensor:
 
 
 class ByteTextEncoder(Encoder):
-    """Text -> UTF-8 bytes -> pre-norm transformer encoder -> pooled ``(B, dim)``."""
+    """Small transformer over UTF-8 bytes; no tokenizer, no download
+
+    Text -> UTF-8 bytes -> pre-norm transformer encoder -> pooled ``(B, dim)``."""
+
+    name = "byte_text"
+    Options = ByteTextConfig
 
     def __init__(self, config: ByteTextConfig):
         super().__init__()
@@ -86,8 +90,3 @@ class ByteTextEncoder(Encoder):
         h = self.tokens(ids) + self.positions(pos)[None]
         h = self.norm(self.transformer(h, src_key_padding_mask=~mask.bool()))
         return pool_tokens(h, mask, self.config.pooling)
-
-
-def build_byte_text(config: ByteTextConfig) -> ByteTextEncoder:
-    """Factory for ``byte_text``."""
-    return ByteTextEncoder(config)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from polyalign.core.buffers import kept_buffers
+from polyalign.plugin import kept_buffers
 
 
 class _CheckpointedForward:

@@ -10,10 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import FILE_VALUES, Encoder, FileBytes, resolve_file
-from polyalign.core.errors import PolyalignError
-from polyalign.core.layer_groups import named_layer_groups
-from polyalign.files.npy_file import read_npy
+from polyalign.plugin import FILE_VALUES, Encoder, FileBytes, PolyalignError, named_layer_groups, read_npy, resolve_file
 
 from .checkpointing import checkpoint_blocks
 from .resample import resample
@@ -155,10 +152,20 @@ class ResNet1d(nn.Module):
 
 
 class EcgEncoder(Encoder):
-    """Recordings -> ``(leads, length)`` standardised per lead -> 1-D ResNet -> ``(B, width)``."""
+    """Multi-lead ECG from .npy or WFDB records, standardised per lead, into a 1-D ResNet-18
 
-    def __init__(self, config: EcgConfig, length: int):
+    Recordings -> ``(leads, length)`` standardised per lead -> 1-D ResNet -> ``(B, width)``."""
+
+    name = "ecg"
+    Options = EcgConfig
+
+    def __init__(self, config: EcgConfig, example: Any = None, root: Path | None = None):
         super().__init__()
+        length = config.length
+        if length is None:  # from an example recording
+            if example is None:
+                raise PolyalignError("encoder 'ecg' needs length (no example recording to infer it from)")
+            length = int(read_recording(example, root, config).shape[1])
         self.config = config
         self.length = length
         self.net = ResNet1d(config.leads, config.base_width, config.blocks, config.kernel_size)
@@ -206,13 +213,3 @@ class EcgEncoder(Encoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def build_ecg(config: EcgConfig, example: Any = None, root: Path | None = None) -> EcgEncoder:
-    """Factory for ``ecg``: ``length`` from the config, else from an example recording."""
-    length = config.length
-    if length is None:
-        if example is None:
-            raise PolyalignError("encoder 'ecg' needs length (no example recording to infer it from)")
-        length = int(read_recording(example, root, config).shape[1])
-    return EcgEncoder(config, length)

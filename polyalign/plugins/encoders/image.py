@@ -10,9 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from polyalign.core.encoder import Encoder, resolve_file
-from polyalign.core.errors import PolyalignError
-from polyalign.core.layer_groups import named_layer_groups
+from polyalign.plugin import Encoder, PolyalignError, named_layer_groups, resolve_file
 
 from .lora import LoraOptions, add_lora, base_network, check_not_frozen, lora_requirements, merge_lora
 from .pretrained import load_weights_into, local_weights_file, refuse_download
@@ -42,10 +40,6 @@ class ImageConfig(BaseModel):
     _no_download = field_validator("pretrained")(refuse_download)
 
     _lora_trains = model_validator(mode="after")(check_not_frozen)
-
-    def requires(self) -> dict[str, str]:
-        """Modules these options need beyond polyalign's own: peft for lora."""
-        return lora_requirements(self.lora)
 
 
 def read_image(value: Any, root: Path | None, mode: str) -> Any:
@@ -93,7 +87,17 @@ def create_backbone(name: str, channels: int, kwargs: dict[str, Any], image_size
 
 
 class ImageEncoder(Encoder):
-    """Image files -> timm backbone -> pooled features ``(B, num_features)``."""
+    """Any timm model over PNG/JPEG files; pretrained: false or a local .safetensors/.pth file
+
+    Image files -> timm backbone -> pooled features ``(B, num_features)``."""
+
+    name = "image"
+    Options = ImageConfig
+
+    @classmethod
+    def requires_for(cls, options: ImageConfig) -> dict[str, str]:
+        """Modules these options need beyond polyalign's own: peft for lora."""
+        return lora_requirements(options.lora)
 
     def __init__(self, config: ImageConfig):
         super().__init__()
@@ -197,8 +201,3 @@ class ImageEncoder(Encoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
-
-
-def build_image(config: ImageConfig) -> ImageEncoder:
-    """Factory for ``image``."""
-    return ImageEncoder(config)

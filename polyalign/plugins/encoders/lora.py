@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.errors import PolyalignError
+from polyalign.plugin import PolyalignError
 
 
 class LoraOptions(BaseModel):
@@ -23,7 +23,7 @@ class LoraOptions(BaseModel):
 
 
 def lora_requirements(options: LoraOptions | None) -> dict[str, str]:
-    """What an encoder config's ``requires()`` adds for its ``lora`` option: peft, when set."""
+    """What an encoder's ``requires_for(options)`` adds for its ``lora`` option: peft, when set."""
     return {"peft": "polyalign[lora]"} if options is not None else {}
 
 

@@ -14,10 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from polyalign.core.encoder import Encoder
-from polyalign.core.errors import PolyalignError
-from polyalign.core.layer_groups import named_layer_groups
-from polyalign.files.json_file import JsonError, read_json
+from polyalign.plugin import Encoder, JsonError, PolyalignError, named_layer_groups, read_json
 
 from .image import read_image, timm_layer_groups
 from .lora import LoraOptions, add_lora, base_network, check_not_frozen, lora_requirements, merge_lora
@@ -49,10 +46,6 @@ class OpenClipConfig(BaseModel):
     _no_download = field_validator("pretrained")(refuse_download)
 
     _lora_trains = model_validator(mode="after")(check_not_frozen)
-
-    def requires(self) -> dict[str, str]:
-        """Modules these options need beyond polyalign's own: peft for lora."""
-        return lora_requirements(self.lora)
 
 
 def architecture(model: str) -> tuple[str, dict[str, Any]]:
@@ -107,7 +100,18 @@ def no_random_weights_warning() -> Iterator[None]:
 
 
 class OpenClipEncoder(Encoder):
-    """Images or texts -> one tower of an open_clip model -> its embedding ``(B, embed_dim)``."""
+    """The image or text tower of an open_clip model (ViT-B-32, ... or a local folder); local weights only
+
+    Images or texts -> one tower of an open_clip model -> its embedding ``(B, embed_dim)``."""
+
+    name = "open_clip"
+    Options = OpenClipConfig
+    requires = {"open_clip": "polyalign[open_clip]"}
+
+    @classmethod
+    def requires_for(cls, options: OpenClipConfig) -> dict[str, str]:
+        """Modules these options need beyond polyalign's own: peft for lora."""
+        return {**cls.requires, **lora_requirements(options.lora)}
 
     def __init__(self, config: OpenClipConfig):
         super().__init__()
@@ -227,8 +231,3 @@ def save_random_model(folder: str | Path, model_cfg: dict[str, Any], seed: int =
     save_config_for_hf(model, folder / CONFIG_FILE, model_cfg)  # adds the preprocessing open_clip used
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
     return folder / WEIGHTS_FILE
-
-
-def build_open_clip(config: OpenClipConfig) -> OpenClipEncoder:
-    """Factory for ``open_clip``."""
-    return OpenClipEncoder(config)

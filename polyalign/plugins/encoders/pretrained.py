@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.errors import PolyalignError
-from polyalign.files.weights import load_failure, torch_load_safely
+from polyalign.plugin import PolyalignError, load_failure, torch_load_safely
 
 
 def refuse_download(value: bool | str) -> bool | str:

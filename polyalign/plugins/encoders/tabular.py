@@ -16,10 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import FILE_VALUES, Encoder, resolve_file
-from polyalign.core.errors import PolyalignError
-from polyalign.files.json_file import read_json
-from polyalign.files.npy_file import read_npy
+from polyalign.plugin import FILE_VALUES, Encoder, PolyalignError, read_json, read_npy, resolve_file
 
 
 class TabularConfig(BaseModel):
@@ -63,11 +60,36 @@ def read_row(value: Any, root: Path | None) -> Any:
     return value
 
 
-class TabularEncoder(Encoder):
-    """Rows of ``n`` entries -> ``[values, indicators]`` (2n) -> MLP -> ``(B, width)``."""
+def table_shape(config: TabularConfig, example: Any, root: Path | None) -> tuple[list[str] | None, int]:
+    """(column names or None, number of entries): from the options, else from an example row."""
+    columns, n = config.columns, config.dim
+    if columns is not None:
+        if n is not None and n != len(columns):
+            raise PolyalignError(f"encoder 'tabular': dim {n} disagrees with the {len(columns)} columns")
+        return columns, len(columns)
+    if n is not None:
+        return None, n
+    if example is None:
+        raise PolyalignError("encoder 'tabular' needs columns or dim (no example row to infer them from)")
+    row = read_row(example, root)
+    if isinstance(row, dict):
+        return list(row), len(row)
+    if not isinstance(row, (list, tuple)):
+        raise PolyalignError(f"encoder 'tabular': the example row is a {type(row).__name__}, not a list or mapping")
+    return None, len(row)
 
-    def __init__(self, config: TabularConfig, columns: list[str] | None, n: int):
+
+class TabularEncoder(Encoder):
+    """Numeric rows with missing entries: value + missingness bit per column into an MLP
+
+    Rows of ``n`` entries -> ``[values, indicators]`` (2n) -> MLP -> ``(B, width)``."""
+
+    name = "tabular"
+    Options = TabularConfig
+
+    def __init__(self, config: TabularConfig, example: Any = None, root: Path | None = None):
         super().__init__()
+        columns, n = table_shape(config, example, root)
         self.config = config
         self.columns = columns
         self.n = n
@@ -158,22 +180,3 @@ class TabularEncoder(Encoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def build_tabular(config: TabularConfig, example: Any = None, root: Path | None = None) -> TabularEncoder:
-    """Factory for ``tabular``: columns/width from the config, else from an example row."""
-    columns, n = config.columns, config.dim
-    if columns is not None:
-        if n is not None and n != len(columns):
-            raise PolyalignError(f"encoder 'tabular': dim {n} disagrees with the {len(columns)} columns")
-        return TabularEncoder(config, columns, len(columns))
-    if n is not None:
-        return TabularEncoder(config, None, n)
-    if example is None:
-        raise PolyalignError("encoder 'tabular' needs columns or dim (no example row to infer them from)")
-    row = read_row(example, root)
-    if isinstance(row, dict):
-        return TabularEncoder(config, list(row), len(row))
-    if not isinstance(row, (list, tuple)):
-        raise PolyalignError(f"encoder 'tabular': the example row is a {type(row).__name__}, not a list or mapping")
-    return TabularEncoder(config, None, len(row))

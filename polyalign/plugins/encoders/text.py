@@ -10,9 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from polyalign.core.encoder import Encoder, FileBytes, pad_with_mask, resolve_file
-from polyalign.core.errors import PolyalignError
-from polyalign.core.layer_groups import named_layer_groups
+from polyalign.plugin import Encoder, FileBytes, PolyalignError, named_layer_groups, pad_with_mask, resolve_file
 
 from .lora import LoraOptions, add_lora, base_network, check_not_frozen, lora_requirements, merge_lora
 
@@ -105,10 +103,6 @@ class TextConfig(BaseModel):
 
     _lora_trains = model_validator(mode="after")(check_not_frozen)
 
-    def requires(self) -> dict[str, str]:
-        """Modules these options need beyond polyalign's own: peft for lora."""
-        return lora_requirements(self.lora)
-
 
 def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     """The layers of a Hugging Face transformer: its ModuleList holding the most parameters."""
@@ -119,7 +113,17 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 class TextEncoder(Encoder):
-    """Text (inline or ``.txt``) -> tokenizer -> transformer -> pooled ``(B, hidden_size)``."""
+    """Local Hugging Face model (AutoModel + AutoTokenizer, offline) over text; mean or cls pooling
+
+    Text (inline or ``.txt``) -> tokenizer -> transformer -> pooled ``(B, hidden_size)``."""
+
+    name = "text"
+    Options = TextConfig
+
+    @classmethod
+    def requires_for(cls, options: TextConfig) -> dict[str, str]:
+        """Modules these options need beyond polyalign's own: peft for lora."""
+        return lora_requirements(options.lora)
 
     def __init__(self, config: TextConfig):
         super().__init__()
@@ -188,8 +192,3 @@ class TextEncoder(Encoder):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.transformer(**batch).last_hidden_state
         return pool_tokens(hidden, batch["attention_mask"], self.config.pooling)
-
-
-def build_text(config: TextConfig) -> TextEncoder:
-    """Factory for ``text``."""
-    return TextEncoder(config)

@@ -10,9 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import FILE_VALUES, Encoder, resolve_file
-from polyalign.core.errors import PolyalignError
-from polyalign.files.npy_file import read_npy
+from polyalign.plugin import FILE_VALUES, Encoder, PolyalignError, read_npy, resolve_file
 
 
 class VectorConfig(BaseModel):
@@ -34,17 +32,27 @@ def load_vector(value: Any, root: Path | None) -> torch.Tensor:
 
 
 class VectorEncoder(Encoder):
-    """Float vectors -> MLP features. With ``hidden: []`` the encoder is the identity, so
+    """MLP over fixed-size float vectors (lists, arrays or .npy files); hidden: [] = one linear layer
+
+    Float vectors -> MLP features. With ``hidden: []`` the encoder is the identity, so
     the model's projection head is the single linear layer (the Symile XOR setup)."""
 
-    def __init__(self, dim: int, hidden: list[int], dropout: float = 0.0):
+    name = "vector"
+    Options = VectorConfig
+
+    def __init__(self, options: VectorConfig, example: Any = None, root: Path | None = None):
         super().__init__()
+        dim = options.dim
+        if dim is None:  # from an example value of the data
+            if example is None:
+                raise PolyalignError("encoder 'vector' needs dim (no example value to infer it from)")
+            dim = load_vector(example, root).numel()
         self.dim = dim
         layers: list[nn.Module] = []
-        for a, b in zip([dim, *hidden][:-1], hidden):
-            layers += [nn.Linear(a, b), nn.GELU()] + ([nn.Dropout(dropout)] if dropout else [])
+        for a, b in zip([dim, *options.hidden][:-1], options.hidden):
+            layers += [nn.Linear(a, b), nn.GELU()] + ([nn.Dropout(options.dropout)] if options.dropout else [])
         self.net = nn.Sequential(*layers)
-        self.width = hidden[-1] if hidden else dim
+        self.width = options.hidden[-1] if options.hidden else dim
 
     def rebuild_options(self) -> dict[str, Any]:
         return {"dim": self.dim}
@@ -69,13 +77,3 @@ class VectorEncoder(Encoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def build_vector(config: VectorConfig, example: Any = None, root: Path | None = None) -> VectorEncoder:
-    """Factory for ``vector``: ``dim`` from the config, else from an example value of the data."""
-    dim = config.dim
-    if dim is None:
-        if example is None:
-            raise PolyalignError("encoder 'vector' needs dim (no example value to infer it from)")
-        dim = load_vector(example, root).numel()
-    return VectorEncoder(dim, config.hidden, config.dropout)

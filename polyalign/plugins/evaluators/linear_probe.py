@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluator import EvalContext
+from polyalign.plugin import EvalContext, PolyalignError
 
 from .zero_shot import rows_with
 
@@ -79,7 +78,14 @@ def few_shot_rows(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray
 
 
 class LinearProbe:
-    """Logistic-regression probes of the frozen embeddings, full and few-shot."""
+    """Logistic regression (scikit-learn) on frozen embeddings of a modality or several; C chosen on val; few-shot k
+    per class
+
+    Logistic-regression probes of the frozen embeddings, full and few-shot."""
+
+    name = "linear_probe"
+    Options = LinearProbeConfig
+    requires = {"sklearn": "polyalign[probe]"}
 
     def __init__(self, config: LinearProbeConfig):
         self.config = config
@@ -148,8 +154,3 @@ class LinearProbe:
                         {**base, "shots": k, "metric": "mean_per_class_accuracy",
                          "value": float(np.mean([d[1] for d in draws]))}]
         return out
-
-
-def build_linear_probe(config: LinearProbeConfig) -> LinearProbe:
-    """Factory for ``linear_probe``."""
-    return LinearProbe(config)

@@ -29,8 +29,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluator import EvalContext, per_query_metrics
+from polyalign.plugin import EvalContext, PolyalignError, per_query_metrics
 
 from .zero_shot import candidate_set, zero_shot_rows
 
@@ -146,7 +145,12 @@ def percentile_interval(means: torch.Tensor, confidence: float) -> tuple[torch.T
 
 
 class MissingModality:
-    """Zero-shot scores from every query subset, and dropout curves, for each target."""
+    """Zero-shot scores from every subset of query modalities, and test-time dropout curves with bootstrap intervals
+
+    Zero-shot scores from every query subset, and dropout curves, for each target."""
+
+    name = "missing_modality"
+    Options = MissingModalityConfig
 
     def __init__(self, config: MissingModalityConfig):
         self.config = config
@@ -246,8 +250,3 @@ class MissingModality:
                                 "chance": float(chance[name].mean()), "n": int(rows.numel()),
                                 "candidates": n_candidates, "resamples": cfg.resamples})
         return out
-
-
-def build_missing_modality(config: MissingModalityConfig) -> MissingModality:
-    """Factory for ``missing_modality``."""
-    return MissingModality(config)

@@ -29,9 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from polyalign.core.errors import Notice, PolyalignError
-from polyalign.core.evaluator import EvalContext, recall_and_rank
-from polyalign.core.loss import can_rank_tuples
+from polyalign.plugin import EvalContext, Notice, PolyalignError, can_rank_tuples, recall_and_rank
 
 from .zero_shot import rank_queries
 
@@ -70,7 +68,12 @@ class RetrievalConfig(BaseModel):
 
 
 class Retrieval:
-    """Recall@k and ranks of every direction, each both ways."""
+    """Recall@1/5/10, median and mean rank in both directions, between modalities or tuples of them
+
+    Recall@k and ranks of every direction, each both ways."""
+
+    name = "retrieval"
+    Options = RetrievalConfig
 
     def __init__(self, config: RetrievalConfig):
         self.config = config
@@ -117,8 +120,3 @@ class Retrieval:
                     "n": int(found.numel()), "candidates": n_candidates}
             rows += [{**base, "metric": k, "value": v} for k, v in recall_and_rank(ranks, cfg.top_k).items()]
         return rows
-
-
-def build_retrieval(config: RetrievalConfig) -> Retrieval:
-    """Factory for ``retrieval``."""
-    return Retrieval(config)

@@ -7,8 +7,7 @@ from typing import Any, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluator import EvalContext, ranks_of_correct, retrieval_metrics, value_key
+from polyalign.plugin import EvalContext, PolyalignError, ranks_of_correct, retrieval_metrics, value_key
 
 
 class ZeroShotConfig(BaseModel):
@@ -114,7 +113,12 @@ def zero_shot_rows(ctx: EvalContext, target: str, query: list[str], candidates: 
 
 
 class ZeroShot:
-    """Zero-shot prediction of ``target`` from ``query`` modalities with the loss's score."""
+    """Predict a target modality from query modalities among candidates; top-k accuracy and MRR
+
+    Zero-shot prediction of ``target`` from ``query`` modalities with the loss's score."""
+
+    name = "zero_shot"
+    Options = ZeroShotConfig
 
     def __init__(self, config: ZeroShotConfig):
         self.config = config

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluator import EvalContext, per_query_metrics, ranks_of_correct
+from polyalign.plugin import EvalContext, PolyalignError, per_query_metrics, ranks_of_correct
 
 from .zero_shot import query_embeddings, rows_with
 
@@ -91,7 +90,13 @@ def class_indices(labels: Sequence[Any], names: list[str], split: str) -> torch.
 
 
 class ZeroShotClassification:
-    """Zero-shot classification from query subsets against averaged prompt embeddings."""
+    """Classify from any query subset against text prompts of the class names, averaged per class (CLIP);
+    top-1/top-5 and per-class accuracy
+
+    Zero-shot classification from query subsets against averaged prompt embeddings."""
+
+    name = "zero_shot_classification"
+    Options = ZeroShotClassificationConfig
 
     def __init__(self, config: ZeroShotClassificationConfig):
         self.config = config
@@ -173,8 +178,3 @@ class ZeroShotClassification:
             out += [{**base, "class": names[k], "metric": "accuracy", "value": float(v.mean()), "n": int(v.numel())}
                     for k, v in per_class.items()]
         return out
-
-
-def build_zero_shot_classification(config: ZeroShotClassificationConfig) -> ZeroShotClassification:
-    """Factory for ``zero_shot_classification``."""
-    return ZeroShotClassification(config)

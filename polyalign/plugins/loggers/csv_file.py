@@ -7,23 +7,24 @@ import io
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.hookspecs import hookimpl
-from polyalign.files.atomic import atomic_write_text
-from polyalign.files.run_files import logged_before
+from polyalign.plugin import PolyalignError, atomic_write_text, hookimpl, logged_before
 
 CSV_FILE = "metrics.csv"
 KEY_COLUMNS = ["kind", "step", "epoch"]
 
 
 class CsvLogger:
-    """Writes ``<run_dir>/metrics.csv`` (the rows of ``metrics.jsonl`` as a table).
+    """metrics.csv in the run directory: a row per logged step and epoch, a column per metric
+
+    Writes ``<run_dir>/metrics.csv`` (the rows of ``metrics.jsonl`` as a table).
 
     A metric seen for the first time adds a column (the file is rewritten with the wider
     header); after a resume, rows past the resumed step and epoch are dropped.
     """
 
-    def __init__(self, config: Any, run_dir: Path):
+    name = "csv"
+
+    def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / CSV_FILE
         self.columns: list[str] = []
 

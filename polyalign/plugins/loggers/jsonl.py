@@ -6,17 +6,27 @@ import json
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.hookspecs import hookimpl
-from polyalign.files.atomic import RESUME, atomic_write_text, describe_os_error
-from polyalign.files.json_file import JsonError, parse_json
-from polyalign.files.run_files import METRICS_FILE, logged_before
+from polyalign.plugin import (
+    METRICS_FILE,
+    RESUME,
+    JsonError,
+    PolyalignError,
+    atomic_write_text,
+    describe_os_error,
+    hookimpl,
+    logged_before,
+    parse_json,
+)
 
 
 class JsonlLogger:
-    """Appends to ``<run_dir>/metrics.jsonl``; after a resume, drops rows past the resumed step."""
+    """metrics.jsonl in the run directory: one JSON object per logged step and epoch
 
-    def __init__(self, config: Any, run_dir: Path):
+    Appends to ``<run_dir>/metrics.jsonl``; after a resume, drops rows past the resumed step."""
+
+    name = "jsonl"
+
+    def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / METRICS_FILE
 
     def _append(self, row: dict[str, Any]) -> None:

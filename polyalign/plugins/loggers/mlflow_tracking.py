@@ -12,11 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluator import eval_tag, row_columns
-from polyalign.core.hookspecs import hookimpl
-from polyalign.files.atomic import atomic_write_text
-from polyalign.files.run_files import REPORT_DIR, read_tracker_run
+from polyalign.plugin import (
+    REPORT_DIR,
+    PolyalignError,
+    atomic_write_text,
+    eval_tag,
+    hookimpl,
+    read_tracker_run,
+    row_columns,
+)
 
 from .tracker_failures import TrackerFailures
 
@@ -91,12 +95,19 @@ def check_reachable(uri: str) -> None:
 
 
 class MlflowLogger:
-    """Logs ``train/*`` per logged step and ``epoch/*`` per epoch at the optimizer step, the resolved
+    """an MLflow run in a tracking store, e.g. tracking_uri: sqlite:///mlflow.db (needs `pip install
+    'polyalign[mlflow]'`); a resume continues it
+
+    Logs ``train/*`` per logged step and ``epoch/*`` per epoch at the optimizer step, the resolved
     recipe as parameters (and ``recipe.yaml``), the evaluator rows as metrics and a table, and the
     evaluation plots as files. ``polyalign train --resume`` continues the same MLflow run. MLflow
     cannot delete logged values, so a resumed run logs only the (metric, step) pairs the run does
     not hold yet: each step appears once, and the steps between the checkpoint and the interruption
     keep the values first logged (the same values, when training is deterministic)."""
+
+    name = "mlflow"
+    Options = MlflowConfig
+    requires = {"mlflow": "polyalign[mlflow]"}
 
     def __init__(self, config: MlflowConfig, run_dir: Path):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # polyalign sends nothing anywhere

@@ -5,19 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluator import eval_tag
-from polyalign.core.hookspecs import hookimpl
+from polyalign.plugin import PolyalignError, eval_tag, hookimpl
 
 LOG_DIR = "tensorboard"
 
 
 class TensorBoardLogger:
-    """Scalars on the optimizer-step axis: ``train/*`` per logged step (loss, per-term losses,
+    """TensorBoard event files in <run>/tensorboard (needs `pip install tensorboard`); view with `tensorboard
+    --logdir runs/`
+
+    Scalars on the optimizer-step axis: ``train/*`` per logged step (loss, per-term losses,
     temperature, learning rate, throughput), ``epoch/*`` (train and validation loss) and
     ``eval/*`` (evaluator rows). After a resume, events past the resumed step are purged."""
 
-    def __init__(self, config: Any, run_dir: Path):
+    name = "tensorboard"
+    requires = {"tensorboard": "polyalign[tensorboard]"}
+
+    def __init__(self, run_dir: Path):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:

@@ -8,11 +8,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluator import eval_tag, row_columns
-from polyalign.core.hookspecs import hookimpl
-from polyalign.files.atomic import atomic_write_text
-from polyalign.files.run_files import REPORT_DIR, read_tracker_run
+from polyalign.plugin import (
+    REPORT_DIR,
+    PolyalignError,
+    atomic_write_text,
+    eval_tag,
+    hookimpl,
+    read_tracker_run,
+    row_columns,
+)
 
 from .tracker_failures import TrackerFailures
 
@@ -30,10 +34,16 @@ class WandbConfig(BaseModel):
 
 
 class WandbLogger:
-    """Logs ``train/*`` per logged step and ``epoch/*`` per epoch on the optimizer-step axis, the
+    """a Weights & Biases run, online or offline (needs `pip install 'polyalign[wandb]'`); a resume continues it
+
+    Logs ``train/*`` per logged step and ``epoch/*`` per epoch on the optimizer-step axis, the
     resolved recipe as the run config, the evaluator rows as a table plus ``eval/*`` values, and
     the evaluation plots as images. ``polyalign train --resume`` continues the same W&B run,
     rewound to the resumed step (``resume_from``), so no step is logged twice."""
+
+    name = "wandb"
+    Options = WandbConfig
+    requires = {"wandb": "polyalign[wandb]"}
 
     def __init__(self, config: WandbConfig, run_dir: Path):
         try:

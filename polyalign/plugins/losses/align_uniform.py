@@ -22,8 +22,7 @@ import math
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.loss import Loss, LossOutput, full_present
-from polyalign.core.step_cost import contrast_flops
+from polyalign.plugin import Loss, LossOutput, contrast_flops, full_present
 
 from .pairwise import PairGraph, pair_graph, paired_rows
 from .rows import zero_loss
@@ -59,7 +58,12 @@ def uniformity(z: torch.Tensor, t: float) -> torch.Tensor:
 
 
 class AlignUniformLoss(Loss):
-    """Weighted alignment of paired rows plus uniformity of each modality on the sphere."""
+    """Alignment + uniformity (Wang & Isola) regulariser, to add with a weight to another loss
+
+    Weighted alignment of paired rows plus uniformity of each modality on the sphere."""
+
+    name = "align_uniform"
+    Options = AlignUniformConfig
 
     scores_in_a_sum = False  # a regulariser: a weighted list scores with its other terms
 
@@ -97,7 +101,3 @@ class AlignUniformLoss(Loss):
 
     def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         return -sum(squared_distances(q, c) for q in queries.values() for c in candidates.values())
-
-
-def build_align_uniform(config: AlignUniformConfig) -> AlignUniformLoss:
-    return AlignUniformLoss(config)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
-from polyalign.core.step_cost import contrast_flops
+from polyalign.plugin import Loss, LossConfig, LossOutput, Temperature, contrast_flops, full_present
 
 from .pairwise import PairGraph, pair_graph, paired_rows, sum_of_cosines, summed_query, symmetric_info_nce
 from .rows import zero_loss
@@ -26,7 +25,12 @@ class ClipConfig(LossConfig):
 
 
 class ClipLoss(Loss):
-    """Mean over pairs of symmetric InfoNCE; each pair uses the rows where both are present."""
+    """Pairwise InfoNCE (CLIP/CMC) over all pairs or a star around one anchor; mean over pairs
+
+    Mean over pairs of symmetric InfoNCE; each pair uses the rows where both are present."""
+
+    name = "clip"
+    Options = ClipConfig
 
     exact_inner_product = True
 
@@ -67,7 +71,3 @@ class ClipLoss(Loss):
 
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
         return summed_query(queries)
-
-
-def build_clip(config: ClipConfig) -> ClipLoss:
-    return ClipLoss(config)

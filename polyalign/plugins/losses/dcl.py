@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from polyalign.core.step_cost import contrast_flops
+from polyalign.plugin import contrast_flops
 
 from .blockwise import Reductions, reduce_blockwise
 from .clip import ClipConfig, ClipLoss
@@ -66,7 +66,13 @@ def decoupled_direction(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, w
 
 
 class DclLoss(ClipLoss):
-    """Decoupled contrastive loss of each pair, both directions summed; mean over pairs."""
+    """Decoupled contrastive loss (DCL): InfoNCE without the positive in the denominator, negatives from both
+    modalities of each pair
+
+    Decoupled contrastive loss of each pair, both directions summed; mean over pairs."""
+
+    name = "dcl"
+    Options = DclConfig
 
     def positive_weights(self, zm: torch.Tensor, zn: torch.Tensor) -> torch.Tensor | float:
         """``w_i`` of the positive terms (1 for DCL)."""
@@ -85,16 +91,13 @@ class DclLoss(ClipLoss):
 
 
 class DclwLoss(DclLoss):
-    """DCL with the positive terms weighted by ``2 − N·softmax(x_i·y_i / σ)``."""
+    """DCLW: DCL with the positive terms weighted by a von Mises-Fisher weight (sigma 0.5)
+
+    DCL with the positive terms weighted by ``2 − N·softmax(x_i·y_i / σ)``."""
+
+    name = "dclw"
+    Options = DclwConfig
 
     @torch.no_grad()
     def positive_weights(self, zm: torch.Tensor, zn: torch.Tensor) -> torch.Tensor:
         return 2.0 - zm.shape[0] * torch.softmax((zm * zn).sum(-1) / self.config.sigma, 0)
-
-
-def build_dcl(config: DclConfig) -> DclLoss:
-    return DclLoss(config)
-
-
-def build_dclw(config: DclwConfig) -> DclwLoss:
-    return DclwLoss(config)

@@ -37,9 +37,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
-from polyalign.core.step_cost import ENTRY_FLOPS
+from polyalign.plugin import ENTRY_FLOPS, Loss, LossConfig, LossOutput, PolyalignError, Temperature, full_present
 
 from .blockwise import Reductions, reduce_blockwise
 from .rows import zero_loss
@@ -71,7 +69,12 @@ def default_anchor(names: list[str]) -> str:
 
 
 class GramLoss(Loss):
-    """Symmetric cross-entropy of negative volumes between anchor rows and the other modalities' tuples."""
+    """GRAM: symmetric InfoNCE on minus the Gram-matrix volume of an anchor and the other modalities
+
+    Symmetric cross-entropy of negative volumes between anchor rows and the other modalities' tuples."""
+
+    name = "gram"
+    Options = GramConfig
 
     def __init__(self, config: GramConfig, modalities: list[str] | None = None):
         super().__init__()
@@ -145,7 +148,3 @@ class GramLoss(Loss):
         left = torch.stack(list(queries.values()), 1)  # (Q, k, d)
         right = torch.stack(list(candidates.values()), 1)  # (C, l, d)
         return -safe_sqrt(union_volume_sq(left, right))
-
-
-def build_gram(config: GramConfig, modalities: list[str] | None = None) -> GramLoss:
-    return GramLoss(config, modalities)

@@ -20,8 +20,7 @@ import math
 import torch
 from pydantic import Field
 
-from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
-from polyalign.core.step_cost import contrast_flops
+from polyalign.plugin import Loss, LossConfig, LossOutput, Temperature, contrast_flops, full_present
 
 from .blockwise import Reductions, reduce_blockwise
 from .multiview import positive_logsumexp, stack_views
@@ -44,7 +43,12 @@ def _within_modality_logits(present_rows: torch.Tensor):
 
 
 class MvDhelLoss(Loss):
-    """Multi-view DHEL: within-tuple alignment against per-modality uniformity terms."""
+    """Multi-view DHEL: within-tuple alignment against per-modality (decoupled) uniformity
+
+    Multi-view DHEL: within-tuple alignment against per-modality uniformity terms."""
+
+    name = "mv_dhel"
+    Options = MvDhelConfig
 
     exact_inner_product = True
 
@@ -91,7 +95,3 @@ class MvDhelLoss(Loss):
 
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
         return summed_query(queries)
-
-
-def build_mv_dhel(config: MvDhelConfig) -> MvDhelLoss:
-    return MvDhelLoss(config)

@@ -20,8 +20,7 @@ import math
 import torch
 from pydantic import Field
 
-from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
-from polyalign.core.step_cost import contrast_flops
+from polyalign.plugin import Loss, LossConfig, LossOutput, Temperature, contrast_flops, full_present
 
 from .blockwise import Reductions, reduce_blockwise
 from .multiview import positive_logsumexp, stack_views
@@ -44,7 +43,12 @@ def _all_pairs_logits(present_flat: torch.Tensor):
 
 
 class MvInfoNceLoss(Loss):
-    """Multi-view InfoNCE: all positives of a tuple in one numerator, every other view as negative."""
+    """Multi-view InfoNCE: all positives of a tuple in one numerator, every other view a negative
+
+    Multi-view InfoNCE: all positives of a tuple in one numerator, every other view as negative."""
+
+    name = "mv_infonce"
+    Options = MvInfoNceConfig
 
     exact_inner_product = True
 
@@ -83,7 +87,3 @@ class MvInfoNceLoss(Loss):
 
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
         return summed_query(queries)
-
-
-def build_mv_infonce(config: MvInfoNceConfig) -> MvInfoNceLoss:
-    return MvInfoNceLoss(config)

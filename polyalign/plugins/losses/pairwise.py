@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from polyalign.core.errors import PolyalignError
+from polyalign.plugin import PolyalignError
 
 from .blockwise import Reductions, reduce_blockwise
 

@@ -22,18 +22,18 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.loss import (
+from polyalign.plugin import (
     MAX_LOGIT_SCALE,
     MIN_LOGIT_SCALE,
     Loss,
     LossConfig,
     LossOutput,
     Metric,
+    PolyalignError,
     Temperature,
+    contrast_flops,
     full_present,
 )
-from polyalign.core.step_cost import contrast_flops
 
 from .blockwise import Reductions, reduce_blockwise
 from .pairwise import PairGraph, pair_graph, paired_rows
@@ -75,7 +75,12 @@ def _key(m: str, n: str) -> str:
 
 
 class SiglipLoss(Loss):
-    """Mean over pairs of the pairwise sigmoid loss, with a learned (t, b) per pair."""
+    """Pairwise sigmoid loss (SigLIP) with a learned scale and bias per modality pair
+
+    Mean over pairs of the pairwise sigmoid loss, with a learned (t, b) per pair."""
+
+    name = "siglip"
+    Options = SiglipConfig
 
     def __init__(self, config: SiglipConfig, modalities: list[str] | None = None):
         super().__init__()
@@ -137,7 +142,3 @@ class SiglipLoss(Loss):
         """One query modality: its embedding (``logsigmoid(t·z_q·z_t + b)`` rises with ``z_q·z_t``);
         a sum of several logsigmoids is no function of one inner product: None."""
         return next(iter(queries.values())) if len(queries) == 1 else None
-
-
-def build_siglip(config: SiglipConfig, modalities: list[str] | None = None) -> SiglipLoss:
-    return SiglipLoss(config, modalities)

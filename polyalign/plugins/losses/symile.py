@@ -6,8 +6,8 @@ tuple ``(i, ..., i)``; the loss is the mean over the ``M`` anchors of the cross-
 - ``negatives: auto`` (default): ``n_squared`` while its ``N^M`` logits of a batch of ``N`` stay
   within :data:`AFFORDABLE_LOGITS` (M = 3 up to N = 256, M = 4 up to N = 64, M = 6 up to N = 16),
   ``per_modality`` beyond, so that no default grows like ``N^M``. ``N`` is the rows one loss call
-  contrasts, ``train.batch_size`` (times ``accumulate`` under ``negatives: window``), a factory
-  context argument: every batch of a run, the last smaller one included, takes the same branch.
+  contrasts, ``train.batch_size`` (times ``accumulate`` under ``negatives: window``), a context
+  argument of the class: every batch of a run, the last smaller one included, takes the same branch.
   Built without it, the first batch's rows decide.
 - ``negatives: n_squared``: every combination of the other modalities' rows is a
   candidate (``N^(M-1)`` per anchor row). Computed exactly, but blockwise: all ``M`` anchors
@@ -56,10 +56,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.loss import MIN_LOGIT_SCALE, Loss, LossConfig, LossOutput, Temperature, full_present
-from polyalign.core.memory import MemoryNeed
-from polyalign.core.step_cost import ENTRY_FLOPS, contrast_flops
+from polyalign.plugin import (
+    ENTRY_FLOPS,
+    MIN_LOGIT_SCALE,
+    Loss,
+    LossConfig,
+    LossOutput,
+    MemoryNeed,
+    PolyalignError,
+    Temperature,
+    contrast_flops,
+    full_present,
+)
 
 from .multilinear import anchor_logsumexps, elementwise_product, mip
 from .pairwise import symmetric_info_nce
@@ -132,7 +140,13 @@ def mip_multiplier(embed_dim: int, n_modalities: int) -> float:
 
 
 class SymileLoss(Loss):
-    """Mean over anchor modalities of the cross-entropy of multilinear-inner-product logits."""
+    """Symile: InfoNCE on the multilinear inner product of all M modalities (negatives: auto, n_squared,
+    per_modality, n)
+
+    Mean over anchor modalities of the cross-entropy of multilinear-inner-product logits."""
+
+    name = "symile"
+    Options = SymileConfig
 
     exact_inner_product = True
 
@@ -229,8 +243,3 @@ class SymileLoss(Loss):
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor:
         """``⊙_{q∈Q} z_q``: the elementwise product of the query embeddings (its direction after per_modality)."""
         return self._side(list(queries.values()))
-
-
-def build_symile(config: SymileConfig, modalities: list[str] | None = None, embed_dim: int | None = None,
-                 batch_size: int | None = None) -> SymileLoss:
-    return SymileLoss(config, modalities, embed_dim, batch_size)

@@ -16,8 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.data import SPLITS, Sample
-from polyalign.core.errors import PolyalignError
+from polyalign.plugin import SPLITS, PolyalignError, Sample
 
 
 class TupleFoldersConfig(BaseModel):
@@ -47,7 +46,10 @@ def read_tuple(folder: Path, root: Path) -> Sample:
 
 
 class TupleFolders:
-    """The three splits of a ``tuple_folders`` tree; ``root`` is where relative paths start."""
+    """One folder per tuple, one file per modality (imu.csv, caption.txt, ...), in train/val/test."""
+
+    name = "tuple_folders"
+    Options = TupleFoldersConfig
 
     def __init__(self, config: TupleFoldersConfig):
         self.root = Path(config.path).expanduser().resolve()
@@ -74,8 +76,3 @@ class TupleFolders:
     def locate(self, name: str, index: int) -> str:
         """Where sample ``index`` of split ``name`` comes from (polyalign puts it in error messages)."""
         return f"tuple folder {self.root / name / self._splits[name][index]['id']}"
-
-
-def build_tuple_folders(config: TupleFoldersConfig) -> TupleFolders:
-    """Factory polyalign calls with the validated config."""
-    return TupleFolders(config)

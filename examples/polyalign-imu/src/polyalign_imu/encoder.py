@@ -10,8 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyalign.core.encoder import Encoder, pad_with_mask, resolve_file
-from polyalign.core.errors import PolyalignError
+from polyalign.plugin import Encoder, PolyalignError, pad_with_mask, resolve_file
 
 
 class ImuConfig(BaseModel):
@@ -38,7 +37,10 @@ def read_recording(value: Any, root: Path | None) -> np.ndarray:
 
 
 class ImuEncoder(Encoder):
-    """Recordings -> ``{signal (B, T, axes), mask (B, T)}`` -> convolutions -> masked mean ``(B, hidden)``."""
+    """Accelerometer recordings (.csv or .npy, samples x axes) into a 1-D CNN with a masked mean."""
+
+    name = "imu"
+    Options = ImuConfig
 
     def __init__(self, config: ImuConfig):
         super().__init__()
@@ -71,8 +73,3 @@ class ImuEncoder(Encoder):
             mask = mask[:, ::2]
         weights = mask.unsqueeze(1).to(h.dtype)
         return (h * weights).sum(dim=2) / weights.sum(dim=2).clamp(min=1.0)
-
-
-def build_imu(config: ImuConfig) -> ImuEncoder:
-    """Factory polyalign calls with the validated config."""
-    return ImuEncoder(config)

@@ -11,20 +11,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.errors import PolyalignError
-from polyalign.core.evaluator import EvalContext
-
-
-class ModalityGapConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    modalities: list[str] | None = Field(None, min_length=2, description="modalities to compare in pairs "
-                                                                         "(default: all of the model's)")
+from polyalign.plugin import EvalContext, PolyalignError
 
 
 class ModalityGap:
-    """One row per pair of modalities: the distance between their mean embeddings."""
+    """Distance between the centres of two modalities' embeddings (the modality gap), one row per pair."""
 
-    def __init__(self, config: ModalityGapConfig):
+    name = "modality_gap"
+
+    class Options(BaseModel):  # the options model may also be defined on the class itself
+        model_config = ConfigDict(extra="forbid")
+        modalities: list[str] | None = Field(None, min_length=2, description="modalities to compare in pairs "
+                                                                             "(default: all of the model's)")
+
+    def __init__(self, config: ModalityGap.Options):
         self.config = config
 
     def __call__(self, ctx: EvalContext) -> list[dict[str, Any]]:

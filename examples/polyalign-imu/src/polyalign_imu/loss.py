@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
+from polyalign.plugin import Loss, LossConfig, LossOutput, Temperature, full_present
 
 
 class MarginClipConfig(LossConfig):
@@ -24,7 +24,10 @@ class MarginClipConfig(LossConfig):
 
 
 class MarginClipLoss(Loss):
-    """Mean over modality pairs of the symmetric InfoNCE of cosines with a margin on the positives."""
+    """Pairwise InfoNCE with an additive margin on the positives (AM-softmax style), mean over pairs."""
+
+    name = "margin_clip"
+    Options = MarginClipConfig
 
     def __init__(self, config: MarginClipConfig):
         super().__init__()
@@ -56,8 +59,3 @@ class MarginClipLoss(Loss):
         """``(Q, C)``: the sum over query modalities of their cosines with each candidate. The margin
         only shapes training; a match is ranked by how close the embeddings are."""
         return sum(q @ candidates.T for q in queries.values())
-
-
-def build_margin_clip(config: MarginClipConfig) -> MarginClipLoss:
-    """Factory polyalign calls with the validated config."""
-    return MarginClipLoss(config)
