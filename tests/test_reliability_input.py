@@ -32,7 +32,9 @@ TINY = ["data.n_train=128", "data.n_val=32", "data.n_test=32", "train.batch_size
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str]:
-    """Run the CLI in this process; any exception escaping it fails the test (a traceback)."""
+    """Run the CLI in this process; any exception escaping it fails the test (a traceback). Returns what
+    this command printed to stderr (not what came before it)."""
+    capsys.readouterr()
     code = main([str(a) for a in argv])
     return code, capsys.readouterr().err
 
