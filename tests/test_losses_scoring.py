@@ -123,12 +123,12 @@ def test_gram_volume_of_tuples_is_chunked_exactly():
     assert torch.allclose(whole[3, 2], torch.linalg.det(v @ v.T), rtol=1e-10)
 
 
-def test_a_loss_that_defines_only_score_keeps_working_and_says_it_cannot_rank_tuples():
+def test_a_loss_that_ranks_one_modality_scores_it_and_says_it_cannot_rank_tuples():
     emb = embeddings(seed=12)
     loss = OneModalityLoss(ClipConfig())
     scores = score_candidates(loss, {"a": emb["a"]}, {"b": emb["b"]}, "mine")
     assert torch.allclose(scores, emb["a"] @ emb["b"].T)
-    assert torch.equal(loss.score_tuples({"a": emb["a"]}, {"b": emb["b"]}), scores)
+    assert torch.equal(loss.score({"a": emb["a"]}, emb["b"], "b"), scores)
     with pytest.raises(PluginError, match=r"loss 'mine' ranks candidates of one modality .* cannot rank "
                                           r"candidates made of b\+d"):
         score_candidates(loss, {"a": emb["a"]}, {"b": emb["b"], "d": emb["d"]}, "mine")

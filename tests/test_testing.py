@@ -207,13 +207,13 @@ class NanWhenAbsent(ClipLoss):
 
 
 class TransposedScore(ClipLoss):
-    def score(self, queries, candidates, target):
-        return super().score(queries, candidates, target).T
+    def score_tuples(self, queries, candidates):
+        return super().score_tuples(queries, candidates).T
 
 
 class NegatedScore(ClipLoss):
-    def score(self, queries, candidates, target):
-        return -super().score(queries, candidates, target)
+    def score_tuples(self, queries, candidates):
+        return -super().score_tuples(queries, candidates)
 
 
 class WrongInnerProduct(ClipLoss):

@@ -54,10 +54,9 @@ def register_losses(register: Register) -> None:
     """Register loss plugins: ``register(name, factory, config=Model, help="...")``.
 
     ``factory(config, **context)`` returns a :class:`polyalign.core.loss.Loss` with
-    ``forward(embeddings, present) -> LossOutput`` and a scoring rule: ``score(queries,
-    candidates, target)`` ranks candidates of one modality; ``score_tuples(queries, candidates)``
-    (optional, ``candidates`` a dict of modalities) also ranks tuples; define it and ``score``
-    follows (docs/losses.md).
+    ``forward(embeddings, present) -> LossOutput`` and a scoring rule, ``score_tuples(queries,
+    candidates)`` (``candidates`` a dict of one or more modalities; ``score(queries, candidates,
+    target)`` for one modality follows from it; docs/losses.md).
     Context arguments the factory may accept: ``modalities`` (names), ``embed_dim`` and
     ``batch_size`` (the rows one loss call contrasts: ``train.batch_size``, times ``accumulate``
     when ``negatives: window`` spans the micro-batches of a step).
