@@ -164,15 +164,15 @@ def test_memory_cache_keeps_the_decoded_image_and_augments_at_each_use(data, tmp
 
 # --------------------------------------------------------------------------- random loads are refused
 class Noisy(Encoder):
-    """A vector encoder whose load adds noise (an augmentation inside load)."""
+    """A vector encoder whose decode adds noise (an augmentation inside decode)."""
 
     def __init__(self, declared: bool):
         super().__init__()
-        self.random_load = declared
+        self.random_decode = declared
         self.width = 3
         self.net = torch.nn.Linear(3, 3)
 
-    def load(self, value, root):
+    def decode(self, value, root):
         return torch.as_tensor(value, dtype=torch.float32) + 0.01 * torch.randn(3)
 
     def forward(self, x):
@@ -182,14 +182,14 @@ class Noisy(Encoder):
 class NoisyPlugin:
     @polyalign.hookimpl
     def register_encoders(self, register):
-        register("noisy", lambda config: Noisy(False), help="random load, not declared")
-        register("noisy_declared", lambda config: Noisy(True), help="random load, declared")
+        register("noisy", lambda config: Noisy(False), help="random decode, not declared")
+        register("noisy_declared", lambda config: Noisy(True), help="random decode, declared")
 
 
 @pytest.mark.parametrize("plugin, message", [
     ("noisy", "decoded the same value ([0.0, 1.0, -1.0]) to different tensors under different random seeds"),
-    ("noisy_declared", "loads values at random (random_load = True)")])
-def test_input_cache_refuses_random_loads(data, tmp_path, plugin, message):
+    ("noisy_declared", "decodes values at random (random_decode = True)")])
+def test_input_cache_refuses_random_decodes(data, tmp_path, plugin, message):
     overrides = _recipe(data, "cache.inputs=memory", f"modalities.v.encoder={{plugin: {plugin}}}")
     plugins = make_plugins(extra=[NoisyPlugin()])
     with pytest.raises(PolyalignError, match=r"cache.inputs: the '%s' encoder of modality 'v'" % plugin) as err:

@@ -85,12 +85,12 @@ def cache_dir(recipe: Recipe, kind: str) -> Path:
 
 def check_deterministic(encoder: Encoder, modality: str, plugin: str, value: Any, root: Path | None) -> None:
     """Refuse the input cache for an encoder whose decoded values are random: it says so
-    (``random_load``), or decoding ``value`` twice under different seeds gives different tensors."""
+    (``random_decode``), or decoding ``value`` twice under different seeds gives different tensors."""
     advice = ("Set cache.inputs: none for this recipe, or give the encoder a deterministic decode() and "
               "put the random part in finish() (see polyalign.core.encoder.Encoder).")
-    if encoder.random_load:
-        raise PolyalignError(f"cache.inputs: the {plugin!r} encoder of modality {modality!r} loads values at "
-                             f"random (random_load = True): a cached value would repeat one draw. {advice}")
+    if encoder.random_decode:
+        raise PolyalignError(f"cache.inputs: the {plugin!r} encoder of modality {modality!r} decodes values at "
+                             f"random (random_decode = True): a cached value would repeat one draw. {advice}")
     if value is None:
         return
     saved, was_training = rng_state(), encoder.training

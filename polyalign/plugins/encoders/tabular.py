@@ -141,7 +141,7 @@ class TabularEncoder(Encoder):
             raise PolyalignError(f"a tabular entry is not a number: {exc}") from exc
         return seen, raw
 
-    def load(self, value: Any, root: Path | None) -> torch.Tensor:
+    def decode(self, value: Any, root: Path | None) -> torch.Tensor:
         """One row -> ``(2n,)``: standardised values with ``fill`` where missing, then indicators."""
         if self.unfitted:
             raise PolyalignError(f"encoder 'tabular': {' and '.join(self.unfitted)}: auto needs the train split's "

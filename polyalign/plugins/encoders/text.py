@@ -171,7 +171,7 @@ class TextEncoder(Encoder):
             self.transformer.eval()
         return self
 
-    def load(self, value: Any, root: Path | None) -> dict[str, torch.Tensor]:
+    def decode(self, value: Any, root: Path | None) -> dict[str, torch.Tensor]:
         """Tokenize one text -> ``{input_ids, attention_mask, ...}`` 1-D tensors."""
         enc = self.tokenizer(read_text(value, root), truncation=True, max_length=self.config.max_length)
         return {k: torch.tensor(enc[k], dtype=torch.long) for k in self.input_names if k in enc}

@@ -49,7 +49,7 @@ class VectorEncoder(Encoder):
     def rebuild_options(self) -> dict[str, Any]:
         return {"dim": self.dim}
 
-    def load(self, value: Any, root: Path | None) -> torch.Tensor:
+    def decode(self, value: Any, root: Path | None) -> torch.Tensor:
         x = load_vector(value, root)
         if x.numel() != self.dim:
             raise PolyalignError(f"expected a vector of {self.dim} numbers, got {x.numel()}")
