@@ -94,7 +94,7 @@ def test_disk_cache_is_reused_and_invalidated_by_a_file_or_an_option(data, tmp_p
     assert again["image"].computed == 1 and again["v"].computed == 0 and decodes[-1] == "img/5.png"
     stored = {k: v for f in again["image"].folder.glob("*.safetensors") for k, v in load_file(str(f)).items()}
     encoder = polyalign.build("encoder", "image", model="test_resnet", image_size=16)
-    assert torch.equal(stored[value_key("img/5.png", data)], encoder.decode("img/5.png", data))  # the new file
+    assert torch.equal(stored[value_key(Path("img/5.png"), data)], encoder.decode(Path("img/5.png"), data))  # new file
 
     bigger = fill_caches(polyalign.load_recipe(XOR, base + ["modalities.image.encoder.image_size=12"]),
                          show_progress=False)
@@ -210,7 +210,7 @@ def test_feature_cache_trains_and_embeds_like_the_uncached_model(data, tmp_path,
     cached = polyalign.train(XOR, out=tmp_path / "cached", overrides=frozen + ["cache.features=true"])
     plain = polyalign.train(XOR, out=tmp_path / "plain", overrides=frozen)
     _assert_weights_equal(plain, cached, atol=1e-5)
-    images = [str(data / "img" / f"{i}.png") for i in range(16)]
+    images = [data / "img" / f"{i}.png" for i in range(16)]
     a, b = polyalign.load(cached), polyalign.load(plain)
     za, zb = a.embed({"image": images})["image"], b.embed({"image": images})["image"]
     assert torch.allclose(za, zb, rtol=0, atol=1e-5)

@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from polyalign.files.held_file import FileBytes
 
-from .errors import PluginError, PolyalignError, not_a_file
+from .errors import PluginError, PolyalignError, not_a_file, shown
 
 Input = Union[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -167,19 +167,23 @@ def encoder_width(encoder: Any, plugin: str) -> int:
     return width
 
 
-FILE_VALUES = (str, Path, FileBytes)  # raw values that name (or hold) a file
+FILE_VALUES = (Path, FileBytes)  # raw values that name (or hold) a file; a str is text, never a path
 
 
 def resolve_file(value: Any, root: Path | None, what: str) -> Path | FileBytes:
-    """The existing file a raw value names (relative paths resolve against ``root``), or the file
-    itself when the value holds it in memory (a shard member); both read alike (``open("rb")``,
-    ``read_bytes()``, ``read_text()``, ``suffix``). ``what`` names the kind of file in the "not
-    found" error (e.g. ``"IMU recording"``)."""
+    """The existing file a :class:`~pathlib.Path` names (relative paths resolve against ``root``), or
+    the file itself when the value holds it in memory (a shard member, an upload); both read alike
+    (``open("rb")``, ``read_bytes()``, ``read_text()``, ``suffix``). ``what`` names the kind of file
+    in the "not found" error (e.g. ``"IMU recording"``)."""
     if isinstance(value, FileBytes):
         return value
-    if not isinstance(value, (str, Path)) or not str(value).strip():
-        raise PolyalignError(f"expected a path to {what} file, got {type(value).__name__} {value!r}")
-    path = Path(str(value)).expanduser()
+    if isinstance(value, str):
+        raise PolyalignError(f"expected {what} file, got the text {shown(value)}: a str is text, never a path. A "
+                             f"manifest cell is a file when that file exists (relative to the dataset's folder), "
+                             f"so check that it does; in Python, pass pathlib.Path({shown(value)})")
+    if not isinstance(value, Path) or not str(value).strip():
+        raise PolyalignError(f"expected {what} file (a pathlib.Path), got {type(value).__name__} {shown(value)}")
+    path = value.expanduser()
     if not path.is_absolute() and root is not None:
         path = Path(root) / path
     if not path.is_file():

@@ -38,9 +38,10 @@ def register_encoders(register: Register) -> None:
     ``factory(config, **context)`` returns a :class:`polyalign.core.encoder.Encoder`
     (an ``nn.Module`` mapping a collated batch to ``(B, width)``, which also knows how to
     ``decode(value, root)`` one raw value, deterministically (required; an optional
-    ``finish(x, train)`` adds augmentation), and ``collate`` a list of them). Context arguments the factory may accept (declare
-    only those you need): ``modality`` (the recipe's name for it), ``example`` (one raw value
-    from the train split, e.g. to infer an input size) and ``root`` (the dataset's folder).
+    ``finish(x, train)`` adds augmentation), and ``collate`` a list of them). Context arguments
+    the factory may accept (declare only those you need): ``modality`` (the recipe's name for it),
+    ``example`` (one raw value from the train split, e.g. to infer an input size) and ``root``
+    (the dataset's folder).
     An encoder that infers options from ``example`` returns them from ``rebuild_options()``,
     so a trained model can be rebuilt without its data (``polyalign.load``); one that takes
     statistics from the whole train split (``tabular``'s ``mean: auto``) computes them in

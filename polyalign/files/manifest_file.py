@@ -59,6 +59,26 @@ def clean_row(row: dict[str, Any], where: str) -> Sample:
     return sample
 
 
+def as_file(value: Any, root: Path | None) -> Any:
+    """A text cell naming an existing file (relative to ``root``, or absolute; a WFDB record by its
+    ``.hea``) as a :class:`~pathlib.Path`; any other cell as it is (a str stays text)."""
+    if not isinstance(value, str) or not value.strip() or "\n" in value:
+        return value
+    try:
+        path = Path(value).expanduser()
+        full = path if path.is_absolute() or root is None else root / path
+        if full.is_file() or full.with_name(full.name + ".hea").is_file():
+            return path
+    except (OSError, ValueError):  # longer than a file name may be, a NUL byte: text
+        pass
+    return value
+
+
+def with_files(samples: list[Sample], root: Path | None) -> list[Sample]:
+    """The samples with every modality cell that names a file as a Path (:func:`as_file`)."""
+    return [{k: v if k in RESERVED_KEYS else as_file(v, root) for k, v in s.items()} for s in samples]
+
+
 def read_jsonl(path: Path) -> tuple[list[Sample], list[int]]:
     """One JSON object per non-blank line; also each sample's line number."""
     samples, numbers = [], []

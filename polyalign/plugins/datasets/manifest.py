@@ -1,7 +1,8 @@
 """Dataset ``manifest``: JSON Lines or CSV files listing one tuple per row, one column per modality.
 
-A cell is a path relative to the manifest's folder (an image, a clip, a recording...), or
-inline text or numbers. A missing modality is an absent key, an empty cell or ``null``.
+A cell that names an existing file relative to the manifest's folder (an image, a clip, a caption
+file...) is that file, a :class:`~pathlib.Path`; any other text is inline text; numbers are numbers.
+A missing modality is an absent key, an empty cell or ``null``.
 The reserved columns ``label`` and ``id`` are optional.
 """
 
@@ -13,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from polyalign.core.data import SPLITS, Sample
-from polyalign.files.manifest_file import RESERVED_KEYS, SUFFIXES, ManifestError, read_manifest
+from polyalign.files.manifest_file import RESERVED_KEYS, SUFFIXES, ManifestError, read_manifest, with_files
 
 OnError = Literal["raise", "skip"]
 
@@ -72,7 +73,7 @@ class ManifestDataset:
             raise ManifestError(f"the manifests are in different folders ({', '.join(sorted(map(str, folders)))}); "
                                 f"set data.root to the folder their relative paths start from")
         read = {s: (read_manifest(p) if p is not None else ([], [])) for s, p in self.files.items()}
-        self._splits = {s: rows for s, (rows, _) in read.items()}
+        self._splits = {s: with_files(rows, self.root) for s, (rows, _) in read.items()}
         self._lines = {s: numbers for s, (_, numbers) in read.items()}
         columns: dict[str, None] = {}
         for sample in self._splits["train"]:

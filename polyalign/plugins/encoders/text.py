@@ -20,17 +20,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spie
 
 
 def read_text(value: Any, root: Path | None) -> str:
-    """Inline text, or the contents of a ``.txt`` file (a path relative to ``root``, or a shard member)."""
-    if isinstance(value, FileBytes):
-        try:
-            return value.read_text()
-        except UnicodeDecodeError as exc:
-            raise PolyalignError(f"text {value} is not UTF-8 text: {exc}") from exc
-    if not isinstance(value, str):
-        raise PolyalignError(f"expected text (a string, or the path of a .txt file), got "
-                             f"{type(value).__name__} {value!r}")
-    if not value.lower().endswith(".txt"):
+    """A ``str`` is the text itself; a ``Path`` (relative to ``root``) or a shard member holds it as UTF-8."""
+    if isinstance(value, str):
         return value
+    if not isinstance(value, (Path, FileBytes)):
+        raise PolyalignError(f"expected text (a str, or a text file as a pathlib.Path), got "
+                             f"{type(value).__name__} {value!r}")
     path = resolve_file(value, root, "text")
     try:
         return path.read_text(encoding="utf-8")
@@ -119,7 +114,7 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 class TextEncoder(Encoder):
-    """Text (inline or ``.txt``) -> tokenizer -> transformer -> pooled ``(B, hidden_size)``."""
+    """Text (a str, or a text file) -> tokenizer -> transformer -> pooled ``(B, hidden_size)``."""
 
     def __init__(self, config: TextConfig):
         super().__init__()
