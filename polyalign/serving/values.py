@@ -55,8 +55,7 @@ def inline_value(modality: str, index: int, value: Any) -> Any:
 
 
 def form_value(modality: str, index: int, text: str) -> Any:
-    """A form field's text, read as ``polyalign search --query`` reads one: ``[...]``/``{...}`` is JSON
-    (numbers), anything else is inline text (never a path)."""
+    """A form field's text: ``[...]``/``{...}`` is JSON (numbers), anything else is text (never a path)."""
     try:
         value = parse_cell(text, f"modality {modality!r}, value {index}")
     except PolyalignError as exc:
