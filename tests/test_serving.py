@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,8 +211,9 @@ def test_search_for_candidate_tuples_scores_them_together(client, demo):
     """target [image, text]: each test row's image and text together, scored by the run's rule for tuples."""
     rows = [json.loads(line) for line in (demo["data"] / "test.jsonl").read_text().splitlines()]
     audio = demo["data"] / QUERY_FILES["audio"]
-    expected = demo["model"].search({"audio": [audio]}, {"image": [r["image"] for r in rows],
-                                                         "text": [r["text"] for r in rows]}, top_k=4, root=demo["data"])
+    expected = demo["model"].search({"audio": [audio]}, {"image": [Path(r["image"]) for r in rows],
+                                                         "text": [Path(r["text"]) for r in rows]},
+                                    top_k=4, root=demo["data"])
     for target in (["image", "text"], "image,text"):
         answer = client.post("/search", files=uploads(demo, {"audio": QUERY_FILES["audio"]}),
                              data={"target": "image,text", "k": "4"}) if isinstance(target, str) else client.post(

@@ -160,10 +160,13 @@ def test_sources_folder_manifest_and_array(tmp_path):
     (folder / ".hidden").write_text("skip me")
     found = read_source(folder, "c")
     assert found.ids == ["sub/x0.npy", "x1.npy"] and found.root == folder
+    assert found.values == [Path("sub/x0.npy"), Path("x1.npy")]  # files, as Paths
     (tmp_path / "m.csv").write_text('id,a,c\nfirst,"[1, 0, 0, 0, 1]",vectors/x1.npy\nsecond,"[0, 0, 0, 0, 1]",\n')
     found = read_source(tmp_path / "m.csv", "a")
     assert found.ids == ["first", "second"] and found.values[1] == [0, 0, 0, 0, 1]
-    assert read_source(tmp_path / "m.csv", "c").values == ["vectors/x1.npy"]  # empty cell = missing
+    assert read_source(tmp_path / "m.csv", "c").values == [Path("vectors/x1.npy")]  # empty cell = missing
+    (tmp_path / "lines.txt").write_text("vectors/x1.npy\nvectors/gone.npy\n")  # a line, read as a cell is
+    assert read_source(tmp_path / "lines.txt", "c").values == [Path("vectors/x1.npy"), "vectors/gone.npy"]
     (tmp_path / "m.jsonl").write_text('{"c": [1, 1, 1, 1, 1]}\n\n{"a": [0, 0, 0, 0, 0]}\n')
     found = read_source(tmp_path / "m.jsonl", "c")
     assert found.ids == [0] and found.root == tmp_path

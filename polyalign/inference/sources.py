@@ -82,7 +82,7 @@ def read_source(source: str | Path, modality: str) -> Values:
         lines = [line.strip() for line in read_lines(path) if line.strip()]
         check_ids(lines, f"{path}", " (the id of a line is its text); remove the repeated line, or give a "
                                      "manifest with an id column")
-        return Values(lines, list(lines), path.parent)
+        return Values([as_file(line, path.parent) for line in lines], list(lines), path.parent)
     raise PolyalignError(f"{path}: cannot tell what values it holds; give {SOURCE_KINDS}")
 
 
