@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -44,7 +45,7 @@ def _images(folder):
     Image.fromarray(np.full((20, 30, 3), (255, 0, 0), np.uint8)).save(folder / "red.png")
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / "noise.png")
     Image.fromarray(rng.integers(0, 255, (30, 50), dtype=np.uint8)).save(folder / "grey.png")  # converted to RGB
-    return ["red.png", "noise.png", "grey.png"]
+    return [Path("red.png"), Path("noise.png"), Path("grey.png")]
 
 
 def _tower(folder, tower, **options):
