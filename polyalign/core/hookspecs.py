@@ -74,9 +74,9 @@ def register_datasets(register: Register) -> None:
     ``split(name)`` for ``train``, ``val`` and ``test``: a list of samples, or, for data too large
     to hold, a :class:`polyalign.core.stream.StreamSplit` (shards with their sizes and a reader;
     the core splits them over processes and workers). A sample is a dict ``modality -> raw value``
-    (a path, a :class:`~polyalign.core.encoder.FileBytes`, text, numbers) with missing modalities
-    absent, plus optional ``label`` and ``id``; a key that is neither a modality nor these is
-    ignored, and a modality that no row of a split provides is an error before training
+    (a file as a ``pathlib.Path`` or :class:`~polyalign.core.encoder.FileBytes`, text as a ``str``,
+    numbers) with missing modalities absent, plus optional ``label`` and ``id``; a key that is
+    neither a modality nor these is ignored, and a modality that no row of a split provides is an error before training
     (``polyalign.testing.check_dataset`` checks all of this).
     The object may also have ``on_error`` (``"raise"`` or ``"skip"``: what to do with a row
     whose value fails to load), ``locate(split, index) -> str`` (where a row comes from,
