@@ -61,13 +61,14 @@ def clean_row(row: dict[str, Any], where: str) -> Sample:
 
 def as_file(value: Any, root: Path | None) -> Any:
     """A text cell naming an existing file (relative to ``root``, or absolute; a WFDB record by its
-    ``.hea``) as a :class:`~pathlib.Path`; any other cell as it is (a str stays text)."""
+    ``.hea``) as a :class:`~pathlib.Path`; any other cell as it is (a str stays text). A cell naming
+    a folder is a Path too, so that the encoder's error says it is no file."""
     if not isinstance(value, str) or not value.strip() or "\n" in value:
         return value
     try:
         path = Path(value).expanduser()
         full = path if path.is_absolute() or root is None else root / path
-        if full.is_file() or full.with_name(full.name + ".hea").is_file():
+        if full.exists() or full.with_name(full.name + ".hea").is_file():
             return path
     except (OSError, ValueError):  # longer than a file name may be, a NUL byte: text
         pass
