@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from polyalign.core.encoder import pad_with_mask, resolve_file
+from polyalign.core.encoder import Encoder, pad_with_mask, resolve_file
 from polyalign.core.errors import PolyalignError
 
 
@@ -39,3 +39,11 @@ def test_resolve_file_against_the_root_with_a_clear_not_found(tmp_path):
     with pytest.raises(PolyalignError, match=r"^expected IMU recording file, got the text 'rec/a.csv': a str is text, "
                                              r"never a path"):
         resolve_file("rec/a.csv", tmp_path, "IMU recording")  # even where that file exists
+
+
+def test_an_encoder_overriding_the_derived_load_is_refused_where_it_is_defined():
+    with pytest.raises(PolyalignError, match=r"encoder .*OldStyle overrides load\(value, root\), which is "
+                                             r"finish\(decode\(value, root\), training\) for every encoder"):
+        class OldStyle(Encoder):
+            def load(self, value, root):
+                return torch.tensor(value)

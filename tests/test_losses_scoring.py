@@ -142,6 +142,14 @@ def test_a_loss_without_any_scoring_rule_is_named():
         NoScore().score({"a": torch.zeros(1, 2)}, torch.zeros(3, 2), "b")
 
 
+def test_a_loss_overriding_the_derived_score_is_refused_where_it_is_defined():
+    with pytest.raises(PluginError, match=r"loss .*OldStyle overrides score\(queries, candidates, target\), which is "
+                                          r"score_tuples\(queries, \{target: candidates\}\) for every loss"):
+        class OldStyle(Loss):
+            def score(self, queries, candidates, target):
+                return sum(q @ candidates.T for q in queries.values())
+
+
 def test_weighted_loss_scores_with_the_sum_of_its_terms_scaled_logits():
     from polyalign.core.loss import WeightedLoss
 

@@ -52,6 +52,13 @@ class Encoder(nn.Module):
     """Variable axes besides the batch, by input name (``input`` for a plain tensor), e.g.
     ``{"input_ids": {1: "length"}}``; axes with the same name must have the same size."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "load" in cls.__dict__:
+            raise PluginError(f"encoder {cls.__qualname__} overrides load(value, root), which is finish(decode(value, "
+                              f"root), training) for every encoder: define decode(value, root) (deterministic) and, "
+                              f"for augmentation, finish(x, train) instead")
+
     def layer_groups(self) -> list[list[str]]:
         """This encoder's parameter names (as ``named_parameters()`` gives them) in layers, input first.
 

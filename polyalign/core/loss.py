@@ -110,6 +110,13 @@ class Loss(nn.Module):
     """Whether a weighted list of losses adds this term's score to its own (False for a
     regulariser, such as ``align_uniform``, which shapes the embeddings but is no expert)."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "score" in cls.__dict__:
+            raise PluginError(f"loss {cls.__qualname__} overrides score(queries, candidates, target), which is "
+                              f"score_tuples(queries, {{target: candidates}}) for every loss: define "
+                              f"score_tuples(queries, candidates) instead (docs/losses.md, 'Scoring')")
+
     def forward(self, embeddings: dict[str, torch.Tensor],
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:  # pragma: no cover
         raise TypeError(f"loss {type(self).__name__} does not define forward()")
