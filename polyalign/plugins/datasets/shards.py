@@ -55,6 +55,9 @@ class SplitShards:
         return str(self.shards[0].parent / f"{self.split}-{{{start}..{stop}}}.tar")
 
 
+MEDIA_SUFFIXES = (".png", ".jpg", ".jpeg", ".wav", ".flac", ".npy")  # a text cell naming one is a missing file
+
+
 def member(value: Any, modality: str, root: Path | None, where: str) -> tuple[str, bytes | Path]:
     """The extension and bytes of one raw value (a file, a Path: its path, streamed into the shard
     when it is written; text: a ``.txt`` member; numbers: a ``.json`` member)."""
@@ -73,6 +76,9 @@ def member(value: Any, modality: str, root: Path | None, where: str) -> tuple[st
                                  f"{MAX_MEMBER_BYTES} polyalign reads of one shard member; leave it out")
         return suffix, path
     if isinstance(value, str):
+        if Path(value).suffix.lower() in MEDIA_SUFFIXES and not any(c.isspace() for c in value):
+            raise PolyalignError(f"{where}, {modality!r}: file {value} not found (relative paths resolve against "
+                                 f"{root}); it would be written as the text {value!r}")
         return "txt", value.encode("utf-8")
     return "json", json.dumps(value).encode("utf-8")
 
