@@ -747,7 +747,7 @@ def parser() -> argparse.ArgumentParser:
     se = sub.add_parser("search", help="rank candidates of one modality for a query of others")
     se.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a folder written by `polyalign export`")
     se.add_argument("--query", action="append", default=[], metavar="MODALITY=VALUE",
-                    help="a path, inline text or [numbers]; repeat for several query modalities")
+                    help="an existing file, [numbers] or else text; repeat for several query modalities")
     se.add_argument("--candidates", required=True, metavar="MODALITY=SOURCE",
                     help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines, an embeddings file "
                          "from `polyalign embed` or an index from `polyalign index` (.faiss)")

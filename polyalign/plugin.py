@@ -62,7 +62,7 @@ from polyalign.core.stream import Shard, StreamSplit
 from polyalign.files.atomic import RESUME, WriteError, atomic_write_text, describe_os_error
 from polyalign.files.cache_dir import cache_root
 from polyalign.files.json_file import JsonError, parse_json, read_json
-from polyalign.files.manifest_file import RESERVED_KEYS, SUFFIXES, ManifestError, parse_label, read_manifest
+from polyalign.files.manifest_file import RESERVED_KEYS, SUFFIXES, ManifestError, parse_label, read_manifest, with_files
 from polyalign.files.npy_file import read_npy
 from polyalign.files.run_files import METRICS_FILE, REPORT_DIR, logged_before, read_tracker_run
 from polyalign.files.weights import load_failure, torch_load_safely
@@ -83,7 +83,7 @@ __all__ = [
     # Loggers: run-file names, evaluation rows as columns and tags
     "METRICS_FILE", "REPORT_DIR", "logged_before", "read_tracker_run", "row_columns", "eval_tag",
     # Files: reading and writing safely
-    "read_json", "parse_json", "JsonError", "read_npy", "read_manifest", "parse_label", "ManifestError",
+    "read_json", "parse_json", "JsonError", "read_npy", "read_manifest", "with_files", "parse_label", "ManifestError",
     "RESERVED_KEYS", "SUFFIXES", "atomic_write_text", "describe_os_error", "WriteError", "RESUME", "cache_root",
     "torch_load_safely", "load_failure",
     # Errors and warnings

@@ -42,7 +42,7 @@ from polyalign.core.layer_groups import checked_layer_groups
 from polyalign.core.loss import Loss, LossOutput, check_loss_output, float_metrics
 from polyalign.core.model import MultiModalModel
 
-ENCODER_PROPERTIES = ("width", "load", "collate", "load_batch", "forward", "batch independence",
+ENCODER_PROPERTIES = ("width", "decode", "collate", "load_batch", "forward", "batch independence",
                       "missing rows", "gradients", "layer groups", "rebuild")
 LOSS_PROPERTIES = ("output", "finite", "gradients", "modality order", "missing rows", "score shape",
                    "positive ranks first", "inner product")
@@ -123,7 +123,7 @@ def check_encoder(encoder: Encoder | str, values: Sequence[Any], root: Path | st
 
     ``encoder`` is a registered name, built like a run builds it (``options`` plus the context
     ``example=values[0]`` and ``root``), or an encoder object. Properties checked, in order:
-    ``width`` (a positive int), ``load`` (each value gives a tensor or a dict of tensors),
+    ``width`` (a positive int), ``decode`` (each value decodes, then finishes, to a tensor or a dict of tensors),
     ``collate`` (one row per value), ``load_batch`` (equal to collating the loaded values, when it
     does not raise: raising makes the data loader load row by row),
     ``forward`` (finite floating ``(batch, width)`` features), ``batch independence`` (a row's
@@ -190,15 +190,25 @@ def _load_each(enc: Encoder, who: str, values: list[Any], root: Path | None) -> 
     loaded = []
     for i, value in enumerate(values):
         try:
-            x = enc.load(value, root)
+            x = enc.decode(value, root)
         except Exception as exc:
-            raise _fail(who, "load", f"load(value {i}: {describe_value(value)}, root={root}) raised "
-                                     f"{type(exc).__name__}: {exc}") from exc
-        if not _is_input(x):
-            raise _fail(who, "load", f"load(value {i}) returned a {type(x).__name__}; it must return a tensor or a "
-                                     f"dict of tensors")
+            raise _fail(who, "decode", f"decode(value {i}: {describe_value(value)}, root={root}) raised "
+                                       f"{type(exc).__name__}: {exc}") from exc
+        _check_input(who, x, f"decode(value {i})")
+        try:
+            x = enc.finish(x, enc.training)
+        except Exception as exc:
+            raise _fail(who, "decode", f"finish(decoded value {i}, train={enc.training}) raised "
+                                       f"{type(exc).__name__}: {exc}") from exc
+        _check_input(who, x, f"finish(decoded value {i})")
         loaded.append(x)
     return loaded
+
+
+def _check_input(who: str, x: Any, call: str) -> None:
+    if not _is_input(x):
+        raise _fail(who, "decode", f"{call} returned a {type(x).__name__}; it must return a tensor or a dict of "
+                                   f"tensors")
 
 
 def _collate(enc: Encoder, who: str, loaded: list[Input], skipped: set[str]) -> Input:

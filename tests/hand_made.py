@@ -51,9 +51,10 @@ def hand_made_context(emb: dict[str, np.ndarray], present: dict[str, np.ndarray]
 
 
 class OneModalityLoss(ClipLoss):
-    """A third-party loss written before tuple scoring: it defines score() only."""
+    """A third-party loss whose scoring rule ranks one candidate modality only."""
 
-    def score(self, queries, candidates, target):
-        return sum(q @ candidates.T for q in queries.values())
+    tuple_candidates = False
 
-    score_tuples = Loss.score_tuples  # what a loss that never heard of score_tuples inherits
+    def score_tuples(self, queries, candidates):
+        (bank,) = candidates.values()
+        return sum(q @ bank.T for q in queries.values())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import wave
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,16 +62,16 @@ def files(tmp_path_factory) -> dict[str, Any]:
 AUDIO = {"sample_rate": 8000, "clip_seconds": 0.25, "n_mels": 16, "n_fft": 128, "channels": [4, 8]}
 # encoder: (value, base options, {option: another value}); "<name>" is the file of that name in `files`
 ENCODERS: dict[str, tuple[Any, dict[str, Any], dict[str, Any]]] = {
-    "image": ("a.png", {"model": "test_resnet", "image_size": 64}, {
+    "image": (Path("a.png"), {"model": "test_resnet", "image_size": 64}, {
         "model": "test_efficientnet", "pretrained": "<image-weights>", "image_size": 48, "channels": 1,
         "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.4], "augment": True, "freeze": True,
         "grad_checkpointing": True, "timm_kwargs": {"global_pool": "max"},
         "lora": {"r": 2, "target_modules": ["layer1.0.conv1"]}}),
-    "audio": ("a.wav", AUDIO, {
+    "audio": (Path("a.wav"), AUDIO, {
         "sample_rate": 4000, "clip_seconds": 0.5, "crop": "start", "backbone": "wav2vec2", "n_mels": 32,
         "n_fft": 256, "hop_length": 50, "channels": [4], "arch": "tiny", "weights": "<audio-weights>",
         "freeze": True, "grad_checkpointing": True}),
-    "ecg": ("ecg.npy", {"leads": 2, "length": 64, "base_width": 4, "blocks": [1]}, {
+    "ecg": (Path("ecg.npy"), {"leads": 2, "length": 64, "base_width": 4, "blocks": [1]}, {
         "leads": 3, "length": 48, "layout": "time_first", "crop": "start", "sample_rate": 250,
         "lead_names": ["I", "II"], "base_width": 8, "blocks": [1, 1], "kernel_size": 5,
         "grad_checkpointing": True}),
@@ -83,7 +84,7 @@ ENCODERS: dict[str, tuple[Any, dict[str, Any], dict[str, Any]]] = {
     "text": ("a red circle a blue square", {"model": "<bert>", "max_length": 8}, {
         "model": "<bert-copy>", "pooling": "cls", "max_length": 4, "freeze": True, "grad_checkpointing": True,
         "lora": {"r": 2}}),
-    "open_clip": ("a.png", {"model": "<clip>", "tower": "image"}, {
+    "open_clip": (Path("a.png"), {"model": "<clip>", "tower": "image"}, {
         "model": "<clip-wider>", "tower": "text", "pretrained": "<clip-weights>", "augment": True, "freeze": True,
         "grad_checkpointing": True, "lora": {"r": 2}}),
     "vector": ([1.0, 2.0, 3.0], {}, {"dim": 4, "hidden": [5], "dropout": 0.1}),

@@ -94,7 +94,7 @@ def test_disk_cache_is_reused_and_invalidated_by_a_file_or_an_option(data, tmp_p
     assert again["image"].computed == 1 and again["v"].computed == 0 and decodes[-1] == "img/5.png"
     stored = {k: v for f in again["image"].folder.glob("*.safetensors") for k, v in load_file(str(f)).items()}
     encoder = polyalign.build("encoder", "image", model="test_resnet", image_size=16)
-    assert torch.equal(stored[value_key("img/5.png", data)], encoder.decode("img/5.png", data))  # the new file
+    assert torch.equal(stored[value_key(Path("img/5.png"), data)], encoder.decode(Path("img/5.png"), data))  # new file
 
     bigger = fill_caches(polyalign.load_recipe(XOR, base + ["modalities.image.encoder.image_size=12"]),
                          show_progress=False)
@@ -164,15 +164,15 @@ def test_memory_cache_keeps_the_decoded_image_and_augments_at_each_use(data, tmp
 
 # --------------------------------------------------------------------------- random loads are refused
 class Noisy(Encoder):
-    """A vector encoder whose load adds noise (an augmentation inside load)."""
+    """A vector encoder whose decode adds noise (an augmentation inside decode)."""
 
     def __init__(self, declared: bool):
         super().__init__()
-        self.random_load = declared
+        self.random_decode = declared
         self.width = 3
         self.net = torch.nn.Linear(3, 3)
 
-    def load(self, value, root):
+    def decode(self, value, root):
         return torch.as_tensor(value, dtype=torch.float32) + 0.01 * torch.randn(3)
 
     def forward(self, x):
@@ -180,7 +180,7 @@ class Noisy(Encoder):
 
 
 class NoisyUndeclared(Noisy):
-    """random load, not declared"""
+    """random decode, not declared"""
 
     name = "noisy"
 
@@ -189,7 +189,7 @@ class NoisyUndeclared(Noisy):
 
 
 class NoisyDeclared(Noisy):
-    """random load, declared"""
+    """random decode, declared"""
 
     name = "noisy_declared"
 
@@ -206,8 +206,8 @@ class NoisyPlugin:
 
 @pytest.mark.parametrize("plugin, message", [
     ("noisy", "decoded the same value ([0.0, 1.0, -1.0]) to different tensors under different random seeds"),
-    ("noisy_declared", "loads values at random (random_load = True)")])
-def test_input_cache_refuses_random_loads(data, tmp_path, plugin, message):
+    ("noisy_declared", "decodes values at random (random_decode = True)")])
+def test_input_cache_refuses_random_decodes(data, tmp_path, plugin, message):
     overrides = _recipe(data, "cache.inputs=memory", f"modalities.v.encoder={{plugin: {plugin}}}")
     plugins = make_plugins(extra=[NoisyPlugin()])
     with pytest.raises(PolyalignError, match=r"cache.inputs: the '%s' encoder of modality 'v'" % plugin) as err:
@@ -228,7 +228,7 @@ def test_feature_cache_trains_and_embeds_like_the_uncached_model(data, tmp_path,
     cached = polyalign.train(XOR, out=tmp_path / "cached", overrides=frozen + ["cache.features=true"])
     plain = polyalign.train(XOR, out=tmp_path / "plain", overrides=frozen)
     _assert_weights_equal(plain, cached, atol=1e-5)
-    images = [str(data / "img" / f"{i}.png") for i in range(16)]
+    images = [data / "img" / f"{i}.png" for i in range(16)]
     a, b = polyalign.load(cached), polyalign.load(plain)
     za, zb = a.embed({"image": images})["image"], b.embed({"image": images})["image"]
     assert torch.allclose(za, zb, rtol=0, atol=1e-5)

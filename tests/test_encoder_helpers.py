@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from polyalign.core.encoder import pad_with_mask, resolve_file
+from polyalign.core.encoder import Encoder, pad_with_mask, resolve_file
 from polyalign.core.errors import PolyalignError
 
 
@@ -27,10 +29,21 @@ def test_pad_with_mask_pads_the_first_dimension_and_marks_real_entries():
 def test_resolve_file_against_the_root_with_a_clear_not_found(tmp_path):
     (tmp_path / "rec").mkdir()
     (tmp_path / "rec" / "a.csv").write_text("x\n1\n")
-    assert resolve_file("rec/a.csv", tmp_path, "IMU recording") == tmp_path / "rec" / "a.csv"
+    assert resolve_file(Path("rec/a.csv"), tmp_path, "IMU recording") == tmp_path / "rec" / "a.csv"
     assert resolve_file(tmp_path / "rec" / "a.csv", None, "IMU recording") == tmp_path / "rec" / "a.csv"
     with pytest.raises(PolyalignError, match=rf"^IMU recording file not found: {tmp_path}/rec/b.csv \(relative paths "
                                              rf"resolve against {tmp_path}\)$"):
-        resolve_file("rec/b.csv", tmp_path, "IMU recording")
-    with pytest.raises(PolyalignError, match=r"expected a path to IMU recording file, got list \[1, 2\]"):
+        resolve_file(Path("rec/b.csv"), tmp_path, "IMU recording")
+    with pytest.raises(PolyalignError, match=r"expected IMU recording file \(a pathlib.Path\), got list \[1, 2\]"):
         resolve_file([1, 2], tmp_path, "IMU recording")
+    with pytest.raises(PolyalignError, match=r"^expected IMU recording file, got the text 'rec/a.csv': a str is text, "
+                                             r"never a path"):
+        resolve_file("rec/a.csv", tmp_path, "IMU recording")  # even where that file exists
+
+
+def test_an_encoder_overriding_the_derived_load_is_refused_where_it_is_defined():
+    with pytest.raises(PolyalignError, match=r"encoder .*OldStyle overrides load\(value, root\), which is "
+                                             r"finish\(decode\(value, root\), training\) for every encoder"):
+        class OldStyle(Encoder):
+            def load(self, value, root):
+                return torch.tensor(value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
@@ -29,14 +31,14 @@ def _tiny(**options):
 def test_loads_png_and_jpeg_normalised(tmp_path):
     _write_images(tmp_path)
     enc = _tiny()
-    red = enc.load("red.png", tmp_path)
+    red = enc.load(Path("red.png"), tmp_path)
     assert red.shape == (3, 32, 32) and red.dtype == torch.float32
     mean = np.array(enc.backbone.pretrained_cfg["mean"], dtype=np.float64)
     std = np.array(enc.backbone.pretrained_cfg["std"], dtype=np.float64)
     expected = (np.array([1.0, 0.0, 0.0]) - mean) / std  # a solid red image, formula in float64
     np.testing.assert_allclose(red.double().mean(dim=(1, 2)).numpy(), expected, atol=1e-5)
-    assert enc.load("noise.jpg", tmp_path).shape == (3, 32, 32)
-    grey = _tiny(channels=1).load("red.png", tmp_path)
+    assert enc.load(Path("noise.jpg"), tmp_path).shape == (3, 32, 32)
+    grey = _tiny(channels=1).load(Path("red.png"), tmp_path)
     assert grey.shape == (1, 32, 32)
 
 
@@ -44,8 +46,8 @@ def test_batch_with_missing_row_gives_features_and_gradients(tmp_path):
     _write_images(tmp_path)
     enc = _tiny()
     collate = Collator({"image": enc.collate})
-    batch = collate([(0, {"image": enc.load("red.png", tmp_path)}, None), (1, {}, None),
-                     (2, {"image": enc.load("noise.jpg", tmp_path)}, None)])
+    batch = collate([(0, {"image": enc.load(Path("red.png"), tmp_path)}, None), (1, {}, None),
+                     (2, {"image": enc.load(Path("noise.jpg"), tmp_path)}, None)])
     assert batch.present["image"].tolist() == [True, False, True]
     x = batch.inputs["image"]
     assert x.shape == (3, 3, 32, 32) and torch.all(x[1] == 0)
@@ -58,7 +60,7 @@ def test_batch_with_missing_row_gives_features_and_gradients(tmp_path):
 def test_vit_gets_the_input_size(tmp_path):
     _write_images(tmp_path)
     enc = polyalign.build("encoder", "image", model="test_vit", image_size=32)
-    assert enc(enc.collate([enc.load("red.png", tmp_path)] * 2)).shape == (2, enc.width)
+    assert enc(enc.collate([enc.load(Path("red.png"), tmp_path)] * 2)).shape == (2, enc.width)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
@@ -97,22 +99,27 @@ def test_augmentation_only_in_training(tmp_path):
     enc = _tiny(augment=True)
     torch.manual_seed(0)
     enc.train()
-    train_views = [enc.load("noise.jpg", tmp_path) for _ in range(4)]
+    train_views = [enc.load(Path("noise.jpg"), tmp_path) for _ in range(4)]
     assert any(not torch.equal(train_views[0], v) for v in train_views[1:])
     enc.eval()
-    assert torch.equal(enc.load("noise.jpg", tmp_path), enc.load("noise.jpg", tmp_path))
+    assert torch.equal(enc.load(Path("noise.jpg"), tmp_path), enc.load(Path("noise.jpg"), tmp_path))
 
 
 def test_undecodable_and_missing_files(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image at all")
     enc = _tiny()
     with pytest.raises(PolyalignError, match=r"cannot decode image .*bad\.png"):
-        enc.load("bad.png", tmp_path)
+        enc.load(Path("bad.png"), tmp_path)
     with pytest.raises(PolyalignError, match=r"image file not found: .*gone\.png"):
-        enc.load("gone.png", tmp_path)
+        enc.load(Path("gone.png"), tmp_path)
+    (tmp_path / "red.png").write_bytes(b"")
+    with pytest.raises(PolyalignError, match=r"expected image file, got the text 'red\.png': a str is text, never a "
+                                             r"path.*pass pathlib\.Path\('red\.png'\)"):
+        enc.load("red.png", tmp_path)  # even where that file exists
 
 
 def test_image_encoder_keeps_the_encoder_contract(tmp_path):
     _write_images(tmp_path)
-    check_encoder("image", ["red.png", "noise.jpg"], root=tmp_path, model="test_resnet", image_size=32)
-    check_encoder("image", ["red.png", "noise.jpg"], root=tmp_path, model="test_vit", image_size=32, channels=1)
+    check_encoder("image", [Path("red.png"), Path("noise.jpg")], root=tmp_path, model="test_resnet", image_size=32)
+    check_encoder("image", [Path("red.png"), Path("noise.jpg")], root=tmp_path, model="test_vit", image_size=32,
+                  channels=1)

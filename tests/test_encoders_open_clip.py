@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -28,7 +29,7 @@ from polyalign.testing import check_encoder
 TINY_CLIP = {"embed_dim": 16,
              "vision_cfg": {"image_size": 24, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16},
              "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
-TEXTS = ["a red circle", "note.txt", "Ünïcödé and a very long caption " * 6]
+TEXTS = ["a red circle", Path("note.txt"), "Ünïcödé and a very long caption " * 6]  # a Path is a text file
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def _images(folder):
     Image.fromarray(np.full((20, 30, 3), (255, 0, 0), np.uint8)).save(folder / "red.png")
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / "noise.png")
     Image.fromarray(rng.integers(0, 255, (30, 50), dtype=np.uint8)).save(folder / "grey.png")  # converted to RGB
-    return ["red.png", "noise.png", "grey.png"]
+    return [Path("red.png"), Path("noise.png"), Path("grey.png")]
 
 
 def _tower(folder, tower, **options):
@@ -198,13 +199,16 @@ def test_shipped_lora_recipe_trains_and_its_export_loads_without_peft(tmp_path, 
     card = (tmp_path / "exported" / "MODEL_CARD.md").read_text()
     assert "merged:\n- image\n- text\n" in card and "(LoRA adapters) of image, text is merged" in card
     rows = [json.loads(line) for line in (tmp_path / "data" / "test.jsonl").read_text().splitlines()]
-    values = {m: [r[m] for r in rows] for m in ("image", "text", "audio")}
+    names = {m: [r[m] for r in rows] for m in ("image", "text", "audio")}  # every cell names a file
+    values = {m: [Path(n) for n in ns] for m, ns in names.items()}
     script = textwrap.dedent(f"""
         import sys
+        from pathlib import Path
         sys.modules["peft"] = None  # any import of peft fails
         import torch, polyalign
         model = polyalign.load({str(tmp_path / 'exported')!r})
-        torch.save(model.embed({values!r}, root={str(tmp_path / 'data')!r}), {str(tmp_path / 'z.pt')!r})
+        values = {{m: [Path(n) for n in ns] for m, ns in {names!r}.items()}}
+        torch.save(model.embed(values, root={str(tmp_path / 'data')!r}), {str(tmp_path / 'z.pt')!r})
     """)
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=120)
     fresh = torch.load(tmp_path / "z.pt", weights_only=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,9 +41,9 @@ def test_columns_inferred_from_a_mapping_example():
 def test_rows_from_files_and_batch_with_missing_row(tmp_path):
     np.save(tmp_path / "a.npy", np.array([1.0, np.nan, 3.0]))
     (tmp_path / "b.json").write_text(json.dumps([None, 5.0, 6.0]))
-    enc = polyalign.build("encoder", "tabular", example="a.npy", root=tmp_path, hidden=[16, 8])
+    enc = polyalign.build("encoder", "tabular", example=Path("a.npy"), root=tmp_path, hidden=[16, 8])
     assert enc.n == 3 and enc.width == 8
-    a, b = enc.load("a.npy", tmp_path), enc.load("b.json", tmp_path)
+    a, b = enc.load(Path("a.npy"), tmp_path), enc.load(Path("b.json"), tmp_path)
     np.testing.assert_allclose(a.numpy(), [1, 0, 3, 1, 0, 1])
     np.testing.assert_allclose(b.numpy(), [0, 5, 6, 0, 1, 1])
     batch = Collator({"lab": enc.collate})([(0, {"lab": a}, None), (1, {}, None), (2, {"lab": b}, None)])
@@ -69,7 +70,7 @@ def test_tabular_and_vector_encoders_keep_the_encoder_contract(tmp_path):
     rows = [{"hb": 13.5, "wbc": None, "na": 140}, {"na": 135.0, "hb": 12.0}, {"wbc": 7.1}]
     check_encoder("tabular", rows, hidden=[8], mean=[13.0, 7.0, 138.0], std=[1.5, 2.0, 3.0])  # columns inferred
     np.save(tmp_path / "v.npy", np.array([0.5, -1.0, 2.0]))
-    check_encoder("vector", ["v.npy", [1.0, 2.0, 3.0], np.zeros(3)], root=tmp_path, hidden=[8, 4], dropout=0.1)
+    check_encoder("vector", [Path("v.npy"), [1.0, 2.0, 3.0], np.zeros(3)], root=tmp_path, hidden=[8, 4], dropout=0.1)
 
 
 def test_auto_statistics_are_the_train_columns_mean_and_std():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,8 +34,10 @@ def tiny_bert(tmp_path_factory):
 def test_byte_text_tokens_padding_and_gradients(tmp_path):
     (tmp_path / "note.txt").write_text("héllo", encoding="utf-8")
     enc = polyalign.build("encoder", "byte_text", dim=16, layers=1, heads=2, max_length=8)
-    one = enc.load("note.txt", tmp_path)
+    one = enc.load(Path("note.txt"), tmp_path)
     assert one["input_ids"].tolist() == [1] + [b + 2 for b in "héllo".encode("utf-8")]  # 6 bytes: é is 2
+    named = enc.load("note.txt", tmp_path)  # a str is the text itself, whatever it ends with
+    assert named["input_ids"].tolist()[:8] == [1] + [b + 2 for b in b"note.tx"]
     long = enc.load("a longer inline text", tmp_path)
     assert long["input_ids"].shape == (8,)  # truncated to max_length
     batch = Collator({"t": enc.collate})([(0, {"t": one}, None), (1, {}, None), (2, {"t": long}, None)])
@@ -54,7 +57,7 @@ def test_text_encoder_from_a_local_folder(tiny_bert, tmp_path):
     (tmp_path / "caption.txt").write_text("a blue square", encoding="utf-8")
     enc = polyalign.build("encoder", "text", model=str(tiny_bert), max_length=8)
     assert enc.width == 16
-    first = enc.load("caption.txt", tmp_path)
+    first = enc.load(Path("caption.txt"), tmp_path)
     assert first["input_ids"].tolist() == [2, 5, 8, 9, 3]  # [CLS] a blue square [SEP]
     second = enc.load("a red circle is here", tmp_path)
     batch = Collator({"t": enc.collate})([(0, {"t": first}, None), (1, {}, None), (2, {"t": second}, None)])
@@ -85,7 +88,7 @@ def test_text_errors(tmp_path):
         polyalign.build("encoder", "text", model=str(tmp_path))
     enc = polyalign.build("encoder", "byte_text", dim=16, layers=1, heads=2)
     with pytest.raises(PolyalignError, match=r"text file not found: .*gone\.txt"):
-        enc.load("gone.txt", tmp_path)
+        enc.load(Path("gone.txt"), tmp_path)
     with pytest.raises(PolyalignError, match="expected text"):
         enc.load(3.5, tmp_path)
 

@@ -127,7 +127,7 @@ def test_a_plugin_whose_groups_miss_a_parameter_is_named_and_fails_the_kit():
             super().__init__()
             self.a, self.b, self.width = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), 2
 
-        def load(self, value, root):
+        def decode(self, value, root):
             return torch.tensor(value, dtype=torch.float32)
 
         def forward(self, x):

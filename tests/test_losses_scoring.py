@@ -123,12 +123,12 @@ def test_gram_volume_of_tuples_is_chunked_exactly():
     assert torch.allclose(whole[3, 2], torch.linalg.det(v @ v.T), rtol=1e-10)
 
 
-def test_a_loss_that_defines_only_score_keeps_working_and_says_it_cannot_rank_tuples():
+def test_a_loss_that_ranks_one_modality_scores_it_and_says_it_cannot_rank_tuples():
     emb = embeddings(seed=12)
     loss = OneModalityLoss(ClipConfig())
     scores = score_candidates(loss, {"a": emb["a"]}, {"b": emb["b"]}, "mine")
     assert torch.allclose(scores, emb["a"] @ emb["b"].T)
-    assert torch.equal(loss.score_tuples({"a": emb["a"]}, {"b": emb["b"]}), scores)
+    assert torch.equal(loss.score({"a": emb["a"]}, emb["b"], "b"), scores)
     with pytest.raises(PluginError, match=r"loss 'mine' ranks candidates of one modality .* cannot rank "
                                           r"candidates made of b\+d"):
         score_candidates(loss, {"a": emb["a"]}, {"b": emb["b"], "d": emb["d"]}, "mine")
@@ -140,6 +140,14 @@ def test_a_loss_without_any_scoring_rule_is_named():
 
     with pytest.raises(TypeError, match="NoScore defines no scoring rule"):
         NoScore().score({"a": torch.zeros(1, 2)}, torch.zeros(3, 2), "b")
+
+
+def test_a_loss_overriding_the_derived_score_is_refused_where_it_is_defined():
+    with pytest.raises(PluginError, match=r"loss .*OldStyle overrides score\(queries, candidates, target\), which is "
+                                          r"score_tuples\(queries, \{target: candidates\}\) for every loss"):
+        class OldStyle(Loss):
+            def score(self, queries, candidates, target):
+                return sum(q @ candidates.T for q in queries.values())
 
 
 def test_weighted_loss_scores_with_the_sum_of_its_terms_scaled_logits():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,6 +78,24 @@ def folder(tmp_path):
     return tmp_path
 
 
+def test_a_cell_is_a_file_when_that_file_exists(tmp_path):
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("a red circle", encoding="utf-8")
+    (tmp_path / "rec.hea").write_text("rec 1 100 10\n")
+    rows = [{"text": "text/a.txt", "ecg": "rec"}, {"text": "gone.txt", "ecg": "img/7.png"},
+            {"text": f"{tmp_path}/text/a.txt", "ecg": "a red circle"}]
+    _write_jsonl(tmp_path / "train.jsonl", rows)
+    data = polyalign.build("dataset", "manifest", path=str(tmp_path))
+    assert data.split("train") == [{"text": Path("text/a.txt"), "ecg": Path("rec")},  # a WFDB record by its .hea
+                                   {"text": "gone.txt", "ecg": "img/7.png"},  # no such file: text
+                                   {"text": tmp_path / "text" / "a.txt", "ecg": "a red circle"}]
+    byte_text = polyalign.build("encoder", "byte_text", dim=16, layers=1, heads=2, max_length=64)
+    first, second = (byte_text.load(s["text"], data.root)["input_ids"] for s in data.split("train")[:2])
+    assert bytes((first[1:] - 2).tolist()) == b"a red circle" and bytes((second[1:] - 2).tolist()) == b"gone.txt"
+    with pytest.raises(PolyalignError, match=r"expected image file, got the text 'img/7\.png'"):
+        polyalign.build("encoder", "image", model="test_resnet", image_size=16).load("img/7.png", data.root)
+
+
 def _recipe(tmp_path, data: dict, modalities=tuple(ENCODERS), **train):
     raw = {"name": "manifest-test", "data": data,
            "modalities": {m: {"encoder": ENCODERS[m]} for m in modalities},
@@ -98,7 +117,7 @@ def test_jsonl_and_csv_give_the_same_samples(folder, tmp_path):
     assert jsonl.modalities == ("audio", "ecg", "text", "lab", "image")  # first-seen order
     assert set(table.modalities) == set(jsonl.modalities)
     assert table.split("train") == jsonl.split("train")
-    assert jsonl.split("train")[0] == {"id": "r0", "label": 0, "audio": "wav/0.wav", "ecg": "ecg/0.npy",
+    assert jsonl.split("train")[0] == {"id": "r0", "label": 0, "audio": Path("wav/0.wav"), "ecg": Path("ecg/0.npy"),
                                        "text": "tuple number 0", "lab": [0.0, None, 1.5]}  # image hole
     assert "text" not in jsonl.split("train")[3]  # null = missing
     assert table.split("val") == [] and len(jsonl.split("test")) == 2

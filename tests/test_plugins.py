@@ -37,7 +37,7 @@ class SquareEncoder(Encoder):
         self.lin = torch.nn.Linear(2 * dim, config.width)
         self.width = config.width
 
-    def load(self, value, root):
+    def decode(self, value, root):
         return torch.as_tensor(value, dtype=torch.float32)
 
     def forward(self, x):
@@ -65,8 +65,8 @@ class MeanPairLoss(Loss):
             total = total + torch.nn.functional.cross_entropy(logits, torch.arange(len(logits)))
         return LossOutput(total / len(names), {"calls": float(self.calls)})
 
-    def score(self, queries, candidates, target):
-        return sum(q @ candidates.T for q in queries.values())
+    def score_tuples(self, queries, candidates):
+        return sum(q @ c.T for q in queries.values() for c in candidates.values())
 
 
 class TestPlugin:

@@ -518,7 +518,7 @@ def test_truncated_file_is_reported_with_its_path(encoder, options, written, val
         pytest.skip(f"no {encoder} encoder registered")
     write(tmp_path / written)
     enc = polyalign.build("encoder", encoder, **options)
-    data = TupleDataset([{"m": value}], {"m": enc.load}, tmp_path, "train", "manifest")
+    data = TupleDataset([{"m": Path(value)}], {"m": enc.load}, tmp_path, "train", "manifest")
     data[0]  # the intact file loads
     _truncate(tmp_path / truncated, keep=2 if truncated.endswith(".txt") else None)  # .txt: mid-character
     with pytest.raises(DataError) as info:

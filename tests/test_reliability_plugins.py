@@ -62,8 +62,8 @@ class BadLoss(ClipLoss):
             return LossOutput(out.loss.detach(), out.metrics)
         return out
 
-    def score(self, queries, candidates, target):
-        scores = super().score(queries, candidates, target)
+    def score_tuples(self, queries, candidates):
+        scores = super().score_tuples(queries, candidates)
         if self.fault == "score_shape":
             return scores.T
         if self.fault == "score_list":
@@ -142,9 +142,9 @@ def test_bad_term_of_a_weighted_loss_is_named(tmp_path, plugins):
 
 
 @pytest.mark.parametrize("fault, says", [
-    ("score_shape", "score() returned ("),  # transposed: (candidates, queries)
-    ("score_list", "score() returned list"),
-    ("score_nan", "score() returned NaN scores for target 'b'"),
+    ("score_shape", "score_tuples() returned ("),  # transposed: (candidates, queries)
+    ("score_list", "score_tuples() returned list"),
+    ("score_nan", "score_tuples() returned NaN scores for target 'b'"),
 ])
 def test_loss_breaking_score_contract_is_named(fault, says, tmp_path, plugins):
     with pytest.raises(EvaluatorsFailed) as info:  # 32 test queries against the distinct values of b (fewer)

@@ -74,3 +74,22 @@ def test_json_with_a_lone_surrogate_is_refused_where_it_is_read(text):
     with pytest.raises(JsonError, match="holds half of a UTF-16 surrogate pair alone"):
         parse_json(text, "body")
     assert parse_json('"\\ud83d\\ude00"', "body") == "\U0001f600"  # a complete pair is a character
+
+
+def test_a_caption_file_that_is_missing_is_an_error_not_its_name_as_text(tmp_path):
+    import json
+
+    import polyalign
+    from polyalign.files.manifest_file import ManifestError
+
+    (tmp_path / "here.txt").write_text("a caption read from its file")
+    rows = [{"v": [1.0, 2.0], "caption": "here.txt"}, {"v": [3.0, 4.0], "caption": "an inline caption.txt"},
+            {"v": [5.0, 6.0], "caption": "captions/lost.txt"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ManifestError, match=r"train.jsonl, line 3: the file captions/lost.txt does not exist "
+                                            r"\(relative paths resolve against"):
+        polyalign.build("dataset", "manifest", path=str(tmp_path))
+    (tmp_path / "captions").mkdir()
+    (tmp_path / "captions" / "lost.txt").write_text("found again")
+    samples = polyalign.build("dataset", "manifest", path=str(tmp_path)).split("train")
+    assert [type(s["caption"]).__name__ for s in samples] == ["PosixPath", "str", "PosixPath"]

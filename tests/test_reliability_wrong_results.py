@@ -62,8 +62,8 @@ def test_features_filled_with_other_options_are_not_reused(tmp_path):
     stored = {k: v for f in filled.folder.glob("*.safetensors") for k, v in load_file(str(f)).items()}
     encoder = assemble(recipe("max")).model.encoders["image"].eval()  # the random weights the recipe seeds
     with torch.no_grad():
-        expected = encoder(encoder.collate([encoder.load(f"img/{i}.png", data) for i in range(8)]))
-    got = torch.stack([stored[value_key(f"img/{i}.png", data)] for i in range(8)])
+        expected = encoder(encoder.collate([encoder.load(Path(f"img/{i}.png"), data) for i in range(8)]))
+    got = torch.stack([stored[value_key(Path(f"img/{i}.png"), data)] for i in range(8)])
     torch.testing.assert_close(got, expected)
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ from polyalign.serving.batching import MicroBatcher
 from polyalign.serving.candidates import load_candidates
 from polyalign.serving.jobs import Done, Job, run_jobs
 from polyalign.serving.limits import Limits
-from polyalign.serving.values import inline_text, upload_value
+from polyalign.serving.values import upload_value
 
 # the demo recipe, shrunk to train in a second or two: one epoch of 32 tuples, tiny encoders
 TINY = ["data.n_train=32", "data.n_val=8", "data.n_test=12", "data.classes=2", "eval=[]",
@@ -126,6 +127,10 @@ def test_embed_json_and_uploads_equal_the_library(client, demo):
         path = data / {"image": "image/test-00001.png", "audio": "audio/test-00001.wav"}[m]
         assert np.allclose(got[m], model.embed({m: [path]})[m].numpy(), atol=1e-5)
     assert np.allclose(got["text"], model.embed({"text": ["a red circle"]})["text"].numpy(), atol=1e-5)
+    caption = data / "text" / "test-00001.txt"  # a request's text names a file on the server: still text
+    got = client.post("/embed", json={"values": {"text": [str(caption)]}}).json()["embeddings"]
+    assert np.allclose(got["text"], model.embed({"text": [str(caption)]})["text"].numpy(), atol=1e-5)
+    assert not np.allclose(got["text"], model.embed({"text": [caption]})["text"].numpy(), atol=1e-3)
 
 
 def test_items_serve_the_candidates_files_only(client, demo):
@@ -154,7 +159,7 @@ BAD = {  # name: (method args, status, words of the message)
     "NaN vector": ({"content": b'{"values": {"ecg": [[[0.5, NaN]]]}}', "headers": JSON}, 422, "NaN or infinity"),
     "infinite vector": ({"content": b'{"values": {"ecg": [[1e400]]}}', "headers": JSON}, 422, "NaN or infinity"),
     "unknown modality": ({"json": {"values": {"smell": ["roses"]}}}, 422, "'smell' is not a modality"),
-    "a path": ({"json": {"values": {"image": ["/etc/hostname"]}}}, 422, "cannot decode image inline text"),
+    "a path": ({"json": {"values": {"image": ["/etc/hostname"]}}}, 422, "a str is text, never a path"),
     "a text path": ({"json": {"values": {"text": ["/etc/hostname.txt"]}}}, 200, ""),
     "a string in numbers": ({"json": {"values": {"ecg": [["/etc/x.npy"]]}}}, 422, "only numbers"),
     "empty upload": ({"files": [("audio", ("a.wav", b"", "audio/wav"))]}, 422, "modality 'audio', value 0"),
@@ -207,8 +212,9 @@ def test_search_for_candidate_tuples_scores_them_together(client, demo):
     """target [image, text]: each test row's image and text together, scored by the run's rule for tuples."""
     rows = [json.loads(line) for line in (demo["data"] / "test.jsonl").read_text().splitlines()]
     audio = demo["data"] / QUERY_FILES["audio"]
-    expected = demo["model"].search({"audio": [audio]}, {"image": [r["image"] for r in rows],
-                                                         "text": [r["text"] for r in rows]}, top_k=4, root=demo["data"])
+    expected = demo["model"].search({"audio": [audio]}, {"image": [Path(r["image"]) for r in rows],
+                                                         "text": [Path(r["text"]) for r in rows]},
+                                    top_k=4, root=demo["data"])
     for target in (["image", "text"], "image,text"):
         answer = client.post("/search", files=uploads(demo, {"audio": QUERY_FILES["audio"]}),
                              data={"target": "image,text", "k": "4"}) if isinstance(target, str) else client.post(
@@ -276,9 +282,9 @@ def test_page_is_served_without_a_cdn(client):
 
 def test_a_batch_runs_concurrent_requests_together_and_isolates_bad_values(demo):
     model = demo["model"]
-    jobs = [Job({"text": [inline_text("text", 0, "red")]}),
+    jobs = [Job({"text": ["red"]}),
             Job({"image": [upload_value(b"garbage", "x.png", None)]}),
-            Job({"text": [inline_text("text", 0, "blue"), inline_text("text", 1, "red")]})]
+            Job({"text": ["blue", "red"]})]
     done = run_jobs(model, {}, jobs)
     assert isinstance(done[0], Done) and isinstance(done[2], Done) and isinstance(done[1], Exception)
     assert torch.allclose(done[0].embeddings["text"], done[2].embeddings["text"][1:], atol=1e-5)

@@ -28,7 +28,7 @@ class SequenceEncoder(Encoder):
         self.width = 4
         self.step = nn.Linear(1, 4)
 
-    def load(self, value, root):
+    def decode(self, value, root):
         return torch.tensor(value, dtype=torch.float32)
 
     def collate(self, values):
@@ -55,10 +55,10 @@ class NarrowOutput(SequenceEncoder):
 
 
 class FailsOnShortValues(SequenceEncoder):
-    def load(self, value, root):
+    def decode(self, value, root):
         if len(value) < 2:
             raise ValueError("too short")
-        return super().load(value, root)
+        return super().decode(value, root)
 
 
 class DropsLastRow(SequenceEncoder):
@@ -104,7 +104,7 @@ def test_a_correct_encoder_passes_and_keeps_its_mode():
 @pytest.mark.parametrize("encoder, prop, says", [
     (NoWidth, "width", "NoWidth has no attribute `width`"),
     (NarrowOutput, "forward", "forward returned (3, 2) torch.float32 for a batch of 3; expected a floating (3, 4)"),
-    (FailsOnShortValues, "load", "load(value 2: [6.0], root=None) raised ValueError: too short"),
+    (FailsOnShortValues, "decode", "decode(value 2: [6.0], root=None) raised ValueError: too short"),
     (DropsLastRow, "collate", "collating 3 values gave x: 2, mask: 2 rows"),
     (ReversedLoadBatch, "load_batch", "differs from collate([load(v) for v in values]): key 'x': max abs difference"),
     (NanOutput, "forward", "12 of 12 features are NaN or infinite"),
@@ -128,7 +128,7 @@ def test_rows_must_be_the_first_dimension_for_batches_with_holes():
 
 
 def test_skip_names_known_properties_and_one_value_is_not_enough():
-    with pytest.raises(ValueError, match="unknown property 'batch independance'; the properties are: width, load"):
+    with pytest.raises(ValueError, match="unknown property 'batch independance'; the properties are: width, decode"):
         check_encoder(SequenceEncoder(), SEQUENCES, skip=["batch independance"])
     with pytest.raises(ValueError, match="at least two raw values"):
         check_encoder(SequenceEncoder(), SEQUENCES[:1])
@@ -209,13 +209,13 @@ class NanWhenAbsent(ClipLoss):
 
 
 class TransposedScore(ClipLoss):
-    def score(self, queries, candidates, target):
-        return super().score(queries, candidates, target).T
+    def score_tuples(self, queries, candidates):
+        return super().score_tuples(queries, candidates).T
 
 
 class NegatedScore(ClipLoss):
-    def score(self, queries, candidates, target):
-        return -super().score(queries, candidates, target)
+    def score_tuples(self, queries, candidates):
+        return -super().score_tuples(queries, candidates)
 
 
 class WrongInnerProduct(ClipLoss):

@@ -21,7 +21,7 @@ from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.evaluator import embed_split, ranks_of_correct, retrieval_metrics
 from polyalign.inference.embeddings_file import read_embeddings
 from polyalign.inference.export import export_model
-from polyalign.inference.sources import read_source
+from polyalign.inference.sources import query_value, read_source
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # CLIP on XOR with p_hat = 0: c = a always, so searching c from a has one right answer
@@ -152,7 +152,7 @@ def test_load_refuses_a_card_whose_plugins_are_missing(run, tmp_path):
         polyalign.load(dest)
 
 
-def test_sources_folder_manifest_and_array(tmp_path):
+def test_sources_folder_manifest_and_array(tmp_path, monkeypatch):
     folder = tmp_path / "vectors"
     (folder / "sub").mkdir(parents=True)
     np.save(folder / "x1.npy", ALL_BITS[1])
@@ -160,15 +160,21 @@ def test_sources_folder_manifest_and_array(tmp_path):
     (folder / ".hidden").write_text("skip me")
     found = read_source(folder, "c")
     assert found.ids == ["sub/x0.npy", "x1.npy"] and found.root == folder
+    assert found.values == [Path("sub/x0.npy"), Path("x1.npy")]  # files, as Paths
     (tmp_path / "m.csv").write_text('id,a,c\nfirst,"[1, 0, 0, 0, 1]",vectors/x1.npy\nsecond,"[0, 0, 0, 0, 1]",\n')
     found = read_source(tmp_path / "m.csv", "a")
     assert found.ids == ["first", "second"] and found.values[1] == [0, 0, 0, 0, 1]
-    assert read_source(tmp_path / "m.csv", "c").values == ["vectors/x1.npy"]  # empty cell = missing
+    assert read_source(tmp_path / "m.csv", "c").values == [Path("vectors/x1.npy")]  # empty cell = missing
+    (tmp_path / "lines.txt").write_text("vectors/x1.npy\nvectors/gone.npy\n")  # a line, read as a cell is
+    assert read_source(tmp_path / "lines.txt", "c").values == [Path("vectors/x1.npy"), "vectors/gone.npy"]
     (tmp_path / "m.jsonl").write_text('{"c": [1, 1, 1, 1, 1]}\n\n{"a": [0, 0, 0, 0, 0]}\n')
     found = read_source(tmp_path / "m.jsonl", "c")
     assert found.ids == [0] and found.root == tmp_path
     with pytest.raises(PolyalignError, match="has no column 'b'; its columns are: a, c"):
         read_source(tmp_path / "m.jsonl", "b")
+    monkeypatch.chdir(tmp_path)  # a command-line value: a file (relative to the current folder), numbers or text
+    assert [query_value(v) for v in ("vectors/x1.npy", "[1, 0]", "vectors/x2.npy", "a dog")] == \
+        [Path("vectors/x1.npy"), [1, 0], "vectors/x2.npy", "a dog"]
 
 
 def test_cli_embed_then_search(run, model, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The encoder contract: load one raw value, collate a list, map a batch to (B, width); and
+"""The encoder contract: decode one raw value, collate a list, map a batch to (B, width); and
 the helpers encoder plugins share (a value naming a file or holding one, padding to a batch
 with a mask)."""
 
@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from polyalign.files.held_file import FileBytes
 
-from .errors import PluginError, PolyalignError, not_a_file
+from .errors import PluginError, PolyalignError, not_a_file, shown
 
 Input = Union[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -24,20 +24,20 @@ class Encoder(nn.Module):
     """Base class for encoder plugins.
 
     Subclasses set ``width`` (the size of the output features), implement ``forward``
-    (collated batch -> ``(B, width)``) and say how one raw value from a sample (a path, a
-    :class:`FileBytes`, a string, numbers) becomes a tensor or dict of tensors: either
-    ``load``, or the pair ``decode`` + ``finish``. The default ``collate`` stacks tensors (or
-    each key of dicts); values of different lengths need :func:`pad_with_mask`, and values
-    naming files :func:`resolve_file`.
+    (collated batch -> ``(B, width)``) and ``decode(value, root)``: how one raw value from a sample
+    (a :class:`~pathlib.Path` or :class:`FileBytes` naming or holding a file, a ``str`` of text,
+    numbers) becomes a tensor or dict of tensors. ``finish(x, train)`` is optional (default: ``x``
+    as it is). The default ``collate`` stacks tensors (or each key of dicts); values of different
+    lengths need :func:`pad_with_mask`, and values naming files :func:`resolve_file`.
 
-    **Decode once, finish on every use.** The input cache (``cache.inputs``) keeps what
-    ``decode`` returned and calls ``finish`` on it at each use, so ``decode`` must be
-    deterministic (file reading, resampling, tokenising) and everything random belongs in
-    ``finish(x, train)`` (train-time augmentation: random crops, flips; and, for ``train=False``,
-    whatever must happen after decoding in evaluation, e.g. a centre crop). ``load`` is
-    ``finish(decode(value, root), self.training)``. An encoder that overrides ``load`` alone
-    is cached as it is: one whose ``load`` draws random numbers must set ``random_load = True``,
-    and polyalign then refuses the input cache for it with a message.
+    **Decode once, finish on every use.** ``load(value, root)`` is ``finish(decode(value, root),
+    self.training)``, derived and never overridden. The input cache (``cache.inputs``) keeps what
+    ``decode`` returned and calls ``finish`` on it at each use, so ``decode`` must be deterministic
+    (file reading, resampling, tokenising) and everything random belongs in ``finish(x, train)``
+    (train-time augmentation: random crops, flips; and, for ``train=False``, whatever must happen
+    after decoding in evaluation, e.g. a centre crop). An encoder whose ``decode`` cannot help
+    drawing random numbers sets ``random_decode = True``, and polyalign then refuses the input
+    cache for it with a message.
 
     Encoders with blocks override ``layer_groups`` (for ``unlocked_layers`` and
     ``train.layer_decay``); encoders with training-only structure (LoRA adapters) override
@@ -47,10 +47,17 @@ class Encoder(nn.Module):
     """
 
     width: int
-    random_load: bool = False
+    random_decode: bool = False
     export_axes: ClassVar[dict[str, dict[int, str]]] = {}
     """Variable axes besides the batch, by input name (``input`` for a plain tensor), e.g.
     ``{"input_ids": {1: "length"}}``; axes with the same name must have the same size."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "load" in cls.__dict__:
+            raise PluginError(f"encoder {cls.__qualname__} overrides load(value, root), which is finish(decode(value, "
+                              f"root), training) for every encoder: define decode(value, root) (deterministic) and, "
+                              f"for augmentation, finish(x, train) instead")
 
     def layer_groups(self) -> list[list[str]]:
         """This encoder's parameter names (as ``named_parameters()`` gives them) in layers, input first.
@@ -85,20 +92,19 @@ class Encoder(nn.Module):
                     module.eval()
         return self
 
-    def load(self, value: Any, root: Path | None) -> Input:
-        """Turn one raw value (a path relative to ``root``, a string, numbers) into a tensor."""
-        if type(self).decode is Encoder.decode:
-            raise PluginError(f"encoder {type(self).__name__} defines neither load(value, root) nor "
-                              f"decode(value, root)")
-        return self.finish(self.decode(value, root), self.training)
-
     def decode(self, value: Any, root: Path | None) -> Input:
-        """The deterministic part of :meth:`load`: what the input cache keeps (default: ``load``)."""
-        return self.load(value, root)
+        """One raw value (a file relative to ``root``, a string of text, numbers) -> a tensor or dict of
+        tensors: the deterministic part of loading, which the input cache keeps."""
+        raise PluginError(f"encoder {type(self).__name__} defines no decode(value, root): define it to turn one raw "
+                          f"value into a tensor (docs/writing-a-plugin.md, the encoder section)")
 
     def finish(self, x: Input, train: bool) -> Input:
-        """The part of :meth:`load` done at every use of a decoded value (default: nothing)."""
+        """What is done at every use of a decoded value (train-time augmentation); the default keeps ``x``."""
         return x
+
+    def load(self, value: Any, root: Path | None) -> Input:
+        """One raw value, decoded and finished for this encoder's mode: ``finish(decode(value, root), training)``."""
+        return self.finish(self.decode(value, root), self.training)
 
     def load_options(self) -> dict[str, Any] | None:
         """The options that change what :meth:`decode` returns, for the input cache's key.
@@ -168,19 +174,23 @@ def encoder_width(encoder: Any, plugin: str) -> int:
     return width
 
 
-FILE_VALUES = (str, Path, FileBytes)  # raw values that name (or hold) a file
+FILE_VALUES = (Path, FileBytes)  # raw values that name (or hold) a file; a str is text, never a path
 
 
 def resolve_file(value: Any, root: Path | None, what: str) -> Path | FileBytes:
-    """The existing file a raw value names (relative paths resolve against ``root``), or the file
-    itself when the value holds it in memory (a shard member); both read alike (``open("rb")``,
-    ``read_bytes()``, ``read_text()``, ``suffix``). ``what`` names the kind of file in the "not
-    found" error (e.g. ``"IMU recording"``)."""
+    """The existing file a :class:`~pathlib.Path` names (relative paths resolve against ``root``), or
+    the file itself when the value holds it in memory (a shard member, an upload); both read alike
+    (``open("rb")``, ``read_bytes()``, ``read_text()``, ``suffix``). ``what`` names the kind of file
+    in the "not found" error (e.g. ``"IMU recording"``)."""
     if isinstance(value, FileBytes):
         return value
-    if not isinstance(value, (str, Path)) or not str(value).strip():
-        raise PolyalignError(f"expected a path to {what} file, got {type(value).__name__} {value!r}")
-    path = Path(str(value)).expanduser()
+    if isinstance(value, str):
+        raise PolyalignError(f"expected {what} file, got the text {shown(value)}: a str is text, never a path. A "
+                             f"manifest cell is a file when that file exists (relative to the dataset's folder), "
+                             f"so check that it does; in Python, pass pathlib.Path({shown(value)})")
+    if not isinstance(value, Path) or not str(value).strip():
+        raise PolyalignError(f"expected {what} file (a pathlib.Path), got {type(value).__name__} {shown(value)}")
+    path = value.expanduser()
     if not path.is_absolute() and root is not None:
         path = Path(root) / path
     if not path.is_file():

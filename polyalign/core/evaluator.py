@@ -140,7 +140,7 @@ def recall_and_rank(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict
 
 def value_key(value: Any) -> Any:
     """A hashable key for a raw value (to find the distinct candidates of a split)."""
-    if isinstance(value, (str, int, float, bool)):
+    if isinstance(value, (str, Path, int, float, bool)):
         return value
     if isinstance(value, FileBytes):  # a shard member: the same bytes are the same candidate
         return value.data

@@ -87,12 +87,11 @@ class Loss(nn.Module):
 
     ``forward(embeddings, present)``: ``embeddings[m]`` is ``(N, d)``; ``present[m]`` a bool
     ``(N,)`` mask (None = all present); returns :class:`LossOutput`.
-    ``score(queries, candidates, target)``: ``queries[m]`` is ``(Q, d)`` for each query
-    modality, ``candidates`` ``(C, d)`` embeddings of ``target``; returns ``(Q, C)`` scores.
-    ``score_tuples(queries, candidates)``: the same for candidates made of several modalities,
-    ``candidates[m]`` ``(C, d)`` for each, row ``c`` of every one together being candidate ``c``
-    (text -> (video, audio)). Define ``score_tuples`` to rank tuples (``score`` then defaults to
-    it with one candidate modality); a loss that defines only ``score`` ranks one modality.
+    ``score_tuples(queries, candidates)`` (required): ``queries[m]`` is ``(Q, d)`` for each query
+    modality, ``candidates[m]`` ``(C, d)`` for each candidate modality, row ``c`` of every one
+    together being candidate ``c`` (text -> (video, audio)); returns ``(Q, C)`` scores. A loss whose
+    rule ranks one candidate modality only sets ``tuple_candidates = False``.
+    ``score(queries, candidates, target)`` is derived: ``score_tuples(queries, {target: candidates})``.
     ``inner_product_query(queries, target)``: whether the score reduces to an inner product
     with the candidate, which is what lets an index (``polyalign index``) serve the loss.
     ``logit_scale()``: the factor that turns the score into the logits the loss trains, which is
@@ -103,29 +102,35 @@ class Loss(nn.Module):
     """True when ``score`` equals ``inner_product_query(queries, target) · candidate`` itself, not
     only in order: then a sum of such scores is one inner product too."""
 
+    tuple_candidates: bool = True
+    """Whether ``score_tuples`` ranks candidates made of several modalities; False refuses them with a
+    message before ``score_tuples`` is called (retrieval then leaves tuple targets out)."""
+
     scores_in_a_sum: bool = True
     """Whether a weighted list of losses adds this term's score to its own (False for a
     regulariser, such as ``align_uniform``, which shapes the embeddings but is no expert)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "score" in cls.__dict__:
+            raise PluginError(f"loss {cls.__qualname__} overrides score(queries, candidates, target), which is "
+                              f"score_tuples(queries, {{target: candidates}}) for every loss: define "
+                              f"score_tuples(queries, candidates) instead (docs/losses.md, 'Scoring')")
 
     def forward(self, embeddings: dict[str, torch.Tensor],
                 present: dict[str, torch.Tensor] | None = None) -> LossOutput:  # pragma: no cover
         raise TypeError(f"loss {type(self).__name__} does not define forward()")
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
-              target: str) -> torch.Tensor:
-        """``(Q, C)`` scores of the candidates of ``target`` for each query tuple."""
-        if type(self).score_tuples is Loss.score_tuples:
-            raise TypeError(f"loss {type(self).__name__} defines no scoring rule: define "
-                            f"score(queries, candidates, target) or score_tuples(queries, candidates)")
-        return self.score_tuples(queries, {target: candidates})
-
     def score_tuples(self, queries: dict[str, torch.Tensor],
                      candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(Q, C)`` scores of candidate tuples (``candidates[m]`` ``(C, d)``) for each query tuple."""
-        if len(candidates) == 1 and type(self).score is not Loss.score:
-            (target, bank), = candidates.items()
-            return self.score(queries, bank, target)
-        raise PluginError(cannot_rank_tuples(type(self).__name__, list(candidates)))
+        raise TypeError(f"loss {type(self).__name__} defines no scoring rule: define "
+                        f"score_tuples(queries, candidates) (docs/losses.md, 'Scoring')")
+
+    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor,
+              target: str) -> torch.Tensor:
+        """``(Q, C)`` scores of the candidates of ``target`` for each query tuple (``score_tuples`` with one)."""
+        return self.score_tuples(queries, {target: candidates})
 
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
         """``(Q, d)`` vectors ``v`` such that ``score`` ranks every candidate ``c`` of ``target`` as
@@ -150,17 +155,17 @@ class Loss(nn.Module):
 
 def cannot_rank_tuples(plugin: str, candidates: list[str]) -> str:
     """The error for a loss asked to rank tuples when its scoring rule ranks one modality."""
-    return (f"loss {plugin!r} ranks candidates of one modality (it defines score(), not score_tuples()), so it "
-            f"cannot rank candidates made of {'+'.join(candidates)}; retrieve one modality at a time, or give "
-            f"the loss a score_tuples(queries, candidates) method (docs/losses.md, 'Scoring')")
+    return (f"loss {plugin!r} ranks candidates of one modality (tuple_candidates = False), so it cannot rank "
+            f"candidates made of {'+'.join(candidates)}; retrieve one modality at a time, or make its "
+            f"score_tuples(queries, candidates) rank tuples (docs/losses.md, 'Scoring')")
 
 
 def score_candidates(loss: nn.Module, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor],
                      plugin: str) -> torch.Tensor:
     """The loss's ``(Q, C)`` scores of candidate tuples for query tuples, checked for shape and NaN.
 
-    One candidate modality goes through ``score()`` (every loss has it), several through
-    ``score_tuples()``; ``plugin`` names the loss in errors.
+    Several candidate modalities need a loss that ranks tuples (``tuple_candidates``); ``plugin``
+    names the loss in errors.
     """
     if not queries or not candidates:
         raise PolyalignError(f"scoring needs at least one query and one candidate modality; got queries "
@@ -170,25 +175,20 @@ def score_candidates(loss: nn.Module, queries: dict[str, torch.Tensor], candidat
         if len(set(sizes.values())) != 1:
             raise PolyalignError(f"every {side} modality needs one row per {side}; got {sizes}")
     target = "+".join(candidates)
-    if len(candidates) == 1:
-        method = "score()"
-        out = loss.score(queries, candidates[target], target)
-    else:
-        method = "score_tuples()"
-        if not can_rank_tuples(loss):
-            if isinstance(loss, WeightedLoss):  # name the term, and the way out
-                plugin = next(k for k, t in loss.scoring_terms().items() if not can_rank_tuples(t))
-                raise PluginError(cannot_rank_tuples(plugin, list(candidates)) + "; or score the weighted "
-                                  "sum with one term that can (score_with: true on its loss node)")
-            raise PluginError(cannot_rank_tuples(plugin, list(candidates)))
-        out = loss.score_tuples(queries, candidates)
+    if len(candidates) > 1 and not can_rank_tuples(loss):
+        if isinstance(loss, WeightedLoss):  # name the term, and the way out
+            plugin = next(k for k, t in loss.scoring_terms().items() if not can_rank_tuples(t))
+            raise PluginError(cannot_rank_tuples(plugin, list(candidates)) + "; or score the weighted "
+                              "sum with one term that can (score_with: true on its loss node)")
+        raise PluginError(cannot_rank_tuples(plugin, list(candidates)))
+    out = loss.score_tuples(queries, candidates)
     expected = (int(next(iter(queries.values())).shape[0]), int(next(iter(candidates.values())).shape[0]))
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise PluginError(f"loss plugin {plugin!r}: {method} returned {got}; expected {expected} "
+        raise PluginError(f"loss plugin {plugin!r}: score_tuples() returned {got}; expected {expected} "
                           f"(queries x candidates)")
     if torch.isnan(out).any():
-        raise PluginError(f"loss plugin {plugin!r}: {method} returned NaN scores for target {target!r} "
+        raise PluginError(f"loss plugin {plugin!r}: score_tuples() returned NaN scores for target {target!r} "
                           f"(ranks computed from them would be meaningless)")
     return out
 
@@ -335,7 +335,7 @@ class WeightedLoss(Loss):
 
 
 def can_rank_tuples(loss: nn.Module) -> bool:
-    """Whether the loss's scoring rule ranks candidates made of several modalities (``score_tuples``)."""
+    """Whether the loss's scoring rule ranks candidates made of several modalities (``tuple_candidates``)."""
     if isinstance(loss, WeightedLoss):
         return all(can_rank_tuples(t) for t in loss.scoring_terms().values())
-    return getattr(type(loss), "score_tuples", Loss.score_tuples) is not Loss.score_tuples
+    return bool(getattr(loss, "tuple_candidates", True))

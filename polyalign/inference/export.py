@@ -93,7 +93,7 @@ def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[s
     lines += ["", "`polyalign.load` refuses this folder, naming them, when one of these is not installed.",
               "", "## Use", "", "```python", "import polyalign", "",
               "model = polyalign.load(\"path/to/this/folder\")",
-              f"z = model.embed({{\"{model.modalities[0]}\": [...]}})   # raw values: paths, text, numbers",
+              f"z = model.embed({{\"{model.modalities[0]}\": [...]}})   # raw values: Paths, text, numbers",
               f"hits = model.search({{\"{model.modalities[0]}\": [...]}}, "
               f"{{\"{model.modalities[-1]}\": [...]}}, top_k=5)",
               "```", ""]

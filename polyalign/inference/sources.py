@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.core.errors import PolyalignError, not_a_file, shown
-from polyalign.files.manifest_file import SUFFIXES, parse_cell, read_lines, read_manifest
+from polyalign.files.manifest_file import SUFFIXES, as_file, parse_cell, read_lines, read_manifest, with_files
 from polyalign.files.npy_file import read_npy
 
 SOURCE_KINDS = "a folder of files (one value per file), a manifest (.csv or .jsonl, one column per modality), " \
@@ -39,7 +39,8 @@ def check_ids(ids: list[Any], where: str, redo: str = "") -> None:
 
 def read_manifest_column(path: Path, modality: str) -> Values:
     """The ``modality`` column of a manifest; rows without it are skipped; ids from ``id`` or the row number."""
-    samples, _ = read_manifest(path)
+    raw, lines = read_manifest(path)
+    samples = with_files(raw, path.parent, f"manifest {path}", lines)
     columns = sorted({k for r in samples for k in r})
     if modality not in columns:
         raise PolyalignError(f"{path} has no column {shown(modality)}; its columns are: {', '.join(columns) or 'none'}")
@@ -50,10 +51,10 @@ def read_manifest_column(path: Path, modality: str) -> Values:
 
 
 def read_folder(path: Path) -> Values:
-    """Every file under a folder (hidden ones skipped), sorted; ids are the relative paths."""
+    """Every file under a folder (hidden ones skipped), sorted, as Paths relative to it; ids are those paths."""
     files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    return Values(files, list(files), path)
+    return Values([Path(f) for f in files], list(files), path)
 
 
 def read_source(source: str | Path, modality: str) -> Values:
@@ -82,14 +83,14 @@ def read_source(source: str | Path, modality: str) -> Values:
         lines = [line.strip() for line in read_lines(path) if line.strip()]
         check_ids(lines, f"{path}", " (the id of a line is its text); remove the repeated line, or give a "
                                      "manifest with an id column")
-        return Values(lines, list(lines), path.parent)
+        return Values([as_file(line, path.parent) for line in lines], list(lines), path.parent)
     raise PolyalignError(f"{path}: cannot tell what values it holds; give {SOURCE_KINDS}")
 
 
 def one_value(text: str) -> Values:
-    """A single raw value given on the command line: a path (a file holding one value, e.g. a whole
-    recording in a ``.npy``), inline text or ``[numbers]``; its id is the text itself."""
-    return Values([parse_cell(text, "--value")], [text], None)
+    """A single raw value given on the command line: an existing file (a Path; e.g. a whole recording
+    in a ``.npy``), ``[numbers]`` or inline text; its id is the text itself."""
+    return Values([query_value(text, "--value")], [text], None)
 
 
 def split_assignment(text: str, option: str) -> tuple[str, str]:
@@ -100,7 +101,7 @@ def split_assignment(text: str, option: str) -> tuple[str, str]:
     return modality.strip(), value
 
 
-def query_value(text: str) -> Any:
-    """A command-line query value: ``[0, 1, ...]`` or ``{...}`` is JSON, anything else stays text
-    (a path or an inline string, as the modality's encoder reads it)."""
-    return parse_cell(text, "--query")
+def query_value(text: str, option: str = "--query") -> Any:
+    """A command-line value: one naming an existing file (relative to the current folder) is that file,
+    a Path; ``[0, 1, ...]`` or ``{...}`` is JSON; anything else is inline text."""
+    return as_file(parse_cell(text, option), None)

@@ -153,8 +153,9 @@ class TrainedModel:
               batch_size: int | None = None) -> dict[str, torch.Tensor]:
         """``{modality: [raw values]}`` -> ``{modality: (N, embed_dim)}`` on the model's device.
 
-        Relative paths resolve against ``root`` (default: the current directory). Values are
-        loaded and embedded ``batch_size`` at a time (default: the recipe's batch size).
+        A file is a :class:`~pathlib.Path` (relative ones resolve against ``root``, default: the
+        current directory) and a ``str`` is text, never a path. Values are loaded and embedded
+        ``batch_size`` at a time (default: the recipe's batch size).
         """
         root = Path(root) if root is not None else Path.cwd()
         out: dict[str, torch.Tensor] = {}

@@ -46,9 +46,9 @@ class CandidateSet:
         if self.values is None or not 0 <= row < len(self.values):
             return None
         value = self.values[row]
-        if not isinstance(value, str) or Path(value).suffix.lower() not in MEDIA_TYPES:
+        if not isinstance(value, Path) or value.suffix.lower() not in MEDIA_TYPES:
             return None
-        path = Path(value) if Path(value).is_absolute() or self.root is None else self.root / value
+        path = value if value.is_absolute() or self.root is None else self.root / value
         return path if path.is_file() else None
 
     def describe(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""Values from a request, made safe for the encoders: every text and upload is held in memory as a
-:class:`~polyalign.core.encoder.FileBytes`, numbers are checked, and no string from a request ever
-reaches an encoder (which would read it as a path on the server's disk)."""
+"""Values from a request, made safe for the encoders: text stays a ``str`` (which every encoder reads as
+text, never as a path on the server's disk), an upload is held in memory as a
+:class:`~polyalign.core.encoder.FileBytes`, and numbers are checked."""
 
 from __future__ import annotations
 
@@ -28,11 +28,6 @@ class RequestError(PolyalignError):
         self.status = status
 
 
-def inline_text(modality: str, index: int, text: str) -> FileBytes:
-    """Inline text as a ``.txt`` file held in memory: text encoders read it as the text itself."""
-    return FileBytes(f"inline text {modality}[{index}].txt", text.encode("utf-8"))
-
-
 def check_numbers(value: Any, where: str) -> None:
     """Refuse anything but finite numbers (and null, for a missing table entry) inside a list or mapping."""
     stack = [value]
@@ -50,10 +45,10 @@ def check_numbers(value: Any, where: str) -> None:
 
 
 def inline_value(modality: str, index: int, value: Any) -> Any:
-    """One JSON value: text -> text held in memory; a number, list or mapping of numbers as it is."""
+    """One JSON value: text, or a number, list or mapping of numbers, as it is."""
     where = f"modality {modality!r}, value {index}"
     if isinstance(value, str):
-        return inline_text(modality, index, value)
+        return value
     if value is None or isinstance(value, bool):
         raise RequestError(422, f"{where}: {shown(value)} is no value; send text, numbers or a file upload")
     check_numbers(value, where)
@@ -61,8 +56,7 @@ def inline_value(modality: str, index: int, value: Any) -> Any:
 
 
 def form_value(modality: str, index: int, text: str) -> Any:
-    """A form field's text, read as ``polyalign search --query`` reads one: ``[...]``/``{...}`` is JSON
-    (numbers), anything else is inline text (never a path)."""
+    """A form field's text: ``[...]``/``{...}`` is JSON (numbers), anything else is text (never a path)."""
     try:
         value = parse_cell(text, f"modality {modality!r}, value {index}")
     except PolyalignError as exc:

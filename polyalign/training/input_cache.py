@@ -60,15 +60,17 @@ def value_key(value: Any, root: Path | None) -> str:
     digest = hashlib.blake2b(digest_size=16)
     if isinstance(value, FileBytes):
         digest.update(b"bytes\0" + value.data)
-    elif isinstance(value, (str, Path)):
+    elif isinstance(value, str):
+        digest.update(b"text\0" + value.encode("utf-8", "surrogatepass"))
+    elif isinstance(value, Path):
         path = os.path.expanduser(str(value))
         if not os.path.isabs(path) and root is not None:
             path = os.path.join(root, path)
         try:
             st = os.stat(path)
             digest.update(f"file\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_ino}\0{st.st_mtime_ns}".encode())
-        except OSError:  # inline text (or a file that is not there: decode then says so)
-            digest.update(b"text\0" + str(value).encode("utf-8", "surrogatepass"))
+        except OSError:  # no such file (a WFDB record's name, or a file gone: decode then says so)
+            digest.update(f"path\0{os.path.abspath(path)}".encode("utf-8", "surrogatepass"))
     else:
         arr = np.asarray(value)
         if arr.dtype == object:
@@ -85,12 +87,12 @@ def cache_dir(recipe: Recipe, kind: str) -> Path:
 
 def check_deterministic(encoder: Encoder, modality: str, plugin: str, value: Any, root: Path | None) -> None:
     """Refuse the input cache for an encoder whose decoded values are random: it says so
-    (``random_load``), or decoding ``value`` twice under different seeds gives different tensors."""
+    (``random_decode``), or decoding ``value`` twice under different seeds gives different tensors."""
     advice = ("Set cache.inputs: none for this recipe, or give the encoder a deterministic decode() and "
               "put the random part in finish() (see polyalign.core.encoder.Encoder).")
-    if encoder.random_load:
-        raise PolyalignError(f"cache.inputs: the {plugin!r} encoder of modality {modality!r} loads values at "
-                             f"random (random_load = True): a cached value would repeat one draw. {advice}")
+    if encoder.random_decode:
+        raise PolyalignError(f"cache.inputs: the {plugin!r} encoder of modality {modality!r} decodes values at "
+                             f"random (random_decode = True): a cached value would repeat one draw. {advice}")
     if value is None:
         return
     saved, was_training = rng_state(), encoder.training

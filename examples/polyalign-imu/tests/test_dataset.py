@@ -1,5 +1,7 @@
 """Tests of the tuple_folders dataset on a small tree of real files."""
 
+from pathlib import Path
+
 import pytest
 
 import polyalign
@@ -18,10 +20,10 @@ def test_one_folder_per_tuple_and_missing_files_are_missing_modalities(tmp_path)
     write_tuple(tmp_path / "test" / "t3", **{"caption.txt": "running"})
     data = polyalign.build("dataset", "tuple_folders", path=str(tmp_path))
     assert data.modalities == ["caption", "imu"] and data.root == tmp_path.resolve()
-    assert data.split("train") == [{"id": "t1", "caption": "train/t1/caption.txt", "imu": "train/t1/imu.csv",
-                                    "label": 0},
-                                   {"id": "t2", "imu": "train/t2/imu.csv"}]
-    assert data.split("val") == [] and data.split("test") == [{"id": "t3", "caption": "test/t3/caption.txt"}]
+    assert data.split("train") == [{"id": "t1", "caption": Path("train/t1/caption.txt"),
+                                    "imu": Path("train/t1/imu.csv"), "label": 0},
+                                   {"id": "t2", "imu": Path("train/t2/imu.csv")}]
+    assert data.split("val") == [] and data.split("test") == [{"id": "t3", "caption": Path("test/t3/caption.txt")}]
     assert data.locate("test", 0) == f"tuple folder {tmp_path.resolve() / 'test' / 't3'}"
     assert polyalign.build("dataset", "tuple_folders", path=str(tmp_path), modalities=["imu", "caption"]).modalities \
         == ["imu", "caption"]

@@ -1,7 +1,8 @@
 """Dataset ``manifest``: JSON Lines or CSV files listing one tuple per row, one column per modality.
 
-A cell is a path relative to the manifest's folder (an image, a clip, a recording...), or
-inline text or numbers. A missing modality is an absent key, an empty cell or ``null``.
+A cell that names an existing file relative to the manifest's folder (an image, a clip, a caption
+file...) is that file, a :class:`~pathlib.Path`; any other text is inline text; numbers are numbers.
+A missing modality is an absent key, an empty cell or ``null``.
 The reserved columns ``label`` and ``id`` are optional.
 """
 
@@ -12,7 +13,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.plugin import RESERVED_KEYS, SPLITS, SUFFIXES, ManifestError, Sample, not_a_file, read_manifest
+from polyalign.plugin import (
+    RESERVED_KEYS,
+    SPLITS,
+    SUFFIXES,
+    ManifestError,
+    Sample,
+    not_a_file,
+    read_manifest,
+    with_files,
+)
 
 OnError = Literal["raise", "skip"]
 
@@ -77,7 +87,8 @@ class ManifestDataset:
             raise ManifestError(f"the manifests are in different folders ({', '.join(sorted(map(str, folders)))}); "
                                 f"set data.root to the folder their relative paths start from")
         read = {s: (read_manifest(p) if p is not None else ([], [])) for s, p in self.files.items()}
-        self._splits = {s: rows for s, (rows, _) in read.items()}
+        self._splits = {s: with_files(rows, self.root, f"manifest {self.files[s]}", numbers)
+                        for s, (rows, numbers) in read.items()}
         self._lines = {s: numbers for s, (_, numbers) in read.items()}
         columns: dict[str, None] = {}
         for sample in self._splits["train"]:

@@ -53,24 +53,30 @@ class SplitShards:
         return str(self.shards[0].parent / f"{self.split}-{{{start}..{stop}}}.tar")
 
 
+MEDIA_SUFFIXES = (".png", ".jpg", ".jpeg", ".wav", ".flac", ".npy")  # a text cell naming one is a missing file
+
+
 def member(value: Any, modality: str, root: Path | None, where: str) -> tuple[str, bytes | Path]:
-    """The extension and bytes of one raw value (a file: its path, streamed into the shard when it
-    is written)."""
-    if isinstance(value, str):
-        path = Path(value).expanduser()
+    """The extension and bytes of one raw value (a file, a Path: its path, streamed into the shard
+    when it is written; text: a ``.txt`` member; numbers: a ``.json`` member)."""
+    if isinstance(value, Path):
+        path = value.expanduser()
         path = path if path.is_absolute() or root is None else root / path
-        if path.is_file():
-            suffix = path.suffix.lower().lstrip(".")
-            if suffix in ("", "hea", "dat"):
-                raise PolyalignError(f"{where}, {modality!r}: {path} has no single-file format (a WFDB record is "
-                                     f"a .hea and a .dat file); convert it to .npy before writing shards")
-            size = path.stat().st_size
-            if size > MAX_MEMBER_BYTES:
-                raise PolyalignError(f"{where}, {modality!r}: {path} holds {size} bytes, more than the "
-                                     f"{MAX_MEMBER_BYTES} polyalign reads of one shard member; leave it out")
-            return suffix, path
-        if Path(value).suffix.lower() in (".png", ".jpg", ".jpeg", ".wav", ".flac", ".npy", ".txt", ".json"):
+        suffix = path.suffix.lower().lstrip(".")
+        if suffix in ("", "hea", "dat"):
+            raise PolyalignError(f"{where}, {modality!r}: {path} has no single-file format (a WFDB record is "
+                                 f"a .hea and a .dat file); convert it to .npy before writing shards")
+        if not path.is_file():
             raise PolyalignError(f"{where}, {modality!r}: file {path} not found")
+        size = path.stat().st_size
+        if size > MAX_MEMBER_BYTES:
+            raise PolyalignError(f"{where}, {modality!r}: {path} holds {size} bytes, more than the "
+                                 f"{MAX_MEMBER_BYTES} polyalign reads of one shard member; leave it out")
+        return suffix, path
+    if isinstance(value, str):
+        if Path(value).suffix.lower() in MEDIA_SUFFIXES and not any(c.isspace() for c in value):
+            raise PolyalignError(f"{where}, {modality!r}: file {value} not found (relative paths resolve against "
+                                 f"{root}); it would be written as the text {value!r}")
         return "txt", value.encode("utf-8")
     return "json", json.dumps(value).encode("utf-8")
 

@@ -70,8 +70,8 @@ class ByteTextEncoder(Encoder):
         """Token and position embeddings, then each transformer layer (the last with the final norm)."""
         return named_layer_groups(self, [[self.tokens, self.positions], *[[b] for b in self.transformer.layers]])
 
-    def load(self, value: Any, root: Path | None) -> dict[str, torch.Tensor]:
-        """One text (inline or ``.txt``) -> ``{input_ids, attention_mask}`` 1-D tensors."""
+    def decode(self, value: Any, root: Path | None) -> dict[str, torch.Tensor]:
+        """One text (a str, or a text file) -> ``{input_ids, attention_mask}`` 1-D tensors."""
         ids = encode_bytes(read_text(value, root), self.config.max_length)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 

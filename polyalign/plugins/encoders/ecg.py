@@ -62,6 +62,9 @@ def read_wfdb(path: Path, lead_names: list[str] | None, sample_rate: int | None)
 
 def read_ecg_array(value: Any, root: Path | None, config: EcgConfig) -> np.ndarray:
     """The raw array of a value: a ``.npy`` file, a WFDB record (``.hea``/``.dat``/no suffix) or numbers."""
+    if isinstance(value, str):
+        raise PolyalignError(f"expected an ECG recording (a .npy file or a WFDB record as a pathlib.Path, or "
+                             f"numbers); got the text {value!r}")
     if not isinstance(value, FILE_VALUES):
         return np.asarray(value, dtype=np.float32)
     text = str(value)
@@ -72,7 +75,7 @@ def read_ecg_array(value: Any, root: Path | None, config: EcgConfig) -> np.ndarr
         path = resolve_file(value, root, "ECG .npy")
         return read_npy(path, "ECG array").astype(np.float32)
     header = Path(text).with_suffix(".hea") if Path(text).suffix in (".hea", ".dat") else Path(text + ".hea")
-    path = resolve_file(str(header), root, "ECG WFDB header (.hea)")
+    path = resolve_file(header, root, "ECG WFDB header (.hea)")
     return read_wfdb(path, config.lead_names, config.sample_rate)
 
 

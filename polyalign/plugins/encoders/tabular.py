@@ -53,8 +53,10 @@ def read_row(value: Any, root: Path | None) -> Any:
         if text.endswith(".json"):
             path = resolve_file(value, root, "tabular .json")
             return read_json(path, "table row", max_bytes=16 << 20)
+        raise PolyalignError(f"a tabular file must be a .npy or .json file; got {text!r}")
+    if isinstance(value, str):
         raise PolyalignError(f"a tabular value must be numbers (a list, or a {{column: value}} mapping) "
-                             f"or a .npy/.json file; got the string {text!r}")
+                             f"or a .npy/.json file (a pathlib.Path); got the text {value!r}")
     if isinstance(value, np.ndarray):
         return value.astype(np.float64).reshape(-1).tolist()
     return value
@@ -163,7 +165,7 @@ class TabularEncoder(Encoder):
             raise PolyalignError(f"a tabular entry is not a number: {exc}") from exc
         return seen, raw
 
-    def load(self, value: Any, root: Path | None) -> torch.Tensor:
+    def decode(self, value: Any, root: Path | None) -> torch.Tensor:
         """One row -> ``(2n,)``: standardised values with ``fill`` where missing, then indicators."""
         if self.unfitted:
             raise PolyalignError(f"encoder 'tabular': {' and '.join(self.unfitted)}: auto needs the train split's "

@@ -18,17 +18,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spie
 
 
 def read_text(value: Any, root: Path | None) -> str:
-    """Inline text, or the contents of a ``.txt`` file (a path relative to ``root``, or a shard member)."""
-    if isinstance(value, FileBytes):
-        try:
-            return value.read_text()
-        except UnicodeDecodeError as exc:
-            raise PolyalignError(f"text {value} is not UTF-8 text: {exc}") from exc
-    if not isinstance(value, str):
-        raise PolyalignError(f"expected text (a string, or the path of a .txt file), got "
-                             f"{type(value).__name__} {value!r}")
-    if not value.lower().endswith(".txt"):
+    """A ``str`` is the text itself; a ``Path`` (relative to ``root``) or a shard member holds it as UTF-8."""
+    if isinstance(value, str):
         return value
+    if not isinstance(value, (Path, FileBytes)):
+        raise PolyalignError(f"expected text (a str, or a text file as a pathlib.Path), got "
+                             f"{type(value).__name__} {value!r}")
     path = resolve_file(value, root, "text")
     try:
         return path.read_text(encoding="utf-8")
@@ -115,7 +110,7 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
 class TextEncoder(Encoder):
     """Local Hugging Face model (AutoModel + AutoTokenizer, offline) over text; mean or cls pooling
 
-    Text (inline or ``.txt``) -> tokenizer -> transformer -> pooled ``(B, hidden_size)``."""
+    Text (a str, or a text file) -> tokenizer -> transformer -> pooled ``(B, hidden_size)``."""
 
     name = "text"
     Options = TextConfig
@@ -175,7 +170,7 @@ class TextEncoder(Encoder):
             self.transformer.eval()
         return self
 
-    def load(self, value: Any, root: Path | None) -> dict[str, torch.Tensor]:
+    def decode(self, value: Any, root: Path | None) -> dict[str, torch.Tensor]:
         """Tokenize one text -> ``{input_ids, attention_mask, ...}`` 1-D tensors."""
         enc = self.tokenizer(read_text(value, root), truncation=True, max_length=self.config.max_length)
         return {k: torch.tensor(enc[k], dtype=torch.long) for k in self.input_names if k in enc}

@@ -26,6 +26,9 @@ def load_vector(value: Any, root: Path | None) -> torch.Tensor:
     if isinstance(value, FILE_VALUES):
         path = resolve_file(value, root, "vector .npy")
         arr = read_npy(path, "vector file")
+    elif isinstance(value, str):
+        raise PolyalignError(f"a vector value must be numbers or a .npy file (a pathlib.Path); got the text "
+                             f"{value!r}")
     else:
         arr = value
     return torch.as_tensor(np.asarray(arr, dtype=np.float32)).reshape(-1)
@@ -57,7 +60,7 @@ class VectorEncoder(Encoder):
     def rebuild_options(self) -> dict[str, Any]:
         return {"dim": self.dim}
 
-    def load(self, value: Any, root: Path | None) -> torch.Tensor:
+    def decode(self, value: Any, root: Path | None) -> torch.Tensor:
         x = load_vector(value, root)
         if x.numel() != self.dim:
             raise PolyalignError(f"expected a vector of {self.dim} numbers, got {x.numel()}")

@@ -103,7 +103,7 @@ class Retrieval:
             skipped = [t for _, t in out if len(t) > 1]
             if skipped:
                 warnings.warn(Notice(f"retrieval: loss {ctx.parts.loss_name or type(ctx.parts.loss).__name__!r} "
-                                     f"ranks one modality at a time (no score_tuples), so the tuple targets "
+                                     f"ranks one modality at a time (tuple_candidates = False), so the tuple targets "
                                      f"{', '.join('+'.join(t) for t in skipped)} are left out"), stacklevel=2)
             out = [(q, t) for q, t in out if len(t) == 1]
         return out

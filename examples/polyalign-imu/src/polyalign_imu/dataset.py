@@ -6,7 +6,8 @@
     data/train/walk-0002/imu.csv       no caption.txt: the caption is missing in this tuple
     data/val/...   data/test/...       (optional splits)
 
-A tuple's id is its folder's name; its values are the paths of its files, relative to ``path``.
+A tuple's id is its folder's name; its values are its files, as ``Path``s relative to ``path``
+(a ``Path`` is a file to every encoder: caption.txt is read, not taken as the text "caption.txt").
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class TupleFoldersConfig(BaseModel):
 
 
 def read_tuple(folder: Path, root: Path) -> Sample:
-    """``{"id": folder name, modality: path relative to root, ..., "label": int}`` of one tuple folder."""
+    """``{"id": folder name, modality: Path relative to root, ..., "label": int}`` of one tuple folder."""
     sample: Sample = {"id": folder.name}
     for file in sorted(folder.iterdir()):
         if not file.is_file() or file.name.startswith("."):
@@ -41,7 +42,7 @@ def read_tuple(folder: Path, root: Path) -> Sample:
         elif file.stem in sample:
             raise PolyalignError(f"{folder} has two files for modality {file.stem!r}; keep one")
         else:
-            sample[file.stem] = file.relative_to(root).as_posix()
+            sample[file.stem] = file.relative_to(root)
     return sample
 
 

@@ -49,7 +49,7 @@ class ImuEncoder(Encoder):
         channels = [config.axes] + [config.hidden] * config.layers
         self.convs = nn.ModuleList(nn.Conv1d(a, b, 5, stride=2, padding=2) for a, b in zip(channels, channels[1:]))
 
-    def load(self, value: Any, root: Path | None) -> torch.Tensor:
+    def decode(self, value: Any, root: Path | None) -> torch.Tensor:
         """One recording -> ``(samples, axes)``, each axis minus its mean (removes gravity)."""
         x = read_recording(value, root)
         if x.ndim != 2 or x.shape[1] != self.config.axes:

@@ -55,7 +55,8 @@ class MarginClipLoss(Loss):
         metrics["temperature"] = (1.0 / scale).detach()
         return LossOutput(loss, metrics)
 
-    def score(self, queries: dict[str, torch.Tensor], candidates: torch.Tensor, target: str) -> torch.Tensor:
-        """``(Q, C)``: the sum over query modalities of their cosines with each candidate. The margin
-        only shapes training; a match is ranked by how close the embeddings are."""
-        return sum(q @ candidates.T for q in queries.values())
+    def score_tuples(self, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(Q, C)``: the sum of the cosines of every query modality with every candidate modality. The
+        margin only shapes training; a match is ranked by how close the embeddings are."""
+        return sum(q @ c.T for q in queries.values() for c in candidates.values())
+
