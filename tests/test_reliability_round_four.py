@@ -4,6 +4,7 @@ manifest entry that is not a regular file can do."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from conftest import RECIPES
@@ -93,3 +94,33 @@ def test_a_caption_file_that_is_missing_is_an_error_not_its_name_as_text(tmp_pat
     (tmp_path / "captions" / "lost.txt").write_text("found again")
     samples = polyalign.build("dataset", "manifest", path=str(tmp_path)).split("train")
     assert [type(s["caption"]).__name__ for s in samples] == ["PosixPath", "str", "PosixPath"]
+
+
+def test_decode_bombs_are_refused_from_their_header_with_their_size(tmp_path):
+    import struct
+    import zlib
+
+    import numpy as np
+    import soundfile as sf
+
+    import polyalign
+
+    big = tmp_path / "big.png"  # a PNG header that announces 13000 x 13000 pixels (169 million decoded)
+    ihdr = struct.pack(">IIBBBBB", 13000, 13000, 8, 0, 0, 0, 0)
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
+                    + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + b"\0\0\0\0IEND\xaeB`\x82")
+    image = polyalign.build("encoder", "image", model="test_resnet", image_size=16)
+    started = time.monotonic()
+    with pytest.raises(PolyalignError, match=r"big.png is 13000 x 13000 pixels \(169.0 million\), more than the 40 "
+                                             r"million the image encoder decodes \(its option max_pixels\)"):
+        image.decode(big, None)
+    assert time.monotonic() - started < 2  # refused from the header, not after decoding
+    long = tmp_path / "long.flac"
+    with sf.SoundFile(long, "w", samplerate=8000, channels=1, format="FLAC") as fh:
+        for _ in range(61):  # 610 s of silence: tiny as FLAC
+            fh.write(np.zeros(80000, dtype="float32"))
+    audio = polyalign.build("encoder", "audio", channels=[4])
+    with pytest.raises(PolyalignError, match=r"long.flac holds 610 s in 1 channel\(s\), more than the 600 s"):
+        audio.decode(long, None)
+    short = polyalign.build("encoder", "audio", channels=[4], max_seconds=1000).decode(long, None)
+    assert short.shape[-1] > 0  # within a raised bound it decodes

@@ -18,11 +18,15 @@ from .resample import resample
 
 Wav2Vec2Arch = Literal["base", "large", "large_lv60k", "tiny"]
 
+MAX_SECONDS = 600.0  # ten minutes of 48 kHz stereo decode to 230 MB of float32
+
 
 class AudioConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sample_rate: int = Field(16000, ge=1000, description="clips are resampled to this rate (Hz)")
     clip_seconds: float = Field(1.0, gt=0, description="clips are cropped or zero-padded to this length")
+    max_seconds: float = Field(MAX_SECONDS, gt=0, description="longest recording decoded (its length read from "
+                                                             "its header first); longer ones are refused")
     crop: Literal["start", "center", "random"] = Field(
         "center", description="where a long clip is cut; random = a random window in training, center otherwise")
     backbone: Literal["cnn", "wav2vec2"] = Field("cnn", description="log-mel CNN, or torchaudio's wav2vec2")
@@ -57,14 +61,22 @@ def truncated_chunk(log: str) -> str | None:
     return None
 
 
-def read_audio(path: Path | FileBytes) -> tuple[torch.Tensor, int]:
-    """A mono float32 waveform and its sample rate, read with soundfile."""
+def read_audio(path: Path | FileBytes, max_seconds: float = MAX_SECONDS) -> tuple[torch.Tensor, int]:
+    """A mono float32 waveform and its sample rate, read with soundfile; a recording longer than
+    ``max_seconds`` (from its header) is refused before it is decoded."""
     import soundfile as sf
 
     try:
         with path.open("rb") as raw, sf.SoundFile(raw) as fh:
+            seconds = fh.frames / max(fh.samplerate, 1)
+            if seconds > max_seconds or fh.channels > 64:
+                raise PolyalignError(f"audio file {path} holds {seconds:,.0f} s in {fh.channels} channel(s), more than "
+                                     f"the {max_seconds:g} s (and 64 channels) the audio encoder decodes (its option "
+                                     f"max_seconds); cut it, or raise max_seconds")
             short = truncated_chunk(fh.extra_info)
             data, rate = fh.read(dtype="float32", always_2d=True), fh.samplerate
+    except PolyalignError:
+        raise
     except Exception as exc:
         raise PolyalignError(f"cannot read audio file {path}: {exc}. polyalign reads WAV, FLAC and "
                              f"other formats libsndfile knows.") from exc
@@ -204,7 +216,7 @@ class AudioEncoder(Encoder):
     def decode(self, value: Any, root: Path | None) -> torch.Tensor:
         """Read, mix to mono and resample one file; cropped or padded to the clip length too,
         unless the crop is random (then :meth:`finish` cuts it at each use)."""
-        wave, rate = read_audio(resolve_file(value, root, "audio"))
+        wave, rate = read_audio(resolve_file(value, root, "audio"), self.config.max_seconds)
         wave = resample(wave, rate, self.config.sample_rate)
         return wave if self.config.crop == "random" else self._cut(wave, self.config.crop)
 

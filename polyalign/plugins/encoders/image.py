@@ -17,6 +17,7 @@ from .pretrained import load_weights_into, local_weights_file, refuse_download
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_PIXELS = 40_000_000  # an RGB image of 40 million pixels decodes to 120 MB (a 6300 x 6300 photo)
 
 
 class ImageConfig(BaseModel):
@@ -28,6 +29,8 @@ class ImageConfig(BaseModel):
     mean: list[float] | None = Field(None, description="per-channel mean (default: the model's, else ImageNet)")
     std: list[float] | None = Field(None, description="per-channel std (default: the model's, else ImageNet)")
     augment: bool = Field(False, description="train-time random resized crop and horizontal flip")
+    max_pixels: int = Field(MAX_PIXELS, ge=1, description="largest image decoded (width x height, read from its "
+                                                          "header first); larger ones are refused with their size")
     freeze: bool = Field(False, description="keep the backbone fixed (eval mode, no gradients)")
     grad_checkpointing: bool = Field(False, description="recompute activations in backward (timm's "
                                                         "set_grad_checkpointing): less memory for about one "
@@ -42,16 +45,22 @@ class ImageConfig(BaseModel):
     _lora_trains = model_validator(mode="after")(check_not_frozen)
 
 
-def read_image(value: Any, root: Path | None, mode: str) -> Any:
-    """The PNG/JPEG file a raw value names, decoded into a PIL image of ``mode`` (``RGB`` or ``L``)."""
+def read_image(value: Any, root: Path | None, mode: str, max_pixels: int = MAX_PIXELS) -> Any:
+    """The PNG/JPEG file a raw value names, decoded into a PIL image of ``mode`` (``RGB`` or ``L``); one
+    over ``max_pixels`` (width x height, from its header) is refused before it is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     path = resolve_file(value, root, "image")
     try:
         with path.open("rb") as fh, Image.open(fh) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise PolyalignError(f"image {path} is {width} x {height} pixels ({width * height / 1e6:.1f} million), "
+                                     f"more than the {max_pixels / 1e6:g} million the image encoder decodes "
+                                     f"(its option max_pixels); make it smaller, or raise max_pixels")
             img.load()
             return img.convert(mode)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise PolyalignError(f"cannot decode image {path}: {exc}. Is it a valid PNG or JPEG file?") from exc
 
 
@@ -168,7 +177,8 @@ class ImageEncoder(Encoder):
         the image as it is (``(C, H, W)`` uint8), which :meth:`finish` crops at each use."""
         from torchvision.transforms.v2 import functional as TF
 
-        x = TF.pil_to_tensor(read_image(value, root, "RGB" if self.config.channels == 3 else "L"))
+        x = TF.pil_to_tensor(read_image(value, root, "RGB" if self.config.channels == 3 else "L",
+                                        self.config.max_pixels))
         return x if self.config.augment else self._normalize(self._center(x))
 
     def finish(self, x: torch.Tensor, train: bool) -> torch.Tensor:
