@@ -1,6 +1,6 @@
 """Training on a busy machine: the slowdown of an XOR training under N busy processes against quiet.
 
-Each measurement is a fresh Python process that trains ``recipes/xor-clip.yaml`` (reduced) with
+Each measurement is a fresh Python process that trains ``polyalign/recipes/xor-clip.yaml`` (reduced) with
 ``polyalign.train`` and reports the seconds of its training loop and the torch threads it ran
 on. An arm is a ``train.threads`` setting (``auto``: polyalign's choice; a number: that many)
 and an OpenMP wait policy: ``polyalign`` (what importing polyalign sets: passive), ``unset``
@@ -55,7 +55,7 @@ def child(threads: str, steps: int) -> None:
                  "data.n_val=256", "data.n_test=256", "train.batch_size=256", "model.embed_dim=64",
                  "train.log_every=50", "eval=[]", *[f"modalities.{m}.encoder.hidden=[128]" for m in "abc"]]
     with tempfile.TemporaryDirectory() as tmp:
-        run = polyalign.train(ROOT / "recipes" / "xor-clip.yaml", out=tmp, overrides=overrides,
+        run = polyalign.train(ROOT / "polyalign" / "recipes" / "xor-clip.yaml", out=tmp, overrides=overrides,
                               plugins=make_plugins(extra=[LoopClock()]))
         chosen = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8"))["train"]["threads"]
     print(json.dumps({"seconds": LoopClock.end - LoopClock.start, "threads": chosen,

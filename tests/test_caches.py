@@ -25,7 +25,7 @@ from polyalign.training.distributed import DistInfo
 from polyalign.training.input_cache import value_key
 from polyalign.training.loop import Trainer
 
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 
 
 def _image(path: Path, seed: int, size: int = 8) -> None:

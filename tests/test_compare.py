@@ -16,7 +16,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.evaluation.compare import compare_runs, load_run
 from polyalign.evaluation.report_table import cell_text
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "polyalign" / "recipes"
 TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.batch_size=64", "train.epochs=1",
         "train.warmup_steps=0", "eval=[{plugin: missing_modality, targets: [b], rates: [0.0, 0.5], resamples: 30}]"]
 

@@ -178,7 +178,7 @@ def test_polyalign_plugins_lists_open_clip(capsys):
 
 
 def test_shipped_lora_recipe_trains_and_its_export_loads_without_peft(tmp_path, monkeypatch):
-    """recipes/demo-open-clip-lora.yaml as shipped (the script writes its tower), on a tiny demo: the
+    """polyalign/recipes/demo-open-clip-lora.yaml as shipped (the script writes its tower), on a tiny demo: the
     adapters train, and the export (adapters merged) embeds as the run does, with peft unavailable."""
     monkeypatch.setattr(sys, "argv", ["make_open_clip_folder.py", str(tmp_path / "clip")])
     runpy.run_path(str(ROOT / "scripts" / "make_open_clip_folder.py"), run_name="__main__")

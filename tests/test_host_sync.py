@@ -21,7 +21,7 @@ from polyalign.training.loop import Trainer
 from polyalign.training.step import NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 # 16 steps of 16 rows in one epoch
 TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.epochs=1", "train.warmup_steps=0",
         "train.batch_size=16", "modalities.a.encoder.hidden=[8]", "eval=[]"]

@@ -17,7 +17,7 @@ from polyalign.inference.vector_index import IndexOptions, build_index, recall_a
 
 faiss = pytest.importorskip("faiss")
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "polyalign" / "recipes"
 TINY = ["data.n_train=512", "data.n_val=0", "data.n_test=128", "train.batch_size=64", "train.epochs=2",
         "train.warmup_steps=0", "eval=[]"]
 ALL_BITS = np.array(list(itertools.product([0, 1], repeat=5)), dtype=np.float32)

@@ -15,7 +15,7 @@ import polyalign
 from polyalign.core.errors import PolyalignError
 from polyalign.core.plugin_manager import make_plugins
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-clip.yaml"
 OVERRIDES = ["data.n_train=512", "data.n_val=128", "data.n_test=128", "train.batch_size=64",
              "train.epochs=3", "train.warmup_steps=0", "train.log_every=2",
              "logging=[jsonl, csv, tensorboard]"]

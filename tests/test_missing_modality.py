@@ -29,7 +29,7 @@ from polyalign.plugins.evaluators.missing_modality import (
 from polyalign.plugins.evaluators.zero_shot import ZeroShot, ZeroShotConfig
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "polyalign" / "recipes"
 
 # ---------------------------------------------------------------- a hand-made model
 

@@ -28,7 +28,7 @@ from polyalign.files.yaml_file import read_yaml
 from polyalign.shipped import recipe_summary, shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR_CLIP = ROOT / "recipes" / "xor-clip.yaml"
+XOR_CLIP = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=512", "data.n_val=128", "data.n_test=128", "train.batch_size=64", "train.epochs=2",
         "train.warmup_steps=0", "train.log_every=2"]
 

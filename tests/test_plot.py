@@ -13,7 +13,7 @@ from polyalign.cli import main
 from polyalign.core.errors import PolyalignError
 from polyalign.evaluation.training_plots import plot_runs, read_run, training_figure
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=512", "data.n_val=128", "data.n_test=128", "train.batch_size=64",
         "train.epochs=2", "train.warmup_steps=0", "train.log_every=2"]
 

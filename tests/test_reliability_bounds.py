@@ -25,7 +25,7 @@ from polyalign.training.feature_cache import FeatureLookup
 from polyalign.training.input_cache import value_key
 from polyalign.training.tensor_store import TensorStore
 
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 
 
 def test_every_json_polyalign_reads_goes_through_the_bounded_reader():

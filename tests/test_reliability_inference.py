@@ -28,7 +28,7 @@ from polyalign.inference.embeddings_file import FORMAT, read_embeddings
 from polyalign.inference.export import export_model
 from polyalign.inference.model_card import read_card
 
-XOR = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
+XOR = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "train.batch_size=32", "train.epochs=1"]
 BITS = np.eye(5, dtype=np.float32)
 

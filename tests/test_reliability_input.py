@@ -25,7 +25,7 @@ from polyalign.files.yaml_file import MAX_EXPANDED_CHARS, MAX_NODES, MAX_TEXT_CH
 from polyalign.shipped import shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=128", "data.n_val=32", "data.n_test=32", "train.batch_size=32", "train.epochs=1"]
 
 

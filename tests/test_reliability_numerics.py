@@ -29,7 +29,7 @@ from polyalign.plugins.losses.symile import mip_multiplier
 from polyalign.training.step import NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 # 8 steps per epoch, 16 in all
 TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.batch_size=32", "train.epochs=2",
         "train.warmup_steps=0", "train.log_every=1", "train.checkpoint_every=2", "train.keep_last=1"]

@@ -34,7 +34,7 @@ from polyalign.training.run_dir import RESUMABLE, changed_keys
 from polyalign.training.run_lock import RunBusyError, lock_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 # 16 batches of 32 per epoch, 2 batches per step: 8 steps per epoch, 16 in all
 KILL_RECIPE = ["data.n_train=512", "data.n_val=64", "data.n_test=64", "train.batch_size=32",
                "train.accumulate=2", "train.epochs=2", "train.warmup_steps=3", "train.log_every=1",

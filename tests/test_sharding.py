@@ -26,7 +26,7 @@ from polyalign.training.step import Stepper
 from polyalign.training.window import window_negatives
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 MODALITIES = ["a", "b", "c"]
 MICRO, DIM = 4, 6
 

@@ -54,14 +54,14 @@ def test_auto_threads(monkeypatch, cpus, quota, local, workers, given, expected)
 
 def test_threads_are_recorded_and_the_callers_are_given_back(tmp_path, tiny_xor):
     before = torch.get_num_threads()
-    run = polyalign.train(ROOT / "recipes" / "xor-clip.yaml", out=tmp_path, overrides=tiny_xor + ["eval=[]"])
+    run = polyalign.train(ROOT / "polyalign" / "recipes" / "xor-clip.yaml", out=tmp_path, overrides=tiny_xor + ["eval=[]"])
     assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["threads"] == auto_threads(0)
-    run = polyalign.train(ROOT / "recipes" / "xor-clip.yaml", out=tmp_path,
+    run = polyalign.train(ROOT / "polyalign" / "recipes" / "xor-clip.yaml", out=tmp_path,
                           overrides=tiny_xor + ["eval=[]", "train.threads=2", "train.max_steps=1"])
     assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["threads"] == 2
     assert torch.get_num_threads() == before
     with pytest.raises(polyalign.core.errors.RecipeError, match="train.threads: .*1 or more"):
-        polyalign.load_recipe(ROOT / "recipes" / "xor-clip.yaml", ["train.threads=0"])
+        polyalign.load_recipe(ROOT / "polyalign" / "recipes" / "xor-clip.yaml", ["train.threads=0"])
 
 
 def test_openmp_waits_passively_unless_told_otherwise():

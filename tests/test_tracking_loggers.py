@@ -19,7 +19,7 @@ from polyalign.core.plugin_manager import make_plugins
 pytest.importorskip("wandb")
 pytest.importorskip("mlflow")
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-clip.yaml"
 BASE = ["data.n_train=512", "data.n_val=128", "data.n_test=128", "train.batch_size=64", "train.epochs=3",
         "train.warmup_steps=0", "train.log_every=2"]
 VOLATILE = "samples_per_s"  # wall-clock throughput differs between runs

@@ -31,7 +31,7 @@ from polyalign.testing import check_dataset
 pytest.importorskip("webdataset")
 
 DEMO_MODALITIES = {"image": "png", "audio": "wav", "ecg": "npy", "text": "txt"}
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 
 
 def write_manifest(folder: Path, splits: dict[str, list[dict]]) -> Path:

@@ -24,7 +24,7 @@ from polyalign.training.step import Stepper, drop_modalities
 from polyalign.training.window import micro_negatives, window_negatives
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 MODALITIES = ["a", "b", "c"]
 K, MICRO, DIM = 3, 4, 6  # a window of 3 micro-batches of 4 rows = one batch of 12
 LOSSES = default_plugins().registry.names("loss")
