@@ -14,9 +14,9 @@ import inspect
 import json
 import runpy
 import sys
+import tomllib
 
 import pytest
-import tomllib
 from conftest import ROOT
 
 import polyalign
