@@ -132,6 +132,7 @@ def test_disk_cache_works_on_shards(data, tmp_path):
 
 
 # --------------------------------------------------------------------------- input cache in memory
+@pytest.mark.slow
 def test_memory_cache_with_a_worker_trains_like_no_cache(data, tmp_path):
     plain = polyalign.train(XOR, out=tmp_path / "plain", overrides=_recipe(data, "train.num_workers=1"))
     recipe = polyalign.load_recipe(XOR, _recipe(data, "cache.inputs=memory", "train.num_workers=1",
@@ -238,6 +239,7 @@ def test_feature_cache_needs_a_frozen_encoder(data, tmp_path):
 
 
 # --------------------------------------------------------------------------- random transforms stay reproducible
+@pytest.mark.slow
 def test_augmentation_does_not_depend_on_workers_cache_or_resume(data, tmp_path):
     """Each batch draws its random crops from a seed of (run seed, epoch, batch), whichever
     process loads it, from a cache or not, before or after a resume."""

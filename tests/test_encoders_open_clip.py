@@ -177,6 +177,7 @@ def test_polyalign_plugins_lists_open_clip(capsys):
     assert "open_clip" in encoders and "open_clip" in encoders["open_clip"]["help"]
 
 
+@pytest.mark.slow
 def test_shipped_lora_recipe_trains_and_its_export_loads_without_peft(tmp_path, monkeypatch):
     """polyalign/recipes/demo-open-clip-lora.yaml as shipped (the script writes its tower), on a tiny demo: the
     adapters train, and the export (adapters merged) embeds as the run does, with peft unavailable."""
