@@ -55,6 +55,7 @@ def _depth(value) -> int:
 
 @settings(max_examples=300, deadline=None)
 @given(_JSON)
+@pytest.mark.slow
 def test_nesting_is_counted_in_the_text_as_deep_as_the_tree(value):
     """Brackets inside strings (and escaped quotes) do not count."""
     assert nesting(json.dumps(value)) == _depth(value)

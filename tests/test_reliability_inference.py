@@ -68,6 +68,7 @@ def test_a_nan_or_infinite_query_is_refused_not_ranked(bad, model):
     st.one_of(st.floats(), st.integers(-10 ** 30, 10 ** 30), st.text(max_size=5), st.none(), st.booleans()),
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=20).map(lambda v: json.dumps(v, allow_nan=True))))
+@pytest.mark.slow
 def test_any_query_value_is_ranked_or_refused_with_one_message(value, run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("q")
     np.save(folder / "bits.npy", BITS)
