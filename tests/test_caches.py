@@ -104,6 +104,7 @@ def test_disk_cache_is_reused_and_invalidated_by_a_file_or_an_option(data, tmp_p
     assert {f.modality: f.computed for f in frozen} == {"image": 0, "v": 0}  # not a load option: reused
 
 
+@pytest.mark.slow
 def test_training_through_the_disk_cache_equals_training_without(data, tmp_path, decodes):
     plain = polyalign.train(XOR, out=tmp_path / "plain", overrides=_recipe(data))
     cached = _recipe(data, "cache.inputs=disk", f"cache.dir={tmp_path / 'cache'}")
@@ -115,6 +116,7 @@ def test_training_through_the_disk_cache_equals_training_without(data, tmp_path,
     _assert_weights_equal(plain, second)
 
 
+@pytest.mark.slow
 def test_disk_cache_works_on_shards(data, tmp_path):
     pytest.importorskip("webdataset")
     from polyalign.plugins.datasets.shards import write_shards
@@ -199,6 +201,7 @@ def test_input_cache_refuses_random_loads(data, tmp_path, plugin, message):
 
 
 # --------------------------------------------------------------------------- feature cache
+@pytest.mark.slow
 def test_feature_cache_trains_and_embeds_like_the_uncached_model(data, tmp_path, capsys):
     frozen = _recipe(data, "modalities.image.encoder.freeze=true", f"cache.dir={tmp_path / 'cache'}",
                      "train.epochs=3", "eval=[{plugin: zero_shot, target: image}]")

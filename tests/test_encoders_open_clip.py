@@ -83,6 +83,7 @@ def test_text_tower_equals_open_clips_encode_text_offline(clip_folder, tmp_path,
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_named_architecture_from_a_pt_file(clip_folder, tmp_path):
     (tmp_path / "polyalign-test-tiny.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(tmp_path / "polyalign-test-tiny.json")  # as ViT-B-32 is: a name open_clip knows
@@ -98,6 +99,7 @@ def test_a_named_architecture_from_a_pt_file(clip_folder, tmp_path):
                                    rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_both_towers_and_their_adapters_keep_the_encoder_contract(clip_folder, tmp_path):
     names = _images(tmp_path)
     (tmp_path / "note.txt").write_text("a blue square", encoding="utf-8")
@@ -133,6 +135,7 @@ def _two_tower_recipe(clip_folder, *overrides):
                                  [f"modalities={{{towers}}}", "eval=[]", "model.embed_dim=16", *overrides])
 
 
+@pytest.mark.slow
 def test_head_none_has_exactly_open_clips_parameters(clip_folder):
     from polyalign.core.assemble import build_loss, build_model
     from polyalign.core.plugin_manager import default_plugins

@@ -109,6 +109,7 @@ def test_siglip_is_served_for_one_query_modality_and_refused_for_two(tmp_path_fa
     assert "SiglipLoss" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bad_index_files_are_refused_with_a_message(symile_run, bits, tmp_path, capsys, tmp_path_factory):
     good = tmp_path / "b.faiss"
     assert index(symile_run, good, bits) == 0

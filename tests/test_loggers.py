@@ -47,6 +47,7 @@ def run(tmp_path_factory):
     return polyalign.train(RECIPE, out=tmp_path_factory.mktemp("full"), overrides=OVERRIDES)
 
 
+@pytest.mark.slow
 def test_csv_holds_the_jsonl_rows(run):
     expected = jsonl_rows(run)
     got = csv_rows(run)
@@ -70,6 +71,7 @@ def test_tensorboard_events_read_back(run):
     assert tags["eval/test/zero_shot/b_from_a+c/accuracy"] == [(24, pytest.approx(accuracy, rel=1e-6))]
 
 
+@pytest.mark.slow
 def test_resume_drops_what_it_redoes(run, tmp_path):
     with pytest.raises(Crash):
         polyalign.train(RECIPE, out=tmp_path, overrides=OVERRIDES,
@@ -100,6 +102,7 @@ def documented_logger_module() -> types.ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_the_documented_third_party_logger_works(tmp_path, capsys):
     plugins = make_plugins(extra=[documented_logger_module()])
     assert "console" in plugins.registry.names("logger")

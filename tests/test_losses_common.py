@@ -186,6 +186,7 @@ def test_xor_recipes_validate_and_open_with_their_command(recipe):
     assert loaded.eval[0].options()["target"] == "b"
 
 
+@pytest.mark.slow
 def test_tiny_symile_run_trains_and_scores_with_the_multilinear_product(tmp_path, tiny_xor):
     import json
 

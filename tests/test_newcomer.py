@@ -120,6 +120,7 @@ class BrokenEvaluator:
         register("broken", build, help="fails")
 
 
+@pytest.mark.slow
 def test_a_failing_evaluator_keeps_the_others_rows_and_says_how_to_evaluate_again(tmp_path):
     plugins = make_plugins(extra=[BrokenEvaluator()])
     evals = "eval=[{plugin: broken}, {plugin: zero_shot, target: b, query: [a, c]}]"
@@ -136,6 +137,7 @@ def test_a_failing_evaluator_keeps_the_others_rows_and_says_how_to_evaluate_agai
 
 
 # ------------------------------------------------------------------ the console
+@pytest.mark.slow
 def test_epochs_count_from_one_everywhere_and_each_reaches_a_piped_log(tmp_path, capsys):
     assert main(["train", str(XOR_CLIP), *TINY, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

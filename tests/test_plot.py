@@ -76,6 +76,7 @@ def test_figure_overlays_runs_with_labelled_axes(tmp_path):
     assert evaluation.get_xlabel() == "value (fraction of queries; 1 = perfect)"
 
 
+@pytest.mark.slow
 def test_cli_plot_writes_a_png(tmp_path, capsys):
     one, two = hand_run(tmp_path / "one"), hand_run(tmp_path / "two")
     assert main(["plot", str(one)]) == 0

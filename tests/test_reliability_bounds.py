@@ -92,6 +92,7 @@ _BRACE_PARTS = st.sampled_from(["a", "-", "{1..3}", "{03..1}", "{a,b}", "{x,{1..
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_BRACE_PARTS, max_size=5))
+@pytest.mark.slow
 def test_brace_patterns_are_counted_as_braceexpand_expands_them(parts):
     from braceexpand import UnbalancedBracesError, braceexpand
 

@@ -127,6 +127,7 @@ def _kill_when(cmd: list[str], env: dict, out: Path, at_step: int) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_twice_matches_uninterrupted_run(tmp_path):
     full = polyalign.train(XOR, out=tmp_path / "full", overrides=KILL_RECIPE)
     cut_out = tmp_path / "cut"
@@ -162,6 +163,7 @@ def test_sigkill_then_resume_twice_matches_uninterrupted_run(tmp_path):
 
 
 # --------------------------------------------------------------------------- kills during a save
+@pytest.mark.slow
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, small_reference):
     real = ckpt.save_tensors
     calls = []
@@ -342,6 +344,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_run_is_refused_and_a_killed_holder_blocks_nothing(tmp_path, capsys):
     run = polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE[:5])
     before = (run / "metrics.jsonl").read_text()

@@ -80,6 +80,7 @@ def _compare(rank: int, world: int, init_file: str, result_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_fsdp_gives_the_loss_gradients_and_update_of_ddp(two_processes):
     for rank in (0, 1):
         got = torch.load(two_processes / f"rank{rank}.pt", weights_only=True)

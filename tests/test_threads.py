@@ -65,6 +65,7 @@ def test_threads_are_recorded_and_the_callers_are_given_back(tmp_path, tiny_xor)
         polyalign.load_recipe(ROOT / "polyalign" / "recipes" / "xor-clip.yaml", ["train.threads=0"])
 
 
+@pytest.mark.slow
 def test_the_command_makes_openmp_wait_passively_unless_told_otherwise():
     code = ("import os, sys; from polyalign.cli import main; code = main(['validate', 'xor-clip']); "
             "print(code, 'torch' in sys.modules, os.environ.get('OMP_WAIT_POLICY'))")
@@ -76,6 +77,7 @@ def test_the_command_makes_openmp_wait_passively_unless_told_otherwise():
         assert proc.stdout.splitlines()[-1].split() == ["0", "True", expected]
 
 
+@pytest.mark.slow
 def test_importing_the_library_changes_no_environment_variable():
     code = ("import os; before = dict(os.environ); import polyalign, polyalign.run, polyalign.inference.trained; "
             "print(sorted(set(os.environ.items()) ^ set(before.items())))")

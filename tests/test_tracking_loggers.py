@@ -72,6 +72,7 @@ def test_both_loggers_are_listed(capsys):
     assert {"wandb", "mlflow", "jsonl", "csv", "tensorboard"} <= names
 
 
+@pytest.mark.slow
 def test_wandb_offline_files_hold_config_steps_epochs_eval_table_and_plot(run):
     (logged,) = offline_runs(run)
     assert logged["id"] == json.loads((run / "wandb-run.json").read_text())["id"]
@@ -116,6 +117,7 @@ def test_mlflow_store_holds_params_steps_epochs_eval_and_plot(run):
     assert Path(tracked.info.artifact_uri.removeprefix("file://")).parent.parent.name == "mlartifacts"
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_tracked_runs_without_repeating_a_step(run, offline, store, tmp_path):
     with pytest.raises(Crash):
         polyalign.train(RECIPE, out=tmp_path, overrides=overrides(store),

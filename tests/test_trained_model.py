@@ -114,6 +114,7 @@ def test_bad_calls_say_what_to_do(run, model):
         polyalign.load(run / "eval")
 
 
+@pytest.mark.slow
 def test_export_then_load_in_a_fresh_process_gives_the_same_scores(run, model, tmp_path):
     dest = tmp_path / "exported"
     assert main(["export", str(run), str(dest)]) == 0
