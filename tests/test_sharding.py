@@ -141,6 +141,7 @@ def two_processes(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_fsdp_training_resumes_exactly_and_follows_ddp(two_processes):
     full, cut, ddp = (next((two_processes / k).iterdir()) for k in ("full", "cut", "ddp"))
     weights = {k: load_file(str(r / "checkpoints" / "last" / "model.safetensors")) for k, r in

@@ -95,6 +95,7 @@ def test_wandb_offline_files_hold_config_steps_epochs_eval_table_and_plot(run):
     assert ["zero_shot", "b", "a+c", "accuracy", pytest.approx(accuracy)] in [row[:5] for row in table["data"]]
 
 
+@pytest.mark.slow
 def test_mlflow_store_holds_params_steps_epochs_eval_and_plot(run):
     client, tracked = mlflow_run(run)
     run_id = tracked.info.run_id
