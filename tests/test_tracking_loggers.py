@@ -149,6 +149,7 @@ def test_resume_continues_the_same_tracked_runs_without_repeating_a_step(run, of
             assert got == mlflow_history(client, reference.info.run_id, key), key
 
 
+@pytest.mark.slow
 def test_mlflow_takes_the_store_from_the_environment_when_the_recipe_names_none(store, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     run = polyalign.train(RECIPE, out=tmp_path, overrides=BASE + ["train.epochs=1", "eval=[]", "logging=[mlflow]"])
