@@ -1,11 +1,11 @@
 """Training on a busy machine: the slowdown of an XOR training under N busy processes against quiet.
 
-Each measurement is a fresh Python process that trains ``recipes/xor-clip.yaml`` (reduced) with
+Each measurement is a fresh Python process that trains ``polyalign/recipes/xor-clip.yaml`` (reduced) with
 ``polyalign.train`` and reports the seconds of its training loop and the torch threads it ran
 on. An arm is a ``train.threads`` setting (``auto``: polyalign's choice; a number: that many)
-and an OpenMP wait policy: ``polyalign`` (what importing polyalign sets: passive), ``unset``
-(torch imported before polyalign, so OpenMP keeps its own default: spin a while, then sleep; as
-before polyalign set it), or ``passive``/``active`` (``OMP_WAIT_POLICY`` set for the process).
+and an OpenMP wait policy: ``polyalign`` (what the ``polyalign`` command sets: passive), ``unset``
+(OpenMP keeps its own default: spin a while, then sleep; as a Python program importing polyalign
+gets it), or ``passive``/``active`` (``OMP_WAIT_POLICY`` set for the process).
 For every repeat, each arm runs once quiet and once beside ``--busy`` processes that spin on a
 CPU each (pure Python loops, started and stopped by this script); arms and conditions are
 interleaved, and the table gives medians and the slowdown (contended / quiet).
@@ -33,8 +33,10 @@ BUSY = "while True: pass"
 def child(threads: str, steps: int) -> None:
     """Train once in this process and print ``{"seconds", "threads"}`` as JSON."""
     if os.environ.get("CONTENTION_IMPORT") == "polyalign-first":
-        import polyalign  # sets OMP_WAIT_POLICY (passive) before torch loads OpenMP
-    import torch  # otherwise first: OpenMP keeps its own wait policy (or the one set in the environment)
+        from polyalign.openmp_wait import wait_passively
+
+        wait_passively()  # as the `polyalign` command does, before torch loads OpenMP
+    import torch  # otherwise OpenMP keeps its own wait policy (or the one set in the environment)
     import yaml
 
     import polyalign
@@ -55,7 +57,7 @@ def child(threads: str, steps: int) -> None:
                  "data.n_val=256", "data.n_test=256", "train.batch_size=256", "model.embed_dim=64",
                  "train.log_every=50", "eval=[]", *[f"modalities.{m}.encoder.hidden=[128]" for m in "abc"]]
     with tempfile.TemporaryDirectory() as tmp:
-        run = polyalign.train(ROOT / "recipes" / "xor-clip.yaml", out=tmp, overrides=overrides,
+        run = polyalign.train(ROOT / "polyalign" / "recipes" / "xor-clip.yaml", out=tmp, overrides=overrides,
                               plugins=make_plugins(extra=[LoopClock()]))
         chosen = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8"))["train"]["threads"]
     print(json.dumps({"seconds": LoopClock.end - LoopClock.start, "threads": chosen,

@@ -1,6 +1,6 @@
 """The data pipeline: samples/s per epoch and peak memory, polyalign against a pre-decoded floor.
 
-Speed: the demo model's recipe (``recipes/demo-multimodal.yaml``: PNG image, text, WAV audio and
+Speed: the demo model's recipe (``polyalign/recipes/demo-multimodal.yaml``: PNG image, text, WAV audio and
 .npy ECG towers; CLIP) on ``polyalign demo-data`` files scaled up, batch 128, two epochs, read
 
 * from the manifest with 0 and 2 DataLoader workers (``train.num_workers``),
@@ -55,7 +55,7 @@ from polyalign.training.optim import build_optimizer
 from polyalign.training.state import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "recipes" / "demo-multimodal.yaml"
+DEMO = ROOT / "polyalign" / "recipes" / "demo-multimodal.yaml"
 RESULTS = Path(__file__).resolve().parent / "results" / "data.json"
 BATCH = 128
 SHARD_SIZE = 128
@@ -213,7 +213,7 @@ def peak_rss(data: list[str], work: Path) -> float:
     recipe = ["modalities={v: {encoder: {plugin: vector, hidden: [16]}}, t: {encoder: {plugin: byte_text, dim: 16, "
               "layers: 1, heads: 2, max_length: 32}}}", "loss={plugin: clip}", "eval=[]", "logging=[]",
               "train.max_steps=2", "train.batch_size=256", "train.num_workers=0", *data]
-    cmd = [sys.executable, "-c", RSS_SCRIPT, "train", str(ROOT / "recipes" / "xor-clip.yaml"), *recipe,
+    cmd = [sys.executable, "-c", RSS_SCRIPT, "train", str(ROOT / "polyalign" / "recipes" / "xor-clip.yaml"), *recipe,
            "--out", str(work / "runs")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)

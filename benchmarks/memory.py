@@ -40,7 +40,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "demo-multimodal.yaml"
+RECIPE = ROOT / "polyalign" / "recipes" / "demo-multimodal.yaml"
 RESULTS = Path(__file__).resolve().parent / "results" / "memory.json"
 MODES = ("micro-batch", "one batch", "window", "window + ckpt")
 LOSSES = {"clip": {"plugin": "clip"}, "symile n": {"plugin": "symile", "negatives": "n"}}

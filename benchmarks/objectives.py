@@ -8,10 +8,10 @@
 The three sets, each a shipped recipe with only the loss replaced (and the overrides below), every
 objective scored with the loss's own rule:
 
-- ``xor`` (joint information only): the Symile paper's XOR (recipes/xor-symile.yaml, d_v = 5,
+- ``xor`` (joint information only): the Symile paper's XOR (polyalign/recipes/xor-symile.yaml, d_v = 5,
   p̂ = 1): predict b from (a, c) among the 32 distinct b vectors. Pairwise objectives stay at
   chance (0.031).
-- ``digits`` (redundant information, M = 6): recipes/digit-views.yaml, six feature families of
+- ``digits`` (redundant information, M = 6): polyalign/recipes/digit-views.yaml, six feature families of
   scikit-learn's bundled 8 x 8 digits (pixels, zones, profiles, gradients, DCT, moments: see
   polyalign/plugins/datasets/digit_views.py for where each comes from); retrieve each view of a
   test image from its five other views among the 300 test images (chance 0.003), mean over the six.
@@ -45,10 +45,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "objectives.json"
 COSTS = ROOT / "benchmarks" / "results" / "objective_costs.json"
 
 SETS = {  # name -> (recipe, overrides, what the cell measures)
-    "xor": ("recipes/xor-symile.yaml", ["data.n_train=4000", "train.batch_size=64"],
+    "xor": ("polyalign/recipes/xor-symile.yaml", ["data.n_train=4000", "train.batch_size=64"],
             "b from (a, c), 32 candidates"),
-    "digits": ("recipes/digit-views.yaml", [], "each view from the other 5, 300 candidates, mean of 6"),
-    "mixed": ("recipes/xor-symile.yaml", ["data.n_train=4000", "train.batch_size=64", "data.d_v=3",
+    "digits": ("polyalign/recipes/digit-views.yaml", [], "each view from the other 5, 300 candidates, mean of 6"),
+    "mixed": ("polyalign/recipes/xor-symile.yaml", ["data.n_train=4000", "train.batch_size=64", "data.d_v=3",
                                           "data.d_shared=3"], "b from (a, c), 64 candidates"),
 }
 

@@ -54,10 +54,10 @@ def make_exports(folder: Path) -> tuple[Path, Path, Path]:
     """The demo model (its recipe's architecture, trained one short epoch: speed, not quality, is
     measured) and an xor-clip model, exported; and the demo data folder."""
     data = folder / "data"
-    demo = polyalign.train(ROOT / "recipes" / "demo-multimodal.yaml", out=folder / "runs",
+    demo = polyalign.train(ROOT / "polyalign" / "recipes" / "demo-multimodal.yaml", out=folder / "runs",
                            overrides=["data.n_train=64", "data.n_val=16", "data.n_test=200", "train.epochs=1",
                                       "eval=[]", f"data.path={data}"])
-    xor = polyalign.train(ROOT / "recipes" / "xor-clip.yaml", out=folder / "runs",
+    xor = polyalign.train(ROOT / "polyalign" / "recipes" / "xor-clip.yaml", out=folder / "runs",
                           overrides=["data.n_train=512", "data.n_val=64", "data.n_test=64", "train.epochs=1",
                                      "eval=[]"])
     return export_model(demo, folder / "demo"), export_model(xor, folder / "xor"), data

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "startup.json"
-COMMANDS = [["--help"], ["recipes"], ["plugins"], ["validate", "recipes/xor-symile.yaml"]]
+COMMANDS = [["--help"], ["recipes"], ["plugins"], ["validate", "xor-symile"]]
 IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 

@@ -25,7 +25,7 @@ from polyalign.core.plugin_manager import make_plugins
 from polyalign.training.optim import build_optimizer
 from polyalign.training.state import seed_everything
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-clip.yaml"
 RESULTS = Path(__file__).resolve().parent / "results" / "trainer.json"
 
 

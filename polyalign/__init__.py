@@ -5,7 +5,6 @@ from __future__ import annotations
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
-import polyalign.openmp_wait  # noqa: F401 - before the first import of torch
 from polyalign.core.hookspecs import hookimpl
 
 if TYPE_CHECKING:

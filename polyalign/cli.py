@@ -18,6 +18,7 @@ from rich.table import Table
 
 from polyalign.core.errors import Notice, PolyalignError, shown
 from polyalign.files.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
+from polyalign.openmp_wait import wait_passively
 
 err = Console(stderr=True, highlight=False)
 # Piped (a log, a notebook cell), rich would assume 80 columns and wrap table cells mid-word; 160 fits the
@@ -864,6 +865,7 @@ def _as_error(exc: BaseException) -> tuple[PolyalignError, int]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one message and exit 2, bugs exit 1 (with ``--debug`` or
     ``POLYALIGN_DEBUG=1`` the full traceback is printed first)."""
+    wait_passively()  # before anything imports torch: OpenMP reads the policy once
     args = parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("POLYALIGN_DEBUG", "") not in ("", "0")
     if args.command == "train" and args.recipe and "=" in args.recipe and not Path(args.recipe).exists():

@@ -1,21 +1,21 @@
-"""The recipes shipped in the repository's ``recipes/`` folder."""
+"""The recipes shipped inside the package (``polyalign/recipes/*.yaml``, package data of the wheel)."""
 
 from __future__ import annotations
 
 import difflib
+from importlib.resources import files
 from pathlib import Path
 
 from polyalign.core.errors import PolyalignError
 from polyalign.files.yaml_file import YamlError, parse_yaml
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-
 
 def shipped_recipes() -> dict[str, Path]:
-    """Name -> path of every shipped recipe (empty if the folder is not there)."""
-    if not RECIPES_DIR.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+    """Name -> path of every shipped recipe, as installed with the package."""
+    # An installed polyalign is a folder on disk (its wheel is not zip-safe), so each resource is a file path.
+    folder = files("polyalign") / "recipes"
+    return {entry.name.removesuffix(".yaml"): Path(str(entry))
+            for entry in sorted(folder.iterdir(), key=lambda e: e.name) if entry.name.endswith(".yaml")}
 
 
 def recipe_summary(path: Path) -> tuple[str, str]:

@@ -4,11 +4,11 @@
 # GPUs when there are two); print samples/s, peak GPU memory and the loss at start and end of
 # each; exit non-zero if a setting fails or its loss did not fall. Then the peer benchmark
 # (benchmarks/peer_open_clip.py: polyalign against open_clip's own trainer) on CUDA, bf16 and fp32.
-#   scripts/gpu_check.sh [RECIPE] [STEPS]      (default: recipes/xor-symile.yaml, 300 steps)
+#   scripts/gpu_check.sh [RECIPE] [STEPS]      (default: polyalign/recipes/xor-symile.yaml, 300 steps)
 #   PEER_ARGS="--pairs 3 --n 1024" scripts/gpu_check.sh   (options of the peer benchmark; default: its own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RECIPE=${1:-recipes/xor-symile.yaml}
+RECIPE=${1:-polyalign/recipes/xor-symile.yaml}
 STEPS=${2:-300}
 python - "$RECIPE" "$STEPS" <<'PY'
 import json, os, subprocess, sys, tempfile, time

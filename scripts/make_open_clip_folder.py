@@ -1,4 +1,4 @@
-"""Write a small open_clip model folder with random weights (what recipes/demo-open-clip-lora.yaml loads).
+"""Write a small open_clip model folder with random weights (what the demo-open-clip-lora recipe loads).
 
     python scripts/make_open_clip_folder.py models/tiny-open-clip
 

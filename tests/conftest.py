@@ -8,7 +8,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "recipes"
+RECIPES = ROOT / "polyalign" / "recipes"
 
 # Tiny models train fastest on one intra-op thread (and a second core stays free for subprocesses).
 torch.set_num_threads(1)

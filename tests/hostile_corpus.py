@@ -24,7 +24,7 @@ import yaml
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "train.batch_size=32", "train.epochs=1"]
 
 

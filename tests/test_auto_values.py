@@ -14,7 +14,7 @@ from polyalign.cli import main
 from polyalign.core.device import resolved_precision
 from polyalign.training.threads import auto_threads
 
-XOR = Path(__file__).resolve().parents[1] / "recipes" / "xor-symile.yaml"
+XOR = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-symile.yaml"
 # 2 steps of 512: 512^3 logits a batch is above Symile's 2^24, so its negatives: auto trains per_modality
 TINY = ["data.n_train=1024", "data.n_val=64", "data.n_test=64", "train.batch_size=512", "train.epochs=1",
         "train.warmup_steps=0", "logging=[]", "loss.negatives=auto"]

@@ -25,7 +25,7 @@ from polyalign.training.distributed import DistInfo
 from polyalign.training.input_cache import value_key
 from polyalign.training.loop import Trainer
 
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 
 
 def _image(path: Path, seed: int, size: int = 8) -> None:
@@ -104,6 +104,7 @@ def test_disk_cache_is_reused_and_invalidated_by_a_file_or_an_option(data, tmp_p
     assert {f.modality: f.computed for f in frozen} == {"image": 0, "v": 0}  # not a load option: reused
 
 
+@pytest.mark.slow
 def test_training_through_the_disk_cache_equals_training_without(data, tmp_path, decodes):
     plain = polyalign.train(XOR, out=tmp_path / "plain", overrides=_recipe(data))
     cached = _recipe(data, "cache.inputs=disk", f"cache.dir={tmp_path / 'cache'}")
@@ -115,6 +116,7 @@ def test_training_through_the_disk_cache_equals_training_without(data, tmp_path,
     _assert_weights_equal(plain, second)
 
 
+@pytest.mark.slow
 def test_disk_cache_works_on_shards(data, tmp_path):
     pytest.importorskip("webdataset")
     from polyalign.plugins.datasets.shards import write_shards
@@ -132,6 +134,7 @@ def test_disk_cache_works_on_shards(data, tmp_path):
 
 
 # --------------------------------------------------------------------------- input cache in memory
+@pytest.mark.slow
 def test_memory_cache_with_a_worker_trains_like_no_cache(data, tmp_path):
     plain = polyalign.train(XOR, out=tmp_path / "plain", overrides=_recipe(data, "train.num_workers=1"))
     recipe = polyalign.load_recipe(XOR, _recipe(data, "cache.inputs=memory", "train.num_workers=1",
@@ -216,6 +219,7 @@ def test_input_cache_refuses_random_decodes(data, tmp_path, plugin, message):
 
 
 # --------------------------------------------------------------------------- feature cache
+@pytest.mark.slow
 def test_feature_cache_trains_and_embeds_like_the_uncached_model(data, tmp_path, capsys):
     frozen = _recipe(data, "modalities.image.encoder.freeze=true", f"cache.dir={tmp_path / 'cache'}",
                      "train.epochs=3", "eval=[{plugin: zero_shot, target: image}]")
@@ -256,6 +260,7 @@ def test_feature_cache_needs_a_frozen_encoder(data, tmp_path):
 
 
 # --------------------------------------------------------------------------- random transforms stay reproducible
+@pytest.mark.slow
 def test_augmentation_does_not_depend_on_workers_cache_or_resume(data, tmp_path):
     """Each batch draws its random crops from a seed of (run seed, epoch, batch), whichever
     process loads it, from a cache or not, before or after a resume."""

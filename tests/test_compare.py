@@ -16,7 +16,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.evaluation.compare import compare_runs, load_run
 from polyalign.evaluation.report_table import cell_text
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "polyalign" / "recipes"
 TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.batch_size=64", "train.epochs=1",
         "train.warmup_steps=0", "eval=[{plugin: missing_modality, targets: [b], rates: [0.0, 0.5], resamples: 30}]"]
 
@@ -31,6 +31,7 @@ def two_runs(tmp_path_factory):
     return full, holes
 
 
+@pytest.mark.slow
 def test_compare_aligns_rows_and_writes_table_and_plot(two_runs, tmp_path):
     full, holes = two_runs
     result = compare_runs([full, holes], tmp_path / "cmp")
@@ -50,6 +51,7 @@ def test_compare_aligns_rows_and_writes_table_and_plot(two_runs, tmp_path):
         assert img.format == "PNG" and img.size[0] > 700 and img.size[1] > 500
 
 
+@pytest.mark.slow
 def test_compare_cli_prints_the_table_and_filters_metrics(two_runs, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli.out, "width", 200)
@@ -62,6 +64,7 @@ def test_compare_cli_prints_the_table_and_filters_metrics(two_runs, tmp_path, ca
     assert (tmp_path / "compare.png").is_file()
 
 
+@pytest.mark.slow
 def test_same_recipe_twice_gets_distinct_columns(two_runs, tmp_path):
     result = compare_runs([two_runs[0], two_runs[0]], tmp_path)
     assert result.header[-2:] == ["xor-clip (clip) #1", "xor-clip (clip) #2"]
@@ -80,6 +83,7 @@ def test_compare_errors_say_what_to_do(two_runs, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_runs_without_a_report_are_skipped_with_the_reason(two_runs, tmp_path, capsys, monkeypatch):
     """A run stopped before its first checkpoint (only recipe.yaml) is left out of the comparison, saying
     why and what to do, instead of sending the user to `eval` and from there to `train --resume`."""

@@ -45,6 +45,7 @@ def test_student_t_quantiles_match_the_tables_and_the_interval_is_mean_plus_minu
     assert "ci_low" not in mean_interval([0.3])  # one run: a mean, no interval
 
 
+@pytest.mark.slow
 def test_a_folder_per_configuration_is_aggregated_into_one_line_each(tmp_path, capsys):
     for seed, acc in enumerate((0.5, 0.6, 0.7)):
         _run(tmp_path / "symile", seed, acc, [1] * N)
@@ -69,6 +70,7 @@ def test_a_folder_per_configuration_is_aggregated_into_one_line_each(tmp_path, c
     assert "0.600" in printed and "0.352" in printed  # (the table wraps on a narrow terminal)
 
 
+@pytest.mark.slow
 def test_paired_test_finds_a_real_difference_and_not_a_made_up_one(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for seed in range(3):

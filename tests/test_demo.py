@@ -71,6 +71,7 @@ def test_plugin_generates_once_into_the_cache(tmp_path, monkeypatch):
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temporary left
 
 
+@pytest.mark.slow
 def test_demo_recipe_trains_and_loss_falls(tmp_path):
     probe = "eval.7"  # the linear probe, on fewer feature sets and values of C than the recipe's
     assert polyalign.load_recipe(RECIPES / "demo-multimodal.yaml").eval[7].plugin == "linear_probe"

@@ -20,6 +20,7 @@ from polyalign.core.plugin_manager import default_plugins
 from polyalign.training.distributed import all_reduce_mean_grads, gather_batch
 from polyalign.training.run_lock import lock_run_dir
 
+pytestmark = pytest.mark.slow  # processes started and joined over gloo, torchrun
 MODALITIES = ["a", "b", "c"]
 BATCH, DIM = 8, 6
 

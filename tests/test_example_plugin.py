@@ -14,9 +14,9 @@ import inspect
 import json
 import runpy
 import sys
+import tomllib
 
 import pytest
-import tomllib
 from conftest import ROOT
 
 import polyalign
@@ -68,6 +68,7 @@ def test_the_example_package_tests_pass(imu_installed, tmp_path, file, name):
     test(**{"tmp_path": tmp_path} if "tmp_path" in inspect.signature(test).parameters else {})
 
 
+@pytest.mark.slow
 def test_recipe_trains_imu_with_a_builtin_modality(imu_installed, tmp_path):
     make_data = runpy.run_path(str(EXAMPLE / "make_data.py"))
     data = make_data["write_toy_data"](tmp_path / "data", n_train=48, n_val=16, n_test=16)

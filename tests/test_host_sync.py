@@ -21,7 +21,7 @@ from polyalign.training.loop import Trainer
 from polyalign.training.step import NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 # 16 steps of 16 rows in one epoch
 TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.epochs=1", "train.warmup_steps=0",
         "train.batch_size=16", "modalities.a.encoder.hidden=[8]", "eval=[]"]
@@ -62,6 +62,7 @@ def _rows(run: Path) -> list[dict]:
 
 @pytest.mark.parametrize("loss", ["{plugin: clip}", "{plugin: symile, negatives: n_squared}",
                                   "[{plugin: siglip}, {plugin: align_uniform, weight: 0.1}]"])
+@pytest.mark.slow
 def test_no_value_is_read_back_from_the_device_between_checks(tmp_path, monkeypatch, loss):
     """No .item(), float() or .tolist() on a tensor between checks (the CPU stands in for CUDA)."""
     reads: list[str] = []
@@ -112,6 +113,7 @@ def test_a_bad_step_between_checks_stops_the_run_naming_it(tmp_path):
     assert "no checkpoint had been written yet" in msg
 
 
+@pytest.mark.slow
 def test_skipped_steps_between_checks_are_renumbered_and_counted(tmp_path):
     run = polyalign.train(XOR, out=tmp_path, overrides=TINY + ["loss={plugin: nan_at, nan_at: [3, 6]}",
                                                                "train.log_every=4", "train.on_nan=skip"],

@@ -18,7 +18,7 @@ from polyalign.inference.vector_index import IndexOptions, build_index, recall_a
 
 faiss = pytest.importorskip("faiss")
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "polyalign" / "recipes"
 TINY = ["data.n_train=512", "data.n_val=0", "data.n_test=128", "train.batch_size=64", "train.epochs=2",
         "train.warmup_steps=0", "eval=[]"]
 ALL_BITS = np.array(list(itertools.product([0, 1], repeat=5)), dtype=np.float32)
@@ -110,6 +110,7 @@ def test_siglip_is_served_for_one_query_modality_and_refused_for_two(tmp_path_fa
     assert "SiglipLoss" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bad_index_files_are_refused_with_a_message(symile_run, bits, tmp_path, capsys, tmp_path_factory):
     good = tmp_path / "b.faiss"
     assert index(symile_run, good, bits) == 0

@@ -188,6 +188,7 @@ def test_frozen_and_locked_parameters_are_not_optimised():
     assert trained == {f"encoders.a.{n}" for n in last}
 
 
+@pytest.mark.slow
 def test_training_moves_only_unlocked_layers_at_their_rates(tmp_path):
     """End to end: AdamW's first step moves each trained parameter by lr * |g| / (|g| + eps) (no weight decay,
     constant schedule), so the largest move in a group is its lr; locked layers and their batch-norm

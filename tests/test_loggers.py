@@ -15,7 +15,7 @@ import polyalign
 from polyalign.core.errors import PolyalignError
 from polyalign.core.plugin_manager import make_plugins
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-clip.yaml"
 OVERRIDES = ["data.n_train=512", "data.n_val=128", "data.n_test=128", "train.batch_size=64",
              "train.epochs=3", "train.warmup_steps=0", "train.log_every=2",
              "logging=[jsonl, csv, tensorboard]"]
@@ -47,6 +47,7 @@ def run(tmp_path_factory):
     return polyalign.train(RECIPE, out=tmp_path_factory.mktemp("full"), overrides=OVERRIDES)
 
 
+@pytest.mark.slow
 def test_csv_holds_the_jsonl_rows(run):
     expected = jsonl_rows(run)
     got = csv_rows(run)
@@ -70,6 +71,7 @@ def test_tensorboard_events_read_back(run):
     assert tags["eval/test/zero_shot/b_from_a+c/accuracy"] == [(24, pytest.approx(accuracy, rel=1e-6))]
 
 
+@pytest.mark.slow
 def test_resume_drops_what_it_redoes(run, tmp_path):
     with pytest.raises(Crash):
         polyalign.train(RECIPE, out=tmp_path, overrides=OVERRIDES,
@@ -100,6 +102,7 @@ def documented_logger_module() -> types.ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_the_documented_third_party_logger_works(tmp_path, capsys):
     plugins = make_plugins(extra=[documented_logger_module()])
     assert "console" in plugins.registry.names("logger")

@@ -57,6 +57,7 @@ def _build(plugin, options, seed=0):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_only_adapters_train_and_the_merge_is_the_adapted_model(case, folders):
     plugin, options, make_input, targets = CASES[case]
     options = options(folders)

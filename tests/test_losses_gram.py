@@ -147,5 +147,6 @@ def test_per_modality_is_the_mean_over_every_anchor_of_brute_force_determinants(
 
 @pytest.mark.parametrize("options", [{"anchor": "b", "label_smoothing": 0.1}, {"chunk_size": 3},
                                      {"negatives": "per_modality"}])
+@pytest.mark.slow
 def test_gram_options_keep_the_loss_contract(options):
     check_loss("gram", **options)

@@ -93,5 +93,6 @@ def test_finite_at_small_temperature_with_eight_modalities_in_float32(name):
 
 
 @pytest.mark.parametrize("name", ["mv_infonce", "mv_dhel"])
+@pytest.mark.slow
 def test_multiview_losses_keep_the_loss_contract_chunked(name):
     check_loss(name, chunk_size=3, modality_counts=[2, 3, 4, 5, 8])

@@ -129,6 +129,7 @@ def test_score_is_the_product_of_queries_against_candidates():
     assert torch.allclose(scores[2, 4], (a[2] * c[2] * cand[4]).sum())
 
 
+@pytest.mark.slow
 def test_symile_options_keep_the_loss_contract():
     check_loss("symile", scale="dim", negatives="n_squared", chunk_size=5)
     # n negatives are random banks drawn in modality order: every property but that order holds

@@ -165,6 +165,7 @@ def test_bad_input_names_manifest_row_and_file(folder, tmp_path, kind):
     assert f"modality {modality!r}" in message and file in message
 
 
+@pytest.mark.slow
 def test_skip_leaves_bad_rows_out_and_reports_them(folder, tmp_path, capsys):
     _break(folder, "corrupt image")
     recipe = _recipe(tmp_path, {"plugin": "manifest", "path": str(folder), "on_error": "skip"},
@@ -206,6 +207,7 @@ def test_manifest_file_errors(tmp_path):
         polyalign.build("dataset", "manifest", path=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_check_data_builds_every_plugin_and_embeds_the_first_rows(folder, tmp_path, capsys):
     recipe = _recipe(tmp_path, {"plugin": "manifest", "path": str(folder)})
     lines = check_data(recipe)

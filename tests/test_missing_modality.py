@@ -29,7 +29,7 @@ from polyalign.plugins.evaluators.missing_modality import (
 from polyalign.plugins.evaluators.zero_shot import ZeroShot, ZeroShotConfig
 from polyalign.plugins.losses.clip import ClipLoss
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "polyalign" / "recipes"
 
 # ---------------------------------------------------------------- a hand-made model
 
@@ -310,6 +310,7 @@ def _holey_recipe(strategy: str, train_rate: dict | None = None, data: str = "ho
 
 
 @pytest.mark.parametrize("strategy", ["drop", "learned"])
+@pytest.mark.slow
 def test_samples_with_holes_train_without_being_dropped(tmp_path, strategy):
     plugins = make_plugins(extra=[TestPlugins()])
     recipe = validate_recipe(_holey_recipe(strategy), plugins=plugins)
@@ -358,6 +359,7 @@ def test_train_rate_drops_only_that_modality_and_only_in_training(tmp_path):
 # ---------------------------------------------------------------- polyalign eval
 
 
+@pytest.mark.slow
 def test_polyalign_eval_writes_json_markdown_and_both_plots(tmp_path, tiny_xor, capsys):
     run = polyalign.train(RECIPES / "xor-clip.yaml", out=tmp_path, overrides=tiny_xor + ["train.epochs=1"])
     eval_dir = run / "eval"
@@ -394,6 +396,7 @@ def _has_loss(name: str) -> bool:
 
 
 @pytest.mark.skipif(not _has_loss("symile"), reason="the symile loss plugin is not registered yet")
+@pytest.mark.slow
 def test_symile_predicts_b_from_a_and_c_jointly_and_from_either_alone_at_chance(tmp_path):
     run = polyalign.train(RECIPES / "xor-symile-missing.yaml", out=tmp_path,
                           overrides=["data.n_train=3000", "data.n_val=100", "data.n_test=500", "train.epochs=8",

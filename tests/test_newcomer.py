@@ -28,7 +28,7 @@ from polyalign.files.yaml_file import read_yaml
 from polyalign.shipped import recipe_summary, shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR_CLIP = ROOT / "recipes" / "xor-clip.yaml"
+XOR_CLIP = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=512", "data.n_val=128", "data.n_test=128", "train.batch_size=64", "train.epochs=2",
         "train.warmup_steps=0", "train.log_every=2"]
 
@@ -130,6 +130,7 @@ class BrokenEvaluator:
         register(Broken)
 
 
+@pytest.mark.slow
 def test_a_failing_evaluator_keeps_the_others_rows_and_says_how_to_evaluate_again(tmp_path):
     plugins = make_plugins(extra=[BrokenEvaluator()])
     evals = "eval=[{plugin: broken}, {plugin: zero_shot, target: b, query: [a, c]}]"
@@ -146,6 +147,7 @@ def test_a_failing_evaluator_keeps_the_others_rows_and_says_how_to_evaluate_agai
 
 
 # ------------------------------------------------------------------ the console
+@pytest.mark.slow
 def test_epochs_count_from_one_everywhere_and_each_reaches_a_piped_log(tmp_path, capsys):
     assert main(["train", str(XOR_CLIP), *TINY, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -19,6 +19,7 @@ from polyalign.plugins.encoders.vector import VectorEncoder
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+pytestmark = pytest.mark.slow  # torch.onnx.export of each tower, then onnxruntime
 
 
 def onnx_embeddings(folder: Path, model, modality: str, values: list, root: Path) -> np.ndarray:

@@ -13,7 +13,7 @@ from polyalign.cli import main
 from polyalign.core.errors import PolyalignError
 from polyalign.evaluation.training_plots import plot_runs, read_run, training_figure
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=512", "data.n_val=128", "data.n_test=128", "train.batch_size=64",
         "train.epochs=2", "train.warmup_steps=0", "train.log_every=2"]
 
@@ -76,6 +76,7 @@ def test_figure_overlays_runs_with_labelled_axes(tmp_path):
     assert evaluation.get_xlabel() == "value (fraction of queries; 1 = perfect)"
 
 
+@pytest.mark.slow
 def test_cli_plot_writes_a_png(tmp_path, capsys):
     one, two = hand_run(tmp_path / "one"), hand_run(tmp_path / "two")
     assert main(["plot", str(one)]) == 0

@@ -133,6 +133,7 @@ def _plugins_json(env_extra: dict[str, str]) -> dict:
     return json.loads(res.stdout)
 
 
+@pytest.mark.slow
 def test_entry_point_plugin_is_discovered_and_can_be_switched_off(tmp_path):
     _fake_distribution(tmp_path, "polyalign-cubes", "polyalign_cubes", """
         import polyalign

@@ -19,7 +19,7 @@ from polyalign.training.optim import build_optimizer
 from polyalign.training.step import Stepper
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.epochs=1", "eval=[]"]
 
 

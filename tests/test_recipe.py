@@ -84,6 +84,7 @@ def test_weighted_loss_list(xor_clip):
     assert [n.weight for n in recipe.losses] == [0.5, 2.0]
 
 
+@pytest.mark.slow
 def test_cli_bad_recipe_prints_message_not_traceback(tmp_path, xor_clip):
     bad = tmp_path / "bad.yaml"
     bad.write_text(xor_clip.read_text().replace("plugin: clip", "plugin: clipp").replace("d_v: 5", "d_v: many"))

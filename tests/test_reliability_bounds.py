@@ -25,7 +25,7 @@ from polyalign.training.feature_cache import FeatureLookup
 from polyalign.training.input_cache import value_key
 from polyalign.training.tensor_store import TensorStore
 
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 
 
 def test_every_json_polyalign_reads_goes_through_the_bounded_reader():
@@ -55,6 +55,7 @@ def _depth(value) -> int:
 
 @settings(max_examples=300, deadline=None)
 @given(_JSON)
+@pytest.mark.slow
 def test_nesting_is_counted_as_deep_as_the_tree(value):
     """Brackets inside strings (and escaped quotes) do not count."""
     assert nesting(json.loads(json.dumps(value))) == _depth(value)
@@ -91,6 +92,7 @@ _BRACE_PARTS = st.sampled_from(["a", "-", "{1..3}", "{03..1}", "{a,b}", "{x,{1..
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_BRACE_PARTS, max_size=5))
+@pytest.mark.slow
 def test_brace_patterns_are_counted_as_braceexpand_expands_them(parts):
     from braceexpand import UnbalancedBracesError, braceexpand
 

@@ -21,7 +21,7 @@ from conftest import ROOT, TINY_XOR
 
 from polyalign.cli import main
 
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 
 
 class Hang(BaseException):

@@ -29,7 +29,7 @@ from polyalign.inference.embeddings_file import FORMAT, read_embeddings
 from polyalign.inference.export import export_model
 from polyalign.inference.model_card import read_card
 
-XOR = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
+XOR = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "train.batch_size=32", "train.epochs=1"]
 BITS = np.eye(5, dtype=np.float32)
 
@@ -69,6 +69,7 @@ def test_a_nan_or_infinite_query_is_refused_not_ranked(bad, model):
     st.one_of(st.floats(), st.integers(-10 ** 30, 10 ** 30), st.text(max_size=5), st.none(), st.booleans()),
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=20).map(lambda v: json.dumps(v, allow_nan=True))))
+@pytest.mark.slow
 def test_any_query_value_is_ranked_or_refused_with_one_message(value, run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("q")
     np.save(folder / "bits.npy", BITS)

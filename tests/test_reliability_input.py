@@ -25,7 +25,7 @@ from polyalign.files.yaml_file import MAX_EXPANDED_CHARS, MAX_NODES, MAX_TEXT_CH
 from polyalign.shipped import shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=128", "data.n_val=32", "data.n_test=32", "train.batch_size=32", "train.epochs=1"]
 
 
@@ -254,6 +254,7 @@ def test_every_yaml_reader_refuses_an_alias_bomb(where, tmp_path, capsys):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(length=st.integers(1, 50_000), copies=st.integers(1, 400), where=st.sampled_from(
     ["logging", "loss.plugin", "train", "modalities", "eval.0.target"]))
+@pytest.mark.slow
 def test_error_messages_are_bounded_whatever_is_echoed(length, copies, where, capsys):
     """A long value, or many of them, echoed in an error never makes it longer than MAX_MESSAGE_CHARS."""
     value = "v" * length
@@ -442,6 +443,7 @@ def mutated_recipes(draw) -> str:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(text=st.one_of(mutated_recipes(), mutated_recipes(), st.text(max_size=300)))
+@pytest.mark.slow
 def test_random_yaml_validates_or_fails_clearly(text, tmp_path_factory):
     recipe = tmp_path_factory.mktemp("fuzz") / "r.yaml"
     recipe.write_bytes(text.encode("utf-8", errors="surrogatepass"))
@@ -541,6 +543,7 @@ _RAW_VALUES = st.one_of(st.text(max_size=20), st.sampled_from(
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(overrides=st.lists(st.one_of(st.tuples(_KEYS, _RAW_VALUES).map("=".join), st.text(max_size=10)),
                           min_size=1, max_size=3))
+@pytest.mark.slow
 def test_random_overrides_validate_or_fail_clearly(overrides):
     import contextlib
     import io

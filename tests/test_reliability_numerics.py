@@ -29,7 +29,7 @@ from polyalign.plugins.losses.symile import mip_multiplier
 from polyalign.training.step import NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 # 8 steps per epoch, 16 in all
 TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.batch_size=32", "train.epochs=2",
         "train.warmup_steps=0", "train.log_every=1", "train.checkpoint_every=2", "train.keep_last=1"]
@@ -187,6 +187,7 @@ def test_nan_in_validation_says_so(tmp_path, plugins):
         _train(tmp_path, plugins, "loss={plugin: faulty_clip, nan_in_eval: true}")
 
 
+@pytest.mark.slow
 def test_skip_drops_bad_steps_up_to_the_limit(tmp_path, plugins):
     run = _train(tmp_path, plugins, "loss={plugin: faulty_clip, nan_at: [3, 10], grad_nan_at: [6]}",
                  "train.on_nan=skip", "train.max_nan_skips=3")
@@ -250,6 +251,7 @@ def test_symile_scale_dim_puts_the_floor_on_the_scaled_logits():
 
 
 @pytest.mark.parametrize("loss", ["clip", "dcl", "siglip", "symile"])
+@pytest.mark.slow
 def test_a_diverging_learning_rate_cannot_throw_the_temperature_out_of_bounds(loss, tmp_path):
     """train.lr=100 used to drive 1/τ to 0 (clip/dcl: ZeroDivisionError in a metric, also with on_nan: skip)
     or τ to 1.5e11 at lr=10; now the run ends and every logged temperature is within [0.01, 1]."""

@@ -21,7 +21,7 @@ from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=128", "data.n_val=32", "data.n_test=32", "train.batch_size=32", "train.epochs=1"]
 
 

@@ -34,7 +34,7 @@ from polyalign.training.run_dir import RESUMABLE, changed_keys
 from polyalign.training.run_lock import RunBusyError, lock_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 # 16 batches of 32 per epoch, 2 batches per step: 8 steps per epoch, 16 in all
 KILL_RECIPE = ["data.n_train=512", "data.n_val=64", "data.n_test=64", "train.batch_size=32",
                "train.accumulate=2", "train.epochs=2", "train.warmup_steps=3", "train.log_every=1",
@@ -127,6 +127,7 @@ def _kill_when(cmd: list[str], env: dict, out: Path, at_step: int) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_twice_matches_uninterrupted_run(tmp_path):
     full = polyalign.train(XOR, out=tmp_path / "full", overrides=KILL_RECIPE)
     cut_out = tmp_path / "cut"
@@ -162,6 +163,7 @@ def test_sigkill_then_resume_twice_matches_uninterrupted_run(tmp_path):
 
 
 # --------------------------------------------------------------------------- kills during a save
+@pytest.mark.slow
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, small_reference):
     real = ckpt.save_tensors
     calls = []
@@ -342,6 +344,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_run_is_refused_and_a_killed_holder_blocks_nothing(tmp_path, capsys):
     run = polyalign.train(XOR, out=tmp_path, overrides=SMALL_RECIPE[:5])
     before = (run / "metrics.jsonl").read_text()

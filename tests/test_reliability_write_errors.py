@@ -21,7 +21,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.files.atomic import save_tensors
 from polyalign.training.tensor_store import TensorStore
 
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 ENOSPC_TEXT = "Error while serializing: I/O error: No space left on device (os error 28)"  # safetensors' words
 
 

@@ -23,7 +23,7 @@ from polyalign.plugins.datasets.shards import write_shards
 from polyalign.training.cache_fill import fill_caches
 from polyalign.training.input_cache import value_key
 
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "train.batch_size=32", "train.epochs=1", "eval=[]"]
 
 

@@ -364,6 +364,8 @@ def browser():
 
 
 @needs_chromium
+@pytest.mark.browser
+@pytest.mark.slow
 def test_page_in_a_browser_uploads_a_file_and_shows_images(server, browser, demo):
     """The page in headless Chromium: pick modalities, upload a file, type text, see the top-k images."""
     from selenium.webdriver.common.by import By

@@ -26,7 +26,7 @@ from polyalign.training.step import Stepper
 from polyalign.training.window import window_negatives
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 MODALITIES = ["a", "b", "c"]
 MICRO, DIM = 4, 6
 
@@ -80,6 +80,7 @@ def _compare(rank: int, world: int, init_file: str, result_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_fsdp_gives_the_loss_gradients_and_update_of_ddp(two_processes):
     for rank in (0, 1):
         got = torch.load(two_processes / f"rank{rank}.pt", weights_only=True)
@@ -140,6 +141,7 @@ def two_processes(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_fsdp_training_resumes_exactly_and_follows_ddp(two_processes):
     full, cut, ddp = (next((two_processes / k).iterdir()) for k in ("full", "cut", "ddp"))
     weights = {k: load_file(str(r / "checkpoints" / "last" / "model.safetensors")) for k, r in

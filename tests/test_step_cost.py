@@ -67,7 +67,7 @@ def test_the_rate_is_measured_where_it_matters_at_a_size_the_device_is_timed_by(
 
     measured = []
     monkeypatch.setattr(step_cost, "measured_rate", lambda d, dev, rows: measured.append(rows) or 1e9)
-    recipe = polyalign.load_recipe(Path(__file__).parents[1] / "recipes" / "xor-symile.yaml",
+    recipe = polyalign.load_recipe(Path(__file__).parents[1] / "polyalign" / "recipes" / "xor-symile.yaml",
                                    ["train.batch_size=128"])
     found = step_cost.recipe_step_cost(recipe, build(loss, 3, 128), device, only_slow=True)
     assert measured == ([rows] if rows else [])  # a CLIP step cannot be slow: nothing measured, no note

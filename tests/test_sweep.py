@@ -76,6 +76,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "checkpoints" / "last" / WEIGHTS))
 
 
+@pytest.mark.slow
 def test_kill_9_mid_sweep_then_the_same_command_finishes_every_run_and_trains_none_twice(tmp_path):
     sweep = tmp_path / "sweep"
     command = ["sweep", str(SYMILE), *SMALL, "--grid", "loss.plugin=symile,clip,gram", "--jobs", "1",
@@ -121,6 +122,7 @@ def test_kill_9_mid_sweep_then_the_same_command_finishes_every_run_and_trains_no
     assert list(sweep_groups(sweep)) == ["loss.plugin=symile", "loss.plugin=clip", "loss.plugin=gram"]
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_recorded_with_its_error_and_the_others_go_on_with_submitit(tmp_path, capsys):
     pytest.importorskip("submitit")
     sweep = tmp_path / "s"
@@ -154,6 +156,7 @@ def test_a_sweep_refuses_a_folder_of_another_sweep_and_reports_every_bad_run_bef
     assert "KEY=V1,V2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_optuna_search_on_sqlite_writes_the_best_recipe_and_the_same_command_adds_no_trial(tmp_path):
     optuna = pytest.importorskip("optuna")
     from polyalign.sweep.optuna_search import parse_space, run_search
@@ -182,6 +185,7 @@ def test_optuna_search_on_sqlite_writes_the_best_recipe_and_the_same_command_add
     assert len(sweep_groups(out)) == 2
 
 
+@pytest.mark.slow
 def test_a_trial_worse_than_the_pruner_allows_stops_after_its_first_epoch(tmp_path):
     optuna = pytest.importorskip("optuna")
     from polyalign.sweep.optuna_search import run_search

@@ -19,7 +19,7 @@ from polyalign.core.plugin_manager import make_plugins
 pytest.importorskip("wandb")
 pytest.importorskip("mlflow")
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-clip.yaml"
 BASE = ["data.n_train=512", "data.n_val=128", "data.n_test=128", "train.batch_size=64", "train.epochs=3",
         "train.warmup_steps=0", "train.log_every=2"]
 VOLATILE = "samples_per_s"  # wall-clock throughput differs between runs
@@ -72,6 +72,7 @@ def test_both_loggers_are_listed(capsys):
     assert {"wandb", "mlflow", "jsonl", "csv", "tensorboard"} <= names
 
 
+@pytest.mark.slow
 def test_wandb_offline_files_hold_config_steps_epochs_eval_table_and_plot(run):
     (logged,) = offline_runs(run)
     assert logged["id"] == json.loads((run / "wandb-run.json").read_text())["id"]
@@ -94,6 +95,7 @@ def test_wandb_offline_files_hold_config_steps_epochs_eval_table_and_plot(run):
     assert ["zero_shot", "b", "a+c", "accuracy", pytest.approx(accuracy)] in [row[:5] for row in table["data"]]
 
 
+@pytest.mark.slow
 def test_mlflow_store_holds_params_steps_epochs_eval_and_plot(run):
     client, tracked = mlflow_run(run)
     run_id = tracked.info.run_id
@@ -116,6 +118,7 @@ def test_mlflow_store_holds_params_steps_epochs_eval_and_plot(run):
     assert Path(tracked.info.artifact_uri.removeprefix("file://")).parent.parent.name == "mlartifacts"
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_tracked_runs_without_repeating_a_step(run, offline, store, tmp_path):
     with pytest.raises(Crash):
         polyalign.train(RECIPE, out=tmp_path, overrides=overrides(store),
@@ -146,6 +149,7 @@ def test_resume_continues_the_same_tracked_runs_without_repeating_a_step(run, of
             assert got == mlflow_history(client, reference.info.run_id, key), key
 
 
+@pytest.mark.slow
 def test_mlflow_takes_the_store_from_the_environment_when_the_recipe_names_none(store, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     run = polyalign.train(RECIPE, out=tmp_path, overrides=BASE + ["train.epochs=1", "eval=[]", "logging=[mlflow]"])

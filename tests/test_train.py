@@ -35,6 +35,7 @@ def test_xor_clip_writes_run_directory_and_loss_falls(tmp_path, xor_clip, tiny_x
 
 
 @pytest.mark.parametrize("extra", [[], ["train.accumulate=2", "train.checkpoint_every=3"]])
+@pytest.mark.slow
 def test_resume_after_epoch_one_matches_uninterrupted(tmp_path, xor_clip, tiny_xor, extra):
     overrides = tiny_xor + ["train.epochs=3", "missing.train_rate={a: 0.2}"] + extra
     full = polyalign.train(xor_clip, out=tmp_path / "full", overrides=overrides)

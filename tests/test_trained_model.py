@@ -23,7 +23,7 @@ from polyalign.inference.embeddings_file import read_embeddings
 from polyalign.inference.export import export_model
 from polyalign.inference.sources import query_value, read_source
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "polyalign" / "recipes"
 # CLIP on XOR with p_hat = 0: c = a always, so searching c from a has one right answer
 OVERRIDES = ["data.n_train=1024", "data.n_val=128", "data.n_test=128", "data.p_hat=0.0",
              "train.batch_size=64", "train.epochs=3", "train.warmup_steps=0", "train.log_every=4"]
@@ -114,6 +114,7 @@ def test_bad_calls_say_what_to_do(run, model):
         polyalign.load(run / "eval")
 
 
+@pytest.mark.slow
 def test_export_then_load_in_a_fresh_process_gives_the_same_scores(run, model, tmp_path):
     dest = tmp_path / "exported"
     assert main(["export", str(run), str(dest)]) == 0

@@ -31,7 +31,7 @@ from polyalign.testing import check_dataset
 pytest.importorskip("webdataset")
 
 DEMO_MODALITIES = {"image": "png", "audio": "wav", "ecg": "npy", "text": "txt"}
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 
 
 def write_manifest(folder: Path, splits: dict[str, list[dict]]) -> Path:
@@ -240,6 +240,7 @@ def _collect_rank(rank: int, world: int, folder: str) -> None:
     torch.save(epochs, Path(folder) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_processes_with_two_workers_cover_every_sample_once(tmp_path):
     stream = vector_stream(tmp_path, [7, 3, 12, 5, 9, 11, 1])  # 48 = 2 ranks x 6 batches x 4 rows
     mp.start_processes(_collect_rank, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
@@ -366,6 +367,7 @@ def _shard_recipe(shards: Path) -> list[str]:
             "eval=[{plugin: zero_shot, target: b, candidates: unique}]"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_on_shards_matches_uninterrupted_run(tmp_path):
     shards = _xor_shards(tmp_path)
     overrides = _shard_recipe(shards)
@@ -381,6 +383,7 @@ def test_sigkill_then_resume_on_shards_matches_uninterrupted_run(tmp_path):
     _assert_same_run(full, cut)
 
 
+@pytest.mark.slow
 def test_resume_with_another_layout_goes_on_from_the_next_epoch(tmp_path, capsys):
     from polyalign.core.plugin_manager import make_plugins
 
@@ -395,6 +398,7 @@ def test_resume_with_another_layout_goes_on_from_the_next_epoch(tmp_path, capsys
     assert [r["epoch"] for r in epochs if r["kind"] == "epoch"] == [2]  # epoch 1 was cut short, epoch 2 ran whole
 
 
+@pytest.mark.slow
 def test_auto_workers_are_chosen_from_the_data_and_machine_and_recorded(tmp_path, tiny_xor):
     import yaml
 

@@ -24,7 +24,7 @@ from polyalign.training.step import Stepper, drop_modalities
 from polyalign.training.window import micro_negatives, window_negatives
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 MODALITIES = ["a", "b", "c"]
 K, MICRO, DIM = 3, 4, 6  # a window of 3 micro-batches of 4 rows = one batch of 12
 LOSSES = default_plugins().registry.names("loss")
@@ -170,6 +170,7 @@ def _worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_window_equals_one_big_batch(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
     batch = _batch(2 * K * MICRO)  # rank 0's window, then rank 1's: the gathered row order
@@ -186,6 +187,7 @@ TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.epochs=1",
         "train.log_every=1", "modalities.a.encoder.hidden=[8]", "modalities.b.encoder.hidden=[8]"]
 
 
+@pytest.mark.slow
 def test_training_with_a_window_follows_training_with_one_big_batch(tmp_path):
     """The same steps in float32: 4 micro-batches of 16 with window negatives, or batches of 64."""
     from safetensors.torch import load_file
