@@ -72,7 +72,7 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
             try:
                 trainer = Trainer(recipe, run_dir, plugins, dist, resume=resume is not None)
                 check_eval_split(recipe, trainer.parts, split="test")
-                if resume is None and dist.is_main:  # record inferred encoder options (load without data)
+                if not trainer.started and dist.is_main:  # record inferred encoder options (load without data)
                     write_recipe(run_dir, with_rebuild_options(trainer.recipe, trainer.model, plugins), trainer.autos)
                 if dist.is_main:
                     for line in autos_text(trainer.autos):
