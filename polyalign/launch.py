@@ -180,10 +180,18 @@ def submit_training(recipe: Recipe, out: Path | None, launcher: str, slurm: Slur
                              f"evenly over the {world} processes ({slurm.nodes} node(s) x {per_node})")
     check_requirements(recipe, default_plugins(), f"recipe {recipe.name!r}")
     run_dir = new_run_dir(Path(out) if out else Path("runs"), recipe)
-    executor = submitit_executor(run_dir / SUBMITIT_DIR, launcher, slurm, f"polyalign-{recipe.name}", per_node)
-    write_job(run_dir, launcher=launcher, state=QUEUED, nodes=slurm.nodes, tasks=world, starts=0,
-              submitted=datetime.now().isoformat(timespec="seconds"))
-    job = executor.submit(TrainJob(str(run_dir)))
+    try:
+        executor = submitit_executor(run_dir / SUBMITIT_DIR, launcher, slurm, f"polyalign-{recipe.name}", per_node)
+        write_job(run_dir, launcher=launcher, state=QUEUED, nodes=slurm.nodes, tasks=world, starts=0,
+                  submitted=datetime.now().isoformat(timespec="seconds"))
+        try:
+            job = executor.submit(TrainJob(str(run_dir)))
+        except Exception as exc:  # noqa: BLE001 - sbatch refused it (a partition, an account...): said as is
+            raise PolyalignError(f"--launcher {launcher}: the job was not submitted: {cut(str(exc).strip(), 2000)}") \
+                from None
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing was submitted: leave no run directory
+        raise
     write_job(run_dir, job_id=str(job.job_id), logs=str(run_dir / SUBMITIT_DIR))
     return Submitted(run_dir, job)
 
