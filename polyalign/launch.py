@@ -135,7 +135,12 @@ class TrainJob:
             write_job(Path(self.run_dir), state=REQUEUED, signal=signal.Signals(exc.signum).name, step=exc.step)
             if not callable(requeue):
                 raise
-            requeue(exc.signum, None)  # exits this process; the job starts again and resumes
+            try:
+                requeue(exc.signum, None)  # exits this process; the job starts again and resumes
+            except Exception as refused:  # out of requeues (timed out too often), or scontrol failed
+                write_job(Path(self.run_dir), state=FAILED, error=cut(f"{exc} The job was not requeued: {refused}",
+                                                                      2000))
+                raise
             raise
         except Exception as exc:
             if main:
