@@ -250,3 +250,25 @@ def test_the_sbatch_script_asks_for_a_signal_and_requeues_a_stopped_run_then_res
     assert again.returncode == 0
     assert log.read_text().splitlines() == [f"srun --kill-on-bad-exit=1 fakepython -m polyalign train --resume {run}/",
                                             f"python -m polyalign train --resume {run}/"]
+
+
+def test_status_says_where_a_launched_run_stands(tmp_path, capsys):
+    from polyalign.launch import write_job
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["train", "--status", str(run)]) == 0
+    assert "trained without a launcher" in capsys.readouterr().out
+    write_job(run, launcher="slurm", state="running", job_id="4242", nodes=2, tasks=8, hosts=["gpu1", "gpu2"],
+              starts=3, logs=str(run / "submitit"))
+    assert main(["train", "--status", str(run)]) == 0
+    said = capsys.readouterr().out
+    assert "running on 2 node(s) (8 processes: gpu1, gpu2), requeued 2 times" in said and "job 4242" in said
+    write_job(run, state="requeued", signal="SIGUSR2", step=120)
+    assert main(["train", "--status", str(run)]) == 0
+    assert "requeued after SIGUSR2 at step 120, waiting to start again, requeued 3 times" in capsys.readouterr().out
+    write_job(run, state="failed", error="CUDA out of memory")
+    assert main(["train", "--status", str(run)]) == 0
+    assert "failed: CUDA out of memory" in capsys.readouterr().out
+    assert main(["train", "--status", str(tmp_path / "nothing")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
