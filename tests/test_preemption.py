@@ -272,3 +272,28 @@ def test_status_says_where_a_launched_run_stands(tmp_path, capsys):
     assert "failed: CUDA out of memory" in capsys.readouterr().out
     assert main(["train", "--status", str(tmp_path / "nothing")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+class Killed(BaseException):
+    """Stands for a rank lost mid-run (no ``except Exception`` handler runs)."""
+
+
+def test_a_process_torchrun_restarts_continues_its_run_from_the_last_checkpoint(tmp_path, monkeypatch, reference):
+    class DieAtStep5:
+        @polyalign.hookimpl
+        def on_step_end(self, step):
+            if step == 5:
+                raise Killed
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job/7")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    with pytest.raises(Killed):
+        polyalign.train(XOR, out=tmp_path, overrides=RECIPE, plugins=make_plugins(extra=[DieAtStep5()]))
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert load_state(run / "checkpoints" / "last")["step"] == 3
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the same command, started again by torchrun
+    assert polyalign.train(XOR, out=tmp_path, overrides=RECIPE) == run.resolve()
+    assert [p for p in tmp_path.iterdir() if p.is_dir()] == [run]
+    _assert_same_run(reference, run)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # a new torchrun command: a new run
+    assert polyalign.train(XOR, out=tmp_path, overrides=[*RECIPE, "train.epochs=1"]) != run.resolve()
