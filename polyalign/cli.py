@@ -125,7 +125,7 @@ def _launch_train(args: argparse.Namespace) -> int:
     recipe = polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
     slurm = SlurmOptions(args.partition, args.time, args.gpus_per_node, args.cpus_per_task, args.mem_gb, args.nodes,
                          parse_slurm_options(args.slurm_option or []))
-    submitted = submit_training(recipe, args.out, args.launcher, slurm, args.tasks)
+    submitted = submit_training(recipe, args.out, args.launcher, slurm, args.tasks, args.force)
     out.print(f"submitted job {submitted.job.job_id} ({args.launcher}): run directory {submitted.run_dir}\n"
               f"  logs: {submitted.logs} (and one per process beside it)\n"
               f"  where it stands: polyalign train --status {submitted.run_dir}", markup=False, soft_wrap=True)

@@ -109,8 +109,8 @@ class TrainJob:
     """The submitit job of one training: resumes its run directory (from step 0 when it has no checkpoint
     yet); on a stop signal checkpoints at the next optimizer step and has submitit requeue it."""
 
-    def __init__(self, run_dir: str):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: str, force: bool = False):
+        self.run_dir, self.force = run_dir, force  # force: train even where the fit check says it does not fit
 
     def __call__(self) -> str:
         import submitit
@@ -128,7 +128,7 @@ class TrainJob:
                           started=datetime.now().isoformat(timespec="seconds"))
             # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch (a MASTER_PORT already set is kept)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-            train(None, resume=self.run_dir)
+            train(None, resume=self.run_dir, force=self.force)
         except Stopped as exc:
             if not main:
                 return self.run_dir  # rank 0 requeues the job
@@ -154,7 +154,7 @@ class TrainJob:
         """What submitit requeues: the same job (the checkpoint is already written by the trainer)."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir, self.force))
 
 
 @dataclass
@@ -170,9 +170,9 @@ class Submitted:
 
 
 def submit_training(recipe: Recipe, out: Path | None, launcher: str, slurm: SlurmOptions,
-                    tasks: int | None = None) -> Submitted:
+                    tasks: int | None = None, force: bool = False) -> Submitted:
     """Make the run directory of ``recipe`` and submit its training as one job: ``tasks`` processes per node
-    (default: one per GPU, else one)."""
+    (default: one per GPU, else one). Whether it fits the machine is checked by the job, where it runs."""
     per_node = tasks or max(1, slurm.gpus_per_node)
     if tasks and slurm.gpus_per_node and tasks != slurm.gpus_per_node:
         raise PolyalignError(f"--tasks {tasks} with --gpus-per-node {slurm.gpus_per_node}: a training runs one "
@@ -190,7 +190,7 @@ def submit_training(recipe: Recipe, out: Path | None, launcher: str, slurm: Slur
         write_job(run_dir, launcher=launcher, state=QUEUED, nodes=slurm.nodes, tasks=world, starts=0,
                   submitted=datetime.now().isoformat(timespec="seconds"))
         try:
-            job = executor.submit(TrainJob(str(run_dir)))
+            job = executor.submit(TrainJob(str(run_dir), force))
         except Exception as exc:  # noqa: BLE001 - sbatch refused it (a partition, an account...): said as is
             raise PolyalignError(f"--launcher {launcher}: the job was not submitted: {cut(str(exc).strip(), 2000)}") \
                 from None
