@@ -123,8 +123,8 @@ def _launch_train(args: argparse.Namespace) -> int:
     from polyalign.shipped import resolve_recipe_path
 
     recipe = polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
-    slurm = SlurmOptions(args.partition, args.time, args.gpus_per_node, args.cpus_per_task, args.mem_gb, args.nodes,
-                         parse_slurm_options(args.slurm_option or []))
+    slurm = SlurmOptions(args.partition, args.time or 60, args.gpus_per_node, args.cpus_per_task, args.mem_gb,
+                         args.nodes, parse_slurm_options(args.slurm_option or []))
     submitted = submit_training(recipe, args.out, args.launcher, slurm, args.tasks, args.force)
     out.print(f"submitted job {submitted.job.job_id} ({args.launcher}): run directory {submitted.run_dir}\n"
               f"  logs: {submitted.logs} (and one per process beside it)\n"
@@ -151,6 +151,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.launcher != "none" or args.status:
         return _launch_train(args)
+    job_options = [flag for flag, value in (
+        ("--nodes", args.nodes != 1), ("--gpus-per-node", args.gpus_per_node), ("--tasks", args.tasks),
+        ("--partition", args.partition), ("--time", args.time), ("--cpus-per-task", args.cpus_per_task),
+        ("--mem-gb", args.mem_gb), ("--slurm-option", args.slurm_option)) if value]
+    if job_options:
+        raise PolyalignError(f"{', '.join(job_options)}: for a job, with --launcher slurm (or submitit-local); "
+                             f"without a launcher, train runs here")
     if args.recipe is None and args.resume is None:
         raise PolyalignError("train needs a RECIPE (a path or a name from `polyalign recipes`) or --resume RUN_DIR")
     if args.recipe is not None and args.resume is not None:
@@ -686,7 +693,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--gpus-per-node", type=_count(0), default=0, help="slurm: GPUs per node (one process each)")
     t.add_argument("--tasks", type=_count(1), help="submitit-local: processes")
     t.add_argument("--partition", help="slurm: partition")
-    t.add_argument("--time", type=_count(1), default=60, metavar="MINUTES", help="slurm: time limit of one job "
+    t.add_argument("--time", type=_count(1), metavar="MINUTES", help="slurm: time limit of one job, default 60 "
                    "(a job that reaches it checkpoints and is requeued)")
     t.add_argument("--cpus-per-task", type=_count(1), help="slurm: CPUs per process")
     t.add_argument("--mem-gb", type=_number(0, 1e6, above=True), help="slurm: memory per node")

@@ -214,6 +214,8 @@ def test_slurm_launcher_without_slurm_or_with_a_bad_option_says_what_to_do(tmp_p
     assert main(["train", str(XOR), "--launcher", "slurm", "--slurm-option", "account", "--out",
                  str(tmp_path / "runs")]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["train", str(XOR), "--nodes", "2", "--partition", "gpu", "--out", str(tmp_path / "runs")]) == 2
+    assert "--nodes, --partition: for a job, with --launcher slurm" in capsys.readouterr().err
     assert not list((tmp_path / "runs").glob("*"))  # no run directory left behind
 
 
