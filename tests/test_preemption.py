@@ -288,6 +288,7 @@ def test_a_process_torchrun_restarts_continues_its_run_from_the_last_checkpoint(
                 raise Killed
 
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job/7")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     with pytest.raises(Killed):
         polyalign.train(XOR, out=tmp_path, overrides=RECIPE, plugins=make_plugins(extra=[DieAtStep5()]))

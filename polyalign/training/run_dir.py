@@ -18,9 +18,12 @@ from polyalign.files.weights import WEIGHTS
 
 
 def _elastic_record(base: Path) -> Path | None:
-    """Where a process started by torchrun records its run directory for the processes it restarts."""
+    """Where a process started by ``torchrun --max-restarts N`` records its run directory for the processes a
+    restart starts again (None without restarts)."""
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    return None if run_id is None else base / f".torchelastic-{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)[:100]}"
+    if run_id is None or int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) == 0:
+        return None
+    return base / f".torchelastic-{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)[:100]}"
 
 
 def restarted_run_dir(base: Path) -> Path | None:
