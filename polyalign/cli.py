@@ -107,11 +107,58 @@ def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     return tables
 
 
+def _launch_train(args: argparse.Namespace) -> int:
+    """``train --status RUN``, or ``train --launcher submitit-local|slurm``: one submitit job."""
+    from polyalign.launch import SlurmOptions, job_status, parse_slurm_options, submit_training
+
+    if args.status:
+        out.print(job_status(Path(args.status)), markup=False, soft_wrap=True, highlight=False)
+        return 0
+    if args.resume is not None or args.recipe is None:
+        raise PolyalignError(f"--launcher {args.launcher} needs a RECIPE: a launched run resumes itself when its job "
+                             f"is requeued; to go on with a stopped one here: polyalign train --resume RUN_DIR")
+    if args.launcher == "slurm" and args.tasks:
+        raise PolyalignError("--tasks is for --launcher submitit-local; on Slurm a training runs one process per GPU "
+                             "(--gpus-per-node)")
+    import polyalign
+    from polyalign.shipped import resolve_recipe_path
+
+    recipe = polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
+    slurm = SlurmOptions(args.partition, args.time or 60, args.gpus_per_node, args.cpus_per_task, args.mem_gb,
+                         args.nodes, parse_slurm_options(args.slurm_option or []))
+    submitted = submit_training(recipe, args.out, args.launcher, slurm, args.tasks, args.force)
+    out.print(f"submitted job {submitted.job.job_id} ({args.launcher}): run directory {submitted.run_dir}\n"
+              f"  logs: {submitted.logs} (and one per process beside it)\n"
+              f"  where it stands: polyalign train --status {submitted.run_dir}", markup=False, soft_wrap=True)
+    if args.launcher == "slurm":
+        return 0
+    try:
+        submitted.job.results()  # submitit-local: wait for every process, requeues included
+    except Exception as exc:  # noqa: BLE001 - the job's own error was recorded by the job, its traceback logged
+        from polyalign.launch import read_job
+
+        said = read_job(submitted.run_dir).get("error") or str(exc).strip()[-1500:]
+        raise PolyalignError(f"job {submitted.job.job_id} failed: {said} (logs: {submitted.logs})") from None
+    _print_report(submitted.run_dir)
+    out.print(f"run directory: [bold]{escape(str(submitted.run_dir))}[/bold]")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import polyalign
     from polyalign.evaluation.evaluate import EvaluatorsFailed
     from polyalign.shipped import resolve_recipe_path
+    from polyalign.training.preemption import Stopped
 
+    if args.launcher != "none" or args.status:
+        return _launch_train(args)
+    job_options = [flag for flag, value in (
+        ("--nodes", args.nodes != 1), ("--gpus-per-node", args.gpus_per_node), ("--tasks", args.tasks),
+        ("--partition", args.partition), ("--time", args.time), ("--cpus-per-task", args.cpus_per_task),
+        ("--mem-gb", args.mem_gb), ("--slurm-option", args.slurm_option)) if value]
+    if job_options:
+        raise PolyalignError(f"{', '.join(job_options)}: for a job, with --launcher slurm (or submitit-local); "
+                             f"without a launcher, train runs here")
     if args.recipe is None and args.resume is None:
         raise PolyalignError("train needs a RECIPE (a path or a name from `polyalign recipes`) or --resume RUN_DIR")
     if args.recipe is not None and args.resume is not None:
@@ -121,6 +168,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         run_dir = polyalign.train(recipe, out=args.out, resume=args.resume,
                                   overrides=args.overrides if args.resume else None, force=args.force)
+    except Stopped as exc:  # a checkpoint was written at the step the signal stopped
+        if int(os.environ.get("RANK", "0")) == 0:
+            err.print(f"[yellow]stopped:[/yellow] {escape(str(exc))}", soft_wrap=True)
+        return 128 + exc.signum  # as a process ended by the signal; a batch script may requeue on it
     except EvaluatorsFailed as exc:  # trained: show what the other evaluators produced, then the error
         if exc.run_dir is not None and int(os.environ.get("RANK", "0")) == 0:
             _print_report(exc.run_dir)
@@ -584,7 +635,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     if args.recipe is None:
         raise PolyalignError("sweep needs a RECIPE (a path or a name from `polyalign recipes`), or --status SWEEP_DIR")
-    from polyalign.sweep.launchers import SlurmOptions
+    from polyalign.launch import SlurmOptions
 
     slurm = SlurmOptions(args.partition, args.time, args.gpus_per_node, args.cpus_per_task, args.mem_gb)
 
@@ -635,6 +686,22 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     t.add_argument("--force", action="store_true", help="train even when the recipe needs more memory than this "
                                                        "machine has (`polyalign validate` shows the estimate)")
+    # on a cluster: one submitit job (docs/scaling-out.md)
+    t.add_argument("--launcher", choices=["none", "submitit-local", "slurm"], default="none",
+                   help="none = this process (or torchrun's); slurm = one Slurm job of one process per GPU that "
+                        "checkpoints and requeues itself when preempted; submitit-local = --tasks processes here")
+    t.add_argument("--nodes", type=_count(1), default=1, help="slurm: nodes")
+    t.add_argument("--gpus-per-node", type=_count(0), default=0, help="slurm: GPUs per node (one process each)")
+    t.add_argument("--tasks", type=_count(1), help="submitit-local: processes")
+    t.add_argument("--partition", help="slurm: partition")
+    t.add_argument("--time", type=_count(1), metavar="MINUTES", help="slurm: time limit of one job, default 60 "
+                   "(a job that reaches it checkpoints and is requeued)")
+    t.add_argument("--cpus-per-task", type=_count(1), help="slurm: CPUs per process")
+    t.add_argument("--mem-gb", type=_number(0, 1e6, above=True), help="slurm: memory per node")
+    t.add_argument("--slurm-option", action="append", metavar="KEY=VALUE",
+                   help="slurm: any other sbatch option, e.g. account=mylab or qos=high (repeatable)")
+    t.add_argument("--status", metavar="RUN_DIR", help="say where a launched run stands: queued, running on N "
+                                                      "nodes, requeued k times, finished; runs nothing")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run directory with its recipe's evaluators")

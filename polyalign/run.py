@@ -25,7 +25,7 @@ from polyalign.files.atomic import os_error_message
 from polyalign.training.auto_values import autos_text
 from polyalign.training.distributed import broadcast_from_main, finish_distributed, init_distributed
 from polyalign.training.loop import Trainer
-from polyalign.training.run_dir import new_run_dir, resume_recipe, write_recipe
+from polyalign.training.run_dir import new_run_dir, restarted_run_dir, resume_recipe, write_recipe
 from polyalign.training.run_lock import hold_run_dir
 
 
@@ -47,6 +47,11 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
     """
     plugins = plugins or default_plugins()
     changed: list[str] = []
+    restarted = restarted_run_dir(Path(out) if out else Path("runs")) if resume is None else None
+    if restarted is not None:  # torchrun --max-restarts started this process again: go on with its run
+        print(f"note: restarted by torchrun: continuing {restarted} from its last checkpoint", file=sys.stderr,
+              flush=True)
+        resume, overrides = restarted, None
     if resume is not None:
         run_dir = Path(resume)
         recipe, changed = resume_recipe(run_dir, overrides, plugins)
@@ -72,7 +77,7 @@ def train(recipe: Recipe | str | Path, out: str | Path | None = None, resume: st
             try:
                 trainer = Trainer(recipe, run_dir, plugins, dist, resume=resume is not None)
                 check_eval_split(recipe, trainer.parts, split="test")
-                if resume is None and dist.is_main:  # record inferred encoder options (load without data)
+                if not trainer.started and dist.is_main:  # record inferred encoder options (load without data)
                     write_recipe(run_dir, with_rebuild_options(trainer.recipe, trainer.model, plugins), trainer.autos)
                 if dist.is_main:
                     for line in autos_text(trainer.autos):

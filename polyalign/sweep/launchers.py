@@ -10,11 +10,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.errors import PolyalignError
+from polyalign.launch import SlurmOptions, submitit_executor
 
 from .worker import FAILED, RUNNING, read_status, run_slot, run_slot_logged, write_status
 
@@ -22,17 +21,6 @@ Report = Callable[[str, dict[str, Any]], None]
 """Called with each run's id and final status as it ends."""
 
 LAUNCHERS = ("local", "submitit-local", "slurm")
-
-
-@dataclass
-class SlurmOptions:
-    """What a Slurm job of the sweep asks for."""
-
-    partition: str | None = None
-    time_min: int = 60
-    gpus_per_node: int = 0
-    cpus_per_task: int | None = None
-    mem_gb: float | None = None
 
 
 def usable_cores() -> list[int]:
@@ -120,24 +108,6 @@ def launch_local(sweep_dir: Path, run_ids: list[str], jobs: int, threads: int, r
         keep_open.close()
 
 
-def _submitit_executor(sweep_dir: Path, cluster: str, jobs: int, threads: int, slurm: SlurmOptions) -> Any:
-    try:
-        import submitit
-    except ImportError:
-        raise PolyalignError(f"--launcher {cluster} needs submitit: pip install 'polyalign[sweep]'") from None
-    executor = submitit.AutoExecutor(folder=sweep_dir / "submitit", cluster="local" if cluster != "slurm" else cluster)
-    executor.update_parameters(timeout_min=slurm.time_min, gpus_per_node=slurm.gpus_per_node,
-                               cpus_per_task=slurm.cpus_per_task or threads, name="polyalign-sweep")
-    if cluster == "slurm":
-        extra: dict[str, Any] = {"slurm_array_parallelism": jobs}
-        if slurm.partition:
-            extra["slurm_partition"] = slurm.partition
-        if slurm.mem_gb:
-            extra["mem_gb"] = slurm.mem_gb
-        executor.update_parameters(**extra)
-    return executor
-
-
 def _job_status(sweep_dir: Path, run_id: str, job: Any) -> dict[str, Any]:
     """A submitit job's result; a job that failed outside the run (killed, out of time) is recorded as failed."""
     try:
@@ -154,7 +124,8 @@ def launch_submitit(sweep_dir: Path, run_ids: list[str], jobs: int, threads: int
                     cluster: str = "submitit-local", slurm: SlurmOptions | None = None) -> None:
     """Run ``run_ids`` as submitit jobs: on Slurm one job array (``jobs`` at a time); with the local
     executor ``jobs`` processes at a time. Waits for every job."""
-    executor = _submitit_executor(sweep_dir, cluster, jobs, threads, slurm or SlurmOptions())
+    executor = submitit_executor(sweep_dir / "submitit", cluster, slurm or SlurmOptions(), "polyalign-sweep",
+                                 threads=threads, array_parallelism=jobs)
     if cluster == "slurm":
         n = len(run_ids)
         for run_id, job in zip(run_ids, executor.map_array(run_slot, [str(sweep_dir)] * n, run_ids, [threads] * n)):

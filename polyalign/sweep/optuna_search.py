@@ -17,8 +17,9 @@ from typing import Any
 from polyalign.core.errors import PolyalignError, cut, shown
 from polyalign.core.hookspecs import hookimpl
 from polyalign.files.atomic import atomic_write_text
+from polyalign.launch import SlurmOptions, submitit_executor
 
-from .launchers import SlurmOptions, _submitit_executor, launch_local, threads_per_run
+from .launchers import launch_local, threads_per_run
 from .plan import RUNS_DIR, merge_plan, new_plan, read_plan, split_values
 from .worker import error_text
 
@@ -289,7 +290,8 @@ def run_search(recipe: str | Path, space_items: list[str], trials: int, metric: 
         launch_local(sweep_dir, workers, jobs, threads, lambda w, s: echo(f"{w} ended: {s['state']}"),
                      work=search_worker, ended=lambda _d, _w, code: {"state": f"exit code {code}"})
     else:
-        executor = _submitit_executor(sweep_dir, launcher, jobs, threads, slurm or SlurmOptions())
+        executor = submitit_executor(sweep_dir / "submitit", launcher, slurm or SlurmOptions(), "polyalign-sweep",
+                                     threads=threads, array_parallelism=jobs)
         for job in [executor.submit(search_worker, str(sweep_dir), w, threads) for w in workers]:
             try:
                 job.result()

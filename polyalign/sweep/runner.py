@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.core.errors import PolyalignError, RecipeError
+from polyalign.launch import SlurmOptions
 
-from .launchers import LAUNCHERS, SlurmOptions, launch_local, launch_submitit, threads_per_run
+from .launchers import LAUNCHERS, launch_local, launch_submitit, threads_per_run
 from .plan import SweepPlan, check_size, find_run_dir, merge_plan, new_plan, slot_dir
 from .worker import DONE, FAILED, finished, read_status
 

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from polyalign.core.errors import PolyalignError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -27,8 +29,24 @@ class DistInfo:
         return self.world > 1
 
 
+def _slurm_to_torch_env() -> None:
+    """Under ``srun`` (one task per GPU, no torchrun) give torch the ranks Slurm assigned."""
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    if "WORLD_SIZE" in os.environ or tasks <= 1:
+        return
+    if "MASTER_ADDR" not in os.environ:
+        raise PolyalignError(
+            f"srun started {tasks} tasks, but MASTER_ADDR is not set, so they cannot find each other: in the batch "
+            f"script, before srun: export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1) "
+            f"MASTER_PORT=29500 (scripts/slurm-train.sbatch does it), or use polyalign train --launcher slurm")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    os.environ.update(WORLD_SIZE=str(tasks), RANK=os.environ["SLURM_PROCID"],
+                      LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"))
+
+
 def init_distributed(device_kind: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (no-op without torchrun)."""
+    """Join the process group torchrun, submitit or srun describes in the environment (no-op in one process)."""
+    _slurm_to_torch_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -97,6 +115,23 @@ def barrier() -> None:
     """Wait for every process of the run (a no-op in a single-process run)."""
     if _active():
         dist.barrier()
+
+
+def cpu_group() -> Any:
+    """A process group for small host-side collectives that must not wait for the device: the default group
+    under gloo, a gloo group beside it under nccl (every process must call it; None in one process)."""
+    if not _active():
+        return None
+    return dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
+def max_across_ranks(value: int, group: Any) -> int:
+    """The largest of every rank's ``value`` (identity in one process); ``group`` from :func:`cpu_group`."""
+    if not _active():
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return int(t.item())
 
 
 def finish_distributed() -> None:

@@ -1,4 +1,4 @@
-"""The training loop: set a run up, go through epochs, validate, checkpoint, resume."""
+"""The training loop: set a run up, go through epochs, validate, checkpoint, resume, stop on a signal."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ from polyalign.files.run_files import CHECKPOINTS_DIR
 
 from .auto_values import resolved_autos
 from .console import epoch_line
-from .distributed import DistInfo, mean_across_ranks
+from .distributed import DistInfo, barrier, cpu_group, max_across_ranks, mean_across_ranks
 from .loaders import TrainingData
 from .optim import build_optimizer
+from .preemption import Stopped, StopSignals
 from .presence import PresenceTally
 from .state import TrainProgress, restore_state, save_state, seed_everything
 from .step import NonFiniteError, Stepper, temperature_of
@@ -90,6 +91,7 @@ class Trainer:
         self.progress = TrainProgress()
         self.pending: list[StepRecord] = []  # steps taken since the last check, not yet read back
         self.saved_step: int | None = None  # step of the newest checkpoint (for messages)
+        self.stop_signals, self.stop_group = StopSignals(), cpu_group()
         if resume:
             restored = restore_state(
                 self.run_dir / CHECKPOINTS_DIR,
@@ -214,6 +216,19 @@ class Trainer:
         every = self.recipe.train.checkpoint_every
         return bool(every) and self.progress.step % every == 0
 
+    def _stop_if_asked(self, window: list[Batch] | None = None) -> None:
+        """At an optimizer step, the same on every process: when any process got a stop signal, settle
+        the steps taken, checkpoint them and end the run with :class:`Stopped`."""
+        signum = max_across_ranks(self.stop_signals.signum or 0, self.stop_group)
+        if not signum:
+            return
+        if self.pending:
+            self._check(window)
+        if self.saved_step != self.progress.step:
+            self.save()
+        barrier()  # every process knows the checkpoint is complete
+        raise Stopped(self.run_dir, signum, self.progress.step, self.total_steps)
+
     def _log(self, record: StepRecord, elapsed: float, samples: int) -> dict[str, float]:
         """Send the newest step's loss and metrics (averaged over processes) to the loggers."""
         metrics = mean_across_ranks(float_metrics({"loss": record.loss, **record.metrics}))
@@ -269,11 +284,12 @@ class Trainer:
                        disable=not (self.dist.is_main and get_console().is_terminal))  # piped: epoch lines alone
         self.model.feature_inputs = frozenset(self.data.features)  # cached features in, heads only
         try:
-            with bar:
+            with self.stop_signals.noting(), bar:
                 task = bar.add_task("train", total=self.total_steps, completed=progress.step,
                                     epoch=f"{progress.epoch + 1}/{cfg.epochs}", loss="-", speed="")
                 while progress.epoch < cfg.epochs and progress.step < self.total_steps:
                     last = self._epoch(bar, task)
+                    self._stop_if_asked()
         finally:
             self.model.feature_inputs = frozenset()
             self.data.close()
@@ -312,10 +328,11 @@ class Trainer:
                     t0, samples = time.perf_counter(), 0
                 if self._checkpoint_due():
                     self.save()
-            window = []
             if progress.step >= self.total_steps or epoch_ends:
                 tally = tally if epoch_ends or whole_run else None  # max_steps cut the epoch after a resume
                 break
+            self._stop_if_asked(window)
+            window = []
         if self.pending:  # the loader ended early: settle the steps taken since the last check
             self._check(None)
         if tally is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -15,8 +17,29 @@ from polyalign.files.run_files import RECIPE_FILE
 from polyalign.files.weights import WEIGHTS
 
 
+def _elastic_record(base: Path) -> Path | None:
+    """Where a process started by ``torchrun --max-restarts N`` records its run directory for the processes a
+    restart starts again (None without restarts)."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None or int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) == 0:
+        return None
+    return base / f".torchelastic-{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)[:100]}"
+
+
+def restarted_run_dir(base: Path) -> Path | None:
+    """In a process ``torchrun --max-restarts`` restarted: the run directory its first attempt made under
+    ``base`` (None elsewhere, or when that attempt left none)."""
+    record = _elastic_record(Path(base))
+    if record is None or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) == 0 or not record.is_file() \
+            or record.stat().st_size > 4096:
+        return None
+    run_dir = Path(record.read_text(encoding="utf-8").strip())
+    return run_dir if (run_dir / RECIPE_FILE).is_file() else None
+
+
 def new_run_dir(base: Path, recipe: Recipe) -> Path:
-    """Create ``base/<name>-<timestamp>`` (suffixed if taken) holding ``recipe.yaml``."""
+    """Create ``base/<name>-<timestamp>`` (suffixed if taken) holding ``recipe.yaml``; under torchrun, record it
+    for the processes a restart starts again (:func:`restarted_run_dir`)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
         base.mkdir(parents=True, exist_ok=True)
@@ -33,6 +56,9 @@ def new_run_dir(base: Path, recipe: Recipe) -> Path:
         raise PolyalignError(f"cannot create a run directory under {base}: {describe_os_error(exc)}") from None
     try:
         write_recipe(run_dir, recipe)
+        record = _elastic_record(base)
+        if record is not None:
+            atomic_write_text(record, f"{run_dir.resolve()}\n")
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # no run directory without its recipe
         raise
