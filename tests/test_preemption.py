@@ -30,7 +30,8 @@ from polyalign.training.loop import TIMING_KEYS
 from polyalign.training.preemption import Stopped
 
 ROOT = Path(__file__).resolve().parents[1]
-XOR = ROOT / "recipes" / "xor-clip.yaml"
+pytestmark = pytest.mark.slow  # processes, signals and resumed trainings: minutes on 2 cores
+XOR = ROOT / "polyalign" / "recipes" / "xor-clip.yaml"
 # 8 batches of 32 per epoch: 8 steps per epoch, 16 in all; one thread, so that every process computes alike
 RECIPE = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.batch_size=32", "train.epochs=2",
           "train.warmup_steps=2", "train.log_every=1", "train.checkpoint_every=3", "train.keep_last=2",

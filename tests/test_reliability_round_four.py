@@ -13,6 +13,7 @@ from polyalign.cli import main
 from polyalign.core.errors import PolyalignError
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "sweep"])
 def test_out_under_a_file_says_what_is_in_the_way(command, tmp_path, capsys):
     (tmp_path / "taken").write_text("a file, not a folder")
@@ -96,6 +97,7 @@ def test_a_caption_file_that_is_missing_is_an_error_not_its_name_as_text(tmp_pat
     assert [type(s["caption"]).__name__ for s in samples] == ["PosixPath", "str", "PosixPath"]
 
 
+@pytest.mark.slow
 def test_decode_bombs_are_refused_from_their_header_with_their_size(tmp_path):
     import struct
     import zlib

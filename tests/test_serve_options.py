@@ -63,6 +63,7 @@ def xor_run(tmp_path_factory):
                            overrides=["train.epochs=1", "data.n_train=256", "data.n_val=64", "data.n_test=64", "eval=[]"])
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_server_within_seconds_with_a_request_in_flight(xor_run):
     run = xor_run
     port = free_port()
@@ -104,6 +105,7 @@ def test_sigterm_stops_the_server_within_seconds_with_a_request_in_flight(xor_ru
     assert "Traceback" not in server.stderr.read().decode()
 
 
+@pytest.mark.slow
 def test_a_client_that_leaves_mid_body_leaves_no_traceback_in_the_log(xor_run, caplog):
     import uvicorn
 
@@ -135,6 +137,7 @@ def test_a_client_that_leaves_mid_body_leaves_no_traceback_in_the_log(xor_run, c
     assert "Exception in ASGI application" not in logged and not any(r.exc_info for r in caplog.records), logged
 
 
+@pytest.mark.slow
 def test_a_lone_surrogate_in_a_json_body_is_a_400_that_says_so(xor_run):
     from fastapi.testclient import TestClient
 

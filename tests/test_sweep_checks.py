@@ -11,6 +11,7 @@ from conftest import RECIPES
 from polyalign.cli import main
 
 pytest.importorskip("optuna")
+pytestmark = pytest.mark.slow  # every case builds and evaluates a model, or trains one
 SMALL = ["train.epochs=1", "data.n_train=256", "data.n_val=64", "data.n_test=64"]
 
 
