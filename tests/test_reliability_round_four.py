@@ -126,3 +126,12 @@ def test_decode_bombs_are_refused_from_their_header_with_their_size(tmp_path):
         audio.decode(long, None)
     short = polyalign.build("encoder", "audio", channels=[4], max_seconds=1000).decode(long, None)
     assert short.shape[-1] > 0  # within a raised bound it decodes
+
+
+@pytest.mark.parametrize("override, said", [
+    ("train.threads=1000000", "train.threads: must be auto or a number of threads (1 to 1024), got 1000000"),
+    ("train.num_workers=5000", "train.num_workers: must be auto or a number of worker processes (0 to 1024), got 5000"),
+])
+def test_absurd_thread_and_worker_counts_are_invalid(override, said, capsys):
+    assert main(["validate", str(RECIPES / "xor-clip.yaml"), override]) == 2
+    assert said in capsys.readouterr().err

@@ -13,6 +13,9 @@ from polyalign.files.manifest_file import RESERVED_KEYS
 from .device import device_problem
 from .errors import shown
 
+MAX_PROCESSES = 1024  # threads or loader workers of one training process: more is a typo, not a machine
+
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -110,9 +113,9 @@ class TrainSection(Strict):
     @field_validator("num_workers", mode="before")
     @classmethod
     def _workers(cls, value: Any) -> Any:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PROCESSES):
             return value
-        raise ValueError(f"must be auto or a number of worker processes (0 or more), got {value!r}")
+        raise ValueError(f"must be auto or a number of worker processes (0 to {MAX_PROCESSES}), got {value!r}")
     threads: int | Literal["auto"] = Field(
         "auto", description="torch threads of each training process; auto = the CPUs this process may use "
                             "(affinity, cgroup quota) shared among this machine's processes, less one per "
@@ -121,9 +124,9 @@ class TrainSection(Strict):
     @field_validator("threads", mode="before")
     @classmethod
     def _threads(cls, value: Any) -> Any:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_PROCESSES):
             return value
-        raise ValueError(f"must be auto or a number of threads (1 or more), got {value!r}")
+        raise ValueError(f"must be auto or a number of threads (1 to {MAX_PROCESSES}), got {value!r}")
     pin_memory: bool = False
     log_every: int = Field(10, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N steps, as "
