@@ -135,3 +135,34 @@ def test_decode_bombs_are_refused_from_their_header_with_their_size(tmp_path):
 def test_absurd_thread_and_worker_counts_are_invalid(override, said, capsys):
     assert main(["validate", str(RECIPES / "xor-clip.yaml"), override]) == 2
     assert said in capsys.readouterr().err
+
+
+def _tree(folder) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.slow
+def test_commands_that_only_read_a_tampered_sweep_delete_and_write_nothing_outside_their_out(tmp_path, capsys):
+    import json
+
+    sweep = tmp_path / "sweep"
+    assert main(["sweep", str(RECIPES / "xor-clip.yaml"), "data.n_train=256", "data.n_val=64", "data.n_test=64",
+                 "train.epochs=1", "logging=[]", "--seeds", "2", "--out", str(sweep)]) == 0
+    slot = next((sweep / "runs").glob("*/seed-0"))
+    (slot / "left-by-a-kill").mkdir()  # an empty folder in a slot: the worker's to clean, not a reader's
+    victim = tmp_path / "elsewhere" / "empty"
+    victim.mkdir(parents=True)
+    before = _tree(tmp_path)
+    assert main(["sweep", "--status", str(sweep)]) == 0
+    assert main(["compare", str(sweep), "--out", str(tmp_path / "out")]) == 0
+    assert _tree(tmp_path) - before == {"out"} | {f"out/{p.name}" for p in (tmp_path / "out").iterdir()}
+    assert before - _tree(tmp_path) == set()  # nothing deleted
+    plan = json.loads((sweep / "sweep.json").read_text())
+    plan["runs"][0]["id"] = "../../elsewhere/empty/seed-0"  # a tampered id pointing out of the sweep
+    (sweep / "sweep.json").write_text(json.dumps(plan))
+    capsys.readouterr()
+    for argv in (["sweep", "--status", str(sweep)], ["compare", str(sweep), "--out", str(tmp_path / "out2")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "sweep.json" in err and "Traceback" not in err
+    assert victim.is_dir() and (slot / "left-by-a-kill").is_dir() and not (tmp_path / "out2").exists()
