@@ -4,9 +4,11 @@ manifest entry that is not a regular file can do."""
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
+import torch
 from conftest import RECIPES
 
 from polyalign.cli import main
@@ -166,3 +168,53 @@ def test_commands_that_only_read_a_tampered_sweep_delete_and_write_nothing_outsi
         err = capsys.readouterr().err
         assert "sweep.json" in err and "Traceback" not in err
     assert victim.is_dir() and (slot / "left-by-a-kill").is_dir() and not (tmp_path / "out2").exists()
+
+
+def _block_stream(tmp_path):
+    import json
+
+    import polyalign
+    from polyalign.plugins.datasets.shards import write_shards
+    from polyalign.training.shard_blocks import BlockStream
+
+    pytest.importorskip("webdataset")
+    (tmp_path / "m").mkdir()
+    rows = [{"id": f"r{i}", "v": [float(i), -1.0]} for i in range(4)]
+    (tmp_path / "m" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_shards(tmp_path / "m", tmp_path / "s", 4, shuffle=False)
+    data = polyalign.build("dataset", "webdataset", path=str(tmp_path / "s"), modalities={"v": "json"})
+    vector = polyalign.build("encoder", "vector", dim=2)
+    return BlockStream(data.split("train"), {"v": lambda x: vector.decode(x, None)}, {"v": "v"}, tmp_path / "blocks")
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda block: ["not", "a", "dict"], "it is not a block of decoded rows"),
+    (lambda block: {**block, "keys": block["keys"][:2], "labels": block["labels"][:2], "ids": block["ids"][:2]},
+     "it holds 2 rows, not the shard's 4"),
+    (lambda block: {**block, "modalities": {"v": {**block["modalities"]["v"], "fields": {"": {
+        **block["modalities"]["v"]["fields"][""],
+        "offsets": block["modalities"]["v"]["fields"][""]["offsets"] * 100}}}}},
+     "modality 'v', field '': its offsets and shapes do not fit its data"),
+])
+def test_a_damaged_shard_block_blames_the_cache_file(damage, said, tmp_path):
+    stream = _block_stream(tmp_path)
+    shard = stream.shards[0]
+    list(stream.read(shard))  # writes the block
+    (path,) = (tmp_path / "blocks").glob("*.pt")
+    torch.save(damage(torch.load(path, weights_only=True)), path)
+    fresh = type(stream)(stream.inner, stream.decoders, stream.folders, stream.folder)
+    with pytest.raises(PolyalignError, match=f"cache file {path} is damaged: {re.escape(said)}; delete it"):
+        list(fresh.read(shard))
+
+
+def test_a_block_write_that_fails_in_torch_save_is_a_clear_error(tmp_path, monkeypatch):
+    stream = _block_stream(tmp_path)
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\nmore")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(PolyalignError, match=r"cannot write to the cache folder .*blocks: \[enforce fail at "
+                                             r"inline_container.cc:664\] . unexpected pos 64 vs 0. Free some space"):
+        list(stream.read(stream.shards[0]))
+    assert not list((tmp_path / "blocks").glob("*"))  # no half-written file left

@@ -108,7 +108,8 @@ def test_one_bounded_lru_of_open_files_serves_both_caches(blocks):
     assert list(stream.open_blocks.files) == names[1:]
     list(stream.read(stream.shards[1]))
     assert list(stream.open_blocks.files) == [names[2], names[1]]
-    assert stream.open_blocks.get("no-such-block.pt", stream._load) is None and len(stream.open_blocks) == 2
+    assert stream.open_blocks.get("no-such-block.pt", lambda n: stream._load(n, 4)) is None
+    assert len(stream.open_blocks) == 2
 
     store = TensorStore(tmp_path / "parts")
     store.handles.limit = 2

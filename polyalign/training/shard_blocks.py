@@ -90,6 +90,26 @@ def pack(rows: list[tuple[str, Sample]], modalities: list[str]) -> dict[str, Any
     return block
 
 
+def block_problem(block: Any, rows: int) -> str | None:
+    """What is wrong with a loaded block that should hold ``rows`` rows, or None: its layout is checked
+    once, when it is opened (each row's values are views into it, never checked again)."""
+    if not isinstance(block, dict) or not {"keys", "labels", "ids", "modalities"} <= set(block):
+        return "it is not a block of decoded rows"
+    if not all(isinstance(block[k], list) and len(block[k]) == rows for k in ("keys", "labels", "ids")):
+        return f"it holds {len(block['keys']) if isinstance(block['keys'], list) else '?'} rows, not the shard's {rows}"
+    for m, col in block["modalities"].items() if isinstance(block["modalities"], dict) else [("?", None)]:
+        if not isinstance(col, dict) or not isinstance(col.get("index"), torch.Tensor) or col["index"].numel() != rows:
+            return f"modality {m!r} has no index of its {rows} rows"
+        present = int((col["index"] >= 0).sum())
+        for f, part in col.get("fields", {}).items():
+            offsets, shapes, data = part.get("offsets"), part.get("shapes"), part.get("data")
+            if not all(isinstance(x, torch.Tensor) for x in (offsets, shapes, data)) or shapes.dim() != 2 \
+                    or offsets.numel() != present + 1 or shapes.shape[0] != present \
+                    or int(offsets[-1]) != data.numel() or not torch.equal(offsets.diff(), shapes.prod(dim=1)):
+                return f"modality {m!r}, field {f!r}: its offsets and shapes do not fit its data"
+    return None
+
+
 def unpack(block: dict[str, Any], skip: int) -> Iterator[tuple[str, Sample]]:
     """``(key, sample)`` of the rows of a block from position ``skip`` on; values are views into it."""
     cols = {m: (col["index"].tolist(), col["dict"],
@@ -125,7 +145,7 @@ class BlockStream(StreamSplit):
 
     def read(self, shard: Shard, skip: int = 0) -> Iterator[tuple[str, Sample]]:
         name = block_name(shard, self.folders)
-        block = self.open_blocks.get(name, self._load) if name is not None else None
+        block = self.open_blocks.get(name, lambda n: self._load(n, shard.size)) if name is not None else None
         if block is not None:
             yield from unpack(block, skip)
             return
@@ -146,7 +166,7 @@ class BlockStream(StreamSplit):
                     rows = None
             yield key, out
 
-    def _load(self, name: str) -> dict[str, Any] | None:
+    def _load(self, name: str, rows: int) -> dict[str, Any] | None:
         path = self.folder / name
         if not path.is_file():
             return None
@@ -155,6 +175,10 @@ class BlockStream(StreamSplit):
         except Exception as exc:
             raise PolyalignError(f"cache file {path} cannot be read ({type(exc).__name__}: {exc}); delete it (the "
                                  f"shard is read and decoded again)") from exc
+        problem = block_problem(block, rows)
+        if problem is not None:
+            raise PolyalignError(f"cache file {path} is damaged: {problem}; delete it (the shard is read and decoded "
+                                 f"again)")
         return block
 
     def _write(self, name: str, rows: list[tuple[str, Sample]]) -> None:
@@ -167,7 +191,8 @@ class BlockStream(StreamSplit):
             self.folder.mkdir(parents=True, exist_ok=True)
             torch.save(block, tmp)
             os.replace(tmp, path)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # torch.save raises RuntimeError when its writer fails (disk full)
             tmp.unlink(missing_ok=True)
-            raise PolyalignError(f"cannot write to the cache folder {self.folder}: {describe_os_error(exc)}. "
-                                 f"Free some space or set cache.dir elsewhere.") from exc
+            why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc).strip().splitlines()[0]
+            raise PolyalignError(f"cannot write to the cache folder {self.folder}: {why}. Free some space (or raise "
+                                 f"`ulimit -f`), or set cache.dir elsewhere.") from exc
