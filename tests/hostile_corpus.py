@@ -393,7 +393,7 @@ EXPECTED: dict[str, str] = {  # what the output of each case must hold (whitespa
     "search: .npy of the wrong width": "expected a vector of 5 numbers, got 7",
     "search: .npy with NaN": "candidates: NaN or infinite embeddings at row(s) 0, 1, 2",
     "search: CSV cell over the field limit": "m.csv, line 2, column 'b': not valid JSON",
-    "search: CSV with a NUL byte": "vector .npy file not found",
+    "search: CSV with a NUL byte": "a vector value must be numbers or a .npy file (a pathlib.Path); got the text",
     "search: CSV cell nested too deeply": "m.csv, line 2, column 'b': nested too deeply",
     "search: JSONL line nested too deeply": "m.jsonl, line 1: nested too deeply",
     "search: JSONL line not an object": "m.jsonl, line 1: expected a JSON object {modality: value, ...}, got list",

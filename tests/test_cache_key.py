@@ -66,11 +66,11 @@ ENCODERS: dict[str, tuple[Any, dict[str, Any], dict[str, Any]]] = {
         "model": "test_efficientnet", "pretrained": "<image-weights>", "image_size": 48, "channels": 1,
         "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.4], "augment": True, "freeze": True,
         "grad_checkpointing": True, "timm_kwargs": {"global_pool": "max"},
-        "lora": {"r": 2, "target_modules": ["layer1.0.conv1"]}}),
+        "lora": {"r": 2, "target_modules": ["layer1.0.conv1"]}, "max_pixels": 1_000_000}),
     "audio": (Path("a.wav"), AUDIO, {
         "sample_rate": 4000, "clip_seconds": 0.5, "crop": "start", "backbone": "wav2vec2", "n_mels": 32,
         "n_fft": 256, "hop_length": 50, "channels": [4], "arch": "tiny", "weights": "<audio-weights>",
-        "freeze": True, "grad_checkpointing": True}),
+        "freeze": True, "grad_checkpointing": True, "max_seconds": 100.0}),
     "ecg": (Path("ecg.npy"), {"leads": 2, "length": 64, "base_width": 4, "blocks": [1]}, {
         "leads": 3, "length": 48, "layout": "time_first", "crop": "start", "sample_rate": 250,
         "lead_names": ["I", "II"], "base_width": 8, "blocks": [1, 1], "kernel_size": 5,

@@ -83,17 +83,21 @@ def test_a_cell_is_a_file_when_that_file_exists(tmp_path):
     (tmp_path / "text" / "a.txt").write_text("a red circle", encoding="utf-8")
     (tmp_path / "rec.hea").write_text("rec 1 100 10\n")
     rows = [{"text": "text/a.txt", "ecg": "rec"}, {"text": "gone.txt", "ecg": "img/7.png"},
-            {"text": f"{tmp_path}/text/a.txt", "ecg": "a red circle"}]
+            {"text": f"{tmp_path}/text/a.txt", "ecg": "a red circle"}, {"text": "a caption.txt", "ecg": "rec"}]
     _write_jsonl(tmp_path / "train.jsonl", rows)
     data = polyalign.build("dataset", "manifest", path=str(tmp_path))
     assert data.split("train") == [{"text": Path("text/a.txt"), "ecg": Path("rec")},  # a WFDB record by its .hea
-                                   {"text": "gone.txt", "ecg": "img/7.png"},  # no such file: text
-                                   {"text": tmp_path / "text" / "a.txt", "ecg": "a red circle"}]
+                                   # no such file, but one word ending as a file does: a (missing) file, not text
+                                   {"text": Path("gone.txt"), "ecg": Path("img/7.png")},
+                                   {"text": tmp_path / "text" / "a.txt", "ecg": "a red circle"},
+                                   {"text": "a caption.txt", "ecg": Path("rec")}]  # several words: text
     byte_text = polyalign.build("encoder", "byte_text", dim=16, layers=1, heads=2, max_length=64)
-    first, second = (byte_text.load(s["text"], data.root)["input_ids"] for s in data.split("train")[:2])
-    assert bytes((first[1:] - 2).tolist()) == b"a red circle" and bytes((second[1:] - 2).tolist()) == b"gone.txt"
-    with pytest.raises(PolyalignError, match=r"expected image file, got the text 'img/7\.png'"):
-        polyalign.build("encoder", "image", model="test_resnet", image_size=16).load("img/7.png", data.root)
+    first, last = (byte_text.load(s["text"], data.root)["input_ids"] for s in data.split("train")[::3])
+    assert bytes((first[1:] - 2).tolist()) == b"a red circle" and bytes((last[1:] - 2).tolist()) == b"a caption.txt"
+    with pytest.raises(PolyalignError, match=r"gone\.txt"):  # said missing, never read as the text of its name
+        byte_text.load(data.split("train")[1]["text"], data.root)
+    with pytest.raises(PolyalignError, match=r"image file not found: .*img/7\.png"):
+        polyalign.build("encoder", "image", model="test_resnet", image_size=16).load(Path("img/7.png"), data.root)
 
 
 def _recipe(tmp_path, data: dict, modalities=tuple(ENCODERS), **train):

@@ -167,7 +167,7 @@ def test_sources_folder_manifest_and_array(tmp_path, monkeypatch):
     assert found.ids == ["first", "second"] and found.values[1] == [0, 0, 0, 0, 1]
     assert read_source(tmp_path / "m.csv", "c").values == [Path("vectors/x1.npy")]  # empty cell = missing
     (tmp_path / "lines.txt").write_text("vectors/x1.npy\nvectors/gone.npy\n")  # a line, read as a cell is
-    assert read_source(tmp_path / "lines.txt", "c").values == [Path("vectors/x1.npy"), "vectors/gone.npy"]
+    assert read_source(tmp_path / "lines.txt", "c").values == [Path("vectors/x1.npy"), Path("vectors/gone.npy")]
     (tmp_path / "m.jsonl").write_text('{"c": [1, 1, 1, 1, 1]}\n\n{"a": [0, 0, 0, 0, 0]}\n')
     found = read_source(tmp_path / "m.jsonl", "c")
     assert found.ids == [0] and found.root == tmp_path
@@ -175,7 +175,7 @@ def test_sources_folder_manifest_and_array(tmp_path, monkeypatch):
         read_source(tmp_path / "m.jsonl", "b")
     monkeypatch.chdir(tmp_path)  # a command-line value: a file (relative to the current folder), numbers or text
     assert [query_value(v) for v in ("vectors/x1.npy", "[1, 0]", "vectors/x2.npy", "a dog")] == \
-        [Path("vectors/x1.npy"), [1, 0], "vectors/x2.npy", "a dog"]
+        [Path("vectors/x1.npy"), [1, 0], Path("vectors/x2.npy"), "a dog"]  # x2: missing, said so by the encoder
 
 
 def test_cli_embed_then_search(run, model, tmp_path, capsys):

@@ -143,7 +143,7 @@ def test_modalities_sharing_an_extension_are_named_by_modality(tmp_path):
 
 def test_a_cell_naming_a_missing_image_is_not_written_as_text(tmp_path):
     write_manifest(tmp_path / "m", {"train": [{"v": [1.0], "image": "img/gone.png", "t": "a photo.png of me"}]})
-    with pytest.raises(PolyalignError, match=r"'image': file img/gone\.png not found .*written as the text"):
+    with pytest.raises(PolyalignError, match=r"line 1, 'image': file .*img/gone\.png not found"):
         write_shards(tmp_path / "m", tmp_path / "s", 10)
 
 

@@ -60,15 +60,15 @@ def clean_row(row: dict[str, Any], where: str) -> Sample:
 
 
 FILE_ENDINGS = (".png", ".jpg", ".jpeg", ".wav", ".flac", ".npy", ".txt", ".hea")
-"""Endings of a one-word cell that can only mean a file: one that does not exist is an error, not text."""
+"""Endings of a one-word cell that can only mean a file: such a cell is a Path even when the file is missing."""
 
 
 def as_file(value: Any, root: Path | None) -> Any:
     """A text cell naming an existing file (relative to ``root``, or absolute; a WFDB record by its
     ``.hea``) as a :class:`~pathlib.Path`; any other cell as it is (a str stays text). A cell naming
-    a folder is a Path too, so that the encoder's error says it is no file; a one-word cell ending as a
-    file does (:data:`FILE_ENDINGS`) whose file is missing is an error, so that a lost caption file is
-    never read as the text of its name."""
+    a folder is a Path too, so that the encoder's error says it is no file, and so is a one-word cell
+    ending as a file does (:data:`FILE_ENDINGS`) whose file is missing: the encoder then says it is not
+    found (with the row), instead of reading the name as text."""
     if not isinstance(value, str) or not value.strip() or "\n" in value:
         return value
     try:
@@ -78,25 +78,12 @@ def as_file(value: Any, root: Path | None) -> Any:
             return path
     except (OSError, ValueError):  # longer than a file name may be, a NUL byte: text
         return value
-    if path.suffix.lower() in FILE_ENDINGS and not any(c.isspace() for c in value):
-        where = f" (relative paths resolve against {root})" if root is not None and not path.is_absolute() else ""
-        raise ManifestError(f"the file {value} does not exist{where}; a cell ending in {path.suffix} names a file. "
-                            f"Restore the file, or fix the cell")
-    return value
+    return path if path.suffix.lower() in FILE_ENDINGS and not any(c.isspace() for c in value) else value
 
 
-def with_files(samples: list[Sample], root: Path | None, source: str = "manifest",
-               lines: list[int] | None = None) -> list[Sample]:
-    """The samples with every modality cell that names a file as a Path (:func:`as_file`); a cell naming a
-    missing file is an error naming ``source`` and the row's line (``lines``, else its position)."""
-    out = []
-    for i, s in enumerate(samples):
-        try:
-            out.append({k: v if k in RESERVED_KEYS else as_file(v, root) for k, v in s.items()})
-        except ManifestError as exc:
-            line = lines[i] if lines is not None else i + 1
-            raise ManifestError(f"{source}, line {line}: {exc}") from None
-    return out
+def with_files(samples: list[Sample], root: Path | None) -> list[Sample]:
+    """The samples with every modality cell that names a file as a Path (:func:`as_file`)."""
+    return [{k: v if k in RESERVED_KEYS else as_file(v, root) for k, v in s.items()} for s in samples]
 
 
 def read_jsonl(path: Path) -> tuple[list[Sample], list[int]]:

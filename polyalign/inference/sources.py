@@ -39,8 +39,7 @@ def check_ids(ids: list[Any], where: str, redo: str = "") -> None:
 
 def read_manifest_column(path: Path, modality: str) -> Values:
     """The ``modality`` column of a manifest; rows without it are skipped; ids from ``id`` or the row number."""
-    raw, lines = read_manifest(path)
-    samples = with_files(raw, path.parent, f"manifest {path}", lines)
+    samples = with_files(read_manifest(path)[0], path.parent)
     columns = sorted({k for r in samples for k in r})
     if modality not in columns:
         raise PolyalignError(f"{path} has no column {shown(modality)}; its columns are: {', '.join(columns) or 'none'}")

@@ -87,8 +87,7 @@ class ManifestDataset:
             raise ManifestError(f"the manifests are in different folders ({', '.join(sorted(map(str, folders)))}); "
                                 f"set data.root to the folder their relative paths start from")
         read = {s: (read_manifest(p) if p is not None else ([], [])) for s, p in self.files.items()}
-        self._splits = {s: with_files(rows, self.root, f"manifest {self.files[s]}", numbers)
-                        for s, (rows, numbers) in read.items()}
+        self._splits = {s: with_files(rows, self.root) for s, (rows, _) in read.items()}
         self._lines = {s: numbers for s, (_, numbers) in read.items()}
         columns: dict[str, None] = {}
         for sample in self._splits["train"]:
