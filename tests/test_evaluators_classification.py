@@ -42,7 +42,8 @@ def context(labels: dict[str, list], emb: dict[str, dict[str, np.ndarray]], labe
     embeddings of ``a`` and ``b`` per split (no encoder runs for them)."""
     torch.manual_seed(0)
     text = ByteTextEncoder(ByteTextConfig(dim=16, layers=1, heads=2, max_length=32))
-    model = MultiModalModel({"text": text, "a": VectorEncoder(VectorConfig(dim=1, hidden=[])), "b": VectorEncoder(VectorConfig(dim=1, hidden=[]))}, D, "l2")
+    scalar = VectorConfig(dim=1, hidden=[])
+    model = MultiModalModel({"text": text, "a": VectorEncoder(scalar), "b": VectorEncoder(scalar)}, D, "l2")
     samples = {s: [{"text": "x", "a": [0.0], "b": [0.0], "label": y} for y in ys] for s, ys in labels.items()}
     ctx = EvalContext(Assembled(Splits(samples, label_names), model, ClipLoss(ClipConfig())), "test",
                       torch.device("cpu"), seed=0)

@@ -150,7 +150,8 @@ def test_the_objectives_benchmark_is_a_polyalign_sweep_read_back_by_the_compare_
                      "--set", *small])
     saved = json.loads((tmp_path / "o.json").read_text())
     sweep = tmp_path / "sweeps" / "xor"
-    assert saved["commands"][1].startswith("polyalign sweep polyalign/recipes/xor-symile.yaml --grid 'loss={plugin: clip},")
+    assert saved["commands"][1].startswith(
+        "polyalign sweep polyalign/recipes/xor-symile.yaml --grid 'loss={plugin: clip},")
     heads = saved["headlines"]["xor"]
     for name, selector in (("clip", "loss=clip"), ("clip + symile (scored together)", "loss=[clip, symile]")):
         _, runs = configuration(sweep, selector)

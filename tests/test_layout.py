@@ -78,8 +78,9 @@ def test_files_use_only_the_core_errors():
     wrong = []
     for path in sorted((PACKAGE / "files").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("polyalign.core") \
-                    and node.module != "polyalign.core.errors":
+            module = node.module or "" if isinstance(node, ast.ImportFrom) else ""
+            if isinstance(node, ast.ImportFrom) and not node.level and module.startswith("polyalign.core") \
+                    and module != "polyalign.core.errors":
                 wrong.append(f"{path.name}:{node.lineno} imports {node.module}")
     assert not wrong, wrong
 

@@ -141,7 +141,7 @@ def test_a_cache_folder_name_over_the_limit_says_so(tmp_path):
 
 def test_a_file_size_limit_under_a_checkpoint_is_a_clear_error(tmp_path, capsys):
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4000, hard))  # recipe.yaml (~1.7 kB) fits, a checkpoint (~25 kB) does not
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4000, hard))  # recipe.yaml (~1.7 kB) fits, a checkpoint (25 kB) not
     try:
         code = main(["train", str(XOR), *TINY_XOR, "logging=[]", "--out", str(tmp_path)])
     finally:

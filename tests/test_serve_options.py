@@ -60,7 +60,8 @@ def get(url: str, body: dict | None = None, timeout: float = 30) -> int:
 def xor_run(tmp_path_factory):
     """A small trained XOR model's run directory."""
     return polyalign.train(RECIPES / "xor-symile.yaml", out=tmp_path_factory.mktemp("serve") / "runs",
-                           overrides=["train.epochs=1", "data.n_train=256", "data.n_val=64", "data.n_test=64", "eval=[]"])
+                           overrides=["train.epochs=1", "data.n_train=256", "data.n_val=64", "data.n_test=64",
+                                      "eval=[]"])
 
 
 @pytest.mark.slow

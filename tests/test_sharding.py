@@ -33,7 +33,8 @@ MICRO, DIM = 4, 6
 
 def _model(missing: str) -> MultiModalModel:
     torch.manual_seed(0)
-    return MultiModalModel({m: VectorEncoder(VectorConfig(dim=DIM, hidden=[8])) for m in MODALITIES}, 5, "l2", missing).double()
+    encoders = {m: VectorEncoder(VectorConfig(dim=DIM, hidden=[8])) for m in MODALITIES}
+    return MultiModalModel(encoders, 5, "l2", missing).double()
 
 
 def _window(rank: int) -> list[Batch]:

@@ -161,7 +161,8 @@ def registered(monkeypatch):
 def test_registered_encoders_are_built_as_a_run_builds_them_and_rebuilt(registered):
     check_encoder("vector", [[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]], hidden=[8])
     with pytest.raises(ConformanceError, match=r"encoder 'forgetful' fails 'rebuild': building it from its options "
-                                               r"plus rebuild_options\(\) \{\} without an example raised PolyalignError: encoder 'vector' needs dim"):
+                                               r"plus rebuild_options\(\) \{\} without an example raised "
+                                               r"PolyalignError: encoder 'vector' needs dim"):
         check_encoder("forgetful", [[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]])
     with pytest.raises(ConformanceError, match="encoder 'vector' fails 'build': ValidationError"):
         check_encoder("vector", [[1.0], [2.0]], hiden=[8])

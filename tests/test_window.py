@@ -63,7 +63,8 @@ def _loss(name: str, **config) -> nn.Module:
 
 def _model(missing: str = "drop", dropout: float = 0.0, norm: bool = False) -> MultiModalModel:
     torch.manual_seed(0)
-    encoders = {m: NormEncoder(dropout) if norm else VectorEncoder(VectorConfig(dim=DIM, hidden=[8], dropout=dropout)) for m in MODALITIES}
+    config = VectorConfig(dim=DIM, hidden=[8], dropout=dropout)
+    encoders = {m: NormEncoder(dropout) if norm else VectorEncoder(config) for m in MODALITIES}
     return MultiModalModel(encoders, 5, "l2", missing).double().train()
 
 

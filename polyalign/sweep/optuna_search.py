@@ -113,9 +113,10 @@ def check_metric(recipe: Any, metric: str) -> None:
 def open_storage(url: str, jobs: int) -> None:
     """Refuse, before any trial trains, a study storage that cannot be opened and written."""
     if ":memory:" in url or url.strip() in ("sqlite://", "sqlite:///"):
+        who = f"its {jobs} workers" if jobs > 1 else "a resumed run"
         raise PolyalignError(f"--storage {url!r}: an in-memory database lives and dies with one process, so the "
-                             f"search's result (and {'its ' + str(jobs) + ' workers' if jobs > 1 else 'a resumed run'}) "
-                             f"could not see its trials; give a file, e.g. sqlite:///sweeps/study.db")
+                             f"search's result (and {who}) could not see its trials; give a file, e.g. "
+                             f"sqlite:///sweeps/study.db")
     import optuna
 
     try:
@@ -128,7 +129,8 @@ def open_storage(url: str, jobs: int) -> None:
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy, drivers and the file system each raise their own
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else \
             type(exc).__name__
-        raise PolyalignError(f"--storage {url!r}: the study database cannot be opened and written ({cut(reason, 200)}); "
+        raise PolyalignError(f"--storage {url!r}: the study database cannot be opened and written "
+                             f"({cut(reason, 200)}); "
                              f"give an SQLAlchemy URL of a database this process can write, e.g. "
                              f"sqlite:///path/to/study.db (its folder must exist), or leave --storage out for "
                              f"one in the sweep folder") from None
