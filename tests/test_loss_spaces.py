@@ -135,3 +135,39 @@ def test_per_term_spaces_keep_the_joint_bits_where_a_shared_space_loses_them(tmp
     cands = torch.randn(4, 32, dtype=q.dtype)
     cands = torch.cat([F.normalize(cands[:, :16], dim=1), F.normalize(cands[:, 16:], dim=1)], dim=1)
     assert torch.allclose(q @ cands.T, model.score_embeddings(z, cands, "b"), rtol=1e-4, atol=1e-4)
+
+
+def test_a_per_term_model_exports_indexes_and_loads_back(tmp_path, tiny_xor):
+    import numpy as np
+
+    from polyalign.inference.export import export_model
+    from polyalign.inference.retrieval import search_sources
+
+    run = polyalign.train(RECIPES / "xor-symile.yaml", out=tmp_path / "runs", overrides=tiny_xor + ["eval=[]", BOTH])
+    export_model(run, tmp_path / "model")
+    exported, trained = polyalign.load(tmp_path / "model"), polyalign.load(run)
+    rows = list(np.random.default_rng(0).integers(0, 2, (7, 5)).astype(np.float32))
+    z = exported.embed({"a": rows, "b": rows, "c": rows})
+    assert z["a"].shape == (7, 32)
+    assert torch.allclose(z["a"], trained.embed({"a": rows})["a"], atol=1e-6)
+    assert torch.allclose(exported.score_embeddings({"a": z["a"], "c": z["c"]}, z["b"], "b"),
+                          trained.score_embeddings({"a": z["a"], "c": z["c"]}, z["b"], "b"), atol=1e-5)
+    faiss = pytest.importorskip("faiss")
+    del faiss
+    from polyalign.cli import main
+
+    bits = tmp_path / "bits.npy"
+    np.save(bits, np.array([[int(c) for c in f"{i:05b}"] for i in range(32)], dtype=np.float32))
+    assert main(["index", str(run), "--modality", "b", "--input", str(bits), "--out", str(tmp_path / "b.faiss")]) == 0
+    queries = ["a=[1,0,1,1,0]", "c=[0,1,1,0,1]"]
+    brute = search_sources(trained, queries, f"b={bits}", top_k=32)
+    indexed = search_sources(trained, queries, f"b={tmp_path / 'b.faiss'}", top_k=32)
+    assert [h.id for h in indexed.hits] == [h.id for h in brute.hits]
+    assert [h.score for h in indexed.hits] == pytest.approx([h.score for h in brute.hits], abs=1e-4)
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    export_model(run, tmp_path / "onnx", format="onnx")
+    encoder = trained.model.encoders["a"]
+    x = encoder.collate([encoder.load(v, tmp_path) for v in rows])
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "a.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["embeddings"], {"input": x.numpy()})[0], z["a"].numpy(), atol=1e-4)
