@@ -38,7 +38,7 @@ def child(threads: str, steps: int) -> None:
     import yaml
 
     import polyalign
-    from polyalign.core.plugins import make_plugins
+    from polyalign.core.plugin_manager import make_plugins
 
     class LoopClock:
         start = end = 0.0

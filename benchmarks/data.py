@@ -47,7 +47,7 @@ import torch
 import polyalign
 from polyalign.core.assemble import assemble
 from polyalign.core.loss import clamp_temperatures
-from polyalign.core.plugins import make_plugins
+from polyalign.core.plugin_manager import make_plugins
 from polyalign.plugins.datasets.demo import write_demo
 from polyalign.plugins.datasets.shards import write_shards
 from polyalign.training.cache_fill import fill_caches

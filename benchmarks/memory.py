@@ -85,7 +85,7 @@ def build_stepper(loss: str, mode: str, rows: int, micro: int):
     import torch
 
     from polyalign.core.assemble import build_loss, build_model
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
     from polyalign.training.optim import build_optimizer
     from polyalign.training.step import Stepper
 

@@ -89,7 +89,7 @@ def one_run(job: dict) -> dict:
 
     import polyalign
     from polyalign.core.assemble import build_loss
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.step_cost import recipe_step_cost
 
     torch.set_num_threads(1)

@@ -152,7 +152,7 @@ def forward_backward(args: argparse.Namespace) -> None:
     import torch
 
     from polyalign.core.assemble import build_loss, build_model
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
 
     torch.set_num_threads(1)
     plugins = default_plugins()
@@ -195,7 +195,7 @@ def forward_backward(args: argparse.Namespace) -> None:
 
 
 def save_random_model_quiet(folder: Path, cfg: dict) -> Path:
-    from polyalign.encoders.open_clip import save_random_model
+    from polyalign.plugins.encoders.open_clip import save_random_model
 
     return save_random_model(folder, cfg, seed=0)
 

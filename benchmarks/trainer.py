@@ -21,7 +21,7 @@ import torch
 import polyalign
 from polyalign.core.assemble import assemble
 from polyalign.core.loss import clamp_temperatures
-from polyalign.core.plugins import make_plugins
+from polyalign.core.plugin_manager import make_plugins
 from polyalign.training.optim import build_optimizer
 from polyalign.training.state import seed_everything
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from mkdocs.structure.files import File
 
-from polyalign.core.options_reference import KIND_TITLES, kind_page
-from polyalign.core.plugins import BUILTIN_DIST, make_plugins
+from polyalign.commands.options_reference import KIND_TITLES, kind_page
+from polyalign.core.plugin_manager import BUILTIN_DIST, make_plugins
 
 
 def page_name(kind: str) -> str:

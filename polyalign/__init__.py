@@ -41,7 +41,7 @@ def build(kind: str, name: str, **config: Any) -> Any:
     Context arguments a factory accepts (``modalities`` for losses, ``seed`` for datasets,
     ``modality``/``example`` for encoders) may be passed too; they are not config fields.
     """
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.registry import CONTEXT
 
     plugins = default_plugins()

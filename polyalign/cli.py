@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from polyalign.core.errors import MAX_MESSAGE_CHARS, Notice, PolyalignError, cut, shown
-from polyalign.core.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
+from polyalign.files.run_files import REPORT_DIR, REPORT_JSON, REPORT_MD
 
 err = Console(stderr=True, highlight=False)
 # Piped (a log, a notebook cell), rich would assume 80 columns and wrap table cells mid-word; 160 fits the
@@ -66,15 +66,19 @@ def _count(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _rate(text: str) -> float:
-    """An argparse type: a probability in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {shown(text)}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
+def _number(low: float, high: float, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] (in (low, high] when ``above``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {shown(text)}") from None
+        if not (low < value if above else low <= value) or not value <= high:  # NaN fails both
+            side = f"above {low:g}" if above else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a number {side} and at most {high:g}, got {shown(text)}")
+        return value
+    return parse
+
 
 
 def _name_cells(lines: list[list[str]], n_ids: int) -> tuple[list[list[str]], list[int]]:
@@ -137,7 +141,7 @@ def _print_report(run_dir: Path) -> None:
 
 def _evaluator_node(text: str) -> dict:
     """``--add`` value: an evaluator name, or a YAML mapping with a ``plugin`` key."""
-    from polyalign.core.yaml_file import parse_yaml
+    from polyalign.files.yaml_file import parse_yaml
 
     node = parse_yaml(text, f"--add {shown(text)}")
     if isinstance(node, str):
@@ -217,8 +221,8 @@ def _compare_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from polyalign.core.run_files import RECIPE_FILE
     from polyalign.evaluation.compare import compare_runs
+    from polyalign.files.run_files import RECIPE_FILE
 
     if args.paired:
         return _compare_paired(args)
@@ -247,7 +251,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.requirements import check_requirements
     from polyalign.shipped import resolve_recipe_path
 
@@ -255,7 +259,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_requirements(recipe, default_plugins(), args.recipe)
     lines = None
     if args.check_data:  # before the "valid" line: a recipe its data refuses is not valid
-        from polyalign.core.data_check import check_data
+        from polyalign.commands.data_check import check_data
 
         lines = check_data(recipe)
     if args.print:
@@ -273,7 +277,7 @@ def _print_step_cost(recipe) -> None:
     """The estimated cost of one loss step on this machine against a CLIP step (core/step_cost.py)."""
     from polyalign.core.assemble import build_loss
     from polyalign.core.device import pick_device
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.step_cost import recipe_step_cost
 
     try:
@@ -287,8 +291,8 @@ def _print_step_cost(recipe) -> None:
 
 def _plugin_options(name: str, as_json: bool) -> int:
     """``polyalign plugins NAME``: every component registered under NAME, with its options."""
-    from polyalign.core.options_reference import component_lines, options
-    from polyalign.core.plugins import default_plugins
+    from polyalign.commands.options_reference import component_lines, options
+    from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.registry import KINDS, unknown_name_message
 
     registry = default_plugins().registry
@@ -317,7 +321,7 @@ def _not_installed(requires: dict[str, str]) -> str:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from polyalign.core.plugins import default_plugins, describe
+    from polyalign.core.plugin_manager import default_plugins, describe
 
     if args.name is not None:
         return _plugin_options(args.name, args.json)
@@ -346,7 +350,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from polyalign.core.atomic import atomic_write_text
+    from polyalign.files.atomic import atomic_write_text
     from polyalign.shipped import recipe_summary, shipped_recipes
 
     recipes = shipped_recipes()
@@ -439,7 +443,7 @@ def _device(name: str) -> str:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.inference.retrieval import embed_to_file
+    from polyalign.inference.search import embed_to_file
 
     model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=_device(args.device))
     source = args.input if args.value is None else args.value
@@ -451,7 +455,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.inference.retrieval import index_to_file
+    from polyalign.inference.search import index_to_file
     from polyalign.inference.vector_index import IndexOptions
 
     options = IndexOptions(args.kind, args.nlist, args.nprobe, args.hnsw_m, args.ef_search)
@@ -469,7 +473,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     import polyalign
-    from polyalign.inference.retrieval import search_sources, show_value
+    from polyalign.inference.search import search_sources, show_value
 
     model = polyalign.load(args.run_dir, checkpoint=args.checkpoint, device=_device(args.device))
     result = search_sources(model, args.query, args.candidates, args.top)
@@ -552,11 +556,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.seeds = args.seeds or written.seeds
     args.seeds = args.seeds or 1
     if args.search:
-        from polyalign.sweep.search import run_search
+        from polyalign.sweep.optuna_search import run_search
 
         found = run_search(recipe, args.grid or [], args.trials, args.metric, args.direction, args.overrides,
                            args.out, args.jobs, args.threads, args.launcher, slurm, echo, storage=args.storage)
         out.print(found.text(), markup=False, soft_wrap=True)
+        if found.best_recipe is None:
+            raise PolyalignError(f"no trial of the search completed (see the failed trials above and the study in "
+                                 f"{found.sweep_dir}); the same command resumes it")
         return 0
     from polyalign.sweep.plan import parse_grid
     from polyalign.sweep.runner import run_sweep
@@ -629,9 +636,9 @@ def parser() -> argparse.ArgumentParser:
     dd.add_argument("--n-train", type=_count(1, DEMO_MAX_ROWS), default=600)
     dd.add_argument("--n-val", type=_count(0, DEMO_MAX_ROWS), default=100)
     dd.add_argument("--n-test", type=_count(0, DEMO_MAX_ROWS), default=200)
-    dd.add_argument("--missing-rate", type=_rate, default=0.1, help="chance a train modality is left out")
+    dd.add_argument("--missing-rate", type=_number(0, 1), default=0.1, help="chance a train modality is left out")
     dd.add_argument("--seed", type=_count(0), default=0)
-    dd.add_argument("--flip-rate", type=_rate, default=0.15, help="chance a modality shows another class")
+    dd.add_argument("--flip-rate", type=_number(0, 1), default=0.15, help="chance a modality shows another class")
     dd.set_defaults(func=cmd_demo_data)
 
     sh = sub.add_parser("shards", help="write a manifest folder as webdataset tar shards (one set per split)")
@@ -715,19 +722,21 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--index", action="append", default=[], metavar="MODALITY=FILE.faiss",
                     help="what /search ranks: an index from `polyalign index`; repeatable")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=_count(0), default=8000)
+    sv.add_argument("--port", type=_count(0, 65535), default=8000,
+                    help="port to listen on (default 8000; 0 = any free port)")
     sv.add_argument("--token", action="store_true",
                     help="require 'Authorization: Bearer TOKEN' on every route but /health (the token: "
                          "$POLYALIGN_SERVE_TOKEN, which also turns this on, or a new one printed at start)")
     sv.add_argument("--workers", type=_count(1), default=1, help="processes, each with its own copy of the model")
     sv.add_argument("--threads", type=_count(1), default=None,
                     help="torch threads per worker (default: cores / workers - 1, at least 1)")
-    sv.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16 MB; 413 above)")
+    sv.add_argument("--max-body-mb", type=_number(0, 4096, above=True), default=16.0,
+                    help="largest request body (default 16 MB, at most 4096; 413 above)")
     sv.add_argument("--max-values", type=_count(1), default=64, help="values per request (default 64; 413 above)")
     sv.add_argument("--max-k", type=_count(1), default=100, help="largest k of a search (default 100; 422 above)")
     sv.add_argument("--max-batch", type=_count(1), default=64, help="requests batched into one model run (default 64)")
-    sv.add_argument("--batch-wait-ms", type=float, default=2.0,
-                    help="how long a batch waits for more requests after its first (default 2 ms)")
+    sv.add_argument("--batch-wait-ms", type=_number(0, 1000), default=2.0,
+                    help="how long a batch waits for more requests after its first (default 2 ms, at most 1000)")
     for name, kw in use.items():
         sv.add_argument(f"--{name}", **kw)
     sv.set_defaults(func=cmd_serve)
@@ -757,7 +766,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--time", type=_count(1), default=60, metavar="MINUTES", help="slurm: time limit per run")
     sw.add_argument("--gpus-per-node", type=_count(0), default=0, help="slurm: GPUs per run")
     sw.add_argument("--cpus-per-task", type=_count(1), help="slurm: CPUs per run (default: --threads)")
-    sw.add_argument("--mem-gb", type=float, help="slurm: memory per run")
+    sw.add_argument("--mem-gb", type=_number(0, 1e6, above=True), help="slurm: memory per run")
     sw.add_argument("--status", metavar="SWEEP_DIR", help="show a sweep's runs done, running, failed, and the "
                                                           "time left; runs nothing")
     sw.add_argument("--search", choices=["optuna"], help="search the --grid space with Optuna (TPE, pruning on "
@@ -790,7 +799,7 @@ def _error_message(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, PolyalignError):
         return str(exc), 2
     if isinstance(exc, OSError):  # the machine, not the code: a full disk, a missing permission...
-        from polyalign.core.atomic import os_error_message
+        from polyalign.files.atomic import os_error_message
 
         return cut(os_error_message(exc)), 2
     if isinstance(exc, MemoryError):

@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 
 from polyalign.core.assemble import with_rebuild_options
-from polyalign.core.atomic import os_error_message
 from polyalign.core.device import pick_device
 from polyalign.core.errors import PolyalignError
-from polyalign.core.plugins import Plugins, default_plugins
+from polyalign.core.plugin_manager import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe
 from polyalign.core.requirements import check_requirements
 from polyalign.core.step_cost import recipe_step_cost
 from polyalign.evaluation.evaluate import EvaluatorsFailed, check_eval_split, run_evaluators, write_report
+from polyalign.files.atomic import os_error_message
 from polyalign.training.distributed import broadcast_from_main, finish_distributed, init_distributed
 from polyalign.training.loop import Trainer
 from polyalign.training.run_dir import new_run_dir, resume_recipe, write_recipe

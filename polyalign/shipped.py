@@ -6,7 +6,7 @@ import difflib
 from pathlib import Path
 
 from polyalign.core.errors import PolyalignError
-from polyalign.core.yaml_file import YamlError, parse_yaml
+from polyalign.files.yaml_file import YamlError, parse_yaml
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 

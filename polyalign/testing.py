@@ -569,11 +569,11 @@ def check_dataset(dataset: Any, *, rows: int = 64, skip: Collection[str] = (), *
     size says, and reading from a position skips exactly the samples before it). ``skip`` names
     properties not to check. Returns the dataset.
     """
-    from polyalign.core.batch import RESERVED_KEYS
     from polyalign.core.data import SPLITS
     from polyalign.core.modality_check import absent_modality_problems
     from polyalign.core.recipe import modality_name_problem
     from polyalign.core.stream import is_stream
+    from polyalign.files.manifest_file import RESERVED_KEYS
 
     skipped = _check_skip(skip, DATASET_PROPERTIES)
     data, who = _component("dataset", dataset, options, seed=0)

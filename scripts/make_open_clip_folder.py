@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from polyalign.encoders.open_clip import save_random_model
+from polyalign.plugins.encoders.open_clip import save_random_model
 
 # a ViT-B-32-shaped CLIP cut down to 2 blocks of width 64, for 32x32 images and short captions
 TINY_CLIP = {

@@ -10,7 +10,7 @@ from polyalign.core.assemble import Assembled
 from polyalign.core.evaluator import EvalContext
 from polyalign.core.loss import Loss
 from polyalign.core.model import MultiModalModel
-from polyalign.encoders.vector import VectorEncoder
+from polyalign.plugins.encoders.vector import VectorEncoder
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 
 

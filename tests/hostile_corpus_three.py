@@ -86,7 +86,7 @@ def _index(folder: Path, made: Made, built: object = None, text: str | None = No
     the sidecar replaced by ``text``."""
     import faiss
 
-    from polyalign.inference.retrieval import index_to_file
+    from polyalign.inference.search import index_to_file
     from polyalign.inference.trained import load
     from polyalign.inference.vector_index import IndexOptions, sidecar
 

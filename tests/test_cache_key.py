@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import polyalign
-from polyalign.core.plugins import default_plugins
+from polyalign.core.plugin_manager import default_plugins
 from polyalign.core.recipe import PluginNode
 from polyalign.training.cache_key import options_key
 
@@ -27,7 +27,7 @@ def files(tmp_path_factory) -> dict[str, Any]:
     """One value per encoder, and the local models and weights files the options name."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from polyalign.encoders.open_clip import save_random_model
+    from polyalign.plugins.encoders.open_clip import save_random_model
 
     root = tmp_path_factory.mktemp("values")
     rng = np.random.default_rng(0)

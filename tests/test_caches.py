@@ -17,9 +17,9 @@ import polyalign
 from polyalign.cli import main
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
-from polyalign.core.plugins import make_plugins
-from polyalign.core.weights import WEIGHTS
-from polyalign.encoders.image import ImageEncoder
+from polyalign.core.plugin_manager import make_plugins
+from polyalign.files.weights import WEIGHTS
+from polyalign.plugins.encoders.image import ImageEncoder
 from polyalign.training.cache_fill import fill_caches
 from polyalign.training.distributed import DistInfo
 from polyalign.training.input_cache import value_key

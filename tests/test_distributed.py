@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import polyalign
-from polyalign.core.plugins import default_plugins
+from polyalign.core.plugin_manager import default_plugins
 from polyalign.training.distributed import all_reduce_mean_grads, gather_batch
 from polyalign.training.run_lock import lock_run_dir
 

@@ -81,8 +81,8 @@ def test_api_reference_documents_the_public_api_and_every_hook(site):
 
 
 def test_plugin_options_pages_list_every_built_in_option(site):
-    from polyalign.core.options_reference import KIND_TITLES, options
-    from polyalign.core.plugins import default_plugins
+    from polyalign.commands.options_reference import KIND_TITLES, options
+    from polyalign.core.plugin_manager import default_plugins
 
     registry = default_plugins().registry
     for kind, title in KIND_TITLES.items():

@@ -10,7 +10,7 @@ import wfdb
 import polyalign
 from polyalign.core.batch import Collator
 from polyalign.core.errors import PolyalignError
-from polyalign.encoders.ecg import BasicBlock1d
+from polyalign.plugins.encoders.ecg import BasicBlock1d
 from polyalign.testing import check_encoder
 
 

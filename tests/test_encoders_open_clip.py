@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 import polyalign
 from polyalign.cli import main
 from polyalign.core.errors import PolyalignError
-from polyalign.encoders.open_clip import WEIGHTS_FILE, save_random_model
+from polyalign.plugins.encoders.open_clip import WEIGHTS_FILE, save_random_model
 from polyalign.testing import check_encoder
 
 TINY_CLIP = {"embed_dim": 16,
@@ -135,7 +135,7 @@ def _two_tower_recipe(clip_folder, *overrides):
 
 def test_head_none_has_exactly_open_clips_parameters(clip_folder):
     from polyalign.core.assemble import build_loss, build_model
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
 
     def count(*modules):
         return sum(p.numel() for m in modules for p in m.parameters())

@@ -10,7 +10,7 @@ import torch
 import polyalign
 from polyalign.core.batch import Collator
 from polyalign.core.errors import PolyalignError
-from polyalign.encoders.text import resolve_model_dir
+from polyalign.plugins.encoders.text import resolve_model_dir
 from polyalign.testing import check_encoder
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "blue", "square", "is", "here"]

@@ -13,11 +13,10 @@ from polyalign.core.assemble import Assembled
 from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import EvalContext
 from polyalign.core.model import MultiModalModel
-from polyalign.encoders.byte_text import ByteTextConfig, ByteTextEncoder
-from polyalign.encoders.vector import VectorEncoder
+from polyalign.plugins.encoders.byte_text import ByteTextConfig, ByteTextEncoder
+from polyalign.plugins.encoders.vector import VectorEncoder
 from polyalign.plugins.evaluators.linear_probe import LinearProbe, LinearProbeConfig, few_shot_rows
-from polyalign.plugins.evaluators.zero_shot_classification import (ZeroShotClassification,
-                                                                   ZeroShotClassificationConfig)
+from polyalign.plugins.evaluators.zero_shot_classification import ZeroShotClassification, ZeroShotClassificationConfig
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 
 NAMES = ["red circle", "green square", "blue triangle"]

@@ -164,7 +164,7 @@ def test_eval_add_retrieval_on_a_run_whose_recipe_lacks_it(tmp_path, tiny_xor, c
 
 
 def test_the_new_evaluators_are_listed_with_help():
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
 
     comps = {c.name: c for c in default_plugins().registry.components("evaluator")}
     assert {"retrieval", "zero_shot_classification", "linear_probe"} <= set(comps)

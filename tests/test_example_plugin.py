@@ -14,13 +14,13 @@ import inspect
 import json
 import runpy
 import sys
-import tomllib
 
 import pytest
+import tomllib
 from conftest import ROOT
 
 import polyalign
-from polyalign.core.plugins import default_plugins, describe
+from polyalign.core.plugin_manager import default_plugins, describe
 
 EXAMPLE = ROOT / "examples" / "polyalign-imu"
 EXAMPLE_TESTS = sorted((EXAMPLE / "tests").glob("test_*.py"))

@@ -28,7 +28,7 @@ def tiny_bert(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A 2-layer open_clip model folder with random weights (no download)."""
-    from polyalign.encoders.open_clip import save_random_model
+    from polyalign.plugins.encoders.open_clip import save_random_model
 
     folder = tmp_path_factory.mktemp("tiny-clip")
     save_random_model(folder, {"embed_dim": 16, "vision_cfg": {"image_size": 24, "patch_size": 8, "width": 32,

@@ -15,7 +15,7 @@ from pydantic import Field
 
 import polyalign
 from polyalign.core.data import EpochSampler
-from polyalign.core.plugins import make_plugins
+from polyalign.core.plugin_manager import make_plugins
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 from polyalign.training.loop import Trainer
 from polyalign.training.step import NonFiniteError

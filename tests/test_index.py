@@ -12,7 +12,7 @@ import pytest
 
 import polyalign
 from polyalign.cli import main
-from polyalign.inference.retrieval import search_sources
+from polyalign.inference.search import search_sources
 from polyalign.inference.vector_index import IndexOptions, build_index, recall_at_k
 
 faiss = pytest.importorskip("faiss")

@@ -13,10 +13,10 @@ from polyalign.core.assemble import assemble, build_model
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.layer_groups import checked_layer_groups, lock_layers
-from polyalign.core.plugins import default_plugins
+from polyalign.core.plugin_manager import default_plugins
 from polyalign.core.recipe import validate_recipe
-from polyalign.encoders.open_clip import save_random_model
 from polyalign.plugins.datasets.demo import write_demo
+from polyalign.plugins.encoders.open_clip import save_random_model
 from polyalign.testing import ConformanceError, check_encoder
 from polyalign.training.optim import build_optimizer
 

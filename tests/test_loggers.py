@@ -13,7 +13,7 @@ from crash_plugin import Crash, CrashAtEndOfEpochTwo
 
 import polyalign
 from polyalign.core.errors import PolyalignError
-from polyalign.core.plugins import make_plugins
+from polyalign.core.plugin_manager import make_plugins
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xor-clip.yaml"
 OVERRIDES = ["data.n_train=512", "data.n_val=128", "data.n_test=128", "train.batch_size=64",

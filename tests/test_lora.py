@@ -11,7 +11,7 @@ from pydantic import ValidationError
 import polyalign
 from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import checked_layer_groups, lock_layers
-from polyalign.encoders.open_clip import WEIGHTS_FILE, save_random_model
+from polyalign.plugins.encoders.open_clip import WEIGHTS_FILE, save_random_model
 
 TINY_CLIP = {"embed_dim": 16,
              "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16},

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import polyalign
-from polyalign.core.plugins import default_plugins
+from polyalign.core.plugin_manager import default_plugins
 from polyalign.testing import check_loss
 
 D64 = torch.float64

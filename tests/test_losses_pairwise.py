@@ -131,7 +131,7 @@ def test_align_uniform_equals_wang_isola_definitions():
 def test_align_uniform_adds_to_another_loss_in_a_recipe(xor_clip):
     recipe = polyalign.load_recipe(xor_clip, ["loss=[{plugin: clip}, {plugin: align_uniform, weight: 0.1}]"])
     from polyalign.core.assemble import build_loss
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
 
     loss = build_loss(recipe, default_plugins()).double()
     zs = dict(zip("abc", unit(5, 4, 3, seed=6)))

@@ -195,7 +195,7 @@ def test_a_recipe_picks_the_scoring_term_with_score_with(tmp_path):
 
     from polyalign.core.assemble import build_loss
     from polyalign.core.errors import RecipeError
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
 
     both = "loss=[{plugin: clip}, {plugin: symile, weight: 0.5}]"
     loss = build_loss(polyalign.load_recipe(RECIPES / "xor-clip.yaml", [both]), default_plugins())

@@ -13,11 +13,11 @@ from PIL import Image
 
 import polyalign
 from polyalign.cli import main
+from polyalign.commands.data_check import check_data
 from polyalign.core.assemble import assemble
 from polyalign.core.data import DataError
-from polyalign.core.data_check import check_data
 from polyalign.core.errors import PolyalignError
-from polyalign.core.plugins import make_plugins
+from polyalign.core.plugin_manager import make_plugins
 from polyalign.core.recipe import validate_recipe
 from polyalign.plugins.datasets.manifest import ManifestError
 from polyalign.testing import check_dataset

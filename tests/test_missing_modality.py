@@ -17,10 +17,15 @@ from PIL import Image
 import polyalign
 from polyalign.cli import main
 from polyalign.core.assemble import assemble
-from polyalign.core.plugins import make_plugins
+from polyalign.core.plugin_manager import make_plugins
 from polyalign.core.recipe import validate_recipe
-from polyalign.plugins.evaluators.missing_modality import (MissingModality, MissingModalityConfig,
-                                                           chance_metrics, query_subsets, resample_means)
+from polyalign.plugins.evaluators.missing_modality import (
+    MissingModality,
+    MissingModalityConfig,
+    chance_metrics,
+    query_subsets,
+    resample_means,
+)
 from polyalign.plugins.evaluators.zero_shot import ZeroShot, ZeroShotConfig
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 

@@ -20,11 +20,11 @@ from polyalign import cli
 from polyalign.cli import main
 from polyalign.core import requirements
 from polyalign.core.errors import PluginError, PolyalignError, RecipeError
-from polyalign.core.plugins import describe, make_plugins
+from polyalign.core.plugin_manager import describe, make_plugins
 from polyalign.core.recipe import validate_recipe
 from polyalign.core.registry import Registry
-from polyalign.core.yaml_file import read_yaml
 from polyalign.evaluation.evaluate import EvaluatorsFailed
+from polyalign.files.yaml_file import read_yaml
 from polyalign.shipped import recipe_summary, shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,10 +12,10 @@ from test_demo import TINY_DEMO
 import polyalign
 from polyalign.cli import main
 from polyalign.core.hookspecs import hookimpl
-from polyalign.core.plugins import make_plugins
-from polyalign.encoders.vector import VectorConfig, VectorEncoder
+from polyalign.core.plugin_manager import make_plugins
 from polyalign.inference.export import export_model
 from polyalign.inference.sources import read_source
+from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -15,9 +15,9 @@ import yaml
 import polyalign
 from polyalign import cli
 from polyalign.cli import main
-from polyalign.core.data_check import check_data
+from polyalign.commands.data_check import check_data
 from polyalign.core.errors import Notice, PolyalignError
-from polyalign.core.plugins import make_plugins
+from polyalign.core.plugin_manager import make_plugins
 
 VECTOR = {"encoder": {"plugin": "vector", "hidden": []}}
 
@@ -168,8 +168,8 @@ def test_a_notice_is_one_line_without_the_source(capsys):
 
 
 def test_every_built_in_option_is_described():
-    from polyalign.core.options_reference import options
-    from polyalign.core.plugins import default_plugins
+    from polyalign.commands.options_reference import options
+    from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.registry import KINDS
 
     registry = default_plugins().registry

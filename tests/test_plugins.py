@@ -17,7 +17,7 @@ import polyalign
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PluginError
 from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature
-from polyalign.core.plugins import make_plugins
+from polyalign.core.plugin_manager import make_plugins
 
 
 class SquareConfig(BaseModel):

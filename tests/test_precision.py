@@ -14,7 +14,7 @@ import polyalign
 from polyalign.core.batch import Batch
 from polyalign.core.errors import PolyalignError
 from polyalign.core.model import MultiModalModel
-from polyalign.encoders.vector import VectorEncoder
+from polyalign.plugins.encoders.vector import VectorEncoder
 from polyalign.training.optim import build_optimizer
 from polyalign.training.step import Stepper
 

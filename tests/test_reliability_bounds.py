@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import polyalign
 from polyalign.core.errors import PolyalignError
-from polyalign.core.json_file import MAX_DEPTH, JsonError, nesting, parse_json, read_json
+from polyalign.files.json_file import MAX_DEPTH, JsonError, nesting, parse_json, read_json
 from polyalign.plugins.datasets.brace_count import count_expansions
 from polyalign.training.feature_cache import FeatureLookup
 from polyalign.training.input_cache import value_key
@@ -29,7 +29,7 @@ XOR = ROOT / "recipes" / "xor-clip.yaml"
 
 
 def test_every_json_polyalign_reads_goes_through_the_bounded_reader():
-    """A guard on the code base: no ``json.load``/``json.loads`` outside ``core/json_file.py``."""
+    """A guard on the code base: no ``json.load``/``json.loads`` outside ``files/json_file.py``."""
     bad = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in sorted((ROOT / "polyalign").rglob("*.py"))
            if p.name != "json_file.py" for m in re.finditer(r"\bjson\.loads?\(", p.read_text(encoding="utf-8"))]
     assert not bad, bad

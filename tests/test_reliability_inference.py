@@ -19,10 +19,10 @@ from safetensors.torch import save_file
 
 import polyalign
 from polyalign.cli import main
-from polyalign.core.atomic import WriteError
 from polyalign.core.errors import PolyalignError
-from polyalign.core.manifest_file import ManifestError, read_manifest
-from polyalign.core.npy_file import read_npy
+from polyalign.files.atomic import WriteError
+from polyalign.files.manifest_file import ManifestError, read_manifest
+from polyalign.files.npy_file import read_npy
 from polyalign.inference import export as export_module
 from polyalign.inference.embeddings_file import FORMAT, read_embeddings
 from polyalign.inference.export import export_model

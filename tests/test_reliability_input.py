@@ -21,7 +21,7 @@ from polyalign.core.device import device_problem
 from polyalign.core.errors import MAX_MESSAGE_CHARS
 from polyalign.core.memory import bytes_text, physical_memory
 from polyalign.core.recipe import modality_name_problem
-from polyalign.core.yaml_file import MAX_EXPANDED_CHARS, MAX_NODES, MAX_TEXT_CHARS, YamlError, parse_yaml
+from polyalign.files.yaml_file import MAX_EXPANDED_CHARS, MAX_NODES, MAX_TEXT_CHARS, YamlError, parse_yaml
 from polyalign.shipped import shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,7 +274,7 @@ def test_a_modality_name_validate_accepts_can_build_the_model(name):
     """Every name validate accepts keys the model's module and parameter dicts (which refuse '', dots and
     their own attribute names) and makes unambiguous metric names; every other one is refused with the reason."""
     from polyalign.core.model import MultiModalModel
-    from polyalign.encoders.vector import VectorEncoder
+    from polyalign.plugins.encoders.vector import VectorEncoder
 
     problem = modality_name_problem(name)
     if problem is None:
@@ -504,7 +504,7 @@ TRUNCATED = [
 @pytest.mark.parametrize("encoder, options, written, value, truncated, write", TRUNCATED,
                          ids=[f"{t[0]}-{t[2]}" for t in TRUNCATED])
 def test_truncated_file_is_reported_with_its_path(encoder, options, written, value, truncated, write, tmp_path):
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
 
     if encoder not in default_plugins().registry.names("encoder"):
         pytest.skip(f"no {encoder} encoder registered")

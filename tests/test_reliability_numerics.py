@@ -20,10 +20,10 @@ from polyalign.cli import main
 from polyalign.core import recipe as recipe_module
 from polyalign.core.errors import PolyalignError
 from polyalign.core.loss import MIN_LOGIT_SCALE, Temperature, clamp_temperatures
-from polyalign.core.plugins import make_plugins
-from polyalign.core.weights import load_state, load_weights
-from polyalign.encoders.vector import VectorConfig, VectorEncoder, load_vector
+from polyalign.core.plugin_manager import make_plugins
+from polyalign.files.weights import load_state, load_weights
 from polyalign.plugins.datasets.xor import XorConfig, XorDataset
+from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder, load_vector
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 from polyalign.plugins.losses.symile import mip_multiplier
 from polyalign.training.step import NonFiniteError

@@ -14,10 +14,10 @@ from polyalign import run as run_module
 from polyalign.cli import main
 from polyalign.core import recipe as recipe_module
 from polyalign.core.errors import PluginError, PolyalignError
-from polyalign.evaluation.evaluate import EvaluatorsFailed
 from polyalign.core.loss import LossOutput
-from polyalign.core.plugins import make_plugins
-from polyalign.encoders.vector import VectorConfig, VectorEncoder, load_vector
+from polyalign.core.plugin_manager import make_plugins
+from polyalign.evaluation.evaluate import EvaluatorsFailed
+from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder, load_vector
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,7 +203,7 @@ def test_unknown_option_of_a_lenient_plugin_config_is_still_reported(tmp_path):
 
 
 def test_every_registered_config_rejects_unknown_keys():
-    from polyalign.core.plugins import default_plugins
+    from polyalign.core.plugin_manager import default_plugins
 
     registry = default_plugins().registry
     lenient = [f"{kind} {c.name}" for kind in ("encoder", "loss", "dataset", "evaluator", "logger")

@@ -24,10 +24,10 @@ from safetensors.torch import load_file
 
 import polyalign
 from polyalign.cli import main
-from polyalign.core.atomic import WriteError, atomic_write_text
 from polyalign.core.errors import PolyalignError
-from polyalign.core.plugins import make_plugins
-from polyalign.core.weights import WEIGHTS, load_state, load_weights
+from polyalign.core.plugin_manager import make_plugins
+from polyalign.files.atomic import WriteError, atomic_write_text
+from polyalign.files.weights import WEIGHTS, load_state, load_weights
 from polyalign.training import checkpoint as ckpt
 from polyalign.training.loop import TIMING_KEYS
 from polyalign.training.run_dir import RESUMABLE, changed_keys

@@ -17,8 +17,8 @@ import torch
 import polyalign
 from polyalign.cli import main
 from polyalign.core.errors import PolyalignError, RecipeError
-from polyalign.core.plugins import describe, make_plugins
-from polyalign.core.weights import STATE, WEIGHTS, CheckpointError, load_state
+from polyalign.core.plugin_manager import describe, make_plugins
+from polyalign.files.weights import STATE, WEIGHTS, CheckpointError, load_state
 
 ROOT = Path(__file__).resolve().parents[1]
 XOR = ROOT / "recipes" / "xor-clip.yaml"

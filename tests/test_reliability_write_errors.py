@@ -17,8 +17,8 @@ from conftest import ROOT, TINY_XOR
 from safetensors import SafetensorError
 
 from polyalign.cli import main
-from polyalign.core.atomic import save_tensors
 from polyalign.core.errors import PolyalignError
+from polyalign.files.atomic import save_tensors
 from polyalign.training.tensor_store import TensorStore
 
 XOR = ROOT / "recipes" / "xor-clip.yaml"

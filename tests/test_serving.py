@@ -23,7 +23,7 @@ from PIL import Image
 import polyalign
 from polyalign.cli import main
 from polyalign.inference.export import export_model
-from polyalign.inference.retrieval import index_to_file, search_sources
+from polyalign.inference.search import index_to_file, search_sources
 from polyalign.inference.vector_index import IndexOptions
 from polyalign.serving.app import create_app
 from polyalign.serving.batching import MicroBatcher

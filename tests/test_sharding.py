@@ -18,7 +18,7 @@ from torch import nn
 import polyalign
 from polyalign.core.batch import Batch
 from polyalign.core.model import MultiModalModel
-from polyalign.encoders.vector import VectorEncoder
+from polyalign.plugins.encoders.vector import VectorEncoder
 from polyalign.training.distributed import all_reduce_mean_grads
 from polyalign.training.optim import build_optimizer
 from polyalign.training.sharding import ShardedParts

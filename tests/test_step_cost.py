@@ -8,7 +8,7 @@ import pytest
 
 import polyalign
 from polyalign.cli import main
-from polyalign.core.plugins import default_plugins
+from polyalign.core.plugin_manager import default_plugins
 from polyalign.core.step_cost import clip_flops, duration, estimate_step, measured_rate
 
 

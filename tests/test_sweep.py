@@ -20,11 +20,11 @@ from safetensors.torch import load_file
 import polyalign
 from polyalign.cli import main
 from polyalign.core.errors import PolyalignError
-from polyalign.core.weights import WEIGHTS
-from polyalign.sweep.plan import config_name, grid_runs, parse_grid, read_plan, split_values, sweep_groups
+from polyalign.files.weights import WEIGHTS
+from polyalign.sweep.plan import config_name, find_run_dir, grid_runs, parse_grid, read_plan, split_values, sweep_groups
 from polyalign.sweep.progress import sweep_progress
 from polyalign.sweep.runner import run_sweep
-from polyalign.sweep.worker import find_run_dir, slot_busy
+from polyalign.sweep.worker import slot_busy
 
 SYMILE = RECIPES / "xor-symile.yaml"
 # 4 steps of 32 per epoch, 2 epochs: a checkpoint at step 4
@@ -156,7 +156,7 @@ def test_a_sweep_refuses_a_folder_of_another_sweep_and_reports_every_bad_run_bef
 
 def test_optuna_search_on_sqlite_writes_the_best_recipe_and_the_same_command_adds_no_trial(tmp_path):
     optuna = pytest.importorskip("optuna")
-    from polyalign.sweep.search import parse_space, run_search
+    from polyalign.sweep.optuna_search import parse_space, run_search
 
     space = ["loss.plugin=symile,clip", "train.lr=0.01..0.1/log"]
     assert parse_space(space + ["train.epochs=1..3"])["train.epochs"] == {"kind": "int", "low": 1, "high": 3,
@@ -184,7 +184,7 @@ def test_optuna_search_on_sqlite_writes_the_best_recipe_and_the_same_command_add
 
 def test_a_trial_worse_than_the_pruner_allows_stops_after_its_first_epoch(tmp_path):
     optuna = pytest.importorskip("optuna")
-    from polyalign.sweep.search import run_search
+    from polyalign.sweep.optuna_search import run_search
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

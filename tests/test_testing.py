@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 import polyalign
-from polyalign.core import plugins as plugins_module
+from polyalign.core import plugin_manager as plugins_module
 from polyalign.core.encoder import Encoder, pad_with_mask
 from polyalign.core.loss import LossOutput
-from polyalign.core.plugins import make_plugins
+from polyalign.core.plugin_manager import make_plugins
 from polyalign.core.stream import Shard, StreamSplit
-from polyalign.encoders.vector import VectorConfig, VectorEncoder
+from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 from polyalign.testing import ConformanceError, check_dataset, check_encoder, check_evaluator, check_loss
 

@@ -14,7 +14,7 @@ from wandb_records import offline_runs
 import polyalign
 from polyalign.cli import main
 from polyalign.core.errors import PolyalignError, RecipeError
-from polyalign.core.plugins import make_plugins
+from polyalign.core.plugin_manager import make_plugins
 
 pytest.importorskip("wandb")
 pytest.importorskip("mlflow")

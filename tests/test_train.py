@@ -9,7 +9,7 @@ from crash_plugin import Crash, CrashAtEndOfEpochTwo
 from safetensors.torch import load_file
 
 import polyalign
-from polyalign.core.plugins import make_plugins
+from polyalign.core.plugin_manager import make_plugins
 
 
 def _rows(run, kind):

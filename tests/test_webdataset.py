@@ -66,7 +66,7 @@ def rows_of(loader) -> list[list[int]]:
 
 
 def stream_loader(stream, rank: int, world: int, workers: int, batch: int = 4, seed: int = 3) -> StreamLoader:
-    from polyalign.encoders.vector import VectorEncoder
+    from polyalign.plugins.encoders.vector import VectorEncoder
 
     enc = VectorEncoder(2, [])
     rows = RowLoader({"v": enc.load}, None, {"v": enc.load_batch})
@@ -286,7 +286,7 @@ def test_missing_members_make_absent_modalities(tmp_path):
     write_manifest(tmp_path / "m", {"train": rows})
     write_shards(tmp_path / "m", tmp_path / "s", 5)
     data = polyalign.build("dataset", "webdataset", path=str(tmp_path / "s"), modalities={"v": "v.json", "w": "w.json"})
-    from polyalign.encoders.vector import VectorEncoder
+    from polyalign.plugins.encoders.vector import VectorEncoder
 
     encoders = {"v": VectorEncoder(2, []), "w": VectorEncoder(3, [])}
     rows_loader = RowLoader({m: e.load for m, e in encoders.items()}, None)
@@ -376,7 +376,7 @@ def test_sigkill_then_resume_on_shards_matches_uninterrupted_run(tmp_path):
 
 
 def test_resume_with_another_layout_goes_on_from_the_next_epoch(tmp_path, capsys):
-    from polyalign.core.plugins import make_plugins
+    from polyalign.core.plugin_manager import make_plugins
 
     overrides = _shard_recipe(_xor_shards(tmp_path)) + ["train.num_workers=0"]
     with pytest.raises(KeyboardInterrupt):

@@ -17,8 +17,8 @@ import polyalign
 from polyalign.core.batch import Batch
 from polyalign.core.encoder import Encoder
 from polyalign.core.model import MultiModalModel
-from polyalign.core.plugins import default_plugins
-from polyalign.encoders.vector import VectorEncoder
+from polyalign.core.plugin_manager import default_plugins
+from polyalign.plugins.encoders.vector import VectorEncoder
 from polyalign.training.distributed import all_reduce_mean_grads
 from polyalign.training.step import Stepper, drop_modalities
 from polyalign.training.window import micro_negatives, window_negatives

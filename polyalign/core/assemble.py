@@ -20,7 +20,7 @@ from .layer_groups import lock_layers
 from .loss import Loss, WeightedLoss
 from .modality_check import HEAD, check_modalities_present
 from .model import MultiModalModel
-from .plugins import Plugins, default_plugins
+from .plugin_manager import Plugins, default_plugins
 from .recipe import Recipe
 from .step_cost import loss_rows
 from .stream import is_stream

@@ -9,8 +9,6 @@ import torch
 
 from .encoder import Input, to_device
 
-RESERVED_KEYS = ("label", "id")
-
 
 @dataclass
 class Batch:

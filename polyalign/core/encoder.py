@@ -4,16 +4,16 @@ with a mask)."""
 
 from __future__ import annotations
 
-import io
 import operator
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
+
+from polyalign.files.held_file import FileBytes
 
 from .errors import PluginError, PolyalignError, not_a_file
 
@@ -166,40 +166,6 @@ def encoder_width(encoder: Any, plugin: str) -> int:
         raise PluginError(f"{plugin}: {type(encoder).__name__}.width is {declared!r}; it must be a positive int "
                           f"(the size of the output features)")
     return width
-
-
-@dataclass(frozen=True)
-class FileBytes:
-    """A file held in memory (a member of a shard): read it as you would read a ``Path``.
-
-    ``name`` says where it came from (``shard.tar:key.png``) and ends with the file's
-    extension, so ``suffix`` and error messages work as they do for a path.
-    """
-
-    name: str
-    data: bytes
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def suffix(self) -> str:
-        """The extension, with its dot (``.png``), as :attr:`pathlib.Path.suffix`."""
-        return Path(self.name).suffix
-
-    def open(self, mode: str = "rb") -> io.BytesIO:
-        """A binary file object over the bytes (only reading is possible)."""
-        if mode != "rb":
-            raise ValueError(f"{self.name}: a file held in memory opens only for reading ('rb')")
-        return io.BytesIO(self.data)
-
-    def read_bytes(self) -> bytes:
-        """The file's bytes."""
-        return self.data
-
-    def read_text(self, encoding: str = "utf-8") -> str:
-        """The file's text (raises UnicodeDecodeError if it is not ``encoding``)."""
-        return self.data.decode(encoding)
 
 
 FILE_VALUES = (str, Path, FileBytes)  # raw values that name (or hold) a file

@@ -12,11 +12,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from polyalign.files.json_file import JsonError, read_json
+
 from .assemble import Assembled
 from .data import EpochSampler, Sample, make_loader, skip_summary
 from .encoder import FileBytes
 from .errors import PolyalignError, shown
-from .json_file import JsonError, read_json
 from .loss import score_candidates
 
 ROW_KEYS = ("task", "target", "query", "metric", "value")

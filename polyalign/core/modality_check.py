@@ -8,7 +8,8 @@ import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .batch import RESERVED_KEYS
+from polyalign.files.manifest_file import RESERVED_KEYS
+
 from .errors import PolyalignError
 from .stream import is_stream
 

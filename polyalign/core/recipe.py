@@ -13,13 +13,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .batch import RESERVED_KEYS
+from polyalign.files.manifest_file import RESERVED_KEYS
+from polyalign.files.yaml_file import YamlError, check_tree, parse_yaml, read_yaml
+
 from .device import device_problem
 from .errors import PluginError, RecipeError, cut, shown
 from .memory import memory_problem
-from .plugins import Plugins, default_plugins
+from .plugin_manager import Plugins, default_plugins
 from .registry import unknown_name_message
-from .yaml_file import YamlError, check_tree, parse_yaml, read_yaml
 
 
 class Strict(BaseModel):

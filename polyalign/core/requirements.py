@@ -12,7 +12,7 @@ from .errors import RecipeError
 from .registry import KINDS
 
 if TYPE_CHECKING:
-    from .plugins import Plugins
+    from .plugin_manager import Plugins
     from .recipe import PluginNode, Recipe
 
 

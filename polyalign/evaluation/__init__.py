@@ -1,2 +1,2 @@
 """Evaluation of runs: run the evaluators, write report tables and plots, compare runs, plot
-training curves. Imports ``polyalign.core`` only (never ``training`` or ``inference``)."""
+training curves. Imports ``polyalign.core`` and ``polyalign.files`` only (never ``training`` or ``inference``)."""

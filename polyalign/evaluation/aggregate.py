@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
-from polyalign.core.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR
+from polyalign.files.atomic import atomic_write_text
+from polyalign.files.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR
 
 from .compare import RunReport, load_run, out_folder, plot_comparison
 from .report_table import cell_text, hashable, identity_fields

@@ -7,15 +7,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import read_report
-from polyalign.core.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR, REPORT_JSON
-from polyalign.core.weights import WEIGHTS
-from polyalign.core.yaml_file import YamlError, read_yaml
+from polyalign.files.atomic import atomic_write_text
+from polyalign.files.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR, REPORT_JSON
+from polyalign.files.weights import WEIGHTS
+from polyalign.files.yaml_file import YamlError, read_yaml
 
-from .report_plots import (METRIC_LABEL, common_chance, curve_rows, heatmap_rows, modality_order, new_figure,
-                           query_text, save_figure, subset_sort_key)
+from .report_plots import (
+    METRIC_LABEL,
+    common_chance,
+    curve_rows,
+    heatmap_rows,
+    modality_order,
+    new_figure,
+    query_text,
+    save_figure,
+    subset_sort_key,
+)
 from .report_table import cell_text, hashable, identity_fields, metric_cell
 
 COMPARE_MD = "compare.md"

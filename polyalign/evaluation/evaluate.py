@@ -12,16 +12,16 @@ from typing import Any
 import torch
 
 from polyalign.core.assemble import Assembled, assemble
-from polyalign.core.atomic import atomic_write_text
 from polyalign.core.device import pick_device
 from polyalign.core.errors import Notice, PolyalignError
 from polyalign.core.evaluator import EvalContext, report_markdown, row_problem
 from polyalign.core.modality_check import provided_text, row_keys
-from polyalign.core.plugins import Plugins, default_plugins
+from polyalign.core.plugin_manager import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe, validate_recipe
 from polyalign.core.requirements import check_requirements
-from polyalign.core.run_files import RANKS_JSON, RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
-from polyalign.core.weights import load_weights, run_checkpoint
+from polyalign.files.atomic import atomic_write_text
+from polyalign.files.run_files import RANKS_JSON, RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
+from polyalign.files.weights import load_weights, run_checkpoint
 
 from .report_plots import write_plots
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
-from polyalign.core.json_file import JsonError, read_json
-from polyalign.core.run_files import RANKS_JSON, RECIPE_FILE, REPORT_DIR
-from polyalign.core.yaml_file import YamlError, read_yaml
+from polyalign.files.atomic import atomic_write_text
+from polyalign.files.json_file import JsonError, read_json
+from polyalign.files.run_files import RANKS_JSON, RECIPE_FILE, REPORT_DIR
+from polyalign.files.yaml_file import YamlError, read_yaml
 
 from .compare import out_folder
 

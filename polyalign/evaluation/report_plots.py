@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from polyalign.core.atomic import atomic_write_bytes
+from polyalign.files.atomic import atomic_write_bytes
 
 HEATMAP_FILE = "heatmap.png"
 CURVE_FILE = "dropout_curve.png"

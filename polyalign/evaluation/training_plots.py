@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from polyalign.core.atomic import atomic_write_bytes
 from polyalign.core.errors import PolyalignError, cut, shown
 from polyalign.core.evaluator import read_report
-from polyalign.core.json_file import parse_json
-from polyalign.core.run_files import METRICS_FILE, REPORT_DIR, REPORT_JSON
+from polyalign.files.atomic import atomic_write_bytes
+from polyalign.files.json_file import parse_json
+from polyalign.files.run_files import METRICS_FILE, REPORT_DIR, REPORT_JSON
 
 CSV_FILE = "metrics.csv"
 MAX_EVAL_GROUPS = 12

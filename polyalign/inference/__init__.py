@@ -1,2 +1,2 @@
 """A trained model as a library: load, embed, score, search, export with a model card,
-embeddings files and value sources. Imports ``polyalign.core`` only."""
+embeddings files and value sources. Imports ``polyalign.core`` and ``polyalign.files`` only."""

@@ -11,9 +11,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from polyalign.core.atomic import atomic_write_bytes
 from polyalign.core.errors import PolyalignError, cut, not_a_file, shown
-from polyalign.core.json_file import JsonError, parse_json
+from polyalign.files.atomic import atomic_write_bytes
+from polyalign.files.json_file import JsonError, parse_json
 
 from .sources import check_ids
 from .trained import TrainedModel

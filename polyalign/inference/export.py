@@ -11,12 +11,12 @@ from typing import Any
 import yaml
 
 from polyalign.core.assemble import with_rebuild_options
-from polyalign.core.atomic import WriteError, atomic_write_text, save_tensors, write_failure
 from polyalign.core.errors import PluginError, PolyalignError
 from polyalign.core.evaluator import read_report, report_markdown
-from polyalign.core.plugins import Plugins, default_plugins
-from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
-from polyalign.core.weights import WEIGHTS, CheckpointError, load_state
+from polyalign.core.plugin_manager import Plugins, default_plugins
+from polyalign.files.atomic import WriteError, atomic_write_text, save_tensors, write_failure
+from polyalign.files.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
+from polyalign.files.weights import WEIGHTS, CheckpointError, load_state
 
 from .model_card import CARD_FILE, requirements
 from .onnx_export import OUTPUT, TOLERANCE, OnnxGraph, export_onnx

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.core.errors import PluginError, PolyalignError, shown
-from polyalign.core.plugins import Plugins, describe
+from polyalign.core.plugin_manager import Plugins, describe
 from polyalign.core.recipe import Recipe
-from polyalign.core.yaml_file import parse_yaml
+from polyalign.files.yaml_file import parse_yaml
 
 CARD_FILE = "MODEL_CARD.md"
 _LISTING_KEY = {"encoder": "encoders", "loss": "losses"}

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.core.errors import PolyalignError, not_a_file, shown
-from polyalign.core.manifest_file import SUFFIXES, parse_cell, read_lines, read_manifest
-from polyalign.core.npy_file import read_npy
+from polyalign.files.manifest_file import SUFFIXES, parse_cell, read_lines, read_manifest
+from polyalign.files.npy_file import read_npy
 
 SOURCE_KINDS = "a folder of files (one value per file), a manifest (.csv or .jsonl, one column per modality), " \
                "a .npy array (one value per row of its first axis) or a .txt file (one value per line)"

@@ -16,11 +16,11 @@ from polyalign.core.data import describe_value
 from polyalign.core.device import pick_device
 from polyalign.core.errors import PluginError, PolyalignError, RecipeError, cut, shown
 from polyalign.core.loss import score_candidates
-from polyalign.core.plugins import Plugins, default_plugins
+from polyalign.core.plugin_manager import Plugins, default_plugins
 from polyalign.core.recipe import Recipe
-from polyalign.core.run_files import RECIPE_FILE
-from polyalign.core.weights import WEIGHTS, CheckpointError, load_weights, resolve_checkpoint, run_checkpoint
-from polyalign.core.yaml_file import YamlError, read_yaml
+from polyalign.files.run_files import RECIPE_FILE
+from polyalign.files.weights import WEIGHTS, CheckpointError, load_weights, resolve_checkpoint, run_checkpoint
+from polyalign.files.yaml_file import YamlError, read_yaml
 
 from .model_card import CARD_FILE, check_card
 

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from polyalign.core.atomic import atomic_write_bytes, atomic_write_text
 from polyalign.core.errors import PolyalignError, not_a_file, shown
-from polyalign.core.json_file import read_json
+from polyalign.files.atomic import atomic_write_bytes, atomic_write_text
+from polyalign.files.json_file import read_json
 
 from .sources import check_ids
 

@@ -1,1 +1,2 @@
-"""Built-in loss, dataset, evaluator and logger plugins."""
+"""Built-in encoder, loss, dataset, evaluator and logger plugins, registered through the same hooks as
+third-party ones."""

@@ -19,10 +19,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from polyalign.core.errors import PluginError, PolyalignError
-from polyalign.core.json_file import parse_json
-from polyalign.core.plugins import default_plugins
+from polyalign.core.plugin_manager import default_plugins
+from polyalign.files.json_file import parse_json
 from polyalign.inference.model_card import requirements
-from polyalign.inference.retrieval import show_value
+from polyalign.inference.search import show_value
 from polyalign.inference.trained import TrainedModel, load
 
 from .batching import MicroBatcher

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from polyalign.core.errors import PolyalignError
-from polyalign.inference.retrieval import candidate_bank, check_index_serves, open_index, rank_in_index
+from polyalign.inference.search import candidate_bank, check_index_serves, open_index, rank_in_index
 from polyalign.inference.sources import read_source, split_assignment
 from polyalign.inference.trained import Hit, TrainedModel, rank_hits
 from polyalign.inference.vector_index import SUFFIX, IndexFile

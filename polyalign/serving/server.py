@@ -49,6 +49,9 @@ def check_port(host: str, port: int) -> None:
                              f"(or --host)") from None
 
 
+GRACE_SECONDS = 5  # after SIGTERM or Ctrl-C: requests in flight get this long, then fail and the process exits
+
+
 def serve(settings: ServeSettings, host: str, port: int, workers: int, say=print) -> None:
     """Check the model and candidates load, then serve them until interrupted."""
     import uvicorn
@@ -61,8 +64,9 @@ def serve(settings: ServeSettings, host: str, port: int, workers: int, say=print
     say(f"serving {settings.model} on http://{host}:{port}/ (search page at /, API: /embed, /search, /info, "
         f"/metrics, /health){'' if workers == 1 else f' with {workers} workers'}; Ctrl-C stops it")
     if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                    timeout_graceful_shutdown=GRACE_SECONDS)
     else:
         os.environ[SETTINGS_ENV] = settings.to_json()
         uvicorn.run("polyalign.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning", access_log=False)
+                    log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_SECONDS)

@@ -11,8 +11,8 @@ from typing import Any
 
 from polyalign.core.encoder import FileBytes
 from polyalign.core.errors import PolyalignError, cut, shown
-from polyalign.core.json_file import JsonError, parse_json
-from polyalign.core.manifest_file import parse_cell
+from polyalign.files.json_file import JsonError, parse_json
+from polyalign.files.manifest_file import parse_cell
 
 # what an upload without a usable file name is taken to be, from its content type
 SUFFIX_OF_TYPE = {"image/png": ".png", "image/jpeg": ".jpg", "audio/wav": ".wav", "audio/x-wav": ".wav",

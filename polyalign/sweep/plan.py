@@ -5,15 +5,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError, shown
-from polyalign.core.json_file import JsonError, read_json
+from polyalign.files.atomic import atomic_write_text
+from polyalign.files.json_file import JsonError, read_json
+from polyalign.files.run_files import RECIPE_FILE
 
 MANIFEST = "sweep.json"
 RUNS_DIR = "runs"
@@ -109,8 +111,21 @@ def config_name(overrides: list[str]) -> str:
     return name
 
 
+MAX_RUNS = 10_000  # a larger sweep is refused before it is expanded (its plan alone would take minutes)
+
+
+def check_size(grid: dict[str, list[str]], seeds: int) -> None:
+    """Refuse a grid x seeds of more than :data:`MAX_RUNS` runs, saying how it multiplies out."""
+    total = math.prod(len(v) for v in grid.values()) * seeds
+    if total > MAX_RUNS:
+        sizes = " x ".join([f"{len(v)} values of {k}" for k, v in grid.items()] + [f"{seeds:,} seed(s)"])
+        raise PolyalignError(f"the sweep would hold {total:,} runs ({sizes}); at most {MAX_RUNS:,} fit one sweep: "
+                             f"split it into several, or search the space with --search optuna --trials N")
+
+
 def grid_runs(grid: dict[str, list[str]], seeds: list[int]) -> list[RunSpec]:
     """The runs of a grid: every combination of values (first key slowest) times every seed."""
+    check_size(grid, len(seeds))
     runs = []
     for combo in itertools.product(*grid.values()):
         overrides = [f"{k}={v}" for k, v in zip(grid, combo)]
@@ -193,11 +208,20 @@ def is_sweep_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def find_run_dir(slot: Path) -> Path | None:
+    """The run directory inside a slot (the one with a ``recipe.yaml``), or None if none was made yet."""
+    if not Path(slot).is_dir():
+        return None
+    runs = [d for d in sorted(Path(slot).iterdir()) if d.is_dir() and (d / RECIPE_FILE).is_file()]
+    if len(runs) > 1:
+        raise PolyalignError(f"{slot} holds {len(runs)} run directories ({', '.join(r.name for r in runs)}); a "
+                             f"sweep slot holds one. Move the extra ones out and run the sweep again")
+    return runs[0] if runs else None
+
+
 def sweep_groups(sweep_dir: str | Path) -> dict[str, list[Path]]:
     """The run directories of a sweep by configuration, named by its grid overrides (``loss.plugin=clip``;
     its folder under ``runs/`` may be shortened), in the manifest's order; runs never started are left out."""
-    from .worker import find_run_dir
-
     plan = read_plan(Path(sweep_dir))
     if plan.search is not None:  # a search: each trial its own configuration
         return {slot.name: [run] for slot in sorted((Path(sweep_dir) / RUNS_DIR).glob("trial-*"))
@@ -234,7 +258,7 @@ def _yaml_text(value: Any) -> str:
 
 def read_sweep_file(path: Path) -> SweepFile | None:
     """The sweep in ``path`` if it is a sweep file (a mapping with a ``sweep:`` block), else None (a recipe)."""
-    from polyalign.core.yaml_file import YamlError, read_yaml
+    from polyalign.files.yaml_file import YamlError, read_yaml
 
     try:
         raw = read_yaml(path)

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.json_file import JsonError, parse_json
-from polyalign.core.run_files import METRICS_FILE, RECIPE_FILE
-from polyalign.core.yaml_file import YamlError, read_yaml
+from polyalign.files.json_file import JsonError, parse_json
+from polyalign.files.run_files import METRICS_FILE, RECIPE_FILE
+from polyalign.files.yaml_file import YamlError, read_yaml
 
-from .plan import read_plan, slot_dir
-from .worker import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, find_run_dir, finished, read_status, slot_busy
+from .plan import find_run_dir, read_plan, slot_dir
+from .worker import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, finished, read_status, slot_busy
 
 STATES = (DONE, RUNNING, FAILED, INTERRUPTED, PENDING)
 

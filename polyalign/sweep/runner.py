@@ -11,8 +11,8 @@ from typing import Any
 from polyalign.core.errors import PolyalignError, RecipeError
 
 from .launchers import LAUNCHERS, SlurmOptions, launch_local, launch_submitit, threads_per_run
-from .plan import SweepPlan, merge_plan, new_plan, slot_dir
-from .worker import DONE, FAILED, find_run_dir, finished, read_status
+from .plan import SweepPlan, check_size, find_run_dir, merge_plan, new_plan, slot_dir
+from .worker import DONE, FAILED, finished, read_status
 
 DEFAULT_ROOT = Path("sweeps")
 
@@ -38,7 +38,10 @@ def check_runs(plan: SweepPlan, echo: Callable[[str], None]) -> None:
     from polyalign.core.recipe import load_recipe
 
     problems, notes = [], {}
-    for spec in plan.runs:
+    last_seed = {spec.config: spec for spec in plan.runs}  # seeds change only `seed`: its largest value is checked
+    if len(last_seed) > 100:
+        echo(f"checking the recipes of {len(last_seed):,} configurations")
+    for spec in last_seed.values():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -69,6 +72,7 @@ def run_sweep(recipe: str | Path, grid: dict[str, list[str]], seeds: int, overri
     if launcher not in LAUNCHERS:
         raise PolyalignError(f"--launcher {launcher!r}: use one of {', '.join(LAUNCHERS)}")
     overrides = list(overrides or [])
+    check_size(grid, seeds)
     base = load_recipe(recipe, overrides)
     plan = new_plan(Path(recipe), overrides, grid, [base.seed + i for i in range(seeds)])
     plan.jobs = jobs

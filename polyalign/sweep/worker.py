@@ -14,12 +14,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError, cut
-from polyalign.core.json_file import JsonError, read_json
-from polyalign.core.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
+from polyalign.files.atomic import atomic_write_text
+from polyalign.files.json_file import JsonError, read_json
+from polyalign.files.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
 
-from .plan import OUTPUT_FILE, STATUS_FILE, read_plan, slot_dir
+from .plan import OUTPUT_FILE, STATUS_FILE, find_run_dir, read_plan, slot_dir
 
 try:
     import fcntl
@@ -45,22 +45,12 @@ def write_status(slot: Path, **status: Any) -> dict[str, Any]:
     return status
 
 
-def find_run_dir(slot: Path) -> Path | None:
-    """The run directory inside a slot (the one with a ``recipe.yaml``), or None if it was never made.
-    Folders a kill left before their ``recipe.yaml`` was written are removed."""
-    if not Path(slot).is_dir():
-        return None
-    runs = []
-    for d in sorted(p for p in Path(slot).iterdir() if p.is_dir()):
-        if (d / RECIPE_FILE).is_file():
-            runs.append(d)
-        else:
-            with contextlib.suppress(OSError):
-                d.rmdir()  # empty: a kill between its mkdir and its recipe; anything else is left alone
-    if len(runs) > 1:
-        raise PolyalignError(f"{slot} holds {len(runs)} run directories ({', '.join(r.name for r in runs)}); a "
-                             f"sweep slot holds one. Move the extra ones out and run the sweep again")
-    return runs[0] if runs else None
+def remove_unstarted_runs(slot: Path) -> None:
+    """Remove the empty folders a kill left in ``slot`` between a run directory's mkdir and its recipe
+    (the worker's own, before it runs the slot; anything not empty is left alone)."""
+    for d in sorted(p for p in slot.iterdir() if p.is_dir() and not (p / RECIPE_FILE).is_file()):
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def finished(run_dir: Path | None, status: dict[str, Any] | None = None) -> bool:
@@ -118,6 +108,7 @@ def run_slot(sweep_dir: str | Path, run_id: str, threads: int | None = None) -> 
         if not got:
             return {"state": BUSY, "id": run_id}
         old = read_status(slot)
+        remove_unstarted_runs(slot)
         run_dir = find_run_dir(slot)
         if finished(run_dir, old):
             return old if old.get("state") == DONE else write_status(

@@ -1,2 +1,2 @@
 """The trainer: the loop, one step, its saved state, checkpoints, distributed helpers, the run
-directory. Imports ``polyalign.core`` only (never ``evaluation`` or ``inference``)."""
+directory. Imports ``polyalign.core`` and ``polyalign.files`` only (never ``evaluation`` or ``inference``)."""

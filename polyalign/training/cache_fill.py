@@ -8,7 +8,7 @@ from pathlib import Path
 from polyalign.core.assemble import assemble
 from polyalign.core.device import pick_device
 from polyalign.core.errors import PolyalignError
-from polyalign.core.plugins import Plugins, default_plugins
+from polyalign.core.plugin_manager import Plugins, default_plugins
 from polyalign.core.recipe import Recipe
 from polyalign.core.stream import is_stream
 

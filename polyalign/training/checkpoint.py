@@ -1,6 +1,6 @@
 """Writing checkpoints: safetensors weights + training state, swapped in atomically, pruned.
 
-Reading them back safely is :mod:`polyalign.core.weights`, shared with evaluation and inference.
+Reading them back safely is :mod:`polyalign.files.weights`, shared with evaluation and inference.
 """
 
 from __future__ import annotations
@@ -15,9 +15,17 @@ from typing import Any
 
 import torch
 
-from polyalign.core.atomic import (RESUME, WriteError, atomic_write_bytes, describe_os_error, fsync_dir, fsync_file,
-                                   save_tensors, write_failure)
-from polyalign.core.weights import STATE, WEIGHTS, CheckpointError, has_checkpoint, resolve_checkpoint
+from polyalign.files.atomic import (
+    RESUME,
+    WriteError,
+    atomic_write_bytes,
+    describe_os_error,
+    fsync_dir,
+    fsync_file,
+    save_tensors,
+    write_failure,
+)
+from polyalign.files.weights import STATE, WEIGHTS, CheckpointError, has_checkpoint, resolve_checkpoint
 
 STEP_PREFIX = "step-"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")

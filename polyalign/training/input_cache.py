@@ -30,12 +30,12 @@ from torch.utils.data import get_worker_info
 
 from polyalign.core.assemble import Assembled
 from polyalign.core.batch import Batch, Collator
-from polyalign.core.cache_dir import cache_root
 from polyalign.core.data import DataError, Sample, describe_value
 from polyalign.core.encoder import Encoder, FileBytes, Input
 from polyalign.core.errors import PolyalignError
 from polyalign.core.recipe import Recipe
 from polyalign.core.stream import is_stream
+from polyalign.files.cache_dir import cache_root
 
 from .cache_key import options_key
 from .shard_blocks import Decoded

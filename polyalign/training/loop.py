@@ -16,10 +16,10 @@ from polyalign.core.data import skip_summary
 from polyalign.core.device import check_precision, pick_device
 from polyalign.core.errors import PolyalignError
 from polyalign.core.loss import float_metrics
-from polyalign.core.plugins import Plugins
+from polyalign.core.plugin_manager import Plugins
 from polyalign.core.recipe import Recipe
-from polyalign.core.run_files import CHECKPOINTS_DIR
 from polyalign.core.stream import is_stream
+from polyalign.files.run_files import CHECKPOINTS_DIR
 
 from .console import epoch_line
 from .distributed import DistInfo, mean_across_ranks

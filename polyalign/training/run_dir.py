@@ -7,12 +7,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text, describe_os_error
 from polyalign.core.errors import PolyalignError
-from polyalign.core.plugins import Plugins
+from polyalign.core.plugin_manager import Plugins
 from polyalign.core.recipe import Recipe, load_recipe
-from polyalign.core.run_files import RECIPE_FILE
-from polyalign.core.weights import WEIGHTS
+from polyalign.files.atomic import atomic_write_text, describe_os_error
+from polyalign.files.run_files import RECIPE_FILE
+from polyalign.files.weights import WEIGHTS
 
 
 def new_run_dir(base: Path, recipe: Recipe) -> Path:

@@ -20,8 +20,8 @@ from datetime import datetime
 from pathlib import Path
 
 from polyalign.core.errors import PolyalignError, cut
-from polyalign.core.json_file import JsonError, parse_json
-from polyalign.core.run_files import LOCK_FILE
+from polyalign.files.json_file import JsonError, parse_json
+from polyalign.files.run_files import LOCK_FILE
 
 from .distributed import DistInfo, broadcast_from_main
 

@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from polyalign.core.atomic import describe_os_error
 from polyalign.core.data import Sample
 from polyalign.core.encoder import Input
 from polyalign.core.errors import PolyalignError
 from polyalign.core.stream import Shard, StreamSplit
+from polyalign.files.atomic import describe_os_error
 
 BLOCK_FORMAT = 1
 OPEN_BLOCKS = 8  # blocks kept open (memory-mapped) per process

@@ -1,7 +1,7 @@
 """The trainer's saved state: its counters, the optimiser and scheduler, and every RNG.
 
 A checkpoint's ``state.pt`` holds only tensors and plain values, so that it loads with
-``weights_only`` (:func:`polyalign.core.weights.load_state`) and a resumed run continues
+``weights_only`` (:func:`polyalign.files.weights.load_state`) and a resumed run continues
 exactly where the interrupted one was, mid-epoch included.
 """
 
@@ -17,10 +17,15 @@ import numpy as np
 import torch
 
 from polyalign.core.recipe import TrainSection
-from polyalign.core.weights import STATE, CheckpointError, load_state, load_weights
+from polyalign.files.weights import STATE, CheckpointError, load_state, load_weights
 
-from .checkpoint import (latest_checkpoint, link_checkpoint, prune_step_checkpoints, save_checkpoint,
-                         step_checkpoint_name)
+from .checkpoint import (
+    latest_checkpoint,
+    link_checkpoint,
+    prune_step_checkpoints,
+    save_checkpoint,
+    step_checkpoint_name,
+)
 
 
 @dataclass

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from polyalign.core.atomic import describe_os_error, save_tensors
 from polyalign.core.encoder import Input
 from polyalign.core.errors import PolyalignError
+from polyalign.files.atomic import describe_os_error, save_tensors
 
 SUFFIX = ".safetensors"
 OPEN_FILES = 64  # files kept open (memory-mapped) at once

@@ -14,17 +14,33 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
+from torch import nn
 
 from polyalign.core.batch import Batch
 from polyalign.core.buffers import kept_buffers
-from polyalign.core.loss import Metric
+from polyalign.core.loss import LossOutput, Metric
 
-if TYPE_CHECKING:
-    from .step import Stepper
+
+class Stepper(Protocol):
+    """What accumulation needs of the trainer's stepper (``training.step.Stepper``)."""
+
+    model: nn.Module
+    device: torch.device
+
+    def train_present(self, batch: Batch) -> dict[str, torch.Tensor]: ...
+
+    def embed(self, batch: Batch, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def apply_loss(self, emb: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> LossOutput: ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def grad_sync(self, sync: bool) -> contextlib.AbstractContextManager[None]: ...
 
 
 @dataclass
@@ -52,7 +68,7 @@ def _all_finite(emb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {m: torch.isfinite(z).all() for m, z in emb.items()}
 
 
-def micro_negatives(stepper: "Stepper", window: list[Batch]) -> StepRecord:
+def micro_negatives(stepper: Stepper, window: list[Batch]) -> StepRecord:
     """Loss and backward per micro-batch (``negatives: micro``; also a window of one)."""
     losses, finite = [], {}
     for k, batch in enumerate(window):
@@ -68,7 +84,7 @@ def micro_negatives(stepper: "Stepper", window: list[Batch]) -> StepRecord:
     return StepRecord(torch.stack(losses).mean(), out.metrics, finite)
 
 
-def window_negatives(stepper: "Stepper", window: list[Batch]) -> StepRecord:
+def window_negatives(stepper: Stepper, window: list[Batch]) -> StepRecord:
     """GradCache over the window (``negatives: window``): one loss over every micro-batch."""
     device = stepper.device
     replay: list[tuple[dict[str, torch.Tensor], tuple]] = []  # per micro-batch: masks, RNG state

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.cache_dir import cache_root
 from polyalign.core.errors import PolyalignError
+from polyalign.files.cache_dir import cache_root
 
 from .manifest import ManifestConfig, ManifestDataset, OnError
 

@@ -12,9 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.batch import RESERVED_KEYS
 from polyalign.core.data import SPLITS, Sample
-from polyalign.core.manifest_file import SUFFIXES, ManifestError, read_manifest
+from polyalign.files.manifest_file import RESERVED_KEYS, SUFFIXES, ManifestError, read_manifest
 
 OnError = Literal["raise", "skip"]
 

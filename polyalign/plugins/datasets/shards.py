@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import WriteError, atomic_write_text, describe_os_error
 from polyalign.core.data import SPLITS, Sample
 from polyalign.core.errors import PolyalignError
+from polyalign.files.atomic import WriteError, atomic_write_text, describe_os_error
 
 from .manifest import ManifestConfig, ManifestDataset
 from .webdataset import ID_EXT, ID_TEXT_EXT, LABEL_EXT, LABEL_TEXT_EXT, MAX_MEMBER_BYTES, SIZES_FILE, load_webdataset

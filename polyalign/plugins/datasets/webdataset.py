@@ -30,9 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from polyalign.core.data import SPLITS, Sample
 from polyalign.core.encoder import FileBytes
 from polyalign.core.errors import PolyalignError, shown
-from polyalign.core.json_file import JsonError, parse_json, read_json
-from polyalign.core.manifest_file import ManifestError, parse_label
 from polyalign.core.stream import Shard, StreamSplit
+from polyalign.files.json_file import JsonError, parse_json, read_json
+from polyalign.files.manifest_file import ManifestError, parse_label
 
 from .brace_count import count_expansions
 

@@ -7,10 +7,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
 from polyalign.core.hookspecs import hookimpl
-from polyalign.core.run_files import logged_before
+from polyalign.files.atomic import atomic_write_text
+from polyalign.files.run_files import logged_before
 
 CSV_FILE = "metrics.csv"
 KEY_COLUMNS = ["kind", "step", "epoch"]

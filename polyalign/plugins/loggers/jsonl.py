@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import RESUME, atomic_write_text, describe_os_error
 from polyalign.core.errors import PolyalignError
 from polyalign.core.hookspecs import hookimpl
-from polyalign.core.json_file import JsonError, parse_json
-from polyalign.core.run_files import METRICS_FILE, logged_before
+from polyalign.files.atomic import RESUME, atomic_write_text, describe_os_error
+from polyalign.files.json_file import JsonError, parse_json
+from polyalign.files.run_files import METRICS_FILE, logged_before
 
 
 class JsonlLogger:

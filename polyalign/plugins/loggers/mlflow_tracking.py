@@ -12,11 +12,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyalign.core.atomic import atomic_write_text
 from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import eval_tag, row_columns
 from polyalign.core.hookspecs import hookimpl
-from polyalign.core.run_files import REPORT_DIR, read_tracker_run
+from polyalign.files.atomic import atomic_write_text
+from polyalign.files.run_files import REPORT_DIR, read_tracker_run
 
 from .tracker_failures import TrackerFailures
 

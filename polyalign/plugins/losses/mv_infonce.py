@@ -21,7 +21,6 @@ import torch
 from pydantic import Field
 
 from polyalign.core.loss import Loss, LossConfig, LossOutput, Temperature, full_present
-
 from polyalign.core.step_cost import contrast_flops
 
 from .blockwise import Reductions, reduce_blockwise

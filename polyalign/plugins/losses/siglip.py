@@ -33,7 +33,6 @@ from polyalign.core.loss import (
     Temperature,
     full_present,
 )
-
 from polyalign.core.step_cost import contrast_flops
 
 from .blockwise import Reductions, reduce_blockwise

@@ -65,7 +65,6 @@ from .multilinear import anchor_logsumexps, elementwise_product, mip
 from .pairwise import symmetric_info_nce
 from .rows import all_present, complete_rows, zero_loss
 
-
 AFFORDABLE_LOGITS = 1 << 24
 """``negatives: auto`` keeps ``n_squared`` while a batch has at most this many logits ``N^M``
 (16.8M: under a second a step on one CPU core at d = 64)."""

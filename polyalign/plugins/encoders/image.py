@@ -14,8 +14,8 @@ from polyalign.core.encoder import Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import named_layer_groups
 
-from .files import load_weights_into, local_weights_file, refuse_download
 from .lora import LoraOptions, add_lora, base_network, check_not_frozen, lora_requirements, merge_lora
+from .pretrained import load_weights_into, local_weights_file, refuse_download
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

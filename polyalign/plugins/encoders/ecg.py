@@ -13,7 +13,7 @@ from torch import nn
 from polyalign.core.encoder import FILE_VALUES, Encoder, FileBytes, resolve_file
 from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import named_layer_groups
-from polyalign.core.npy_file import read_npy
+from polyalign.files.npy_file import read_npy
 
 from .checkpointing import checkpoint_blocks
 from .resample import resample

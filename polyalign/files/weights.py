@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .errors import PolyalignError, cut
+from polyalign.core.errors import PolyalignError, cut
+
 from .run_files import CHECKPOINTS_DIR
 
 WEIGHTS = "model.safetensors"

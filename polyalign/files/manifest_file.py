@@ -9,9 +9,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from .batch import RESERVED_KEYS
-from .data import Sample
-from .errors import PolyalignError
+from polyalign.core.errors import PolyalignError
+
 from .json_file import JsonError, parse_json
 
 SUFFIXES = (".jsonl", ".csv")
@@ -19,6 +18,10 @@ SUFFIXES = (".jsonl", ".csv")
 
 class ManifestError(PolyalignError):
     """A manifest file is missing or malformed; the message names the file and line."""
+
+
+RESERVED_KEYS = ("label", "id")  # the columns of a row that are not modalities
+Sample = dict[str, Any]
 
 
 def is_missing(value: Any) -> bool:

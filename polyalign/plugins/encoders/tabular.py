@@ -18,8 +18,8 @@ from torch import nn
 
 from polyalign.core.encoder import FILE_VALUES, Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
-from polyalign.core.json_file import read_json
-from polyalign.core.npy_file import read_npy
+from polyalign.files.json_file import read_json
+from polyalign.files.npy_file import read_npy
 
 
 class TabularConfig(BaseModel):

@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
-from .assemble import Assembled, assemble
-from .data import SPLITS, DataError
-from .errors import PolyalignError
-from .loss import check_loss_output
-from .modality_check import HEAD, absent_modality_problems
-from .plugins import Plugins, default_plugins
-from .recipe import Recipe
+from polyalign.core.assemble import Assembled, assemble
+from polyalign.core.data import SPLITS, DataError
+from polyalign.core.errors import PolyalignError
+from polyalign.core.loss import check_loss_output
+from polyalign.core.modality_check import HEAD, absent_modality_problems
+from polyalign.core.plugin_manager import Plugins, default_plugins
+from polyalign.core.recipe import Recipe
 
 
 def _detail(exc: Exception) -> str:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polyalign.core.atomic import atomic_write_text
-from polyalign.core.errors import PolyalignError, shown
+from polyalign.core.errors import PolyalignError, cut, shown
 from polyalign.core.hookspecs import hookimpl
+from polyalign.files.atomic import atomic_write_text
 
 from .launchers import SlurmOptions, _submitit_executor, launch_local, threads_per_run
 from .plan import RUNS_DIR, merge_plan, new_plan, read_plan, split_values
@@ -59,30 +59,78 @@ def _suggest(trial: Any, key: str, p: dict[str, Any]) -> str:
     return f"{key}={trial.suggest_float(key, p['low'], p['high'], log=p['log'])!r}"
 
 
-def validation_value(run_dir: Path, metric: str) -> float:
-    """The value of the evaluation row ``metric`` (e.g. ``zero_shot/b_from_a+c/accuracy``) on the validation split."""
+def _validation_rows(recipe: Any, weights: Path | None = None) -> dict[str, float]:
+    """The recipe's evaluation rows on the validation split, by name (``zero_shot/b_from_a+c/accuracy``), of
+    the model with ``weights`` (None: as initialised)."""
     from polyalign.core.assemble import assemble
     from polyalign.core.device import pick_device
     from polyalign.core.evaluator import eval_tag
-    from polyalign.core.plugins import default_plugins
-    from polyalign.core.recipe import load_recipe
-    from polyalign.core.run_files import RECIPE_FILE
-    from polyalign.core.weights import load_weights, run_checkpoint
+    from polyalign.core.plugin_manager import default_plugins
     from polyalign.evaluation.evaluate import run_evaluators
+    from polyalign.files.weights import load_weights
 
     plugins = default_plugins()
-    recipe = load_recipe(run_dir / RECIPE_FILE, plugins=plugins)
     parts = assemble(recipe, plugins)
-    parts.load_state_dict(load_weights(run_checkpoint(run_dir, "last")))
+    if weights is not None:
+        parts.load_state_dict(load_weights(weights))
     device = pick_device(recipe.train.device)
     parts.model.to(device)
     parts.loss.to(device)
     rows = run_evaluators(recipe, parts, plugins, device, split="val")
-    names = {eval_tag(r, "val").removeprefix("eval/val/"): float(r["value"]) for r in rows}
-    if metric not in names:
-        raise PolyalignError(f"--metric {metric!r} is not a row of the recipe's evaluators; its rows: "
-                             f"{', '.join(names) or '(none: the recipe has no eval)'}")
+    return {eval_tag(r, "val").removeprefix("eval/val/"): float(r["value"]) for r in rows}
+
+
+def _metric_problem(metric: str, names: Any) -> str | None:
+    """Why ``metric`` cannot be optimised among the rows ``names``, or None."""
+    if metric in names:
+        return None
+    return (f"--metric {metric!r} is not a row of the recipe's evaluators; its rows: "
+            f"{', '.join(names) or '(none: the recipe has no eval)'}")
+
+
+def validation_value(run_dir: Path, metric: str) -> float:
+    """The value of the evaluation row ``metric`` (e.g. ``zero_shot/b_from_a+c/accuracy``) on the validation split."""
+    from polyalign.core.recipe import load_recipe
+    from polyalign.files.run_files import RECIPE_FILE
+    from polyalign.files.weights import run_checkpoint
+
+    names = _validation_rows(load_recipe(run_dir / RECIPE_FILE), run_checkpoint(run_dir, "last"))
+    problem = _metric_problem(metric, names)
+    if problem is not None:
+        raise PolyalignError(problem)
     return names[metric]
+
+
+def check_metric(recipe: Any, metric: str) -> None:
+    """Refuse, before any trial trains, a ``--metric`` that the recipe's evaluators do not produce (they run
+    once on the validation split with the model as initialised)."""
+    problem = _metric_problem(metric, _validation_rows(recipe))
+    if problem is not None:
+        raise PolyalignError(problem)
+
+
+def open_storage(url: str, jobs: int) -> None:
+    """Refuse, before any trial trains, a study storage that cannot be opened and written."""
+    if ":memory:" in url or url.strip() in ("sqlite://", "sqlite:///"):
+        raise PolyalignError(f"--storage {url!r}: an in-memory database lives and dies with one process, so the "
+                             f"search's result (and {'its ' + str(jobs) + ' workers' if jobs > 1 else 'a resumed run'}) "
+                             f"could not see its trials; give a file, e.g. sqlite:///sweeps/study.db")
+    import optuna
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url)
+        storage.get_all_studies()
+        probe = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE])  # a write, undone below
+        storage.delete_study(probe)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy, drivers and the file system each raise their own
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else \
+            type(exc).__name__
+        raise PolyalignError(f"--storage {url!r}: the study database cannot be opened and written ({cut(reason, 200)}); "
+                             f"give an SQLAlchemy URL of a database this process can write, e.g. "
+                             f"sqlite:///path/to/study.db (its folder must exist), or leave --storage out for "
+                             f"one in the sweep folder") from None
 
 
 class PruneOnValidationLoss:
@@ -109,6 +157,7 @@ def _study(sweep_dir: Path, pruner: Any = None, worker: int = 0) -> Any:
         import optuna
     except ImportError:
         raise PolyalignError("--search optuna needs optuna: pip install 'polyalign[sweep]'") from None
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial's error is kept and said once, at the end
     plan = read_plan(sweep_dir)
     search = plan.search or {}
     with warnings.catch_warnings():  # heartbeats (trials of a killed worker marked failed) are "experimental"
@@ -126,7 +175,7 @@ def search_worker(sweep_dir: str | Path, worker: str = "worker-0", threads: int 
     returns the number this worker ran."""
     import optuna
 
-    from polyalign.core.plugins import make_plugins
+    from polyalign.core.plugin_manager import make_plugins
     from polyalign.run import train
 
     sweep_dir = Path(sweep_dir).resolve()
@@ -226,6 +275,9 @@ def run_search(recipe: str | Path, space_items: list[str], trials: int, metric: 
     sweep_dir = Path(out).resolve() if out else (Path("sweeps") / f"{base.name}-optuna").resolve()
     search = {"space": space, "trials": trials, "metric": metric, "direction": direction,
               "storage": storage or f"sqlite:///{sweep_dir / STUDY_DB}", "study": base.name}
+    if storage:
+        open_storage(storage, jobs)
+    check_metric(base, metric)
     merge_plan(sweep_dir, new_plan(Path(recipe), overrides, {}, [base.seed], search))
     threads = threads_per_run(jobs, threads)
     echo(f"search {sweep_dir}: {trials} trial(s) of {', '.join(space)}; {jobs} worker(s) ({launcher}), "

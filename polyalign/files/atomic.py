@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import PolyalignError
+from polyalign.core.errors import PolyalignError
 
 
 class WriteError(PolyalignError):

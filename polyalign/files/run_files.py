@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import PolyalignError, shown
+from polyalign.core.errors import PolyalignError, shown
+
 from .json_file import JsonError, read_json
 
 RECIPE_FILE = "recipe.yaml"

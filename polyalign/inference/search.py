@@ -15,8 +15,17 @@ from polyalign.core.errors import PolyalignError, shown
 from .embeddings_file import check_same_model, provenance, read_embeddings, save_embeddings
 from .sources import Values, one_value, query_value, read_source, split_assignment
 from .trained import Hit, TrainedModel, rank_hits
-from .vector_index import (SUFFIX, IndexFile, IndexOptions, build_index, index_settings, read_index, recall_at_k,
-                           sample_queries, write_index)
+from .vector_index import (
+    SUFFIX,
+    IndexFile,
+    IndexOptions,
+    build_index,
+    index_settings,
+    read_index,
+    recall_at_k,
+    sample_queries,
+    write_index,
+)
 
 
 def embed_source(model: TrainedModel, modality: str, source: str | Path, batch_size: int | None = None,

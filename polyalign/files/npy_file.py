@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoder import FileBytes
-from .errors import PolyalignError, cut
+from polyalign.core.errors import PolyalignError, cut
+
+from .held_file import FileBytes
 
 
 def read_npy(path: Path | FileBytes, what: str = "NumPy array") -> np.ndarray:

@@ -12,7 +12,7 @@ from torch import nn
 
 from polyalign.core.encoder import FILE_VALUES, Encoder, resolve_file
 from polyalign.core.errors import PolyalignError
-from polyalign.core.npy_file import read_npy
+from polyalign.files.npy_file import read_npy
 
 
 class VectorConfig(BaseModel):

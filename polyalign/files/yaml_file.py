@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .errors import PolyalignError, cut, shown
+from polyalign.core.errors import PolyalignError, cut, shown
 
 MAX_TEXT_CHARS = 1_000_000
 """Characters of YAML text (and bytes of a YAML file) read at most."""

@@ -16,12 +16,12 @@ from torch import nn
 
 from polyalign.core.encoder import Encoder
 from polyalign.core.errors import PolyalignError
-from polyalign.core.json_file import JsonError, read_json
 from polyalign.core.layer_groups import named_layer_groups
+from polyalign.files.json_file import JsonError, read_json
 
-from .files import local_weights_file, refuse_download
 from .image import read_image, timm_layer_groups
 from .lora import LoraOptions, add_lora, base_network, check_not_frozen, lora_requirements, merge_lora
+from .pretrained import local_weights_file, refuse_download
 from .text import example_texts, read_text
 
 CONFIG_FILE = "open_clip_config.json"  # open_clip's model folder: this file beside the weights

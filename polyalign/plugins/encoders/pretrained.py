@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from polyalign.core.errors import PolyalignError
-from polyalign.core.weights import load_failure, torch_load_safely
+from polyalign.files.weights import load_failure, torch_load_safely
 
 
 def refuse_download(value: bool | str) -> bool | str:

@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import PolyalignError, cut, not_a_file
+from polyalign.core.errors import PolyalignError, cut, not_a_file
 
 if TYPE_CHECKING:  # the encoder contract imports torch; reading JSON does not need it
-    from .encoder import FileBytes
+    from .held_file import FileBytes
 
 MAX_DEPTH = 64
 """Nesting levels of objects and arrays (what polyalign writes is at most a few levels deep)."""

@@ -15,7 +15,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.layer_groups import Part, named_layer_groups
 
 from .checkpointing import checkpoint_blocks, checkpointed_sequential
-from .files import load_weights_into, local_weights_file
+from .pretrained import load_weights_into, local_weights_file
 from .resample import resample
 
 Wav2Vec2Arch = Literal["base", "large", "large_lv60k", "tiny"]
