@@ -16,7 +16,8 @@ holding a path (PNG, WAV) or inline text, a ``label``, read by ``data: {plugin: 
   words or as a numeral), ``caption_de`` (a German one). recipes/spoken-digits.yaml (M = 3:
   image, speech_en, caption_en) and recipes/spoken-digits-5.yaml (all five).
 - ``joint`` (Symile-M3-like: the information about the image is joint): ``text`` is two digit
-  words ("seven two"), ``speech`` is a random digit spoken in English or in German, and the
+  words ("seven two"), ``speech`` is a random digit spoken in English (low male voices) or in
+  German (high female voices), and the
   ``image`` shows the first word's digit when the speech is English and the second word's when
   it is German. Neither the speech alone (its language says nothing about which digits) nor the
   text alone (one of its two words, 0.5 at best) fixes the image; both together do.
@@ -123,6 +124,13 @@ def write(kind: str, out: Path, seed: int = 0, sizes: dict[str, int] | None = No
     rng = np.random.default_rng(seed)
     scans = scans_by_split(seed)
     bank = utterances(["en", "de"])
+    # joint: English is spoken by the low (male) voices, German by the high (female) ones, so that
+    # the language is heard in a second (a tiny audio CNN learns it in a few epochs), not only in
+    # the words; still nothing about which digits the text names
+    choice_bank = {(lang, k): [x for i, x in enumerate(clips) if (VOICES[lang][i // (len(SPEEDS) * len(PITCHES))][-2]
+                                                                   == ("m" if lang == "en" else "f"))
+                               and PITCHES[i % len(PITCHES)] == (PITCHES[0] if lang == "en" else PITCHES[-1])]
+                   for (lang, k), clips in bank.items()}
     for split, n in sizes.items():
         folder = out / split
         folder.mkdir(exist_ok=True)
@@ -141,7 +149,7 @@ def write(kind: str, out: Path, seed: int = 0, sizes: dict[str, int] | None = No
                 lang = "en" if rng.random() < 0.5 else "de"
                 k = first if lang == "en" else second
                 spoken = int(rng.integers(10))  # what is said does not matter, only the language it is said in
-                clips = bank[(lang, spoken)]
+                clips = choice_bank[(lang, spoken)]
                 write_wav(folder / f"{i:05d}.wav", noisy(clips[int(rng.integers(len(clips)))], rng))
                 row = {"label": k, "speech": f"{split}/{i:05d}.wav", "text": f"{WORDS['en'][first]} {WORDS['en'][second]}"}
             pool = scans[split][k]

@@ -18,7 +18,7 @@ import polyalign
 from polyalign.core.assemble import build_loss, build_model
 from polyalign.core.loss import WeightedLoss, score_candidates
 from polyalign.core.model import MultiModalModel
-from polyalign.core.plugins import default_plugins
+from polyalign.core.plugin_manager import default_plugins
 
 BOTH = "loss=[{plugin: clip}, {plugin: symile}]"
 EXAMPLES = {m: [0.0] * 5 for m in "abc"}  # one XOR vector per modality (d_v = 5)
