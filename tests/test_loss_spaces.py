@@ -126,6 +126,11 @@ def test_per_term_spaces_keep_the_joint_bits_where_a_shared_space_loses_them(tmp
     shared = polyalign.train(RECIPES / "xor-symile.yaml", out=tmp_path / "shared",
                              overrides=overrides + ["model.spaces=shared"])
     assert read_accuracy(shared) < 0.9
+    # a run written before model.spaces existed (its recipe.yaml without the key) loads as one shared space
+    recipe_file = shared / "recipe.yaml"
+    recipe_file.write_text(recipe_file.read_text().replace("  spaces: shared\n", ""))
+    assert "spaces" not in recipe_file.read_text()
+    assert polyalign.load(shared).embed_dim == 16
     # the trained model loads back and scores as the evaluation did: blocks and all
     model = polyalign.load(run)
     assert model.embed_dim == 32
