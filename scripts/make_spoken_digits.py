@@ -15,12 +15,12 @@ holding a path (PNG, WAV) or inline text, a ``label``, read by ``data: {plugin: 
   voices), ``speech_de`` (k spoken in German), ``caption_en`` (an English sentence naming k in
   words or as a numeral), ``caption_de`` (a German one). recipes/spoken-digits.yaml (M = 3:
   image, speech_en, caption_en) and recipes/spoken-digits-5.yaml (all five).
-- ``joint`` (Symile-M3-like: the information about the image is joint): ``text`` is two digit
-  words ("seven two"), ``speech`` is a random digit spoken in English (low male voices) or in
-  German (high female voices), and the
-  ``image`` shows the first word's digit when the speech is English and the second word's when
-  it is German. Neither the speech alone (its language says nothing about which digits) nor the
-  text alone (one of its two words, 0.5 at best) fixes the image; both together do.
+- ``joint`` (Symile-M3-like: the information about the image is joint): ``text`` is two words
+  naming a digit w ("number seven", "read 7"), ``speech`` is a random digit spoken in English
+  (low male voices) or in German (high female voices), and the ``image`` shows w when the speech
+  is English and w + 5 (mod 10) when it is German. Neither the speech alone (its language says
+  nothing about w) nor the text alone (one of two digits, 0.5 at best) fixes the image; both
+  together do.
   recipes/spoken-choice.yaml.
 """
 
@@ -48,8 +48,11 @@ CAPTIONS = {"en": ["a handwritten {}", "the digit {}", "a scanned {}", "someone 
                    "an image of the number {}"],
             "de": ["eine handgeschriebene {}", "die Ziffer {}", "eine gescannte {}", "jemand schrieb eine {}",
                    "{}, von Hand geschrieben", "ein Bild der Zahl {}"]}
-SPLITS = {"train": 1500, "val": 200, "test": 300}
+SPLITS = {"train": 1000, "val": 200, "test": 300}
 SIZES = {"redundant": {"train": 800, "val": 100, "test": 300}, "joint": SPLITS}
+SHIFT = 5
+"""joint: German speech shows the digit SHIFT after the text's (mod 10)."""
+LEADS = ("number", "digit", "say", "read", "take", "the")
 """Tuples per split by default: the redundant set is learnt from fewer (every modality names the digit)."""
 
 
@@ -147,13 +150,14 @@ def write(kind: str, out: Path, seed: int = 0, sizes: dict[str, int] | None = No
                     row[f"speech_{lang}"] = f"{split}/{i:05d}_{lang}.wav"
                     row[f"caption_{lang}"] = caption(lang, k, rng)
             else:
-                first, second = (int(v) for v in rng.integers(10, size=2))
+                word = int(rng.integers(10))
                 lang = "en" if rng.random() < 0.5 else "de"
-                k = first if lang == "en" else second
+                k = word if lang == "en" else (word + SHIFT) % 10
                 spoken = int(rng.integers(10))  # what is said does not matter, only the language it is said in
                 clips = choice_bank[(lang, spoken)]
                 write_wav(folder / f"{i:05d}.wav", noisy(clips[int(rng.integers(len(clips)))], rng))
-                row = {"label": k, "speech": f"{split}/{i:05d}.wav", "text": f"{WORDS['en'][first]} {WORDS['en'][second]}"}
+                row = {"label": k, "speech": f"{split}/{i:05d}.wav",
+                       "text": f"{rng.choice(LEADS)} {WORDS['en'][word] if rng.random() < 0.8 else word}"}
             pool = scans[split][k]
             write_png(folder / f"{i:05d}.png", pool[int(rng.integers(len(pool)))])
             row = {"id": f"{split}-{i:05d}", "image": f"{split}/{i:05d}.png", **row}
@@ -169,7 +173,7 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="folder for the files and train/val/test.jsonl")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sizes", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
-                        help="tuples per split (default: redundant 800 100 300, joint 1500 200 300)")
+                        help="tuples per split (default: redundant 800 100 300, joint 1000 200 300)")
     args = parser.parse_args()
     start = time.perf_counter()
     sizes = dict(zip(SPLITS, args.sizes)) if args.sizes else SIZES[args.kind]
