@@ -67,3 +67,15 @@ def test_the_joint_set_fixes_the_image_by_speech_and_text_together(make, tmp_pat
     scans = make.scans_by_split(0)
     assert not ({x.tobytes() for k in range(10) for x in scans["train"][k]}
                 & {x.tobytes() for k in range(10) for x in scans["test"][k]})
+
+
+def test_the_joint_feature_set_holds_the_same_rule_on_measured_features(make, tmp_path):
+    out = make.write("joint-features", tmp_path / "f", seed=0, sizes=SIZES)
+    got = rows(out, "train")
+    assert all(len(r["image"]) == 64 and len(r["scan"]) == 64 and len(r["voice"]) == 40 for r in got)
+    assert polyalign.load_recipe(RECIPES / "digit-choice.yaml", [f"data.path={out}"]).modalities.keys() == {
+        "image", "voice", "scan"}
+    # the two voices differ in what the features measure: English (low, male) against German (high, female)
+    en = make.voice_features(make.noisy(make.speak("seven", "en+m1", 150, 35), __import__("numpy").random.default_rng(0)))
+    de = make.voice_features(make.noisy(make.speak("sieben", "de+f2", 150, 65), __import__("numpy").random.default_rng(0)))
+    assert len(en) == len(de) == 40 and en != de
