@@ -146,7 +146,7 @@ def test_a_per_term_model_exports_indexes_and_loads_back(tmp_path, tiny_xor):
     import numpy as np
 
     from polyalign.inference.export import export_model
-    from polyalign.inference.retrieval import search_sources
+    from polyalign.inference.search import search_sources
 
     run = polyalign.train(RECIPES / "xor-symile.yaml", out=tmp_path / "runs", overrides=tiny_xor + ["eval=[]", BOTH])
     export_model(run, tmp_path / "model")
