@@ -51,7 +51,9 @@ def configurations(sweeps: list[Path]) -> dict[str, dict[int, np.ndarray]]:
 
 def t_interval(values: list[float]) -> tuple[float, float]:
     mean = statistics.mean(values)
-    half = T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    if len(values) < 2:
+        return mean, 0.0
+    half = T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
     return mean, half
 
 

@@ -38,7 +38,6 @@ import io
 import json
 import shutil
 import subprocess
-import tempfile
 import time
 import wave
 from pathlib import Path

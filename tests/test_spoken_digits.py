@@ -76,6 +76,8 @@ def test_the_joint_feature_set_holds_the_same_rule_on_measured_features(make, tm
     assert polyalign.load_recipe(RECIPES / "digit-choice.yaml", [f"data.path={out}"]).modalities.keys() == {
         "image", "voice", "scan"}
     # the two voices differ in what the features measure: English (low, male) against German (high, female)
-    en = make.voice_features(make.noisy(make.speak("seven", "en+m1", 150, 35), __import__("numpy").random.default_rng(0)))
-    de = make.voice_features(make.noisy(make.speak("sieben", "de+f2", 150, 65), __import__("numpy").random.default_rng(0)))
+    import numpy as np
+
+    en = make.voice_features(make.noisy(make.speak("seven", "en+m1", 150, 35), np.random.default_rng(0)))
+    de = make.voice_features(make.noisy(make.speak("sieben", "de+f2", 150, 65), np.random.default_rng(0)))
     assert len(en) == len(de) == 40 and en != de
