@@ -102,7 +102,32 @@ def build_loss(recipe: Recipe, plugins: Plugins) -> Loss:
     if len(built) == 1 and nodes[0].weight == 1.0:
         return next(iter(built.values()))[0]
     score_with = next((key for key, node in zip(built, nodes) if node.score_with), None)
-    return WeightedLoss({k: v[0] for k, v in built.items()}, {k: v[1] for k, v in built.items()}, score_with)
+    terms = {k: v[0] for k, v in built.items()}
+    return WeightedLoss(terms, {k: v[1] for k, v in built.items()}, score_with, term_spaces(recipe, terms))
+
+
+def term_spaces(recipe: Recipe, terms: dict[str, Loss]) -> dict[str, int]:
+    """``{term: block}`` for a list of losses with one embedding space per scoring term
+    (``model.spaces``), or ``{}`` for one shared space. ``auto`` gives each term its own space when
+    two or more terms score (regularisers such as ``align_uniform`` get none: they shape every block)
+    and no head is ``none`` (an encoder that already ends in ``embed_dim`` has one space)."""
+    scoring = [k for k, t in terms.items() if getattr(t, "scores_in_a_sum", True)]
+    mode = recipe.model.spaces
+    if mode == "auto":
+        heads_split = all(recipe.model.head_of(m) != "none" for m in recipe.modalities)
+        mode = "per_term" if len(scoring) >= 2 and heads_split else "shared"
+    if mode == "shared" or len(scoring) < 2:
+        return {}
+    return {k: i for i, k in enumerate(scoring)}
+
+
+def model_spaces(recipe: Recipe, plugins: Plugins) -> int:
+    """How many embedding spaces the recipe's loss asks of the model (1 unless ``model.spaces``
+    gives the terms of a list of losses one each)."""
+    if len(recipe.losses) < 2:
+        return 1
+    loss = build_loss(recipe, plugins)
+    return loss.n_spaces if isinstance(loss, WeightedLoss) else 1
 
 
 def assemble(recipe: Recipe, plugins: Plugins | None = None) -> Assembled:
@@ -188,7 +213,7 @@ def build_model(recipe: Recipe, plugins: Plugins, examples: dict[str, Any] | Non
         plugin_names[m] = node.encoder.plugin
     heads = {m: recipe.model.head_of(m) for m in recipe.modalities}
     return MultiModalModel(encoders, recipe.model.embed_dim, recipe.model.normalize,
-                           recipe.missing.strategy, plugin_names, heads)
+                           recipe.missing.strategy, plugin_names, heads, model_spaces(recipe, plugins))
 
 
 def with_rebuild_options(recipe: Recipe, model: MultiModalModel, plugins: Plugins,

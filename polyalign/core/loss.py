@@ -258,9 +258,19 @@ class WeightedLoss(Loss):
     logit_scale() · score``, each term's logits as it trained them, so that [clip, symile] ranks
     with CLIP's pairwise and Symile's joint information together. ``score_with`` names one term
     to score with alone instead. Terms with ``scores_in_a_sum = False`` (regularisers) are left out.
+
+    ``spaces`` (``{term: block}``; the default of a recipe's list, ``model.spaces: per_term``):
+    the embeddings are the concatenation of ``n_spaces`` equal blocks, each normalised on its own
+    (:class:`~polyalign.core.model.MultiModalModel` with ``spaces``), and each scoring term trains
+    and scores on its own block, so that CLIP's pulling of every pair together does not flatten
+    the products Symile reads, nor Symile's gradients bend CLIP's geometry. A term not in
+    ``spaces`` (a regulariser) applies to every block (the mean over blocks). The summed score is
+    still one inner product when every term's is: the query is the concatenation of the terms'
+    scaled query vectors, each in its block.
     """
 
-    def __init__(self, terms: dict[str, Loss], weights: dict[str, float], score_with: str | None = None):
+    def __init__(self, terms: dict[str, Loss], weights: dict[str, float], score_with: str | None = None,
+                 spaces: dict[str, int] | None = None):
         super().__init__()
         self.terms = nn.ModuleDict(terms)
         self.weights = dict(weights)
@@ -268,6 +278,33 @@ class WeightedLoss(Loss):
             raise PolyalignError(f"score_with {score_with!r} is not a term of the weighted sum "
                                  f"({', '.join(self.terms)})")
         self.score_with = score_with
+        self.spaces = dict(spaces or {})
+        unknown = [k for k in self.spaces if k not in self.terms]
+        if unknown:
+            raise PolyalignError(f"spaces name terms the weighted sum does not have: {', '.join(unknown)}")
+        self.n_spaces = max(self.spaces.values()) + 1 if self.spaces else 1
+        if self.spaces and sorted(set(self.spaces.values())) != list(range(self.n_spaces)):
+            raise PolyalignError(f"spaces must number the blocks 0..K-1, got {self.spaces}")
+
+    def _blocks(self, name: str) -> list[int]:
+        """The blocks term ``name`` sees: its own, or every block for a term without one."""
+        if not self.spaces:
+            return [0]
+        return [self.spaces[name]] if name in self.spaces else list(range(self.n_spaces))
+
+    def _slice(self, tensors: dict[str, torch.Tensor], block: int) -> dict[str, torch.Tensor]:
+        """Block ``block`` of every embedding (all of it without spaces)."""
+        if not self.spaces:
+            return tensors
+        out = {}
+        for m, z in tensors.items():
+            width = z.shape[-1]
+            if width % self.n_spaces:
+                raise PolyalignError(f"embeddings of {m!r} are {width} wide, which is not {self.n_spaces} equal "
+                                     f"blocks (one per term of {' + '.join(self.spaces)})")
+            size = width // self.n_spaces
+            out[m] = z[..., block * size:(block + 1) * size]
+        return out
 
     def scoring_terms(self) -> dict[str, nn.Module]:
         """The terms whose scores the weighted sum adds (``score_with`` alone when it is set)."""
@@ -288,13 +325,17 @@ class WeightedLoss(Loss):
         metrics: dict[str, Metric] = {}
         needs_grad = torch.is_grad_enabled() and any(z.requires_grad for z in embeddings.values())
         for name, term in self.terms.items():
-            try:
-                raw = term(embeddings, present)
-            except Exception as exc:
-                detail = str(exc) if isinstance(exc, PolyalignError) else f"{type(exc).__name__}: {exc}"
-                raise PluginError(f"loss term {name!r} of the weighted sum {' + '.join(self.terms)} failed: "
-                                  f"{detail}") from exc
-            out = check_loss_output(raw, name, needs_grad)
+            outs = []
+            for block in self._blocks(name):
+                try:
+                    raw = term(self._slice(embeddings, block), present)
+                except Exception as exc:
+                    detail = str(exc) if isinstance(exc, PolyalignError) else f"{type(exc).__name__}: {exc}"
+                    raise PluginError(f"loss term {name!r} of the weighted sum {' + '.join(self.terms)} failed: "
+                                      f"{detail}") from exc
+                outs.append(check_loss_output(raw, name, needs_grad))
+            out = outs[0] if len(outs) == 1 else LossOutput(torch.stack([o.loss for o in outs]).mean(),
+                                                            outs[0].metrics)
             total = total + self.weights[name] * out.loss
             metrics[f"{name}/loss"] = out.loss.detach()
             metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
@@ -309,19 +350,32 @@ class WeightedLoss(Loss):
                      candidates: dict[str, torch.Tensor]) -> torch.Tensor:
         total = None
         for name, term in self.scoring_terms().items():
-            part = self._factor(name, term) * score_candidates(term, queries, candidates, name)
+            block = self._blocks(name)[0]
+            part = self._factor(name, term) * score_candidates(term, self._slice(queries, block),
+                                                               self._slice(candidates, block), name)
             total = part if total is None else total + part
         return total
 
+    def _placed(self, name: str, vectors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A term's query vectors (its block wide) in its block of a full-width vector, zeros elsewhere."""
+        if not self.spaces:
+            return vectors
+        block, size = self._blocks(name)[0], vectors.shape[-1]
+        out = vectors.new_zeros(vectors.shape[0], like.shape[-1])
+        out[:, block * size:(block + 1) * size] = vectors
+        return out
+
     def inner_product_query(self, queries: dict[str, torch.Tensor], target: str) -> torch.Tensor | None:
         terms = self.scoring_terms()
+        like = next(iter(queries.values()))
         if len(terms) == 1:
             (name, term), = terms.items()
-            vectors = term.inner_product_query(queries, target)
-            return None if vectors is None else self._factor(name, term) * vectors
+            vectors = term.inner_product_query(self._slice(queries, self._blocks(name)[0]), target)
+            return None if vectors is None else self._placed(name, self._factor(name, term) * vectors, like)
         if not all(getattr(t, "exact_inner_product", False) for t in terms.values()):
             return None
-        return sum(self._factor(k, t) * t.inner_product_query(queries, target) for k, t in terms.items())
+        return sum(self._placed(k, self._factor(k, t) * t.inner_product_query(
+            self._slice(queries, self._blocks(k)[0]), target), like) for k, t in terms.items())
 
     def inner_product_refusal(self) -> str:
         """Why no index can serve this sum's score (for the error that refuses one), or ''."""

@@ -52,12 +52,24 @@ class MultiModalModel(nn.Module):
     embedding, with ``missing="drop"`` a zero row (the loss then masks them out).
     The inputs of the modalities in ``feature_inputs`` are their encoder's output already
     (``(B, width)`` features from the feature cache): only the head runs on them.
+
+    ``spaces`` > 1 (a list of losses, one embedding space per scoring term): the head maps to
+    ``spaces`` blocks of ``embed_dim`` and each block is normalised on its own; the embedding is
+    their concatenation, ``(B, spaces · embed_dim)`` (``self.embed_dim`` is that total width,
+    ``self.space_dim`` the width of one block), and :class:`~polyalign.core.loss.WeightedLoss`
+    gives each term its block. Every encoder is shared by the terms; only the heads' outputs differ.
     """
 
     def __init__(self, encoders: dict[str, Encoder], embed_dim: int,
                  normalize: Normalize = "l2", missing: MissingStrategy = "drop",
-                 plugin_names: dict[str, str] | None = None, heads: dict[str, HeadKind] | None = None):
+                 plugin_names: dict[str, str] | None = None, heads: dict[str, HeadKind] | None = None,
+                 spaces: int = 1):
         super().__init__()
+        if spaces < 1:
+            raise PolyalignError(f"spaces must be at least 1, got {spaces}")
+        self.spaces = spaces
+        self.space_dim = embed_dim
+        embed_dim = embed_dim * spaces
         self.embed_dim = embed_dim
         self.normalize = normalize
         self.missing = missing
@@ -68,7 +80,7 @@ class MultiModalModel(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.heads = nn.ModuleDict({m: make_head((heads or {}).get(m, "linear"), widths[m], embed_dim,
                                                  f"model.head of modality {m!r}") for m in encoders})
-        self.norms = nn.ModuleDict({m: nn.LayerNorm(embed_dim) for m in encoders}
+        self.norms = nn.ModuleDict({m: nn.LayerNorm(self.space_dim) for m in encoders}
                                    if normalize == "layernorm" else {})
         self.missing_embeddings = nn.ParameterDict(
             {m: nn.Parameter(torch.randn(embed_dim) * 0.02) for m in encoders}
@@ -82,11 +94,15 @@ class MultiModalModel(nn.Module):
         return list(self.encoders.keys())
 
     def _post(self, m: str, h: torch.Tensor) -> torch.Tensor:
+        if self.normalize == "none":
+            return h
+        if self.spaces > 1:  # each term's block on its own
+            blocks = h.unflatten(-1, (self.spaces, self.space_dim))
+            blocks = F.normalize(blocks, dim=-1) if self.normalize == "l2" else self.norms[m](blocks)
+            return blocks.flatten(-2)
         if self.normalize == "l2":
             return F.normalize(h, dim=-1)
-        if self.normalize == "layernorm":
-            return self.norms[m](h)
-        return h
+        return self.norms[m](h)
 
     def encode(self, m: str, x: Input) -> torch.Tensor:
         """Embed a batch of modality ``m`` (every row present) -> ``(B, embed_dim)``."""

@@ -56,6 +56,12 @@ class ModelSection(Strict):
                               "ends in embed_dim: open_clip towers, LiT-style frozen towers) or mlp (linear, GELU, "
                               "linear); one kind for all, or {modality: kind} (unnamed modalities: linear)")
 
+    spaces: Literal["auto", "per_term", "shared"] = Field(
+        "auto", description="with a list of losses: per_term = each scoring term its own embedding space (the "
+                            "heads map to one embed_dim block per term, each normalised on its own, over shared "
+                            "encoders; the score is the sum of the terms' logits); shared = every term on the "
+                            "same embedding; auto = per_term when two or more terms score and no head is none")
+
     def head_of(self, modality: str) -> str:
         """The head kind of ``modality``."""
         return self.head.get(modality, "linear") if isinstance(self.head, dict) else self.head

@@ -41,6 +41,9 @@ def read_recipe_file(path: Path) -> Recipe:
         raw = read_yaml(path)
     except YamlError as exc:
         raise RecipeError(str(path), [(exc.path, exc.reason)]) from None
+    if (isinstance(raw, dict) and isinstance(raw.get("model"), dict) and "spaces" not in raw["model"]
+            and isinstance(raw.get("loss"), list) and len(raw["loss"]) > 1):
+        raw["model"]["spaces"] = "shared"  # written before model.spaces: its list of losses shared one space
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
