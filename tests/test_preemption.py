@@ -19,6 +19,7 @@ import pytest
 import torch
 from crash_plugin import entry_point_env
 from safetensors.torch import load_file
+from test_reliability_resume import _logged_step
 
 import polyalign
 from polyalign.cli import main
@@ -59,17 +60,6 @@ def _assert_same_run(a: Path, b: Path) -> None:
             assert torch.equal(wa[k], wb[k]), f"{name}: {k} differs"
     assert _rows(a) == _rows(b)
     assert json.loads((a / "eval" / "report.json").read_text()) == json.loads((b / "eval" / "report.json").read_text())
-
-
-def _logged_step(out: Path) -> int:
-    best = 0
-    for metrics in out.glob("*/metrics.jsonl"):
-        for line in metrics.read_text().splitlines():
-            try:
-                best = max(best, json.loads(line).get("step", 0))
-            except ValueError:
-                pass
-    return best
 
 
 def _wait_for_step(proc: subprocess.Popen, out: Path, step: int) -> None:
