@@ -39,6 +39,7 @@ def test_validate_says_what_each_auto_stands_for_here_and_a_list_loss_names_its_
     assert main(["validate", str(XOR), "loss=[{plugin: clip}, {plugin: symile}]", "train.batch_size=32"]) == 0
     printed = capsys.readouterr().out
     assert "loss.1.negatives: auto -> n_squared on this machine" in printed  # 32^3 logits: affordable
+    assert "model.spaces: auto -> per_term on this machine" in printed  # two scoring terms: a space each
     assert "train.precision: auto -> fp32 on this machine" in printed and "train.device: auto -> cpu" in printed
     assert "train.num_workers: auto -> 0 for train rows of numbers only, else" in printed
     assert main(["validate", str(XOR), "train.threads=3", "train.precision=bf16"]) == 0

@@ -1,6 +1,6 @@
 """What each ``auto`` of a recipe stands for on this machine: the device, the precision, the loader workers,
-the threads, and a loss option that its plugin resolves (Symile's ``negatives``: the built loss has an
-attribute of the option's name holding the value it trains with)."""
+the threads, the embedding spaces of a list of losses, and a loss option that its plugin resolves (Symile's
+``negatives``: the built loss has an attribute of the option's name holding the value it trains with)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ def resolved_autos(recipe: Recipe, loss: torch.nn.Module, device: torch.device,
         shown = workers if workers is not None else (train.num_workers if train.num_workers != "auto" else 0)
         out["train.threads"] = str(auto_threads(shown)) + ("" if workers is not None or train.num_workers != "auto"
                                                           else " less the loader workers")
+    if recipe.model.spaces == "auto" and isinstance(loss, WeightedLoss):
+        out["model.spaces"] = "per_term" if loss.n_spaces > 1 else "shared"
     return {**out, **loss_autos(recipe, loss)}
 
 
