@@ -16,6 +16,13 @@ from .errors import shown
 MAX_PROCESSES = 1024  # threads or loader workers of one training process: more is a typo, not a machine
 
 
+def auto_or_count(value: Any, low: int, what: str) -> Any:
+    """``auto``, or a whole number in [low, MAX_PROCESSES] (a train.threads or train.num_workers value)."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_PROCESSES):
+        return value
+    raise ValueError(f"must be auto or {what} ({low} to {MAX_PROCESSES}), got {value!r}")
+
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -116,23 +123,14 @@ class TrainSection(Strict):
         "auto", description="DataLoader worker processes per training process; auto = 0 when the data is "
                             "numbers already in memory, else one per CPU of the process less one, at most 8")
 
-    @field_validator("num_workers", mode="before")
-    @classmethod
-    def _workers(cls, value: Any) -> Any:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PROCESSES):
-            return value
-        raise ValueError(f"must be auto or a number of worker processes (0 to {MAX_PROCESSES}), got {value!r}")
+    _workers = field_validator("num_workers", mode="before")(
+        lambda value: auto_or_count(value, 0, "a number of worker processes"))
     threads: int | Literal["auto"] = Field(
         "auto", description="torch threads of each training process; auto = the CPUs this process may use "
                             "(affinity, cgroup quota) shared among this machine's processes, less one per "
                             "DataLoader worker, at least 1 (recorded in the run's recipe.yaml)")
 
-    @field_validator("threads", mode="before")
-    @classmethod
-    def _threads(cls, value: Any) -> Any:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_PROCESSES):
-            return value
-        raise ValueError(f"must be auto or a number of threads (1 to {MAX_PROCESSES}), got {value!r}")
+    _threads = field_validator("threads", mode="before")(lambda value: auto_or_count(value, 1, "a number of threads"))
     pin_memory: bool = False
     log_every: int = Field(10, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N steps, as "
