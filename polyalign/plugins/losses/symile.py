@@ -96,9 +96,11 @@ class SymileConfig(LossConfig):
     def _dim_scale_needs_the_raw_product(self) -> SymileConfig:
         if self.scale == "dim" and self.negatives not in ("n", "n_squared"):
             raise ValueError(f"scale: dim rescales the raw MIP that negatives n and n_squared contrast; "
-                             f"negatives {self.negatives} contrasts the direction of the product of the other "
-                             f"modalities, whose scale does not shrink with d: set negatives: n or n_squared, "
-                             f"or leave scale: none")
+                             + ("negatives auto may resolve to per_modality (a batch beyond its N^M budget), which "
+                                if self.negatives == "auto" else f"negatives {self.negatives} ")
+                             + "contrasts the direction of the product of the other modalities, whose scale does "
+                             "not shrink with d: set negatives: n or n_squared, "
+                             "or leave scale: none")
         return self
 
     def memory_need(self, context: dict) -> MemoryNeed | None:
