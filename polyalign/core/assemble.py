@@ -103,7 +103,9 @@ def build_loss(recipe: Recipe, plugins: Plugins) -> Loss:
         return next(iter(built.values()))[0]
     score_with = next((key for key, node in zip(built, nodes) if node.score_with), None)
     terms = {k: v[0] for k, v in built.items()}
-    return WeightedLoss(terms, {k: v[1] for k, v in built.items()}, score_with, term_spaces(recipe, terms))
+    spaces = term_spaces(recipe, terms)
+    return WeightedLoss(terms, {k: v[1] for k, v in built.items()}, score_with, spaces,
+                        balance=bool(spaces) and recipe.model.balance != "none")
 
 
 def term_spaces(recipe: Recipe, terms: dict[str, Loss]) -> dict[str, int]:

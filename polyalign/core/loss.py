@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from .errors import PluginError, PolyalignError
+from .gradient_balance import GradientBalance
 
 MAX_LOGIT_SCALE = 100.0
 """``1/τ ≤ 100`` (τ ≥ 0.01), CLIP's ceiling: sharper logits of unit vectors only overfit the batch."""
@@ -263,14 +264,16 @@ class WeightedLoss(Loss):
     the embeddings are the concatenation of ``n_spaces`` equal blocks, each normalised on its own
     (:class:`~polyalign.core.model.MultiModalModel` with ``spaces``), and each scoring term trains
     and scores on its own block, so that CLIP's pulling of every pair together does not flatten
-    the products Symile reads, nor Symile's gradients bend CLIP's geometry. A term not in
+    the products Symile reads, nor Symile's gradients bend CLIP's geometry. ``balance`` (the
+    default with spaces, ``model.balance: gradients``) gives every such term the same pull on the
+    shared encoders (:mod:`~polyalign.core.gradient_balance`). A term not in
     ``spaces`` (a regulariser) applies to every block (the mean over blocks). The summed score is
     still one inner product when every term's is: the query is the concatenation of the terms'
     scaled query vectors, each in its block.
     """
 
     def __init__(self, terms: dict[str, Loss], weights: dict[str, float], score_with: str | None = None,
-                 spaces: dict[str, int] | None = None):
+                 spaces: dict[str, int] | None = None, balance: bool = False):
         super().__init__()
         self.terms = nn.ModuleDict(terms)
         self.weights = dict(weights)
@@ -285,6 +288,10 @@ class WeightedLoss(Loss):
         self.n_spaces = max(self.spaces.values()) + 1 if self.spaces else 1
         if self.spaces and sorted(set(self.spaces.values())) != list(range(self.n_spaces)):
             raise PolyalignError(f"spaces must number the blocks 0..K-1, got {self.spaces}")
+        if balance and len(self.spaces) < 2:
+            raise PolyalignError("balance equalises the gradients of terms that train spaces of their own; "
+                                 "it needs two or more terms in spaces (model.spaces: per_term)")
+        self.balance = GradientBalance(list(self.spaces)) if balance else None
 
     def _blocks(self, name: str) -> list[int]:
         """The blocks term ``name`` sees: its own, or every block for a term without one."""
@@ -327,8 +334,11 @@ class WeightedLoss(Loss):
         for name, term in self.terms.items():
             outs = []
             for block in self._blocks(name):
+                sliced = self._slice(embeddings, block)
+                if self.balance is not None and needs_grad and name in self.spaces:
+                    sliced = {m: self.balance.attach(m, name, z) for m, z in sliced.items()}
                 try:
-                    raw = term(self._slice(embeddings, block), present)
+                    raw = term(sliced, present)
                 except Exception as exc:
                     detail = str(exc) if isinstance(exc, PolyalignError) else f"{type(exc).__name__}: {exc}"
                     raise PluginError(f"loss term {name!r} of the weighted sum {' + '.join(self.terms)} failed: "

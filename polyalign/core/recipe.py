@@ -102,6 +102,11 @@ def _cross_checks(recipe: Recipe) -> list[tuple[str, str]]:
     if len(chosen) > 1:
         problems.append(("loss", f"score_with is set on loss nodes {', '.join(map(str, chosen))}; a weighted sum "
                                  f"scores with one term alone, or (no score_with) with every term"))
+    if recipe.model.balance == "gradients" and (len(recipe.losses) < 2 or recipe.model.spaces == "shared"):
+        problems.append(("model.balance", "gradients balances the terms of a list of losses that train spaces of "
+                                          "their own; with " + ("one loss" if len(recipe.losses) < 2 else
+                                                                "model.spaces: shared") +
+                         " there is nothing to balance: leave model.balance: auto"))
     for i, node in enumerate(recipe.eval):
         for key in ("target", "targets", "query"):
             if node.options().get(key) is not None:

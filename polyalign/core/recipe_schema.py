@@ -68,6 +68,11 @@ class ModelSection(Strict):
                             "heads map to one embed_dim block per term, each normalised on its own, over shared "
                             "encoders; the score is the sum of the terms' logits); shared = every term on the "
                             "same embedding; auto = per_term when two or more terms score and no head is none")
+    balance: Literal["auto", "gradients", "none"] = Field(
+        "auto", description="with a space per term: gradients = every term sends the same gradient norm to "
+                            "each modality's shared encoder (smoothed over steps), so that no term's pull "
+                            "drowns another's; none = each term's gradient as its loss gives it; auto = "
+                            "gradients when the terms have spaces of their own, else none")
 
     def head_of(self, modality: str) -> str:
         """The head kind of ``modality``."""

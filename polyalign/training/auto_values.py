@@ -48,6 +48,8 @@ def resolved_autos(recipe: Recipe, loss: torch.nn.Module, device: torch.device,
                                                           else " less the loader workers")
     if recipe.model.spaces == "auto" and isinstance(loss, WeightedLoss):
         out["model.spaces"] = "per_term" if loss.n_spaces > 1 else "shared"
+    if recipe.model.balance == "auto" and isinstance(loss, WeightedLoss):
+        out["model.balance"] = "gradients" if loss.balance is not None else "none"
     return {**out, **loss_autos(recipe, loss)}
 
 
