@@ -32,11 +32,14 @@ def recipe_summary(path: Path) -> tuple[str, str]:
 
 def resolve_recipe_path(name_or_path: str) -> Path:
     """A path as given if it exists, else the shipped recipe of that name; a bare name that is
-    neither is an error suggesting the closest shipped recipe."""
+    neither is an error suggesting the closest shipped recipe. A folder is no recipe: a shipped
+    recipe's name that is also a folder here (a sweep's ``--out``) means the shipped recipe."""
     path = Path(name_or_path)
+    recipes = shipped_recipes()
+    if path.is_dir() and name_or_path in recipes:  # e.g. a sweep's --out folder named after its recipe
+        return recipes[name_or_path]
     if path.exists() or path.suffix in (".yaml", ".yml"):
         return path
-    recipes = shipped_recipes()
     if name_or_path in recipes:
         return recipes[name_or_path]
     if len(path.parts) > 1:  # a path, not a name: the recipe loader says the file is not there

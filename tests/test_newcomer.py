@@ -59,6 +59,13 @@ def test_a_recipe_name_not_found_suggests_the_closest_shipped_one(capsys):
     assert "file not found" in capsys.readouterr().err
 
 
+def test_a_folder_named_like_a_shipped_recipe_does_not_hide_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "xor-symile").mkdir()  # e.g. `polyalign sweep xor-symile ... --out xor-symile` run before
+    assert main(["validate", "xor-symile"]) == 0
+    assert "xor-symile: valid" in capsys.readouterr().out
+
+
 def test_recipes_piped_prints_every_command_whole(capsys):
     assert main(["recipes"]) == 0
     shown = capsys.readouterr().out
