@@ -10,7 +10,9 @@ the encoders drift to what Symile's products need, costing CLIP's term its accur
 each term sends to that modality's block so that every term sends the same norm: the mean of the
 terms' norms, each smoothed over steps (an exponential moving average, so one batch's noise does not
 swing the scale). Only the encoders see a change: each block's head has parameters of its own, and
-Adam's update of a parameter does not depend on the scale of its gradient.
+Adam's update of a parameter does not depend on the scale of its gradient. The smoothed norms are
+state of the running process, not of the checkpoint: a resumed run starts them afresh (its first
+step passes the first term's gradient as it is), and each process of a distributed run keeps its own.
 """
 
 from __future__ import annotations
