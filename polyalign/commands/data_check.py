@@ -5,6 +5,7 @@ missing file or one that does not decode shows before training."""
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from polyalign.core.loss import check_loss_output
 from polyalign.core.modality_check import HEAD, absent_modality_problems
 from polyalign.core.plugin_manager import Plugins, default_plugins
 from polyalign.core.recipe import Recipe
+from polyalign.core.step_cost import duration
 from polyalign.core.stream import is_stream
 
 
@@ -56,8 +58,8 @@ def check_data(recipe: Recipe, plugins: Plugins | None = None, rows: int = 4) ->
         if sizes[split]:
             line, broken = _check_references(parts, split, problems)
             indices = [i for i in sample_rows(sizes[split], rows) if i not in broken]  # each problem said once
-            lines += [line, _check_split(parts, recipe, split, indices, problems) if indices else f"{split}: "
-                      f"no row of the sample decoded (each names a missing file)"]
+            lines += [line, *(_check_split(parts, recipe, split, indices, problems) if indices else [
+                f"{split}: no row of the sample decoded (each names a missing file)"])]
         else:
             lines.append(f"{split}: empty")
     if problems:
@@ -80,21 +82,26 @@ def _rows_text(indices: list[int]) -> str:
 
 
 def _check_references(parts: Assembled, split: str, problems: list[str]) -> tuple[str, set[int]]:
-    """Stat every file that a row of ``split`` names; one line saying what was checked, and the broken rows."""
+    """Stat every file that a row of ``split`` names; one line saying what was checked, and the rows whose
+    broken references are problems (none with ``data.on_error: skip``: those rows would be skipped)."""
     if is_stream(parts.dataset.split(split)):
         return f"{split}: streamed (tar shards): its file references are not checked one by one", set()
     data = parts.tuples(split)
     broken = broken_references(data.samples, data.root, data.where)
     files = sum(isinstance(v, Path) for sample in data.samples for v in sample.values())
+    line = f"{split}: every row's files checked ({files} file reference(s) in {len(data)} rows, {len(broken)} broken)"
+    if broken and data.skipped is not None:  # data.on_error: skip -- reported, not a problem
+        return (line + f"; {len({row for row, _ in broken})} row(s) would be skipped (data.on_error: skip): "
+                f"{broken[0][1]}", set())
     if broken:
         problems.append(f"{split}: {len(broken)} of {files} file reference(s) cannot be read:\n    "
                         + "\n    ".join(bounded([message for _, message in broken])))
-    return (f"{split}: every row's files checked ({files} file reference(s) in {len(data)} rows, "
-            f"{len(broken)} broken)", {row for row, _ in broken})
+    return line, {row for row, _ in broken}
 
 
-def _check_split(parts: Assembled, recipe: Recipe, split: str, indices: list[int], problems: list[str]) -> str:
-    """Load, collate and embed the rows ``indices`` of ``split``; one line saying what was checked."""
+def _check_split(parts: Assembled, recipe: Recipe, split: str, indices: list[int], problems: list[str]) -> list[str]:
+    """Load, collate and embed the rows ``indices`` of ``split``: a line saying what was checked (for train,
+    also one timing a whole step on them)."""
     data = parts.tuples(split)
     known = len(problems)
     n, rows = len(indices), _rows_text(indices)
@@ -107,7 +114,7 @@ def _check_split(parts: Assembled, recipe: Recipe, split: str, indices: list[int
     skipped = data.take_skipped()  # data.on_error: skip -- reported, not a problem
     note = f"; {len(skipped)} row(s) would be skipped (data.on_error: skip): {skipped[0]}" if skipped else ""
     if len(items) < n:
-        return f"{split}: {rows}: {n - len(items)} failed to load"
+        return [f"{split}: {rows}: {n - len(items)} failed to load"]
     present: dict[str, int] = {}
     with torch.no_grad():
         for m, encoder in parts.model.encoders.items():
@@ -135,4 +142,33 @@ def _check_split(parts: Assembled, recipe: Recipe, split: str, indices: list[int
                 line += f"; loss {float(out.loss):.4f}"
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"loss ({parts.loss_name}) on train {rows}: {_detail(exc)}")
-    return line + note
+    if split == "train" and len(problems) == known:
+        return [line + note, _step_line(parts, items, recipe.train.batch_size)]
+    return [line + note]
+
+
+def _step_line(parts: Assembled, items: list[tuple[int, dict[str, Any], Any]], batch_size: int) -> str:
+    """Time one whole training step (encoders and loss, forward and backward; no optimizer update) on the
+    loaded train rows, the fastest of two after a warm-up, and scale it by rows to ``batch_size``."""
+    batch = parts.collator()(items)
+    device = next(parts.model.parameters()).device
+    parts.model.train()
+    times = []
+    try:
+        for _ in range(3):
+            start = time.perf_counter()
+            emb = parts.model(batch.inputs, batch.present)
+            loss = parts.loss(emb, parts.model.loss_present(batch.present)).loss
+            if loss.requires_grad:
+                loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    finally:
+        parts.model.eval()
+        parts.model.zero_grad(set_to_none=True)
+        parts.loss.zero_grad(set_to_none=True)
+    took, n = min(times[1:]), len(items)
+    return (f"train: one whole step (encoders and loss, forward and backward) on these {n} rows: {duration(took)} "
+            f"on {device.type}; at train.batch_size {batch_size}, about {duration(took * batch_size / n)} a "
+            f"step (scaled by rows; data loading and the optimizer not counted)")
