@@ -4,6 +4,7 @@ export, serve, plot, demo-data, shards, cache, sweep."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -939,6 +940,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one message and exit 2, bugs exit 1 (with ``--debug`` or
     ``POLYALIGN_DEBUG=1`` the full traceback is printed first)."""
     wait_passively()  # before anything imports torch: OpenMP reads the policy once
+    if isinstance(sys.stdout, io.TextIOWrapper) and not sys.stdout.isatty():
+        sys.stdout.reconfigure(line_buffering=True)  # to a log or a pipe, each line as it is printed
     args = parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("POLYALIGN_DEBUG", "") not in ("", "0")
     if args.command == "train" and args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
