@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import RECIPES, TINY_XOR
 
 import polyalign
 from polyalign.training import loop
 
 
+@pytest.mark.slow  # a second process: its imports alone take seconds on a busy machine
 def test_lines_reach_a_pipe_while_training_goes_on(tmp_path):
     """The parent stops the run (SIGTERM) as soon as the first epoch line reaches it: stopped early, the run
     exits 128 + 15. Had the lines been held until the end, the run would have trained all its epochs and
