@@ -13,6 +13,7 @@ import yaml
 
 from polyalign.cli import main
 from polyalign.commands.data_check import sample_rows
+from polyalign.commands.file_references import broken_references
 
 ROWS = 200
 
@@ -77,3 +78,15 @@ def test_a_sound_manifest_says_what_was_checked_and_times_a_whole_step(tmp_path,
     (1, 4, [0]), (4, 4, [0, 1, 2, 3]), (6, 4, [0, 1, 2, 3, 4, 5]), (100, 4, [0, 1, 2, 3, 25, 50, 74, 99])])
 def test_the_decoded_sample_takes_the_first_rows_and_spreads_to_the_last(size, rows, expected):
     assert sample_rows(size, rows) == expected
+
+
+def test_a_missing_file_read_as_text_is_caught_by_its_column(tmp_path):
+    (tmp_path / "imu").mkdir()
+    (tmp_path / "imu" / "0.csv").write_text("1,2,3\n")
+    samples = [{"imu": Path("imu/0.csv"), "caption": "a walk.csv"},  # inline text with spaces: text
+               {"imu": "imu/1.csv", "caption": "run"},  # a one-word .csv cell where the column holds .csv files
+               {"imu": "imu/2.npy"}]  # another ending: text as far as this column goes
+    count, broken = broken_references(samples, tmp_path, lambda i: f"row {i}")
+    why = (f"row 1, modality 'imu': {tmp_path / 'imu' / '1.csv'} not found (so the cell would be read as text, "
+           f"while the column's other rows name .csv files)")
+    assert count == 2 and broken == [(1, why)]

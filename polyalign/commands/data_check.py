@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,8 +86,7 @@ def _check_references(parts: Assembled, split: str, problems: list[str]) -> tupl
     if is_stream(parts.dataset.split(split)):
         return f"{split}: streamed (tar shards): its file references are not checked one by one", set()
     data = parts.tuples(split)
-    broken = broken_references(data.samples, data.root, data.where)
-    files = sum(isinstance(v, Path) for sample in data.samples for v in sample.values())
+    files, broken = broken_references(data.samples, data.root, data.where)
     line = f"{split}: every row's files checked ({files} file reference(s) in {len(data)} rows, {len(broken)} broken)"
     if broken and data.skipped is not None:  # data.on_error: skip -- reported, not a problem
         return (line + f"; {len({row for row, _ in broken})} row(s) would be skipped (data.on_error: skip): "
