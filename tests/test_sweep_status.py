@@ -50,7 +50,7 @@ def test_the_time_left_comes_from_each_configuration_and_says_from_what(tmp_path
     assert progress.evaluating == {"loss.plugin=clip, train.lr=0.01, seed 1"}
     # symile lr=0.1: 1.5 runs of symile's 110 s; clip lr=0.1: 2 of clip's 600 s; 2 going at once
     assert progress.seconds_left == (1.5 * 110 + 2 * 600) / 2
-    assert "8 run(s): 3 done, 2 running, 3 pending (1 of them evaluating); time left: about 11 min 22 s" in out
+    assert "8 run(s): 3 done, 2 running (1 of them evaluating), 3 pending; time left: about 11 min 22 s" in out
     assert "  evaluating  loss.plugin=clip, train.lr=0.01, seed 1 (trained; its evaluation report is not written " \
            "yet)" in out
     assert "  running     loss.plugin=symile, train.lr=0.1, seed 0 (50% trained)" in out

@@ -35,9 +35,8 @@ class SweepProgress:
     def text(self) -> str:
         """The progress in a few lines."""
         counts = self.counts()
-        head = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        if self.evaluating:
-            head += f" ({len(self.evaluating)} of them evaluating)"
+        evaluating = f" ({len(self.evaluating)} of them evaluating)" if self.evaluating else ""
+        head = ", ".join(f"{n} {s}{evaluating if s == RUNNING else ''}" for s, n in counts.items() if n)
         left = ("unknown (no finished run has a recorded time yet)" if self.seconds_left is None
                 else f"about {_duration(self.seconds_left)}" if self.seconds_left > 0
                 else "only evaluation" if self.evaluating else "none")
