@@ -5,6 +5,7 @@ whole training step is timed on the train sample."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,17 @@ def test_a_missing_file_read_as_text_is_caught_by_its_column(tmp_path):
     why = (f"row 1, modality 'imu': {tmp_path / 'imu' / '1.csv'} not found (so the cell would be read as text, "
            f"while the column's other rows name .csv files)")
     assert count == 2 and broken == [(1, why)]
+
+
+def _seconds(text: str) -> float:
+    value, unit = text.split()
+    return float(value) * {"ms": 1e-3, "s": 1.0, "min": 60.0}[unit]
+
+
+def test_the_timed_step_counts_every_micro_batch_of_an_optimizer_step(tmp_path, capsys):
+    assert main(["validate", str(_manifest(tmp_path)), "train.accumulate=4", "--check-data"]) == 0
+    found = re.search(r"on these 8 rows: ([\d.]+ m?s) on cpu; at train\.batch_size 16 x train\.accumulate 4, "
+                      r"about ([\d.]+ (?:ms|s|min)) a step", capsys.readouterr().out)
+    assert found is not None
+    ratio = _seconds(found[2]) / _seconds(found[1])  # 64 rows an optimizer step, for 8 timed (2 digits shown)
+    assert 8 * 0.9 < ratio < 8 * 1.1

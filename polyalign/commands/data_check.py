@@ -141,13 +141,15 @@ def _check_split(parts: Assembled, recipe: Recipe, split: str, indices: list[int
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"loss ({parts.loss_name}) on train {rows}: {_detail(exc)}")
     if split == "train" and len(problems) == known:
-        return [line + note, _step_line(parts, items, recipe.train.batch_size)]
+        return [line + note, _step_line(parts, items, recipe.train.batch_size, recipe.train.accumulate)]
     return [line + note]
 
 
-def _step_line(parts: Assembled, items: list[tuple[int, dict[str, Any], Any]], batch_size: int) -> str:
+def _step_line(parts: Assembled, items: list[tuple[int, dict[str, Any], Any]], batch_size: int,
+               accumulate: int) -> str:
     """Time one whole training step (encoders and loss, forward and backward; no optimizer update) on the
-    loaded train rows, the fastest of two after a warm-up, and scale it by rows to ``batch_size``."""
+    loaded train rows, the fastest of two after a warm-up, and scale it by rows to the ``batch_size`` x
+    ``accumulate`` rows of one optimizer step."""
     batch = parts.collator()(items)
     device = next(parts.model.parameters()).device
     parts.model.train()
@@ -167,6 +169,7 @@ def _step_line(parts: Assembled, items: list[tuple[int, dict[str, Any], Any]], b
         parts.model.zero_grad(set_to_none=True)
         parts.loss.zero_grad(set_to_none=True)
     took, n = min(times[1:]), len(items)
+    size = f"train.batch_size {batch_size}" + (f" x train.accumulate {accumulate}" if accumulate > 1 else "")
     return (f"train: one whole step (encoders and loss, forward and backward) on these {n} rows: {duration(took)} "
-            f"on {device.type}; at train.batch_size {batch_size}, about {duration(took * batch_size / n)} a "
-            f"step (scaled by rows; data loading and the optimizer not counted)")
+            f"on {device.type}; at {size}, about {duration(took * batch_size * accumulate / n)} a step (scaled "
+            f"by rows; data loading and the optimizer not counted)")
