@@ -4,6 +4,7 @@ export, serve, plot, demo-data, shards, cache, sweep."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -360,7 +361,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
               f"loss {'+'.join(n.plugin for n in recipe.losses)}, data {recipe.data.plugin})")
     _print_fit(recipe)
     if lines is not None:
-        out.print("checked with the data (every plugin built, the first rows of each split loaded):\n"
+        out.print("checked with the data (every plugin built, every row's files found, a sample of each split decoded):\n"
                   + "\n".join(f"  {escape(line)}" for line in lines), soft_wrap=True)
     return 0
 
@@ -689,8 +690,8 @@ def parser() -> argparse.ArgumentParser:
     # on a cluster: one submitit job (docs/scaling-out.md)
     t.add_argument("--launcher", choices=["none", "submitit-local", "slurm"], default="none",
                    help="none = this process (or torchrun's); slurm = one Slurm job of one process per GPU that "
-                        "checkpoints and requeues itself when preempted; submitit-local = --tasks processes here")
-    t.add_argument("--nodes", type=_count(1), default=1, help="slurm: nodes")
+                        "checkpoints and requeues itself when preempted; submitit-local = --tasks processes here (default: none)")
+    t.add_argument("--nodes", type=_count(1), default=1, help="slurm: nodes (default 1)")
     t.add_argument("--gpus-per-node", type=_count(0), default=0, help="slurm: GPUs per node (one process each)")
     t.add_argument("--tasks", type=_count(1), help="submitit-local: processes")
     t.add_argument("--partition", help="slurm: partition")
@@ -705,8 +706,9 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run directory with its recipe's evaluators")
-    e.add_argument("run_dir")
-    e.add_argument("--checkpoint", default="last", choices=["last", "best"])
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (its recipe.yaml names the evaluators)")
+    e.add_argument("--checkpoint", default="last", choices=["last", "best"],
+                   help="which weights to evaluate (default: last; best = the lowest validation loss)")
     e.add_argument("--add", action="append", metavar="EVALUATOR",
                    help="also run this evaluator (a name or a YAML mapping, e.g. "
                         "'{plugin: missing_modality, targets: all}'); repeatable")
@@ -730,34 +732,36 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("validate", help="check a recipe and report every problem at once")
-    v.add_argument("recipe")
-    v.add_argument("overrides", nargs="*")
+    v.add_argument("recipe", help="recipe file or shipped recipe name")
+    v.add_argument("overrides", nargs="*", help="key.path=value overrides")
     v.add_argument("--print", action="store_true", help="print the resolved recipe")
     v.add_argument("--check-data", action="store_true",
-                   help="also build every plugin and load, collate and embed the first rows of each split")
+                   help="also build every plugin, check that every file each row names is there (a stat; streamed "
+                        "shards excepted) and load, collate and embed a sample of rows of each split")
     v.set_defaults(func=cmd_validate)
 
     pl = sub.add_parser("plugins", help="list loaded plugins and registered components, or one component's options")
     pl.add_argument("name", nargs="?", metavar="NAME",
                     help="print the options of the component(s) of this name: type, default, constraints")
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--json", action="store_true", help="print the listing (or the options) as JSON")
     pl.set_defaults(func=cmd_plugins)
 
     r = sub.add_parser("recipes", help="list shipped recipes, or copy one: recipes cp NAME [DEST]")
-    r.add_argument("action", nargs="?", choices=["ls", "cp"], default="ls")
-    r.add_argument("name", nargs="?")
-    r.add_argument("dest", nargs="?")
+    r.add_argument("action", nargs="?", choices=["ls", "cp"], default="ls",
+                   help="ls = list the shipped recipes (default); cp = copy recipe NAME to DEST")
+    r.add_argument("name", nargs="?", metavar="NAME", help="cp: the shipped recipe to copy")
+    r.add_argument("dest", nargs="?", metavar="DEST", help="cp: a file or folder (default: ./NAME.yaml)")
     r.set_defaults(func=cmd_recipes)
 
     dd = sub.add_parser("demo-data", help="write the demo dataset (PNG, WAV, .npy ECG, .txt + manifests) to DIR")
-    dd.add_argument("dir", metavar="DIR")
-    dd.add_argument("--classes", type=_count(2), default=4, help="classes shared by the modalities (2-8)")
-    dd.add_argument("--n-train", type=_count(1, DEMO_MAX_ROWS), default=600)
-    dd.add_argument("--n-val", type=_count(0, DEMO_MAX_ROWS), default=100)
-    dd.add_argument("--n-test", type=_count(0, DEMO_MAX_ROWS), default=200)
-    dd.add_argument("--missing-rate", type=_number(0, 1), default=0.1, help="chance a train modality is left out")
-    dd.add_argument("--seed", type=_count(0), default=0)
-    dd.add_argument("--flip-rate", type=_number(0, 1), default=0.15, help="chance a modality shows another class")
+    dd.add_argument("dir", metavar="DIR", help="a new (or empty) folder")
+    dd.add_argument("--classes", type=_count(2), default=4, help="classes shared by the modalities (2-8; default 4)")
+    dd.add_argument("--n-train", type=_count(1, DEMO_MAX_ROWS), default=600, help="train tuples (default 600)")
+    dd.add_argument("--n-val", type=_count(0, DEMO_MAX_ROWS), default=100, help="validation tuples (default 100)")
+    dd.add_argument("--n-test", type=_count(0, DEMO_MAX_ROWS), default=200, help="test tuples (default 200)")
+    dd.add_argument("--missing-rate", type=_number(0, 1), default=0.1, help="chance a train modality is left out (default 0.1)")
+    dd.add_argument("--seed", type=_count(0), default=0, help="seed of the generated data (default 0)")
+    dd.add_argument("--flip-rate", type=_number(0, 1), default=0.15, help="chance a modality shows another class (default 0.15)")
     dd.set_defaults(func=cmd_demo_data)
 
     sh = sub.add_parser("shards", help="write a manifest folder as webdataset tar shards (one set per split)")
@@ -775,10 +779,10 @@ def parser() -> argparse.ArgumentParser:
 
     use = {"checkpoint": dict(default="last", choices=["last", "best"],
                               help="weights of a run directory (default: last, the ones its evaluation used)"),
-           "device": dict(default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1...")}
+           "device": dict(default="auto", help="auto (CUDA if available; the default), cpu, cuda, cuda:1...")}
     em = sub.add_parser("embed", help="embed a folder, manifest or array of one modality with a trained model")
     em.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a folder written by `polyalign export`")
-    em.add_argument("--modality", required=True)
+    em.add_argument("--modality", required=True, help="the modality of the values (a name in the run's recipe)")
     given = em.add_mutually_exclusive_group(required=True)
     given.add_argument("--input", metavar="SOURCE",
                        help="a folder of files (one value each), a manifest (.csv/.jsonl), a .npy array (one value "
@@ -787,14 +791,15 @@ def parser() -> argparse.ArgumentParser:
                        help="one value: a file holding one value (e.g. a whole recording as .npy), text or [numbers]")
     em.add_argument("--out", required=True, metavar="FILE.safetensors",
                     help="embeddings (tensor 'embeddings'); ids, modality and model in its metadata")
-    em.add_argument("--batch-size", type=_count(1), default=None)
+    em.add_argument("--batch-size", type=_count(1), default=None,
+                    help="values per model run (default: the run's train.batch_size)")
     for name, kw in use.items():
         em.add_argument(f"--{name}", **kw)
     em.set_defaults(func=cmd_embed)
 
     ix = sub.add_parser("index", help="build a faiss index over the embeddings of one modality, for search")
     ix.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a folder written by `polyalign export`")
-    ix.add_argument("--modality", required=True)
+    ix.add_argument("--modality", required=True, help="the modality of the values (a name in the run's recipe)")
     ix.add_argument("--input", required=True, metavar="SOURCE",
                     help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines or an embeddings file "
                          "from `polyalign embed`")
@@ -807,7 +812,8 @@ def parser() -> argparse.ArgumentParser:
     ix.add_argument("--nprobe", type=int, default=16, help="ivf: clusters searched per query (default 16)")
     ix.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per vector (default 32)")
     ix.add_argument("--ef-search", type=int, default=64, help="hnsw: candidate list per query (default 64)")
-    ix.add_argument("--batch-size", type=_count(1), default=None)
+    ix.add_argument("--batch-size", type=_count(1), default=None,
+                    help="values per model run (default: the run's train.batch_size)")
     for name, kw in use.items():
         ix.add_argument(f"--{name}", **kw)
     ix.set_defaults(func=cmd_index)
@@ -815,22 +821,22 @@ def parser() -> argparse.ArgumentParser:
     se = sub.add_parser("search", help="rank candidates of one modality for a query of others")
     se.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a folder written by `polyalign export`")
     se.add_argument("--query", action="append", default=[], metavar="MODALITY=VALUE",
-                    help="an existing file, [numbers] or else text; repeat for several query modalities")
+                    help="an existing file, [numbers] or else text; repeat for several query modalities (at least one)")
     se.add_argument("--candidates", required=True, metavar="MODALITY=SOURCE",
                     help="a folder, manifest (.csv/.jsonl), .npy array, .txt lines, an embeddings file "
                          "from `polyalign embed` or an index from `polyalign index` (.faiss)")
-    se.add_argument("--top", type=_count(1), default=5)
+    se.add_argument("--top", type=_count(1), default=5, help="candidates to show, best first (default 5)")
     for name, kw in use.items():
         se.add_argument(f"--{name}", **kw)
     se.set_defaults(func=cmd_search)
 
     ex = sub.add_parser("export", help="write a self-contained model folder: weights, recipe, model card (and ONNX)")
-    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
     ex.add_argument("dest", metavar="DIR", help="a new (or empty) folder")
     ex.add_argument("--checkpoint", **use["checkpoint"])
     ex.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
-                    help="onnx: also one MODALITY.onnx graph per modality (encoder + head + normalisation; "
-                         "needs pip install 'polyalign[onnx]')")
+                    help="safetensors = weights only (default); onnx: also one MODALITY.onnx graph per modality (encoder + "
+                         "head + normalisation; needs pip install 'polyalign[onnx]')")
     ex.set_defaults(func=cmd_export)
 
     sv = sub.add_parser("serve", help="serve a trained model over HTTP: /embed, /search, a search page at /")
@@ -847,7 +853,7 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--token", action="store_true",
                     help="require 'Authorization: Bearer TOKEN' on every route but /health (the token: "
                          "$POLYALIGN_SERVE_TOKEN, which also turns this on, or a new one printed at start)")
-    sv.add_argument("--workers", type=_count(1), default=1, help="processes, each with its own copy of the model")
+    sv.add_argument("--workers", type=_count(1), default=1, help="processes, each with its own copy of the model (default 1)")
     sv.add_argument("--threads", type=_count(1), default=None,
                     help="torch threads per worker (default: cores / workers - 1, at least 1)")
     sv.add_argument("--max-body-mb", type=_number(0, 4096, above=True), default=16.0,
@@ -880,10 +886,10 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--threads", type=_count(1), help="threads per run (default: the cores shared by the jobs)")
     sw.add_argument("--out", metavar="SWEEP_DIR", help="the sweep directory (default: sweeps/<recipe name>)")
     sw.add_argument("--launcher", choices=["local", "submitit-local", "slurm"], default="local",
-                    help="local = processes here; submitit-local / slurm = submitit jobs (pip install "
+                    help="local = processes here (default); submitit-local / slurm = submitit jobs (pip install "
                          "'polyalign[sweep]'; for slurm the sweep directory must be on shared storage)")
     sw.add_argument("--partition", help="slurm: partition")
-    sw.add_argument("--time", type=_count(1), default=60, metavar="MINUTES", help="slurm: time limit per run")
+    sw.add_argument("--time", type=_count(1), default=60, metavar="MINUTES", help="slurm: time limit per run (default 60)")
     sw.add_argument("--gpus-per-node", type=_count(0), default=0, help="slurm: GPUs per run")
     sw.add_argument("--cpus-per-task", type=_count(1), help="slurm: CPUs per run (default: --threads)")
     sw.add_argument("--mem-gb", type=_number(0, 1e6, above=True), help="slurm: memory per run")
@@ -894,7 +900,8 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--trials", type=_count(1), default=20, help="--search: trials in all (default 20)")
     sw.add_argument("--metric", metavar="ROW", help="--search: the evaluation row to optimise on the validation "
                                                     "split, e.g. zero_shot/b_from_a+c/accuracy")
-    sw.add_argument("--direction", choices=["maximize", "minimize"], default="maximize")
+    sw.add_argument("--direction", choices=["maximize", "minimize"], default="maximize",
+                    help="--search: whether --metric is better high (default: maximize) or low")
     sw.add_argument("--storage", metavar="URL", help="--search: the study's database (an SQLAlchemy URL such as "
                                                      "postgresql://host/db; default: SQLite in the sweep directory)")
     sw.set_defaults(func=cmd_sweep)
@@ -933,6 +940,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one message and exit 2, bugs exit 1 (with ``--debug`` or
     ``POLYALIGN_DEBUG=1`` the full traceback is printed first)."""
     wait_passively()  # before anything imports torch: OpenMP reads the policy once
+    if isinstance(sys.stdout, io.TextIOWrapper) and not sys.stdout.isatty():
+        sys.stdout.reconfigure(line_buffering=True)  # to a log or a pipe, each line as it is printed
     args = parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("POLYALIGN_DEBUG", "") not in ("", "0")
     if args.command == "train" and args.recipe and "=" in args.recipe and not Path(args.recipe).exists():

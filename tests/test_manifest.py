@@ -212,19 +212,23 @@ def test_manifest_file_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_check_data_builds_every_plugin_and_embeds_the_first_rows(folder, tmp_path, capsys):
+def test_check_data_builds_every_plugin_checks_every_file_and_embeds_a_sample(folder, tmp_path, capsys):
     recipe = _recipe(tmp_path, {"plugin": "manifest", "path": str(folder)})
     lines = check_data(recipe)
     assert lines[:2] == ["dataset manifest: train 8 rows, val 2 rows, test 2 rows",
                          "encoders: audio (audio, width 4), ecg (ecg, width 8), image (image, width 96), "
                          "lab (tabular, width 8), text (byte_text, width 16)"]
     assert lines[2:4] == ["loss: clip", "evaluators: zero_shot"]
-    assert lines[4].startswith("train: rows 0-3 loaded, collated and embedded (audio 4/4, ecg 4/4, image 3/4, "
-                               "lab 4/4, text 3/4 present); loss ")
-    assert lines[5:] == [f"{split}: rows 0-1 loaded, collated and embedded (audio {k}/2, ecg 2/2, image 2/2, lab 2/2, "
-                         f"text 2/2 present)" for split, k in (("val", 1), ("test", 2))]  # val row 1 has no audio
+    assert lines[4] == "train: every row's files checked (22 file reference(s) in 8 rows, 0 broken)"
+    assert lines[5].startswith("train: rows 0, 1, 2, 3, 4, 5, 7 loaded, collated and embedded (audio 7/7, ecg 7/7, "
+                               "image 6/7, lab 7/7, text 6/7 present); loss ")
+    assert lines[6].startswith("train: one whole step (encoders and loss, forward and backward) on these 7 rows: ")
+    assert lines[7::2] == [f"{split}: every row's files checked ({k + 4} file reference(s) in 2 rows, 0 broken)"
+                           for split, k in (("val", 1), ("test", 2))]
+    assert lines[8::2] == [f"{split}: rows 0-1 loaded, collated and embedded (audio {k}/2, ecg 2/2, image 2/2, "
+                           f"lab 2/2, text 2/2 present)" for split, k in (("val", 1), ("test", 2))]  # val row 1: no audio
     assert main(["validate", str(tmp_path / "recipe.yaml"), "--check-data"]) == 0
-    assert "  train: rows 0-3 loaded, collated and embedded (audio 4/4" in capsys.readouterr().out
+    assert "  train: rows 0, 1, 2, 3, 4, 5, 7 loaded, collated and embedded (audio 7/7" in capsys.readouterr().out
 
 
 def test_check_data_reports_every_unreadable_row_and_plugin_that_fails(folder, tmp_path, capsys):
@@ -256,7 +260,10 @@ def test_check_data_reports_every_unreadable_row_and_plugin_that_fails(folder, t
     raw["eval"].pop()
     raw["data"]["on_error"] = "skip"
     lines = check_data(validate_recipe(raw))
-    assert lines[-2].startswith("val: rows 0-1 loaded, collated and embedded (audio 1/2, ecg 1/2, image 1/2, "
+    assert lines[-4] == (f"val: every row's files checked (5 file reference(s) in 2 rows, 1 broken); 1 row(s) would "
+                         f"be skipped (data.on_error: skip): manifest {folder / 'val.jsonl'}, line 2 (split 'val', "
+                         f"row 1), modality 'image': {folder / 'img' / '9.png'} not found")
+    assert lines[-3].startswith("val: rows 0-1 loaded, collated and embedded (audio 1/2, ecg 1/2, image 1/2, "
                                 "lab 1/2, text 1/2 present); 1 row(s) would be skipped (data.on_error: skip): ")
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**raw, "data": {"plugin": "manifest", "path": str(folder)}}))
     assert main(["validate", str(tmp_path / "recipe.yaml"), "--check-data"]) == 2

@@ -46,7 +46,7 @@ def test_validate_prints_the_estimate_and_a_note_when_slow(capsys):
 
     recipe = str(RECIPES / "digit-views.yaml")
     assert main(["validate", recipe]) == 0
-    assert "step cost: one step of loss symile (M = 6, batch 128, d = 64)" in capsys.readouterr().out
+    assert "step cost: one step of loss symile alone, encoders not counted (M = 6, batch 128, d = 64)" in capsys.readouterr().out
     assert main(["validate", recipe, "loss.negatives=n_squared"]) == 0
     shown = capsys.readouterr().out
     assert "note: one step of loss symile" in shown and "x a CLIP step on the same batch" in shown
@@ -58,7 +58,7 @@ def test_train_says_so_before_the_first_step(tmp_path, tiny_xor, capsys):
 
     polyalign.train(RECIPES / "xor-symile.yaml", out=tmp_path, overrides=[*tiny_xor, "train.epochs=1"])
     err = capsys.readouterr().err
-    assert "note: one step of loss symile (M = 3, batch 64, d = 16)" in err
+    assert "note: one step of loss symile alone, encoders not counted (M = 3, batch 64, d = 16)" in err
 
 
 @pytest.mark.parametrize("loss,device,rows", [("symile", "cpu", 128), ("symile", "cuda", 8192), ("clip", "cpu", None)])

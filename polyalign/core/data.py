@@ -165,7 +165,7 @@ class TupleDataset(torch.utils.data.Dataset):
 
     def load_values(self, i: int) -> dict[str, Input]:
         """``{modality: loaded value}`` of row ``i``; a value that fails raises :class:`DataError`."""
-        return self.rows.row(self.samples[i], lambda: self._where(i))
+        return self.rows.row(self.samples[i], lambda: self.where(i))
 
     def take_skipped(self) -> list[str]:
         """The errors of the rows skipped since the last call (``on_error=skip``), then forget them."""
@@ -177,12 +177,13 @@ class TupleDataset(torch.utils.data.Dataset):
         for i in rows:  # reloaded here to recover the message (workers cannot send it back)
             try:
                 self.load_values(i)
-                messages.append(f"{self._where(i)}: failed to load in a DataLoader worker, loads now")
+                messages.append(f"{self.where(i)}: failed to load in a DataLoader worker, loads now")
             except DataError as exc:
                 messages.append(str(exc))
         return messages
 
-    def _where(self, i: int) -> str:
+    def where(self, i: int) -> str:
+        """Where row ``i`` comes from: the manifest file and line when the dataset says, and the split and row."""
         if self.locate is not None:
             return f"{self.locate(i)} (split {self.split!r}, row {i})"
         src = f"{self.source}: " if self.source else ""

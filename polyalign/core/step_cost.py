@@ -111,9 +111,10 @@ def duration(seconds: float) -> str:
 
 def step_cost_line(cost: StepCost, loss_name: str, n: int, d: int, m: int) -> str:
     """One line: the estimate, its basis, and what to do when the step is slow."""
-    line = (f"one step of loss {loss_name} (M = {m}, batch {n}, d = {d}) ≈ {cost.flops:.2g} operations, "
-            f"about {duration(cost.seconds)} at this machine's measured {cost.rate / 1e9:.3g} GFLOP/s, "
-            f"{cost.ratio:.3g}x a CLIP step on the same batch")
+    line = (f"one step of loss {loss_name} alone, encoders not counted (M = {m}, batch {n}, d = {d}) ≈ "
+            f"{cost.flops:.2g} operations, about {duration(cost.seconds)} at this machine's measured "
+            f"{cost.rate / 1e9:.3g} GFLOP/s, {cost.ratio:.3g}x a CLIP step on the same batch "
+            f"(validate --check-data times a whole step)")
     if cost.slow:
         line += ("; a cheaper form of the objective (for symile, negatives: per_modality) or a smaller batch "
                  "keeps steps near CLIP's: docs/choosing-an-objective.md")

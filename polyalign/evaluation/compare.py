@@ -11,6 +11,7 @@ from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import read_report
 from polyalign.files.atomic import atomic_write_text
 from polyalign.files.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR, REPORT_JSON
+from polyalign.files.run_progress import in_use, trained_epochs
 from polyalign.files.weights import WEIGHTS
 from polyalign.files.yaml_file import YamlError, read_yaml
 
@@ -83,6 +84,13 @@ def unfinished_run(run_dir: Path) -> str:
     """Why a folder without an evaluation report has none, and what to do."""
     if not (run_dir / RECIPE_FILE).is_file():
         return f"{run_dir} is not a run directory (no {RECIPE_FILE})"
+    if in_use(run_dir):  # a live process holds it: still going, no report yet
+        done, epochs = trained_epochs(run_dir) or (0, 0)
+        if epochs and done >= epochs:
+            return (f"{run_dir} has finished training ({done}/{epochs} epochs) and is being evaluated: compare it "
+                    f"when its evaluation report is written")
+        return (f"{run_dir} is still training ({done}/{epochs or '?'} epochs done): compare it when it has finished "
+                f"and written its evaluation report")
     if not any((run_dir / CHECKPOINTS_DIR).glob(f"*/{WEIGHTS}")):
         return (f"{run_dir} has no checkpoint and no evaluation: the run was stopped before its first "
                 f"checkpoint (`polyalign train --resume {run_dir}` starts it over)")

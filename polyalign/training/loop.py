@@ -22,7 +22,7 @@ from polyalign.core.stream import is_stream
 from polyalign.files.run_files import CHECKPOINTS_DIR
 
 from .auto_values import resolved_autos
-from .console import epoch_line
+from .console import PIPED_EVERY, epoch_line, step_line
 from .distributed import DistInfo, barrier, cpu_group, max_across_ranks, mean_across_ranks
 from .loaders import TrainingData
 from .optim import build_optimizer
@@ -89,6 +89,7 @@ class Trainer:
         self.stepper = Stepper(recipe, self.model, forward_model, self.loss_fn, optimizer,
                                self.scheduler, self.device, scaler)
         self.progress = TrainProgress()
+        self.piped_at: float | None = None  # output to a log or pipe: when its last step line was printed
         self.pending: list[StepRecord] = []  # steps taken since the last check, not yet read back
         self.saved_step: int | None = None  # step of the newest checkpoint (for messages)
         self.stop_signals, self.stop_group = StopSignals(), cpu_group()
@@ -277,6 +278,7 @@ class Trainer:
         self.model.train()
         self.loss_fn.train()
         last: dict[str, float] = {}
+        self.piped_at = time.monotonic() if self.dist.is_main and not get_console().is_terminal else None
         bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                        TextColumn("{task.completed}/{task.total} steps"),
                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
@@ -325,6 +327,11 @@ class Trainer:
                     bar.update(task, completed=progress.step, epoch=f"{progress.epoch + 1}/{cfg.epochs}",
                                loss=f"{metrics['loss']:.4f}",
                                speed=f"{metrics['samples_per_s']:.0f} samples/s")
+                    if self.piped_at is not None and time.monotonic() - self.piped_at >= PIPED_EVERY:
+                        self.piped_at = time.monotonic()  # no bar in a log: a line now and then instead
+                        bar.console.print(step_line(progress.epoch + 1, cfg.epochs, progress.step, self.total_steps,
+                                                    metrics["loss"], metrics["samples_per_s"]),
+                                          markup=False, highlight=False, soft_wrap=True)
                     t0, samples = time.perf_counter(), 0
                 if self._checkpoint_due():
                     self.save()
