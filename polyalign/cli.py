@@ -718,8 +718,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--checkpoint", default="last", choices=["last", "best"])
     e.add_argument("--add", action="append", metavar="EVALUATOR",
-                   help="also run this evaluator (a name or a YAML mapping, e.g. "
-                        "'{plugin: missing_modality, targets: all}'); repeatable")
+                   help="run only this evaluator (a name or a YAML mapping, e.g. "
+                        "'{plugin: missing_modality, targets: all}') and merge its rows into the run's report, "
+                        "replacing those of an earlier run of it with the same options; repeatable")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("compare", help="compare the evaluation reports of several runs: one table, one plot; a "

@@ -435,7 +435,15 @@ def test_page_in_a_browser_uploads_a_file_and_shows_images(server, browser, demo
     wait = WebDriverWait(browser, 30)
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".query")) == 4)
     rows = {row.get_attribute("data-modality"): row for row in browser.find_elements(By.CSS_SELECTOR, ".query")}
+    browser.find_element(By.ID, "go").click()  # nothing given: said on the page, nothing sent
+    assert browser.find_element(By.ID, "status").text.startswith("no query: upload a file or type a value")
+    rows["image"].find_element(By.CSS_SELECTOR, ".use").click()  # the only target is now in the query
+    assert not browser.find_element(By.ID, "go").is_enabled()
+    assert "untick one" in browser.find_element(By.ID, "target-note").text
+    rows["image"].find_element(By.CSS_SELECTOR, ".use").click()
+    assert browser.find_element(By.ID, "go").is_enabled() and not browser.find_element(By.ID, "target-note").text
     rows["audio"].find_element(By.CSS_SELECTOR, ".file").send_keys(str(demo["data"] / "audio" / "test-00000.wav"))
+    wait.until(lambda d: rows["audio"].find_elements(By.CSS_SELECTOR, ".preview audio"))  # the upload, playable
     rows["text"].find_element(By.CSS_SELECTOR, ".text").send_keys("a red circle")
     Select(browser.find_element(By.ID, "target")).select_by_value("image")
     k = browser.find_element(By.ID, "k")
@@ -449,6 +457,8 @@ def test_page_in_a_browser_uploads_a_file_and_shows_images(server, browser, demo
     assert "best 3 image of 12 for audio + text" in status
     ids = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .hit .id")]
     assert len(ids) == 3 and all(i.startswith("test-") for i in ids)
+    labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .hit .score")]
+    assert all(t.startswith("label ") for t in labels), labels  # the manifest's label of each hit
 
     # a bad upload shows the server's message on the page, and the page keeps working
     bad = demo["data"] / "bad.png"

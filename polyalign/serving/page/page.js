@@ -130,16 +130,16 @@ async function showHits(result) {
       li.append(p);
     }
     const caption = document.createElement("div");
-    caption.innerHTML = `<b></b> <span class="id"></span> <span class="label"></span><br><span class="score"></span>`;
+    caption.innerHTML = `<b></b> <span class="id"></span><br><span class="score"></span>`;
     caption.querySelector("b").textContent = `#${hit.rank}`;
     caption.querySelector(".id").textContent = String(hit.id);
-    if (hit.label !== null) caption.querySelector(".label").textContent = `label ${hit.label}`;
-    caption.querySelector(".score").textContent = `score ${hit.score.toFixed(4)}`;
+    caption.querySelector(".score").textContent = (hit.label !== null ? `label ${hit.label} · ` : "") +
+      `score ${hit.score.toFixed(4)}`;
     li.append(caption);
     if (hit.same_value.length) {
       const same = document.createElement("p");
       same.className = "same";
-      same.textContent = `same value: ${hit.same_value.join(", ")}`;
+      same.textContent = `same ${result.target} as ${hit.same_value.join(", ")}`;
       li.append(same);
     }
     return li;
@@ -174,7 +174,8 @@ async function search(event) {
     const repeats = result.candidates - result.distinct;
     status.textContent = `best ${result.hits.length} ${result.target} of ${result.candidates} for ` +
       `${result.query.join(" + ")} (${result.scored_by}, ${result.ranking} ranking)` +
-      (repeats ? `; ${repeats} repeat another candidate's value: each value is shown once, with its other ids` : "");
+      (repeats ? `. ${repeats} of the ${result.candidates} candidates repeat another's value: each value is ` +
+        `shown once, with its other ids` : "");
     await showHits(result);
   } catch (error) {
     status.className = "error";
