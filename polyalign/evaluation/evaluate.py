@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic_core import to_jsonable_python
 
 from polyalign.core.assemble import Assembled, assemble
 from polyalign.core.device import pick_device
-from polyalign.core.errors import Notice, PolyalignError
+from polyalign.core.errors import Notice, PluginError, PolyalignError
 from polyalign.core.evaluator import EvalContext, read_report, report_markdown, row_problem
 from polyalign.core.modality_check import provided_text, row_keys
 from polyalign.core.plugin_manager import Plugins, default_plugins
@@ -75,8 +76,10 @@ def evaluator_name(node: PluginNode, plugins: Plugins) -> str:
     away from the plugin's defaults (sorted), e.g. ``retrieval {"match": "label"}``; two nodes are one
     evaluator when their names are equal."""
     options = node.options()
-    with contextlib.suppress(Exception):  # a plugin whose options have no defaults: all of them are named
-        defaults = plugins.registry.get("evaluator", node.plugin).make_config({}, None).model_dump(mode="json")
+    with contextlib.suppress(PluginError):  # not installed: every option is named
+        fields = plugins.registry.get("evaluator", node.plugin).config.model_fields
+        defaults = {k: to_jsonable_python(f.get_default(call_default_factory=True)) for k, f in fields.items()
+                    if not f.is_required()}
         options = {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
     return node.plugin + (f" {json.dumps(options, sort_keys=True)}" if options else "")
 
