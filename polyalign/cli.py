@@ -576,17 +576,27 @@ def cmd_search(args: argparse.Namespace) -> int:
     result = search_sources(model, args.query, args.candidates, args.top)
     out.print(escape("query: " + ", ".join(f"{m}={show_value(v)}" for m, v in result.query.items())
                      + f" (scored by {type(model.loss).__name__}.score, the run's own rule)"))
-    show_values = result.values is not None and [str(v) for v in result.values] != [str(h.id) for h in result.hits]
+    found, hits = result.candidates, result.hits
+    shown = [found.text(h.index) if found.text(h.index) is not None
+             else show_value(found.values[h.index]) if found.values is not None else None for h in hits]
+    columns = {"label": [found.label(h.index) for h in hits],
+               "text" if any(found.text(h.index) is not None for h in hits) else "value":
+                   shown if any(v is not None and v != str(h.id) for v, h in zip(shown, hits)) else [None] * len(hits),
+               "same value as": [", ".join(map(str, h.same)) or None for h in hits]}
+    columns = {name: cells for name, cells in columns.items() if any(c is not None for c in cells)}
     table = Table(title=escape(f"best {result.target} of {result.n_candidates}"))
     table.add_column("rank", justify="right")
     table.add_column("id")
-    if show_values:
-        table.add_column("value")
+    for name in columns:
+        table.add_column(name, overflow="fold")
     table.add_column("score", justify="right")
-    for i, hit in enumerate(result.hits):
-        value = [escape(show_value(result.values[i]))] if show_values else []
-        table.add_row(str(hit.rank), escape(str(hit.id)), *value, f"{hit.score:.4f}")
+    for i, hit in enumerate(hits):
+        cells = ["" if cells[i] is None else escape(str(cells[i])) for cells in columns.values()]
+        table.add_row(str(hit.rank), escape(str(hit.id)), *cells, f"{hit.score:.4f}")
     out.print(table)
+    if found.repeats:
+        out.print(f"{found.repeats} of the {result.n_candidates} candidates repeat another's value: each value is "
+                  f"ranked once, its other ids under 'same value as'")
     return 0
 
 
@@ -710,8 +720,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default="last", choices=["last", "best"],
                    help="which weights to evaluate (default: last; best = the lowest validation loss)")
     e.add_argument("--add", action="append", metavar="EVALUATOR",
-                   help="also run this evaluator (a name or a YAML mapping, e.g. "
-                        "'{plugin: missing_modality, targets: all}'); repeatable")
+                   help="run only this evaluator (a name or a YAML mapping, e.g. "
+                        "'{plugin: missing_modality, targets: all}') and merge its rows into the run's report, "
+                        "replacing those of an earlier run of it with the same options; repeatable")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("compare", help="compare the evaluation reports of several runs: one table, one plot; a "

@@ -96,3 +96,13 @@ def test_runs_without_a_report_are_skipped_with_the_reason(two_runs, tmp_path, c
     assert f"skipped: {stopped} has no checkpoint and no evaluation: the run was stopped before its first" in err
     assert f"polyalign train --resume {stopped}" in err
     assert str(stopped) not in (tmp_path / "compare.md").read_text()
+
+
+def test_the_evaluator_tells_rows_apart_only_where_two_nodes_gave_alike_rows():
+    from polyalign.evaluation.report_table import identity_fields
+
+    row = {"task": "retrieval", "target": "a", "query": ["b"], "metric": "R@1", "value": 0.5}
+    old, new = dict(row), {**row, "evaluator": "retrieval"}  # a run evaluated before rows named their evaluator
+    assert identity_fields([old, new]) == ["task", "target", "query"]  # the two runs' rows line up
+    other = {**row, "evaluator": 'retrieval {"match": "label"}', "value": 0.9}
+    assert identity_fields([new, other]) == ["task", "target", "query", "evaluator"]  # two nodes, both kept

@@ -164,6 +164,32 @@ def test_eval_add_retrieval_on_a_run_whose_recipe_lacks_it(tmp_path, tiny_xor, c
     assert "evaluation" in capsys.readouterr().out and "retrieval" in (run / "eval" / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_eval_add_runs_only_the_added_evaluator_and_replaces_its_earlier_rows(tmp_path, tiny_xor):
+    from conftest import RECIPES
+
+    run = polyalign.train(RECIPES / "xor-symile.yaml", out=tmp_path, overrides=tiny_xor)
+    report = run / "eval" / "report.json"
+    rows = json.loads(report.read_text())
+    assert rows and all(r["evaluator"] for r in rows)  # each row names the node that produced it
+    rows[0]["value"] = 12345.0  # a recipe evaluator's row marked: re-running that evaluator would reset it
+    report.write_text(json.dumps(rows))
+    assert main(["eval", str(run), "--add", "retrieval"]) == 0
+    first = json.loads(report.read_text())
+    assert first[: len(rows)] == rows  # the recipe's evaluators were not run again
+    added = [r for r in first if r["task"] == "retrieval"]
+    assert added and {r["evaluator"] for r in added} == {"retrieval"}
+    assert main(["eval", str(run), "--add", "retrieval"]) == 0
+    again = json.loads(report.read_text())
+    assert len(again) == len(first) and again[: len(rows)] == rows  # replaced, not duplicated
+    ranks = json.loads((run / "eval" / "ranks.json").read_text())
+    assert sum(e["evaluator"] == "retrieval" for e in ranks) == len({(e["task"], e["target"], tuple(e["query"]))
+                                                                     for e in ranks if e["evaluator"] == "retrieval"})
+    assert main(["eval", str(run), "--add", "{plugin: retrieval, top_k: [1]}"]) == 0  # other options: another node
+    other = [r for r in json.loads(report.read_text()) if r["evaluator"].startswith("retrieval {")]
+    assert other and {r["evaluator"] for r in other} == {'retrieval {"top_k": [1]}'}
+
+
 def test_the_new_evaluators_are_listed_with_help():
     from polyalign.core.plugin_manager import default_plugins
 

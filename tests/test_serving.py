@@ -103,7 +103,8 @@ def test_health_info_metrics(client, demo):
     assert info["modalities"] == ["image", "text", "audio", "ecg"] and info["embed_dim"] == demo["model"].embed_dim
     assert info["scored_by"] == "ClipLoss.score" and info["loss"] == [{"plugin": "clip", "weight": 1.0}]
     assert {p["name"] for p in info["plugins"]} == {"image", "byte_text", "audio", "ecg", "clip"}
-    assert {c["modality"]: c["count"] for c in info["candidates"]} == {"image": 12, "text": 12}
+    assert {c["modality"]: (c["count"], c["distinct"]) for c in info["candidates"]} == {"image": (12, 12),
+                                                                                        "text": (12, 12)}
     client.post("/embed", json={"values": {"text": ["a red circle"]}})
     client.post("/embed", json={"values": {"nope": ["x"]}})
     text = client.get("/metrics").text
@@ -225,6 +226,65 @@ def test_search_for_candidate_tuples_scores_them_together(client, demo):
         if isinstance(target, str):
             assert [h["row"] for h in result["hits"]] == [h.index for h in expected[0]]
             assert [h["score"] for h in result["hits"]] == pytest.approx([h.score for h in expected[0]], abs=1e-5)
+
+
+def repeated_captions(demo) -> Path:
+    """The demo's test manifest with every third caption replaced by one inline text: four rows share it."""
+    rows = [json.loads(line) for line in (demo["data"] / "test.jsonl").read_text().splitlines()]
+    for i in range(0, len(rows), 3):
+        rows[i]["text"] = "a red circle"
+    path = demo["data"] / "repeated.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_hits_carry_label_and_text_and_each_value_is_shown_once(demo, capsys):
+    """A caption shared by four rows is one hit naming the other three; every hit has its label and text."""
+    manifest = repeated_captions(demo)
+    rows = {r["id"]: r for r in map(json.loads, manifest.read_text().splitlines())}
+    shared = sorted(i for i, r in rows.items() if r["text"] == "a red circle")
+    app = create_app(demo["model"], load_candidates(demo["model"], [f"text={manifest}"], []))
+    with TestClient(app) as c:
+        assert c.get("/info").json()["candidates"][0] | {"source": ""} == {
+            "modality": "text", "count": 12, "distinct": 9, "source": "", "ranking": "exact"}
+        answer = c.post("/search", files=uploads(demo), data={"target": "text", "k": "12"})
+        assert answer.status_code == 200, answer.text
+        result = answer.json()
+    hits = result["hits"]
+    assert result["distinct"] == 9 and len(hits) == 9 and [h["rank"] for h in hits] == list(range(1, 10))
+    assert len({h["text"] for h in hits}) == 9  # no text twice
+    top = next(h for h in hits if h["text"] == "a red circle")  # its four rows are one hit
+    assert sorted([top["id"], *top["same_value"]]) == shared
+    for hit in hits:
+        row = rows[hit["id"]]
+        assert hit["label"] == row["label"]
+        caption = row["text"] if hit["id"] in shared else (demo["data"] / row["text"]).read_text().strip()
+        assert hit["text"] == caption and (hit["same_value"] == [] or hit is top)
+
+    queries = [f"{m}={demo['data'] / p}" for m, p in QUERY_FILES.items()]
+    expected = search_sources(demo["model"], queries, f"text={manifest}", top_k=9)
+    assert [h.id for h in expected.hits] == [h["id"] for h in hits]
+    assert [list(h.same) for h in expected.hits] == [h["same_value"] for h in hits]
+    capsys.readouterr()
+    assert main(["search", str(demo["export"]), *[a for q in queries for a in ("--query", q)],
+                 "--candidates", f"text={manifest}", "--top", "9", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "label" in out and "text" in out and "same value as" in out
+    caption = next(h for h in hits if h is not top)
+    assert caption["text"] in out and rows[caption["id"]]["text"] not in out  # a caption's text, not its path
+    assert "3 of the 12 candidates repeat another's value" in out
+
+
+def test_an_upload_of_the_wrong_type_is_told_plainly_and_an_empty_form_query_says_what_to_send(client):
+    for modality, name in (("image", "notes.txt"), ("audio", "notes.png")):
+        answer = client.post("/search", files=[(modality, (name, b"hello"))], data={"target": "text"})
+        detail = answer.json()["detail"]
+        assert answer.status_code == 422 and f"upload {name}" in detail, detail
+        assert "object at 0x" not in detail and ".." not in detail, detail
+    answer = client.post("/search", files=[("target", (None, "image"))])
+    assert answer.status_code == 422 and "/embed" not in answer.json()["detail"] and "values" not in answer.json()[
+        "detail"].removeprefix("no values given")
+    assert "a file or text for at least one modality other than the target" in answer.json()["detail"]
 
 
 def test_search_takes_one_value_per_query_modality(client, demo):
@@ -375,7 +435,15 @@ def test_page_in_a_browser_uploads_a_file_and_shows_images(server, browser, demo
     wait = WebDriverWait(browser, 30)
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".query")) == 4)
     rows = {row.get_attribute("data-modality"): row for row in browser.find_elements(By.CSS_SELECTOR, ".query")}
+    browser.find_element(By.ID, "go").click()  # nothing given: said on the page, nothing sent
+    assert browser.find_element(By.ID, "status").text.startswith("no query: upload a file or type a value")
+    rows["image"].find_element(By.CSS_SELECTOR, ".use").click()  # the only target is now in the query
+    assert not browser.find_element(By.ID, "go").is_enabled()
+    assert "untick one" in browser.find_element(By.ID, "target-note").text
+    rows["image"].find_element(By.CSS_SELECTOR, ".use").click()
+    assert browser.find_element(By.ID, "go").is_enabled() and not browser.find_element(By.ID, "target-note").text
     rows["audio"].find_element(By.CSS_SELECTOR, ".file").send_keys(str(demo["data"] / "audio" / "test-00000.wav"))
+    wait.until(lambda d: rows["audio"].find_elements(By.CSS_SELECTOR, ".preview audio"))  # the upload, playable
     rows["text"].find_element(By.CSS_SELECTOR, ".text").send_keys("a red circle")
     Select(browser.find_element(By.ID, "target")).select_by_value("image")
     k = browser.find_element(By.ID, "k")
@@ -389,6 +457,8 @@ def test_page_in_a_browser_uploads_a_file_and_shows_images(server, browser, demo
     assert "best 3 image of 12 for audio + text" in status
     ids = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .hit .id")]
     assert len(ids) == 3 and all(i.startswith("test-") for i in ids)
+    labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .hit .score")]
+    assert all(t.startswith("label ") for t in labels), labels  # the manifest's label of each hit
 
     # a bad upload shows the server's message on the page, and the page keeps working
     bad = demo["data"] / "bad.png"

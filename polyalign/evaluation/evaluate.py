@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import warnings
@@ -10,16 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic_core import to_jsonable_python
 
 from polyalign.core.assemble import Assembled, assemble
 from polyalign.core.device import pick_device
-from polyalign.core.errors import Notice, PolyalignError
-from polyalign.core.evaluator import EvalContext, report_markdown, row_problem
+from polyalign.core.errors import Notice, PluginError, PolyalignError
+from polyalign.core.evaluator import EvalContext, read_report, report_markdown, row_problem
 from polyalign.core.modality_check import provided_text, row_keys
 from polyalign.core.plugin_manager import Plugins, default_plugins
 from polyalign.core.recipe import Recipe, load_recipe, validate_recipe
+from polyalign.core.recipe_schema import PluginNode
 from polyalign.core.requirements import check_requirements
 from polyalign.files.atomic import atomic_write_text
+from polyalign.files.json_file import read_json
 from polyalign.files.run_files import RANKS_JSON, RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
 from polyalign.files.weights import load_weights, run_checkpoint
 
@@ -67,17 +71,34 @@ class EvaluatorsFailed(PolyalignError):
         super().__init__(text)
 
 
+def evaluator_name(node: PluginNode, plugins: Plugins) -> str:
+    """How a row names the evaluator node that produced it: the plugin, then the options it sets
+    away from the plugin's defaults (sorted), e.g. ``retrieval {"match": "label"}``; two nodes are one
+    evaluator when their names are equal."""
+    options = node.options()
+    with contextlib.suppress(PluginError):  # not installed: every option is named
+        fields = plugins.registry.get("evaluator", node.plugin).config.model_fields
+        defaults = {k: to_jsonable_python(f.get_default(call_default_factory=True)) for k, f in fields.items()
+                    if not f.is_required()}
+        options = {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
+    return node.plugin + (f" {json.dumps(options, sort_keys=True)}" if options else "")
+
+
 def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: torch.device,
                    split: str = "test", notes: list[str] | None = None,
-                   ranks: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Run every evaluator of the recipe on ``split``; return all rows (and append the per-query ranks
-    the evaluators record to ``ranks`` when given). An evaluator that fails does not stop the others:
-    :class:`EvaluatorsFailed` is raised at the end, with their rows. One that produces no rows is a
-    :class:`Notice` saying why, and a line in ``notes`` when given."""
+                   ranks: list[dict[str, Any]] | None = None, only: set[int] | None = None) -> list[dict[str, Any]]:
+    """Run every evaluator of the recipe (or those at the positions in ``only``) on ``split``; return
+    all rows, each naming its evaluator (:func:`evaluator_name`) under ``evaluator`` (and append the
+    per-query ranks the evaluators record to ``ranks`` when given, named the same way). An evaluator
+    that fails does not stop the others: :class:`EvaluatorsFailed` is raised at the end, with their
+    rows. One that produces no rows is a :class:`Notice` saying why, and a line in ``notes`` when given."""
     ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed, ranks)
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
     for i, node in enumerate(recipe.eval):
+        if only is not None and i not in only:
+            continue
+        name, recorded = evaluator_name(node, plugins), len(ranks) if ranks is not None else 0
         caught: list[warnings.WarningMessage] = []
         try:
             evaluator = plugins.build("evaluator", node.plugin, **node.options())
@@ -104,7 +125,9 @@ def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: t
             failures.append(f"eval.{i}: evaluator plugin {node.plugin!r} must return a list of rows "
                             f"{{task, target, query, metric, value}}; {problem}")
             continue
-        rows += got
+        rows += [{**row, "evaluator": name} for row in got]
+        for entry in (ranks or [])[recorded:]:
+            entry["evaluator"] = name
     if failures:
         raise EvaluatorsFailed(failures, rows)
     return rows
@@ -127,10 +150,34 @@ def write_report(run_dir: Path, rows: list[dict[str, Any]], notes: Sequence[str]
     return out
 
 
+def added_evaluators(run_dir: Path, recipe: Recipe, evaluators: list[dict[str, Any]], plugins: Plugins
+                     ) -> tuple[Recipe, set[int] | None, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """The recipe with ``evaluators`` added, the positions to run (an added node equal to an earlier
+    one runs as that one), and the rows and ranks of the run's report to keep: those of every other
+    evaluator. With no report yet, or one whose rows do not name their evaluator (written before rows
+    did), every evaluator runs and nothing is kept."""
+    raw = recipe.model_dump(mode="json")
+    first = len(raw["eval"])
+    raw["eval"] = raw["eval"] + list(evaluators)
+    recipe = validate_recipe(raw, f"{run_dir / RECIPE_FILE} with the added evaluators", plugins)
+    names = [evaluator_name(n, plugins) for n in recipe.eval]
+    run = set(names[first:])
+    previous = read_report(run_dir / REPORT_DIR / REPORT_JSON, missing_ok=True)
+    if not previous or any("evaluator" not in r for r in previous):
+        return recipe, None, ([], [])
+    ranks_file = run_dir / REPORT_DIR / RANKS_JSON
+    ranks = read_json(ranks_file, "per-query ranks", max_bytes=256 << 20) if ranks_file.is_file() else []
+    return (recipe, {names.index(name) for name in run},
+            ([r for r in previous if r["evaluator"] not in run],
+             [r for r in ranks if isinstance(r, dict) and r.get("evaluator") not in run]))
+
+
 def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | None = None,
              split: str = "test", evaluators: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Re-run a finished run's evaluators (plus ``evaluators``, extra ``{plugin: ...}`` nodes)
-    from its checkpoint and rewrite its report."""
+    """Re-run a finished run's evaluators from its checkpoint and rewrite its report; with
+    ``evaluators`` (extra ``{plugin: ...}`` nodes), run only those and merge their rows (and ranks)
+    into the report there is, replacing the rows an earlier run of the same evaluator and options
+    wrote (see :func:`added_evaluators`)."""
     plugins = plugins or default_plugins()
     run_dir = Path(run_dir)
     if not (run_dir / RECIPE_FILE).is_file():
@@ -138,10 +185,10 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
                    else f"holds no {RECIPE_FILE}")
         raise PolyalignError(f"{run_dir} {problem}; give a run directory (the folder `polyalign train` printed)")
     recipe = load_recipe(run_dir / RECIPE_FILE, plugins=plugins)
+    kept: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+    only = None
     if evaluators:
-        raw = recipe.model_dump(mode="json")
-        raw["eval"] = raw["eval"] + list(evaluators)
-        recipe = validate_recipe(raw, f"{run_dir / RECIPE_FILE} with the added evaluators", plugins)
+        recipe, only, kept = added_evaluators(run_dir, recipe, evaluators, plugins)
     check_requirements(recipe, plugins, str(run_dir / RECIPE_FILE), kinds=("dataset", "encoder", "loss", "evaluator"))
     parts = assemble(recipe, plugins)
     check_eval_split(recipe, parts, split)
@@ -152,10 +199,10 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
     notes: list[str] = []
     ranks: list[dict[str, Any]] = []
     try:
-        rows = run_evaluators(recipe, parts, plugins, device, split, notes, ranks)
+        rows = kept[0] + run_evaluators(recipe, parts, plugins, device, split, notes, ranks, only)
     except EvaluatorsFailed as exc:
-        write_report(run_dir, exc.rows, notes, ranks)
-        raise EvaluatorsFailed(exc.failures, exc.rows, run_dir) from None
-    write_report(run_dir, rows, notes, ranks)
+        write_report(run_dir, kept[0] + exc.rows, notes, kept[1] + ranks)
+        raise EvaluatorsFailed(exc.failures, kept[0] + exc.rows, run_dir) from None
+    write_report(run_dir, rows, notes, kept[1] + ranks)
     plugins.pm.hook.on_eval_end(rows=rows, run_dir=run_dir, split=split)
     return rows

@@ -8,6 +8,7 @@ from typing import Any, Collection
 STAT_KEYS = ("value", "ci_low", "ci_high", "chance")  # vary with the metric
 COUNT_KEYS = ("n", "candidates", "resamples")  # one value per line, shown once
 LEAD_KEYS = ("task", "target", "query")
+EVALUATOR = "evaluator"  # the evaluator node a row came from (polyalign.evaluation.evaluate.evaluator_name)
 CHANCE = "chance accuracy"  # the accuracy of random guesses, shown once per line
 
 
@@ -33,13 +34,18 @@ class PivotTable:
 
 
 def identity_fields(rows: list[dict[str, Any]]) -> list[str]:
-    """Fields that tell rows apart besides the metric: task, target, query, then others seen."""
+    """Fields that tell rows apart besides the metric: task, target, query, then others seen; the
+    :data:`EVALUATOR` that produced a row only where two evaluator nodes gave rows alike in the others
+    (so runs evaluated before rows named it still line up with newer ones)."""
     seen = [k for k in LEAD_KEYS if any(k in r for r in rows)]
     for r in rows:
         for k in r:
-            if k not in seen and k != "metric" and k not in STAT_KEYS and k not in COUNT_KEYS:
+            if k not in seen and k != "metric" and k != EVALUATOR and k not in STAT_KEYS and k not in COUNT_KEYS:
                 seen.append(k)
-    return seen
+    by_line: dict[tuple, set] = {}
+    for r in rows:
+        by_line.setdefault(tuple(hashable(r.get(k)) for k in [*seen, "metric"]), set()).add(r.get(EVALUATOR))
+    return seen + [EVALUATOR] if any(len(names - {None}) > 1 for names in by_line.values()) else seen
 
 
 def cell_text(value: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,108 @@ def embed_to_file(model: TrainedModel, modality: str, source: str | Path, out: s
     return save_embeddings(out, model, modality, embeddings, found.ids, str(source)), len(found.ids)
 
 
+@dataclass
+class Candidates:
+    """What is known of a set of candidates beyond their embeddings: ids; raw values, the folder their
+    relative paths resolve against and labels where the source has them (None from an embeddings
+    file); and for each row the first row holding the same value (:func:`same_value_rows`)."""
+
+    ids: list[Any]
+    values: list[Any] | None = None
+    root: Path | None = None
+    labels: list[Any] | None = None
+    first: list[int] | None = None
+
+    @classmethod
+    def of(cls, found: Values) -> Candidates:
+        """The candidates read from a source, grouped by value."""
+        return cls(found.ids, found.values, found.root, found.labels, same_value_rows(found.values, found.root))
+
+    @property
+    def repeats(self) -> int:
+        """How many candidates repeat the value of an earlier one."""
+        return 0 if self.first is None else sum(f != r for r, f in enumerate(self.first))
+
+    def label(self, row: int) -> Any:
+        """The label of candidate ``row``, or None."""
+        return None if self.labels is None else self.labels[row]
+
+    def text(self, row: int) -> str | None:
+        """The text of candidate ``row`` when it is text (inline, or a .txt file's), else None."""
+        return None if self.values is None else value_text(self.values[row], self.root)
+
+
+TEXT_SHOWN = 2000  # characters of a text candidate a hit carries
+
+
+def value_text(value: Any, root: Path | None) -> str | None:
+    """A text value's text: a ``str`` itself, a .txt file's first :data:`TEXT_SHOWN` characters
+    (UTF-8, undecodable bytes replaced); None for anything else or a file no longer there."""
+    if isinstance(value, str):
+        return value[:TEXT_SHOWN]
+    if not isinstance(value, Path) or value.suffix.lower() != ".txt":
+        return None
+    path = value if value.is_absolute() or root is None else root / value
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4 * TEXT_SHOWN).decode("utf-8", errors="replace")[:TEXT_SHOWN].rstrip()
+    except OSError:
+        return None
+
+
+def value_key(value: Any, root: Path | None) -> Any:
+    """What makes two candidate values the same: a text's text, a file's bytes (hashed), an array's
+    numbers; a file that cannot be read is only the same as itself."""
+    text = value_text(value, root)
+    if text is not None and not (isinstance(value, Path) and len(text) >= TEXT_SHOWN):
+        return ("text", text)
+    if isinstance(value, Path):
+        path = value if value.is_absolute() or root is None else root / value
+        try:
+            return ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+        except OSError:
+            return ("path", str(path))
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        array = np.ascontiguousarray(np.asarray(value))
+        return ("array", array.shape, str(array.dtype), hashlib.sha256(array.tobytes()).hexdigest())
+    return ("value", repr(value))
+
+
+def same_value_rows(values: list[Any] | None, root: Path | None) -> list[int] | None:
+    """For each candidate, the first row holding the same value (itself when none before it does)."""
+    if values is None:
+        return None
+    seen: dict[Any, int] = {}
+    return [seen.setdefault(("row", row) if v is None else value_key(v, root), row) for row, v in enumerate(values)]
+
+
+def distinct_hits(hits: list[Hit], top_k: int, candidates: Candidates) -> list[Hit]:
+    """The first ``top_k`` of ``hits`` holding different values, ranked again from 1, each naming
+    the ids of every other candidate with its value (``same``). A search tool shows a value once:
+    identical captions would otherwise fill the list with one result. Rank ``top_k +
+    candidates.repeats`` hits to be sure of ``top_k`` distinct ones."""
+    if candidates.first is None:
+        return hits[:top_k]
+    members: dict[int, list[int]] = {}
+    for row, first in enumerate(candidates.first):
+        members.setdefault(first, []).append(row)
+    shown: set[int] = set()
+    out: list[Hit] = []
+    for hit in hits:
+        first = candidates.first[hit.index]
+        if first in shown:
+            continue
+        shown.add(first)
+        same = tuple(candidates.ids[r] for r in members[first] if r != hit.index)
+        out.append(Hit(len(out) + 1, hit.index, hit.id, hit.score, same))
+        if len(out) == top_k:
+            break
+    return out
+
+
 def candidate_bank(model: TrainedModel, modality: str, source: str | Path, batch_size: int | None = None
-                   ) -> tuple[torch.Tensor, list[Any], list[Any] | None, Path | None]:
-    """Candidate embeddings, ids, raw values (None from an embeddings file of this model) and the
-    folder the values' relative paths resolve against."""
+                   ) -> tuple[torch.Tensor, Candidates]:
+    """Candidate embeddings and what is known of them (no values from an embeddings file of this model)."""
     if str(source).endswith(".safetensors"):
         saved = read_embeddings(source)
         if saved.modality != modality:
@@ -64,9 +163,9 @@ def candidate_bank(model: TrainedModel, modality: str, source: str | Path, batch
         if saved.embeddings.shape[1] != model.embed_dim:
             raise PolyalignError(f"{source} holds embeddings of {saved.embeddings.shape[1]} numbers; this model's "
                                  f"have {model.embed_dim}")
-        return saved.embeddings.to(model.device), saved.ids, None, None
+        return saved.embeddings.to(model.device), Candidates(saved.ids)
     embeddings, found = embed_source(model, modality, source, batch_size)
-    return embeddings, found.ids, found.values, found.root
+    return embeddings, Candidates.of(found)
 
 
 def check_index_serves(model: TrainedModel, target: str) -> None:
@@ -101,7 +200,8 @@ def index_to_file(model: TrainedModel, modality: str, source: str | Path, out: s
     check_index_serves(model, modality)
     if Path(out).suffix != SUFFIX:
         raise PolyalignError(f"--out {out}: an index file must end in {SUFFIX}")
-    bank, ids, _, _ = candidate_bank(model, modality, source, batch_size)
+    bank, candidates = candidate_bank(model, modality, source, batch_size)
+    ids = candidates.ids
     vectors = bank.detach().float().cpu().numpy()
     index = build_index(vectors, options)
     queries = sample_queries(vectors)
@@ -123,6 +223,24 @@ def open_index(model: TrainedModel, target: str, path: str | Path) -> IndexFile:
     return found
 
 
+def index_candidates(found: IndexFile, modality: str) -> Candidates:
+    """What is known of an index's candidates: its ids, and their raw values and labels read (not
+    embedded) from the source it was built from when that is a folder, manifest or text file still on
+    this machine."""
+    source = str(found.metadata.get("input", ""))
+    if not source or source.endswith((".safetensors", ".npy")) or not Path(source).exists():
+        return Candidates(found.ids)
+    try:
+        given = read_source(source, modality)
+    except PolyalignError:
+        return Candidates(found.ids)
+    rows = {str(i): r for r, i in enumerate(given.ids)}
+    at = [rows.get(str(i)) for i in found.ids]
+    values = [None if r is None else given.values[r] for r in at]
+    labels = None if given.labels is None else [None if r is None else given.labels[r] for r in at]
+    return Candidates(found.ids, values, given.root, labels, same_value_rows(values, given.root))
+
+
 def rank_in_index(model: TrainedModel, queries: dict[str, torch.Tensor], target: str, found: IndexFile,
                   top_k: int) -> list[list[Hit]]:
     """The ``top_k`` candidates of an opened index for each embedded query tuple (a row of every
@@ -139,16 +257,6 @@ def rank_in_index(model: TrainedModel, queries: dict[str, torch.Tensor], target:
     return hits
 
 
-def index_hits(model: TrainedModel, queries: dict[str, torch.Tensor], target: str, path: str | Path,
-               top_k: int) -> tuple[list[Hit], int]:
-    """The ``top_k`` candidates of a faiss index for one embedded query tuple, scored with the
-    run's own rule; and how many candidates the index holds."""
-    if top_k < 1:
-        raise PolyalignError(f"top_k must be at least 1, got {top_k}")
-    found = open_index(model, target, path)
-    return rank_in_index(model, queries, target, found, top_k)[0], len(found.ids)
-
-
 def show_value(value: Any) -> str:
     """A short printable form of a raw value (arrays as plain lists of numbers)."""
     if isinstance(value, (np.ndarray, torch.Tensor)):
@@ -158,13 +266,14 @@ def show_value(value: Any) -> str:
 
 @dataclass
 class SearchResult:
-    """The ranked candidates of one query tuple."""
+    """The ranked candidates of one query tuple (each value once: :func:`distinct_hits`), and what
+    is known of them."""
 
     target: str
     query: dict[str, Any]
     hits: list[Hit]
     n_candidates: int
-    values: list[Any] | None = None  # the hits' raw values, when the candidates were not pre-embedded
+    candidates: Candidates
 
 
 def search_sources(model: TrainedModel, queries: list[str], candidates: str, top_k: int = 5) -> SearchResult:
@@ -182,11 +291,15 @@ def search_sources(model: TrainedModel, queries: list[str], candidates: str, top
         raise PolyalignError("give at least one --query MODALITY=VALUE")
     target, source = split_assignment(candidates, "--candidates")
     model.check_modality(target)
+    if top_k < 1:
+        raise PolyalignError(f"top_k must be at least 1, got {top_k}")
     embedded = model.embed({m: [v] for m, v in query.items()})
     if source.endswith(SUFFIX):
-        hits, count = index_hits(model, embedded, target, source, top_k)
-        return SearchResult(target, query, hits, count)
-    bank, ids, values, _ = candidate_bank(model, target, source)
-    hits = rank_hits(model.score_embeddings(embedded, bank, target), top_k, ids)[0]
-    return SearchResult(target, query, hits, int(bank.shape[0]),
-                        None if values is None else [values[h.index] for h in hits])
+        found = open_index(model, target, source)
+        candidates = index_candidates(found, target)
+        hits = rank_in_index(model, embedded, target, found, top_k + candidates.repeats)[0]
+    else:
+        bank, candidates = candidate_bank(model, target, source)
+        hits = rank_hits(model.score_embeddings(embedded, bank, target), top_k + candidates.repeats,
+                         candidates.ids)[0]
+    return SearchResult(target, query, distinct_hits(hits, top_k, candidates), len(candidates.ids), candidates)

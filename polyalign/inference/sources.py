@@ -16,11 +16,13 @@ SOURCE_KINDS = "a folder of files (one value per file), a manifest (.csv or .jso
 
 @dataclass
 class Values:
-    """Raw values of one modality, their ids, and the folder relative paths resolve against."""
+    """Raw values of one modality, their ids, the folder relative paths resolve against, and their
+    labels where the source has them (a manifest's ``label`` column)."""
 
     values: list[Any]
     ids: list[Any]
     root: Path | None
+    labels: list[Any] | None = None
 
 
 def check_ids(ids: list[Any], where: str, redo: str = "") -> None:
@@ -46,7 +48,9 @@ def read_manifest_column(path: Path, modality: str) -> Values:
     rows = [(i, s) for i, s in enumerate(samples) if modality in s]
     ids = [s.get("id", i) for i, s in rows]
     check_ids(ids, f"{path}", "; give each row its own value in the id column")
-    return Values([s[modality] for _, s in rows], ids, path.parent)
+    labels = [s.get("label") for _, s in rows]
+    return Values([s[modality] for _, s in rows], ids, path.parent,
+                  labels if any(label is not None for label in labels) else None)
 
 
 def read_folder(path: Path) -> Values:

@@ -27,12 +27,15 @@ from .model_card import CARD_FILE, check_card
 
 @dataclass(frozen=True)
 class Hit:
-    """One ranked candidate of a search: its position in the candidate list, its id and score."""
+    """One ranked candidate of a search: its position in the candidate list, its id and score; and
+    the ids of the other candidates holding the same value, shown once as this hit (see
+    :func:`polyalign.inference.search.distinct_hits`)."""
 
     rank: int
     index: int
     id: Any
     score: float
+    same: tuple[Any, ...] = ()
 
 
 def read_recipe_file(path: Path) -> Recipe:

@@ -37,7 +37,12 @@ PAGE = Path(__file__).resolve().parent / "page"
 PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/page.js": ("page.js", "text/javascript"),
               "/page.css": ("page.css", "text/css")}
 TOKEN_ENV = "POLYALIGN_SERVE_TOKEN"
-SETTINGS_ENV = "POLYALIGN_SERVE_SETTINGS"  # how `polyalign serve --workers N` hands its options to each worker
+SETTINGS_ENV = "POLYALIGN_SERVE_SETTINGS"
+# what a request without values is told, by route (its JSON key) and by body: JSON, or a form (the page's)
+NO_VALUES = {"values": ('send at least one, e.g. {"values": {"text": ["a red circle"]}}',
+                        "send at least one form field named after a modality (a file, or text)"),
+             "query": ('give the query, e.g. {"query": {"text": "a red circle"}, "target": "image"}',
+                       "give the query: a file or text for at least one modality other than the target")}  # how `polyalign serve --workers N` hands its options to each worker
 
 
 @dataclass
@@ -136,7 +141,7 @@ class Service:
                                     f"multipart/form-data")
         for m in raw:
             self.check_modality(m)
-        count_values(raw, self.limits.max_values)
+        count_values(raw, self.limits.max_values, NO_VALUES[json_key][kind == "multipart/form-data"])
         return raw, extra
 
     def _json_list(self, modality: str, given: Any, json_key: str) -> list[Any]:
@@ -181,17 +186,23 @@ class Service:
         return tuple(dict.fromkeys(target)), k
 
     def hit_json(self, target: tuple[str, ...], hit: Any) -> dict[str, Any]:
-        """One hit as JSON: rank, id, score, row, the value it came from and the URL of its file (for
-        candidate tuples, both by modality)."""
-        values, media = {}, {}
+        """One hit as JSON: rank, id, score, row, label (where the candidates have one), the value it
+        came from, its text (a text candidate's, inline or its .txt file's), the URL of its file (for
+        candidate tuples, value, text and file by modality), and the ids of the other candidates
+        holding the same value (ranked once, as this hit)."""
+        values, texts, media = {}, {}, {}
         for m in target:
             found = self.candidates[m]
             value = None if found.values is None else found.values[hit.index]
             values[m] = None if value is None else show_value(value)
+            texts[m] = found.known.text(hit.index)
             media[m] = f"/items/{m}/{hit.index}" if found.media_file(hit.index) is not None else None
+        label = next((found.known.label(hit.index) for m in target
+                      if (found := self.candidates[m]).known.labels is not None), None)
         one = len(target) == 1
-        return {"rank": hit.rank, "id": hit.id, "score": hit.score, "row": hit.index,
-                "value": values[target[0]] if one else values, "media": media[target[0]] if one else media}
+        return {"rank": hit.rank, "id": hit.id, "score": hit.score, "row": hit.index, "label": label,
+                "value": values[target[0]] if one else values, "text": texts[target[0]] if one else texts,
+                "media": media[target[0]] if one else media, "same_value": list(hit.same)}
 
 
 def error_response(status: int, detail: str) -> JSONResponse:
@@ -268,8 +279,11 @@ def create_app(model: TrainedModel, candidates: dict[str, CandidateSet] | None =
         target, k = service.search_params(values, extra)
         done = await service.batcher.submit(Job(values, target, k))
         found = service.candidates[target[0]]
+        described = found.describe()
         return JSONResponse({"target": target[0] if len(target) == 1 else list(target), "query": sorted(values),
-                             "k": k, "candidates": len(found.ids), "ranking": found.describe()["ranking"],
+                             "k": k, "candidates": len(found.ids),
+                             "distinct": described["distinct"] if len(target) == 1 else len(found.ids),
+                             "ranking": described["ranking"],
                              "scored_by": card["scored_by"],
                              "hits": [service.hit_json(target, h) for h in done.hits]})
 

@@ -10,8 +10,16 @@ from typing import Any
 import torch
 
 from polyalign.core.errors import PolyalignError
-from polyalign.inference.search import candidate_bank, check_index_serves, open_index, rank_in_index
-from polyalign.inference.sources import read_source, split_assignment
+from polyalign.inference.search import (
+    Candidates,
+    candidate_bank,
+    check_index_serves,
+    distinct_hits,
+    index_candidates,
+    open_index,
+    rank_in_index,
+)
+from polyalign.inference.sources import split_assignment
 from polyalign.inference.trained import Hit, TrainedModel, rank_hits
 from polyalign.inference.vector_index import SUFFIX, IndexFile
 
@@ -23,38 +31,51 @@ MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
 
 @dataclass
 class CandidateSet:
-    """Candidates of one modality: their ids, raw values (where known) and either their embeddings
-    (ranked exactly with the run's score) or a faiss index (ranked by it, scored with the run's score)."""
+    """Candidates of one modality: what is known of them (ids; values, labels where known) and either
+    their embeddings (ranked exactly with the run's score) or a faiss index (ranked by it, scored with
+    the run's score)."""
 
     modality: str
     source: str
-    ids: list[Any]
-    values: list[Any] | None
-    root: Path | None
+    known: Candidates
     bank: torch.Tensor | None = None
     index: IndexFile | None = None
 
+    @property
+    def ids(self) -> list[Any]:
+        return self.known.ids
+
+    @property
+    def values(self) -> list[Any] | None:
+        return self.known.values
+
     def rank(self, model: TrainedModel, queries: dict[str, torch.Tensor], top_k: int) -> list[list[Hit]]:
-        """The ``top_k`` candidates of each embedded query tuple (one row of each ``queries[m]``)."""
+        """The ``top_k`` candidates of each embedded query tuple (one row of each ``queries[m]``), each
+        value once (:func:`~polyalign.inference.search.distinct_hits`)."""
+        fetch = top_k + self.known.repeats
         if self.index is not None:
-            return rank_in_index(model, queries, self.modality, self.index, top_k)
-        assert self.bank is not None
-        return rank_hits(model.score_embeddings(queries, self.bank, self.modality), top_k, self.ids)
+            ranked = rank_in_index(model, queries, self.modality, self.index, fetch)
+        else:
+            assert self.bank is not None
+            ranked = rank_hits(model.score_embeddings(queries, self.bank, self.modality), fetch, self.ids)
+        return [distinct_hits(hits, top_k, self.known) for hits in ranked]
 
     def media_file(self, row: int) -> Path | None:
         """The server's file holding candidate ``row`` when it is one the page can show, else None."""
-        if self.values is None or not 0 <= row < len(self.values):
+        values, root = self.known.values, self.known.root
+        if values is None or not 0 <= row < len(values):
             return None
-        value = self.values[row]
+        value = values[row]
         if not isinstance(value, Path) or value.suffix.lower() not in MEDIA_TYPES:
             return None
-        path = value if value.is_absolute() or self.root is None else self.root / value
+        path = value if value.is_absolute() or root is None else root / value
         return path if path.is_file() else None
 
     def describe(self) -> dict[str, Any]:
         """What ``/info`` says of this set."""
         kind = "exact" if self.index is None else str(self.index.metadata.get("kind", "index"))
-        return {"modality": self.modality, "count": len(self.ids), "source": self.source, "ranking": kind}
+        return {"modality": self.modality, "count": len(self.ids), "distinct": len(self.ids) - self.known.repeats,
+                "source": self.source, "ranking": kind}
 
 
 def rank_tuples(model: TrainedModel, sets: list[CandidateSet], queries: dict[str, torch.Tensor],
@@ -68,20 +89,6 @@ def rank_tuples(model: TrainedModel, sets: list[CandidateSet], queries: dict[str
                                  f"--candidates M=SOURCE for each, from one manifest")
     banks = {s.modality: s.bank for s in sets}
     return rank_hits(model.score_embedded_tuples(queries, banks), top_k, first.ids)  # type: ignore[arg-type]
-
-
-def index_values(found: IndexFile, modality: str) -> tuple[list[Any] | None, Path | None]:
-    """The raw values behind an index's ids, read (not embedded) from the source it was built from
-    when that is a folder, manifest or text file still on this machine; else None."""
-    source = str(found.metadata.get("input", ""))
-    if not source or source.endswith((".safetensors", ".npy")) or not Path(source).exists():
-        return None, None
-    try:
-        given = read_source(source, modality)
-    except PolyalignError:
-        return None, None
-    by_id = {str(i): v for i, v in zip(given.ids, given.values)}
-    return [by_id.get(str(i)) for i in found.ids], given.root
 
 
 def load_candidates(model: TrainedModel, given: list[str], indexes: list[str]) -> dict[str, CandidateSet]:
@@ -100,9 +107,8 @@ def load_candidates(model: TrainedModel, given: list[str], indexes: list[str]) -
                                          f"`polyalign index`); give other sources with --candidates")
                 check_index_serves(model, modality)
                 found = open_index(model, modality, source)
-                values, root = index_values(found, modality)
-                sets[modality] = CandidateSet(modality, source, found.ids, values, root, index=found)
+                sets[modality] = CandidateSet(modality, source, index_candidates(found, modality), index=found)
             else:
-                bank, ids, values, root = candidate_bank(model, modality, source)
-                sets[modality] = CandidateSet(modality, source, ids, values, root, bank=bank)
+                bank, known = candidate_bank(model, modality, source)
+                sets[modality] = CandidateSet(modality, source, known, bank=bank)
     return sets

@@ -88,10 +88,11 @@ def read_json(body: bytes) -> Any:
                                 f"Content-Type: application/json or multipart/form-data") from None
 
 
-def count_values(values: dict[str, list[Any]], limit: int) -> None:
-    """Refuse a request holding more than ``limit`` values (413, naming the limit)."""
+def count_values(values: dict[str, list[Any]], limit: int, example: str) -> None:
+    """Refuse a request holding more than ``limit`` values (413, naming the limit), or none (422,
+    saying what to send: ``example``)."""
     n = sum(len(v) for v in values.values())
     if n > limit:
         raise RequestError(413, f"{n} values in one request; the limit is {limit} (polyalign serve --max-values)")
     if n == 0:
-        raise RequestError(422, "no values given; send at least one, e.g. {\"values\": {\"text\": [\"a red circle\"]}}")
+        raise RequestError(422, f"no values given; {example}")

@@ -13,6 +13,7 @@ from torch import nn
 from polyalign.plugin import Encoder, FileBytes, Part, PolyalignError, named_layer_groups, resolve_file
 
 from .checkpointing import checkpoint_blocks, checkpointed_sequential
+from .decode_reason import decode_reason
 from .pretrained import load_weights_into, local_weights_file
 from .resample import resample
 
@@ -78,7 +79,7 @@ def read_audio(path: Path | FileBytes, max_seconds: float = MAX_SECONDS) -> tupl
     except PolyalignError:
         raise
     except Exception as exc:
-        raise PolyalignError(f"cannot read audio file {path}: {exc}. polyalign reads WAV, FLAC and "
+        raise PolyalignError(f"cannot read audio file {path}: {decode_reason(exc)}. polyalign reads WAV, FLAC and "
                              f"other formats libsndfile knows.") from exc
     if short:
         raise PolyalignError(f"audio file {path} is truncated: its header announces more data than the "

@@ -12,6 +12,7 @@ from torch import nn
 
 from polyalign.plugin import Encoder, PolyalignError, named_layer_groups, resolve_file
 
+from .decode_reason import decode_reason
 from .lora import LoraOptions, add_lora, base_network, check_not_frozen, lora_requirements, merge_lora
 from .pretrained import load_weights_into, local_weights_file, refuse_download
 
@@ -61,7 +62,7 @@ def read_image(value: Any, root: Path | None, mode: str, max_pixels: int = MAX_P
             img.load()
             return img.convert(mode)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise PolyalignError(f"cannot decode image {path}: {exc}. Is it a valid PNG or JPEG file?") from exc
+        raise PolyalignError(f"cannot decode image {path}: {decode_reason(exc)}. Is it a valid PNG or JPEG file?") from exc
 
 
 def timm_layer_groups(encoder: nn.Module, backbone: nn.Module) -> list[list[str]]:
