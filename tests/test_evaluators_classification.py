@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from polyalign.core.assemble import Assembled
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import Notice, PolyalignError
 from polyalign.core.evaluator import EvalContext
 from polyalign.core.model import MultiModalModel
 from polyalign.plugins.encoders.byte_text import ByteTextConfig, ByteTextEncoder
@@ -86,6 +88,13 @@ def test_zero_shot_classification_equals_the_clip_recipe_by_hand():
         for k, name in enumerate(NAMES):
             assert got[("accuracy", name)] == pytest.approx(per[k], abs=1e-6)
         assert ("top5", None) not in got  # 5 >= the number of classes: not reported
+        top1 = next(r for r in rows if r["query"] == list(query) and r["metric"] == "accuracy" and "class" not in r)
+        assert top1["classes"] == NAMES and np.sum(top1["confusion"]) == len(labels) == top1["n"]
+        expected = np.zeros((3, 3), dtype=int)
+        np.add.at(expected, (truth, predicted), 1)
+        assert top1["confusion"] == expected.tolist()
+        assert [r["prompts"] for r in rows if r["query"] == list(query) and "class" in r] == \
+            [[t.format(n) for t in templates] for n in NAMES]
     assert {r["target"] for r in rows} == {"class"} and {r["task"] for r in rows} == {"zero_shot_classification"}
 
 
@@ -102,6 +111,22 @@ def test_classes_and_templates_from_files_and_labels_given_as_names(tmp_path):
     assert {tuple(r["query"]) for r in rows} == {("a", "b")}
     by_labels = ZeroShotClassification(ZeroShotClassificationConfig(queries=[["a"]]))(ctx)  # the labels themselves
     assert {r.get("class") for r in by_labels} == {None, "bird", "cat", "dog"}
+
+
+def test_integer_class_names_get_one_note_with_the_prompt_they_made():
+    rng = np.random.default_rng(4)
+    labels = [0, 1, 7, 3, 2, 7]
+    ctx = context({"test": labels}, {"test": {"a": unit_rows(rng, 6), "b": unit_rows(rng, 6)}}, label_names=None)
+    with pytest.warns(Notice) as caught:  # three queries (a, b, a+b), one note
+        rows = ZeroShotClassification(ZeroShotClassificationConfig(templates=["a handwritten {}"]))(ctx)
+    notes = [str(w.message) for w in caught if issubclass(w.category, Notice)]
+    assert len(notes) == 1 and "integer labels (0, 1, 2, ...)" in notes[0] and "'a handwritten 7'" in notes[0]
+    assert {r["class"]: r["prompts"] for r in rows if "class" in r}["7"] == ["a handwritten 7"]
+    named = context({"test": labels}, {"test": {"a": unit_rows(rng, 6), "b": unit_rows(rng, 6)}},
+                    label_names=[f"digit {i}" for i in range(8)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Notice)  # names given: no note
+        ZeroShotClassification(ZeroShotClassificationConfig())(named)
 
 
 def test_classification_errors_say_what_to_do(tmp_path):
