@@ -73,7 +73,7 @@ def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: t
     """Run every evaluator of the recipe on ``split``; return all rows (and append the per-query ranks
     the evaluators record to ``ranks`` when given). An evaluator that fails does not stop the others:
     :class:`EvaluatorsFailed` is raised at the end, with their rows. One that produces no rows is a
-    :class:`Notice` saying why, and a line in ``notes`` when given."""
+    :class:`Notice` saying why, and a line in ``notes`` when given, as is each notice an evaluator gives."""
     ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed, ranks)
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -91,6 +91,8 @@ def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: t
         finally:
             for w in caught:  # shown as before, and kept to explain an empty result
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                if notes is not None and issubclass(w.category, Notice) and str(w.message) not in notes:
+                    notes.append(str(w.message))  # a notice is said in report.md too, once
         if got == []:  # said on the console as a notice, and in report.md through ``notes``
             note = no_rows_note(f"eval.{i} ({node.plugin})", ctx, caught)
             warnings.warn(Notice(note), stacklevel=2)
