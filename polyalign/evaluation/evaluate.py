@@ -129,12 +129,10 @@ def write_report(run_dir: Path, rows: list[dict[str, Any]], notes: Sequence[str]
     return out
 
 
-def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | None = None,
-             split: str = "test", evaluators: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Re-run a finished run's evaluators (plus ``evaluators``, extra ``{plugin: ...}`` nodes)
-    from its checkpoint and rewrite its report."""
-    plugins = plugins or default_plugins()
-    run_dir = Path(run_dir)
+def load_trained(run_dir: Path, checkpoint: str, plugins: Plugins, split: str = "test",
+                 evaluators: list[dict[str, Any]] | None = None) -> tuple[Recipe, Assembled, torch.device]:
+    """A finished run's recipe (plus ``evaluators``, extra ``{plugin: ...}`` nodes) and its parts with the
+    ``checkpoint``'s weights, on the recipe's device; refuses a missing run or an empty ``split``."""
     if not (run_dir / RECIPE_FILE).is_file():
         problem = ("does not exist" if not run_dir.exists() else "is not a folder" if not run_dir.is_dir()
                    else f"holds no {RECIPE_FILE}")
@@ -151,6 +149,16 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
     device = pick_device(recipe.train.device)
     parts.model.to(device)
     parts.loss.to(device)
+    return recipe, parts, device
+
+
+def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | None = None,
+             split: str = "test", evaluators: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Re-run a finished run's evaluators (plus ``evaluators``, extra ``{plugin: ...}`` nodes)
+    from its checkpoint and rewrite its report."""
+    plugins = plugins or default_plugins()
+    run_dir = Path(run_dir)
+    recipe, parts, device = load_trained(run_dir, checkpoint, plugins, split, evaluators)
     notes: list[str] = []
     ranks: list[dict[str, Any]] = []
     try:

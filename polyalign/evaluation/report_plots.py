@@ -145,7 +145,7 @@ def plot_confusion(rows: list[dict[str, Any]], path: Path, title: str) -> Path |
         return None
     k = max(len(r["classes"]) for r in found)
     side = 1.6 + 0.42 * k
-    fig = new_figure(max(4.0, side * len(found) + 0.6), side + 0.8)
+    fig = new_figure(max(4.0, (side + 0.4) * len(found) + 0.6), side + 1.8)
     axes = fig.subplots(1, len(found), squeeze=False)[0]
     for ax, r in zip(axes, found):
         counts = np.asarray(r["confusion"], dtype=float)
@@ -157,7 +157,7 @@ def plot_confusion(rows: list[dict[str, Any]], path: Path, title: str) -> Path |
         ax.set_yticks(range(len(names)), labels=names)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
-        ax.set_title(f"{r.get('task', '')} from {query_text(r.get('query', []))}\n"
+        ax.set_title(f"from {query_text(r.get('query', []))}\n"
                      f"accuracy {float(r['value']):.3f}, n = {int(counts.sum())}", fontsize=9)
         if k <= 20:
             for i in range(counts.shape[0]):
