@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -15,6 +16,7 @@ from polyalign.core.assemble import Assembled
 from polyalign.core.errors import Notice, PolyalignError
 from polyalign.core.evaluator import EvalContext
 from polyalign.core.model import MultiModalModel
+from polyalign.evaluation.evaluate import write_report
 from polyalign.plugins.encoders.byte_text import ByteTextConfig, ByteTextEncoder
 from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.plugins.evaluators.linear_probe import LinearProbe, LinearProbeConfig, few_shot_rows
@@ -111,6 +113,20 @@ def test_classes_and_templates_from_files_and_labels_given_as_names(tmp_path):
     assert {tuple(r["query"]) for r in rows} == {("a", "b")}
     by_labels = ZeroShotClassification(ZeroShotClassificationConfig(queries=[["a"]]))(ctx)  # the labels themselves
     assert {r.get("class") for r in by_labels} == {None, "bird", "cat", "dog"}
+
+
+def test_report_draws_the_confusion_matrices_and_keeps_their_counts_in_json(tmp_path):
+    rng = np.random.default_rng(5)
+    labels = [i % 3 for i in range(12)]
+    ctx = context({"test": labels}, {"test": {"a": unit_rows(rng, 12), "b": unit_rows(rng, 12)}})
+    rows = ZeroShotClassification(ZeroShotClassificationConfig(queries=[["a"], ["a", "b"]]))(ctx)
+    out = write_report(tmp_path, rows, ["a note"])
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (out / "report.md").read_text()
+    assert "![confusion](confusion.png)" in markdown and "- a note" in markdown
+    assert "confusion" not in markdown.splitlines()[2] and "[[" not in markdown  # matrices stay out of the table
+    saved = [r for r in json.loads((out / "report.json").read_text()) if "confusion" in r]
+    assert [r["query"] for r in saved] == [["a"], ["a", "b"]] and all(np.sum(r["confusion"]) == 12 for r in saved)
 
 
 def test_integer_class_names_get_one_note_with_the_prompt_they_made():
