@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +17,17 @@ from polyalign.core.assemble import Assembled
 from polyalign.core.errors import Notice, PolyalignError
 from polyalign.core.evaluator import EvalContext
 from polyalign.core.model import MultiModalModel
-from polyalign.evaluation.evaluate import write_report
+from polyalign.core.plugin_manager import default_plugins
+from polyalign.core.recipe import validate_recipe
+from polyalign.evaluation.evaluate import run_evaluators, write_report
+from polyalign.files.yaml_file import read_yaml
 from polyalign.plugins.encoders.byte_text import ByteTextConfig, ByteTextEncoder
 from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.plugins.evaluators.linear_probe import LinearProbe, LinearProbeConfig, few_shot_rows
 from polyalign.plugins.evaluators.zero_shot_classification import ZeroShotClassification, ZeroShotClassificationConfig
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 
+RECIPE = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-clip.yaml"
 NAMES = ["red circle", "green square", "blue triangle"]
 D = 8
 
@@ -143,6 +148,19 @@ def test_integer_class_names_get_one_note_with_the_prompt_they_made():
     with warnings.catch_warnings():
         warnings.simplefilter("error", Notice)  # names given: no note
         ZeroShotClassification(ZeroShotClassificationConfig())(named)
+
+
+def test_the_note_reaches_the_report_notes_once():
+    rng = np.random.default_rng(6)
+    ctx = context({"test": [0, 1, 2, 1]}, {"test": {"a": unit_rows(rng, 4), "b": unit_rows(rng, 4)}}, label_names=None)
+    raw = read_yaml(RECIPE)
+    raw["eval"] = [{"plugin": "zero_shot_classification"}, {"plugin": "zero_shot_classification", "top_k": [2]}]
+    recipe = validate_recipe(raw, "test recipe")
+    notes: list[str] = []
+    with pytest.warns(Notice):
+        rows = run_evaluators(recipe, ctx.parts, default_plugins(), torch.device("cpu"), "test", notes)
+    assert len(notes) == 1 and notes[0].startswith("zero_shot_classification: the class names are the integer")
+    assert {r["class"] for r in rows if "class" in r} == {"0", "1", "2"}
 
 
 def test_classification_errors_say_what_to_do(tmp_path):
