@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import traceback
 import warnings
@@ -477,7 +478,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from polyalign.plugins.datasets.demo import write_demo
+    from polyalign.plugins.datasets.demo import class_names, write_demo
 
     folder = Path(args.dir)
     if folder.exists() and not folder.is_dir():
@@ -486,8 +487,10 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         raise PolyalignError(f"{folder} is not empty; give a new or empty folder for the demo data")
     write_demo(folder, args.classes, args.n_train, args.n_val, args.n_test, args.missing_rate, args.seed,
                args.flip_rate)
+    names = shlex.quote(f"data.label_names=[{', '.join(class_names(args.classes))}]")  # the labels are numbers
     out.print(f"wrote the demo dataset to {folder} (manifests train/val/test.jsonl). Train on it with:\n"
-              f"  polyalign train demo-multimodal data.plugin=manifest data.path={folder}")
+              f"  polyalign train demo-multimodal data.plugin=manifest data.path={shlex.quote(str(folder))} {names}",
+              markup=False, soft_wrap=True)
     return 0
 
 
