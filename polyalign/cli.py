@@ -7,6 +7,7 @@ import argparse
 import io
 import json
 import os
+import shlex
 import sys
 import traceback
 import warnings
@@ -478,7 +479,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from polyalign.plugins.datasets.demo import write_demo
+    from polyalign.plugins.datasets.demo import class_names, write_demo
 
     folder = Path(args.dir)
     if folder.exists() and not folder.is_dir():
@@ -487,8 +488,10 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         raise PolyalignError(f"{folder} is not empty; give a new or empty folder for the demo data")
     write_demo(folder, args.classes, args.n_train, args.n_val, args.n_test, args.missing_rate, args.seed,
                args.flip_rate)
+    names = shlex.quote(f"data.label_names=[{', '.join(class_names(args.classes))}]")  # the labels are numbers
     out.print(f"wrote the demo dataset to {folder} (manifests train/val/test.jsonl). Train on it with:\n"
-              f"  polyalign train demo-multimodal data.plugin=manifest data.path={folder}")
+              f"  polyalign train demo-multimodal data.plugin=manifest data.path={shlex.quote(str(folder))} {names}",
+              markup=False, soft_wrap=True)
     return 0
 
 
@@ -630,6 +633,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from polyalign.evaluation.training_plots import plot_runs
 
+    if args.embeddings:
+        from polyalign.evaluation.embedding_plot import plot_embeddings
+
+        if len(args.run_dirs) > 1:
+            raise PolyalignError(f"plot --embeddings draws one run's embeddings; got {len(args.run_dirs)} runs, "
+                                 f"give one")
+        path = plot_embeddings(args.run_dirs[0], args.out, args.checkpoint, args.split)
+        out.print(f"plot: {escape(str(path))}")
+        return 0
     default = Path(args.run_dirs[0]) / "training.png" if len(args.run_dirs) == 1 else Path("training.png")
     path = plot_runs(args.run_dirs, args.out or default)
     out.print(f"plot: {escape(str(path))}")
@@ -878,10 +890,17 @@ def parser() -> argparse.ArgumentParser:
         sv.add_argument(f"--{name}", **kw)
     sv.set_defaults(func=cmd_serve)
 
-    pt = sub.add_parser("plot", help="plot loss, temperature, learning rate and evaluation of runs (PNG)")
+    pt = sub.add_parser("plot", help="plot loss, temperature, learning rate and evaluation of runs, or (--embeddings) "
+                                     "one run's learned space (PNG)")
     pt.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more runs, overlaid")
     pt.add_argument("--out", metavar="FILE.png",
-                    help="default: RUN_DIR/training.png for one run, ./training.png for several")
+                    help="default: RUN_DIR/training.png for one run, ./training.png for several, "
+                         "RUN_DIR/embeddings.png with --embeddings")
+    pt.add_argument("--embeddings", action="store_true",
+                    help="draw the run's embeddings of every modality in 2-D (t-SNE; PCA without scikit-learn), "
+                         "coloured by modality and by label")
+    pt.add_argument("--checkpoint", default="last", choices=["last", "best"], help="with --embeddings")
+    pt.add_argument("--split", default="test", choices=["train", "val", "test"], help="with --embeddings")
     pt.set_defaults(func=cmd_plot)
     sw = sub.add_parser("sweep", help="run a recipe's grid x seeds (or an Optuna search) as runs in one sweep "
                                       "directory; resumable; --status DIR shows its progress")

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import json
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,15 +14,20 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from polyalign.core.assemble import Assembled
-from polyalign.core.errors import PolyalignError
+from polyalign.core.errors import Notice, PolyalignError
 from polyalign.core.evaluator import EvalContext
 from polyalign.core.model import MultiModalModel
+from polyalign.core.plugin_manager import default_plugins
+from polyalign.core.recipe import validate_recipe
+from polyalign.evaluation.evaluate import run_evaluators, write_report
+from polyalign.files.yaml_file import read_yaml
 from polyalign.plugins.encoders.byte_text import ByteTextConfig, ByteTextEncoder
 from polyalign.plugins.encoders.vector import VectorConfig, VectorEncoder
 from polyalign.plugins.evaluators.linear_probe import LinearProbe, LinearProbeConfig, few_shot_rows
 from polyalign.plugins.evaluators.zero_shot_classification import ZeroShotClassification, ZeroShotClassificationConfig
 from polyalign.plugins.losses.clip import ClipConfig, ClipLoss
 
+RECIPE = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-clip.yaml"
 NAMES = ["red circle", "green square", "blue triangle"]
 D = 8
 
@@ -86,6 +95,13 @@ def test_zero_shot_classification_equals_the_clip_recipe_by_hand():
         for k, name in enumerate(NAMES):
             assert got[("accuracy", name)] == pytest.approx(per[k], abs=1e-6)
         assert ("top5", None) not in got  # 5 >= the number of classes: not reported
+        top1 = next(r for r in rows if r["query"] == list(query) and r["metric"] == "accuracy" and "class" not in r)
+        assert top1["classes"] == NAMES and np.sum(top1["confusion"]) == len(labels) == top1["n"]
+        expected = np.zeros((3, 3), dtype=int)
+        np.add.at(expected, (truth, predicted), 1)
+        assert top1["confusion"] == expected.tolist()
+        assert [r["prompts"] for r in rows if r["query"] == list(query) and "class" in r] == \
+            [[t.format(n) for t in templates] for n in NAMES]
     assert {r["target"] for r in rows} == {"class"} and {r["task"] for r in rows} == {"zero_shot_classification"}
 
 
@@ -102,6 +118,49 @@ def test_classes_and_templates_from_files_and_labels_given_as_names(tmp_path):
     assert {tuple(r["query"]) for r in rows} == {("a", "b")}
     by_labels = ZeroShotClassification(ZeroShotClassificationConfig(queries=[["a"]]))(ctx)  # the labels themselves
     assert {r.get("class") for r in by_labels} == {None, "bird", "cat", "dog"}
+
+
+def test_report_draws_the_confusion_matrices_and_keeps_their_counts_in_json(tmp_path):
+    rng = np.random.default_rng(5)
+    labels = [i % 3 for i in range(12)]
+    ctx = context({"test": labels}, {"test": {"a": unit_rows(rng, 12), "b": unit_rows(rng, 12)}})
+    rows = ZeroShotClassification(ZeroShotClassificationConfig(queries=[["a"], ["a", "b"]]))(ctx)
+    out = write_report(tmp_path, rows, ["a note"])
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (out / "report.md").read_text()
+    assert "![confusion](confusion.png)" in markdown and "- a note" in markdown
+    assert "confusion" not in markdown.splitlines()[2] and "[[" not in markdown  # matrices stay out of the table
+    saved = [r for r in json.loads((out / "report.json").read_text()) if "confusion" in r]
+    assert [r["query"] for r in saved] == [["a"], ["a", "b"]] and all(np.sum(r["confusion"]) == 12 for r in saved)
+
+
+def test_integer_class_names_get_one_note_with_the_prompt_they_made():
+    rng = np.random.default_rng(4)
+    labels = [0, 1, 7, 3, 2, 7]
+    ctx = context({"test": labels}, {"test": {"a": unit_rows(rng, 6), "b": unit_rows(rng, 6)}}, label_names=None)
+    with pytest.warns(Notice) as caught:  # three queries (a, b, a+b), one note
+        rows = ZeroShotClassification(ZeroShotClassificationConfig(templates=["a handwritten {}"]))(ctx)
+    notes = [str(w.message) for w in caught if issubclass(w.category, Notice)]
+    assert len(notes) == 1 and "integer labels (0, 1, 2, ...)" in notes[0] and "'a handwritten 7'" in notes[0]
+    assert {r["class"]: r["prompts"] for r in rows if "class" in r}["7"] == ["a handwritten 7"]
+    named = context({"test": labels}, {"test": {"a": unit_rows(rng, 6), "b": unit_rows(rng, 6)}},
+                    label_names=[f"digit {i}" for i in range(8)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Notice)  # names given: no note
+        ZeroShotClassification(ZeroShotClassificationConfig())(named)
+
+
+def test_the_note_reaches_the_report_notes_once():
+    rng = np.random.default_rng(6)
+    ctx = context({"test": [0, 1, 2, 1]}, {"test": {"a": unit_rows(rng, 4), "b": unit_rows(rng, 4)}}, label_names=None)
+    raw = read_yaml(RECIPE)
+    raw["eval"] = [{"plugin": "zero_shot_classification"}, {"plugin": "zero_shot_classification", "top_k": [2]}]
+    recipe = validate_recipe(raw, "test recipe")
+    notes: list[str] = []
+    with pytest.warns(Notice):
+        rows = run_evaluators(recipe, ctx.parts, default_plugins(), torch.device("cpu"), "test", notes)
+    assert len(notes) == 1 and notes[0].startswith("zero_shot_classification: the class names are the integer")
+    assert {r["class"] for r in rows if "class" in r} == {"0", "1", "2"}
 
 
 def test_classification_errors_say_what_to_do(tmp_path):

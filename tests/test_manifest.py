@@ -273,3 +273,12 @@ def test_check_data_reports_every_unreadable_row_and_plugin_that_fails(folder, t
 
 def test_the_manifest_dataset_keeps_the_dataset_contract(folder):
     check_dataset("manifest", path=str(folder))
+
+
+def test_label_names_name_the_integer_labels_and_must_cover_them(folder):
+    dataset = make_plugins().build("dataset", "manifest", path=str(folder), label_names=["even", "odd"])
+    assert dataset.label_names == ["even", "odd"] and {s["label"] for s in dataset.split("train")} == {0, 1}
+    check_dataset("manifest", path=str(folder), label_names=["even", "odd"])
+    with pytest.raises(ManifestError, match=r"train.jsonl, line 2: label 1 names no class of data.label_names "
+                                            r"\(1 names"):
+        make_plugins().build("dataset", "manifest", path=str(folder), label_names=["even"])

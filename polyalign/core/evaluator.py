@@ -192,8 +192,10 @@ def format_value(value: Any) -> str:
 
 
 def row_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The columns of a table of evaluator rows: the row keys, then any others (ci_low, ...) sorted."""
-    return list(ROW_KEYS) + sorted({k for r in rows for k in r} - set(ROW_KEYS))
+    """The columns of a table of evaluator rows: the row keys, then any others (ci_low, ...) sorted; keys
+    holding lists or mappings (a confusion matrix, prompts) stay out of tables (report.json keeps them)."""
+    return list(ROW_KEYS) + sorted({k for r in rows for k, v in r.items() if not isinstance(v, (list, dict))}
+                                   - set(ROW_KEYS))
 
 
 def eval_tag(row: dict[str, Any], split: str) -> str:

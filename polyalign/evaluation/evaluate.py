@@ -91,7 +91,8 @@ def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: t
     all rows, each naming its evaluator (:func:`evaluator_name`) under ``evaluator`` (and append the
     per-query ranks the evaluators record to ``ranks`` when given, named the same way). An evaluator
     that fails does not stop the others: :class:`EvaluatorsFailed` is raised at the end, with their
-    rows. One that produces no rows is a :class:`Notice` saying why, and a line in ``notes`` when given."""
+    rows. One that produces no rows is a :class:`Notice` saying why, and a line in ``notes`` when
+    given, as is each notice an evaluator gives."""
     ctx = EvalContext(parts, split, device, recipe.train.batch_size, recipe.seed, ranks)
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -112,6 +113,8 @@ def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: t
         finally:
             for w in caught:  # shown as before, and kept to explain an empty result
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                if notes is not None and issubclass(w.category, Notice) and str(w.message) not in notes:
+                    notes.append(str(w.message))  # a notice is said in report.md too, once
         if got == []:  # said on the console as a notice, and in report.md through ``notes``
             note = no_rows_note(f"eval.{i} ({node.plugin})", ctx, caught)
             warnings.warn(Notice(note), stacklevel=2)
@@ -172,6 +175,30 @@ def added_evaluators(run_dir: Path, recipe: Recipe, evaluators: list[dict[str, A
              [r for r in ranks if isinstance(r, dict) and r.get("evaluator") not in run]))
 
 
+def read_run_recipe(run_dir: Path, plugins: Plugins) -> Recipe:
+    """The recipe of a finished run; refuses a folder that is not a run directory."""
+    if not (run_dir / RECIPE_FILE).is_file():
+        problem = ("does not exist" if not run_dir.exists() else "is not a folder" if not run_dir.is_dir()
+                   else f"holds no {RECIPE_FILE}")
+        raise PolyalignError(f"{run_dir} {problem}; give a run directory (the folder `polyalign train` printed)")
+    return load_recipe(run_dir / RECIPE_FILE, plugins=plugins)
+
+
+def load_trained(run_dir: Path, checkpoint: str, plugins: Plugins, split: str = "test",
+                 recipe: Recipe | None = None) -> tuple[Recipe, Assembled, torch.device]:
+    """A finished run's recipe (``recipe``: as the caller changed it; default its ``recipe.yaml``) and its
+    parts with the ``checkpoint``'s weights, on the recipe's device; refuses a missing run or an empty ``split``."""
+    recipe = recipe or read_run_recipe(run_dir, plugins)
+    check_requirements(recipe, plugins, str(run_dir / RECIPE_FILE), kinds=("dataset", "encoder", "loss", "evaluator"))
+    parts = assemble(recipe, plugins)
+    check_eval_split(recipe, parts, split)
+    parts.load_state_dict(load_weights(run_checkpoint(run_dir, checkpoint)))
+    device = pick_device(recipe.train.device)
+    parts.model.to(device)
+    parts.loss.to(device)
+    return recipe, parts, device
+
+
 def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | None = None,
              split: str = "test", evaluators: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Re-run a finished run's evaluators from its checkpoint and rewrite its report; with
@@ -180,22 +207,12 @@ def evaluate(run_dir: str | Path, checkpoint: str = "last", plugins: Plugins | N
     wrote (see :func:`added_evaluators`)."""
     plugins = plugins or default_plugins()
     run_dir = Path(run_dir)
-    if not (run_dir / RECIPE_FILE).is_file():
-        problem = ("does not exist" if not run_dir.exists() else "is not a folder" if not run_dir.is_dir()
-                   else f"holds no {RECIPE_FILE}")
-        raise PolyalignError(f"{run_dir} {problem}; give a run directory (the folder `polyalign train` printed)")
-    recipe = load_recipe(run_dir / RECIPE_FILE, plugins=plugins)
+    recipe = read_run_recipe(run_dir, plugins)
     kept: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
     only = None
     if evaluators:
         recipe, only, kept = added_evaluators(run_dir, recipe, evaluators, plugins)
-    check_requirements(recipe, plugins, str(run_dir / RECIPE_FILE), kinds=("dataset", "encoder", "loss", "evaluator"))
-    parts = assemble(recipe, plugins)
-    check_eval_split(recipe, parts, split)
-    parts.load_state_dict(load_weights(run_checkpoint(run_dir, checkpoint)))
-    device = pick_device(recipe.train.device)
-    parts.model.to(device)
-    parts.loss.to(device)
+    recipe, parts, device = load_trained(run_dir, checkpoint, plugins, split, recipe)
     notes: list[str] = []
     ranks: list[dict[str, Any]] = []
     try:

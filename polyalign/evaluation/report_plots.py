@@ -1,5 +1,6 @@
 """Report figures (matplotlib, no GUI backend): an accuracy heatmap of query subset x target,
-and accuracy against test-time dropout rate with bootstrap bands."""
+accuracy against test-time dropout rate with bootstrap bands, and the confusion matrices of
+zero-shot classification."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from polyalign.files.atomic import atomic_write_bytes
 
 HEATMAP_FILE = "heatmap.png"
 CURVE_FILE = "dropout_curve.png"
+CONFUSION_FILE = "confusion.png"
 METRIC = "accuracy"
 METRIC_LABEL = "top-1 accuracy"
 
@@ -133,6 +135,40 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path, title: str) -> Path | N
     return save_figure(fig, path)
 
 
+def plot_confusion(rows: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    """Confusion-matrix PNG (true class x predicted class, counts) of each row carrying ``confusion`` and
+    ``classes`` (zero-shot classification's top-1 rows), one panel per query."""
+    import numpy as np
+
+    found = [r for r in rows if isinstance(r.get("confusion"), list) and isinstance(r.get("classes"), list)]
+    if not found:
+        return None
+    k = max(len(r["classes"]) for r in found)
+    side = 1.6 + 0.42 * k
+    fig = new_figure(max(4.0, (side + 0.4) * len(found) + 0.6), side + 1.8)
+    axes = fig.subplots(1, len(found), squeeze=False)[0]
+    for ax, r in zip(axes, found):
+        counts = np.asarray(r["confusion"], dtype=float)
+        share = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # colour: share of the true class
+        ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+        names = [str(c) for c in r["classes"]]
+        ax.set_xticks(range(len(names)), labels=names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right"
+                      if max(map(len, names)) > 3 else "center")
+        ax.set_yticks(range(len(names)), labels=names)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"from {query_text(r.get('query', []))}\n"
+                     f"accuracy {float(r['value']):.3f}, n = {int(counts.sum())}", fontsize=9)
+        if k <= 20:
+            for i in range(counts.shape[0]):
+                for j in range(counts.shape[1]):
+                    if counts[i, j]:
+                        ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
+                                color="white" if share[i, j] > 0.5 else "black")
+    fig.suptitle(title + "\n(counts; colour: share of the true class)", fontsize=11)
+    return save_figure(fig, path)
+
+
 def line_label(row: dict[str, Any]) -> str:
     """Legend text for a dropout line: 'drop a', 'drop all'."""
     dropped = row.get("dropped")
@@ -184,11 +220,12 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> Path | No
 
 
 def write_plots(out_dir: Path, rows: list[dict[str, Any]], name: str) -> list[Path]:
-    """Write the heatmap and the dropout-curve PNGs that ``rows`` have data for (removing a
+    """Write the heatmap, dropout-curve and confusion-matrix PNGs that ``rows`` have data for (removing a
     stale one that no longer has data); return the paths written."""
     out_dir = Path(out_dir)
     plots = [(plot_heatmap, out_dir / HEATMAP_FILE, f"Zero-shot accuracy by query subset: {name}"),
-             (plot_curves, out_dir / CURVE_FILE, f"Accuracy under test-time modality dropout: {name}")]
+             (plot_curves, out_dir / CURVE_FILE, f"Accuracy under test-time modality dropout: {name}"),
+             (plot_confusion, out_dir / CONFUSION_FILE, f"Zero-shot classification: {name}")]
     written = []
     for plot, path, title in plots:
         if plot(rows, path, title) is not None:

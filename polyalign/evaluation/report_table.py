@@ -34,13 +34,15 @@ class PivotTable:
 
 
 def identity_fields(rows: list[dict[str, Any]]) -> list[str]:
-    """Fields that tell rows apart besides the metric: task, target, query, then others seen; the
+    """Fields that tell rows apart besides the metric: task, target, query, then others seen (not those
+    holding lists or mappings, such as a confusion matrix: report.json keeps them); the
     :data:`EVALUATOR` that produced a row only where two evaluator nodes gave rows alike in the others
     (so runs evaluated before rows named it still line up with newer ones)."""
     seen = [k for k in LEAD_KEYS if any(k in r for r in rows)]
     for r in rows:
-        for k in r:
-            if k not in seen and k != "metric" and k != EVALUATOR and k not in STAT_KEYS and k not in COUNT_KEYS:
+        for k, v in r.items():
+            if (k not in seen and k != "metric" and k != EVALUATOR and k not in STAT_KEYS and k not in COUNT_KEYS
+                    and not isinstance(v, (list, dict))):
                 seen.append(k)
     by_line: dict[tuple, set] = {}
     for r in rows:

@@ -3,7 +3,9 @@
 A cell that names an existing file relative to the manifest's folder (an image, a clip, a caption
 file...) is that file, a :class:`~pathlib.Path`; any other text is inline text; numbers are numbers.
 A missing modality is an absent key, an empty cell or ``null``.
-The reserved columns ``label`` and ``id`` are optional.
+The reserved columns ``label`` and ``id`` are optional. A label is a class number or a class name
+(text); ``label_names`` names the classes of number labels (label 7 is ``label_names[7]``), as
+zero-shot classification's prompts need.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class ManifestConfig(BaseModel):
     root: str | None = Field(None, description="folder relative paths resolve against (default: the manifests')")
     modalities: list[str] | None = Field(None, min_length=1,
                                          description="columns to use (default: every column but label and id)")
+    label_names: list[str] | None = Field(
+        None, min_length=1, description="the name of each class, indexed by integer labels (zero-shot "
+                                        "classification prompts with them; text labels are names already)")
     on_error: OnError = Field("raise", description="a row whose file cannot be loaded: raise = stop with an "
                                                    "error naming it; skip = leave the row out and report it")
 
@@ -77,6 +82,7 @@ class ManifestDataset:
 
     def __init__(self, config: ManifestConfig):
         self.on_error: OnError = config.on_error
+        self.label_names = config.label_names
         self.files = find_manifests(config)
         folders = {p.resolve().parent for p in self.files.values() if p is not None}
         if config.root is not None:
@@ -105,6 +111,14 @@ class ManifestDataset:
             self.modalities = tuple(columns)
         if not self.modalities:
             raise ManifestError(f"{self.files['train']}: no modality columns (only label/id, or no rows)")
+        if self.label_names is not None:
+            for split, rows in self._splits.items():
+                bad = next((i for i, r in enumerate(rows) if isinstance(r.get("label"), int)
+                            and not 0 <= r["label"] < len(self.label_names)), None)
+                if bad is not None:
+                    raise ManifestError(f"{self.locate(split, bad)}: label {rows[bad]['label']} names no class of "
+                                        f"data.label_names ({len(self.label_names)} names, numbered from 0); "
+                                        f"give a name for every class number")
 
     def split(self, name: str) -> list[Sample]:
         """The samples of ``train``, ``val`` or ``test``."""

@@ -9,11 +9,15 @@ these class embeddings.
 
 Class names come from ``classes`` (a list, or a file with one name per line), else from the
 dataset's ``label_names``, else they are the distinct labels of the split themselves. A sample's
-``label`` is the index of its class in that list, or its name.
+``label`` is the index of its class in that list, or its name. Class names that are integers
+(integer labels with no names) are prompted as such ("a photo of a 7"): a :class:`Notice` says so,
+once, on the console and in the report.
 
 Rows: ``task: zero_shot_classification``, ``target: class``, ``query`` (sorted); metrics
-``accuracy`` (top-1, always), ``topK`` for each k of ``top_k`` below the number of classes, and
-``mean_per_class_accuracy``; then one ``accuracy`` row per class (with its ``class``).
+``accuracy`` (top-1, always; with ``classes`` and the ``confusion`` matrix of counts, a row per
+true class and a column per predicted class), ``topK`` for each k of ``top_k`` below the number of
+classes, and ``mean_per_class_accuracy``; then one ``accuracy`` row per class (with its ``class``
+and the ``prompts`` it was embedded from).
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
-from polyalign.plugin import EvalContext, PolyalignError, per_query_metrics, ranks_of_correct
+from polyalign.plugin import EvalContext, Notice, PolyalignError, per_query_metrics, ranks_of_correct
 
 from .zero_shot import query_embeddings, rows_with
 
@@ -89,6 +95,21 @@ def class_indices(labels: Sequence[Any], names: list[str], split: str) -> torch.
     return torch.tensor(out, dtype=torch.long)
 
 
+def confusion_counts(truth: torch.Tensor, predicted: torch.Tensor, n_classes: int) -> list[list[int]]:
+    """``counts[t][p]``: how many queries of true class ``t`` were classified as ``p``."""
+    flat = torch.bincount(truth * n_classes + predicted, minlength=n_classes * n_classes)
+    return flat.view(n_classes, n_classes).tolist()
+
+
+def integer_names_note(names: list[str], example: str) -> str | None:
+    """The one-line note for class names that are integers (integer labels without names), or None."""
+    if not all(n.lstrip("-").isdigit() for n in names):
+        return None
+    return (f"zero_shot_classification: the class names are the integer labels ({', '.join(names[:3])}, ...), so "
+            f"the prompts read {example!r}; give the classes names: label_names on the dataset (the manifest's "
+            f"data.label_names), string labels, or the evaluator's classes")
+
+
 class ZeroShotClassification:
     """Classify from any query subset against text prompts of the class names, averaged per class (CLIP);
     top-1/top-5 and per-class accuracy
@@ -127,11 +148,10 @@ class ZeroShotClassification:
                                  f"exactly one {{}} for the class name")
         return lines
 
-    def class_embeddings(self, ctx: EvalContext, names: list[str]) -> torch.Tensor:
-        """``(K, E)``: the mean over templates of each class's prompt embeddings."""
-        templates = self.templates()
-        prompts = [t.format(name) for name in names for t in templates]
-        z = ctx.embed_values(self.config.text, prompts).view(len(names), len(templates), -1).mean(1)
+    def class_embeddings(self, ctx: EvalContext, prompts: list[list[str]]) -> torch.Tensor:
+        """``(K, E)``: the mean of each class's prompt embeddings (``prompts[k]``: class k's, one per template)."""
+        flat = [p for of_class in prompts for p in of_class]
+        z = ctx.embed_values(self.config.text, flat).view(len(prompts), len(prompts[0]), -1).mean(1)
         return F.normalize(z, dim=-1) if ctx.parts.model.normalize == "l2" else z
 
     def queries(self, ctx: EvalContext) -> list[list[str]]:
@@ -155,7 +175,11 @@ class ZeroShotClassification:
         if len(names) < 2:
             raise PolyalignError(f"zero_shot_classification needs at least 2 classes, got {names}")
         labels = class_indices([s.get("label") for s in ctx.samples], names, ctx.split)
-        classes = self.class_embeddings(ctx, names)
+        prompts = [[t.format(name) for t in self.templates()] for name in names]
+        note = integer_names_note(names, prompts[-1][0])
+        if note:
+            warnings.warn(Notice(note), stacklevel=2)
+        classes = self.class_embeddings(ctx, prompts)
         _, present = ctx.embeddings()
         ks = sorted({1} | {k for k in cfg.top_k if k < len(names)})
         out: list[dict[str, Any]] = []
@@ -170,11 +194,12 @@ class ZeroShotClassification:
             hits = per_query_metrics(ranks, ks)
             top1 = hits["accuracy"]
             base = {"task": TASK, "target": TARGET, "query": sorted(query)}
-            out += [{**base, "metric": name, "value": float(v.mean()), "n": int(rows.numel())}
-                    for name, v in hits.items() if name != "mrr"]
+            confusion = {"classes": names, "confusion": confusion_counts(truth, scores.argmax(1), len(names))}
+            out += [{**base, "metric": name, "value": float(v.mean()), "n": int(rows.numel()),
+                     **(confusion if name == "accuracy" else {})} for name, v in hits.items() if name != "mrr"]
             per_class = {k: top1[truth == k] for k in range(len(names)) if bool((truth == k).any())}
             out.append({**base, "metric": "mean_per_class_accuracy", "n": int(rows.numel()),
                         "value": float(torch.stack([v.mean() for v in per_class.values()]).mean())})
-            out += [{**base, "class": names[k], "metric": "accuracy", "value": float(v.mean()), "n": int(v.numel())}
-                    for k, v in per_class.items()]
+            out += [{**base, "class": names[k], "metric": "accuracy", "value": float(v.mean()), "n": int(v.numel()),
+                     "prompts": prompts[k]} for k, v in per_class.items()]
         return out
