@@ -1,0 +1,46 @@
+"""Commands that read only configuration answer at once: they never import torch (issue 30).
+
+Each command runs in a fresh interpreter that reports, after it finished, whether ``torch`` is in
+``sys.modules``; no wall-clock assertion, so a busy machine cannot make it flake. The timings are
+``benchmarks/startup.py``'s.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs the command line in-process, then prints the heavy packages it left imported.
+PROBE = """
+import sys
+from polyalign.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted(m for m in ("torch", "torchvision", "transformers", "timm", "matplotlib", "sklearn") if m in sys.modules)
+print("HEAVY:" + ",".join(heavy) + f" CODE:{code}")
+"""
+
+
+def heavy_imports(*args: str) -> str:
+    """The heavy packages ``polyalign ARGS`` imported, as 'torch,...' ('' for none)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=False, timeout=300)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY:")]
+    assert line, f"polyalign {' '.join(args)} did not finish:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    heavy, code = line[-1].removeprefix("HEAVY:").split(" CODE:")
+    assert code in ("0", "None"), f"polyalign {' '.join(args)} exited {code}:\n{proc.stderr[-2000:]}"
+    return heavy
+
+
+@pytest.mark.parametrize("args", [["--help"], ["recipes"]], ids=lambda a: " ".join(a))
+def test_configuration_commands_do_not_import_torch(args):
+    assert heavy_imports(*args) == ""
