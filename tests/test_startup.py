@@ -35,12 +35,23 @@ def heavy_imports(*args: str) -> str:
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           check=False, timeout=300)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY:")]
-    assert line, f"polyalign {' '.join(args)} did not finish:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    heavy, code = line[-1].removeprefix("HEAVY:").split(" CODE:")
-    assert code in ("0", "None"), f"polyalign {' '.join(args)} exited {code}:\n{proc.stderr[-2000:]}"
+    heavy, code = line[-1].removeprefix("HEAVY:").split(" CODE:") if line else ("", "(none)")
+    if code not in ("0", "None"):  # pytest.fail, not an AssertionError: the xfail below must not hide it
+        pytest.fail(f"polyalign {' '.join(args)} exited {code}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return heavy
 
 
-@pytest.mark.parametrize("args", [["--help"], ["recipes"]], ids=lambda a: " ".join(a))
+@pytest.mark.parametrize("args", [["--help"], ["recipes"], ["train", "--help"], ["serve", "--help"]],
+                         ids=lambda a: " ".join(a))
 def test_configuration_commands_do_not_import_torch(args):
+    assert heavy_imports(*args) == ""
+
+
+# Not yet: every built-in encoder and loss class is a torch module defined beside its Options, and
+# validate builds the loss for its fit lines (docs/contributing.md, "Start-up time"). Strict: once
+# they no longer import torch these fail, and the mark is to be removed.
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="built-in plugin modules import torch (issue 30, item 7)")
+@pytest.mark.parametrize("args", [["plugins"], ["validate", "xor-symile"]], ids=lambda a: " ".join(a))
+def test_plugin_commands_do_not_import_torch_yet(args):
     assert heavy_imports(*args) == ""
