@@ -342,12 +342,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from polyalign.shipped import resolve_recipe_path
+
+    path = resolve_recipe_path(args.recipe)  # a name that is no recipe is said before torch loads
+
     import polyalign
     from polyalign.core.plugin_manager import default_plugins
     from polyalign.core.requirements import check_requirements
-    from polyalign.shipped import resolve_recipe_path
 
-    recipe = polyalign.load_recipe(resolve_recipe_path(args.recipe), args.overrides)
+    recipe = polyalign.load_recipe(path, args.overrides)
     check_requirements(recipe, default_plugins(), args.recipe)
     lines = None
     if args.check_data:  # before the "valid" line: a recipe its data refuses is not valid

@@ -29,14 +29,15 @@ print("HEAVY:" + ",".join(heavy) + f" CODE:{code}")
 """
 
 
-def heavy_imports(*args: str) -> str:
-    """The heavy packages ``polyalign ARGS`` imported, as 'torch,...' ('' for none)."""
+def heavy_imports(*args: str, code_wanted: str = "0") -> str:
+    """The heavy packages ``polyalign ARGS`` imported, as 'torch,...' ('' for none); the command must exit
+    ``code_wanted``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           check=False, timeout=300)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY:")]
     heavy, code = line[-1].removeprefix("HEAVY:").split(" CODE:") if line else ("", "(none)")
-    if code not in ("0", "None"):  # pytest.fail, not an AssertionError: the xfail below must not hide it
+    if code not in (code_wanted, "None" if code_wanted == "0" else code_wanted):  # pytest.fail, not an AssertionError: the xfail below must not hide it
         pytest.fail(f"polyalign {' '.join(args)} exited {code}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return heavy
 
@@ -45,6 +46,10 @@ def heavy_imports(*args: str) -> str:
                          ids=lambda a: " ".join(a))
 def test_configuration_commands_do_not_import_torch(args):
     assert heavy_imports(*args) == ""
+
+
+def test_a_misspelt_recipe_name_is_refused_before_torch_loads():
+    assert heavy_imports("validate", "xor-symle", code_wanted="2") == ""
 
 
 # Not yet: every built-in encoder and loss class is a torch module defined beside its Options, and
