@@ -902,8 +902,10 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--embeddings", action="store_true",
                     help="draw the run's embeddings of every modality in 2-D (t-SNE; PCA without scikit-learn), "
                          "coloured by modality and by label")
-    pt.add_argument("--checkpoint", default="last", choices=["last", "best"], help="with --embeddings")
-    pt.add_argument("--split", default="test", choices=["train", "val", "test"], help="with --embeddings")
+    pt.add_argument("--checkpoint", default="last", choices=["last", "best"],
+                    help="with --embeddings: the weights to embed with (default: last)")
+    pt.add_argument("--split", default="test", choices=["train", "val", "test"],
+                    help="with --embeddings: the split to draw (default: test)")
     pt.set_defaults(func=cmd_plot)
     sw = sub.add_parser("sweep", help="run a recipe's grid x seeds (or an Optuna search) as runs in one sweep "
                                       "directory; resumable; --status DIR shows its progress")
