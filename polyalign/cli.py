@@ -669,6 +669,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if result.failed:
         raise PolyalignError(f"{len(result.failed)} run(s) of the sweep failed (their errors above and in "
                              f"{result.sweep_dir}/runs/*/*/status.json); the same command tries them again")
+    if result.elsewhere:
+        echo(f"{len(result.elsewhere)} run(s) are running in another process (another sweep on this folder); "
+             f"`polyalign sweep --status {result.sweep_dir}` shows when they end")
     echo(f"sweep directory: {result.sweep_dir}\ncompare its configurations: polyalign compare {result.sweep_dir}")
     return 0
 
