@@ -248,8 +248,10 @@ def test_two_processes_with_two_workers_cover_every_sample_once(tmp_path):
     for epoch in (0, 1):
         batches = ranks[0][epoch] + ranks[1][epoch]
         rows = [i for b in batches for i in b]
-        assert len(batches) == 12 and all(len(b) == 4 for b in batches)
-        assert sorted(rows) == list(range(48))  # every sample once
+        # every sample once; a failure says which rows went missing or came twice, and where each rank had them
+        missing, repeated = sorted(set(range(48)) - set(rows)), sorted({i for i in rows if rows.count(i) > 1})
+        assert len(batches) == 12 and all(len(b) == 4 for b in batches), (epoch, ranks[0][epoch], ranks[1][epoch])
+        assert not missing and not repeated, (epoch, missing, repeated, ranks[0][epoch], ranks[1][epoch])
         # what each process saw is what the layout says, in the DataLoader's order (batch j from worker j % 2)
         for rank in (0, 1):
             expected = rows_of(stream_loader(stream, rank, 2, 2)) if epoch == 0 else None
