@@ -623,7 +623,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from polyalign.serving.server import default_threads, resolve_token, serve
 
     token, made = resolve_token(args.token)
-    limits = Limits(args.max_body_mb, args.max_values, args.max_k, args.max_batch, args.batch_wait_ms)
+    limits = Limits(args.max_body_mb, args.max_values, args.max_k, args.max_batch, args.batch_wait_ms,
+                    args.max_decoded_millions)
     settings = ServeSettings(args.run_dir, args.checkpoint, _device(args.device), args.candidates, args.index,
                              limits, token, args.threads or default_threads(args.workers))
     if made:
@@ -695,6 +696,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if result.failed:
         raise PolyalignError(f"{len(result.failed)} run(s) of the sweep failed (their errors above and in "
                              f"{result.sweep_dir}/runs/*/*/status.json); the same command tries them again")
+    if result.elsewhere:
+        echo(f"{len(result.elsewhere)} run(s) are running in another process (another sweep on this folder); "
+             f"`polyalign sweep --status {result.sweep_dir}` shows when they end")
     echo(f"sweep directory: {result.sweep_dir}\ncompare its configurations: polyalign compare {result.sweep_dir}")
     return 0
 
@@ -886,6 +890,10 @@ def parser() -> argparse.ArgumentParser:
                     help="largest request body (default 16 MB, at most 4096; 413 above)")
     sv.add_argument("--max-values", type=_count(1), default=64, help="values per request (default 64; 413 above)")
     sv.add_argument("--max-k", type=_count(1), default=100, help="largest k of a search (default 100; 422 above)")
+    sv.add_argument("--max-decoded-millions", type=_number(0, 100_000, above=True), default=200.0,
+                    help="numbers the uploads of one request may decode to, in millions (image pixels x bands, "
+                         "audio samples, .npy entries; read from their headers before decoding; default 200; "
+                         "413 above)")
     sv.add_argument("--max-batch", type=_count(1), default=64, help="requests batched into one model run (default 64)")
     sv.add_argument("--batch-wait-ms", type=_number(0, 1000), default=2.0,
                     help="how long a batch waits for more requests after its first (default 2 ms, at most 1000)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from hostile_corpus import XOR, Case, Made, _bits, _embeddings, _recipe, _run_with, _save, _search, _text
+from hostile_corpus import TINY, XOR, Case, Made, _bits, _embeddings, _recipe, _run_with, _save, _search, _text
 
 DEEP = "[" * 100_000 + "]" * 100_000
 BIG = 2 << 30  # 2 GiB: over the 1 GiB a shard member may hold, written as a sparse file (no disk used)
@@ -153,6 +153,37 @@ def _meta_members() -> list[tuple[str, bytes]]:
     return [("__index__", b"x")] + members[:20] + meta + [("__x__", b"[]")] + members[20:]
 
 
+_HELD: list[int] = []  # slot locks the "another sweep runs it" case holds (as a live sweep would) till the end
+
+
+def _input_cache_of_another_layout(folder: Path) -> list[str]:
+    """`polyalign cache` over a disk input cache whose entries were all replaced by 2-D integer tensors."""
+    import polyalign
+    from safetensors.torch import load_file, save_file
+
+    from polyalign.training.cache_fill import fill_caches
+
+    overrides = [*TINY, "cache.inputs=disk", f"cache.dir={folder / 'cache'}"]
+    for filled in fill_caches(polyalign.load_recipe(XOR, overrides), show_progress=False):
+        for f in filled.folder.glob("*.safetensors"):
+            save_file({k: torch.zeros(2, 2, dtype=torch.int64) for k in load_file(str(f))}, str(f))
+    return ["cache", str(XOR), *overrides]
+
+
+def _sweep_of_a_held_slot(folder: Path) -> list[str]:
+    """A sweep of one run whose slot another process holds (its lock taken here, as a live sweep's run holds it)."""
+    import fcntl
+
+    import polyalign
+
+    slot = folder / "s" / "runs" / "train.lr=0.01" / f"seed-{polyalign.load_recipe(XOR, TINY).seed}"
+    slot.mkdir(parents=True)
+    fd = os.open(slot / ".sweep.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _HELD.append(fd)
+    return ["sweep", str(XOR), *TINY, "--grid", "train.lr=0.01", "--threads", "1", "--out", str(folder / "s")]
+
+
 CASES: dict[str, Case] = {
     # ---- 3. memory from a small input: bounded before it is read or expanded
     "train: a 10 kB shard holding a sparse 2 GiB member": lambda f, m: _train(
@@ -229,6 +260,9 @@ CASES: dict[str, Case] = {
     "search: index ids nested in lists": lambda f, m: _search(m, "b=" + _index(f, m, ids=[[[0]]] * 5)),
     "search: index ids that are booleans": lambda f, m: _search(m, "b=" + _index(f, m, ids=[True] * 5)),
     "search: index ids repeated": lambda f, m: _search(m, "b=" + _index(f, m, ids=[0, 1, 2, 3, "3"])),
+    # ---- round four (issue 31)
+    "cache: a disk input cache entry laid out unlike the encoder's values": lambda f, m: _input_cache_of_another_layout(f),
+    "sweep: a run another sweep is running": lambda f, m: _sweep_of_a_held_slot(f),
 }
 
 EXPECTED: dict[str, str] = {
@@ -288,6 +322,8 @@ EXPECTED: dict[str, str] = {
     "search: index ids nested in lists": "an id is text or a number",
     "search: index ids that are booleans": "an id is text or a number",
     "search: index ids repeated": "have the same id",
+    "cache: a disk input cache entry laid out unlike the encoder's values": "holds a 2-D torch.int64 tensor for a value in",
+    "sweep: a run another sweep is running": "running elsewhere (another process holds",
 }
 
 UNWANTED = ("does not exist", "not found", ".tmp-", "changed since it was counted", "loss plugin", "error: device:",

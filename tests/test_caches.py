@@ -104,6 +104,24 @@ def test_disk_cache_is_reused_and_invalidated_by_a_file_or_an_option(data, tmp_p
     assert {f.modality: f.computed for f in frozen} == {"image": 0, "v": 0}  # not a load option: reused
 
 
+def test_a_disk_input_cache_entry_laid_out_unlike_the_encoders_values_is_refused(data, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    base = _recipe(data, "cache.inputs=disk", f"cache.dir={tmp_path / 'cache'}")
+    filled = {f.modality: f for f in fill_caches(polyalign.load_recipe(XOR, base), show_progress=False)}
+    files = sorted(filled["image"].folder.glob("*.safetensors"))
+    for f in files:  # the same keys, each a 2-D uint8 tensor where the encoder decodes 3-D float32 images
+        save_file({k: (v[0] * 255).to(torch.uint8) for k, v in load_file(str(f)).items()}, str(f))
+    assert main(["cache", str(XOR), *base]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the input cache of modality 'image' holds a 2-D torch.uint8 tensor for a value in {files[0].parent}/" in err
+    assert "where the 'image' encoder decodes values to a 3-D torch.float32 tensor" in err
+    assert f"Delete the folder {filled['image'].folder}" in err
+    assert main(["train", str(XOR), *base, "--out", str(tmp_path / "runs")]) == 2  # training reads it too
+    assert "holds a 2-D torch.uint8 tensor" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 @pytest.mark.slow
 def test_training_through_the_disk_cache_equals_training_without(data, tmp_path, decodes):
     plain = polyalign.train(XOR, out=tmp_path / "plain", overrides=_recipe(data))

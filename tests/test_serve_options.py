@@ -28,6 +28,8 @@ from polyalign.cli import main
     ("--max-body-mb", "0", "above 0"),
     ("--max-body-mb", "-1", "above 0"),
     ("--max-body-mb", "inf", "at most 4096"),
+    ("--max-decoded-millions", "0", "above 0"),
+    ("--max-decoded-millions", "nan", "must be a number above 0 and at most 100000, got 'nan'"),
     ("--port", "70000", "must be at most 65535, got 70000"),
     ("--port", "-1", "must be at least 0"),
 ])

@@ -31,7 +31,7 @@ from .candidates import MEDIA_TYPES, CandidateSet, load_candidates
 from .jobs import Done, Job, run_jobs
 from .limits import BodyTooLarge, Gate, Limits
 from .metrics import ServeMetrics
-from .values import RequestError, count_values, form_value, inline_value, read_json, upload_value
+from .values import RequestError, check_decode_budget, count_values, form_value, inline_value, read_json, upload_value
 
 PAGE = Path(__file__).resolve().parent / "page"
 PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/page.js": ("page.js", "text/javascript"),
@@ -79,7 +79,8 @@ def model_card(model: TrainedModel, candidates: dict[str, CandidateSet], limits:
             "scored_by": f"{type(model.loss).__name__}.score", "checkpoint": model.checkpoint,
             "weights_sha256": model.weights_sha256, "plugins": requirements(recipe, default_plugins()),
             "candidates": [c.describe() for c in candidates.values()],
-            "limits": {"max_body_mb": limits.max_body_mb, "max_values": limits.max_values, "max_k": limits.max_k}}
+            "limits": {"max_body_mb": limits.max_body_mb, "max_values": limits.max_values, "max_k": limits.max_k,
+                       "max_decoded_millions": limits.max_decoded_millions}}
 
 
 class Service:
@@ -142,6 +143,7 @@ class Service:
         for m in raw:
             self.check_modality(m)
         count_values(raw, self.limits.max_values, NO_VALUES[json_key][kind == "multipart/form-data"])
+        check_decode_budget(raw, self.limits.max_decoded_millions)
         return raw, extra
 
     def _json_list(self, modality: str, given: Any, json_key: str) -> list[Any]:

@@ -23,6 +23,7 @@ class Limits:
     max_k: int = 100
     max_batch: int = 64
     batch_wait_ms: float = 2.0
+    max_decoded_millions: float = 200.0  # numbers the uploads of one request decode to, from their headers
 
     @property
     def max_body_bytes(self) -> int:

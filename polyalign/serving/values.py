@@ -4,6 +4,7 @@ text, never as a path on the server's disk), an upload is held in memory as a
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from pathlib import PurePosixPath
@@ -96,3 +97,51 @@ def count_values(values: dict[str, list[Any]], limit: int, example: str) -> None
         raise RequestError(413, f"{n} values in one request; the limit is {limit} (polyalign serve --max-values)")
     if n == 0:
         raise RequestError(422, f"no values given; {example}")
+
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".aiff", ".aif"})
+
+
+def decoded_numbers(value: Any) -> int:
+    """How many numbers an upload decodes to, read from its header without decoding it: an image's pixels
+    (width x height x bands), an audio file's samples (frames x channels), a ``.npy`` array's entries; 0 for
+    anything else (text, inline numbers: bounded by the body's size) or a header that does not read (the
+    encoder then says what is wrong with the file)."""
+    if not isinstance(value, FileBytes):
+        return 0
+    suffix = PurePosixPath(value.name).suffix.lower()
+    try:
+        if suffix in IMAGE_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(value.data)) as img:  # reads the header only
+                return img.size[0] * img.size[1] * len(img.getbands())
+        if suffix in AUDIO_SUFFIXES:
+            import soundfile
+
+            info = soundfile.info(io.BytesIO(value.data))
+            return int(info.frames) * int(info.channels)
+        if suffix == ".npy":
+            from numpy.lib import format as npy
+
+            fh = io.BytesIO(value.data)
+            read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(npy.read_magic(fh))
+            return math.prod(read(fh)[0]) if read else 0
+    except Exception:  # noqa: BLE001 - not readable as such: the encoder refuses it with its own message
+        return 0
+    return 0
+
+
+def check_decode_budget(values: dict[str, list[Any]], limit_millions: float) -> None:
+    """Refuse a request whose uploads decode to more than ``limit_millions`` million numbers in all (413,
+    naming the largest ones and the option), from their headers, before anything is decoded."""
+    sizes = [(f"{m!r} value {i} ({v.name})", n) for m, vs in values.items() for i, v in enumerate(vs)
+             if (n := decoded_numbers(v))]
+    total = sum(n for _, n in sizes)
+    if total > limit_millions * 1e6:
+        largest = ", ".join(f"{where}: {n / 1e6:.1f} million" for where, n in sorted(sizes, key=lambda x: -x[1])[:3])
+        raise RequestError(413, f"the uploads of this request decode to {total / 1e6:.1f} million numbers (pixels x "
+                                f"bands, audio samples, array entries; largest: {largest}); the limit is "
+                                f"{limit_millions:g} million per request (polyalign serve --max-decoded-millions). "
+                                f"Send fewer or smaller files per request")

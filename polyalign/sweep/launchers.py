@@ -15,7 +15,7 @@ from typing import Any
 
 from polyalign.launch import SlurmOptions, submitit_executor
 
-from .worker import FAILED, RUNNING, read_status, run_slot, run_slot_logged, write_status
+from .worker import BUSY, DONE, FAILED, RUNNING, read_status, run_slot, run_slot_logged, slot_busy, write_status
 
 Report = Callable[[str, dict[str, Any]], None]
 """Called with each run's id and final status as it ends."""
@@ -57,11 +57,15 @@ def _child(work: Callable[[str, str, int], Any], sweep_dir: str, run_id: str, th
 
 
 def _ended(sweep_dir: Path, run_id: str, exitcode: int | None) -> dict[str, Any]:
-    """A run's status once its process ended; a process that died without recording its end is a failure."""
+    """A run's status once its process ended: ``busy`` when another live process runs the slot (another sweep
+    on the folder: its run is not this one's failure); a process that died without recording its end is a
+    failure."""
     from .plan import read_plan, slot_dir
 
     slot = slot_dir(sweep_dir, read_plan(sweep_dir).run(run_id))
     status = read_status(slot)
+    if status.get("state") != DONE and slot_busy(slot):
+        return {"state": BUSY, "id": run_id}
     if status.get("state") in (None, RUNNING):
         how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
         status = write_status(slot, **{**status, "id": run_id, "state": FAILED,

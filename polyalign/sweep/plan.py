@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,7 +22,13 @@ from polyalign.files.atomic import atomic_write_text
 from polyalign.files.json_file import JsonError, read_json
 from polyalign.files.run_files import RECIPE_FILE
 
+try:
+    import fcntl
+except ImportError:  # Windows: the plan is not locked there
+    fcntl = None  # type: ignore[assignment]
+
 MANIFEST = "sweep.json"
+PLAN_LOCK = ".sweep.json.lock"
 RUNS_DIR = "runs"
 STATUS_FILE = "status.json"
 OUTPUT_FILE = "output.log"
@@ -189,29 +197,49 @@ def write_plan(sweep_dir: Path, plan: SweepPlan) -> None:
     atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps(plan.model_dump(mode="json"), indent=2) + "\n")
 
 
+@contextlib.contextmanager
+def plan_lock(sweep_dir: Path) -> Iterator[None]:
+    """Hold the lock on ``sweep_dir``'s plan for the block (waiting for another sweep that holds it), so that
+    two sweeps on one folder read and write ``sweep.json`` one after the other. The kernel drops the lock
+    with its process, however it ends."""
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(Path(sweep_dir) / PLAN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def merge_plan(sweep_dir: Path, plan: SweepPlan) -> SweepPlan:
     """``plan`` recorded in ``sweep_dir``: a new sweep, or the same sweep called again (its runs and any
-    new grid values or seeds). Refuses a folder that holds a sweep of another recipe or overrides."""
-    if not (Path(sweep_dir) / MANIFEST).is_file():
-        write_plan(sweep_dir, plan)
-        return plan
-    old = read_plan(sweep_dir)
-    if (old.recipe, old.recipe_sha256, old.overrides) != (plan.recipe, plan.recipe_sha256, plan.overrides):
-        what = ("the recipe file changed since" if old.recipe == plan.recipe and old.overrides == plan.overrides
-                else f"it holds a sweep of {old.recipe} {' '.join(old.overrides)}".rstrip())
-        raise PolyalignError(f"{sweep_dir}: {what}; the runs there would not be runs of this command. Give "
-                             f"another --out for a new sweep")
-    if (old.search is None) != (plan.search is None):
-        raise PolyalignError(f"{sweep_dir} holds a {'grid' if old.search is None else 'search'}; give another "
-                             f"--out for a {'search' if plan.search else 'grid'}")
-    known = {r.id for r in old.runs}
-    old.runs += [r for r in plan.runs if r.id not in known]
-    for k, values in plan.grid.items():
-        old.grid[k] = list(dict.fromkeys([*old.grid.get(k, []), *values]))
-    old.seeds = sorted({*old.seeds, *plan.seeds})
-    old.search, old.jobs = plan.search, plan.jobs
-    write_plan(sweep_dir, old)
-    return old
+    new grid values or seeds), under the plan's lock: a second sweep on the folder at the same time adds
+    its runs to the plan, never overwrites it. Refuses a folder that holds a sweep of another recipe or
+    overrides."""
+    with plan_lock(sweep_dir):
+        if not (Path(sweep_dir) / MANIFEST).is_file():
+            write_plan(sweep_dir, plan)
+            return plan
+        old = read_plan(sweep_dir)
+        if (old.recipe, old.recipe_sha256, old.overrides) != (plan.recipe, plan.recipe_sha256, plan.overrides):
+            what = ("the recipe file changed since" if old.recipe == plan.recipe and old.overrides == plan.overrides
+                    else f"it holds a sweep of {old.recipe} {' '.join(old.overrides)}".rstrip())
+            raise PolyalignError(f"{sweep_dir}: {what}; the runs there would not be runs of this command. Give "
+                                 f"another --out for a new sweep")
+        if (old.search is None) != (plan.search is None):
+            raise PolyalignError(f"{sweep_dir} holds a {'grid' if old.search is None else 'search'}; give another "
+                                 f"--out for a {'search' if plan.search else 'grid'}")
+        known = {r.id for r in old.runs}
+        old.runs += [r for r in plan.runs if r.id not in known]
+        for k, values in plan.grid.items():
+            old.grid[k] = list(dict.fromkeys([*old.grid.get(k, []), *values]))
+        old.seeds = sorted({*old.seeds, *plan.seeds})
+        old.search, old.jobs = plan.search, plan.jobs
+        write_plan(sweep_dir, old)
+        return old
 
 
 def is_sweep_dir(path: str | Path) -> bool:

@@ -13,7 +13,7 @@ from polyalign.launch import SlurmOptions
 
 from .launchers import LAUNCHERS, launch_local, launch_submitit, threads_per_run
 from .plan import SweepPlan, check_size, find_run_dir, merge_plan, new_plan, slot_dir
-from .worker import DONE, FAILED, finished, read_status
+from .worker import BUSY, DONE, FAILED, finished, read_status
 
 DEFAULT_ROOT = Path("sweeps")
 
@@ -30,7 +30,12 @@ class SweepResult:
     @property
     def failed(self) -> dict[str, str]:
         """Run id -> error of each run that failed in this call."""
-        return {k: str(s.get("error", "")) for k, s in self.ended.items() if s.get("state") != DONE}
+        return {k: str(s.get("error", "")) for k, s in self.ended.items() if s.get("state") not in (DONE, BUSY)}
+
+    @property
+    def elsewhere(self) -> list[str]:
+        """The runs another live process was running (another sweep on the folder): not failed, not done here."""
+        return [k for k, s in self.ended.items() if s.get("state") == BUSY]
 
 
 def check_runs(plan: SweepPlan, echo: Callable[[str], None]) -> None:
@@ -99,6 +104,8 @@ def run_sweep(recipe: str | Path, grid: dict[str, list[str]], seeds: int, overri
         head = f"[{len(result.ended)}/{len(todo)}] {status.get('state', FAILED)}: {name}"
         if status.get("state") == DONE:
             echo(f"{head} ({status.get('seconds', 0):.0f} s) {status.get('run_dir')}")
+        elif status.get("state") == BUSY:
+            echo(f"{head}: running elsewhere (another process holds {slots[run_id]}; it records the run's end)")
         else:
             echo(f"{head}: {status.get('error', '')}")
 

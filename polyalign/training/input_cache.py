@@ -85,16 +85,17 @@ def cache_dir(recipe: Recipe, kind: str) -> Path:
     return (Path(recipe.cache.dir).expanduser() if recipe.cache.dir else cache_root()) / kind
 
 
-def check_deterministic(encoder: Encoder, modality: str, plugin: str, value: Any, root: Path | None) -> None:
+def check_deterministic(encoder: Encoder, modality: str, plugin: str, value: Any, root: Path | None) -> Input | None:
     """Refuse the input cache for an encoder whose decoded values are random: it says so
-    (``random_decode``), or decoding ``value`` twice under different seeds gives different tensors."""
+    (``random_decode``), or decoding ``value`` twice under different seeds gives different tensors.
+    Returns ``value`` decoded (None without a value)."""
     advice = ("Set cache.inputs: none for this recipe, or give the encoder a deterministic decode() and "
               "put the random part in finish() (see polyalign.core.encoder.Encoder).")
     if encoder.random_decode:
         raise PolyalignError(f"cache.inputs: the {plugin!r} encoder of modality {modality!r} decodes values at "
                              f"random (random_decode = True): a cached value would repeat one draw. {advice}")
     if value is None:
-        return
+        return None
     saved, was_training = rng_state(), encoder.training
     try:
         encoder.train()
@@ -113,6 +114,49 @@ def check_deterministic(encoder: Encoder, modality: str, plugin: str, value: Any
         raise PolyalignError(f"cache.inputs: the {plugin!r} encoder of modality {modality!r} decoded the same "
                              f"value ({describe_value(value)}) to different tensors under different random seeds, "
                              f"so its decoded values cannot be cached. {advice}")
+    return a
+
+
+Layout = tuple[tuple[str, torch.dtype, int], ...]
+"""What a decoded value is made of: each field (``""`` for a lone tensor), its dtype and its number of
+dimensions (the sizes may vary from value to value: a text's length, an image's size)."""
+
+
+def layout(x: Any) -> Layout | None:
+    """The :data:`Layout` of a decoded value (None if it is not a tensor or a dict of tensors)."""
+    items = sorted(x.items()) if isinstance(x, dict) else [("", x)]
+    if not all(isinstance(t, torch.Tensor) for _, t in items):
+        return None
+    return tuple((field, t.dtype, t.dim()) for field, t in items)
+
+
+def describe_layout(shape: Layout | None) -> str:
+    """A layout in words: ``a 3-D torch.float32 tensor`` or ``the fields ids (1-D torch.int64), ...``."""
+    if shape is None:
+        return "something that is not a tensor or a dict of tensors"
+    if len(shape) == 1 and shape[0][0] == "":
+        return f"a {shape[0][2]}-D {shape[0][1]} tensor"
+    return "the fields " + ", ".join(f"{f} ({n}-D {dtype})" for f, dtype, n in shape)
+
+
+class DiskInputs(TensorStore):
+    """A modality's disk input cache folder: an entry that is not laid out as the encoder decodes values
+    (fields, dtypes, dimensions of ``expected``; unchecked when None) is refused naming its file."""
+
+    def __init__(self, folder: Path, modality: str, plugin: str, expected: Layout | None):
+        super().__init__(folder)
+        self.modality, self.plugin, self.expected = modality, plugin, expected
+
+    def get(self, key: str) -> Input | None:
+        x = super().get(key)
+        if x is not None and self.expected is not None and (found := layout(x)) != self.expected:
+            where = self.index[key][0] if key in self.index else self.folder
+            raise PolyalignError(f"the input cache of modality {self.modality!r} holds {describe_layout(found)} "
+                                 f"for a value in {where}, where the {self.plugin!r} encoder decodes values to "
+                                 f"{describe_layout(self.expected)}: the cache was written by something else or "
+                                 f"damaged. Delete the folder {self.folder} (its values are decoded again), or set "
+                                 f"cache.inputs: none")
+        return x
 
 
 class MemoryStore:
@@ -236,9 +280,11 @@ def input_stores(recipe: Recipe, encoders: dict[str, Encoder], examples: dict[st
                              "streamed from shards; use cache.inputs: disk")
     stores: dict[str, Store] = {}
     for m, encoder in encoders.items():
-        check_deterministic(encoder, m, recipe.modalities[m].encoder.plugin, examples.get(m), root)
+        plugin = recipe.modalities[m].encoder.plugin
+        example = check_deterministic(encoder, m, plugin, examples.get(m), root)
+        folder = cache_dir(recipe, "inputs") / options_key(recipe.modalities[m].encoder, encoder, "inputs")
         stores[m] = MemoryStore() if mode == "memory" else \
-            TensorStore(cache_dir(recipe, "inputs") / options_key(recipe.modalities[m].encoder, encoder, "inputs"))
+            DiskInputs(folder, m, plugin, None if example is None else layout(example))
     return stores
 
 
