@@ -300,9 +300,8 @@ def _compare_groups(args: argparse.Namespace) -> int:
         found = sweep_groups(d) if is_sweep_dir(d) else {str(d): run_dirs_in(d)}
         groups.update({(f"{Path(d).name}: {k}" if len(args.run_dirs) > 1 else k): v for k, v in found.items()})
     result = aggregate_groups(groups, args.out, args.metric)
-    header, lines = result.lines()
-    _print_lines("comparison of configurations", header, lines,
-                 "mean over the runs (seeds) [95% Student-t interval of the mean]", 2 + len(result.ids))
+    for task, header, lines, n_left in result.tables():
+        _print_lines(f"{task}: comparison of configurations", header, lines, result.caption(), n_left)
     for reason in result.skipped:
         err.print(f"[yellow]skipped:[/yellow] {escape(reason)}", soft_wrap=True)
     out.print("tables and plot: " + ", ".join(str(f) for f in result.files))
