@@ -177,16 +177,19 @@ def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tup
     chance = common_chance([r for d in bars.values() for r in d.values()])
     if chance is not None:
         ax.axhline(chance, color="gray", linestyle=":", linewidth=1.2, label=f"chance ({chance:.3f})")
-    ax.set_ylim(0, 1.05)
+    top = max([float(r.get("ci_high", r["value"])) for d in bars.values() for r in d.values()] + [chance or 0.0])
+    ax.set_ylim(0, min(1.05, 1.15 * top + 0.02))  # accuracies in [0, 1]; near 0 the axis zooms in to read them
     ax.set_xlabel("target ← query modalities")
     ax.set_ylabel(METRIC_LABEL)
     ax.set_title("Zero-shot accuracy from each query subset"
-                 + (f" (error bars: {interval})" if intervals else ""), fontsize=10)
+                 + (f"\nerror bars: {interval}" if intervals else ""), fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def _curve_panel(ax: Any, runs: list[RunReport], target: str, per_run: dict[int, list[dict[str, Any]]]) -> None:
+    from matplotlib.lines import Line2D
+
     dropped_names: list[str] = []
     shaded = False
     for i, rows in per_run.items():
@@ -201,25 +204,30 @@ def _curve_panel(ax: Any, runs: list[RunReport], target: str, per_run: dict[int,
             x = [float(r["rate"]) for r in line]
             color = COLORS[i % len(COLORS)]
             ax.plot(x, [float(r["value"]) for r in line], color=color, linestyle=LINESTYLES[k % len(LINESTYLES)],
-                    marker=MARKERS[k % len(MARKERS)], markersize=4, label=f"{runs[i].label}, drop {name}")
+                    marker=MARKERS[k % len(MARKERS)], markersize=4)
             if all("ci_low" in r for r in line):
                 shaded = True
                 ax.fill_between(x, [r["ci_low"] for r in line], [r["ci_high"] for r in line],
                                 color=color, alpha=0.10, linewidth=0)
     ax.set_xticks(sorted({float(r["rate"]) for rows in per_run.values() for r in rows}))
-    shading = " (shaded: bootstrap interval)" if shaded else ""
-    ax.set_title(f"target {target}: accuracy vs test-time dropout{shading}", fontsize=10)
+    shading = "\nshaded: bootstrap interval" if shaded else ""
+    ax.set_title(f"target {target}: accuracy vs test-time dropout{shading}", fontsize=9)
     ax.set_xlabel("test-time dropout rate")
     ax.set_ylabel(METRIC_LABEL)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    # colours are the runs (the figure's legend); the panel's legend names the line styles only
+    ax.legend(handles=[Line2D([], [], color="gray", linestyle=LINESTYLES[k % len(LINESTYLES)],
+                              marker=MARKERS[k % len(MARKERS)], markersize=4, label=f"drop {name}")
+                       for k, name in enumerate(dropped_names)], fontsize=7, loc="best")
 
 
 def plot_comparison(runs: list[RunReport], path: Path, interval: str = "bootstrap interval") -> Path | None:
     """Grouped bars of accuracy per (target, query subset), and accuracy-vs-dropout curves per
     target, one colour per run (line style and marker: the dropped modality); ``interval`` names
     what the error bars are."""
+    from matplotlib.patches import Patch
+
     keys, bars, curves = _collect(runs)
     if not keys and not curves:
         return None
@@ -238,8 +246,18 @@ def plot_comparison(runs: list[RunReport], path: Path, interval: str = "bootstra
             _curve_panel(ax, runs, target, per_run)
         for ax in axes[len(curves):]:
             ax.set_visible(False)
-    fig.suptitle("Run comparison: " + " vs ".join(run.label for run in runs), fontsize=11)
+        if not keys:  # no bar panel carries the runs' colours
+            sub.legend(handles=[Patch(color=COLORS[i % len(COLORS)], label=run.label) for i, run in enumerate(runs)],
+                       fontsize=8, loc="outside right upper")
+    fig.suptitle(figure_title(runs), fontsize=11)
     return save_figure(fig, path)
+
+
+def figure_title(runs: list[RunReport]) -> str:
+    """'A vs B' for two short labels, else 'Comparison of N runs' (the legend names each)."""
+    if len(runs) == 2 and sum(len(r.label) for r in runs) <= 60:
+        return f"{runs[0].label} vs {runs[1].label}"
+    return f"Comparison of {len(runs)} runs or configurations (colours: legend)"
 
 
 def out_folder(out_dir: str | Path) -> Path:
