@@ -13,7 +13,7 @@ import yaml
 from polyalign.cli import main
 from polyalign.core.errors import PolyalignError
 from polyalign.evaluation.aggregate import aggregate_groups, mean_interval
-from polyalign.evaluation.paired import paired_bootstrap, paired_test, per_query, sign_flip_p
+from polyalign.evaluation.paired import native_name, paired_bootstrap, paired_test, per_query, sign_flip_p
 
 N = 200  # test tuples per seed
 
@@ -109,3 +109,10 @@ def test_paired_refuses_runs_of_other_data_or_unmatched_seeds(tmp_path):
         paired_test(a, [_run(tmp_path / "c", 1, 1.0, [1] * N)])
     with pytest.raises(PolyalignError, match="not a per-query metric"):
         paired_test(a, a, "median_rank")
+
+
+def test_a_paired_row_keeps_the_metric_name_its_evaluator_gave():
+    assert native_name("accuracy", ["R@1", "R@5", "mean_rank"]) == "R@1"  # retrieval's top-1 is R@1
+    assert native_name("top5", ["R@1", "R@5"]) == "R@5" and native_name("R@5", ["accuracy", "top5"]) == "top5"
+    assert native_name("accuracy", ["accuracy", "top5"]) == "accuracy"
+    assert native_name("mrr", ["R@1"]) == "mrr"
