@@ -92,7 +92,7 @@ def _name_cells(lines: list[list[str]], n_ids: int) -> tuple[list[list[str]], li
 
 def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     """One table per task: a line per (target, query, ...) and a column per metric."""
-    from polyalign.evaluation.report_table import pivot_rows
+    from polyalign.core.report_table import pivot_rows
 
     tables = []
     for pivot in pivot_rows(rows, interval_metrics={"accuracy"}):  # one interval per line keeps it narrow

@@ -14,7 +14,7 @@ from polyalign import cli
 from polyalign.cli import main
 from polyalign.core.errors import PolyalignError
 from polyalign.evaluation.compare import compare_runs, load_run
-from polyalign.evaluation.report_table import cell_text
+from polyalign.core.report_table import cell_text
 
 RECIPES = Path(__file__).resolve().parents[1] / "polyalign" / "recipes"
 TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.batch_size=64", "train.epochs=1",

@@ -239,7 +239,7 @@ def test_config_is_validated():
 
 
 def test_report_table_has_a_line_per_query_and_a_column_per_metric(known):
-    from polyalign.evaluation.report_table import pivot_rows
+    from polyalign.core.report_table import pivot_rows
 
     rows = MissingModality(MissingModalityConfig(target="b", rates=[0.0, 0.5], resamples=50))(hand_made_context(known))
     subsets, curve = pivot_rows(rows, interval_metrics={"accuracy"})

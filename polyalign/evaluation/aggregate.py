@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from polyalign.core.errors import PolyalignError
+from polyalign.core.report_table import cell_text, hashable, identity_fields
 from polyalign.files.atomic import atomic_write_text
 from polyalign.files.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR
 
 from .compare import RunReport, load_run, out_folder, plot_comparison
 from .paired import RESAMPLES
-from .report_table import cell_text, hashable, identity_fields
 
 AGGREGATE_FILES = ("compare.md", "compare.csv", "compare.json", "compare.png")
 

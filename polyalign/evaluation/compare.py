@@ -9,6 +9,7 @@ from typing import Any
 
 from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import read_report
+from polyalign.core.report_table import cell_text, hashable, identity_fields, metric_cell
 from polyalign.files.atomic import atomic_write_text
 from polyalign.files.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR, REPORT_JSON
 from polyalign.files.weights import WEIGHTS
@@ -25,7 +26,6 @@ from .report_plots import (
     save_figure,
     subset_sort_key,
 )
-from .report_table import cell_text, hashable, identity_fields, metric_cell
 
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
