@@ -123,7 +123,8 @@ def headline_sentence(run_dir: Path, rows: list[dict[str, Any]]) -> str:
     interval = (f" [{found.ci_low:.3f}, {found.ci_high:.3f}] (95% percentile bootstrap over the test tuples)"
                 if found.ci_low is not None else "")
     chosen = " ".join(pattern_text(p) for p in patterns)
-    return f"**Headline: {found.value:.3f}**{interval}: the mean of the {len(found.rows)} rows {chosen}."
+    n = len(found.rows)
+    return f"**Headline: {found.value:.3f}**{interval}: the mean of {chosen} ({n} row{'s' * (n != 1)})."
 
 
 def write_report(run_dir: Path, rows: list[dict[str, Any]], notes: Sequence[str] = (),
