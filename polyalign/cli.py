@@ -310,7 +310,7 @@ def _compare_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from polyalign.evaluation.compare import compare_runs
+    from polyalign.evaluation.compare import by_task, compare_runs
     from polyalign.files.run_files import RECIPE_FILE
 
     if args.paired:
@@ -321,15 +321,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if all(folders) or any(is_sweep_dir(d) for d in args.run_dirs):
         return _compare_groups(args)  # sweeps or folders of runs: configurations aggregated over their runs
     result = compare_runs(args.run_dirs, args.out, args.metric)
-    table = Table(title="comparison", caption=escape("value [bootstrap interval]; — = no such row in that run"))
-    n_ids = len(result.header) - len(result.runs)
-    lines, widths = _name_cells(result.lines, n_ids)
-    for i, c in enumerate(result.header):
-        table.add_column(escape(c), justify="right" if i >= n_ids else "left", overflow="fold",
-                         min_width=max(widths[i], len(c)) if i < n_ids else None)
-    for line in lines:
-        table.add_row(*map(escape, line))
-    out.print(table)
+    n_runs = len(result.runs)
+    for task, header, task_lines in by_task(result.header, result.lines, len(result.header) - n_runs):
+        table = Table(title=escape(f"{task}: comparison" if task else "comparison"),
+                      caption=escape("value [bootstrap interval]; — = no such row in that run"))
+        n_ids = len(header) - n_runs
+        lines, widths = _name_cells(task_lines, n_ids)
+        for i, c in enumerate(header):
+            table.add_column(escape(c), justify="right" if i >= n_ids else "left", overflow="fold",
+                             min_width=max(widths[i], len(c)) if i < n_ids else None)
+        for line in lines:
+            table.add_row(*map(escape, line))
+        out.print(table)
     for run in result.runs:
         out.print(f"{escape(run.label)}: {escape(str(run.run_dir))}")
     for reason in result.skipped:

@@ -26,6 +26,7 @@ from .report_plots import (
     save_figure,
     subset_sort_key,
 )
+from .training_plots import differing_settings
 
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
@@ -90,15 +91,17 @@ def unfinished_run(run_dir: Path) -> str:
 
 
 def unique_labels(runs: list[RunReport]) -> None:
-    """Make column names distinct: repeated labels get '#1', '#2'... in run order."""
-    counts: dict[str, int] = {}
+    """Make column names distinct: runs of one label get the recipe settings that differ between them
+    (``seed=1``), or '#1', '#2'... in run order where their recipes are the same."""
+    groups: dict[str, list[RunReport]] = {}
     for r in runs:
-        counts[r.label] = counts.get(r.label, 0) + 1
-    seen: dict[str, int] = {}
-    for r in runs:
-        if counts[r.label] > 1:
-            seen[r.label] = seen.get(r.label, 0) + 1
-            r.label = f"{r.label} #{seen[r.label]}"
+        groups.setdefault(r.label, []).append(r)
+    for label, group in groups.items():
+        if len(group) < 2:
+            continue
+        settings = differing_settings([r.run_dir for r in group])
+        for n, (r, differ) in enumerate(zip(group, settings), 1):
+            r.label = f"{label} {differ}" if differ else f"{label} #{n}"
 
 
 def aligned_table(runs: list[RunReport], metrics: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
@@ -119,13 +122,30 @@ def aligned_table(runs: list[RunReport], metrics: list[str] | None = None) -> tu
     return header, lines
 
 
+def by_task(header: list[str], lines: list[list[str]], n_ids: int) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The aligned table split into one table per task, each without the identity columns (the first
+    ``n_ids``) that are empty in all its lines: (task, header, lines)."""
+    if "task" not in header[:n_ids]:
+        return [("", header, lines)]
+    at = header.index("task")
+    out = []
+    for task in dict.fromkeys(line[at] for line in lines):
+        mine = [line for line in lines if line[at] == task]
+        keep = [i for i in range(len(header)) if i >= n_ids or (i != at and any(line[i] for line in mine))]
+        out.append((task, [header[i] for i in keep], [[line[i] for i in keep] for line in mine]))
+    return out
+
+
 def compare_markdown(runs: list[RunReport], header: list[str], lines: list[list[str]], figure: str | None) -> str:
-    """The comparison as Markdown: which run is which column, then the aligned table."""
+    """The comparison as Markdown: which run is which column, then a table per task with only its columns."""
     out = ["# Comparison", "", "| column | run directory |", "|---|---|"]
     out += [f"| {run.label} | {run.run_dir} |" for run in runs]
-    out += ["", "Cells: value [bootstrap interval] where the evaluator resampled; — = no such row.", ""]
-    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(line) + " |" for line in lines]
+    out += ["", "Cells: value [bootstrap interval over the test tuples, where the evaluator resampled]; "
+            "— = no such row."]
+    for task, part_header, part_lines in by_task(header, lines, len(header) - len(runs)):
+        out += ["", f"## {task}", ""] if task else [""]
+        out += ["| " + " | ".join(part_header) + " |", "|" + "---|" * len(part_header)]
+        out += ["| " + " | ".join(line) + " |" for line in part_lines]
     if figure:
         out += ["", f"![comparison]({figure})"]
     return "\n".join(out) + "\n"

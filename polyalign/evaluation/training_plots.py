@@ -118,18 +118,25 @@ def _eval_label(row: dict[str, Any], with_task: bool, extra: list[str]) -> str:
     return f"{task}{row.get('target')} from {query}{more} · {row.get('metric')}"
 
 
-def run_names(run_dirs: list[Path]) -> list[str]:
-    """Legend names of runs: the settings of their recipes that differ (``seed=1, train.lr=0.01``), then the
-    folder; the folder alone for one run or runs of identical recipes."""
+def differing_settings(run_dirs: list[Path]) -> list[str]:
+    """Per run, the settings of its recipe that differ between the runs (``seed=1, train.lr=0.01``; at
+    most ``MAX_NAMED_SETTINGS``, then '…'); empty strings where the recipes are the same."""
     flat = []
     for d in run_dirs:
         try:
-            flat.append(flat_settings(read_yaml(d / RECIPE_FILE)))
+            flat.append(flat_settings(read_yaml(Path(d) / RECIPE_FILE)))
         except YamlError:
             flat.append({})
     keys = [k for k in dict.fromkeys(k for f in flat for k in f) if len({str(f.get(k)) for f in flat}) > 1]
-    return [", ".join(f"{k}={f.get(k, '—')}" for k in keys[:MAX_NAMED_SETTINGS]) + ("…" * (len(keys) > MAX_NAMED_SETTINGS))
-            + f" ({d.name})" if keys else d.name for d, f in zip(run_dirs, flat)]
+    more = "…" if len(keys) > MAX_NAMED_SETTINGS else ""
+    return [", ".join(f"{k}={f.get(k, '—')}" for k in keys[:MAX_NAMED_SETTINGS]) + more for f in flat]
+
+
+def run_names(run_dirs: list[Path]) -> list[str]:
+    """Legend names of runs: the settings of their recipes that differ, then the folder
+    (``seed=1, train.lr=0.01 (demo-20261208-0311)``); the folder alone where the recipes are the same."""
+    return [f"{settings} ({Path(d).name})" if settings else Path(d).name
+            for d, settings in zip(run_dirs, differing_settings(run_dirs))]
 
 
 def flat_settings(node: Any, prefix: str = "") -> dict[str, Any]:
