@@ -46,7 +46,9 @@ def test_compare_aligns_rows_and_writes_table_and_plot(two_runs, tmp_path):
             assert by_key[key][column] == f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
     markdown = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| xor-clip (clip) | " in markdown and str(holes) in markdown
-    assert "| missing_modality | b | a+c |" in markdown and "![comparison](compare.png)" in markdown
+    section = markdown[markdown.index("## missing_modality"):markdown.index("## dropout_curve")]
+    assert "| target | query | metric | xor-clip (clip) |" in section  # no dropped/rate: not its columns
+    assert "| b | a+c | accuracy |" in section and "![comparison](compare.png)" in markdown
     with Image.open(tmp_path / "cmp" / "compare.png") as img:
         assert img.format == "PNG" and img.size[0] > 700 and img.size[1] > 500
 
@@ -59,7 +61,8 @@ def test_compare_cli_prints_the_table_and_filters_metrics(two_runs, tmp_path, ca
     shown = capsys.readouterr().out
     assert "xor-clip-holes (clip)" in shown and "dropout_curve" in shown
     lines = (tmp_path / "compare.md").read_text().splitlines()
-    table = [line for line in lines if line.startswith("| missing_modality") or line.startswith("| dropout_curve")]
+    table = [line for line in lines if line.startswith("| b |")]
+    assert "## missing_modality" in lines and "## dropout_curve" in lines
     assert table and all(" accuracy |" in line for line in table)
     assert (tmp_path / "compare.png").is_file()
 
@@ -96,3 +99,18 @@ def test_runs_without_a_report_are_skipped_with_the_reason(two_runs, tmp_path, c
     assert f"skipped: {stopped} has no checkpoint and no evaluation: the run was stopped before its first" in err
     assert f"polyalign train --resume {stopped}" in err
     assert str(stopped) not in (tmp_path / "compare.md").read_text()
+
+
+def test_runs_of_one_recipe_are_told_apart_by_their_seed_and_results_do_not_split_rows(tmp_path):
+    runs = []
+    for seed, c in ((0, 1.0), (1, 100.0)):  # each seed's probe picked another C on val
+        run = tmp_path / f"demo-2026120{seed}"
+        (run / "eval").mkdir(parents=True)
+        (run / "recipe.yaml").write_text(f"name: demo\nseed: {seed}\nloss: {{plugin: clip}}\n")
+        (run / "eval" / "report.json").write_text(json.dumps([
+            {"task": "linear_probe", "target": "class", "query": ["a"], "shots": "all", "metric": m, "value": v}
+            for m, v in (("accuracy", 0.8 + seed / 10), ("chosen_C", c))]))
+        runs.append(run)
+    result = compare_runs(runs, tmp_path / "cmp")
+    assert result.header == ["task", "target", "query", "shots", "metric", "demo (clip) seed=0", "demo (clip) seed=1"]
+    assert [line[4:] for line in result.lines] == [["accuracy", "0.800", "0.900"], ["chosen_C", "1.000", "100.000"]]
