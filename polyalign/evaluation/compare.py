@@ -140,8 +140,8 @@ def compare_markdown(runs: list[RunReport], header: list[str], lines: list[list[
     """The comparison as Markdown: which run is which column, then a table per task with only its columns."""
     out = ["# Comparison", "", "| column | run directory |", "|---|---|"]
     out += [f"| {run.label} | {run.run_dir} |" for run in runs]
-    out += ["", "Cells: value [bootstrap interval over the test tuples, where the evaluator resampled]; "
-            "— = no such row."]
+    out += ["", ("Cells: value [bootstrap interval over the test tuples, where the evaluator resampled]; "
+                 "— = no such row.")]
     for task, part_header, part_lines in by_task(header, lines, len(header) - len(runs)):
         out += ["", f"## {task}", ""] if task else [""]
         out += ["| " + " | ".join(part_header) + " |", "|" + "---|" * len(part_header)]
