@@ -94,7 +94,7 @@ def _name_cells(lines: list[list[str]], n_ids: int) -> tuple[list[list[str]], li
 
 def _rows_tables(rows: list[dict], title: str) -> list[Table]:
     """One table per task: a line per (target, query, ...) and a column per metric."""
-    from polyalign.evaluation.report_table import pivot_rows
+    from polyalign.core.report_table import pivot_rows
 
     tables = []
     for pivot in pivot_rows(rows, interval_metrics={"accuracy"}):  # one interval per line keeps it narrow
@@ -302,9 +302,8 @@ def _compare_groups(args: argparse.Namespace) -> int:
         found = sweep_groups(d) if is_sweep_dir(d) else {str(d): run_dirs_in(d)}
         groups.update({(f"{Path(d).name}: {k}" if len(args.run_dirs) > 1 else k): v for k, v in found.items()})
     result = aggregate_groups(groups, args.out, args.metric)
-    header, lines = result.lines()
-    _print_lines("comparison of configurations", header, lines,
-                 "mean over the runs (seeds) [95% Student-t interval of the mean]", 2 + len(result.ids))
+    for task, header, lines, n_left in result.tables():
+        _print_lines(f"{task}: comparison of configurations", header, lines, result.caption(), n_left)
     for reason in result.skipped:
         err.print(f"[yellow]skipped:[/yellow] {escape(reason)}", soft_wrap=True)
     out.print("tables and plot: " + ", ".join(str(f) for f in result.files))
@@ -313,7 +312,7 @@ def _compare_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from polyalign.evaluation.compare import compare_runs
+    from polyalign.evaluation.compare import by_task, compare_runs
     from polyalign.files.run_files import RECIPE_FILE
 
     if args.paired:
@@ -324,15 +323,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if all(folders) or any(is_sweep_dir(d) for d in args.run_dirs):
         return _compare_groups(args)  # sweeps or folders of runs: configurations aggregated over their runs
     result = compare_runs(args.run_dirs, args.out, args.metric)
-    table = Table(title="comparison", caption=escape("value [bootstrap interval]; — = no such row in that run"))
-    n_ids = len(result.header) - len(result.runs)
-    lines, widths = _name_cells(result.lines, n_ids)
-    for i, c in enumerate(result.header):
-        table.add_column(escape(c), justify="right" if i >= n_ids else "left", overflow="fold",
-                         min_width=max(widths[i], len(c)) if i < n_ids else None)
-    for line in lines:
-        table.add_row(*map(escape, line))
-    out.print(table)
+    n_runs = len(result.runs)
+    for task, header, task_lines in by_task(result.header, result.lines, len(result.header) - n_runs):
+        table = Table(title=escape(f"{task}: comparison" if task else "comparison"),
+                      caption=escape("value [bootstrap interval]; — = no such row in that run"))
+        n_ids = len(header) - n_runs
+        lines, widths = _name_cells(task_lines, n_ids)
+        for i, c in enumerate(header):
+            table.add_column(escape(c), justify="right" if i >= n_ids else "left", overflow="fold",
+                             min_width=max(widths[i], len(c)) if i < n_ids else None)
+        for line in lines:
+            table.add_row(*map(escape, line))
+        out.print(table)
     for run in result.runs:
         out.print(f"{escape(run.label)}: {escape(str(run.run_dir))}")
     for reason in result.skipped:

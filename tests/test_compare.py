@@ -14,7 +14,7 @@ from polyalign import cli
 from polyalign.cli import main
 from polyalign.core.errors import PolyalignError
 from polyalign.evaluation.compare import compare_runs, load_run
-from polyalign.evaluation.report_table import cell_text
+from polyalign.core.report_table import cell_text
 
 RECIPES = Path(__file__).resolve().parents[1] / "polyalign" / "recipes"
 TINY = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "train.batch_size=64", "train.epochs=1",
@@ -46,7 +46,9 @@ def test_compare_aligns_rows_and_writes_table_and_plot(two_runs, tmp_path):
             assert by_key[key][column] == f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
     markdown = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| xor-clip (clip) | " in markdown and str(holes) in markdown
-    assert "| missing_modality | b | a+c |" in markdown and "![comparison](compare.png)" in markdown
+    section = markdown[markdown.index("## missing_modality"):markdown.index("## dropout_curve")]
+    assert "| target | query | metric | xor-clip (clip) |" in section  # no dropped/rate: not its columns
+    assert "| b | a+c | accuracy |" in section and "![comparison](compare.png)" in markdown
     with Image.open(tmp_path / "cmp" / "compare.png") as img:
         assert img.format == "PNG" and img.size[0] > 700 and img.size[1] > 500
 
@@ -59,7 +61,8 @@ def test_compare_cli_prints_the_table_and_filters_metrics(two_runs, tmp_path, ca
     shown = capsys.readouterr().out
     assert "xor-clip-holes (clip)" in shown and "dropout_curve" in shown
     lines = (tmp_path / "compare.md").read_text().splitlines()
-    table = [line for line in lines if line.startswith("| missing_modality") or line.startswith("| dropout_curve")]
+    table = [line for line in lines if line.startswith("| b |")]
+    assert "## missing_modality" in lines and "## dropout_curve" in lines
     assert table and all(" accuracy |" in line for line in table)
     assert (tmp_path / "compare.png").is_file()
 
@@ -99,10 +102,25 @@ def test_runs_without_a_report_are_skipped_with_the_reason(two_runs, tmp_path, c
 
 
 def test_the_evaluator_tells_rows_apart_only_where_two_nodes_gave_alike_rows():
-    from polyalign.evaluation.report_table import identity_fields
+    from polyalign.core.report_table import identity_fields
 
     row = {"task": "retrieval", "target": "a", "query": ["b"], "metric": "R@1", "value": 0.5}
     old, new = dict(row), {**row, "evaluator": "retrieval"}  # a run evaluated before rows named their evaluator
     assert identity_fields([old, new]) == ["task", "target", "query"]  # the two runs' rows line up
     other = {**row, "evaluator": 'retrieval {"match": "label"}', "value": 0.9}
     assert identity_fields([new, other]) == ["task", "target", "query", "evaluator"]  # two nodes, both kept
+
+
+def test_runs_of_one_recipe_are_told_apart_by_their_seed_and_results_do_not_split_rows(tmp_path):
+    runs = []
+    for seed, c in ((0, 1.0), (1, 100.0)):  # each seed's probe picked another C on val
+        run = tmp_path / f"demo-2026120{seed}"
+        (run / "eval").mkdir(parents=True)
+        (run / "recipe.yaml").write_text(f"name: demo\nseed: {seed}\nloss: {{plugin: clip}}\n")
+        (run / "eval" / "report.json").write_text(json.dumps([
+            {"task": "linear_probe", "target": "class", "query": ["a"], "shots": "all", "metric": m, "value": v}
+            for m, v in (("accuracy", 0.8 + seed / 10), ("chosen_C", c))]))
+        runs.append(run)
+    result = compare_runs(runs, tmp_path / "cmp")
+    assert result.header == ["task", "target", "query", "shots", "metric", "demo (clip) seed=0", "demo (clip) seed=1"]
+    assert [line[4:] for line in result.lines] == [["accuracy", "0.800", "0.900"], ["chosen_C", "1.000", "100.000"]]

@@ -1,10 +1,9 @@
-"""Configurations compared over seeds (mean, std, Student-t interval) and paired tests on per-tuple ranks."""
+"""Configurations compared over seeds (mean, std, percentile bootstrap interval) and paired tests on per-tuple ranks."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,8 @@ import yaml
 
 from polyalign.cli import main
 from polyalign.core.errors import PolyalignError
-from polyalign.evaluation.aggregate import aggregate_groups, mean_interval, t_quantile_975
-from polyalign.evaluation.paired import paired_bootstrap, paired_test, per_query, sign_flip_p
+from polyalign.evaluation.aggregate import aggregate_groups, mean_interval
+from polyalign.evaluation.paired import native_name, paired_bootstrap, paired_test, per_query, sign_flip_p
 
 N = 200  # test tuples per seed
 
@@ -34,14 +33,13 @@ def _run(root: Path, seed: int, accuracy: float, ranks: list[int], data: dict | 
     return run
 
 
-def test_student_t_quantiles_match_the_tables_and_the_interval_is_mean_plus_minus_t_se():
-    assert [round(t_quantile_975(df), 3) for df in (1, 2, 3, 4, 9, 30)] == [12.706, 4.303, 3.182, 2.776, 2.262,
-                                                                           2.042]
+def test_the_interval_over_runs_is_a_percentile_bootstrap_inside_the_values_and_bounds():
     got = mean_interval([0.5, 0.6, 0.7])
-    half = 4.302653 * 0.1 / math.sqrt(3)
     assert got["value"] == pytest.approx(0.6) and got["std"] == pytest.approx(0.1)
-    assert got["ci_low"] == pytest.approx(0.6 - half, abs=1e-5)
-    assert got["ci_high"] == pytest.approx(0.6 + half, abs=1e-5)
+    assert 0.5 <= got["ci_low"] < 0.6 < got["ci_high"] <= 0.7
+    two = mean_interval([0.918, 1.0])  # a Student-t interval of these two seeds is [0.438, 1.480]
+    assert two["ci_low"] == pytest.approx(0.918) and two["ci_high"] == pytest.approx(1.0)
+    assert mean_interval([0.5, 0.6, 0.7]) == got  # seeded: the same table every time
     assert "ci_low" not in mean_interval([0.3])  # one run: a mean, no interval
 
 
@@ -53,21 +51,23 @@ def test_a_folder_per_configuration_is_aggregated_into_one_line_each(tmp_path, c
     out = tmp_path / "out"
     result = aggregate_groups({"symile": sorted((tmp_path / "symile").rglob("run")),
                                "clip": sorted((tmp_path / "clip").rglob("run"))}, out)
-    header, lines = result.lines()
-    assert header == ["configuration", "runs", "task", "target", "query", "accuracy", "mrr"]
-    assert [line[:5] for line in lines] == [["symile", "3", "zero_shot", "b", "a+c"], ["clip", "3", "zero_shot", "b",
-                                                                                       "a+c"]]
-    assert lines[0][5] == "0.600 [0.352, 0.848]"
+    [(task, header, lines, n_left)] = result.tables()  # one task: one table with only its columns
+    assert task == "zero_shot" and n_left == 3
+    assert header == ["configuration", "target", "query", "accuracy", "mrr"]  # 3 runs each: said in the caption
+    assert [line[:3] for line in lines] == [["symile", "b", "a+c"], ["clip", "b", "a+c"]]
+    low, high = (float(x) for x in lines[0][3].removeprefix("0.600 [").removesuffix("]").split(", "))
+    assert 0.5 <= low < 0.6 < high <= 0.7  # a percentile bootstrap over the 3 runs, inside their range
+    assert result.caption().startswith("3 run(s) per configuration")
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert [(r["configuration"], r["metric"]) for r in rows] == [("symile", "accuracy"), ("symile", "mrr"),
                                                                  ("clip", "accuracy"), ("clip", "mrr")]
     assert float(rows[2]["mean"]) == pytest.approx(0.06) and rows[2]["values"] == "0.05 0.06 0.07"
     saved = json.loads((out / "compare.json").read_text())
     assert saved["clip"][0]["runs"] == 3 and saved["clip"][0]["std"] == pytest.approx(0.01)
-    assert (out / "compare.png").stat().st_size > 1000 and "0.600 [0.352, 0.848]" in (out / "compare.md").read_text()
+    assert (out / "compare.png").stat().st_size > 1000 and lines[0][3] in (out / "compare.md").read_text()
     assert main(["compare", str(tmp_path / "symile"), str(tmp_path / "clip"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "0.600" in printed and "0.352" in printed  # (the table wraps on a narrow terminal)
+    assert "0.600" in printed and "percentile bootstrap" in printed  # (the table wraps on a narrow terminal)
 
 
 @pytest.mark.slow
@@ -109,3 +109,10 @@ def test_paired_refuses_runs_of_other_data_or_unmatched_seeds(tmp_path):
         paired_test(a, [_run(tmp_path / "c", 1, 1.0, [1] * N)])
     with pytest.raises(PolyalignError, match="not a per-query metric"):
         paired_test(a, a, "median_rank")
+
+
+def test_a_paired_row_keeps_the_metric_name_its_evaluator_gave():
+    assert native_name("accuracy", ["R@1", "R@5", "mean_rank"]) == "R@1"  # retrieval's top-1 is R@1
+    assert native_name("top5", ["R@1", "R@5"]) == "R@5" and native_name("R@5", ["accuracy", "top5"]) == "top5"
+    assert native_name("accuracy", ["accuracy", "top5"]) == "accuracy"
+    assert native_name("mrr", ["R@1"]) == "mrr"

@@ -199,7 +199,8 @@ def test_linear_probe_chooses_c_on_val_and_equals_scikit_learn():
         val = [np.mean(m.predict(feats(f32["val"])) == labels["val"]) for m in models]
         best = int(np.argmax(val))
         got = {r["metric"]: r for r in rows if r["query"] == list(query)}
-        assert got["accuracy"]["C"] == cs[best] and got["accuracy"]["shots"] == "all"
+        assert got["chosen_C"]["value"] == cs[best] and got["accuracy"]["shots"] == "all"
+        assert "C" not in got["accuracy"]  # a result is a metric row, never a field that splits rows
         assert got["accuracy"]["value"] == pytest.approx(np.mean(models[best].predict(feats(f32["test"]))
                                                                  == labels["test"]))
     default = LinearProbe(LinearProbeConfig(cs=[1.0]))(context(labels, emb))

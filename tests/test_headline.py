@@ -13,7 +13,7 @@ import yaml
 from polyalign.cli import main
 from polyalign.core.errors import PolyalignError
 from polyalign.evaluation.compare import load_run
-from polyalign.evaluation.headline import config_headline, paired_headline, parse_pattern
+from polyalign.evaluation.headline import chosen_rows, config_headline, paired_headline, parse_pattern
 from polyalign.sweep.grid_values import configuration
 from polyalign.sweep.plan import new_plan, slot_dir, write_plan
 
@@ -168,3 +168,9 @@ def test_the_objectives_benchmark_is_a_polyalign_sweep_read_back_by_the_compare_
     assert (row["task"], row["seeds"], row["tuples"]) == ("headline", [0, 1], 2 * 64)
     assert (row["a"], row["b"], row["difference"]) == (pytest.approx(both), pytest.approx(clip),
                                                        pytest.approx(both - clip))
+
+
+def test_rest_is_every_queried_modality_even_beside_a_probe_of_classes():
+    rows = [{"task": "zero_shot", "target": "text", "query": ["audio", "image"], "metric": "accuracy", "value": 0.5},
+            {"task": "linear_probe", "target": "class", "query": ["image"], "metric": "accuracy", "value": 0.9}]
+    assert chosen_rows(rows, [parse_pattern("zero_shot/*_from_rest/accuracy")]) == rows[:1]

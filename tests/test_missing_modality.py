@@ -239,7 +239,7 @@ def test_config_is_validated():
 
 
 def test_report_table_has_a_line_per_query_and_a_column_per_metric(known):
-    from polyalign.evaluation.report_table import pivot_rows
+    from polyalign.core.report_table import pivot_rows
 
     rows = MissingModality(MissingModalityConfig(target="b", rates=[0.0, 0.5], resamples=50))(hand_made_context(known))
     subsets, curve = pivot_rows(rows, interval_metrics={"accuracy"})
@@ -375,7 +375,8 @@ def test_polyalign_eval_writes_json_markdown_and_both_plots(tmp_path, tiny_xor, 
     assert len(rows_of(rows, task="missing_modality")) == 3 * 3 * 3  # targets x subsets x metrics
     assert len(rows_of(rows, task="dropout_curve")) == 3 * 3 * 4 * 3  # targets x lines x rates x metrics
     markdown = (eval_dir / "report.md").read_text()
-    assert "| missing_modality | b | a+c | accuracy |" in markdown
+    section = markdown[markdown.index("## missing_modality"):markdown.index("## dropout_curve")]
+    assert "| target | query | accuracy |" in section and "| b | a+c | " in section and "rate" not in section
     assert "![heatmap](heatmap.png)" in markdown and "![dropout_curve](dropout_curve.png)" in markdown
     for name, min_size in (("heatmap.png", (600, 300)), ("dropout_curve.png", (900, 300))):
         with Image.open(eval_dir / name) as img:

@@ -11,7 +11,7 @@ import pytest
 import polyalign
 from polyalign.cli import main
 from polyalign.core.errors import PolyalignError
-from polyalign.evaluation.training_plots import plot_runs, read_run, training_figure
+from polyalign.evaluation.training_plots import plot_runs, read_run, run_names, training_figure
 
 RECIPE = Path(__file__).resolve().parents[1] / "polyalign" / "recipes" / "xor-clip.yaml"
 TINY = ["data.n_train=512", "data.n_val=128", "data.n_test=128", "train.batch_size=64",
@@ -88,3 +88,20 @@ def test_cli_plot_writes_a_png(tmp_path, capsys):
     assert "has no metrics.jsonl or metrics.csv" in capsys.readouterr().err
     with pytest.raises(PolyalignError, match="ending in .png"):
         plot_runs([one], tmp_path / "x.pdf")
+
+
+def test_runs_of_one_recipe_are_named_by_the_settings_that_differ_and_bars_by_their_rate(tmp_path):
+    runs = []
+    for seed, lr in ((0, 0.01), (1, 0.01), (0, 0.05)):
+        run = hand_run(tmp_path / f"demo-2026120{seed}-{int(lr * 100)}")
+        (run / "recipe.yaml").write_text(f"name: demo\nseed: {seed}\ntrain: {{lr: {lr}, epochs: 2}}\n")
+        runs.append(run)
+    assert run_names(runs) == [f"seed=0, train.lr=0.01 ({runs[0].name})", f"seed=1, train.lr=0.01 ({runs[1].name})",
+                               f"seed=0, train.lr=0.05 ({runs[2].name})"]
+    assert run_names(runs[:1]) == [runs[0].name]  # one run: its folder
+    curve = read_run(runs[0])
+    curve.eval_rows = [{"task": "dropout_curve", "target": "b", "query": ["a", "c"], "dropped": "a", "rate": r,
+                        "metric": "accuracy", "value": 0.8 - r} for r in (0.0, 0.5)]
+    evaluation = training_figure([curve]).axes[3]
+    assert [t.get_text() for t in evaluation.get_yticklabels()] == [
+        "b from a+c, dropped a, rate 0 · accuracy", "b from a+c, dropped a, rate 0.5 · accuracy"]

@@ -106,7 +106,7 @@ def test_an_evaluator_without_rows_says_why_in_the_report_and_validate_names_the
     assert "No evaluators in the recipe" not in report
     assert ("- eval.0 (zero_shot) produced no rows: 'c' is absent from every one of the 8 rows of the 'test' "
             "split, whose rows provide keys 'a', 'b', 'id'") in report
-    assert "| zero_shot | b | a |" in report  # the other evaluator's rows are there
+    assert "## zero_shot" in report and "| b | a | " in report  # the other evaluator's rows are there
 
 
 def test_webdataset_extension_matching_no_member_names_the_members(tmp_path, capsys):

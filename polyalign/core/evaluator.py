@@ -19,6 +19,7 @@ from .data import EpochSampler, Sample, make_loader, skip_summary
 from .encoder import FileBytes
 from .errors import PolyalignError, shown
 from .loss import score_candidates
+from .report_table import pivot_rows
 
 ROW_KEYS = ("task", "target", "query", "metric", "value")
 NUMBER_KEYS = ("value", "ci_low", "ci_high", "chance", "rate")
@@ -186,11 +187,6 @@ def read_report(path: Path, missing_ok: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def format_value(value: Any) -> str:
-    """Numbers to 4 decimals; everything else as text."""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def row_columns(rows: list[dict[str, Any]]) -> list[str]:
     """The columns of a table of evaluator rows: the row keys, then any others (ci_low, ...) sorted; keys
     holding lists or mappings (a confusion matrix, prompts) stay out of tables (report.json keeps them)."""
@@ -205,16 +201,27 @@ def eval_tag(row: dict[str, Any], split: str) -> str:
     return "/".join(["eval", split] + [re.sub(r"\s+", "_", p) for p in parts])
 
 
-def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation", notes: Sequence[str] = ()) -> str:
-    """The rows as a Markdown table (query lists joined with '+'), then ``notes`` (e.g. why an
-    evaluator produced no rows)."""
+def report_sections(rows: list[dict[str, Any]], level: str = "##") -> list[str]:
+    """Markdown lines: a section per task (evaluator) in the order the rows come, each a table with only
+    that task's columns (a line per target, query, ...; a column per metric, the evaluator's first, its
+    headline, leftmost) and a caption of the counts that are the same on every line."""
+    out: list[str] = []
+    for table in pivot_rows(rows):
+        out += ["", f"{level} {table.task}", ""]
+        if table.caption():
+            out += [table.caption(), ""]
+        out += ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+        out += ["| " + " | ".join(line) + " |" for line in table.lines]
+    return out
+
+
+def report_markdown(rows: list[dict[str, Any]], title: str = "Evaluation", notes: Sequence[str] = (),
+                    headline: str = "") -> str:
+    """The rows as Markdown: ``headline`` (a sentence) first, then a section per task with only its
+    columns (:func:`report_sections`), then ``notes`` (e.g. why an evaluator produced no rows)."""
     noted = "".join(f"\n- {n}" for n in notes)
     if not rows:
         return f"# {title}\n\n" + (f"No evaluator produced rows:\n{noted}\n" if notes
                                     else "No evaluators in the recipe.\n")
-    cols = row_columns(rows)
-    lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = ["+".join(r[c]) if c == "query" else format_value(r.get(c, "")) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = [f"# {title}"] + (["", headline] if headline else []) + report_sections(rows)
     return "\n".join(lines) + "\n" + (f"\nNotes:\n{noted}\n" if notes else "")

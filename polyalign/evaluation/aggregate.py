@@ -1,5 +1,5 @@
-"""Runs grouped by configuration (a sweep's seeds): mean, standard deviation and a 95% Student-t
-interval over the runs of each evaluation row, as Markdown, CSV, JSON and a figure."""
+"""Runs grouped by configuration (a sweep's seeds): mean, standard deviation and a 95% percentile
+bootstrap interval over the runs of each evaluation row, as Markdown, CSV, JSON and a figure."""
 
 from __future__ import annotations
 
@@ -11,52 +11,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from polyalign.core.errors import PolyalignError
+from polyalign.core.report_table import cell_text, hashable, identity_fields
 from polyalign.files.atomic import atomic_write_text
 from polyalign.files.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR
 
 from .compare import RunReport, load_run, out_folder, plot_comparison
-from .report_table import cell_text, hashable, identity_fields
+from .paired import RESAMPLES
 
 AGGREGATE_FILES = ("compare.md", "compare.csv", "compare.json", "compare.png")
 
 
-def t_interval_cdf(t: float, df: int) -> float:
-    """P(|T| <= t) for Student's t with ``df`` (whole) degrees of freedom: the closed forms of
-    Abramowitz & Stegun 26.7.3-4."""
-    theta = math.atan(t / math.sqrt(df))
-    c2, term, total = math.cos(theta) ** 2, 1.0, 1.0
-    if df % 2:  # odd: 2/pi (theta + sin cos (1 + 2/3 cos^2 + 2.4/(3.5) cos^4 + ...)), the sum to cos^(df-3)
-        if df == 1:
-            return 2 * theta / math.pi
-        for k in range(1, (df - 3) // 2 + 1):
-            term *= c2 * (2 * k) / (2 * k + 1)
-            total += term
-        return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
-    for k in range(1, (df - 2) // 2 + 1):  # even: sin (1 + 1/2 cos^2 + 1.3/(2.4) cos^4 + ...), to cos^(df-2)
-        term *= c2 * (2 * k - 1) / (2 * k)
-        total += term
-    return math.sin(theta) * total
-
-
-def t_quantile_975(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (12.706 for 1, 4.303 for 2...)."""
-    low, high = 0.0, 1000.0
-    for _ in range(100):
-        mid = (low + high) / 2
-        low, high = (mid, high) if t_interval_cdf(mid, df) < 0.95 else (low, mid)
-    return (low + high) / 2
-
-
-def mean_interval(values: list[float]) -> dict[str, float]:
-    """Mean, sample standard deviation and the 95% Student-t interval of the mean (no interval for one value)."""
+def mean_interval(values: list[float], resamples: int = RESAMPLES, seed: int = 0) -> dict[str, float]:
+    """Mean, sample standard deviation and the 95% percentile bootstrap interval of the mean over the runs
+    (runs drawn with replacement, ``resamples`` times, seeded): inside the values' range, so a bounded
+    metric's interval stays in its bounds. One value: a mean, no interval."""
     n = len(values)
     mean = sum(values) / n
     out = {"value": mean, "runs": n}
     if n > 1:
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-        half = t_quantile_975(n - 1) * std / math.sqrt(n)
-        out.update(std=std, ci_low=mean - half, ci_high=mean + half)
+        draws = np.asarray(values)[np.random.default_rng(seed).integers(0, n, (resamples, n))].mean(axis=1)
+        low, high = np.quantile(draws, [0.025, 0.975])
+        out.update(std=std, ci_low=min(float(low), mean), ci_high=max(float(high), mean))
     return out
 
 
@@ -70,20 +49,39 @@ class Aggregate:
     skipped: list[str]
     files: list[Path]
 
-    def lines(self) -> tuple[list[str], list[list[str]]]:
-        """A table: one line per configuration and evaluation row, a column per metric ('mean [low, high]')."""
-        metrics = list(dict.fromkeys(r["metric"] for rows in self.rows.values() for r in rows))
-        header = ["configuration", "runs", *self.ids, *metrics]
-        lines = []
-        for label, rows in self.rows.items():
-            by_row: dict[tuple, dict[str, Any]] = {}
-            for r in rows:
-                by_row.setdefault(tuple(hashable(r.get(k)) for k in self.ids), {"runs": r["runs"], "ids": r})[
-                    r["metric"]] = r
-            for cells in by_row.values():
-                lines.append([label, str(cells["runs"]), *(cell_text(cells["ids"].get(k)) for k in self.ids),
-                              *(_cell(cells[m]) if m in cells else "—" for m in metrics)])
-        return header, lines
+    def tables(self) -> list[tuple[str, list[str], list[list[str]], int]]:
+        """One table per task (evaluator), with only its own columns: (task, header, lines, number of
+        columns naming the line), a line per
+        configuration and evaluation row, a column per metric ('mean [low, high]'); ``runs`` is a
+        column only where configurations have different numbers of runs."""
+        runs = {r["runs"] for rows in self.rows.values() for r in rows}
+        out = []
+        for task in dict.fromkeys(str(r.get("task", "")) for rows in self.rows.values() for r in rows):
+            mine = {label: [r for r in rows if str(r.get("task", "")) == task] for label, rows in self.rows.items()}
+            ids = [k for k in self.ids if k != "task" and any(k in r for rows in mine.values() for r in rows)]
+            metrics = list(dict.fromkeys(r["metric"] for rows in mine.values() for r in rows))
+            header = ["configuration", *(["runs"] if len(runs) > 1 else []), *ids, *metrics]
+            lines = []
+            for label, rows in mine.items():
+                by_row: dict[tuple, dict[str, Any]] = {}
+                for r in rows:
+                    by_row.setdefault(tuple(hashable(r.get(k)) for k in ids), {"runs": r["runs"], "ids": r})[
+                        r["metric"]] = r
+                for cells in by_row.values():
+                    lines.append([label, *([str(cells["runs"])] if len(runs) > 1 else []),
+                                  *(cell_text(cells["ids"].get(k)) for k in ids),
+                                  *(_cell(cells[m]) if m in cells else "—" for m in metrics)])
+            out.append((task, header, lines, len(header) - len(metrics)))
+        return out
+
+    def caption(self) -> str:
+        """What a cell is, and the number of runs where every configuration has the same."""
+        runs = {r["runs"] for rows in self.rows.values() for r in rows}
+        each = f"{runs.pop()} run(s) per configuration; " if len(runs) == 1 else ""
+        return f"{each}mean over the runs (seeds) [{INTERVAL}]"
+
+
+INTERVAL = "95% percentile bootstrap interval over the runs"
 
 
 def _cell(row: dict[str, Any]) -> str:
@@ -107,12 +105,12 @@ def aggregate_rows(runs: list[RunReport], ids: list[str], metrics: list[str] | N
 
 
 def aggregate_markdown(result: Aggregate, figure: str | None) -> str:
-    """The aggregate as Markdown: the table, then which runs each configuration holds."""
-    header, lines = result.lines()
-    out = ["# Comparison of configurations", "",
-           "Cells: mean over the runs (seeds) [95% Student-t interval of the mean]; — = no such row.", "",
-           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(line) + " |" for line in lines]
+    """The aggregate as Markdown: a section per task with only its columns, the figure, then which runs
+    each configuration holds."""
+    out = ["# Comparison of configurations", "", f"Cells: {result.caption()}; — = no such row."]
+    for task, header, lines, _ in result.tables():
+        out += ["", f"## {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
     if figure:
         out += ["", f"![comparison]({figure})"]
     out += ["", "| configuration | run directories |", "|---|---|"]
@@ -157,7 +155,7 @@ def aggregate_groups(groups: dict[str, list[str | Path]], out_dir: str | Path = 
     result = Aggregate(loaded, ids, rows, skipped, [])
     md, csv_path, js, png = (out / name for name in AGGREGATE_FILES)
     figure = plot_comparison([RunReport(Path(label), label, r) for label, r in rows.items()], png,
-                             interval="95% interval over runs")
+                             interval=INTERVAL)
     atomic_write_text(md, aggregate_markdown(result, figure.name if figure else None))
     atomic_write_text(csv_path, aggregate_csv(rows, ids))
     atomic_write_text(js, json.dumps({label: group for label, group in rows.items()}, indent=2) + "\n")

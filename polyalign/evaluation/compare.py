@@ -9,6 +9,7 @@ from typing import Any
 
 from polyalign.core.errors import PolyalignError
 from polyalign.core.evaluator import read_report
+from polyalign.core.report_table import cell_text, hashable, identity_fields, metric_cell
 from polyalign.files.atomic import atomic_write_text
 from polyalign.files.run_files import CHECKPOINTS_DIR, RECIPE_FILE, REPORT_DIR, REPORT_JSON
 from polyalign.files.run_progress import in_use, trained_epochs
@@ -26,7 +27,7 @@ from .report_plots import (
     save_figure,
     subset_sort_key,
 )
-from .report_table import cell_text, hashable, identity_fields, metric_cell
+from .training_plots import differing_settings
 
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
@@ -98,15 +99,17 @@ def unfinished_run(run_dir: Path) -> str:
 
 
 def unique_labels(runs: list[RunReport]) -> None:
-    """Make column names distinct: repeated labels get '#1', '#2'... in run order."""
-    counts: dict[str, int] = {}
+    """Make column names distinct: runs of one label get the recipe settings that differ between them
+    (``seed=1``), or '#1', '#2'... in run order where their recipes are the same."""
+    groups: dict[str, list[RunReport]] = {}
     for r in runs:
-        counts[r.label] = counts.get(r.label, 0) + 1
-    seen: dict[str, int] = {}
-    for r in runs:
-        if counts[r.label] > 1:
-            seen[r.label] = seen.get(r.label, 0) + 1
-            r.label = f"{r.label} #{seen[r.label]}"
+        groups.setdefault(r.label, []).append(r)
+    for label, group in groups.items():
+        if len(group) < 2:
+            continue
+        settings = differing_settings([r.run_dir for r in group])
+        for n, (r, differ) in enumerate(zip(group, settings), 1):
+            r.label = f"{label} {differ}" if differ else f"{label} #{n}"
 
 
 def aligned_table(runs: list[RunReport], metrics: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
@@ -127,13 +130,30 @@ def aligned_table(runs: list[RunReport], metrics: list[str] | None = None) -> tu
     return header, lines
 
 
+def by_task(header: list[str], lines: list[list[str]], n_ids: int) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The aligned table split into one table per task, each without the identity columns (the first
+    ``n_ids``) that are empty in all its lines: (task, header, lines)."""
+    if "task" not in header[:n_ids]:
+        return [("", header, lines)]
+    at = header.index("task")
+    out = []
+    for task in dict.fromkeys(line[at] for line in lines):
+        mine = [line for line in lines if line[at] == task]
+        keep = [i for i in range(len(header)) if i >= n_ids or (i != at and any(line[i] for line in mine))]
+        out.append((task, [header[i] for i in keep], [[line[i] for i in keep] for line in mine]))
+    return out
+
+
 def compare_markdown(runs: list[RunReport], header: list[str], lines: list[list[str]], figure: str | None) -> str:
-    """The comparison as Markdown: which run is which column, then the aligned table."""
+    """The comparison as Markdown: which run is which column, then a table per task with only its columns."""
     out = ["# Comparison", "", "| column | run directory |", "|---|---|"]
     out += [f"| {run.label} | {run.run_dir} |" for run in runs]
-    out += ["", "Cells: value [bootstrap interval] where the evaluator resampled; — = no such row.", ""]
-    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(line) + " |" for line in lines]
+    out += ["", ("Cells: value [bootstrap interval over the test tuples, where the evaluator resampled]; "
+                 "— = no such row.")]
+    for task, part_header, part_lines in by_task(header, lines, len(header) - len(runs)):
+        out += ["", f"## {task}", ""] if task else [""]
+        out += ["| " + " | ".join(part_header) + " |", "|" + "---|" * len(part_header)]
+        out += ["| " + " | ".join(line) + " |" for line in part_lines]
     if figure:
         out += ["", f"![comparison]({figure})"]
     return "\n".join(out) + "\n"
@@ -185,16 +205,19 @@ def _bar_panel(ax: Any, runs: list[RunReport], keys: list[tuple], bars: dict[tup
     chance = common_chance([r for d in bars.values() for r in d.values()])
     if chance is not None:
         ax.axhline(chance, color="gray", linestyle=":", linewidth=1.2, label=f"chance ({chance:.3f})")
-    ax.set_ylim(0, 1.05)
+    top = max([float(r.get("ci_high", r["value"])) for d in bars.values() for r in d.values()] + [chance or 0.0])
+    ax.set_ylim(0, min(1.05, 1.15 * top + 0.02))  # accuracies in [0, 1]; near 0 the axis zooms in to read them
     ax.set_xlabel("target ← query modalities")
     ax.set_ylabel(METRIC_LABEL)
     ax.set_title("Zero-shot accuracy from each query subset"
-                 + (f" (error bars: {interval})" if intervals else ""), fontsize=10)
+                 + (f"\nerror bars: {interval}" if intervals else ""), fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def _curve_panel(ax: Any, runs: list[RunReport], target: str, per_run: dict[int, list[dict[str, Any]]]) -> None:
+    from matplotlib.lines import Line2D
+
     dropped_names: list[str] = []
     shaded = False
     for i, rows in per_run.items():
@@ -209,25 +232,30 @@ def _curve_panel(ax: Any, runs: list[RunReport], target: str, per_run: dict[int,
             x = [float(r["rate"]) for r in line]
             color = COLORS[i % len(COLORS)]
             ax.plot(x, [float(r["value"]) for r in line], color=color, linestyle=LINESTYLES[k % len(LINESTYLES)],
-                    marker=MARKERS[k % len(MARKERS)], markersize=4, label=f"{runs[i].label}, drop {name}")
+                    marker=MARKERS[k % len(MARKERS)], markersize=4)
             if all("ci_low" in r for r in line):
                 shaded = True
                 ax.fill_between(x, [r["ci_low"] for r in line], [r["ci_high"] for r in line],
                                 color=color, alpha=0.10, linewidth=0)
     ax.set_xticks(sorted({float(r["rate"]) for rows in per_run.values() for r in rows}))
-    shading = " (shaded: bootstrap interval)" if shaded else ""
-    ax.set_title(f"target {target}: accuracy vs test-time dropout{shading}", fontsize=10)
+    shading = "\nshaded: bootstrap interval" if shaded else ""
+    ax.set_title(f"target {target}: accuracy vs test-time dropout{shading}", fontsize=9)
     ax.set_xlabel("test-time dropout rate")
     ax.set_ylabel(METRIC_LABEL)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    # colours are the runs (the figure's legend); the panel's legend names the line styles only
+    ax.legend(handles=[Line2D([], [], color="gray", linestyle=LINESTYLES[k % len(LINESTYLES)],
+                              marker=MARKERS[k % len(MARKERS)], markersize=4, label=f"drop {name}")
+                       for k, name in enumerate(dropped_names)], fontsize=7, loc="best")
 
 
 def plot_comparison(runs: list[RunReport], path: Path, interval: str = "bootstrap interval") -> Path | None:
     """Grouped bars of accuracy per (target, query subset), and accuracy-vs-dropout curves per
     target, one colour per run (line style and marker: the dropped modality); ``interval`` names
     what the error bars are."""
+    from matplotlib.patches import Patch
+
     keys, bars, curves = _collect(runs)
     if not keys and not curves:
         return None
@@ -246,8 +274,18 @@ def plot_comparison(runs: list[RunReport], path: Path, interval: str = "bootstra
             _curve_panel(ax, runs, target, per_run)
         for ax in axes[len(curves):]:
             ax.set_visible(False)
-    fig.suptitle("Run comparison: " + " vs ".join(run.label for run in runs), fontsize=11)
+        if not keys:  # no bar panel carries the runs' colours
+            sub.legend(handles=[Patch(color=COLORS[i % len(COLORS)], label=run.label) for i, run in enumerate(runs)],
+                       fontsize=8, loc="outside right upper")
+    fig.suptitle(figure_title(runs), fontsize=11)
     return save_figure(fig, path)
+
+
+def figure_title(runs: list[RunReport]) -> str:
+    """'A vs B' for two short labels, else 'Comparison of N runs' (the legend names each)."""
+    if len(runs) == 2 and sum(len(r.label) for r in runs) <= 60:
+        return f"{runs[0].label} vs {runs[1].label}"
+    return f"Comparison of {len(runs)} runs or configurations (colours: legend)"
 
 
 def out_folder(out_dir: str | Path) -> Path:

@@ -27,6 +27,8 @@ from polyalign.files.json_file import read_json
 from polyalign.files.run_files import RANKS_JSON, RECIPE_FILE, REPORT_DIR, REPORT_JSON, REPORT_MD
 from polyalign.files.weights import load_weights, run_checkpoint
 
+from .compare import RunReport
+from .headline import config_headline, default_patterns, pattern_text
 from .report_plots import write_plots
 
 
@@ -136,6 +138,21 @@ def run_evaluators(recipe: Recipe, parts: Assembled, plugins: Plugins, device: t
     return rows
 
 
+def headline_sentence(run_dir: Path, rows: list[dict[str, Any]]) -> str:
+    """'**Headline: 0.731** [0.69, 0.77] ...': the run's default headline (as ``polyalign compare`` takes
+    it) with its percentile bootstrap interval over the test tuples; empty when no default fits."""
+    run = RunReport(Path(run_dir), Path(run_dir).name, rows)
+    patterns = default_patterns([run])
+    if patterns is None:
+        return ""
+    found = config_headline(run.label, [run], patterns)
+    interval = (f" [{found.ci_low:.3f}, {found.ci_high:.3f}] (95% percentile bootstrap over the test tuples)"
+                if found.ci_low is not None else "")
+    chosen = " ".join(pattern_text(p) for p in patterns)
+    n = len(found.rows)
+    return f"**Headline: {found.value:.3f}**{interval}: the mean of {chosen} ({n} row{'s' * (n != 1)})."
+
+
 def write_report(run_dir: Path, rows: list[dict[str, Any]], notes: Sequence[str] = (),
                  ranks: list[dict[str, Any]] | None = None) -> Path:
     """Write ``eval/report.json``, ``eval/report.md`` (with ``notes``, e.g. why an evaluator
@@ -147,7 +164,7 @@ def write_report(run_dir: Path, rows: list[dict[str, Any]], notes: Sequence[str]
         atomic_write_text(out / RANKS_JSON, json.dumps(ranks) + "\n")
     atomic_write_text(out / REPORT_JSON, json.dumps(rows, indent=2) + "\n")
     plots = write_plots(out, rows, Path(run_dir).name)
-    markdown = report_markdown(rows, f"Evaluation of {Path(run_dir).name}", notes)
+    markdown = report_markdown(rows, f"Evaluation of {Path(run_dir).name}", notes, headline_sentence(run_dir, rows))
     markdown += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
     atomic_write_text(out / REPORT_MD, markdown)
     return out

@@ -63,8 +63,8 @@ def row_name(row: dict[str, Any]) -> str:
 
 
 def modalities_of(rows: list[dict[str, Any]]) -> set[str]:
-    """Every modality the rows name, as a target or in a query."""
-    return {m for r in rows for m in [*str(r.get("target", "")).split("+"), *(r.get("query") or [])] if m}
+    """Every modality the rows query from (a target may be no modality: linear_probe's ``class``)."""
+    return {m for r in rows for m in r.get("query") or [] if m}
 
 
 def chosen_rows(rows: list[dict[str, Any]], patterns: list[Pattern]) -> list[dict[str, Any]]:

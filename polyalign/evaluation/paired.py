@@ -22,7 +22,7 @@ from polyalign.files.json_file import JsonError, read_json
 from polyalign.files.run_files import RANKS_JSON, RECIPE_FILE, REPORT_DIR
 from polyalign.files.yaml_file import YamlError, read_yaml
 
-from .compare import out_folder
+from .compare import load_run, out_folder
 
 PAIRED_MD = "paired.md"
 PAIRED_JSON = "paired.json"
@@ -171,7 +171,24 @@ def paired_test(a_runs: list[Path], b_runs: list[Path], metric: str = "accuracy"
     if not rows:
         raise PolyalignError("the two sides share no evaluation row with per-tuple ranks (zero_shot and "
                              "retrieval record them)")
-    return sorted(rows, key=lambda r: (r.task, r.target, r.query))
+    report = load_run(a_runs[0]).rows  # the rows in the order and with the metric names the reports use
+    order = list(dict.fromkeys((r.get("task"), r.get("target"), tuple(r.get("query") or [])) for r in report))
+    names: dict[tuple, list[str]] = {}
+    for r in report:
+        names.setdefault((r.get("task"), r.get("target"), tuple(r.get("query") or [])), []).append(str(r.get("metric")))
+    for row in rows:
+        row.metric = native_name(metric, names.get((row.task, row.target, tuple(row.query)), []))
+    return sorted(rows, key=lambda r: order.index(k) if (k := (r.task, r.target, tuple(r.query))) in order
+                  else len(order))
+
+
+def native_name(metric: str, names: list[str]) -> str:
+    """``metric`` as the row's evaluator names it: retrieval's R@1 for accuracy, R@5 for top5 (and back)."""
+    k = 1 if metric == "accuracy" else (int(m.group(1)) if (m := re.fullmatch(r"(?:top|R@)(\d+)", metric)) else None)
+    if k is None or metric in names:
+        return metric
+    same = [n for n in names if n == f"R@{k}" or n == f"top{k}" or (k == 1 and n == "accuracy")]
+    return same[0] if same else metric
 
 
 def write_paired(rows: list[PairedRow], a_label: str, b_label: str, out_dir: str | Path) -> list[Path]:

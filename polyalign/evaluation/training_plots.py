@@ -13,12 +13,15 @@ import numpy as np
 
 from polyalign.core.errors import PolyalignError, shown
 from polyalign.core.evaluator import read_report
+from polyalign.core.report_table import LEAD_KEYS, cell_text, identity_fields
 from polyalign.files.atomic import atomic_write_bytes
 from polyalign.files.json_file import parse_json
-from polyalign.files.run_files import METRICS_FILE, REPORT_DIR, REPORT_JSON, log_lines
+from polyalign.files.run_files import METRICS_FILE, RECIPE_FILE, REPORT_DIR, REPORT_JSON, log_lines
+from polyalign.files.yaml_file import YamlError, read_yaml
 
 CSV_FILE = "metrics.csv"
 MAX_EVAL_GROUPS = 12
+MAX_NAMED_SETTINGS = 3  # differing recipe settings named in a run's legend entry
 
 
 @dataclass
@@ -106,10 +109,44 @@ def read_run(run_dir: str | Path) -> RunCurves:
     return RunCurves(run_dir.name, curves["step"], curves["epoch"], eval_rows)
 
 
-def _eval_label(row: dict[str, Any], with_task: bool) -> str:
+def _eval_label(row: dict[str, Any], with_task: bool, extra: list[str]) -> str:
+    """'target from query · metric', with the task when there are several and the other fields that tell
+    rows apart (``extra``: a dropout curve's dropped modality and rate, a probe's shots)."""
     query = "+".join(row.get("query") or [])
     task = f"{row.get('task')}: " if with_task else ""
-    return f"{task}{row.get('target')} from {query} · {row.get('metric')}"
+    more = "".join(f", {k} {cell_text(row[k])}" for k in extra if k in row)
+    return f"{task}{row.get('target')} from {query}{more} · {row.get('metric')}"
+
+
+def differing_settings(run_dirs: list[Path]) -> list[str]:
+    """Per run, the settings of its recipe that differ between the runs (``seed=1, train.lr=0.01``; at
+    most ``MAX_NAMED_SETTINGS``, then '…'); empty strings where the recipes are the same."""
+    flat = []
+    for d in run_dirs:
+        try:
+            flat.append(flat_settings(read_yaml(Path(d) / RECIPE_FILE)))
+        except YamlError:
+            flat.append({})
+    keys = [k for k in dict.fromkeys(k for f in flat for k in f) if len({str(f.get(k)) for f in flat}) > 1]
+    more = "…" if len(keys) > MAX_NAMED_SETTINGS else ""
+    return [", ".join(f"{k}={f.get(k, '—')}" for k in keys[:MAX_NAMED_SETTINGS]) + more for f in flat]
+
+
+def run_names(run_dirs: list[Path]) -> list[str]:
+    """Legend names of runs: the settings of their recipes that differ, then the folder
+    (``seed=1, train.lr=0.01 (demo-20261208-0311)``); the folder alone where the recipes are the same."""
+    return [f"{settings} ({Path(d).name})" if settings else Path(d).name
+            for d, settings in zip(run_dirs, differing_settings(run_dirs))]
+
+
+def flat_settings(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A recipe as dotted keys (``train.lr``) to their values; lists are one value."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(flat_settings(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def _plot_eval(ax: Any, runs: list[RunCurves], colors: list[Any]) -> None:
@@ -123,17 +160,18 @@ def _plot_eval(ax: Any, runs: list[RunCurves], colors: list[Any]) -> None:
         ax.set_axis_off()
         return
     with_task = len({row.get("task") for _, row, _ in rows}) > 1
-    labels = list(dict.fromkeys(_eval_label(row, with_task) for _, row, _ in rows))
+    extra = [k for k in identity_fields([row for _, row, _ in rows]) if k not in LEAD_KEYS]
+    labels = list(dict.fromkeys(_eval_label(row, with_task, extra) for _, row, _ in rows))
     if len(labels) > MAX_EVAL_GROUPS:
         metric = rows[0][1].get("metric")
         rows = [r for r in rows if r[1].get("metric") == metric]
-        labels = list(dict.fromkeys(_eval_label(row, with_task) for _, row, _ in rows))
+        labels = list(dict.fromkeys(_eval_label(row, with_task, extra) for _, row, _ in rows))
         title = f"Evaluation (test split): {metric} only"
     if len(labels) > MAX_EVAL_GROUPS:
-        title += f", first {MAX_EVAL_GROUPS} of {len(labels)} rows"
+        title += f"\nthe first {MAX_EVAL_GROUPS} of {len(labels)} rows (all: eval/report.md)"
         labels = labels[:MAX_EVAL_GROUPS]
-    ax.set_title(title)
-    values = {(i, _eval_label(row, with_task)): v for i, row, v in rows}
+    ax.set_title(title, fontsize=10)
+    values = {(i, _eval_label(row, with_task, extra)): v for i, row, v in rows}
     height = 0.8 / len(runs)
     y = np.arange(len(labels))
     for i, run in enumerate(runs):
@@ -196,7 +234,8 @@ def training_figure(runs: list[RunCurves]) -> Any:
     _plot_eval(ax_eval, runs, colors)
 
     fig.legend(handles=[Line2D([], [], color=c, lw=3, label=run.name) for run, c in zip(runs, colors)],
-               loc="outside lower center", ncols=min(len(runs), 3), fontsize=9, title="run")
+               loc="outside lower center", fontsize=9, title="run",
+               ncols=1 if max(len(run.name) for run in runs) > 40 else min(len(runs), 3))
     fig.suptitle("Training curves" if len(runs) == 1 else f"Training curves of {len(runs)} runs", fontsize=13)
     return fig
 
@@ -205,7 +244,10 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Draw the training curves of ``run_dirs`` overlaid into the PNG ``out``."""
     if not run_dirs:
         raise PolyalignError("give at least one run directory to plot")
-    fig = training_figure([read_run(d) for d in run_dirs])
+    runs = [read_run(d) for d in run_dirs]
+    for run, name in zip(runs, run_names([Path(d) for d in run_dirs])):
+        run.name = name
+    fig = training_figure(runs)
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise PolyalignError(f"--out {out}: the plot is a PNG; give a file name ending in .png")

@@ -12,7 +12,7 @@ import yaml
 
 from polyalign.core.assemble import with_rebuild_options
 from polyalign.core.errors import PluginError, PolyalignError
-from polyalign.core.evaluator import read_report, report_markdown
+from polyalign.core.evaluator import read_report, report_sections
 from polyalign.core.plugin_manager import Plugins, default_plugins
 from polyalign.files.atomic import WriteError, atomic_write_text, save_tensors, write_failure
 from polyalign.files.run_files import RECIPE_FILE, REPORT_DIR, REPORT_JSON
@@ -82,10 +82,10 @@ def card_markdown(model: TrainedModel, header: dict[str, Any], rows: list[dict[s
     lines += ["", f"Normalisation: {recipe.model.normalize}; missing modalities: {recipe.missing.strategy}. "
               f"Loss and scoring rule: {losses} (`{type(model.loss).__name__}.score`). "
               f"Trained on the `{recipe.data.plugin}` dataset.", ""]
-    table = report_markdown(rows, "Evaluation").splitlines()
     lines += ["## Evaluation", "",
               f"From the run's `{REPORT_DIR}/{REPORT_JSON}` (the test split, measured when the run was "
-              f"evaluated).", ""] + (table[2:] if rows else ["The run has no evaluation report."])
+              f"evaluated): a section per evaluator."] + (report_sections(rows, "###") if rows
+                                                          else ["", "The run has no evaluation report."])
     lines += ["", "## Plugins this model needs", "",
               "| kind | name | plugin | distribution | version |", "|---|---|---|---|---|"]
     lines += [f"| {r['kind']} | {r['name']} | {r['plugin']} | {r['distribution']} | {r['version']} |"

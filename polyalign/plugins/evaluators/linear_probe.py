@@ -9,7 +9,8 @@ times, seeded; C chosen on val as above) and report the mean over the draws.
 
 Rows: ``task: linear_probe``, ``target: class``, ``query`` (the feature modalities, sorted),
 ``shots`` (``all`` or k), metrics ``accuracy`` and ``mean_per_class_accuracy``, with ``n`` (rows
-scored) and, for the full-data probe, the chosen ``C``. Beside ``zero_shot_classification`` rows
+scored) and, for the full-data probe with several ``cs``, the metric ``chosen_C`` (the C picked on
+val: a result, so a metric row and not a field that would tell rows apart). Beside ``zero_shot_classification`` rows
 of the same query they show what the embeddings hold against what the prompts reach.
 
 Needs scikit-learn: ``pip install 'polyalign[probe]'``.
@@ -145,8 +146,10 @@ class LinearProbe:
 
             model, c = self.fit(x, y, x_val, y_val)
             accuracy, per_class = scores(model)
-            out += [{**base, "shots": "all", "C": c, "metric": "accuracy", "value": accuracy},
-                    {**base, "shots": "all", "C": c, "metric": "mean_per_class_accuracy", "value": per_class}]
+            out += [{**base, "shots": "all", "metric": "accuracy", "value": accuracy},
+                    {**base, "shots": "all", "metric": "mean_per_class_accuracy", "value": per_class}]
+            if len(cfg.cs) > 1:  # a choice was made: its result
+                out.append({**base, "shots": "all", "metric": "chosen_C", "value": float(c)})
             for k in cfg.shots:
                 draws = [scores(self.fit(x[rows], y[rows], x_val, y_val)[0])
                          for rows in (few_shot_rows(y, k, rng) for _ in range(cfg.draws))]
