@@ -83,6 +83,8 @@ def test_gradients_asked_where_there_is_nothing_to_balance_is_refused_with_its_y
         load_recipe(resolve_recipe_path("xor-symile"), ["model.balance=gradients"])
     with pytest.raises(RecipeError, match="model.balance.*model.spaces: shared"):
         recipe("model.balance=gradients", "model.spaces=shared")
+    with pytest.raises(PolyalignError, match="gave this list one shared space"):  # a head: none -> one space
+        build_loss(recipe("model.balance=gradients", "model.head=none", "model.embed_dim=5"), default_plugins())
     with pytest.raises(PolyalignError, match="needs two or more terms in spaces"):
         clip = build_loss(load_recipe(resolve_recipe_path("xor-clip")), default_plugins())
         WeightedLoss({"clip": clip}, {"clip": 1.0}, balance=True)

@@ -104,6 +104,10 @@ def build_loss(recipe: Recipe, plugins: Plugins) -> Loss:
     score_with = next((key for key, node in zip(built, nodes) if node.score_with), None)
     terms = {k: v[0] for k, v in built.items()}
     spaces = term_spaces(recipe, terms)
+    if recipe.model.balance == "gradients" and not spaces:
+        raise PolyalignError("model.balance: gradients balances terms that train spaces of their own, and "
+                             "model.spaces: auto gave this list one shared space (a head is none, or fewer than "
+                             "two terms score); leave model.balance: auto")
     return WeightedLoss(terms, {k: v[1] for k, v in built.items()}, score_with, spaces,
                         balance=bool(spaces) and recipe.model.balance != "none")
 
