@@ -22,7 +22,7 @@ import polyalign
 from polyalign.cli import main
 from polyalign.core.errors import MAX_MESSAGE_CHARS, PolyalignError, cut
 from polyalign.files.atomic import WriteError
-from polyalign.files.manifest_file import ManifestError, read_manifest
+from polyalign.files.manifest_file import ManifestError, as_file, read_manifest
 from polyalign.files.npy_file import read_npy
 from polyalign.inference import export as export_module
 from polyalign.inference.embeddings_file import FORMAT, read_embeddings
@@ -62,6 +62,17 @@ def test_a_nan_or_infinite_query_is_refused_not_ranked(bad, model):
         model.search({"a": [[bad, 0, 1, 1, 0]]}, {"b": BITS})
     with pytest.raises(PolyalignError, match="candidates: NaN or infinite embeddings at row"):
         model.search({"a": [[1, 0, 1, 1, 0]]}, {"b": np.vstack([BITS, [[bad] * 5]])})
+
+
+def test_a_tilde_naming_no_user_is_text_or_a_missing_file_not_a_bug(run, tmp_path):
+    # Path("~0").expanduser() raises RuntimeError (no user "0"): found by the property test below
+    assert as_file("~0", tmp_path) == "~0"
+    assert as_file("~nobody-here/x.png", tmp_path) == "~nobody-here/x.png"
+    np.save(tmp_path / "bits.npy", BITS)
+    code, _, err = _cli("search", run, "--query=a=~0", "--candidates", f"b={tmp_path / 'bits.npy'}", "--device", "cpu")
+    assert code == 2 and "unexpected" not in err and "'~0'" in err  # text where a vector belongs, said as such
+    code, _, err = _cli("search", run, "--query=a=[1,0,1,1,0]", "--candidates", "b=~nobody-here/x.npy")
+    assert code == 2 and "unexpected" not in err
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -190,7 +190,10 @@ def resolve_file(value: Any, root: Path | None, what: str) -> Path | FileBytes:
                              f"so check that it does; in Python, pass pathlib.Path({shown(value)})")
     if not isinstance(value, Path) or not str(value).strip():
         raise PolyalignError(f"expected {what} file (a pathlib.Path), got {type(value).__name__} {shown(value)}")
-    path = value.expanduser()
+    try:
+        path = value.expanduser()
+    except RuntimeError:  # ~user of a user this machine does not have: the path as written (not found below)
+        path = value
     if not path.is_absolute() and root is not None:
         path = Path(root) / path
     if not path.is_file():

@@ -76,7 +76,7 @@ def as_file(value: Any, root: Path | None) -> Any:
         full = path if path.is_absolute() or root is None else root / path
         if full.exists() or full.with_name(full.name + ".hea").is_file():
             return path
-    except (OSError, ValueError):  # longer than a file name may be, a NUL byte: text
+    except (OSError, ValueError, RuntimeError):  # too long for a file name, a NUL byte, ~user of no user: text
         return value
     return path if path.suffix.lower() in FILE_ENDINGS and not any(c.isspace() for c in value) else value
 

@@ -65,7 +65,10 @@ def read_source(source: str | Path, modality: str) -> Values:
     if not str(source).strip():  # Path("") is the current folder: never read it for an empty source
         raise PolyalignError(f"the source of {shown(modality)} is empty; give {SOURCE_KINDS} (`.` for the files of "
                              f"the current folder)")
-    path = Path(source).expanduser()
+    try:
+        path = Path(source).expanduser()
+    except RuntimeError:  # ~user of a user this machine does not have: the path as written
+        path = Path(source)
     if path.is_dir():
         found = read_folder(path)
         if not found.values:
